@@ -1,0 +1,183 @@
+"""Loading and saving models safely.
+
+Loading checks everything a user can get wrong before any weight is read: the path,
+the protobuf, external-data locations (missing files, paths escaping the model's
+folder) and the opset range. Saving is atomic: the output appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import pathlib
+import tempfile
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from mpcompile import errors
+
+# ai.onnx opsets mpcompile converts: Cast's `to` attribute exists from opset 6, and the
+# upper bound is whatever the installed onnx package knows.
+MIN_OPSET = 7
+TWO_GIB = 2**31
+# Models whose weights would push the protobuf near its 2 GiB limit are saved with
+# external data. Tensors under this size stay inline.
+EXTERNAL_DATA_THRESHOLD_BYTES = 1024
+# The highest IR version current onnxruntime releases load.
+MAX_IR_VERSION = 10
+
+
+def max_opset() -> int:
+    return onnx.defs.onnx_opset_version()
+
+
+def load_model(path: str | os.PathLike) -> ir.Model:
+    """Load a model from disk with every input check; weights stay lazily mapped."""
+    path = pathlib.Path(path).absolute()  # external data resolves against this (primer P1)
+    if not path.exists():
+        raise errors.InputNotFoundError(f"{path}: no such file")
+    if not path.is_file():
+        raise errors.InputNotFoundError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise errors.NotOnnxError(f"{path}: empty file, not an ONNX model")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
+        raise errors.NotOnnxError(f"{path}: not a valid ONNX protobuf ({_first_line(exc)})") from None
+    if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
+        raise errors.NotOnnxError(f"{path}: not an ONNX model (no graph)")
+    check_external_data(proto, path.parent)
+    check_opsets(proto)
+    model = ir.serde.deserialize_model(proto)
+    ir.external_data.set_base_dir(model.graph, str(path.parent))
+    return model
+
+
+def check_external_data(proto: onnx.ModelProto, base_dir: pathlib.Path) -> None:
+    """Refuse external-data locations that escape ``base_dir`` or do not exist."""
+    base = base_dir.resolve()
+    for tensor in _all_tensor_protos(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        if not location:
+            raise errors.ExternalDataError(f"tensor {tensor.name!r}: external data without a location")
+        if os.path.isabs(location) or pathlib.PurePath(location).drive:
+            raise errors.ExternalDataError(
+                f"tensor {tensor.name!r}: external data location {location!r} is absolute; refused"
+            )
+        target = (base / location).resolve()
+        if not target.is_relative_to(base):
+            raise errors.ExternalDataError(
+                f"tensor {tensor.name!r}: external data location {location!r} escapes the model's folder; refused"
+            )
+        if not target.is_file():
+            raise errors.ExternalDataError(f"tensor {tensor.name!r}: external data file {location!r} not found")
+        offset = int(info.get("offset", 0) or 0)
+        length = info.get("length")
+        if length is not None and offset + int(length) > target.stat().st_size:
+            raise errors.ExternalDataError(
+                f"tensor {tensor.name!r}: external data file {location!r} is shorter than offset+length"
+            )
+
+
+def check_opsets(proto: onnx.ModelProto) -> None:
+    """Refuse models whose ai.onnx opset mpcompile or the installed onnx cannot handle."""
+    for opset in proto.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            if opset.version < MIN_OPSET:
+                raise errors.UnsupportedOpsetError(
+                    f"ai.onnx opset {opset.version} is older than the oldest supported ({MIN_OPSET}); "
+                    "upgrade it with onnx.version_converter first"
+                )
+            if opset.version > max_opset():
+                raise errors.UnsupportedOpsetError(
+                    f"ai.onnx opset {opset.version} is newer than the installed onnx knows ({max_opset()}); "
+                    "upgrade the onnx package"
+                )
+
+
+def _all_tensor_protos(proto: onnx.ModelProto):
+    yield from onnx.external_data_helper._get_all_tensors(proto)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def output_ir_version(model: ir.Model) -> int:
+    """The IR version to write: what the opsets need, capped at what ORT loads."""
+    opsets = [onnx.helper.make_opsetid(domain, version) for domain, version in model.opset_imports.items()]
+    try:
+        needed = onnx.helper.find_min_ir_version_for(opsets, ignore_unknown=True)
+    except (ValueError, TypeError):
+        needed = 3
+    return max(needed, min(model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION))
+
+
+def weight_bytes(model: ir.Model) -> int:
+    """Bytes of all initializers in the main graph and subgraphs, without reading them."""
+    total = 0
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if tensor is not None:
+                total += tensor.nbytes
+    return total
+
+
+def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> None:
+    """Save atomically; external data when asked, when the input had it, or when over 2 GiB.
+
+    On failure nothing new is left behind at ``path`` (nor a data file that did not exist).
+    """
+    path = pathlib.Path(path).absolute()
+    if not path.parent.is_dir():
+        raise errors.OutputNotWritableError(f"{path.parent}: output folder does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise errors.OutputNotWritableError(f"{path.parent}: output folder is not writable")
+    if external_data is None:
+        external_data = _has_external_tensors(model) or weight_bytes(model) >= TWO_GIB - 2**24
+    model.ir_version = output_ir_version(model)
+    data_name = path.name + ".data"
+    data_path = path.with_name(data_name)
+    data_existed = data_path.exists()
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        if external_data:
+            ir.save(model, temp_name, external_data=data_name, size_threshold_bytes=EXTERNAL_DATA_THRESHOLD_BYTES)
+        else:
+            ir.save(model, temp_name)
+        os.replace(temp_name, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp_name)
+        if external_data and not data_existed:
+            with contextlib.suppress(OSError):
+                os.unlink(data_path)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise errors.DiskFullError(f"{path}: no space left on device while writing") from None
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise errors.OutputNotWritableError(f"{path}: not writable ({exc.strerror})") from None
+        raise
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp_name)
+        if external_data and not data_existed:
+            with contextlib.suppress(OSError):
+                os.unlink(data_path)
+        raise
+
+
+def _has_external_tensors(model: ir.Model) -> bool:
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor):
+                return True
+    return False
