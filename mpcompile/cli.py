@@ -1,0 +1,60 @@
+"""The ``mpcompile`` command line. Each subcommand lives in its own module under ``mpcompile/commands``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from mpcompile.errors import ExitCode, MpcompileError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mpcompile")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Mixed-precision (FP16/BF16) compiler for ONNX models."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def _register_commands() -> None:
+    # Each command module is imported here; heavy dependencies stay inside the command bodies.
+    from mpcompile.commands import convert
+
+    cli.add_command(convert.convert_command)
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the CLI and turns errors into one line and an exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="mpcompile", standalone_mode=False)
+    except MpcompileError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc.message}", err=True)
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except Exception as exc:  # an internal bug: one line unless --debug
+        if debug:
+            raise
+        click.echo(f"internal error ({type(exc).__name__}): {exc}  (rerun with --debug for a traceback)", err=True)
+        return int(ExitCode.INTERNAL)
+    return int(ExitCode.OK)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
