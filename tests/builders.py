@@ -55,7 +55,7 @@ def assert_close(
 ) -> None:
     """Compare outputs, printing the stated tolerance and the measured error."""
     assert len(expected) == len(actual)
-    for index, (want, got) in enumerate(zip(expected, actual)):
+    for index, (want, got) in enumerate(zip(expected, actual, strict=True)):
         assert want.shape == got.shape, f"output {index}: shape {got.shape} != {want.shape}"
         want64, got64 = want.astype(np.float64), got.astype(np.float64)
         error = float(np.max(np.abs(want64 - got64))) if want.size else 0.0
