@@ -4,8 +4,9 @@
         --runs 3 --markdown docs/performance-table.md
 
 Every measurement runs in its own child process; tools alternate within each round (the order
-rotates per round) and the table reports the median over the rounds. Peak RSS is the child's
-``ru_maxrss`` from ``os.wait4`` (it counts file pages mapped by the child too). Time is the
+rotates per round) and the table reports the median over the rounds. Peak RSS is the child's own
+high-water mark (``VmHWM``; ``os.wait4``'s ``ru_maxrss`` only when the child died, because that one
+keeps the parent's RSS at fork); it counts file pages the child mapped too. Time is the
 child's own load -> convert -> save time (interpreter start and imports excluded). After the
 first round, each output is checked once in another child: Casts added, and whether it loads
 and runs in onnxruntime (CPU).
@@ -178,10 +179,21 @@ def _inspect(src: str, out: str) -> dict[str, object]:
     return result
 
 
+def _vm_hwm_bytes() -> int:
+    """This process's peak RSS (VmHWM). Unlike ru_maxrss, it starts from zero at exec."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def _child_main(argv: list[str]) -> int:
     mode, *rest = argv
     try:
-        payload = _convert(*rest) if mode == "convert" else _inspect(*rest)
+        handlers = {"convert": _convert, "inspect": _inspect, "info": _model_info}
+        payload = handlers[mode](*rest)
+        payload["vm_hwm_bytes"] = _vm_hwm_bytes()
     except Exception as exc:
         payload = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
     print("BENCH_RESULT " + json.dumps(payload), flush=True)
@@ -235,7 +247,10 @@ def run_child(args: list[str], timeout: float) -> ChildRun:
         payload = {"error": f"timeout after {timeout:.0f} s"}
     elif not payload:
         payload = {"error": f"child died (exit {proc.returncode}, likely out of memory)"}
-    return ChildRun(payload, elapsed, usage.ru_maxrss * 1024)
+    # ru_maxrss from wait4 carries the parent's RSS at fork over exec (Linux keeps the larger of the
+    # two), so the child's own VmHWM is used when it reported one.
+    peak = int(payload.get("vm_hwm_bytes") or usage.ru_maxrss * 1024)
+    return ChildRun(payload, elapsed, peak)
 
 
 @dataclasses.dataclass
@@ -275,24 +290,38 @@ class ModelInfo:
     external: bool
 
 
-def ensure_model(name: str, workdir: pathlib.Path) -> ModelInfo:
+def _model_info(path: str) -> dict[str, object]:
+    """Node count, FP32 weight bytes and external-data use of one model (run in a child)."""
     import onnx
 
-    sys.path.insert(0, str(HERE))
-    import make_encoder
+    proto = onnx.load(path, load_external_data=False)
+    weight_bytes = sum(
+        math.prod(t.dims) * 4 for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT
+    )
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    return {"nodes": len(proto.graph.node), "weight_bytes": weight_bytes, "external": external}
 
+
+def ensure_model(name: str, workdir: pathlib.Path) -> ModelInfo:
+    """Generate preset ``name`` into ``workdir`` if missing, and describe it.
+
+    Both happen in child processes, so this process stays small: a child's peak RSS can never
+    read lower than what it inherited at fork.
+    """
     path = workdir / f"{name}.onnx"
     if not path.exists():
         print(f"generating {name} ...", flush=True)
-        make_encoder.write_encoder(make_encoder.PRESETS[name], path)
-    proto = onnx.load(str(path), load_external_data=False)
+        subprocess.run(
+            [sys.executable, str(HERE / "make_encoder.py"), "--preset", name, "-o", str(path)], check=True
+        )
+    info = run_child(["info", str(path)], timeout=600).payload
+    if "error" in info:
+        raise RuntimeError(f"{path}: {info['error']}")
     data = path.with_name(path.name + ".data")
     file_bytes = path.stat().st_size + (data.stat().st_size if data.exists() else 0)
-    weight_bytes = 0
-    for tensor in proto.graph.initializer:
-        weight_bytes += math.prod(tensor.dims) * 4 if tensor.data_type == onnx.TensorProto.FLOAT else 0
-    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
-    return ModelInfo(name, path, file_bytes, weight_bytes, len(proto.graph.node), external)
+    return ModelInfo(
+        name, path, file_bytes, int(info["weight_bytes"]), int(info["nodes"]), bool(info["external"])
+    )
 
 
 def _clean(out: pathlib.Path) -> None:
