@@ -162,6 +162,7 @@ def _inspect(src: str, out: str) -> dict[str, object]:
         "casts_added": _count_casts(after.graph) - _count_casts(before.graph),
         "nodes_out": len(after.graph.node),
     }
+    print("BENCH_PARTIAL " + json.dumps(result), flush=True)  # kept if the ORT check times out
     try:
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -240,11 +241,14 @@ def run_child(args: list[str], timeout: float) -> ChildRun:
     proc.stdout.close()
     elapsed = time.perf_counter() - start
     payload: dict[str, object] = {}
+    partial: dict[str, object] = {}
     for line in output.decode(errors="replace").splitlines():
         if line.startswith("BENCH_RESULT "):
             payload = json.loads(line[len("BENCH_RESULT ") :])
+        elif line.startswith("BENCH_PARTIAL "):
+            partial = json.loads(line[len("BENCH_PARTIAL ") :])
     if timed_out:
-        payload = {"error": f"timeout after {timeout:.0f} s"}
+        payload = {**partial, "error": f"timeout after {timeout:.0f} s"}
     elif not payload:
         payload = {"error": f"child died (exit {proc.returncode}, likely out of memory)"}
     # ru_maxrss from wait4 carries the parent's RSS at fork over exec (Linux keeps the larger of the
@@ -375,16 +379,99 @@ def growth_exponent(points: list[tuple[int, float]]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
 
 
+TARGET_MODELS = ("base", "large", "deep1536")
+
+
+def render_targets(infos: list[ModelInfo], results: list[Measurement]) -> str:
+    """Issue 9's targets for mpcompile, each marked met / not met from the measured medians."""
+    by_key = {(r.model, r.tool): r for r in results}
+    rows = ["| target | model | measured | verdict |", "|---|---|---:|---|"]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    for info in infos:
+        mp = by_key.get((info.name, "mpcompile"))
+        if mp is None:
+            continue
+        if not mp.ok:
+            rows.append(f"| mpcompile converts | {info.name} | {mp.error} | **not met** |")
+            continue
+        floor = by_key.get((info.name, "onnx-floor"))
+        if info.name in TARGET_MODELS and floor and floor.ok:
+            ratio = mp.median_seconds / floor.median_seconds
+            rows.append(
+                f"| time ≤ 1.5× onnx load+save | {info.name} | {ratio:.2f}× | {verdict(ratio <= 1.5)} |"
+            )
+        peers = [by_key[(info.name, p)] for p in PEERS if (info.name, p) in by_key]
+        loading = [p for p in peers if p.ok and p.loads]
+        if info.name in TARGET_MODELS and loading:
+            best = min(loading, key=lambda p: p.median_seconds)
+            speedup = best.median_seconds / mp.median_seconds
+            rows.append(
+                f"| ≥ 2× faster than the faster peer whose output loads ({best.tool}) | {info.name} "
+                f"| {speedup:.2f}× | {verdict(speedup >= 2.0)} |"
+            )
+        if info.external:
+            ratio = mp.median_rss / info.weight_bytes
+            rows.append(
+                f"| peak RSS ≤ 0.5× weight bytes (external data) | {info.name} | {ratio:.2f}× "
+                f"| {verdict(ratio <= 0.5)} |"
+            )
+        elif info.name in TARGET_MODELS:
+            ratio = mp.median_rss / info.file_bytes
+            rows.append(
+                f"| peak RSS ≤ 1.5× file size | {info.name} | {ratio:.2f}× | {verdict(ratio <= 1.5)} |"
+            )
+        if not mp.loads:
+            verdict_text = "unknown (the ORT check timed out)" if _check_timed_out(mp) else "**not met**"
+            rows.append(
+                f"| output loads and runs in ORT | {info.name} | {_short_error(mp.inspect)} | {verdict_text} |"
+            )
+    for label, series in _series():
+        points = _series_points(infos, by_key, "mpcompile", series)
+        exponent = growth_exponent(points)
+        if exponent is not None:
+            span = f"{min(p[0] for p in points)}–{max(p[0] for p in points)} nodes"
+            rows.append(
+                f"| growth exponent ≤ 1.1 | {label} ({span}) | {exponent:.2f} | {verdict(exponent <= 1.1)} |"
+            )
+    return "\n".join(rows) + "\n"
+
+
+def _series() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    return (("deep", DEEP_SERIES), ("deep-blocked", tuple(f"{s}-blocked" for s in DEEP_SERIES)))
+
+
+def _series_points(
+    infos: list[ModelInfo], by_key: dict[tuple[str, str], Measurement], tool: str, series: tuple[str, ...]
+) -> list[tuple[int, float]]:
+    return [
+        (info.nodes, by_key[(info.name, tool)].median_seconds)
+        for info in infos
+        if info.name in series and (info.name, tool) in by_key and by_key[(info.name, tool)].ok
+    ]
+
+
 def _mib(n: float) -> str:
     return f"{n / 2**20:,.0f}"
 
 
-def render_markdown(infos: list[ModelInfo], results: list[Measurement], runs: int) -> str:
+def _header(runs: int) -> str:
+    return (
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {_total_memory_gib():.0f} GiB RAM, "
+        f"Python {platform.python_version()}, {_versions()}.\n"
+        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. "
+        f"Median of up to {runs} runs per cell."
+    )
+
+
+def render_markdown(
+    infos: list[ModelInfo], results: list[Measurement], runs: int, header: str | None = None
+) -> str:
     by_key = {(r.model, r.tool): r for r in results}
     lines = [
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {_total_memory_gib():.0f} GiB RAM, "
-        f"Python {platform.python_version()}, {_versions()}.",
-        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. Median of up to {runs} runs per cell.",
+        header or _header(runs),
         "",
         "| model | nodes | file MiB | tool | runs | time s | peak RSS MiB | RSS / file | Casts added | ORT loads+runs "
         "| × onnx floor | × faster loading peer |",
@@ -408,7 +495,14 @@ def render_markdown(infos: list[ModelInfo], results: list[Measurement], runs: in
                     f"| failed: {r.error} | | | | | | |"
                 )
                 continue
-            loads = "yes" if r.loads else f"no: {_short_error(r.inspect)}"
+            if r.loads:
+                loads = "yes"
+            elif _check_timed_out(r):
+                loads = (
+                    f"unknown: the ORT check hit the {r.inspect['error'][len('timeout after ') :]} timeout"
+                )
+            else:
+                loads = f"no: {_short_error(r.inspect)}"
             if tool.endswith("floor"):
                 loads = "(unchanged)"
             vs_floor = f"{r.median_seconds / floor.median_seconds:.2f}" if floor and floor.ok else ""
@@ -422,23 +516,21 @@ def render_markdown(infos: list[ModelInfo], results: list[Measurement], runs: in
             )
     lines += ["", "Growth exponent of time in node count (least squares on log-log):", ""]
     lines += ["| series | " + " | ".join(TOOLS) + " |", "|---|" + "---:|" * len(TOOLS)]
-    for label, series in (
-        ("deep", DEEP_SERIES),
-        ("deep-blocked", tuple(f"{s}-blocked" for s in DEEP_SERIES)),
-    ):
+    for label, series in _series():
         cells = []
         for tool in TOOLS:
-            points = [
-                (info.nodes, by_key[(info.name, tool)].median_seconds)
-                for info in infos
-                if info.name in series and (info.name, tool) in by_key and by_key[(info.name, tool)].ok
-            ]
+            points = _series_points(infos, by_key, tool, series)
             exponent = growth_exponent(points)
             span = f" ({min(p[0] for p in points)}–{max(p[0] for p in points)} nodes)" if points else ""
             cells.append(f"{exponent:.2f}{span}" if exponent is not None else "")
         if any(cells):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Targets (issue 9), mpcompile:", "", render_targets(infos, results)]
     return "\n".join(lines) + "\n"
+
+
+def _check_timed_out(m: Measurement) -> bool:
+    return str(m.inspect.get("error", "")).startswith("timeout")
 
 
 def _short_error(inspect: dict[str, object]) -> str:
@@ -489,7 +581,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default="/tmp/mpcompile-bench", help="where models and outputs go")
     parser.add_argument("--markdown", help="write the table to this file (also printed)")
     parser.add_argument("--json", help="write raw measurements to this file")
+    parser.add_argument(
+        "--render", metavar="RAW_JSON", help="only re-render the table from an earlier --json"
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        raw = json.loads(pathlib.Path(args.render).read_text())
+        infos = [ModelInfo(**(i | {"path": pathlib.Path(i["path"])})) for i in raw["models"]]
+        results = [Measurement(**r) for r in raw["results"]]
+        table = render_markdown(infos, results, raw.get("runs", args.runs), raw.get("header"))
+        print(table)
+        if args.markdown:
+            pathlib.Path(args.markdown).write_text(table)
+        return 0
 
     workdir = pathlib.Path(args.workdir).absolute()
     outdir = workdir / "out"
@@ -503,6 +607,8 @@ def main(argv: list[str] | None = None) -> int:
         pathlib.Path(args.markdown).write_text(table)
     if args.json:
         raw = {
+            "runs": args.runs,
+            "header": _header(args.runs),
             "models": [dataclasses.asdict(i) | {"path": str(i.path)} for i in infos],
             "results": [dataclasses.asdict(r) for r in results],
         }
