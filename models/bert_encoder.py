@@ -69,6 +69,7 @@ def build_ir(
     interleave_blocked: bool = False,
     seed: int = 0,
     lazy_weights: bool = False,
+    blocked_ops: tuple[str, ...] = ("Pow",),
 ) -> ir.Model:
     """The encoder as an ``onnx_ir.Model``.
 
@@ -81,6 +82,8 @@ def build_ir(
         raise ValueError(f"bert_encoder needs opset >= {MIN_OPSET} (LayerNormalization), got {opset}")
     if hidden % heads:
         raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
+    if unknown := set(blocked_ops) - {"Pow", "Max"}:
+        raise ValueError(f"blocked_ops: unsupported {sorted(unknown)}; use Pow and/or Max")
     g = GraphBuilder("bert_encoder", seed=seed)
     batch, seq = ("batch", "sequence") if dynamic else (1, max_seq)
     input_ids = g.input("input_ids", INT64, [batch, seq])
@@ -113,7 +116,8 @@ def build_ir(
             h = g.op("MatMul", [h, g.weight("weight", [n_in, n_out], lazy=lazy)])
             h = g.op("Add", [h, g.weight("bias", [n_out], lazy=lazy)])
             if interleave_blocked:
-                h = g.op("Pow", [h, c.one_f])
+                for op in blocked_ops:
+                    h = g.op("Pow", [h, c.one_f]) if op == "Pow" else g.op(op, [h, h])
         return h
 
     for layer in range(layers):

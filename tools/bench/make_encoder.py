@@ -39,10 +39,20 @@ class Preset:
     max_seq: int = 512
     external_data: bool = False
     interleave_blocked: bool = False
+    blocked_ops: tuple[str, ...] = ("Pow",)
 
 
-def _deep(layers: int, interleave_blocked: bool = False) -> Preset:
-    return Preset(layers, 64, 4, 256, vocab=1000, max_seq=128, interleave_blocked=interleave_blocked)
+def _deep(layers: int, interleave_blocked: bool = False, blocked_ops: tuple[str, ...] = ("Pow",)) -> Preset:
+    return Preset(
+        layers,
+        64,
+        4,
+        256,
+        vocab=1000,
+        max_seq=128,
+        interleave_blocked=interleave_blocked,
+        blocked_ops=blocked_ops,
+    )
 
 
 PRESETS: dict[str, Preset] = {
@@ -55,6 +65,12 @@ PRESETS: dict[str, Preset] = {
     # Same with a blocked Pow(x, 1) after every projection (40 nodes per layer): allowed and
     # blocked ops alternate, so every layer crosses precision boundaries.
     **{f"deep{n}-blocked": _deep(n, interleave_blocked=True) for n in (24, 96, 384, 1536)},
+    # Pow(x, 1) then Max(y, y) after every projection (46 nodes per layer): blocked for mpcompile
+    # (Pow) and for onnxconverter-common and ORT's transformers (Max), so every converter alternates.
+    **{
+        f"deep{n}-blocked-all": _deep(n, interleave_blocked=True, blocked_ops=("Pow", "Max"))
+        for n in (24, 96, 384, 1536)
+    },
 }
 
 
@@ -68,6 +84,7 @@ def write_encoder(preset: Preset, path: str | os.PathLike, seed: int = 0) -> ir.
         vocab=preset.vocab,
         max_seq=preset.max_seq,
         interleave_blocked=preset.interleave_blocked,
+        blocked_ops=preset.blocked_ops,
         seed=seed,
         lazy_weights=True,
     )
