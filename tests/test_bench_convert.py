@@ -38,7 +38,7 @@ def test_floor_run_on_tiny_writes_a_table(bench, tmp_path: Path) -> None:
     assert len(rows) == 2
     cells = [cell.strip() for cell in rows[0].split("|")]
     assert cells[1:6] == ["tiny", "81", "1", "onnx-floor", "2"]
-    assert float(cells[6]) > 0 and float(cells[7]) > 10  # seconds, peak RSS MiB of a Python child
+    assert float(cells[6]) >= 0 and float(cells[7]) > 10  # seconds (0.00 happens), peak RSS MiB
     assert (tmp_path / "tiny.onnx").exists() and not (tmp_path / "out").exists()
 
 
