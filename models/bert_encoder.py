@@ -38,6 +38,7 @@ def build(
     finfo_mask: bool = False,
     interleave_blocked: bool = False,
     seed: int = 0,
+    blocked_ops: tuple[str, ...] = ("Pow",),
 ) -> onnx.ModelProto:
     """The encoder as an ``onnx.ModelProto`` with embedded weights (keep it under 2 GB)."""
     model = build_ir(
@@ -52,6 +53,7 @@ def build(
         finfo_mask=finfo_mask,
         interleave_blocked=interleave_blocked,
         seed=seed,
+        blocked_ops=blocked_ops,
     )
     return ir.to_proto(model)
 

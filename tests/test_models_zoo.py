@@ -159,3 +159,12 @@ def test_cli_lists_and_writes(tmp_path) -> None:
     assert onnx.load(str(out)).SerializeToString() == models.ZOO["mlp"]().SerializeToString()
     bad = subprocess.run([sys.executable, "-m", "models", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown model" in bad.stderr
+
+
+def test_blocked_ops_variant_for_every_converter() -> None:
+    model = bert_encoder.build(interleave_blocked=True, blocked_ops=("Pow", "Max"))
+    ops = [node.op_type for node in model.graph.node]
+    assert ops.count("Pow") == ops.count("Max") == 6 * 2
+    onnx.checker.check_model(model, full_check=True)
+    with pytest.raises(ValueError, match="blocked_ops"):
+        bert_encoder.build_ir(interleave_blocked=True, blocked_ops=("Exp",))

@@ -440,7 +440,11 @@ def render_targets(infos: list[ModelInfo], results: list[Measurement]) -> str:
 
 
 def _series() -> tuple[tuple[str, tuple[str, ...]], ...]:
-    return (("deep", DEEP_SERIES), ("deep-blocked", tuple(f"{s}-blocked" for s in DEEP_SERIES)))
+    return (
+        ("deep", DEEP_SERIES),
+        ("deep-blocked", tuple(f"{s}-blocked" for s in DEEP_SERIES)),
+        ("deep-blocked-all", tuple(f"{s}-blocked-all" for s in DEEP_SERIES)),
+    )
 
 
 def _series_points(
