@@ -77,6 +77,15 @@ CONTRIB_TYPING: dict[tuple[str, str], ContribRule] = {
 }
 
 
+# Type variables that the schema lets differ but that kernels and function bodies need equal:
+# ai.onnx Attention (opset 23) binds V/past_value/present_value to T2 and Q/K to T1, yet its
+# function body (what ORT runs when it has no kernel for the type) multiplies softmax(QK) [T1]
+# by V [T2] in one MatMul. They change precision together.
+TIED_TYPE_VARIABLES: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {
+    ("", "Attention"): {"T1": ("T2",)},
+}
+
+
 def _type_string(dtype: ir.DataType) -> str:
     return f"tensor({onnx.helper.tensor_dtype_to_string(dtype.value).replace('TensorProto.', '').lower()})"
 
@@ -131,20 +140,24 @@ def node_typing(node: ir.Node, opset: int, low_dtype: ir.DataType) -> NodeTyping
                 break
     if primary is None:
         return NodeTyping((), (), low_allowed=False)
+    converting = {primary, *TIED_TYPE_VARIABLES.get(key, {}).get(primary, ())} & set(constraints)
     float_inputs = tuple(
         index
         for index, value in enumerate(node.inputs)
         if index not in shape_only
         and _dtype(value) == FLOAT
-        and _formal_type(schema.inputs, index) == primary
+        and _formal_type(schema.inputs, index) in converting
     )
     float_outputs = tuple(
-        index for index, _ in enumerate(node.outputs) if _formal_type(schema.outputs, index) == primary
+        index
+        for index, value in enumerate(node.outputs)
+        if _formal_type(schema.outputs, index) == primary
+        or (_formal_type(schema.outputs, index) in converting and _dtype(value) in (FLOAT, None))
     )
     return NodeTyping(
         float_inputs,
         float_outputs,
-        low_allowed=_type_string(low_dtype) in constraints[primary],
+        low_allowed=all(_type_string(low_dtype) in constraints[name] for name in converting),
         type_variable=primary,
     )
 
