@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common
 
@@ -32,8 +33,7 @@ class InferTypesPass(ir.passes.InPlacePass):
         modified = False
         if any(value.dtype is None for graph in model.graphs() for node in graph for value in node.outputs):
             # Strips large initializers before serializing, so big models are not copied.
-            result = ir.passes.common.ShapeInferencePass(data_prop=False)(model)
-            modified = result.modified
+            modified = _infer_shapes(model)
         modified |= _type_contrib_outputs(model)
         self.context.stats.untyped_values = sum(
             1
@@ -43,6 +43,44 @@ class InferTypesPass(ir.passes.InPlacePass):
             if value.dtype is None and value.name
         )
         return ir.passes.PassResult(model, modified=modified)
+
+
+def _infer_shapes(model: ir.Model) -> bool:
+    """onnx shape inference merged back with whole types.
+
+    onnx-ir 1.1.0's ShapeInferencePass merges only ``dtype``/``shape``, which turns an untyped
+    sequence or optional value (e.g. SequenceConstruct's output inside an If branch) into a
+    tensor: the saved model then fails the checker ("type case mismatch"). Here a value
+    without a type (or with a type of another kind) takes the inferred type whole.
+    """
+    from onnx_ir.passes.common import _c_api_utils
+
+    def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+        return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=False)
+
+    try:
+        inferred_proto = _c_api_utils.call_onnx_api(infer, model)  # strips large initializers first
+    except Exception as exc:  # as ShapeInferencePass: leave the model as it is
+        logger.warning("shape inference failed: %s; values stay untyped", exc)
+        return False
+    inferred_model = ir.serde.deserialize_model(inferred_proto)
+    modified = False
+    for graph, inferred_graph in zip(model.graphs(), inferred_model.graphs(), strict=False):
+        inferred_values = ir.convenience.create_value_mapping(inferred_graph)
+        for name, value in ir.convenience.create_value_mapping(graph).items():
+            inferred = inferred_values.get(name)
+            if inferred is None or inferred.type is None:
+                continue
+            if value.type is None or type(value.type) is not type(inferred.type):
+                value.type = inferred.type
+                modified = True
+            elif value.dtype != inferred.dtype and inferred.dtype is not None:
+                value.dtype = inferred.dtype
+                modified = True
+            if inferred.shape is not None and value.shape != inferred.shape:
+                value.shape = inferred.shape
+                modified = True
+    return modified
 
 
 def _type_contrib_outputs(model: ir.Model) -> bool:
