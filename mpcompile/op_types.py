@@ -80,9 +80,13 @@ CONTRIB_TYPING: dict[tuple[str, str], ContribRule] = {
 # Type variables that the schema lets differ but that kernels and function bodies need equal:
 # ai.onnx Attention (opset 23) binds V/past_value/present_value to T2 and Q/K to T1, yet its
 # function body (what ORT runs when it has no kernel for the type) multiplies softmax(QK) [T1]
-# by V [T2] in one MatMul. They change precision together.
+# by V [T2] in one MatMul. They change precision together. Likewise RMSNormalization's body
+# computes Y (V) from X (T), and LinearAttention's inference types present_state (S) from T.
 TIED_TYPE_VARIABLES: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {
     ("", "Attention"): {"T1": ("T2",)},
+    ("", "RMSNormalization"): {"T": ("V",)},
+    ("", "LinearAttention"): {"T": ("S",)},
+    ("", "OptionalGetElement"): {"O": ("V",)},
 }
 
 
@@ -108,11 +112,40 @@ def _formal_type(params, index: int) -> str | None:
 
 
 def _dtype(value: ir.Value | None) -> ir.DataType | None:
-    return None if value is None else value.dtype
+    """The element type of a tensor value; None for sequences and optionals (never cast)."""
+    if value is None or (value.type is not None and not isinstance(value.type, ir.TensorType)):
+        return None
+    return value.dtype
+
+
+def _holds_float_container(node: ir.Node) -> bool:
+    """A float sequence/optional in or out: its element type follows the tensors, and a
+    sequence cannot be cast, so such nodes keep FP32 (SplitToSequence, SequenceConstruct,
+    Optional*, Identity on a sequence, ...)."""
+    return any(
+        value is not None
+        and value.type is not None
+        and not isinstance(value.type, ir.TensorType)
+        and value.dtype == FLOAT
+        for value in (*node.inputs, *node.outputs)
+    )
+
+
+# Ops whose schema admits float16 but whose meaning changes with it: BitCast reinterprets
+# bits, so a float32 -> int32 BitCast cannot take float16 input.
+NEVER_LOW: frozenset[tuple[str, str]] = frozenset({("", "BitCast")})
 
 
 def node_typing(node: ir.Node, opset: int, low_dtype: ir.DataType) -> NodeTyping | None:
     """The typing of ``node`` for a conversion to ``low_dtype``; None if the op is unknown."""
+    typing = _node_typing(node, opset, low_dtype)
+    never_low = (node.domain, node.op_type) in NEVER_LOW or _holds_float_container(node)
+    if typing is not None and typing.low_allowed and never_low:
+        return dataclasses.replace(typing, low_allowed=False)
+    return typing
+
+
+def _node_typing(node: ir.Node, opset: int, low_dtype: ir.DataType) -> NodeTyping | None:
     key = (node.domain, node.op_type)
     if key in CONTRIB_TYPING:
         return _contrib_typing(node, CONTRIB_TYPING[key])
