@@ -92,10 +92,11 @@ class ConvertConstantsPass(ir.passes.InPlacePass):
                 "value", _constant_of_shape_value(node, self.context.low)
             )
             return True
+        if output.dtype != self.context.low.dtype and not low_uses:
+            return False
+        _float_attribute_as_tensor(node)
         attr = node.attributes.get("value")
         if attr is None or attr.type != ir.AttributeType.TENSOR or attr.as_tensor().dtype != FLOAT:
-            return False
-        if output.dtype != self.context.low.dtype and not low_uses:
             return False
         tensor = attr.as_tensor()
         clamp = id(output) in self.context.clampable_mask_constants
@@ -154,6 +155,20 @@ def _lazy(source: ir.TensorProtocol, convert, dtype: ir.DataType, cache: bool | 
     if cache is None:
         cache = source.nbytes <= CACHE_LIMIT_BYTES
     return ir.LazyTensor(materialize, dtype=dtype, shape=source.shape, name=source.name, cache=cache)
+
+
+def _float_attribute_as_tensor(node: ir.Node) -> None:
+    """Constant(value_float=...) / Constant(value_floats=...) -> Constant(value=tensor).
+
+    Those attributes can only hold float32; a Constant that goes low precision needs a tensor.
+    """
+    for name in ("value_float", "value_floats"):
+        attr = node.attributes.get(name)
+        if attr is None:
+            continue
+        array = np.array(attr.as_float() if name == "value_float" else list(attr.as_floats()), np.float32)
+        del node.attributes[name]
+        node.attributes["value"] = ir.AttrTensor("value", ir.tensor(array, name=node.outputs[0].name))
 
 
 def _constant_of_shape_value(node: ir.Node, low: LowPrecisionFormat) -> ir.Tensor:
