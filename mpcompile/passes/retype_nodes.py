@@ -26,6 +26,8 @@ DTYPE_ATTRIBUTE_OPS = frozenset(
         "Multinomial",
     }
 )
+# Ops whose float output type is an `output_datatype` attribute (default FLOAT).
+OUTPUT_DATATYPE_OPS = frozenset({"BlackmanWindow", "HannWindow", "HammingWindow", "MelWeightMatrix"})
 LIKE_OPS = frozenset({"RandomNormalLike", "RandomUniformLike", "EyeLike", "Bernoulli"})
 
 
@@ -97,3 +99,5 @@ def _retype_attributes(node: ir.Node, typing: op_types.NodeTyping, low: ir.DataT
         node.attributes["to"] = ir.AttrInt64("to", low.value)
     elif node.op_type in DTYPE_ATTRIBUTE_OPS and 0 in typing.float_outputs:
         node.attributes["dtype"] = ir.AttrInt64("dtype", low.value)
+    elif node.op_type in OUTPUT_DATATYPE_OPS and 0 in typing.float_outputs:
+        node.attributes["output_datatype"] = ir.AttrInt64("output_datatype", low.value)
