@@ -41,6 +41,14 @@ def test_enough_tests_are_eligible(suite: conformance.SuiteResult) -> None:
     assert len(suite.eligible) > 1000
 
 
+def test_stress_run_with_every_op_allowed(suite: conformance.SuiteResult) -> None:
+    """Every op of each test on the allow list: most tests then really compute in FP16."""
+    _require(suite, "mpcompile:any:allow-all")
+    assert suite.passed_low("mpcompile:any:allow-all") > 1000
+    if "onnxconverter-common" in suite.converters:
+        assert suite.rate("mpcompile:any:allow-all") > suite.rate("onnxconverter-common")
+
+
 def test_onnxconverter_common_baseline_ran(suite: conformance.SuiteResult) -> None:
     _require(suite, "onnxconverter-common")
     assert suite.passed("onnxconverter-common") > 0
@@ -56,7 +64,7 @@ def test_conformance_rate(suite: conformance.SuiteResult, converter: str) -> Non
         assert rate > suite.rate("onnxconverter-common")
 
 
-@pytest.mark.parametrize("converter", ["mpcompile:any", "mpcompile:cuda"])
+@pytest.mark.parametrize("converter", ["mpcompile:any", "mpcompile:cuda", "mpcompile:any:allow-all"])
 def test_every_failure_is_explained(suite: conformance.SuiteResult, converter: str) -> None:
     _require(suite, converter)
     unexplained = [
@@ -72,9 +80,12 @@ def test_every_failure_is_explained(suite: conformance.SuiteResult, converter: s
 def test_known_failures_are_still_failing(suite: conformance.SuiteResult) -> None:
     """An explanation whose tests all pass now is stale and must go."""
     _require(suite, "mpcompile:any")
-    failing = {result.name for result in suite.failures("mpcompile:any")}
-    if "mpcompile:cuda" in suite.converters:
-        failing |= {result.name for result in suite.failures("mpcompile:cuda")}
+    failing = {
+        result.name
+        for converter in suite.converters
+        if converter.startswith("mpcompile")
+        for result in suite.failures(converter)
+    }
     stale = [p for p in conformance.KNOWN_FAILURES if not any(fnmatch.fnmatchcase(n, p) for n in failing)]
     assert not stale
 

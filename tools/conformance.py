@@ -61,7 +61,32 @@ DEFAULT_ATOL = 1e-3
 TOLERANCES: dict[str, tuple[float, float, str]] = {}
 
 # Failures understood and accepted, by test-name pattern -> explanation (printed in the docs).
-KNOWN_FAILURES: dict[str, str] = {}
+KNOWN_FAILURES: dict[str, str] = {
+    "test_mvn": (
+        "Input problem, not ours: the FP32 model itself fails onnx 1.23.2's full checker (the "
+        "MeanVarianceNormalization-13 function body does not type-check: 'One and only one of the "
+        "attributes value... for a Constant node'), so mpcompile's final check rejects the unchanged "
+        "model. ORT runs it. Core follow-up: check the input first and report INVALID_MODEL (exit 12) "
+        "instead of an internal 'invalid model (a bug)' error."
+    ),
+    "test_ai_onnx_ml_*": (
+        "Core bug (mpcompile/converter.py): a model importing only the ai.onnx.ml domain has ai.onnx "
+        "opset 0, and convert() refuses it with UnsupportedOpsetError ('fp16 needs ai.onnx opset >= 6') "
+        "although nothing in it can change precision (ai.onnx.ml ops are blocked). Fix: skip the "
+        "minimum-opset check when the model has no ai.onnx import and no node would go low precision."
+    ),
+    # Only in the stress run (every op allowed): ORT CPU kernel gaps, which the `any` target
+    # does not model (a CPU target would keep these ops FP32).
+    "test_scatter*": (
+        "Stress run only: ORT's CPU EP has no float16 ScatterElements/ScatterND kernel with "
+        "reduction add/mul/min/max ('MLFloat16 data type is not supported ... when reduction is'). The "
+        "default policy keeps these ops FP32."
+    ),
+    "test_eyelike_*": (
+        "Stress run only: ORT's CPU EP has no float16 EyeLike kernel ('Could not find an implementation "
+        "for EyeLike(22)'). The default policy keeps EyeLike FP32."
+    ),
+}
 
 OUTCOME_PASS = "pass"
 OUTCOMES = (
@@ -231,9 +256,13 @@ def _schema_names() -> tuple[str, ...]:
 
 def has_float32(model: onnx.ModelProto) -> bool:
     """True if a float32 tensor appears anywhere: values, initializers, constants, Cast targets."""
+    return has_dtype(model, onnx.TensorProto.FLOAT)
+
+
+def has_dtype(model: onnx.ModelProto, float_type: int) -> bool:
+    """True if a tensor of ``float_type`` appears anywhere (after shape inference)."""
     with contextlib.suppress(Exception):  # inference failure only narrows what we can see
         model = onnx.shape_inference.infer_shapes(model)
-    float_type = onnx.TensorProto.FLOAT
 
     def type_has_float(type_proto: onnx.TypeProto) -> bool:
         kind = type_proto.WhichOneof("value")
@@ -382,13 +411,32 @@ def eligibility(case: Case) -> str | None:
 # --------------------------------------------------------------------------- converters
 
 
-def convert_mpcompile(target: str) -> Callable[[onnx.ModelProto], onnx.ModelProto]:
+def convert_mpcompile(target: str, allow_all: bool = False) -> Callable[[onnx.ModelProto], onnx.ModelProto]:
+    """Default policy (or, with ``allow_all``, every op of the model on the allow list).
+
+    A QDQ model is refused by default (exit 7, by design): it is then converted again with
+    ``allow_qdq=True`` and the outcome says so."""
+
     def convert(model: onnx.ModelProto) -> onnx.ModelProto:
         import mpcompile
+        from mpcompile.errors import QdqModelError
 
-        return mpcompile.convert(model, target=target).model
+        options: dict[str, Any] = {"target": target}
+        if allow_all:
+            options["allow_ops"] = tuple(op_types(model))
+        try:
+            return mpcompile.convert(model, **options).model
+        except QdqModelError:
+            converted = mpcompile.convert(model, allow_qdq=True, **options).model
+            raise _RetriedWithAllowQdq(converted) from None
 
     return convert
+
+
+class _RetriedWithAllowQdq(Exception):
+    def __init__(self, model: onnx.ModelProto):
+        super().__init__("converted with allow_qdq=True")
+        self.model = model
 
 
 def convert_onnxconverter_common(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -403,12 +451,18 @@ def convert_onnxconverter_common(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def available_converters() -> dict[str, str]:
     """Converter name -> "" when usable, else the reason it is skipped."""
-    found = {"mpcompile:any": "", "mpcompile:cuda": "", "onnxconverter-common": ""}
+    found = {
+        "mpcompile:any": "",
+        "mpcompile:any:allow-all": "",
+        "mpcompile:cuda": "",
+        "onnxconverter-common": "",
+    }
     try:
         import mpcompile
 
         if not hasattr(mpcompile, "convert"):
-            found["mpcompile:any"] = found["mpcompile:cuda"] = "mpcompile.convert is not implemented yet"
+            for name in ("mpcompile:any", "mpcompile:cuda", "mpcompile:any:allow-all"):
+                found[name] = "mpcompile.convert is not implemented yet"
         else:
             from mpcompile.targets import get_target
 
@@ -417,7 +471,8 @@ def available_converters() -> dict[str, str]:
             except Exception as exc:
                 found["mpcompile:cuda"] = f"target 'cuda' not available ({_first_line(exc)})"
     except ImportError as exc:
-        found["mpcompile:any"] = found["mpcompile:cuda"] = f"mpcompile not importable ({exc})"
+        for name in ("mpcompile:any", "mpcompile:cuda", "mpcompile:any:allow-all"):
+            found[name] = f"mpcompile not importable ({exc})"
     try:
         import onnxconverter_common  # noqa: F401
     except ImportError:
@@ -428,7 +483,8 @@ def available_converters() -> dict[str, str]:
 def _converter(name: str) -> Callable[[onnx.ModelProto], onnx.ModelProto]:
     if name == "onnxconverter-common":
         return convert_onnxconverter_common
-    return convert_mpcompile(name.split(":", 1)[1])
+    parts = name.split(":")
+    return convert_mpcompile(parts[1], allow_all=parts[2:] == ["allow-all"])
 
 
 # --------------------------------------------------------------------------- one test
@@ -438,6 +494,7 @@ def _converter(name: str) -> Callable[[onnx.ModelProto], onnx.ModelProto]:
 class Outcome:
     outcome: str
     detail: str = ""
+    low_precision: bool = False  # the converted model computes something in FP16/BF16
 
 
 @dataclasses.dataclass
@@ -467,8 +524,11 @@ def check_converter(case: Case, converter: str) -> Outcome:
     from mpcompile.errors import MpcompileError
 
     source_bytes = case.model.SerializeToString()
+    note = ""
     try:
         converted = _converter(converter)(onnx.ModelProto.FromString(source_bytes))
+    except _RetriedWithAllowQdq as retried:
+        converted, note = retried.model, "QDQ model refused by default (exit 7); converted with --allow-qdq"
     except MpcompileError as exc:
         return Outcome("refused", f"{type(exc).__name__} (exit {int(exc.exit_code)}): {exc.message}")
     except Exception as exc:
@@ -477,6 +537,17 @@ def check_converter(case: Case, converter: str) -> Outcome:
         import onnx_ir as ir
 
         converted = ir.to_proto(converted)
+    outcome = check_converted(case, converted)
+    outcome.low_precision = has_dtype(converted, onnx.TensorProto.FLOAT16) or has_dtype(
+        converted, onnx.TensorProto.BFLOAT16
+    )
+    if note:
+        outcome.detail = f"{note}; {outcome.detail}" if outcome.detail else note
+    return outcome
+
+
+def check_converted(case: Case, converted: onnx.ModelProto) -> Outcome:
+    """Full checker, ORT load, ORT run, outputs against the expected ones."""
     try:
         onnx.checker.check_model(converted, full_check=True)
     except Exception as exc:
@@ -516,6 +587,14 @@ class SuiteResult:
 
     def passed(self, converter: str) -> int:
         return sum(1 for r in self.eligible if r.outcomes[converter].outcome == OUTCOME_PASS)
+
+    def passed_low(self, converter: str) -> int:
+        """Passing tests whose converted model really computes something in low precision."""
+        return sum(
+            1
+            for r in self.eligible
+            if r.outcomes[converter].outcome == OUTCOME_PASS and r.outcomes[converter].low_precision
+        )
 
     def rate(self, converter: str) -> float:
         return self.passed(converter) / max(1, len(self.eligible))
@@ -617,6 +696,8 @@ def summary_text(suite: SuiteResult) -> str:
     for converter, why in suite.skipped_converters.items():
         lines.append(f"{converter:22s} skipped: {why}")
     for converter in suite.converters:
+        lines.append(f"{converter:22s} passing tests with FP16/BF16 inside: {suite.passed_low(converter)}")
+    for converter in suite.converters:
         failed = suite.failures(converter)
         if not failed:
             continue
@@ -666,12 +747,17 @@ def markdown(suite: SuiteResult) -> str:
         "Graph optimizations are disabled so ORT does not remove the converters' Casts."
     )
     out.append("")
-    out.append("| converter | passed | eligible | rate | " + " | ".join(OUTCOMES[1:]) + " |")
-    out.append("|---|---|---|---|" + "---|" * (len(OUTCOMES) - 1))
+    out.append(
+        "| converter | passed | passed with FP16 inside | eligible | rate | "
+        + " | ".join(OUTCOMES[1:])
+        + " |"
+    )
+    out.append("|---|---|---|---|---|" + "---|" * (len(OUTCOMES) - 1))
     for converter in suite.converters:
         counts = collections.Counter(r.outcomes[converter].outcome for r in eligible)
         out.append(
-            f"| {_converter_label(converter)} | {suite.passed(converter)} | {len(eligible)} | "
+            f"| {_converter_label(converter)} | {suite.passed(converter)} | {suite.passed_low(converter)} | "
+            f"{len(eligible)} | "
             f"{100 * suite.rate(converter):.2f} % | "
             + " | ".join(str(counts[o]) for o in OUTCOMES[1:])
             + " |"
@@ -706,6 +792,26 @@ def markdown(suite: SuiteResult) -> str:
                 f"| `{r.name}` | {r.main_op} | {outcome.outcome} | {_md(outcome.detail)} | {_md(why)} |"
             )
         out.append("")
+    out.append("## Notes on passing tests")
+    out.append("")
+    out.append(
+        "*Passed with FP16 inside* counts converted models that contain a float16/bfloat16 tensor; "
+        "the rest pass because the default policy keeps them FP32 (blocked ops, no low-precision "
+        "schema type, nothing worth converting)."
+    )
+    out.append("")
+    for converter in suite.converters:
+        noted = [
+            r
+            for r in eligible
+            if r.outcomes[converter].outcome == OUTCOME_PASS and r.outcomes[converter].detail
+        ]
+        if noted:
+            out.append(f"{_converter_label(converter)}: passed with a note:")
+            out.append("")
+            for r in noted:
+                out.append(f"- `{r.name}`: {_md(r.outcomes[converter].detail)}")
+            out.append("")
     out.append("## Results by op")
     out.append("")
     out.append("Eligible tests per op (the op a test is named after) and how many each converter passed.")
@@ -733,6 +839,8 @@ def markdown(suite: SuiteResult) -> str:
 
 
 def _converter_label(name: str) -> str:
+    if name.endswith(":allow-all"):
+        return f"mpcompile `--target {name.split(':')[1]}`, every op allowed (stress)"
     if name.startswith("mpcompile:"):
         return f"mpcompile `--target {name.split(':', 1)[1]}`"
     return "onnxconverter-common `convert_float_to_float16(keep_io_types=True)`"
