@@ -149,6 +149,8 @@ def save_model(
     path = pathlib.Path(path).absolute()
     if not path.parent.is_dir():
         raise errors.OutputNotWritableError(f"{path.parent}: output folder does not exist")
+    if path.is_dir():
+        raise errors.OutputNotWritableError(f"{path}: output path is a folder")
     if not os.access(path.parent, os.W_OK):
         raise errors.OutputNotWritableError(f"{path.parent}: output folder is not writable")
     if external_data is None:
@@ -157,7 +159,10 @@ def save_model(
     data_name = path.name + ".data"
     data_path = path.with_name(data_name)
     data_existed = data_path.exists()
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _user_error(exc, path) from None
     os.close(fd)
     try:
         if external_data:
@@ -169,24 +174,24 @@ def save_model(
         if verify is not None:
             verify(temp_name)
         os.replace(temp_name, path)
-    except OSError as exc:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(temp_name)
         if external_data and not data_existed:
             with contextlib.suppress(OSError):
                 os.unlink(data_path)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise errors.DiskFullError(f"{path}: no space left on device while writing") from None
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise errors.OutputNotWritableError(f"{path}: not writable ({exc.strerror})") from None
+        if isinstance(exc, OSError):
+            raise _user_error(exc, path) from None
         raise
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_name)
-        if external_data and not data_existed:
-            with contextlib.suppress(OSError):
-                os.unlink(data_path)
-        raise
+
+
+def _user_error(exc: OSError, path: pathlib.Path) -> BaseException:
+    """The MpcompileError for an OSError met while writing ``path`` (or the error itself)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return errors.DiskFullError(f"{path}: no space left on device while writing")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR):
+        return errors.OutputNotWritableError(f"{path}: not writable ({exc.strerror})")
+    return exc
 
 
 def _has_external_tensors(model: ir.Model) -> bool:
