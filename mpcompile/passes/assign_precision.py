@@ -19,7 +19,7 @@ reads through its primary type variable (see ``mpcompile.op_types``).
 from __future__ import annotations
 
 import dataclasses
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 
 import onnx_ir as ir
@@ -64,6 +64,16 @@ class AssignPrecisionPass(ir.passes.InPlacePass):
         range_cache: dict[int, ranges.ConstantRange | None] = {}
         for graph in model.graphs():
             _GraphPainter(self.context, graph, opset, functions, range_cache).paint()
+        unknown = Counter(
+            f"{node.domain or 'ai.onnx'}::{node.op_type}"
+            for node, decision in self.context.plan.items()
+            if decision.reason == Reason.UNKNOWN_OP
+        )
+        if unknown:
+            listed = ", ".join(
+                f"{op} ({count} node{'s' * (count > 1)})" for op, count in sorted(unknown.items())
+            )
+            self.context.notes.append(f"kept FP32, no schema or typing rule: {listed}")
         if model.functions:
             self.context.notes.append(
                 f"{len(model.functions)} model-local function(s) kept FP32: calls are precision boundaries"
