@@ -49,12 +49,24 @@ def assert_refused(result: CliRun, code: ExitCode, *mentions: str) -> None:
 
 
 def refused_without_side_effects(
-    run_cli, folder: pathlib.Path, source: pathlib.Path, code: ExitCode, *mentions: str, extra_args=()
+    run_cli,
+    folder: pathlib.Path,
+    source: pathlib.Path,
+    code: ExitCode,
+    *mentions: str,
+    extra_args=(),
+    opened: list[str] | None = None,
 ) -> CliRun:
-    """Run convert on ``source`` into ``folder``/out.onnx; nothing under ``folder`` may change."""
+    """Run convert on ``source`` into ``folder``/out.onnx; nothing under ``folder`` may change.
+
+    With ``opened``, every path the conversion opened is appended to it.
+    """
     before = folder_state(folder)
     output = folder / "out.onnx"
-    result = run_cli("convert", source, "-o", output, *extra_args)
+    with opened_paths() as paths:
+        result = run_cli("convert", source, "-o", output, *extra_args)
+    if opened is not None:
+        opened.extend(paths)
     assert_refused(result, code, *mentions)
     assert folder_state(folder) == before
     return result
@@ -167,8 +179,10 @@ def test_external_data_escaping_the_folder_is_refused_before_reading(
     folder.mkdir(parents=True)
     (tmp_path / "a" / "secret.bin").write_bytes(b"\1" * 64)
     source = external_model(folder, location)
-    with opened_paths() as opened:
-        result = refused_without_side_effects(run_cli, folder, source, ExitCode.EXTERNAL_DATA, location)
+    opened: list[str] = []
+    result = refused_without_side_effects(
+        run_cli, folder, source, ExitCode.EXTERNAL_DATA, location, opened=opened
+    )
     assert "refused" in result.stderr
     escaped = [path for path in opened if "passwd" in path or "secret.bin" in path]
     assert not escaped, f"read before refusing: {escaped}"
@@ -180,8 +194,9 @@ def test_external_data_symlink_escaping_the_folder(run_cli, tmp_path: pathlib.Pa
     (tmp_path / "secret.bin").write_bytes(b"\1" * 64)
     (folder / "weights.bin").symlink_to(tmp_path / "secret.bin")
     source = external_model(folder, "weights.bin")
-    with opened_paths() as opened:
-        refused_without_side_effects(run_cli, folder, source, ExitCode.EXTERNAL_DATA, "escapes")
+    opened: list[str] = []
+    refused_without_side_effects(run_cli, folder, source, ExitCode.EXTERNAL_DATA, "escapes", opened=opened)
+    assert opened, "the audit hook saw nothing: the check is not working"
     assert not [path for path in opened if path.endswith(("secret.bin", "weights.bin"))]
 
 
