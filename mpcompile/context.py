@@ -59,9 +59,7 @@ class ConversionContext:
     required_input_dtypes: dict[tuple[int, int], ir.DataType] = dataclasses.field(default_factory=dict)
     # dtypes of graph outputs before conversion, keyed by id(value).
     original_output_dtypes: dict[int, ir.DataType] = dataclasses.field(default_factory=dict)
-    # Constants (initializer values / Constant nodes, by id) whose values a range scan found
-    # beyond the low-precision range, and those that may be clamped as masks.
-    out_of_range_constants: set[int] = dataclasses.field(default_factory=set)
-    clampable_mask_constants: set[int] = dataclasses.field(default_factory=set)
+    # Additive attention masks (by id of the constant's value) -> the Softmax nodes they reach.
+    clampable_mask_constants: dict[int, list[ir.Node]] = dataclasses.field(default_factory=dict)
     stats: ConvertStats = dataclasses.field(default_factory=ConvertStats)
     notes: list[str] = dataclasses.field(default_factory=list)

@@ -198,16 +198,18 @@ class _GraphPainter:
         low-precision limit keeps the Softmax result (exp underflows to 0 either way)."""
         if measured.overflowing_positive:
             return False
+        if id(value) in self.context.clampable_mask_constants:
+            return True
         frontier = [(use.node, 0) for use in value.uses()]
         seen: set[int] = set()
-        found_softmax = False
+        softmaxes: list[ir.Node] = []
         while frontier:
             node, depth = frontier.pop()
             if id(node) in seen:
                 continue
             seen.add(id(node))
             if node.domain == "" and node.op_type == "Softmax":
-                found_softmax = True
+                softmaxes.append(node)
                 continue
             classified = self.context.policy.classify(node.domain, node.op_type)
             if depth >= MASK_SEARCH_DEPTH or classified.op_class not in (
@@ -239,9 +241,9 @@ class _GraphPainter:
                 if output.is_graph_output():
                     return False
                 frontier.extend((use.node, depth + 1) for use in output.uses())
-        if found_softmax:
-            self.context.clampable_mask_constants.add(id(value))
-        return found_softmax
+        if softmaxes:
+            self.context.clampable_mask_constants[id(value)] = softmaxes
+        return bool(softmaxes)
 
     def _mark_qdq_paths(self) -> None:
         """Nodes fed by DequantizeLinear or feeding QuantizeLinear form quantized paths."""

@@ -54,18 +54,26 @@ class ConvertConstantsPass(ir.passes.InPlacePass):
             (low_uses if required.get((id(use.node), use.idx)) == low else other_uses).append(use)
         return low_uses, other_uses
 
+    def _clamps(self, value: ir.Value) -> bool:
+        """Clamp an attention mask whose Softmax runs in low precision: its values will be."""
+        softmaxes = self.context.clampable_mask_constants.get(id(value), ())
+        return any(self.context.plan.is_low(node) for node in softmaxes)
+
     def _convert_initializer(self, graph: ir.Graph, value: ir.Value) -> bool:
         if value.dtype != FLOAT or value.const_value is None or value.is_graph_input():
             return False
         low_uses, other_uses = self._low_uses(value)
-        if not low_uses:
+        clamp = self._clamps(value)
+        if not low_uses and not clamp:
             return False
-        clamp = id(value) in self.context.clampable_mask_constants
         source = value.const_value
         self._count_range(source, clamp)
         if clamp:
+            # Also in FP32: the product still reaches the low-precision Softmax through a Cast.
             value.const_value = _lazy(source, _clamped(self.context.low), FLOAT, cache=True)
             source = value.const_value
+            if not low_uses:
+                return True
         if other_uses or value.is_graph_output():
             copy = ir.Value(
                 name=self.names.unique(f"{value.name}_{SUFFIX[self.context.low.dtype]}"),
@@ -96,14 +104,16 @@ class ConvertConstantsPass(ir.passes.InPlacePass):
         attr = node.attributes.get("value")
         if attr is None or attr.type != ir.AttributeType.TENSOR or attr.as_tensor().dtype != FLOAT:
             return False
-        if output.dtype != self.context.low.dtype and not low_uses:
+        clamp = self._clamps(output)
+        if output.dtype != self.context.low.dtype and not low_uses and not clamp:
             return False
         tensor = attr.as_tensor()
-        clamp = id(output) in self.context.clampable_mask_constants
         self._count_range(tensor, clamp)
         if clamp:
             tensor = ir.tensor(_clamped(self.context.low)(tensor.numpy()), name=tensor.name)
             node.attributes["value"] = ir.AttrTensor("value", tensor)
+            if output.dtype != self.context.low.dtype and not low_uses:
+                return True
         converted = ir.tensor(tensor.numpy().astype(self.context.low.numpy_dtype), name=tensor.name)
         if output.dtype == self.context.low.dtype:  # the node itself went low precision
             node.attributes["value"] = ir.AttrTensor("value", converted)
