@@ -26,6 +26,7 @@ import onnx_ir as ir
 
 from mpcompile import op_types, ranges
 from mpcompile.context import ConversionContext
+from mpcompile.graphs import TYPED_FUNCTION_KEY, all_graphs
 from mpcompile.plan import Decision, Reason
 from mpcompile.policy import OpClass, op_classes
 from mpcompile.precision import Precision
@@ -59,14 +60,14 @@ class AssignPrecisionPass(ir.passes.InPlacePass):
         return "AssignPrecisionPass()"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
         functions = {(function.domain, function.name) for function in model.functions.values()}
         range_cache: dict[int, ranges.ConstantRange | None] = {}
-        for graph in model.graphs():
+        for graph, opset in all_graphs(model):
             _GraphPainter(self.context, graph, opset, functions, range_cache).paint()
-        if model.functions:
+        untyped = [name for (_, name, _), f in model.functions.items() if not f.meta.get(TYPED_FUNCTION_KEY)]
+        if untyped:
             self.context.notes.append(
-                f"{len(model.functions)} model-local function(s) kept FP32: calls are precision boundaries"
+                f"local function(s) {', '.join(sorted(untyped))} kept as they are: their call sites disagree on types"
             )
         return ir.passes.PassResult(model, modified=False)
 

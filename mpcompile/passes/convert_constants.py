@@ -15,6 +15,7 @@ import onnx_ir as ir
 from mpcompile import ranges
 from mpcompile.casts import SUFFIX, NameAuthority
 from mpcompile.context import ConversionContext
+from mpcompile.graphs import all_graphs
 from mpcompile.plan import Decision, Reason, stamp_decision
 from mpcompile.precision import LowPrecisionFormat
 from mpcompile.values import set_dtype
@@ -38,7 +39,7 @@ class ConvertConstantsPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
-        for graph in model.graphs():
+        for graph, _ in all_graphs(model):
             for value in list(graph.initializers.values()):
                 modified |= self._convert_initializer(graph, value)
             for node in list(graph):
