@@ -61,9 +61,8 @@ class AssignPrecisionPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         functions = {(function.domain, function.name) for function in model.functions.values()}
-        range_cache: dict[int, ranges.ConstantRange | None] = {}
         for graph, opset in all_graphs(model):
-            _GraphPainter(self.context, graph, opset, functions, range_cache).paint()
+            _GraphPainter(self.context, graph, opset, functions).paint()
         untyped = [name for (_, name, _), f in model.functions.items() if not f.meta.get(TYPED_FUNCTION_KEY)]
         if untyped:
             self.context.notes.append(
@@ -79,13 +78,11 @@ class _GraphPainter:
         graph: ir.Graph,
         opset: int,
         functions: set[tuple[str, str]],
-        range_cache: dict[int, ranges.ConstantRange | None],
     ):
         self.context = context
         self.graph = graph
         self.opset = opset
         self.functions = functions
-        self.range_cache = range_cache
         self.low_dtype = context.low.dtype
         self.infos: dict[int, _NodeInfo] = {}
         self.order: list[ir.Node] = list(graph)
@@ -187,11 +184,7 @@ class _GraphPainter:
     def _constant_range(self, value: ir.Value | None) -> ranges.ConstantRange | None:
         if value is None or value.dtype != ir.DataType.FLOAT:
             return None
-        key = id(value)
-        if key not in self.range_cache:
-            tensor = ranges.constant_tensor(value)
-            self.range_cache[key] = None if tensor is None else ranges.measure(tensor, self.context.low)
-        return self.range_cache[key]
+        return self.context.constant_range(value)
 
     def _is_clampable_mask(self, value: ir.Value, measured: ranges.ConstantRange) -> bool:
         """A constant whose only out-of-range values are huge negatives feeding a Softmax

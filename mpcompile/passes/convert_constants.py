@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from mpcompile import ranges
 from mpcompile.casts import SUFFIX, NameAuthority
 from mpcompile.context import ConversionContext
 from mpcompile.graphs import all_graphs
@@ -68,7 +67,7 @@ class ConvertConstantsPass(ir.passes.InPlacePass):
         if not low_uses and not clamp:
             return False
         source = value.const_value
-        self._count_range(source, clamp)
+        self._count_range(value, clamp)
         if clamp:
             # Also in FP32: the product still reaches the low-precision Softmax through a Cast.
             value.const_value = _lazy(source, _clamped(self.context.low), FLOAT, cache=True)
@@ -109,7 +108,7 @@ class ConvertConstantsPass(ir.passes.InPlacePass):
         if output.dtype != self.context.low.dtype and not low_uses and not clamp:
             return False
         tensor = attr.as_tensor()
-        self._count_range(tensor, clamp)
+        self._count_range(output, clamp)
         if clamp:
             tensor = ir.tensor(_clamped(self.context.low)(tensor.numpy()), name=tensor.name)
             node.attributes["value"] = ir.AttrTensor("value", tensor)
@@ -137,8 +136,10 @@ class ConvertConstantsPass(ir.passes.InPlacePass):
             use.node.replace_input_with(use.idx, copy.outputs[0])
         return True
 
-    def _count_range(self, tensor: ir.TensorProtocol, clamp: bool) -> None:
-        measured = ranges.measure(tensor, self.context.low)
+    def _count_range(self, value: ir.Value, clamp: bool) -> None:
+        measured = self.context.constant_range(value)
+        if measured is None:
+            return
         stats = self.context.stats
         stats.values_flushed_to_zero += measured.flushed_to_zero
         stats.values_subnormal += measured.subnormal
