@@ -89,14 +89,42 @@ def optimize_model(
                     break
                 disabled.extend(more)
     _drop_unused_opset_imports(optimized)
+    optimized, typed = annotate_types(optimized)
     note = f"{level} ({provider}, onnxruntime {onnxruntime.__version__})"
     if disabled:
         note += f"; disabled for {resolved.provider}: {', '.join(disabled)}"
+    if not typed:
+        note += "; symbolic shape inference incomplete: some values may stay untyped (FP32)"
     onnx.helper.set_model_props(
         optimized,
         {**{entry.key: entry.value for entry in optimized.metadata_props}, OPTIMIZE_METADATA_KEY: note},
     )
     return optimized
+
+
+def annotate_types(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    """Record value types and shapes, contrib ops included, with ORT's symbolic shape inference.
+
+    onnx's own inference has no schemas for the fused ``com.microsoft`` ops, so without this their
+    outputs would be untyped and the precision assignment would keep them FP32. Returns the
+    annotated model and whether every value was inferred; a partial result is still returned
+    (the public ``infer_shapes`` would instead write a file into the working folder and raise).
+    """
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    except ImportError:
+        return model, False
+    try:
+        with _logging_disabled():
+            inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
+            inference._preprocess(model)
+            complete = False
+            while inference.run_:
+                complete = inference._infer_impl()
+            inference._update_output_from_vi()
+            return inference.out_mp_, bool(complete)
+    except Exception:  # private API of one onnxruntime version; assorted errors on odd graphs
+        return model, False
 
 
 def session_provider(target: Target, available: list[str]) -> str:
