@@ -48,6 +48,7 @@ def test_get_target_names():
 
 def test_any_target_is_unconstrained():
     assert get_target("any").supports("com.example", "Whatever", 1, BF16)
+    assert get_target("any").explain("com.example", "Whatever", 1, BF16).supported
 
 
 def test_live_cpu_registry_vs_shipped_table():

@@ -7,6 +7,7 @@ from typing import Protocol
 import onnx_ir as ir
 
 from mpcompile.errors import ExitCode, MpcompileError
+from mpcompile.targets.kernel_table import KernelAnswer
 
 # CLI/API target name -> ONNX Runtime execution provider (None: no provider constraint).
 TARGET_PROVIDERS: dict[str, str | None] = {
@@ -50,6 +51,9 @@ class AnyTarget:
 
     def supports(self, domain: str, op_type: str, opset: int, dtype: ir.DataType) -> bool:
         return True
+
+    def explain(self, domain: str, op_type: str, opset: int, dtype: ir.DataType) -> KernelAnswer:
+        return KernelAnswer(True, "target any: no kernel constraints")
 
 
 def get_target(name: str, live: bool = True) -> Target:
