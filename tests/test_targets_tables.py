@@ -42,7 +42,7 @@ def test_generator_reproduces_shipped_tables_byte_for_byte(tmp_path):
     source = _shipped_source_markdown()
     output = tmp_path / "kernels_ort.json"
     assert gen_kernel_tables.main([str(source), "-o", str(output)]) == 0
-    shipped = importlib.resources.files("mpcompile.data").joinpath("kernels_ort.json").read_bytes()
+    shipped = importlib.resources.files("mpcompile").joinpath("data", "kernels_ort.json").read_bytes()
     assert output.read_bytes() == shipped
 
 

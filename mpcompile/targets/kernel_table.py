@@ -182,7 +182,7 @@ def schema_since_version(domain: str, op_type: str, opset: int) -> int | None:
 @functools.lru_cache(maxsize=1)
 def shipped_document() -> dict:
     """The parsed ``kernels_ort.json`` package data (source facts and all providers)."""
-    text = importlib.resources.files("mpcompile.data").joinpath(SHIPPED_TABLES_RESOURCE).read_text("ascii")
+    text = importlib.resources.files("mpcompile").joinpath("data", SHIPPED_TABLES_RESOURCE).read_text("ascii")
     return json.loads(text)
 
 

@@ -26,7 +26,7 @@ _TYPE_TAGS = {ir.DataType.FLOAT: "FP32", ir.DataType.FLOAT16: "FP16", ir.DataTyp
 @functools.lru_cache(maxsize=1)
 def tensorrt_operators() -> dict:
     """The parsed ``tensorrt_operators.json`` (source, rule, opset range, ops -> supported types)."""
-    text = importlib.resources.files("mpcompile.data").joinpath(TENSORRT_DATA_RESOURCE).read_text("utf-8")
+    text = importlib.resources.files("mpcompile").joinpath("data", TENSORRT_DATA_RESOURCE).read_text("utf-8")
     return json.loads(text)
 
 
