@@ -28,9 +28,9 @@ import onnx
 import onnx_ir as ir
 
 from mpcompile import errors
+from mpcompile.choices import OPTIMIZE_LEVELS
 from mpcompile.targets.base import Target, get_target
 
-OPTIMIZE_LEVELS = ("basic", "extended", "transformer")
 OPTIMIZE_METADATA_KEY = "mpcompile.optimize"
 _WEIGHTS_FILE = "weights.data"
 

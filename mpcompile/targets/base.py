@@ -6,19 +6,19 @@ from typing import Protocol
 
 import onnx_ir as ir
 
+from mpcompile.choices import DEFAULT_TARGET, TARGET_NAMES, TARGET_PROVIDERS
 from mpcompile.errors import ExitCode, MpcompileError
 from mpcompile.targets.kernel_table import KernelAnswer
 
-# CLI/API target name -> ONNX Runtime execution provider (None: no provider constraint).
-TARGET_PROVIDERS: dict[str, str | None] = {
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "cpu": "CPUExecutionProvider",
-    "dml": "DmlExecutionProvider",
-    "any": None,
-}
-TARGET_NAMES = tuple(TARGET_PROVIDERS)
-DEFAULT_TARGET = "cuda"
+__all__ = [
+    "DEFAULT_TARGET",
+    "TARGET_NAMES",
+    "TARGET_PROVIDERS",
+    "AnyTarget",
+    "Target",
+    "UnknownTargetError",
+    "get_target",
+]
 
 
 class Target(Protocol):
