@@ -12,9 +12,10 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from mpcompile import errors, io
+from mpcompile import errors, io, targets
 from mpcompile.casts import CastFactory, NameAuthority
 from mpcompile.context import ConversionContext, ConvertStats
+from mpcompile.graphs import all_graphs
 from mpcompile.pipeline import Pipeline
 from mpcompile.plan import MODEL_VERSION_KEY, PrecisionPlan, read_decision
 from mpcompile.policy import Policy, load_policy_file, op_classes
@@ -24,7 +25,7 @@ from mpcompile.targets.base import Target
 
 ModelLike = onnx.ModelProto | ir.Model | str | os.PathLike
 
-DEFAULT_TARGET = "any"
+DEFAULT_TARGET = targets.DEFAULT_TARGET
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,7 @@ class ConvertOptions:
     block_nodes: tuple[str, ...] = ()
     policy: str | os.PathLike | None = None  # TOML file with the same fields
     allow_qdq: bool = False
+    optimize: str | None = None  # run ORT's graph optimisation first: basic | extended | transformer
     verify: bool = True  # run onnx.checker (full) on the result
     check_invariants: bool = False  # check our invariants after every pass (debugging)
     dump_dir: str | os.PathLike | None = None
@@ -84,7 +86,7 @@ class ConvertResult:
         """Per-node decisions, read back from the converted IR (graph order)."""
         model = self.model if isinstance(self.model, ir.Model) else ir.from_proto(self.model)
         rows = []
-        for graph in model.graphs():
+        for graph, _ in all_graphs(model, every_function=True):
             for node in graph:
                 decision = read_decision(node)
                 if decision is None:
@@ -199,6 +201,10 @@ def _convert_ir(
     )
     low = low_precision_format(str(precision))
     target = get_target(target_name) if isinstance(target_name, str) else target_name
+    if opts.optimize:
+        from mpcompile.optimize import optimize_model
+
+        model = ir.from_proto(optimize_model(model, opts.optimize, target))
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
     if opset < low.min_opset:
         raise errors.UnsupportedOpsetError(
@@ -278,7 +284,7 @@ def _policy(opts: ConvertOptions) -> tuple[Policy, dict[str, object]]:
 
 def count_casts(model: ir.Model) -> int:
     return sum(
-        1 for graph in model.graphs() for node in graph if node.op_type == "Cast" and node.domain == ""
+        1 for graph, _ in all_graphs(model) for node in graph if node.op_type == "Cast" and node.domain == ""
     )
 
 

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import onnx_ir as ir
 
 from mpcompile import op_types, ranges
 from mpcompile.context import ConversionContext
+from mpcompile.graphs import TYPED_FUNCTION_KEY, all_graphs
 from mpcompile.plan import Decision, Reason
 from mpcompile.policy import OpClass, op_classes
 from mpcompile.precision import Precision
@@ -59,11 +60,9 @@ class AssignPrecisionPass(ir.passes.InPlacePass):
         return "AssignPrecisionPass()"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
         functions = {(function.domain, function.name) for function in model.functions.values()}
-        range_cache: dict[int, ranges.ConstantRange | None] = {}
-        for graph in model.graphs():
-            _GraphPainter(self.context, graph, opset, functions, range_cache).paint()
+        for graph, opset in all_graphs(model):
+            _GraphPainter(self.context, graph, opset, functions, model.opset_imports).paint()
         unknown = Counter(
             f"{node.domain or 'ai.onnx'}::{node.op_type}"
             for node, decision in self.context.plan.items()
@@ -74,9 +73,10 @@ class AssignPrecisionPass(ir.passes.InPlacePass):
                 f"{op} ({count} node{'s' * (count > 1)})" for op, count in sorted(unknown.items())
             )
             self.context.notes.append(f"kept FP32, no schema or typing rule: {listed}")
-        if model.functions:
+        untyped = [name for (_, name, _), f in model.functions.items() if not f.meta.get(TYPED_FUNCTION_KEY)]
+        if untyped:
             self.context.notes.append(
-                f"{len(model.functions)} model-local function(s) kept FP32: calls are precision boundaries"
+                f"local function(s) {', '.join(sorted(untyped))} kept as they are: their call sites disagree on types"
             )
         return ir.passes.PassResult(model, modified=False)
 
@@ -88,13 +88,13 @@ class _GraphPainter:
         graph: ir.Graph,
         opset: int,
         functions: set[tuple[str, str]],
-        range_cache: dict[int, ranges.ConstantRange | None],
+        opset_imports: Mapping[str, int],
     ):
         self.context = context
         self.graph = graph
         self.opset = opset
+        self.opset_imports = opset_imports
         self.functions = functions
-        self.range_cache = range_cache
         self.low_dtype = context.low.dtype
         self.infos: dict[int, _NodeInfo] = {}
         self.order: list[ir.Node] = list(graph)
@@ -174,7 +174,10 @@ class _GraphPainter:
                 Reason.SCHEMA,
                 f"{node.op_type}-{self.opset} type {typing.type_variable} has no {self.context.low.precision.value}",
             )
-        if not self.context.target.supports(node.domain, node.op_type, self.opset, self.low_dtype):
+        domain_opset = (
+            self.opset if node.domain in ("", "ai.onnx") else self.opset_imports.get(node.domain, 1)
+        )
+        if not self.context.target.supports(node.domain, node.op_type, domain_opset, self.low_dtype):
             provider = self.context.target.provider or self.context.target.name
             return self._fixed(fp32, Reason.no_kernel(provider), f"target {self.context.target.name}")
         for index in typing.float_inputs:
@@ -196,11 +199,7 @@ class _GraphPainter:
     def _constant_range(self, value: ir.Value | None) -> ranges.ConstantRange | None:
         if value is None or value.dtype != ir.DataType.FLOAT:
             return None
-        key = id(value)
-        if key not in self.range_cache:
-            tensor = ranges.constant_tensor(value)
-            self.range_cache[key] = None if tensor is None else ranges.measure(tensor, self.context.low)
-        return self.range_cache[key]
+        return self.context.constant_range(value)
 
     def _is_clampable_mask(self, value: ir.Value, measured: ranges.ConstantRange) -> bool:
         """A constant whose only out-of-range values are huge negatives feeding a Softmax
@@ -208,16 +207,18 @@ class _GraphPainter:
         low-precision limit keeps the Softmax result (exp underflows to 0 either way)."""
         if measured.overflowing_positive:
             return False
+        if id(value) in self.context.clampable_mask_constants:
+            return True
         frontier = [(use.node, 0) for use in value.uses()]
         seen: set[int] = set()
-        found_softmax = False
+        softmaxes: list[ir.Node] = []
         while frontier:
             node, depth = frontier.pop()
             if id(node) in seen:
                 continue
             seen.add(id(node))
             if node.domain == "" and node.op_type == "Softmax":
-                found_softmax = True
+                softmaxes.append(node)
                 continue
             classified = self.context.policy.classify(node.domain, node.op_type)
             if depth >= MASK_SEARCH_DEPTH or classified.op_class not in (
@@ -249,9 +250,9 @@ class _GraphPainter:
                 if output.is_graph_output():
                     return False
                 frontier.extend((use.node, depth + 1) for use in output.uses())
-        if found_softmax:
-            self.context.clampable_mask_constants.add(id(value))
-        return found_softmax
+        if softmaxes:
+            self.context.clampable_mask_constants[id(value)] = softmaxes
+        return bool(softmaxes)
 
     def _mark_qdq_paths(self) -> None:
         """Nodes fed by DequantizeLinear or feeding QuantizeLinear form quantized paths."""
