@@ -43,6 +43,7 @@ def measure(tensor: ir.TensorProtocol, low: LowPrecisionFormat) -> ConstantRange
     try:
         return _measure_array(array, low)
     finally:
+        del array  # a view of the mapped file: unmapping while it lives raises BufferError
         if isinstance(tensor, ir.ExternalTensor):
             tensor.release()
 
