@@ -37,7 +37,9 @@ def test_peak_memory_well_under_weights_plus_fp16_copy(numbers: dict) -> None:
 
 def test_output_keeps_weights_external(numbers: dict) -> None:
     assert numbers["output_onnx_bytes"] < 1 * 2**20
-    assert numbers["fp16_external_initializers"] == numbers["layers"] * 2
+    assert numbers["external_initializers"] == numbers["initializers"] == numbers["layers"] * 2
+    # Every MatMul weight is FP16; the biases of the trailing FP32 Add may stay FP32.
+    assert numbers["fp16_external_initializers"] >= numbers["layers"]
     assert numbers["data_bytes"] >= numbers["weight_bytes"] // 2
 
 

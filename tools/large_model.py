@@ -130,7 +130,7 @@ def convert_in_this_process(source: pathlib.Path, output: pathlib.Path) -> dict:
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "rss_after_imports_bytes": baseline_rss,
         "peak_anon_rss_bytes": max(peak_anon[0], _anon_rss_bytes()),
-        "stats": _jsonable(dataclasses.asdict(stats) if dataclasses.is_dataclass(stats) else stats),
+        "stats": _jsonable(stats.as_dict() if hasattr(stats, "as_dict") else {}),
     }
 
 
@@ -158,11 +158,8 @@ def check_output(source: GeneratedModel, output: pathlib.Path) -> dict:
 
     data_files = sorted(p.name for p in output.parent.iterdir() if p.name.startswith(output.name + "."))
     proto = onnx.load(str(output), load_external_data=False)
-    external = [
-        t.name
-        for t in proto.graph.initializer
-        if t.data_location == onnx.TensorProto.EXTERNAL and t.data_type == onnx.TensorProto.FLOAT16
-    ]
+    external = [t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    external_fp16 = [t.name for t in external if t.data_type == onnx.TensorProto.FLOAT16]
     onnx.checker.check_model(str(output), full_check=True)
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -180,7 +177,8 @@ def check_output(source: GeneratedModel, output: pathlib.Path) -> dict:
         "output_onnx_bytes": output.stat().st_size,
         "data_files": data_files,
         "data_bytes": sum((output.parent / name).stat().st_size for name in data_files),
-        "fp16_external_initializers": len(external),
+        "external_initializers": len(external),
+        "fp16_external_initializers": len(external_fp16),
         "initializers": len(proto.graph.initializer),
         "ort_load_run_seconds": load_run_seconds,
         "relative_l2_error": relative_error,
