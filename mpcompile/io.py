@@ -178,6 +178,7 @@ def save_model(
             ir.save(model, temp_name)
         if verify is not None:
             verify(temp_name)
+        os.chmod(temp_name, _default_file_mode())  # mkstemp creates 0600; give the usual mode
         os.replace(temp_name, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -188,6 +189,17 @@ def save_model(
         if isinstance(exc, OSError):
             raise _user_error(exc, path) from None
         raise
+
+
+def _default_file_mode() -> int:
+    """0o666 less the process umask: the mode open() would give a new file."""
+    try:  # Linux: read the umask without changing it (os.umask is process-wide, racy)
+        with open("/proc/self/status") as status:
+            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0)
+        os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _user_error(exc: OSError, path: pathlib.Path) -> BaseException:

@@ -468,3 +468,13 @@ def test_cli_process_prints_one_line_and_exit_code(tmp_path: pathlib.Path) -> No
     )
     assert done.returncode == int(ExitCode.NOT_ONNX)
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_output_gets_the_usual_file_mode(run_cli, tmp_path: pathlib.Path) -> None:
+    """The atomic write goes through a private temporary file; the result must not stay 0600."""
+    source = save(tiny_fp32_model(), tmp_path / "model.onnx")
+    output = tmp_path / "out.onnx"
+    assert run_cli("convert", source, "-o", output).exit_code == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert output.stat().st_mode & 0o777 == 0o666 & ~umask
