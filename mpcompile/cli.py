@@ -24,6 +24,8 @@ def _register_commands() -> None:
     from mpcompile.commands import convert
 
     cli.add_command(convert.convert_command)
+    from mpcompile.commands import report
+    cli.add_command(report.report_command)
 
 
 _register_commands()
