@@ -1,0 +1,25 @@
+"""``mpcompile validate``: accuracy and latency of a converted model on ONNX Runtime EPs.
+
+Layout follows Polygraphy: ``runners`` (uniform ``infer``), ``compare`` (per-output
+statistics), ``latency``, ``results`` (typed, JSON-serializable, truthy when passing),
+``api.validate`` ties them together and ``render`` prints the tables.
+"""
+
+from mpcompile.validate.api import validate
+from mpcompile.validate.compare import OutputComparison, compare_output
+from mpcompile.validate.latency import LatencyStats
+from mpcompile.validate.render import render
+from mpcompile.validate.results import SCHEMA, EpResult, ValidationResult
+from mpcompile.validate.tolerances import Tolerance
+
+__all__ = [
+    "SCHEMA",
+    "EpResult",
+    "LatencyStats",
+    "OutputComparison",
+    "Tolerance",
+    "ValidationResult",
+    "compare_output",
+    "render",
+    "validate",
+]
