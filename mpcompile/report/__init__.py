@@ -51,6 +51,12 @@ def build_report(
     ``inputs``: an .npz of feeds for ``numerics``; generated when None.
     """
     spec = shapes if isinstance(shapes, ShapeSpec) else ShapeSpec.parse(shapes)
+    feeds = None
+    if numerics and inputs is not None:
+        from mpcompile.report.numerics import load_feeds
+
+        feeds = load_feeds(inputs)
+        spec.feed_shapes = {name: tuple(array.shape) for name, array in feeds.items()}
     audit = audit_model(model, shapes=spec, name=name)
     original_audit = None
     if original is not None:
@@ -67,7 +73,8 @@ def build_report(
             audit.model,
             original=original_audit.model if original_audit else None,
             original_audit=original_audit,
-            inputs=inputs,
+            feeds=feeds,
+            inputs_label=os.fspath(inputs) if inputs is not None else None,
         )
     return audit
 

@@ -5,7 +5,9 @@ from ``--shape`` or by documented defaults before shape inference, and every ass
 recorded so the report can show it:
 
 * ``--shape input:1x128`` sets the whole shape of graph input ``input``;
-* ``--shape seq=256`` sets every dim named ``seq``;
+* ``--shape seq:256`` or ``--shape seq=256`` sets every dim named ``seq`` (``NAME:N`` is read
+  as a dim when no input is called ``NAME``, as ``mpcompile validate`` does);
+* with ``--numerics --inputs data.npz``, inputs take the shapes of the arrays given;
 * otherwise a batch-like dim (axis 0 of a graph input, or any dim whose name contains
   "batch") is :data:`DEFAULT_BATCH`, and every other symbolic dim is :data:`DEFAULT_DIM`.
 """
@@ -35,6 +37,8 @@ class ShapeSpec:
 
     inputs: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     dims: dict[str, int] = dataclasses.field(default_factory=dict)
+    # Shapes of user-given feeds (--inputs): used for inputs --shape does not name.
+    feed_shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def parse(cls, specs: list[str] | tuple[str, ...] | None) -> ShapeSpec:
@@ -73,38 +77,44 @@ def resolve_input_shapes(model: ir.Model, spec: ShapeSpec) -> dict[str, int]:
     for unnamed dims, with the value used.
     """
     known = {inp.name for inp in model.graph.inputs}
-    unknown = sorted(set(spec.inputs) - known)
-    if unknown:
-        raise ReportOptionError(f"--shape names {unknown} but the model's inputs are {sorted(known)}")
+    dims = dict(spec.dims)
+    given_shapes = {name: shape for name, shape in spec.feed_shapes.items() if name in known}
+    for name, shape in spec.inputs.items():
+        if name in known:
+            given_shapes[name] = shape
+        elif len(shape) == 1:
+            dims[name] = shape[0]  # NAME:N for a symbolic dim
+        else:
+            raise ReportOptionError(f"--shape {name}: the model has no input of that name ({sorted(known)})")
     assumed: dict[str, int] = {}
     for value in model.graph.inputs:
         if value.shape is None:
-            if value.name in spec.inputs:
-                value.shape = ir.Shape(spec.inputs[value.name])
+            if value.name in given_shapes:
+                value.shape = ir.Shape(given_shapes[value.name])
             continue
-        if value.name in spec.inputs:
-            given = spec.inputs[value.name]
+        if value.name in given_shapes:
+            given = given_shapes[value.name]
             if len(given) != value.shape.rank():
                 raise ReportOptionError(
                     f"--shape {value.name}: gives {len(given)} dims but the input has rank {value.shape.rank()}"
                 )
             value.shape = ir.Shape(given)
             continue
-        dims: list[int] = []
+        resolved: list[int] = []
         for axis, dim in enumerate(value.shape):
             if isinstance(dim, int):
-                dims.append(dim)
+                resolved.append(dim)
                 continue
             name = dim.value if isinstance(dim, ir.SymbolicDim) else None
-            if name and name in spec.dims:
-                dims.append(spec.dims[name])
+            if name and name in dims:
+                resolved.append(dims[name])
                 continue
             batch_like = axis == 0 or (name is not None and "batch" in name.lower())
             chosen = DEFAULT_BATCH if batch_like else DEFAULT_DIM
             key = name or f"{value.name}[{axis}]"
             chosen = assumed.setdefault(key, chosen)
-            dims.append(chosen)
-        value.shape = ir.Shape(dims)
+            resolved.append(chosen)
+        value.shape = ir.Shape(resolved)
     return assumed
 
 
