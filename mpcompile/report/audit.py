@@ -17,7 +17,13 @@ import onnx_ir as ir
 
 from mpcompile.plan import MODEL_PRECISION_KEY, MODEL_TARGET_KEY, MODEL_VERSION_KEY, Reason, read_decision
 from mpcompile.report import flops as flops_mod
-from mpcompile.report.shapes import ShapeSpec, element_count, infer_shapes, resolve_input_shapes
+from mpcompile.report.shapes import (
+    ShapeSpec,
+    element_count,
+    infer_shapes,
+    refine_shapes,
+    resolve_input_shapes,
+)
 
 MAIN_GRAPH = "main"
 CAST_OPS = frozenset({"Cast", "CastLike"})
@@ -134,6 +140,7 @@ def audit_model(
     work = load_for_audit(model)
     assumed = resolve_input_shapes(work, spec)
     inference_ok = infer_shapes(work)
+    refine_shapes(work)
     labels = _graph_labels(work)
     nodes = [
         _audit_node(i, node, labels) for i, node in enumerate(ir.traversal.RecursiveGraphIterator(work.graph))

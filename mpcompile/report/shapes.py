@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common
 
 from mpcompile.errors import ExitCode, MpcompileError
 
-DEFAULT_BATCH = 1
-DEFAULT_DIM = 128  # a typical sequence length; images usually have static spatial dims
+# The same defaults as generated inputs (``mpcompile validate``), so a report and a validation
+# of the same model talk about the same shapes. Small on purpose: a default must fit models
+# with short maximum contexts; pass --shape for realistic FLOP totals.
+from mpcompile.inputs import DEFAULT_BATCH, DEFAULT_DIM
 
 
 class ReportOptionError(MpcompileError):
@@ -143,3 +146,147 @@ def element_count(value: ir.Value | None) -> int | None:
     for dim in shape:
         count *= dim
     return count
+
+
+# Shape arithmetic that onnx shape inference does not propagate (a Slice whose ``ends`` come
+# from ``Shape``, a Reshape target built with Concat) is folded by evaluating the small integer
+# subgraph with onnx's reference evaluator on a probe copy; the probe is then re-inferred and
+# its static shapes are copied back. Tensors larger than this are never evaluated.
+FOLD_MAX_ELEMENTS = 1 << 16
+_NEVER_FOLD = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
+)
+
+
+def refine_shapes(model: ir.Model) -> int:
+    """Fill shapes left symbolic by onnx inference via constant-folded shape computations.
+
+    Works on the main graph, in place on ``model``'s values; returns how many values got a
+    static shape. Never raises: a node that cannot be folded is left alone.
+    """
+    missing = [v for node in model.graph for v in node.outputs if static_shape(v) is None]
+    if not missing:
+        return 0
+    probe = model.clone()
+    folded = _fold_constants(probe)
+    if not folded:
+        return 0
+    proto = _probe_proto(probe, folded)
+    try:
+        import onnx
+
+        inferred = onnx.shape_inference.infer_shapes(
+            proto, check_type=False, strict_mode=False, data_prop=True
+        )
+    except Exception:
+        return 0
+    shapes: dict[str, tuple[int, ...]] = {}
+    for info in [*inferred.graph.value_info, *inferred.graph.output]:
+        dims = info.type.tensor_type.shape.dim if info.type.HasField("tensor_type") else None
+        if (
+            dims is not None
+            and info.type.tensor_type.HasField("shape")
+            and all(d.HasField("dim_value") for d in dims)
+        ):
+            shapes[info.name] = tuple(d.dim_value for d in dims)
+    for name, array in folded.items():
+        shapes[name] = tuple(array.shape)
+    count = 0
+    for node in model.graph:
+        for value in node.outputs:
+            if static_shape(value) is None and value.name in shapes:
+                value.shape = ir.Shape(shapes[value.name])
+                count += 1
+    return count
+
+
+def _fold_constants(model: ir.Model) -> dict[str, np.ndarray]:
+    """Values of main-graph node outputs computable from small constants and static shapes."""
+    known: dict[str, np.ndarray] = {}
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if tensor is not None and value.name and _small(tensor.shape):
+            known[value.name] = tensor.numpy()
+    folded: dict[str, np.ndarray] = {}
+    opsets = dict(model.opset_imports)
+    for node in model.graph:
+        outputs = _fold_node(node, known, opsets)
+        if outputs is None:
+            continue
+        for value, array in zip(node.outputs, outputs, strict=False):
+            if value.name and isinstance(array, np.ndarray) and array.size <= FOLD_MAX_ELEMENTS:
+                known[value.name] = array
+                folded[value.name] = array
+    return folded
+
+
+def _small(shape: ir.Shape | None) -> bool:
+    if shape is None or not shape.is_static():
+        return False
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    return count <= FOLD_MAX_ELEMENTS
+
+
+def _fold_node(
+    node: ir.Node, known: dict[str, np.ndarray], opsets: dict[str, int]
+) -> list[np.ndarray] | None:
+    if node.domain not in ("", "ai.onnx") or node.op_type in _NEVER_FOLD:
+        return None
+    if any(
+        attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values()
+    ):
+        return None
+    if node.op_type in ("Shape", "Size"):
+        shape = static_shape(node.inputs[0])
+        if shape is None:
+            return None
+        if node.op_type == "Size":
+            return [np.array(int(np.prod(shape)), dtype=np.int64)]
+        start_attr, end_attr = node.attributes.get("start"), node.attributes.get("end")
+        start = start_attr.as_int() if start_attr is not None else 0
+        end = end_attr.as_int() if end_attr is not None else len(shape)
+        return [np.array(shape[start:end], dtype=np.int64)]
+    inputs = [v for v in node.inputs if v is not None]
+    if not all(v.name in known for v in inputs):
+        return None
+    try:
+        import onnx
+        from onnx import helper
+        from onnx.reference import ReferenceEvaluator
+
+        feeds = {v.name: known[v.name] for v in inputs}
+        graph = helper.make_graph(
+            [ir.serde.serialize_node(node)],
+            "fold",
+            [
+                helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+                for n, a in feeds.items()
+            ],
+            [helper.make_value_info(v.name, onnx.TypeProto()) for v in node.outputs if v.name],
+        )
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
+        results = ReferenceEvaluator(proto).run(None, feeds)
+    except Exception:
+        return None
+    return [np.asarray(r) for r in results]
+
+
+def _probe_proto(probe: ir.Model, folded: dict[str, np.ndarray]):
+    """The probe as a proto with folded nodes replaced by initializers and big weights as inputs."""
+    import onnx
+    from onnx import numpy_helper
+
+    for name, value in list(probe.graph.initializers.items()):
+        tensor = value.const_value
+        if tensor is not None and not _small(tensor.shape):
+            probe.graph.initializers.pop(name)
+            probe.graph.inputs.append(value)
+    proto = ir.to_proto(probe)
+    kept = [n for n in proto.graph.node if not (n.output and all(o in folded or not o for o in n.output))]
+    del proto.graph.node[:]
+    proto.graph.node.extend(kept)
+    proto.graph.initializer.extend(numpy_helper.from_array(array, name) for name, array in folded.items())
+    del proto.graph.value_info[:]
+    return onnx.ModelProto.FromString(proto.SerializeToString())
