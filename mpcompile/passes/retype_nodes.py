@@ -11,6 +11,8 @@ import onnx_ir as ir
 
 from mpcompile import op_types
 from mpcompile.context import ConversionContext
+from mpcompile.graphs import all_graphs
+from mpcompile.values import set_dtype
 
 FLOAT = ir.DataType.FLOAT
 # Ops whose output dtype comes from a `dtype` attribute (default FLOAT, or the input's
@@ -40,11 +42,10 @@ class RetypeNodesPass(ir.passes.InPlacePass):
         return "RetypeNodesPass()"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
         low = self.context.low.dtype
         plan = self.context.plan
         typings: dict[int, op_types.NodeTyping | None] = {}
-        for graph in model.graphs():
+        for graph, opset in all_graphs(model):
             for node in graph:
                 typing = op_types.node_typing(node, opset, low) if plan.is_low(node) else None
                 typings[id(node)] = typing
@@ -58,14 +59,14 @@ class RetypeNodesPass(ir.passes.InPlacePass):
         if not self.context.keep_io_types:
             self._lower_graph_inputs(model)
         modified = False
-        for graph in model.graphs():
+        for graph, _ in all_graphs(model):
             for node in graph:
                 _freeze_like_dtype(node)
                 typing = typings.get(id(node))
                 if typing is None:
                     continue
                 for index in typing.float_outputs:
-                    node.outputs[index].dtype = low
+                    set_dtype(node.outputs[index], low)
                 _retype_attributes(node, typing, low)
                 modified = True
         return ir.passes.PassResult(model, modified=modified)
@@ -78,7 +79,7 @@ class RetypeNodesPass(ir.passes.InPlacePass):
                 continue
             uses = value.uses()
             if uses and all(self.context.required_input_dtypes.get((id(u.node), u.idx)) == low for u in uses):
-                value.dtype = low
+                set_dtype(value, low)
 
 
 def _freeze_like_dtype(node: ir.Node) -> None:
