@@ -48,8 +48,9 @@ def overflow_model_fp32(factor: float = 4.0) -> onnx.ModelProto:
     )
 
 
-def mlp_fp32(seed: int = 0, hidden: int = 32, classes: int = 10) -> onnx.ModelProto:
-    """x[batch, 16] → MatMul → Add → Relu → MatMul → logits[batch, classes], plus a Sigmoid output."""
+def mlp_fp32(seed: int = 0, hidden: int = 32, classes: int = 10, with_probs: bool = True) -> onnx.ModelProto:
+    """x[batch, 16] → MatMul → Add → Relu → MatMul → logits[batch, classes], plus a Sigmoid output
+    ``probs`` (onnxconverter-common mistypes an output that another node reads: leave it out there)."""
     rng = np.random.default_rng(seed)
     w1 = (rng.standard_normal((16, hidden)) / 4).astype(np.float32)
     b1 = rng.standard_normal(hidden).astype(np.float32)
@@ -60,10 +61,13 @@ def mlp_fp32(seed: int = 0, hidden: int = 32, classes: int = 10) -> onnx.ModelPr
             helper.make_node("Add", ["h", "b1"], ["hb"]),
             helper.make_node("Relu", ["hb"], ["r"]),
             helper.make_node("MatMul", ["r", "w2"], ["logits"]),
-            helper.make_node("Sigmoid", ["logits"], ["probs"]),
+            *([helper.make_node("Sigmoid", ["logits"], ["probs"])] if with_probs else []),
         ],
         [tensor("x", ["batch", 16])],
-        [tensor("logits", ["batch", classes]), tensor("probs", ["batch", classes])],
+        [
+            tensor("logits", ["batch", classes]),
+            *([tensor("probs", ["batch", classes])] if with_probs else []),
+        ],
         [
             numpy_helper.from_array(w1, "w1"),
             numpy_helper.from_array(b1, "b1"),

@@ -8,7 +8,7 @@ from rich.table import Table
 from mpcompile.validate.results import ROLE_TRT_FP16_BASELINE, STATUS_SKIPPED, EpResult, ValidationResult
 
 
-def render(result: ValidationResult, console: Console | None = None) -> None:
+def render_result(result: ValidationResult, console: Console | None = None) -> None:
     """Accuracy table per EP row, a latency table, then the verdict."""
     console = console or Console()
     for row in result.eps:
