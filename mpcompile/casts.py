@@ -6,6 +6,7 @@ import onnx_ir as ir
 
 from mpcompile.plan import Decision, Reason, stamp_decision
 from mpcompile.precision import Precision
+from mpcompile.values import set_dtype
 
 SUFFIX = {
     ir.DataType.FLOAT: "fp32",
@@ -76,7 +77,7 @@ class CastFactory:
         )
         output = node.outputs[0]
         output.name = self.names.unique(f"{base}_{suffix}")
-        output.dtype = to
+        set_dtype(output, to)
         output.shape = value.shape
         stamp_decision(
             node, Decision(Precision.of_dtype(to), Reason.CAST, "inserted at a precision boundary")

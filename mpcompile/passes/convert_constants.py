@@ -17,6 +17,7 @@ from mpcompile.casts import SUFFIX, NameAuthority
 from mpcompile.context import ConversionContext
 from mpcompile.plan import Decision, Reason, stamp_decision
 from mpcompile.precision import LowPrecisionFormat
+from mpcompile.values import set_dtype
 
 FLOAT = ir.DataType.FLOAT
 # Tensors up to this size keep their converted copy in memory (cheap to hold, and
@@ -78,7 +79,7 @@ class ConvertConstantsPass(ir.passes.InPlacePass):
             self.context.stats.initializers_duplicated += 1
         else:
             value.const_value = _lazy(source, self.context.low, self.context.low.dtype)
-            value.dtype = self.context.low.dtype  # primer P4: keep Value and tensor in sync
+            set_dtype(value, self.context.low.dtype)  # primer P4: keep Value and tensor in sync
             self.context.stats.initializers_converted += 1
         return True
 
@@ -114,7 +115,7 @@ class ConvertConstantsPass(ir.passes.InPlacePass):
             name=self.names.unique(f"{node.name or output.name}_{SUFFIX[self.context.low.dtype]}"),
         )
         copy.outputs[0].name = self.names.unique(f"{output.name}_{SUFFIX[self.context.low.dtype]}")
-        copy.outputs[0].dtype = self.context.low.dtype
+        set_dtype(copy.outputs[0], self.context.low.dtype)
         copy.outputs[0].shape = output.shape
         graph.insert_after(node, copy)
         self.context.plan[copy] = Decision(

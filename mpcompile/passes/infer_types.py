@@ -9,6 +9,7 @@ import onnx_ir.passes.common
 
 from mpcompile import op_types
 from mpcompile.context import ConversionContext
+from mpcompile.values import set_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,6 @@ def _type_contrib_outputs(model: ir.Model) -> bool:
             for index, value in enumerate(node.outputs):
                 if value.dtype is not None or not value.name:
                     continue
-                value.dtype = ir.DataType.FLOAT if index in rule.keep_outputs else source
+                set_dtype(value, ir.DataType.FLOAT if index in rule.keep_outputs else source)
                 modified = modified or value.dtype is not None
     return modified

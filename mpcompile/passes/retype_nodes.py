@@ -11,6 +11,7 @@ import onnx_ir as ir
 
 from mpcompile import op_types
 from mpcompile.context import ConversionContext
+from mpcompile.values import set_dtype
 
 FLOAT = ir.DataType.FLOAT
 # Ops whose output dtype comes from a `dtype` attribute (default FLOAT, or the input's
@@ -65,7 +66,7 @@ class RetypeNodesPass(ir.passes.InPlacePass):
                 if typing is None:
                     continue
                 for index in typing.float_outputs:
-                    node.outputs[index].dtype = low
+                    set_dtype(node.outputs[index], low)
                 _retype_attributes(node, typing, low)
                 modified = True
         return ir.passes.PassResult(model, modified=modified)
@@ -78,7 +79,7 @@ class RetypeNodesPass(ir.passes.InPlacePass):
                 continue
             uses = value.uses()
             if uses and all(self.context.required_input_dtypes.get((id(u.node), u.idx)) == low for u in uses):
-                value.dtype = low
+                set_dtype(value, low)
 
 
 def _freeze_like_dtype(node: ir.Node) -> None:
