@@ -11,7 +11,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from validate_models import FP16, FP32, make_model, overflow_model, tensor
+from test_validate_models import FP16, FP32, make_model, overflow_model, tensor
 
 from mpcompile.evaluate import faithful
 

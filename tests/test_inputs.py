@@ -6,7 +6,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from validate_models import FP16, make_model, tensor
+from test_validate_models import FP16, make_model, tensor
 
 from mpcompile import inputs
 

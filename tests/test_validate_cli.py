@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from validate_models import mlp_fp32, overflow_model, overflow_model_fp32, save, to_fp16
+from test_validate_models import mlp_fp32, overflow_model, overflow_model_fp32, save, to_fp16
 
 import mpcompile
 from mpcompile import errors

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 import pytest
-from validate_models import mlp_fp32
+from test_validate_models import mlp_fp32
 
 from mpcompile.validate import latency
 from mpcompile.validate.runners import CPU, OrtRunner

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-import models
 import onnx
 import pytest
 
+import models
 import mpcompile
 from mpcompile.cli import main
 from mpcompile.validate import SCHEMA

@@ -1,4 +1,4 @@
-"""Small hand-built models for the validate, faithful-evaluation and inputs tests."""
+"""Small hand-built models shared by the validate, faithful-evaluation and inputs tests (no tests here)."""
 
 from __future__ import annotations
 
