@@ -191,3 +191,15 @@ def test_model_onnxruntime_refuses_is_one_line_error(tmp_path, capsys):
     assert main(["validate", *paths, "--runs", "0"]) == int(errors.ExitCode.INVALID_MODEL)
     err = capsys.readouterr().err
     assert err.startswith("error: onnxruntime cannot load") and err.count("\n") == 1
+
+
+def test_bf16_model_without_cpu_kernels_gets_faithful_accuracy_only():
+    original = mlp_fp32()
+    converted = mpcompile.convert(original, precision="bf16").model
+    lines: list[str] = []
+    result = validate_api.validate(original, converted, runs=2, warmup=0, log=lines.append)
+    (cpu,) = [row for row in result.eps if row.provider == "CPUExecutionProvider"]
+    assert result.low_precision == "bf16" and result.rtol["default"] == 0.05
+    assert cpu.accuracy_mode == "fp16-faithful" and cpu.status == "passed", result.to_json()
+    assert cpu.latency.original is not None and cpu.latency.converted is None and cpu.latency.speedup is None
+    assert "does not run natively" in cpu.reason and lines == [cpu.reason]

@@ -204,7 +204,10 @@ def _run_cpu(context: _Context, reference_runner: OrtRunner, faithful: bool) -> 
     try:
         timed = _activated(OrtRunner("converted", context.converted, CPU))
     except errors.InvalidModelError as exc:
-        # E.g. BF16 nodes: the CPU EP has no kernels for them, but faithful evaluation still runs.
+        # BF16 nodes: the CPU EP has no kernels for them, but faithful evaluation still runs.
+        # Any other load failure (a malformed model) stays an error.
+        if "NOT_IMPLEMENTED" not in exc.message:
+            raise
         timed = None
         row.reason = (
             f"converted model does not run natively on the CPU EP, latency not measured ({exc.message})"
