@@ -203,3 +203,13 @@ def test_bf16_model_without_cpu_kernels_gets_faithful_accuracy_only():
     assert cpu.accuracy_mode == "fp16-faithful" and cpu.status == "passed", result.to_json()
     assert cpu.latency.original is not None and cpu.latency.converted is None and cpu.latency.speedup is None
     assert "does not run natively" in cpu.reason and lines == [cpu.reason]
+
+
+def test_validate_or_raise_for_convert(mlp_paths, capsys):
+    from mpcompile.commands.validate import ValidationFailedError, validate_or_raise
+
+    validate_or_raise(*mlp_paths, runs=0)
+    assert "PASSED" in capsys.readouterr().out
+    with pytest.raises(ValidationFailedError) as failure:
+        validate_or_raise(*mlp_paths, runs=0, atol=["0"], rtol=["0"])
+    assert failure.value.exit_code == errors.ExitCode.VALIDATION_FAILED
