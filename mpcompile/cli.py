@@ -26,6 +26,9 @@ def _register_commands() -> None:
     cli.add_command(convert.convert_command)
     from mpcompile.commands import report
     cli.add_command(report.report_command)
+    from mpcompile.commands.validate import validate_command
+
+    cli.add_command(validate_command)
 
 
 _register_commands()

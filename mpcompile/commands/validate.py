@@ -9,7 +9,13 @@ from collections.abc import Sequence
 
 import click
 
-from mpcompile.errors import ExitCode
+from mpcompile.errors import ExitCode, MpcompileError
+
+
+class ValidationFailedError(MpcompileError):
+    """The converted model is outside tolerance: exit code 1 after the results are printed."""
+
+    exit_code = ExitCode.VALIDATION_FAILED
 
 
 @click.command("validate")
@@ -97,7 +103,17 @@ def validate_command(
         save=save,
     )
     if code != ExitCode.OK:
-        raise click.exceptions.Exit(int(code))
+        raise ValidationFailedError(FAILED_MESSAGE)
+
+
+FAILED_MESSAGE = "validation failed: outputs outside tolerance or new NaN/Inf (see above)"
+
+
+def validate_or_raise(original: str | os.PathLike, converted: str | os.PathLike, **options) -> None:
+    """For ``convert --validate``: print the validation and raise ``ValidationFailedError`` (exit 1)
+    when it fails. ``options`` are those of ``validate_and_report``."""
+    if validate_and_report(original, converted, **options) != ExitCode.OK:
+        raise ValidationFailedError(FAILED_MESSAGE)
 
 
 def validate_and_report(
@@ -143,7 +159,7 @@ def validate_and_report(
     if as_json:
         click.echo(result.to_json())
     else:
-        render.render(result, Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160))
+        render.render_result(result, Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160))
     return ExitCode.OK if result.passed else ExitCode.VALIDATION_FAILED
 
 

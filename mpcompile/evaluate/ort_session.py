@@ -54,10 +54,29 @@ def make_session(
     optimize: bool = True,
     log_severity: int = 3,
 ) -> Any:
-    """An ``InferenceSession``; ``optimize=False`` disables every graph optimization."""
+    """An ``InferenceSession``; ``optimize=False`` disables every graph optimization.
+
+    A model onnxruntime refuses raises ``InvalidModelError`` (one line).
+    """
     ort = import_onnxruntime()
     options = ort.SessionOptions()
     options.log_severity_level = log_severity
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model, options, providers=providers)
+    try:
+        return ort.InferenceSession(model, options, providers=providers)
+    except Exception as exc:
+        if not _is_onnxruntime_error(exc):
+            raise
+        name = model if isinstance(model, str) else "the model"
+        raise errors.InvalidModelError(f"onnxruntime cannot load {name}: {_first_line(exc)}") from None
+
+
+def _is_onnxruntime_error(exc: BaseException) -> bool:
+    # onnxruntime's Fail, InvalidGraph, InvalidProtobuf, ... derive from Exception directly.
+    return type(exc).__module__.startswith("onnxruntime") or isinstance(exc, (RuntimeError, ValueError))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__

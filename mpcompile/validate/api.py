@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 
@@ -176,7 +177,7 @@ def _run_gpu_ep(context: _Context, choice: EpChoice, cache_folder: str) -> list[
         row.reason = str(exc)
         context.log(f"{exc}; skipping {choice.short_name}, CPU runs instead")
         return [row]
-    _fill_row(context, row, converted, context.converted_feeds, original)
+    _fill_row(context, row, converted, context.converted_feeds, original, timed=converted)
     rows = [row]
     if provider == TENSORRT:
         baseline_options = provider_options(provider, cache_folder, trt_fp16=True)
@@ -188,18 +189,31 @@ def _run_gpu_ep(context: _Context, choice: EpChoice, cache_folder: str) -> list[
         except EpLoadError as exc:
             baseline.reason = str(exc)
         else:
-            _fill_row(context, baseline, runner, context.feeds, original)
+            _fill_row(context, baseline, runner, context.feeds, original, timed=runner)
         rows.append(baseline)
     return rows
 
 
 def _run_cpu(context: _Context, reference_runner: OrtRunner, faithful: bool) -> EpResult:
     row = EpResult(ep="cpu", provider=CPU, accuracy_mode=MODE_FAITHFUL if faithful else MODE_NATIVE)
-    converted = _activated(OrtRunner("converted", context.converted, CPU))
-    accuracy = (
-        _activated(FaithfulRunner("converted (faithful)", context.converted_model)) if faithful else converted
-    )
-    _fill_row(context, row, accuracy, context.converted_feeds, reference_runner, timed=converted)
+    if not faithful:
+        converted = _activated(OrtRunner("converted", context.converted, CPU))
+        _fill_row(context, row, converted, context.converted_feeds, reference_runner, timed=converted)
+        return row
+    accuracy = _activated(FaithfulRunner("converted (faithful)", context.converted_model))
+    try:
+        timed = _activated(OrtRunner("converted", context.converted, CPU))
+    except errors.InvalidModelError as exc:
+        # BF16 nodes: the CPU EP has no kernels for them, but faithful evaluation still runs.
+        # Any other load failure (a malformed model) stays an error.
+        if "NOT_IMPLEMENTED" not in exc.message:
+            raise
+        timed = None
+        row.reason = (
+            f"converted model does not run natively on the CPU EP, latency not measured ({exc.message})"
+        )
+        context.log(row.reason)
+    _fill_row(context, row, accuracy, context.converted_feeds, reference_runner, timed=timed)
     return row
 
 
@@ -209,26 +223,20 @@ def _activated(runner):
 
 
 def _fill_row(
-    context: _Context, row: EpResult, candidate, candidate_feeds, original_runner, *, timed=None
+    context: _Context, row: EpResult, candidate, candidate_feeds, original_runner, *, timed
 ) -> None:
-    """Compare ``candidate``'s outputs with the references and time both models on this EP."""
+    """Compare ``candidate``'s outputs with the references; time the original and ``timed`` (if any)."""
     outputs = [candidate.infer(batch) for batch in candidate_feeds]
     row.outputs = [_compare(context, name, outputs) for name in context.output_names]
     row.status = STATUS_PASSED if all(row.outputs) else STATUS_FAILED
-    if context.runs > 0:
-        timed = timed or candidate
-        original_stats = latency_module.measure(
-            original_runner.timer(context.feeds[0]), runs=context.runs, warmup=context.warmup
-        )
+    if context.runs == 0:
+        return
+    measure = functools.partial(latency_module.measure, runs=context.runs, warmup=context.warmup)
+    row.latency = Latency(original=measure(original_runner.timer(context.feeds[0])))
+    if timed is not None:
         timed_feeds = context.feeds[0] if row.role == ROLE_TRT_FP16_BASELINE else candidate_feeds[0]
-        converted_stats = latency_module.measure(
-            timed.timer(timed_feeds), runs=context.runs, warmup=context.warmup
-        )
-        row.latency = Latency(
-            original=original_stats,
-            converted=converted_stats,
-            speedup=latency_module.speedup(original_stats, converted_stats),
-        )
+        row.latency.converted = measure(timed.timer(timed_feeds))
+        row.latency.speedup = latency_module.speedup(row.latency.original, row.latency.converted)
 
 
 def _compare(context: _Context, name: str, outputs: list[dict[str, np.ndarray]]) -> OutputComparison:

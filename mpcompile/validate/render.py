@@ -8,7 +8,7 @@ from rich.table import Table
 from mpcompile.validate.results import ROLE_TRT_FP16_BASELINE, STATUS_SKIPPED, EpResult, ValidationResult
 
 
-def render(result: ValidationResult, console: Console | None = None) -> None:
+def render_result(result: ValidationResult, console: Console | None = None) -> None:
     """Accuracy table per EP row, a latency table, then the verdict."""
     console = console or Console()
     for row in result.eps:
@@ -16,6 +16,8 @@ def render(result: ValidationResult, console: Console | None = None) -> None:
             console.print(f"[yellow]skipped[/] {row.provider}: {row.reason}")
             continue
         console.print(_accuracy_table(row))
+        if row.reason:
+            console.print(f"note: {row.reason}")
     latency = _latency_table(result)
     if latency.row_count:
         console.print(latency)
@@ -29,7 +31,7 @@ def render(result: ValidationResult, console: Console | None = None) -> None:
 
 def _row_title(row: EpResult) -> str:
     what = "FP32 model, TensorRT FP16 mode" if row.role == ROLE_TRT_FP16_BASELINE else "converted model"
-    mode = ", FP16-faithful CPU" if row.accuracy_mode == "fp16-faithful" else ""
+    mode = ", FP16/BF16-faithful CPU" if row.accuracy_mode == "fp16-faithful" else ""
     return f"{row.provider}: {what}{mode} vs FP32 reference: {row.status.upper()}"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -108,11 +109,13 @@ class OrtRunner:
         )
         if self.provider != CPU:
             providers.append(CPU)  # ORT wants the fallback listed; we check it was not used alone
+        if self.provider == CPU:
+            self._session = make_session(self._model, providers)
+            return
         try:
-            session = make_session(self._model, providers)
+            with _quiet_onnxruntime():
+                session = make_session(self._model, providers)
         except Exception as exc:  # EP libraries failing to load raise assorted types
-            if self.provider == CPU:
-                raise
             raise EpLoadError(f"{self.provider} failed to load ({_first_line(exc)})") from None
         if self.provider not in session.get_providers():
             raise EpLoadError(
@@ -171,6 +174,20 @@ class FaithfulRunner:
     def infer(self, feeds: Feeds) -> dict[str, np.ndarray]:
         assert self._session is not None, "activate() first"
         return self._session.run(feeds)
+
+
+@contextlib.contextmanager
+def _quiet_onnxruntime():
+    """Silence onnxruntime's own log lines and warnings while a GPU EP tries to load; we report
+    a failure in one line ourselves. The default logger goes back to ORT's default (warning)."""
+    ort = import_onnxruntime()
+    ort.set_default_logger_severity(4)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        ort.set_default_logger_severity(2)
 
 
 @contextlib.contextmanager
