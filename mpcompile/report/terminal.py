@@ -129,13 +129,13 @@ def _print_numerics(numerics: dict[str, Any], console: Console) -> None:
 # Optional columns and the console width from which they are shown (narrow terminals keep
 # name, op, precision, FLOPs and the compare/numerics columns).
 COLUMN_MIN_WIDTH = {
-    "reason": 110,
-    "weights": 110,
-    "rule": 150,
-    "casts": 150,
-    "in": 190,
-    "out": 190,
-    "graph": 190,
+    "reason": 90,
+    "weights": 100,
+    "rule": 140,
+    "casts": 140,
+    "in": 180,
+    "out": 180,
+    "graph": 180,
 }
 WIDE = 10_000  # render_text / piped output: every column
 
