@@ -234,3 +234,14 @@ def test_shapes_computed_from_shape_ops_are_folded():
     model = model_of(nodes, [tensor("x", ["batch", "seq", 8])], [tensor("y", ["batch", "seq", 8])], inits)
     audit = by_name(audit_model(model, shapes=["seq=10", "batch=2"]))
     assert audit["add"].flops == 2 * 10 * 8
+
+
+def test_failed_shape_inference_is_noted_without_a_traceback(monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("inference exploded")
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", broken)
+    audit = audit_model(mixed_model())
+    assert audit.shape_inference_ok is False
+    assert any("shape inference failed" in note for note in audit.notes)
+    assert "Traceback" not in capsys.readouterr().err

@@ -71,11 +71,6 @@ class NodeAudit:
     numerics: dict[str, Any] | None = None
 
     @property
-    def key(self) -> tuple[str, str]:
-        """Identity used to match nodes across two models."""
-        return (self.graph, self.name)
-
-    @property
     def is_cast(self) -> bool:
         return self.domain in ("", "ai.onnx") and self.op_type in CAST_OPS
 
@@ -146,6 +141,8 @@ def audit_model(
         _audit_node(i, node, labels) for i, node in enumerate(ir.traversal.RecursiveGraphIterator(work.graph))
     ]
     notes = []
+    if not inference_ok:
+        notes.append("onnx shape inference failed; shapes are those stored in the model.")
     if any(n.op_type in ("Loop", "Scan") for n in nodes):
         notes.append("Loop and Scan bodies are counted once, not per iteration.")
     unknown = sum(1 for n in nodes if n.flops is None)
@@ -164,7 +161,7 @@ def audit_model(
         },
         assumed_dims=assumed,
         shape_overrides={"inputs": {k: list(v) for k, v in spec.inputs.items()}, "dims": dict(spec.dims)},
-        shape_inference_ok=inference_ok or not nodes,
+        shape_inference_ok=inference_ok,
         nodes=nodes,
         weights_by_dtype=_weights_by_precision(work),
         notes=notes,

@@ -98,11 +98,12 @@ def _badge(precision: str) -> str:
     return f'<span class="p" style="background:{_color(precision)}">{_e(precision)}</span>'
 
 
-def _num_cell(value: int | float | None, text: str) -> str:
+def _num_cell(value: int | float | None, text: str, css: str = "n") -> str:
+    """A right-aligned cell whose ``data-v`` holds the raw number the sorting script compares."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return f'<td class="n" data-v="">{_e(text)}</td>'
+        return f'<td class="{css}" data-v="">{_e(text)}</td>'
     raw = "Infinity" if isinstance(value, float) and math.isinf(value) else repr(value)
-    return f'<td class="n" data-v="{_e(raw)}">{_e(text)}</td>'
+    return f'<td class="{css}" data-v="{_e(raw)}">{_e(text)}</td>'
 
 
 def flops_chart_svg(by_op: dict[str, dict[str, int]], by_precision: dict[str, dict[str, Any]]) -> str:
@@ -270,9 +271,7 @@ def _node_rows(audit: ModelAudit, rows: list[NodeAudit]) -> str:
             overflow = num.get("overflow_share")
             cells += [
                 _num_cell(num.get("max_abs"), format_float(num.get("max_abs"))),
-                _num_cell(overflow, format_share(overflow)).replace(
-                    'class="n"', 'class="n bad"', 1 if overflow else 0
-                ),
+                _num_cell(overflow, format_share(overflow), "n bad" if overflow else "n"),
                 _num_cell(underflow, format_share(underflow)),
                 _num_cell(num.get("error_rel"), format_float(num.get("error_rel"))),
                 _num_cell(num.get("error_introduced"), format_float(num.get("error_introduced"))),

@@ -29,7 +29,7 @@ import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
-from mpcompile.errors import MpcompileError
+from mpcompile.errors import ExitCode, MpcompileError
 from mpcompile.precision import LowPrecisionFormat, low_precision_format
 from mpcompile.report.audit import ModelAudit, NodeAudit
 from mpcompile.report.compare import match_key
@@ -46,7 +46,9 @@ _FLOAT_DTYPES = (np.dtype(ml_dtypes.bfloat16),)
 
 
 class NumericsError(MpcompileError):
-    """The numerics run could not be done (a model onnxruntime cannot run)."""
+    """onnxruntime's CPU EP could not run the reference or converted model."""
+
+    exit_code = ExitCode.EP_UNAVAILABLE
 
 
 def load_feeds(path: str | os.PathLike) -> dict[str, np.ndarray]:
