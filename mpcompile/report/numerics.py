@@ -271,6 +271,11 @@ def _numerics_summary(
         notes.append(
             "No original given (--compare): the audited model is its own reference; no error columns."
         )
+        if any(n.precision in ("fp16", "bf16") for n in audit.nodes):
+            notes.append(
+                "The audited model already computes in low precision: its ranges are not FP32 ranges "
+                "(a value that overflowed is inf, not counted). Give the FP32 original with --compare."
+            )
     return {
         "low_precision": fmt.precision.value,
         "inputs": str(inputs) if inputs else f"generated (mpcompile.inputs, seed {INPUT_SEED})",
