@@ -245,3 +245,25 @@ def test_failed_shape_inference_is_noted_without_a_traceback(monkeypatch, capsys
     assert audit.shape_inference_ok is False
     assert any("shape inference failed" in note for note in audit.notes)
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_local_function_bodies_are_listed():
+    model = ir.from_onnx_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17, "local" : 1]>
+        g (float[2,4] x) => (float[2,4] y) {
+          y = local.Scale(x)
+        }
+        <domain: "local", opset_import: ["" : 17]>
+        Scale (a) => (b) {
+          two = Constant<value = float {2.0}>()
+          b = Mul(a, two)
+        }
+        """
+    )
+    audit = audit_model(model)
+    assert [(n.graph, n.op_type) for n in audit.nodes] == [
+        ("main", "Scale"),
+        ("function local::Scale", "Constant"),
+        ("function local::Scale", "Mul"),
+    ]
