@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -80,7 +81,7 @@ def validate(
     ort = import_onnxruntime()
     log = log or (lambda _line: None)
     if runs < 0 or warmup < 0:
-        raise errors.MpcompileError("runs and warmup must not be negative")
+        raise ValueError("runs and warmup must not be negative")
     original_ir = to_ir_model(original, copy=False)
     converted_ir = to_ir_model(converted, copy=False)
     low_precision = detect_low_precision(converted_ir)
@@ -156,12 +157,22 @@ def detect_low_precision(model: ir.Model) -> str:
     return "fp16"
 
 
+@dataclasses.dataclass
 class _Context:
     """What every EP row needs; built once per ``validate`` call."""
 
-    def __init__(self, **fields):
-        self.references: list[dict[str, np.ndarray]] = []
-        self.__dict__.update(fields)
+    original: bytes | str  # what ORT loads (see _session_source)
+    converted: bytes | str
+    converted_model: ModelLike  # as given, for the faithful evaluator
+    feeds: list[Feeds]  # per batch, in the original's input dtypes
+    converted_feeds: list[Feeds]  # the same, cast to the converted model's input dtypes
+    output_names: list[str]
+    rtol: Tolerance
+    atol: Tolerance
+    runs: int
+    warmup: int
+    log: Callable[[str], None]
+    references: list[dict[str, np.ndarray]] = dataclasses.field(default_factory=list)
 
 
 def _run_gpu_ep(context: _Context, choice: EpChoice, cache_folder: str) -> list[EpResult]:
