@@ -228,3 +228,14 @@ def test_converted_model_with_fp16_inputs_and_outputs():
         assert output.reference_dtype == "float32"
     assert "float16" in {o.dtype for o in cpu.outputs}
     assert cpu.latency.converted is not None
+
+
+def test_user_inputs_are_cast_and_bad_shapes_are_usage_errors(mlp_paths, tmp_path, capsys):
+    good = tmp_path / "good.npz"
+    np.savez(good, x=np.ones((2, 16), np.float64))  # float64 data for a float input: cast
+    assert main(["validate", *mlp_paths, "--inputs", str(good), "--runs", "0"]) == 0
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.ones((2, 7), np.float32))
+    assert main(["validate", *mlp_paths, "--inputs", str(bad), "--runs", "0"]) == int(errors.ExitCode.USAGE)
+    err = capsys.readouterr().err
+    assert "rejects the inputs" in err and err.count("\n") == 1

@@ -13,7 +13,13 @@ import onnx_ir as ir
 
 from mpcompile import errors
 from mpcompile import inputs as model_inputs
-from mpcompile.evaluate.ort_session import ModelLike, import_onnxruntime, to_ir_model
+from mpcompile.evaluate.ort_session import (
+    ModelLike,
+    first_line,
+    import_onnxruntime,
+    is_onnxruntime_error,
+    to_ir_model,
+)
 from mpcompile.validate import latency as latency_module
 from mpcompile.validate.compare import OutputComparison, compare_output
 from mpcompile.validate.results import (
@@ -110,7 +116,12 @@ def validate(
     )
     reference_runner = OrtRunner("original", context.original, CPU)
     reference_runner.activate()
-    context.references = [reference_runner.infer(batch) for batch in feeds]
+    try:
+        context.references = [reference_runner.infer(batch) for batch in feeds]
+    except Exception as exc:
+        if not is_onnxruntime_error(exc):
+            raise
+        raise model_inputs.InputsError(f"the original model rejects the inputs: {first_line(exc)}") from None
 
     result = ValidationResult(
         original=_describe(original),
@@ -289,6 +300,7 @@ def _prepare_inputs(
             raise model_inputs.InputsError("no input batches given")
         for index, batch in enumerate(feeds):
             model_inputs.check_feeds(model, batch, source=f"{source} (batch {index})")
+        feeds = [model_inputs.cast_feeds(model, batch) for batch in feeds]  # e.g. int32 ids for int64
         info = {"source": source, "seed": None, "specs": None}
     info["batches"] = len(feeds)
     info["shapes"] = {name: list(np.shape(array)) for name, array in feeds[0].items()}
