@@ -6,6 +6,7 @@ import json
 import sys
 
 import numpy as np
+import onnx
 import pytest
 from test_validate_models import mlp_fp32, overflow_model, overflow_model_fp32, save, to_fp16
 
@@ -213,3 +214,28 @@ def test_validate_or_raise_for_convert(mlp_paths, capsys):
     with pytest.raises(ValidationFailedError) as failure:
         validate_or_raise(*mlp_paths, runs=0, atol=["0"], rtol=["0"])
     assert failure.value.exit_code == errors.ExitCode.VALIDATION_FAILED
+
+
+def test_converted_model_with_fp16_inputs_and_outputs():
+    original = mlp_fp32()
+    converted = mpcompile.convert(original, keep_io_types=False).model
+    result = validate_api.validate(original, converted, runs=1, warmup=0)
+    (cpu,) = [row for row in result.eps if row.provider == "CPUExecutionProvider"]
+    assert result, result.to_json()
+    declared = {value.name: value.type.tensor_type.elem_type for value in converted.graph.output}
+    for output in cpu.outputs:  # each output keeps the dtype the converted model declares
+        assert output.dtype == ("float16" if declared[output.name] == onnx.TensorProto.FLOAT16 else "float32")
+        assert output.reference_dtype == "float32"
+    assert "float16" in {o.dtype for o in cpu.outputs}
+    assert cpu.latency.converted is not None
+
+
+def test_user_inputs_are_cast_and_bad_shapes_are_usage_errors(mlp_paths, tmp_path, capsys):
+    good = tmp_path / "good.npz"
+    np.savez(good, x=np.ones((2, 16), np.float64))  # float64 data for a float input: cast
+    assert main(["validate", *mlp_paths, "--inputs", str(good), "--runs", "0"]) == 0
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.ones((2, 7), np.float32))
+    assert main(["validate", *mlp_paths, "--inputs", str(bad), "--runs", "0"]) == int(errors.ExitCode.USAGE)
+    err = capsys.readouterr().err
+    assert "rejects the inputs" in err and err.count("\n") == 1
