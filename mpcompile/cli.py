@@ -21,12 +21,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def _register_commands() -> None:
     # Each command module is imported here; heavy dependencies stay inside the command bodies.
-    from mpcompile.commands import convert
+    from mpcompile.commands import convert, targets, validate
 
     cli.add_command(convert.convert_command)
-    from mpcompile.commands.validate import validate_command
-
-    cli.add_command(validate_command)
+    cli.add_command(targets.targets_command)
+    cli.add_command(validate.validate_command)
 
 
 _register_commands()

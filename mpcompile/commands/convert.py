@@ -8,6 +8,8 @@ import sys
 
 import click
 
+from mpcompile.choices import DEFAULT_TARGET, OPTIMIZE_LEVELS, PRECISIONS, TARGET_NAMES
+
 
 def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Path:
     """model.onnx -> model.fp16.onnx"""
@@ -24,13 +26,22 @@ def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Pat
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp16", "bf16"]),
+    type=click.Choice(PRECISIONS),
     default="fp16",
     show_default=True,
     help="Low-precision type.",
 )
 @click.option(
-    "--target", default="any", show_default=True, help="Execution target whose kernels limit precision."
+    "--target",
+    type=click.Choice(TARGET_NAMES),
+    default=DEFAULT_TARGET,
+    show_default=True,
+    help="Execution target: a node goes low precision only where the target has a kernel for it.",
+)
+@click.option(
+    "--optimize",
+    type=click.Choice(OPTIMIZE_LEVELS),
+    help="Run ONNX Runtime's graph optimisation (fusions) for the target before converting.",
 )
 @click.option(
     "--keep-io-types/--no-keep-io-types",
@@ -70,6 +81,7 @@ def convert_command(
     output: pathlib.Path | None,
     precision: str,
     target: str,
+    optimize: str | None,
     keep_io_types: bool,
     allow_ops: tuple[str, ...],
     block_ops: tuple[str, ...],
@@ -96,6 +108,7 @@ def convert_command(
             on_pass_start=on_pass_start,
             precision=precision,
             target=target,
+            optimize=optimize,
             keep_io_types=keep_io_types,
             allow_ops=allow_ops,
             block_ops=block_ops,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import onnx_ir as ir
 
@@ -62,7 +62,7 @@ class AssignPrecisionPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         functions = {(function.domain, function.name) for function in model.functions.values()}
         for graph, opset in all_graphs(model):
-            _GraphPainter(self.context, graph, opset, functions).paint()
+            _GraphPainter(self.context, graph, opset, functions, model.opset_imports).paint()
         untyped = [name for (_, name, _), f in model.functions.items() if not f.meta.get(TYPED_FUNCTION_KEY)]
         if untyped:
             self.context.notes.append(
@@ -78,10 +78,12 @@ class _GraphPainter:
         graph: ir.Graph,
         opset: int,
         functions: set[tuple[str, str]],
+        opset_imports: Mapping[str, int],
     ):
         self.context = context
         self.graph = graph
         self.opset = opset
+        self.opset_imports = opset_imports
         self.functions = functions
         self.low_dtype = context.low.dtype
         self.infos: dict[int, _NodeInfo] = {}
@@ -162,7 +164,10 @@ class _GraphPainter:
                 Reason.SCHEMA,
                 f"{node.op_type}-{self.opset} type {typing.type_variable} has no {self.context.low.precision.value}",
             )
-        if not self.context.target.supports(node.domain, node.op_type, self.opset, self.low_dtype):
+        domain_opset = (
+            self.opset if node.domain in ("", "ai.onnx") else self.opset_imports.get(node.domain, 1)
+        )
+        if not self.context.target.supports(node.domain, node.op_type, domain_opset, self.low_dtype):
             provider = self.context.target.provider or self.context.target.name
             return self._fixed(fp32, Reason.no_kernel(provider), f"target {self.context.target.name}")
         for index in typing.float_inputs:
