@@ -21,11 +21,16 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def _register_commands() -> None:
     # Each command module is imported here; heavy dependencies stay inside the command bodies.
-    from mpcompile.commands import convert, targets, validate
+    from mpcompile.commands import convert, targets
 
     cli.add_command(convert.convert_command)
     cli.add_command(targets.targets_command)
-    cli.add_command(validate.validate_command)
+    from mpcompile.commands.report import report_command
+
+    cli.add_command(report_command)
+    from mpcompile.commands.validate import validate_command
+
+    cli.add_command(validate_command)
 
 
 _register_commands()
