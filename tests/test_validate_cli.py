@@ -239,3 +239,36 @@ def test_user_inputs_are_cast_and_bad_shapes_are_usage_errors(mlp_paths, tmp_pat
     assert main(["validate", *mlp_paths, "--inputs", str(bad), "--runs", "0"]) == int(errors.ExitCode.USAGE)
     err = capsys.readouterr().err
     assert "rejects the inputs" in err and err.count("\n") == 1
+
+
+def test_tensorrt_rows_orchestration_with_a_stand_in_runner(mlp_paths, monkeypatch):
+    """No TensorRT here: a runner that records its options and runs on CPU stands in for it, to
+    check the rows: converted + FP16-mode baseline, engine cache folder, baseline not in the verdict."""
+    from mpcompile.validate import api as api_module
+    from mpcompile.validate import runners
+
+    created = []
+
+    class StandIn(runners.OrtRunner):
+        uses_io_binding = False
+
+        def activate(self):
+            created.append((self.name, self.provider, dict(self.provider_options)))
+            provider, self.provider = self.provider, runners.CPU
+            super().activate()
+            self.provider = provider
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [runners.TENSORRT, runners.CPU])
+    monkeypatch.setattr(api_module, "OrtRunner", StandIn)
+    result = api_module.validate(*mlp_paths, runs=2, warmup=0, atol={"": 0.0, "logits": 0.0}, rtol=0.0)
+    roles = [(row.ep, row.role, row.status) for row in result.eps]
+    assert roles[:2] == [
+        ("tensorrt", "converted", "failed"),
+        ("tensorrt", "tensorrt-fp16-baseline", "passed"),
+    ]
+    assert roles[2][0] == "cpu" and result.eps[2].accuracy_mode == "native"  # a GPU EP ran
+    trt = [options for name, provider, options in created if provider == runners.TENSORRT]
+    assert {o["trt_fp16_enable"] for o in trt} == {False, True}
+    assert all(o["trt_engine_cache_enable"] and o["trt_engine_cache_path"] for o in trt)
+    assert result.eps[1].latency.speedup is not None
+    assert not result  # the baseline passing does not rescue the failing converted rows
