@@ -164,7 +164,10 @@ def convert_file(
     if result.already_converted:
         raise errors.AlreadyLowPrecisionError(f"{source}: {result.notes[-1]}; nothing to do")
     io.save_model(
-        result.model, target, external_data=external_data, verify=(lambda path: _check(path, source)) if opts.verify else None
+        result.model,
+        target,
+        external_data=external_data,
+        verify=(lambda path: _check(path, source)) if opts.verify else None,
     )
     return result
 
@@ -330,7 +333,11 @@ def _check(converted: onnx.ModelProto | str | os.PathLike, original: ModelLike) 
         try:
             _check_model(ir.to_proto(original) if isinstance(original, ir.Model) else original)
         except _CHECKER_ERRORS as original_exc:
-            first = str(original_exc).strip().splitlines()[0] if str(original_exc).strip() else type(original_exc).__name__
+            first = (
+                str(original_exc).strip().splitlines()[0]
+                if str(original_exc).strip()
+                else type(original_exc).__name__
+            )
             raise errors.InvalidModelError(f"the input model fails the ONNX checker: {first}") from None
         raise AssertionError(f"mpcompile produced an invalid model (a bug): {exc}") from exc
 
