@@ -178,7 +178,7 @@ def save_model(
             ir.save(model, temp_name)
         if verify is not None:
             verify(temp_name)
-        os.chmod(temp_name, _default_file_mode())  # mkstemp creates 0600; give the usual mode
+        set_default_permissions(temp_name)
         os.replace(temp_name, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -191,17 +191,6 @@ def save_model(
         raise
 
 
-def _default_file_mode() -> int:
-    """0o666 less the process umask: the mode open() would give a new file."""
-    try:  # Linux: read the umask without changing it (os.umask is process-wide, racy)
-        with open("/proc/self/status") as status:
-            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError):
-        umask = os.umask(0)
-        os.umask(umask)
-    return 0o666 & ~umask
-
-
 def _user_error(exc: OSError, path: pathlib.Path) -> BaseException:
     """The MpcompileError for an OSError met while writing ``path`` (or the error itself)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
@@ -209,6 +198,13 @@ def _user_error(exc: OSError, path: pathlib.Path) -> BaseException:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR):
         return errors.OutputNotWritableError(f"{path}: not writable ({exc.strerror})")
     return exc
+
+
+def set_default_permissions(path: str | os.PathLike) -> None:
+    """Give a file made by ``tempfile.mkstemp`` (mode 0600) the mode a plain ``open`` would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _has_external_tensors(model: ir.Model) -> bool:

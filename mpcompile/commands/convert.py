@@ -66,6 +66,18 @@ def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Pat
 @click.option(
     "--external-data/--no-external-data", default=None, help="Force weights into/out of a .data file."
 )
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    help="Also write a precision report (.html, .json, .csv or .txt).",
+)
+@click.option(
+    "--validate",
+    "run_validation",
+    is_flag=True,
+    help="Validate the result against the input (see `validate`).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 @click.option(
@@ -90,6 +102,8 @@ def convert_command(
     allow_qdq: bool,
     overwrite: bool,
     external_data: bool | None,
+    report_path: pathlib.Path | None,
+    run_validation: bool,
     as_json: bool,
     quiet: bool,
     check_invariants: bool,
@@ -99,6 +113,10 @@ def convert_command(
     from mpcompile.converter import convert_file
 
     output = output or default_output_path(model, precision)
+    if report_path is not None:
+        from mpcompile.report import format_for_path
+
+        format_for_path(report_path)  # fail on a bad extension before converting
     with _progress(quiet or as_json) as on_pass_start:
         result = convert_file(
             model,
@@ -122,6 +140,14 @@ def convert_command(
         click.echo(json.dumps({"input": str(model), "output": str(output), **result.summary()}, indent=2))
     elif not quiet:
         print_summary(result, model, output)
+    if report_path is not None:
+        from mpcompile.report import write_report
+
+        write_report(output, report_path, original=model)
+    if run_validation:
+        from mpcompile.commands.validate import validate_or_raise
+
+        validate_or_raise(model, output)
 
 
 class _progress:

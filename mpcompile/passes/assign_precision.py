@@ -335,14 +335,27 @@ class _GraphPainter:
         )
 
     def _paint_between_low(self, candidates: list[_NodeInfo]) -> None:
-        """Steps 2 and 4: allow nodes go low; follow/pass-through nodes between them too."""
+        """Steps 2 and 4: allow nodes go low; follow/pass-through nodes between them too.
+
+        Nodes that read only weights (an embedding Gather) start low-precision paths as allow
+        nodes do: nothing FP32 flows into them, so a path from them into an allow node crosses
+        no boundary when it is low.
+        """
         seeds = [info for info in candidates if info.op_class == OpClass.ALLOW]
         for info in seeds:
             info.low = True
-        downstream = self._reach(seeds, self._float_consumers)
+        weight_fed = [info for info in candidates if self._paintable(info) and self._reads_only_weights(info)]
+        downstream = self._reach(seeds, self._float_consumers) | self._reach(
+            weight_fed, self._float_consumers
+        )
+        downstream.update(id(info.node) for info in weight_fed)
         upstream = self._reach(seeds, self._float_producers)
         for key in downstream & upstream:
             self.infos[key].low = True
+
+    def _reads_only_weights(self, info: _NodeInfo) -> bool:
+        inputs = [info.node.inputs[index] for index in info.typing.float_inputs]
+        return bool(inputs) and all(ranges.constant_tensor(value) is not None for value in inputs)
 
     def _reach(self, seeds: list[_NodeInfo], step) -> set[int]:
         reached: set[int] = set()
