@@ -63,17 +63,18 @@ TOLERANCES: dict[str, tuple[float, float, str]] = {}
 # Failures understood and accepted, by test-name pattern -> explanation (printed in the docs).
 KNOWN_FAILURES: dict[str, str] = {
     "test_mvn": (
-        "Input problem, not ours: the FP32 model itself fails onnx 1.23.2's full checker (the "
+        "Input problem, refused by design: the FP32 model itself fails onnx 1.23.2's full checker (the "
         "MeanVarianceNormalization-13 function body does not type-check: 'One and only one of the "
-        "attributes value... for a Constant node'), so mpcompile's final check rejects the unchanged "
-        "model. ORT runs it. Core follow-up: check the input first and report INVALID_MODEL (exit 12) "
-        "instead of an internal 'invalid model (a bug)' error."
+        "attributes value... for a Constant node'), so mpcompile refuses it as INVALID_MODEL (exit 12). "
+        "ORT runs it."
     ),
-    "test_ai_onnx_ml_*": (
-        "Core bug (mpcompile/converter.py): a model importing only the ai.onnx.ml domain has ai.onnx "
-        "opset 0, and convert() refuses it with UnsupportedOpsetError ('fp16 needs ai.onnx opset >= 6') "
-        "although nothing in it can change precision (ai.onnx.ml ops are blocked). Fix: skip the "
-        "minimum-opset check when the model has no ai.onnx import and no node would go low precision."
+    "test_ai_onnx_ml_tree_ensemble_set_membership": (
+        "Stress run only, core bug (mpcompile/converter.py, Cast creation): the model imports only "
+        "ai.onnx.ml; with TreeEnsemble on the allow list it goes FP16 (its schema admits float16) and "
+        "the Casts around it need an ai.onnx opset import that the converter does not add ('No opset "
+        "import for domain'). Fix: add a default-domain import when a Cast is created in such a model, "
+        "or keep every node of a model without an ai.onnx import FP32. The default policy blocks "
+        "ai.onnx.ml ops."
     ),
     # Only in the stress run (every op allowed): ORT CPU kernel gaps, which the `any` target
     # does not model (a CPU target would keep these ops FP32).

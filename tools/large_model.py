@@ -97,11 +97,15 @@ def _lazy_initializer(name: str, shape: tuple[int, ...], seed_offset: int, scale
 # --------------------------------------------------------------------------- measuring
 
 
-def _anon_rss_bytes() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
+def _status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS, RssAnon) in bytes; 0 where unavailable."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return 0
 
 
@@ -110,12 +114,14 @@ def convert_in_this_process(source: pathlib.Path, output: pathlib.Path) -> dict:
     import mpcompile
 
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    peak_anon = [_anon_rss_bytes()]
+    rss_at_start = _status_bytes("VmRSS")
+    peaks = {"VmRSS": rss_at_start, "RssAnon": _status_bytes("RssAnon")}
     done = threading.Event()
 
     def sample() -> None:
-        while not done.wait(0.01):
-            peak_anon[0] = max(peak_anon[0], _anon_rss_bytes())
+        while not done.wait(0.005):
+            for field in peaks:
+                peaks[field] = max(peaks[field], _status_bytes(field))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -129,7 +135,9 @@ def convert_in_this_process(source: pathlib.Path, output: pathlib.Path) -> dict:
         "seconds": seconds,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "rss_after_imports_bytes": baseline_rss,
-        "peak_anon_rss_bytes": max(peak_anon[0], _anon_rss_bytes()),
+        "rss_at_start_bytes": rss_at_start,
+        "peak_sampled_rss_bytes": max(peaks["VmRSS"], _status_bytes("VmRSS")),
+        "peak_anon_rss_bytes": max(peaks["RssAnon"], _status_bytes("RssAnon")),
         "stats": _jsonable(stats.as_dict() if hasattr(stats, "as_dict") else {}),
     }
 
@@ -206,9 +214,10 @@ def describe(numbers: dict) -> str:
     weights = numbers["weight_bytes"]
     return (
         f"large model: {weights / mib:.0f} MiB FP32 weights ({numbers['layers']} x {numbers['hidden']}^2), "
-        f"converted in {numbers['seconds']:.1f} s; peak RSS {numbers['peak_rss_bytes'] / mib:.0f} MiB "
-        f"(after imports {numbers['rss_after_imports_bytes'] / mib:.0f} MiB, peak anonymous "
-        f"{numbers['peak_anon_rss_bytes'] / mib:.0f} MiB) vs weights + FP16 copy "
+        f"converted in {numbers['seconds']:.1f} s; RSS {numbers['rss_at_start_bytes'] / mib:.0f} MiB at start, "
+        f"peak {numbers['peak_sampled_rss_bytes'] / mib:.0f} MiB sampled / {numbers['peak_rss_bytes'] / mib:.0f} MiB "
+        f"ru_maxrss (high-water mark after imports {numbers['rss_after_imports_bytes'] / mib:.0f} MiB), peak "
+        f"anonymous {numbers['peak_anon_rss_bytes'] / mib:.0f} MiB; vs weights + FP16 copy "
         f"{1.5 * weights / mib:.0f} MiB; output {numbers['output_onnx_bytes'] / 1024:.0f} KiB + "
         f"{numbers['data_bytes'] / mib:.0f} MiB external data; ORT load+run {numbers['ort_load_run_seconds']:.1f} s; "
         f"relative L2 error vs FP32 {numbers['relative_l2_error']:.2e} (CPU EP)"
