@@ -7,6 +7,7 @@ under .cache/onnx-node-tests on first use.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 
 import numpy as np
@@ -22,7 +23,7 @@ REQUIRED_RATE = 0.99
 @pytest.fixture(scope="session")
 def suite(request: pytest.FixtureRequest) -> conformance.SuiteResult:
     capture = request.config.pluginmanager.getplugin("capturemanager")
-    with capture.global_and_fixture_disabled():
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
         node_dir = conformance.ensure_node_tests()
         result = conformance.run_suite(node_dir, workers=2)
         print("\n" + conformance.summary_text(result))
