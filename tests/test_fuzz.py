@@ -3,7 +3,7 @@
 Each example is a random chain of ops over ``[2, D]`` float tensors (element-wise ops,
 MatMul/Gemm, Conv, reductions, Softmax, LayerNormalization, Reshape/Transpose/Concat/Slice/
 Gather, Where, Cast, If), a random policy (blocked / allowed ops and nodes, keep_io_types)
-and a target. Properties:
+and a target (with the cpu target, sometimes BF16). Properties:
 
 1. conversion raises nothing but ``MpcompileError``;
 2. the output passes ``onnx.checker.check_model(full_check=True)`` and loads in ORT;
@@ -377,12 +377,13 @@ def examples(draw) -> Example:
 def _available_targets() -> list[str]:
     from mpcompile.targets import get_target
 
-    names = ["any"]
-    try:
-        get_target("cuda")
-        names.append("cuda")
-    except Exception:  # the targets work has not landed
-        pass
+    names = []
+    for name in ("any", "cuda", "cpu", "tensorrt"):
+        try:
+            get_target(name)
+            names.append(name)
+        except Exception:  # that target has not landed
+            pass
     return names
 
 
@@ -400,8 +401,14 @@ def options(draw, example: Example) -> dict:
         "block_nodes": tuple(draw(st.lists(st.sampled_from(example.node_names), max_size=2, unique=True))),
         "keep_io_types": draw(st.booleans()),
         "target": draw(st.sampled_from(_available_targets())),
+        "precision": "fp16",
     }
-    return {key: value for key, value in chosen.items() if value or key in ("keep_io_types", "target")}
+    # BF16 only where ORT's CPU EP (which runs these checks) has the kernels: the cpu target.
+    if chosen["target"] == "cpu" and draw(st.booleans()):
+        chosen["precision"] = "bf16"
+        chosen["keep_io_types"] = True  # numpy cannot feed bfloat16 inputs to ORT
+    fixed = ("keep_io_types", "target", "precision")
+    return {key: value for key, value in chosen.items() if value or key in fixed}
 
 
 def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -452,7 +459,7 @@ def test_random_graphs_convert_correctly(data: st.DataObject) -> None:
     want = run_ort(example.model, feeds)
     got = run_ort(converted, feeds)
     bounds = example.error_bounds(feeds)
-    eps = UNIT_ROUNDOFF["fp16"]
+    eps = UNIT_ROUNDOFF[chosen["precision"]]
     for tracked, expected, actual in zip(example.outputs, want, got, strict=True):
         assert actual.shape == expected.shape
         difference = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
