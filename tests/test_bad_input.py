@@ -282,7 +282,7 @@ def test_unknown_custom_domain_op_is_kept_fp32_and_reported(run_cli, tmp_path: p
     onnx.checker.check_model(onnx.load(str(output)), full_check=True)
 
 
-def qdq_model() -> onnx.ModelProto:
+def qdq_model(opset: int = 13) -> onnx.ModelProto:
     """x -> Q -> DQ -> MatMul(DQ(W int8)) -> Relu: a quantized path in front of a float tail."""
     rng = np.random.default_rng(1)
     weight = rng.integers(-100, 100, (4, 3)).astype(np.int8)
@@ -307,7 +307,7 @@ def qdq_model() -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
         initializers,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
 
 
 def test_qdq_model_is_refused_by_default(run_cli, tmp_path: pathlib.Path) -> None:
@@ -315,16 +315,17 @@ def test_qdq_model_is_refused_by_default(run_cli, tmp_path: pathlib.Path) -> Non
     refused_without_side_effects(run_cli, tmp_path, source, ExitCode.QDQ_MODEL, "--allow-qdq")
 
 
-def test_qdq_model_with_allow_qdq_keeps_quantized_paths(run_cli, tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("opset", [13, 21])
+def test_qdq_model_with_allow_qdq_keeps_quantized_paths(run_cli, tmp_path: pathlib.Path, opset: int) -> None:
     import onnxruntime as ort
 
-    source = save(qdq_model(), tmp_path / "qdq.onnx")
+    source = save(qdq_model(opset), tmp_path / "qdq.onnx")
     before = source.read_bytes()
     output = tmp_path / "out.onnx"
     result = run_cli("convert", source, "-o", output, "--allow-qdq")
     assert result.exit_code == 0, result.stderr
     assert source.read_bytes() == before
-    original, converted = qdq_model(), onnx.load(str(output))
+    original, converted = qdq_model(opset), onnx.load(str(output))
     onnx.checker.check_model(converted, full_check=True)
     for name in ("q_x", "dq_x", "dq_w"):
         old = next(n for n in original.graph.node if n.name == name)
@@ -332,9 +333,14 @@ def test_qdq_model_with_allow_qdq_keeps_quantized_paths(run_cli, tmp_path: pathl
         assert list(new.input) == list(old.input), f"{name}: quantized path rewired"
     old_inits = {t.name: t for t in original.graph.initializer}
     new_inits = {t.name: t for t in converted.graph.initializer}
-    for name in ("x_scale", "x_zero", "W_q", "W_scale", "W_zero"):
-        # opset 13's QuantizeLinear/DequantizeLinear take float32 scales only
-        assert new_inits[name] == old_inits[name], f"{name} changed"
+    for name in ("x_zero", "W_q", "W_zero"):
+        assert new_inits[name] == old_inits[name], f"{name}: quantized data changed"
+    for name in ("x_scale", "W_scale"):
+        if opset < 19:  # QuantizeLinear/DequantizeLinear-13 take float32 scales only
+            assert new_inits[name] == old_inits[name], f"{name} changed"
+        else:  # from opset 19 the schema also admits float16 scales: same value, a schema type
+            assert new_inits[name].data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)
+            assert numpy_helper.to_array(new_inits[name]) == numpy_helper.to_array(old_inits[name])
     x = np.random.default_rng(2).uniform(-3, 3, (2, 4)).astype(np.float32)
     want = ort.InferenceSession(before, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     got = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
