@@ -63,7 +63,7 @@ class LossScalingPass(ir.passes.InPlacePass):
             buffer = accumulator.inputs[0]
             if gradient is None or buffer is None:
                 raise TrainingError(f"accumulator {accumulator.name!r} has no gradient or buffer input")
-            base = _base_name(gradient.name or buffer.name or "gradient")
+            base = _gradient_name(buffer, gradient)
             gradient_fp32 = gradient
             if buffer.dtype not in (None, ir.DataType.FLOAT):
                 raise TrainingError(f"accumulation buffer {buffer.name!r} is {buffer.dtype}, expected FLOAT")
@@ -124,8 +124,12 @@ def _loss_scale_position(graph: ir.Graph) -> int:
     return len(graph.inputs)
 
 
-def _base_name(name: str) -> str:
-    return name
+def _gradient_name(buffer: ir.Value, gradient: ir.Value) -> str:
+    """``<p>_grad`` for parameter ``p``, from its accumulation buffer's name."""
+    suffix = ".accumulation.buffer"
+    if buffer.name and buffer.name.endswith(suffix):
+        return buffer.name[: -len(suffix)]
+    return gradient.name or "gradient"
 
 
 class _Builder:

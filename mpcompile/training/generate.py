@@ -1,0 +1,181 @@
+"""``mpcompile train-artifacts``: forward conversion with the training policy, ORT's
+``generate_artifacts``, then the loss-scaling pass.
+
+Training policy for the forward graph: parameters (trainable and frozen) stay FP32 — they are
+ORT's master weights — and each is cast to low precision once, shared by its low-precision uses;
+graph outputs stay FP32, so the loss subgraph ORT appends computes in FP32. ORT's gradient builder
+then emits, for each parameter's Cast, a Cast of the gradient back to FP32, so accumulation and
+the optimizer stay FP32 (the tests check this).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Sequence
+
+import onnx
+import onnx_ir as ir
+
+from mpcompile import errors, io
+from mpcompile.passes.loss_scaling import LossScalingPass
+from mpcompile.plan import MODEL_PRECISION_KEY
+from mpcompile.precision import low_precision_format
+from mpcompile.training.artifacts import ArtifactPaths, save_checked
+from mpcompile.training.graph_precision import apply_training_precision, plan_training_precision
+
+LOSSES = {
+    "crossentropy": "CrossEntropyLoss",
+    "mse": "MSELoss",
+    "bcewithlogits": "BCEWithLogitsLoss",
+    "l1": "L1Loss",
+}
+OPTIMIZERS = {"adamw": "AdamW", "sgd": "SGD"}
+
+
+def convert_forward_for_training(
+    model: ir.Model,
+    parameters: Sequence[str],
+    precision: str = "fp16",
+    *,
+    block_ops: Sequence[str] = (),
+    block_nodes: Sequence[str] = (),
+) -> dict[str, int]:
+    """Convert a forward graph in place with the training policy (see module docstring)."""
+    graph = model.graph
+    missing = [name for name in parameters if name not in graph.initializers]
+    if missing:
+        raise errors.TrainingError(f"parameters not found among the model's initializers: {', '.join(missing)}")
+    # Lift parameters to graph inputs for the rewrite: graph inputs keep their FP32 type and are
+    # cast at their low-precision uses, exactly the master-weight layout we want.
+    lifted = [graph.initializers.pop(name) for name in parameters]
+    graph.inputs.extend(lifted)
+    low = low_precision_format(precision).precision
+    plan = plan_training_precision(graph, low, block_ops=block_ops, block_nodes=block_nodes)
+    casts = apply_training_precision(graph, plan)
+    for value in lifted:
+        graph.inputs.remove(value)
+        graph.register_initializer(value)
+    expose_layer_norm_statistics(model)
+    graph.sort()
+    model.metadata_props[MODEL_PRECISION_KEY] = precision
+    low_nodes = sum(1 for _, decision in plan.items() if decision.is_low)
+    return {"nodes": len(plan), "low_precision_nodes": low_nodes, "casts_added": casts}
+
+
+def expose_layer_norm_statistics(model: ir.Model) -> int:
+    """Give every LayerNormalization named Mean/InvStdDev outputs (ORT 1.19.2's gradient needs them)."""
+    added = 0
+    for node in model.graph:
+        if node.op_type != "LayerNormalization" or node.domain not in ("", "ai.onnx"):
+            continue
+        if len(node.outputs) >= 3 and all(out.name for out in node.outputs):
+            continue
+        base = node.outputs[0].name or node.name or "layer_norm"
+        new_node = ir.node(
+            "LayerNormalization",
+            inputs=list(node.inputs),
+            attributes=dict(node.attributes),
+            name=node.name,
+            outputs=[
+                ir.Value(name=f"{base}.normalized", type=node.outputs[0].type, shape=node.outputs[0].shape),
+                ir.Value(name=f"{base}.mean"),
+                ir.Value(name=f"{base}.inv_std_dev"),
+            ],
+            metadata_props=dict(node.metadata_props),
+        )
+        model.graph.insert_before(node, new_node)
+        old = node.outputs[0]
+        if old.is_graph_output():
+            position = next(i for i, out in enumerate(model.graph.outputs) if out is old)
+            model.graph.outputs[position] = new_node.outputs[0]
+            new_name = old.name
+            old.name = f"{new_name}.replaced"
+            new_node.outputs[0].name = new_name
+        old.replace_all_uses_with(new_node.outputs[0])
+        model.graph.remove(node, safe=True)
+        added += 1
+    return added
+
+
+def generate_training_artifacts(
+    model_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    requires_grad: Sequence[str] | None = None,
+    frozen: Sequence[str] = (),
+    loss: str = "crossentropy",
+    optimizer: str = "adamw",
+    precision: str | None = "fp16",
+    block_ops: Sequence[str] = (),
+    block_nodes: Sequence[str] = (),
+    loss_scaling: bool = True,
+    overwrite: bool = False,
+) -> dict[str, dict[str, int]]:
+    """Mixed-precision ORT training artifacts for a forward model (``precision=None``: plain FP32)."""
+    artifacts_api = _artifacts_api()
+    model = io.load_model(model_path)
+    ir.external_data.load_to_model(model)
+    float_initializers = [
+        name for name, value in model.graph.initializers.items() if value.dtype == ir.DataType.FLOAT
+    ]
+    frozen = list(frozen)
+    if requires_grad is None:
+        requires_grad = [name for name in float_initializers if name not in frozen]
+    requires_grad = list(requires_grad)
+    overlap = sorted(set(requires_grad) & set(frozen))
+    if overlap:
+        raise errors.TrainingError(f"parameters both trainable and frozen: {', '.join(overlap)}")
+    if not requires_grad:
+        raise errors.TrainingError("no trainable parameters (no FP32 initializers, or all frozen)")
+    if loss not in LOSSES:
+        raise errors.TrainingError(f"unknown loss {loss!r}; expected one of {sorted(LOSSES)}")
+    if optimizer not in OPTIMIZERS:
+        raise errors.TrainingError(f"unknown optimizer {optimizer!r}; expected one of {sorted(OPTIMIZERS)}")
+    output_dir = pathlib.Path(output_dir).absolute()
+    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+        raise errors.OutputNotWritableError(f"{output_dir}: output folder is not empty (use --overwrite)")
+    output_dir.mkdir(parents=True, exist_ok=True)  # generate_artifacts 1.19.2 needs it to exist
+
+    stats: dict[str, dict[str, int]] = {}
+    if precision is not None:
+        stats["forward"] = convert_forward_for_training(
+            model, [*requires_grad, *frozen], precision, block_ops=block_ops, block_nodes=block_nodes
+        )
+    else:
+        expose_layer_norm_statistics(model)
+    proto = ir.to_proto(model)
+    proto.ir_version = min(proto.ir_version, io.MAX_IR_VERSION)
+    try:
+        artifacts_api.generate_artifacts(
+            proto,
+            requires_grad=requires_grad,
+            frozen_params=frozen,
+            loss=getattr(artifacts_api.LossType, LOSSES[loss]),
+            optimizer=getattr(artifacts_api.OptimType, OPTIMIZERS[optimizer]),
+            artifact_directory=str(output_dir),
+        )
+    except (RuntimeError, ValueError, onnx.checker.ValidationError) as exc:
+        raise errors.TrainingError(f"onnxruntime could not build the training graph: {_first_line(exc)}") from None
+    paths = ArtifactPaths.find(output_dir)
+    if loss_scaling and precision is not None:
+        training = io.load_model(paths.training_model)
+        LossScalingPass()(training)
+        training.graph.sort()
+        save_checked(training, paths.training_model)
+    return stats
+
+
+def _artifacts_api():
+    try:
+        from onnxruntime.training import artifacts
+    except ImportError:
+        raise errors.RuntimeMissingError(
+            "onnxruntime-training is not installed; create the training environment with tools/training_env.sh"
+        ) from None
+    return artifacts
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
