@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # an internal bug: one line unless --debug
         if debug:
             raise
-        click.echo(f"internal error ({type(exc).__name__}): {exc}  (rerun with --debug for a traceback)", err=True)
+        click.echo(
+            f"internal error ({type(exc).__name__}): {exc}  (rerun with --debug for a traceback)", err=True
+        )
         return int(ExitCode.INTERNAL)
     return int(ExitCode.OK)
 

@@ -12,6 +12,7 @@ import errno
 import os
 import pathlib
 import tempfile
+from collections.abc import Callable
 
 import onnx
 import onnx_ir as ir
@@ -76,7 +77,9 @@ def check_external_data(proto: onnx.ModelProto, base_dir: pathlib.Path) -> None:
                 f"tensor {tensor.name!r}: external data location {location!r} escapes the model's folder; refused"
             )
         if not target.is_file():
-            raise errors.ExternalDataError(f"tensor {tensor.name!r}: external data file {location!r} not found")
+            raise errors.ExternalDataError(
+                f"tensor {tensor.name!r}: external data file {location!r} not found"
+            )
         offset = int(info.get("offset", 0) or 0)
         length = info.get("length")
         if length is not None and offset + int(length) > target.stat().st_size:
@@ -131,9 +134,16 @@ def weight_bytes(model: ir.Model) -> int:
     return total
 
 
-def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> None:
+def save_model(
+    model: ir.Model,
+    path: str | os.PathLike,
+    *,
+    external_data: bool | None = None,
+    verify: Callable[[str], None] | None = None,
+) -> None:
     """Save atomically; external data when asked, when the input had it, or when over 2 GiB.
 
+    ``verify`` is called on the complete temporary file before it is moved into place.
     On failure nothing new is left behind at ``path`` (nor a data file that did not exist).
     """
     path = pathlib.Path(path).absolute()
@@ -151,9 +161,13 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool 
     os.close(fd)
     try:
         if external_data:
-            ir.save(model, temp_name, external_data=data_name, size_threshold_bytes=EXTERNAL_DATA_THRESHOLD_BYTES)
+            ir.save(
+                model, temp_name, external_data=data_name, size_threshold_bytes=EXTERNAL_DATA_THRESHOLD_BYTES
+            )
         else:
             ir.save(model, temp_name)
+        if verify is not None:
+            verify(temp_name)
         os.replace(temp_name, path)
     except OSError as exc:
         with contextlib.suppress(OSError):

@@ -37,6 +37,8 @@ class Reason:
     RANGE = "range"  # a constant input is outside the low-precision range
     SCHEMA = "schema"  # the op's schema has no low-precision type at this opset
     UNKNOWN_OP = "unknown-op"  # no schema and no typing rule: kept as it is
+    UNLISTED = "unlisted"  # op is in no policy list: kept FP32
+    CONSTANT = "constant"  # a Constant node takes its consumers' precision
     UNTYPED = "untyped"  # input types could not be inferred
     CONTROL_FLOW = "control-flow"  # If/Loop/Scan: bodies are converted, the node's interface stays
     FUNCTION_CALL = "function-call"

@@ -60,7 +60,9 @@ class LowPrecisionFormat:
     @property
     def overflow_threshold(self) -> float:
         """Magnitudes at or above this round to infinity (round-to-nearest-even)."""
-        spacing_at_max = float(self.max) - float(np.nextafter(self.numpy_dtype.type(self.max), 0, dtype=self.numpy_dtype))
+        spacing_at_max = float(self.max) - float(
+            np.nextafter(self.numpy_dtype.type(self.max), 0, dtype=self.numpy_dtype)
+        )
         return float(self.max) + spacing_at_max / 2
 
 
@@ -87,4 +89,6 @@ def low_precision_format(name: str) -> LowPrecisionFormat:
     try:
         return LOW_PRECISION_FORMATS[name.lower()]
     except KeyError:
-        raise ValueError(f"unknown precision {name!r}; expected one of {sorted(LOW_PRECISION_FORMATS)}") from None
+        raise ValueError(
+            f"unknown precision {name!r}; expected one of {sorted(LOW_PRECISION_FORMATS)}"
+        ) from None

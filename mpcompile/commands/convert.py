@@ -1,0 +1,182 @@
+"""``mpcompile convert``: FP32 model in, mixed-precision model out."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import click
+
+
+def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Path:
+    """model.onnx -> model.fp16.onnx"""
+    return input_path.with_name(f"{input_path.stem}.{precision}.onnx")
+
+
+@click.command("convert")
+@click.argument("model", type=click.Path(dir_okay=True, path_type=pathlib.Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=pathlib.Path),
+    help="Output path [default: MODEL.<precision>.onnx].",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp16", "bf16"]),
+    default="fp16",
+    show_default=True,
+    help="Low-precision type.",
+)
+@click.option(
+    "--target", default="any", show_default=True, help="Execution target whose kernels limit precision."
+)
+@click.option(
+    "--keep-io-types/--no-keep-io-types",
+    default=True,
+    show_default=True,
+    help="Keep FP32 graph inputs/outputs.",
+)
+@click.option(
+    "--allow-op",
+    "allow_ops",
+    multiple=True,
+    metavar="OP",
+    help="Run OP in low precision (OpType or domain::OpType).",
+)
+@click.option("--block-op", "block_ops", multiple=True, metavar="OP", help="Keep OP in FP32.")
+@click.option(
+    "--block-node", "block_nodes", multiple=True, metavar="NAME|REGEX", help="Keep matching nodes in FP32."
+)
+@click.option("--policy", type=click.Path(dir_okay=False, path_type=pathlib.Path), help="TOML policy file.")
+@click.option("--allow-qdq", is_flag=True, help="Convert the float parts of a QDQ-quantized model.")
+@click.option("--overwrite", is_flag=True, help="Allow the output path to be the input path.")
+@click.option(
+    "--external-data/--no-external-data", default=None, help="Force weights into/out of a .data file."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+@click.option(
+    "--check-invariants", is_flag=True, help="Check invariants after every pass (slow; for debugging)."
+)
+@click.option(
+    "--dump-dir",
+    type=click.Path(file_okay=False, path_type=pathlib.Path),
+    help="Write the IR after each pass here.",
+)
+def convert_command(
+    model: pathlib.Path,
+    output: pathlib.Path | None,
+    precision: str,
+    target: str,
+    keep_io_types: bool,
+    allow_ops: tuple[str, ...],
+    block_ops: tuple[str, ...],
+    block_nodes: tuple[str, ...],
+    policy: pathlib.Path | None,
+    allow_qdq: bool,
+    overwrite: bool,
+    external_data: bool | None,
+    as_json: bool,
+    quiet: bool,
+    check_invariants: bool,
+    dump_dir: pathlib.Path | None,
+) -> None:
+    """Convert an FP32 ONNX MODEL to mixed precision."""
+    from mpcompile.converter import convert_file
+
+    output = output or default_output_path(model, precision)
+    with _progress(quiet or as_json) as on_pass_start:
+        result = convert_file(
+            model,
+            output,
+            overwrite=overwrite,
+            external_data=external_data,
+            on_pass_start=on_pass_start,
+            precision=precision,
+            target=target,
+            keep_io_types=keep_io_types,
+            allow_ops=allow_ops,
+            block_ops=block_ops,
+            block_nodes=block_nodes,
+            policy=policy,
+            allow_qdq=allow_qdq,
+            check_invariants=check_invariants,
+            dump_dir=dump_dir,
+        )
+    if as_json:
+        click.echo(json.dumps({"input": str(model), "output": str(output), **result.summary()}, indent=2))
+    elif not quiet:
+        print_summary(result, model, output)
+
+
+class _progress:
+    """A transient progress line over the passes, shown on terminals only."""
+
+    def __init__(self, disabled: bool):
+        self.disabled = disabled or not sys.stderr.isatty()
+        self._progress = None
+
+    def __enter__(self):
+        if self.disabled:
+            return None
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self._progress.start()
+        task = self._progress.add_task("loading")
+
+        def on_pass_start(name: str) -> None:
+            self._progress.update(task, description=name)
+
+        return on_pass_start
+
+    def __exit__(self, *exc_info) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def print_summary(result, source: pathlib.Path, output: pathlib.Path) -> None:
+    """The human summary of a conversion, printed with rich."""
+    from rich.console import Console
+    from rich.table import Table
+
+    stats = result.stats
+    console = Console()
+    console.print(f"[bold]{source}[/] -> [bold]{output}[/] ({result.precision}, target {result.target})")
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    for precision, count in sorted(stats.nodes_by_precision.items()):
+        table.add_row(f"nodes {precision}", str(count))
+    table.add_row(
+        "Casts added", f"{stats.casts_added} ({stats.casts_inserted} inserted, {stats.casts_folded} folded)"
+    )
+    table.add_row("weights", f"{_mb(stats.weight_bytes_before)} -> {_mb(stats.weight_bytes_after)}")
+    table.add_row(
+        "initializers converted / copied", f"{stats.initializers_converted} / {stats.initializers_duplicated}"
+    )
+    table.add_row(
+        "values clamped / flushed to zero", f"{stats.values_clamped} / {stats.values_flushed_to_zero}"
+    )
+    table.add_row(
+        "time",
+        ", ".join(
+            f"{name.removesuffix('Pass')} {sec * 1000:.0f} ms" for name, sec in stats.pass_seconds.items()
+        ),
+    )
+    console.print(table)
+    for note in result.notes:
+        console.print(f"note: {note}")
+
+
+def _mb(count: int) -> str:
+    return f"{count / 2**20:.2f} MiB"

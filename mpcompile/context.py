@@ -1,0 +1,67 @@
+"""State shared by the passes of one conversion: options in, plan and statistics out."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+import onnx_ir as ir
+
+from mpcompile.plan import PrecisionPlan
+from mpcompile.policy import Policy
+from mpcompile.precision import LowPrecisionFormat
+from mpcompile.targets.base import Target
+
+
+@dataclasses.dataclass
+class ConvertStats:
+    """What a conversion did, for the CLI summary, JSON output and the report."""
+
+    nodes_by_precision: Counter = dataclasses.field(default_factory=Counter)
+    casts_before: int = 0
+    casts_after: int = 0
+    casts_inserted: int = 0
+    casts_folded: int = 0
+    weight_bytes_before: int = 0
+    weight_bytes_after: int = 0
+    initializers_converted: int = 0
+    initializers_duplicated: int = 0
+    values_clamped: int = 0  # set to the low-precision limit (only in safe forms such as masks)
+    values_flushed_to_zero: int = 0  # nonzero values too small for the low-precision type
+    values_subnormal: int = 0  # values that become subnormal (lose precision)
+    untyped_values: int = 0
+    pass_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def casts_added(self) -> int:
+        return self.casts_after - self.casts_before
+
+    def as_dict(self) -> dict[str, object]:
+        data = dataclasses.asdict(self)
+        data["nodes_by_precision"] = dict(sorted(self.nodes_by_precision.items()))
+        data["casts_added"] = self.casts_added
+        data["pass_seconds"] = {name: round(seconds, 6) for name, seconds in self.pass_seconds.items()}
+        return data
+
+
+@dataclasses.dataclass
+class ConversionContext:
+    """Options of one conversion and everything the passes hand each other."""
+
+    low: LowPrecisionFormat
+    target: Target
+    policy: Policy
+    keep_io_types: bool = True
+    allow_qdq: bool = False
+    plan: PrecisionPlan = dataclasses.field(default_factory=PrecisionPlan)
+    # Per (node, input index): the dtype the input must have after conversion. Filled by
+    # RetypeNodesPass before any value changes type, consumed by InsertCastsPass.
+    required_input_dtypes: dict[tuple[int, int], ir.DataType] = dataclasses.field(default_factory=dict)
+    # dtypes of graph outputs before conversion, keyed by id(value).
+    original_output_dtypes: dict[int, ir.DataType] = dataclasses.field(default_factory=dict)
+    # Constants (initializer values / Constant nodes, by id) whose values a range scan found
+    # beyond the low-precision range, and those that may be clamped as masks.
+    out_of_range_constants: set[int] = dataclasses.field(default_factory=set)
+    clampable_mask_constants: set[int] = dataclasses.field(default_factory=set)
+    stats: ConvertStats = dataclasses.field(default_factory=ConvertStats)
+    notes: list[str] = dataclasses.field(default_factory=list)

@@ -1,0 +1,325 @@
+"""The public conversion API: ``convert()`` and ``convert_file()``."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+
+from mpcompile import errors, io
+from mpcompile.casts import CastFactory, NameAuthority
+from mpcompile.context import ConversionContext, ConvertStats
+from mpcompile.pipeline import Pipeline
+from mpcompile.plan import MODEL_VERSION_KEY, PrecisionPlan, read_decision
+from mpcompile.policy import Policy, load_policy_file, op_classes
+from mpcompile.precision import Precision, low_precision_format
+from mpcompile.targets import get_target
+from mpcompile.targets.base import Target
+
+ModelLike = onnx.ModelProto | ir.Model | str | os.PathLike
+
+DEFAULT_TARGET = "any"
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertOptions:
+    """Everything that shapes a conversion (CLI flags and policy files map onto this)."""
+
+    precision: str = "fp16"
+    target: str | Target = DEFAULT_TARGET
+    keep_io_types: bool = True
+    allow_ops: tuple[str, ...] = ()
+    block_ops: tuple[str, ...] = ()
+    block_nodes: tuple[str, ...] = ()
+    policy: str | os.PathLike | None = None  # TOML file with the same fields
+    allow_qdq: bool = False
+    verify: bool = True  # run onnx.checker (full) on the result
+    check_invariants: bool = False  # check our invariants after every pass (debugging)
+    dump_dir: str | os.PathLike | None = None
+
+    @classmethod
+    def build(cls, **kwargs: Any) -> ConvertOptions:
+        for key in ("allow_ops", "block_ops", "block_nodes"):
+            if key in kwargs and kwargs[key] is not None:
+                value = kwargs[key]
+                kwargs[key] = (value,) if isinstance(value, str) else tuple(value)
+        unknown = set(kwargs) - {field.name for field in dataclasses.fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown conversion option(s): {sorted(unknown)}")
+        return cls(**kwargs)
+
+
+@dataclasses.dataclass
+class NodeDecisionRecord:
+    """One row of the decision table: a node and why it got its precision."""
+
+    name: str
+    op_type: str
+    domain: str
+    graph: str
+    precision: str
+    reason: str
+    rule: str
+
+
+@dataclasses.dataclass
+class ConvertResult:
+    """A converted model (same kind as given), its plan, statistics and notes."""
+
+    model: Any
+    plan: PrecisionPlan
+    stats: ConvertStats
+    notes: list[str]
+    precision: str
+    target: str
+    already_converted: bool = False
+
+    def decisions(self) -> list[NodeDecisionRecord]:
+        """Per-node decisions, read back from the converted IR (graph order)."""
+        model = self.model if isinstance(self.model, ir.Model) else ir.from_proto(self.model)
+        rows = []
+        for graph in model.graphs():
+            for node in graph:
+                decision = read_decision(node)
+                if decision is None:
+                    continue
+                rows.append(
+                    NodeDecisionRecord(
+                        node.name or "",
+                        node.op_type,
+                        node.domain,
+                        graph.name or "",
+                        decision.precision.value,
+                        decision.reason,
+                        decision.rule,
+                    )
+                )
+        return rows
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready summary (what ``mpcompile convert --json`` prints)."""
+        return {
+            "precision": self.precision,
+            "target": self.target,
+            "already_converted": self.already_converted,
+            "stats": self.stats.as_dict(),
+            "reasons": dict(sorted(Counter(decision.reason for _, decision in self.plan.items()).items())),
+            "notes": list(self.notes),
+        }
+
+
+def convert(model: ModelLike, **options: Any) -> ConvertResult:
+    """Convert an FP32 model to mixed precision.
+
+    ``model`` is an ``onnx.ModelProto``, an ``onnx_ir.Model`` (not modified) or a path.
+    Returns a ``ConvertResult`` whose ``model`` is of the same kind (``ir.Model`` for a
+    path). Options are the fields of ``ConvertOptions``.
+    """
+    opts = ConvertOptions.build(**options)
+    ir_model, kind = _to_ir(model)
+    result = _convert_ir(ir_model, opts)
+    if kind == "proto" and not result.already_converted:
+        proto = ir.to_proto(result.model)
+        if opts.verify:
+            _check(proto)
+        result.model = proto
+    elif kind == "proto":
+        result.model = model
+    elif opts.verify and not result.already_converted and io.weight_bytes(result.model) < io.TWO_GIB // 2:
+        _check(ir.to_proto(result.model))
+    return result
+
+
+def convert_file(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    external_data: bool | None = None,
+    on_pass_start: Callable[[str], None] | None = None,
+    **options: Any,
+) -> ConvertResult:
+    """Convert the model at ``input_path`` and save it atomically at ``output_path``.
+
+    Raises ``AlreadyLowPrecisionError`` (and writes nothing) for an already converted model.
+    """
+    opts = ConvertOptions.build(**options)
+    source, target = pathlib.Path(input_path).absolute(), pathlib.Path(output_path).absolute()
+    if source.exists() and target.exists() and os.path.samefile(source, target) and not overwrite:
+        raise errors.OutputIsInputError(f"{target}: output path is the input; pass --overwrite to replace it")
+    if source == target and not overwrite:
+        raise errors.OutputIsInputError(f"{target}: output path is the input; pass --overwrite to replace it")
+    model = io.load_model(source)
+    if overwrite and source == target:
+        ir.external_data.load_to_model(model)  # the source file is about to be replaced
+    result = _convert_ir(model, opts, on_pass_start=on_pass_start)
+    if result.already_converted:
+        raise errors.AlreadyLowPrecisionError(f"{source}: {result.notes[-1]}; nothing to do")
+    io.save_model(
+        result.model, target, external_data=external_data, verify=_check_path if opts.verify else None
+    )
+    return result
+
+
+def _to_ir(model: ModelLike) -> tuple[ir.Model, str]:
+    if isinstance(model, onnx.ModelProto):
+        io.check_opsets(model)
+        return ir.serde.deserialize_model(model), "proto"
+    if isinstance(model, ir.Model):
+        return model.clone(), "ir"
+    if isinstance(model, (str, os.PathLike)):
+        return io.load_model(model), "path"
+    raise TypeError(
+        f"convert() takes an onnx.ModelProto, an onnx_ir.Model or a path, not {type(model).__name__}"
+    )
+
+
+def _convert_ir(
+    model: ir.Model, opts: ConvertOptions, on_pass_start: Callable[[str], None] | None = None
+) -> ConvertResult:
+    policy, file_options = _policy(opts)
+    # A policy file's precision/target/keep_io_types apply where the caller kept the default.
+    defaults = ConvertOptions()
+    precision = (
+        file_options.get("precision", opts.precision)
+        if opts.precision == defaults.precision
+        else opts.precision
+    )
+    target_name = file_options.get("target", opts.target) if opts.target == defaults.target else opts.target
+    keep_io = (
+        file_options.get("keep_io_types", opts.keep_io_types)
+        if opts.keep_io_types == defaults.keep_io_types
+        else opts.keep_io_types
+    )
+    low = low_precision_format(str(precision))
+    target = get_target(target_name) if isinstance(target_name, str) else target_name
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+    if opset < low.min_opset:
+        raise errors.UnsupportedOpsetError(
+            f"{low.precision.value} needs ai.onnx opset >= {low.min_opset} (Cast to {low.precision.value}); the model has "
+            f"{opset}. Upgrade it with onnx.version_converter.convert_version(model, {low.min_opset})"
+        )
+    context = ConversionContext(
+        low=low,
+        target=target,
+        policy=policy,
+        keep_io_types=bool(keep_io),
+        allow_qdq=opts.allow_qdq,
+    )
+    note = already_low_precision(model)
+    if note is not None:
+        context.notes.append(note)
+        return ConvertResult(
+            model, context.plan, context.stats, context.notes, low.precision.value, target.name, True
+        )
+    if _is_qdq(model) and not opts.allow_qdq:
+        raise errors.QdqModelError(
+            "model is QDQ-quantized (QuantizeLinear/DequantizeLinear); pass --allow-qdq to convert only its float parts"
+        )
+    pipeline = build_pipeline(context, model, check_invariants=opts.check_invariants, dump_dir=opts.dump_dir)
+    pipeline.on_pass_start = on_pass_start
+    context.stats.casts_before = count_casts(model)
+    context.stats.weight_bytes_before = io.weight_bytes(model)
+    model = pipeline(model)
+    context.stats.casts_after = count_casts(model)
+    context.stats.weight_bytes_after = io.weight_bytes(model)
+    context.stats.nodes_by_precision = Counter(
+        decision.precision.value for node, decision in context.plan.items() if node.graph is not None
+    )
+    context.stats.pass_seconds = dict(pipeline.seconds)
+    model.ir_version = io.output_ir_version(model)
+    return ConvertResult(model, context.plan, context.stats, context.notes, low.precision.value, target.name)
+
+
+def build_pipeline(
+    context: ConversionContext, model: ir.Model, *, check_invariants: bool = False, dump_dir=None
+) -> Pipeline:
+    """The conversion passes, in order (see docs/architecture.md)."""
+    from mpcompile.passes.assign_precision import AssignPrecisionPass
+    from mpcompile.passes.convert_constants import ConvertConstantsPass
+    from mpcompile.passes.fold_casts import FoldCastsPass
+    from mpcompile.passes.infer_types import InferTypesPass
+    from mpcompile.passes.insert_casts import InsertCastsPass
+    from mpcompile.passes.retype_nodes import RetypeNodesPass
+    from mpcompile.passes.stamp_decisions import StampDecisionsPass
+    from mpcompile.passes.verify import VerifyPass, io_signature
+
+    names = NameAuthority(model)
+    verify = VerifyPass(context, io_signature(model))
+    return Pipeline(
+        [
+            InferTypesPass(context),
+            AssignPrecisionPass(context),
+            RetypeNodesPass(context),
+            ConvertConstantsPass(context, names),
+            InsertCastsPass(context, CastFactory(names)),
+            FoldCastsPass(context),
+            StampDecisionsPass(context),
+            verify,
+        ],
+        check_invariants=(lambda m: VerifyPass(context)(m)) if check_invariants else None,
+        dump_dir=dump_dir,
+    )
+
+
+def _policy(opts: ConvertOptions) -> tuple[Policy, dict[str, object]]:
+    policy = Policy.from_options(opts.allow_ops, opts.block_ops, opts.block_nodes)
+    if opts.policy is None:
+        return policy, {}
+    from_file, file_options = load_policy_file(str(opts.policy))
+    return from_file.merged(policy), file_options
+
+
+def count_casts(model: ir.Model) -> int:
+    return sum(
+        1 for graph in model.graphs() for node in graph if node.op_type == "Cast" and node.domain == ""
+    )
+
+
+def already_low_precision(model: ir.Model) -> str | None:
+    """A note if the model was converted already (by mpcompile, or is FP16/BF16 throughout)."""
+    if MODEL_VERSION_KEY in model.metadata_props:
+        return f"already converted by mpcompile {model.metadata_props[MODEL_VERSION_KEY]}"
+    dtypes = set(_float_dtypes(model))
+    low = dtypes & {ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
+    if low and ir.DataType.FLOAT not in dtypes:
+        names = "/".join(sorted(Precision.of_dtype(d).value for d in low))
+        return f"model is already {names} (no FP32 tensors)"
+    return None
+
+
+def _float_dtypes(model: ir.Model) -> Iterable[ir.DataType]:
+    for graph in model.graphs():
+        for value in (*graph.inputs, *graph.outputs, *graph.initializers.values()):
+            if value.dtype is not None and value.dtype.is_floating_point():
+                yield value.dtype
+        for node in graph:
+            for value in node.outputs:
+                if value.dtype is not None and value.dtype.is_floating_point():
+                    yield value.dtype
+
+
+def _is_qdq(model: ir.Model) -> bool:
+    return any(
+        (node.domain, node.op_type) in op_classes.QDQ_OPS for graph in model.graphs() for node in graph
+    )
+
+
+def _check(proto: onnx.ModelProto) -> None:
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise AssertionError(f"mpcompile produced an invalid model (a bug): {exc}") from exc
+
+
+def _check_path(path: str | os.PathLike) -> None:
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise AssertionError(f"mpcompile produced an invalid model (a bug): {exc}") from exc

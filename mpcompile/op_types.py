@@ -1,0 +1,171 @@
+"""Which inputs and outputs of a node carry the float data that changes precision.
+
+For ai.onnx ops this comes from the op schema at the model's opset: the node's
+*primary type variable* is the type variable bound by its first float32 input (or,
+for source ops, its first float32 output). Only inputs and outputs bound to that
+variable are converted; others (Resize scales, LayerNormalization's stash type U,
+BatchNormalization mean/var at opset >= 15, Clip bounds before opset 11, ...) keep
+their own type. An op whose primary variable does not allow the low-precision type at
+that opset never goes low.
+
+Ops onnx has no schema for (contrib ops) use the explicit rules in ``CONTRIB_TYPING``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import onnx
+import onnx_ir as ir
+
+from mpcompile.policy import op_classes
+
+FLOAT = ir.DataType.FLOAT
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeTyping:
+    """Which of a node's inputs/outputs change type when the node goes low precision."""
+
+    float_inputs: tuple[int, ...]
+    float_outputs: tuple[int, ...]
+    low_allowed: bool  # the schema (or rule) admits the low-precision type
+    type_variable: str = ""  # the primary type variable, for reports
+
+    @property
+    def touches_float(self) -> bool:
+        return bool(self.float_inputs or self.float_outputs)
+
+
+@dataclasses.dataclass(frozen=True)
+class ContribRule:
+    """Typing rule for an op without an onnx schema: every float input/output converts
+    except the listed indices, which keep their own type."""
+
+    keep_inputs: frozenset[int] = frozenset()
+    keep_outputs: frozenset[int] = frozenset()
+
+
+_MS = op_classes.MICROSOFT
+# Contrib ops mpcompile knows how to type. Indices listed keep FP32 (ORT's kernels bind
+# them to a separate type parameter that is float-only: e.g. the U mean/inv-std outputs
+# of the layer norms).
+CONTRIB_TYPING: dict[tuple[str, str], ContribRule] = {
+    (_MS, "Attention"): ContribRule(),
+    (_MS, "MultiHeadAttention"): ContribRule(),
+    (_MS, "GroupQueryAttention"): ContribRule(),
+    (_MS, "PackedAttention"): ContribRule(),
+    (_MS, "PackedMultiHeadAttention"): ContribRule(),
+    (_MS, "DecoderMaskedMultiHeadAttention"): ContribRule(),
+    (_MS, "FusedMatMul"): ContribRule(),
+    (_MS, "FusedConv"): ContribRule(),
+    (_MS, "BiasGelu"): ContribRule(),
+    (_MS, "FastGelu"): ContribRule(),
+    (_MS, "Gelu"): ContribRule(),
+    (_MS, "QuickGelu"): ContribRule(),
+    (_MS, "BiasAdd"): ContribRule(),
+    (_MS, "BiasSplitGelu"): ContribRule(),
+    (_MS, "BiasDropout"): ContribRule(),
+    (_MS, "RotaryEmbedding"): ContribRule(),
+    (_MS, "GroupNorm"): ContribRule(),
+    (_MS, "SkipGroupNorm"): ContribRule(),
+    (_MS, "LayerNormalization"): ContribRule(keep_outputs=frozenset({1, 2})),
+    (_MS, "SimplifiedLayerNormalization"): ContribRule(keep_outputs=frozenset({1})),
+    (_MS, "SkipLayerNormalization"): ContribRule(keep_outputs=frozenset({1, 2})),
+    (_MS, "SkipSimplifiedLayerNormalization"): ContribRule(keep_outputs=frozenset({1, 2})),
+}
+
+
+def _type_string(dtype: ir.DataType) -> str:
+    return f"tensor({onnx.helper.tensor_dtype_to_string(dtype.value).replace('TensorProto.', '').lower()})"
+
+
+@functools.lru_cache(maxsize=4096)
+def get_schema(domain: str, op_type: str, opset: int) -> onnx.defs.OpSchema | None:
+    """The onnx schema in force for ``domain::op_type`` at ``opset``, or None."""
+    try:
+        return onnx.defs.get_schema(op_type, opset, domain)
+    except onnx.defs.SchemaError:
+        return None
+
+
+def _formal_type(params, index: int) -> str | None:
+    if index < len(params):
+        return params[index].type_str
+    if params and params[-1].option == onnx.defs.OpSchema.FormalParameterOption.Variadic:
+        return params[-1].type_str
+    return None
+
+
+def _dtype(value: ir.Value | None) -> ir.DataType | None:
+    return None if value is None else value.dtype
+
+
+def node_typing(node: ir.Node, opset: int, low_dtype: ir.DataType) -> NodeTyping | None:
+    """The typing of ``node`` for a conversion to ``low_dtype``; None if the op is unknown."""
+    key = (node.domain, node.op_type)
+    if key in CONTRIB_TYPING:
+        return _contrib_typing(node, CONTRIB_TYPING[key])
+    schema = get_schema(node.domain, node.op_type, opset)
+    if schema is None:
+        return None
+    if node.op_type == "Cast" and node.domain == "":
+        return _cast_typing(node)
+    constraints = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+    shape_only = op_classes.SHAPE_ONLY_INPUTS.get(key, frozenset())
+
+    primary: str | None = None
+    for index, value in enumerate(node.inputs):
+        if index in shape_only or _dtype(value) != FLOAT:
+            continue
+        formal = _formal_type(schema.inputs, index)
+        if formal in constraints:
+            primary = formal
+            break
+    if primary is None:
+        for index, value in enumerate(node.outputs):
+            formal = _formal_type(schema.outputs, index)
+            if _dtype(value) == FLOAT and formal in constraints:
+                primary = formal
+                break
+    if primary is None:
+        return NodeTyping((), (), low_allowed=False)
+    float_inputs = tuple(
+        index
+        for index, value in enumerate(node.inputs)
+        if index not in shape_only
+        and _dtype(value) == FLOAT
+        and _formal_type(schema.inputs, index) == primary
+    )
+    float_outputs = tuple(
+        index for index, _ in enumerate(node.outputs) if _formal_type(schema.outputs, index) == primary
+    )
+    return NodeTyping(
+        float_inputs,
+        float_outputs,
+        low_allowed=_type_string(low_dtype) in constraints[primary],
+        type_variable=primary,
+    )
+
+
+def _cast_typing(node: ir.Node) -> NodeTyping:
+    to_attr = node.attributes.get("to")
+    to = ir.DataType(to_attr.as_int()) if to_attr is not None else None
+    float_inputs = (0,) if node.inputs and _dtype(node.inputs[0]) == FLOAT else ()
+    float_outputs = (0,) if to == FLOAT else ()
+    return NodeTyping(float_inputs, float_outputs, low_allowed=True, type_variable="to")
+
+
+def _contrib_typing(node: ir.Node, rule: ContribRule) -> NodeTyping:
+    float_inputs = tuple(
+        index
+        for index, value in enumerate(node.inputs)
+        if index not in rule.keep_inputs and _dtype(value) == FLOAT
+    )
+    float_outputs = tuple(
+        index
+        for index, value in enumerate(node.outputs)
+        if index not in rule.keep_outputs and _dtype(value) in (FLOAT, None)
+    )
+    return NodeTyping(float_inputs, float_outputs, low_allowed=True, type_variable="T")

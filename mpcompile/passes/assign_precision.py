@@ -1,0 +1,424 @@
+"""Decide each node's precision: the analysis half of the pipeline.
+
+Builds ``context.plan`` and mutates nothing. The algorithm (documented in
+docs/precision-policy.md) paints each graph TF-AMP style:
+
+1. classify every node (allow / follow / pass-through / block, or fixed FP32 for a
+   concrete reason: schema, kernel, range, unknown op, user override, ...);
+2. allow nodes seed low precision;
+3. block propagates forward through follow/pass-through nodes that lead to further
+   block or follow nodes;
+4. follow and pass-through nodes lying between low-precision nodes go low;
+5. pass-through nodes next to a low-precision region join it;
+6. Constant nodes take their consumers' precision.
+
+Edges are float-data edges only: a value that the producer outputs and the consumer
+reads through its primary type variable (see ``mpcompile.op_types``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from collections.abc import Iterable
+
+import onnx_ir as ir
+
+from mpcompile import op_types, ranges
+from mpcompile.context import ConversionContext
+from mpcompile.plan import Decision, Reason
+from mpcompile.policy import OpClass, op_classes
+from mpcompile.precision import Precision
+
+# How far a huge negative constant may travel through element-wise ops to a Softmax
+# and still count as an attention mask that can be clamped to the low-precision limit.
+MASK_SEARCH_DEPTH = 6
+SOURCE_OPS = frozenset({("", "Constant"), ("", "ConstantOfShape")})
+
+
+@dataclasses.dataclass
+class _NodeInfo:
+    node: ir.Node
+    typing: op_types.NodeTyping | None
+    op_class: OpClass | None = None  # None: fixed, see fixed
+    rule: str = ""
+    fixed: Decision | None = None  # decided before painting
+    by_user: bool = False
+    low: bool = False
+    denied: bool = False  # block propagated into it
+
+
+class AssignPrecisionPass(ir.passes.InPlacePass):
+    """Fill ``context.plan`` with a Decision for every node (analysis only)."""
+
+    def __init__(self, context: ConversionContext):
+        super().__init__()
+        self.context = context
+
+    def __repr__(self) -> str:
+        return "AssignPrecisionPass()"
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        functions = {(function.domain, function.name) for function in model.functions.values()}
+        range_cache: dict[int, ranges.ConstantRange | None] = {}
+        for graph in model.graphs():
+            _GraphPainter(self.context, graph, opset, functions, range_cache).paint()
+        if model.functions:
+            self.context.notes.append(
+                f"{len(model.functions)} model-local function(s) kept FP32: calls are precision boundaries"
+            )
+        return ir.passes.PassResult(model, modified=False)
+
+
+class _GraphPainter:
+    def __init__(
+        self,
+        context: ConversionContext,
+        graph: ir.Graph,
+        opset: int,
+        functions: set[tuple[str, str]],
+        range_cache: dict[int, ranges.ConstantRange | None],
+    ):
+        self.context = context
+        self.graph = graph
+        self.opset = opset
+        self.functions = functions
+        self.range_cache = range_cache
+        self.low_dtype = context.low.dtype
+        self.infos: dict[int, _NodeInfo] = {}
+        self.order: list[ir.Node] = list(graph)
+
+    # ---- classification -------------------------------------------------------------
+
+    def paint(self) -> None:
+        for node in self.order:
+            self.infos[id(node)] = self._classify(node)
+        self._mark_qdq_paths()
+        candidates = [info for info in self._infos() if info.fixed is None]
+        self._propagate_block(candidates)
+        self._paint_between_low(candidates)
+        self._spread_through_pass_through()
+        self._decide_constants()
+        self._record()
+
+    def _infos(self) -> Iterable[_NodeInfo]:
+        return (self.infos[id(node)] for node in self.order)
+
+    def _fixed(self, precision: Precision, reason: str, rule: str = "") -> Decision:
+        return Decision(precision, reason, rule)
+
+    def _classify(self, node: ir.Node) -> _NodeInfo:
+        key = (node.domain, node.op_type)
+        fp32 = Precision.FP32
+        if key in op_classes.CONTROL_FLOW:
+            return _NodeInfo(
+                node, None, fixed=self._fixed(fp32, Reason.CONTROL_FLOW, "subgraphs converted separately")
+            )
+        if key in self.functions:
+            return _NodeInfo(
+                node, None, fixed=self._fixed(fp32, Reason.FUNCTION_CALL, "model-local function")
+            )
+        if key in op_classes.QDQ_OPS:
+            return _NodeInfo(node, None, fixed=self._fixed(fp32, Reason.QDQ, "quantization op"))
+        typing = op_types.node_typing(node, self.opset, self.low_dtype)
+        info = _NodeInfo(node, typing)
+        if typing is None:
+            if _touches_float(node):
+                info.fixed = self._fixed(
+                    fp32, Reason.UNKNOWN_OP, f"no schema for {node.domain or 'ai.onnx'}::{node.op_type}"
+                )
+            else:
+                info.fixed = self._fixed(Precision.NONE, Reason.NO_FLOAT)
+            return info
+        if any(
+            value is not None and value.name and value.dtype is None
+            for value in (*node.inputs, *node.outputs)
+        ):
+            info.fixed = self._fixed(fp32, Reason.UNTYPED, "input or output type unknown")
+            return info
+        if not typing.touches_float:
+            info.fixed = self._fixed(Precision.NONE, Reason.NO_FLOAT)
+            return info
+        if key in SOURCE_OPS:
+            info.op_class = OpClass.PASS_THROUGH  # decided by _decide_constants
+            return info
+        pattern = self.context.policy.node_blocked(node.name or "")
+        if pattern is not None:
+            info.fixed = self._fixed(fp32, Reason.USER_BLOCK_NODE, f"user.block_nodes[{pattern}]")
+            return info
+        classified = self.context.policy.classify(node.domain, node.op_type)
+        info.op_class, info.rule, info.by_user = classified.op_class, classified.rule, classified.by_user
+        if classified.op_class == OpClass.UNLISTED:
+            info.fixed = self._fixed(fp32, Reason.UNLISTED, classified.rule)
+        elif classified.op_class != OpClass.BLOCK:
+            info.fixed = self._eligibility(node, typing)
+        return info
+
+    def _eligibility(self, node: ir.Node, typing: op_types.NodeTyping) -> Decision | None:
+        """Why a candidate node cannot go low precision, or None if it can."""
+        fp32 = Precision.FP32
+        if not typing.low_allowed:
+            return self._fixed(
+                fp32,
+                Reason.SCHEMA,
+                f"{node.op_type}-{self.opset} type {typing.type_variable} has no {self.context.low.precision.value}",
+            )
+        if not self.context.target.supports(node.domain, node.op_type, self.opset, self.low_dtype):
+            provider = self.context.target.provider or self.context.target.name
+            return self._fixed(fp32, Reason.no_kernel(provider), f"target {self.context.target.name}")
+        for index in typing.float_inputs:
+            value = node.inputs[index]
+            measured = self._constant_range(value)
+            if (
+                measured is not None
+                and not measured.in_range
+                and not self._is_clampable_mask(value, measured)
+            ):
+                return self._fixed(
+                    fp32,
+                    Reason.RANGE,
+                    f"input {value.name!r} holds {measured.overflowing} value(s) beyond "
+                    f"{self.context.low.precision.value} range (max |x| {measured.max_abs:.3g})",
+                )
+        return None
+
+    def _constant_range(self, value: ir.Value | None) -> ranges.ConstantRange | None:
+        if value is None or value.dtype != ir.DataType.FLOAT:
+            return None
+        key = id(value)
+        if key not in self.range_cache:
+            tensor = ranges.constant_tensor(value)
+            self.range_cache[key] = None if tensor is None else ranges.measure(tensor, self.context.low)
+        return self.range_cache[key]
+
+    def _is_clampable_mask(self, value: ir.Value, measured: ranges.ConstantRange) -> bool:
+        """A constant whose only out-of-range values are huge negatives feeding a Softmax
+        through element-wise ops is an additive attention mask: clamping it to the
+        low-precision limit keeps the Softmax result (exp underflows to 0 either way)."""
+        if measured.overflowing_positive:
+            return False
+        frontier = [(use.node, 0) for use in value.uses()]
+        seen: set[int] = set()
+        found_softmax = False
+        while frontier:
+            node, depth = frontier.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.domain == "" and node.op_type == "Softmax":
+                found_softmax = True
+                continue
+            classified = self.context.policy.classify(node.domain, node.op_type)
+            if depth >= MASK_SEARCH_DEPTH or classified.op_class not in (
+                OpClass.FOLLOW,
+                OpClass.PASS_THROUGH,
+            ):
+                return False
+            if node.op_type not in (
+                "Add",
+                "Sub",
+                "Mul",
+                "Where",
+                "Cast",
+                "Expand",
+                "Reshape",
+                "Unsqueeze",
+                "Squeeze",
+                "Concat",
+                "Tile",
+                "Transpose",
+                "Slice",
+                "Identity",
+                "Min",
+                "Max",
+                "Gather",
+            ):
+                return False
+            for output in node.outputs:
+                if output.is_graph_output():
+                    return False
+                frontier.extend((use.node, depth + 1) for use in output.uses())
+        if found_softmax:
+            self.context.clampable_mask_constants.add(id(value))
+        return found_softmax
+
+    def _mark_qdq_paths(self) -> None:
+        """Nodes fed by DequantizeLinear or feeding QuantizeLinear form quantized paths."""
+        for info in self._infos():
+            if info.fixed is not None or info.typing is None:
+                continue
+            node = info.node
+            fed_by_dq = any(
+                value is not None
+                and value.producer() is not None
+                and value.producer().op_type == "DequantizeLinear"
+                for value in node.inputs
+            )
+            feeds_q = any(
+                use.node.op_type == "QuantizeLinear" for value in node.outputs for use in value.uses()
+            )
+            if fed_by_dq or feeds_q:
+                info.fixed = self._fixed(Precision.FP32, Reason.QDQ, "quantized path kept as is")
+
+    # ---- float-data edges -----------------------------------------------------------
+
+    def _info_of(self, node: ir.Node | None) -> _NodeInfo | None:
+        return None if node is None else self.infos.get(id(node))
+
+    def _float_producers(self, info: _NodeInfo) -> list[_NodeInfo]:
+        result = []
+        for index in info.typing.float_inputs if info.typing else ():
+            value = info.node.inputs[index]
+            producer = self._info_of(value.producer()) if value is not None else None
+            if producer is not None and producer.typing and value.index() in producer.typing.float_outputs:
+                result.append(producer)
+        return result
+
+    def _float_consumers(self, info: _NodeInfo) -> list[_NodeInfo]:
+        result = []
+        for index in info.typing.float_outputs if info.typing else ():
+            for use in info.node.outputs[index].uses():
+                consumer = self._info_of(use.node)
+                if consumer is not None and consumer.typing and use.idx in consumer.typing.float_inputs:
+                    result.append(consumer)
+        return result
+
+    # ---- painting -------------------------------------------------------------------
+
+    def _propagate_block(self, candidates: list[_NodeInfo]) -> None:
+        """Step 3: block flows forward through follow/pass-through nodes that lead to block/follow nodes."""
+        leads_to_block_or_follow: set[int] = set()
+        queue = deque(info for info in candidates if info.op_class in (OpClass.BLOCK, OpClass.FOLLOW))
+        leads_to_block_or_follow.update(id(info.node) for info in queue)
+        while queue:
+            info = queue.popleft()
+            for producer in self._float_producers(info):
+                if (
+                    producer.fixed is None
+                    and producer.op_class == OpClass.PASS_THROUGH
+                    and id(producer.node) not in leads_to_block_or_follow
+                ):
+                    leads_to_block_or_follow.add(id(producer.node))
+                    queue.append(producer)
+        queue = deque(info for info in candidates if info.op_class == OpClass.BLOCK)
+        while queue:
+            info = queue.popleft()
+            for consumer in self._float_consumers(info):
+                if (
+                    consumer.fixed is None
+                    and consumer.op_class in (OpClass.FOLLOW, OpClass.PASS_THROUGH)
+                    and not consumer.denied
+                    and id(consumer.node) in leads_to_block_or_follow
+                    and (consumer.node.domain, consumer.node.op_type) not in SOURCE_OPS
+                ):
+                    consumer.denied = True
+                    queue.append(consumer)
+
+    def _paintable(self, info: _NodeInfo) -> bool:
+        return (
+            info.fixed is None
+            and not info.denied
+            and info.op_class in (OpClass.FOLLOW, OpClass.PASS_THROUGH)
+            and (info.node.domain, info.node.op_type) not in SOURCE_OPS
+        )
+
+    def _paint_between_low(self, candidates: list[_NodeInfo]) -> None:
+        """Steps 2 and 4: allow nodes go low; follow/pass-through nodes between them too."""
+        seeds = [info for info in candidates if info.op_class == OpClass.ALLOW]
+        for info in seeds:
+            info.low = True
+        downstream = self._reach(seeds, self._float_consumers)
+        upstream = self._reach(seeds, self._float_producers)
+        for key in downstream & upstream:
+            self.infos[key].low = True
+
+    def _reach(self, seeds: list[_NodeInfo], step) -> set[int]:
+        reached: set[int] = set()
+        queue = deque(seeds)
+        while queue:
+            info = queue.popleft()
+            for neighbour in step(info):
+                if self._paintable(neighbour) and id(neighbour.node) not in reached:
+                    reached.add(id(neighbour.node))
+                    queue.append(neighbour)
+        return reached
+
+    def _spread_through_pass_through(self) -> None:
+        """Step 5: pass-through nodes touching a low region join it (both directions)."""
+        queue = deque(info for info in self._infos() if info.low)
+        while queue:
+            info = queue.popleft()
+            for neighbour in (*self._float_producers(info), *self._float_consumers(info)):
+                if (
+                    not neighbour.low
+                    and self._paintable(neighbour)
+                    and neighbour.op_class == OpClass.PASS_THROUGH
+                ):
+                    neighbour.low = True
+                    queue.append(neighbour)
+
+    def _decide_constants(self) -> None:
+        """Step 6: Constant/ConstantOfShape go low when every float consumer is low."""
+        for info in self._infos():
+            if (info.node.domain, info.node.op_type) not in SOURCE_OPS or info.fixed is not None:
+                continue
+            consumers = [
+                self.infos.get(id(use.node))
+                for index in info.typing.float_outputs
+                for use in info.node.outputs[index].uses()
+            ]
+            consumer_low = [
+                c is not None and c.low and c.typing is not None and _reads_as_float(c, info.node)
+                for c in consumers
+            ]
+            measured = self._constant_range(info.node.outputs[0])
+            in_range = (
+                measured is None
+                or measured.in_range
+                or id(info.node.outputs[0]) in self.context.clampable_mask_constants
+            )
+            info.low = (
+                bool(consumer_low)
+                and all(consumer_low)
+                and in_range
+                and not info.node.outputs[0].is_graph_output()
+            )
+
+    def _record(self) -> None:
+        low = self.context.low.precision
+        for info in self._infos():
+            self.context.plan[info.node] = self._decision(info, low)
+
+    def _decision(self, info: _NodeInfo, low: Precision) -> Decision:
+        if info.fixed is not None:
+            return info.fixed
+        is_source = (info.node.domain, info.node.op_type) in SOURCE_OPS
+        if is_source:
+            rule = "all float consumers are low precision" if info.low else "a consumer stays FP32"
+            return Decision(low if info.low else Precision.FP32, Reason.CONSTANT, rule)
+        if info.op_class == OpClass.BLOCK:
+            return Decision(Precision.FP32, Reason.USER_BLOCK_OP if info.by_user else Reason.BLOCK, info.rule)
+        if info.low:
+            if info.op_class == OpClass.ALLOW:
+                return Decision(low, Reason.USER_ALLOW_OP if info.by_user else Reason.ALLOW, info.rule)
+            reason = Reason.FOLLOW if info.op_class == OpClass.FOLLOW else Reason.PASS_THROUGH
+            return Decision(low, reason, info.rule)
+        if info.denied:
+            return Decision(Precision.FP32, Reason.BLOCK_PROPAGATED, info.rule)
+        return Decision(Precision.FP32, Reason.NOT_BETWEEN_LOW, info.rule)
+
+
+def _reads_as_float(consumer: _NodeInfo, producer: ir.Node) -> bool:
+    """Whether ``consumer`` reads ``producer``'s output through its converted inputs."""
+    return any(
+        consumer.node.inputs[index] is not None and consumer.node.inputs[index].producer() is producer
+        for index in consumer.typing.float_inputs
+    )
+
+
+def _touches_float(node: ir.Node) -> bool:
+    return any(
+        value is not None and value.dtype is not None and value.dtype.is_floating_point()
+        for value in (*node.inputs, *node.outputs)
+    )

@@ -1,0 +1,163 @@
+"""Convert float constants (initializers and Constant/ConstantOfShape values) read in low precision.
+
+A constant read only by low-precision inputs is converted in place. One read by both
+low-precision and FP32 inputs keeps its FP32 original and gets one low-precision copy.
+Initializers that are also graph inputs are left alone (a Cast covers them, since the
+caller may feed them). Conversion is lazy: values are converted while the model is
+serialized, so external weights stream through memory one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from mpcompile import ranges
+from mpcompile.casts import SUFFIX, NameAuthority
+from mpcompile.context import ConversionContext
+from mpcompile.plan import Decision, Reason, stamp_decision
+from mpcompile.precision import LowPrecisionFormat
+from mpcompile.values import set_dtype
+
+FLOAT = ir.DataType.FLOAT
+# Tensors up to this size keep their converted copy in memory (cheap to hold, and
+# serializing twice does not convert twice); larger ones convert on every write.
+CACHE_LIMIT_BYTES = 16 * 2**20
+
+
+class ConvertConstantsPass(ir.passes.InPlacePass):
+    """Give every low-precision read of a float constant a low-precision constant."""
+
+    def __init__(self, context: ConversionContext, names: NameAuthority):
+        super().__init__()
+        self.context = context
+        self.names = names
+
+    def __repr__(self) -> str:
+        return "ConvertConstantsPass()"
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        modified = False
+        for graph in model.graphs():
+            for value in list(graph.initializers.values()):
+                modified |= self._convert_initializer(graph, value)
+            for node in list(graph):
+                if node.domain == "" and node.op_type in ("Constant", "ConstantOfShape"):
+                    modified |= self._convert_constant_node(graph, node)
+        return ir.passes.PassResult(model, modified=modified)
+
+    def _low_uses(self, value: ir.Value) -> tuple[list[ir.Usage], list[ir.Usage]]:
+        low = self.context.low.dtype
+        required = self.context.required_input_dtypes
+        low_uses, other_uses = [], []
+        for use in value.uses():
+            (low_uses if required.get((id(use.node), use.idx)) == low else other_uses).append(use)
+        return low_uses, other_uses
+
+    def _convert_initializer(self, graph: ir.Graph, value: ir.Value) -> bool:
+        if value.dtype != FLOAT or value.const_value is None or value.is_graph_input():
+            return False
+        low_uses, other_uses = self._low_uses(value)
+        if not low_uses:
+            return False
+        clamp = id(value) in self.context.clampable_mask_constants
+        source = value.const_value
+        self._count_range(source, clamp)
+        if clamp:
+            value.const_value = _lazy(source, _clamped(self.context.low), FLOAT, cache=True)
+            source = value.const_value
+        if other_uses or value.is_graph_output():
+            copy = ir.Value(
+                name=self.names.unique(f"{value.name}_{SUFFIX[self.context.low.dtype]}"),
+                shape=value.shape,
+                type=ir.TensorType(self.context.low.dtype),
+                const_value=_lazy(source, self.context.low, self.context.low.dtype),
+            )
+            graph.register_initializer(copy)
+            for use in low_uses:
+                use.node.replace_input_with(use.idx, copy)
+            self.context.stats.initializers_duplicated += 1
+        else:
+            value.const_value = _lazy(source, self.context.low, self.context.low.dtype)
+            set_dtype(value, self.context.low.dtype)  # primer P4: keep Value and tensor in sync
+            self.context.stats.initializers_converted += 1
+        return True
+
+    def _convert_constant_node(self, graph: ir.Graph, node: ir.Node) -> bool:
+        output = node.outputs[0]
+        low_uses, _ = self._low_uses(output)
+        if node.op_type == "ConstantOfShape":
+            if output.dtype != self.context.low.dtype:
+                return False  # stayed FP32: readers that want low precision get a Cast
+            node.attributes["value"] = ir.AttrTensor(
+                "value", _constant_of_shape_value(node, self.context.low)
+            )
+            return True
+        attr = node.attributes.get("value")
+        if attr is None or attr.type != ir.AttributeType.TENSOR or attr.as_tensor().dtype != FLOAT:
+            return False
+        if output.dtype != self.context.low.dtype and not low_uses:
+            return False
+        tensor = attr.as_tensor()
+        clamp = id(output) in self.context.clampable_mask_constants
+        self._count_range(tensor, clamp)
+        if clamp:
+            tensor = ir.tensor(_clamped(self.context.low)(tensor.numpy()), name=tensor.name)
+            node.attributes["value"] = ir.AttrTensor("value", tensor)
+        converted = ir.tensor(tensor.numpy().astype(self.context.low.numpy_dtype), name=tensor.name)
+        if output.dtype == self.context.low.dtype:  # the node itself went low precision
+            node.attributes["value"] = ir.AttrTensor("value", converted)
+            return True
+        copy = ir.node(
+            "Constant",
+            inputs=[],
+            attributes={"value": converted},
+            name=self.names.unique(f"{node.name or output.name}_{SUFFIX[self.context.low.dtype]}"),
+        )
+        copy.outputs[0].name = self.names.unique(f"{output.name}_{SUFFIX[self.context.low.dtype]}")
+        set_dtype(copy.outputs[0], self.context.low.dtype)
+        copy.outputs[0].shape = output.shape
+        graph.insert_after(node, copy)
+        self.context.plan[copy] = Decision(
+            self.context.low.precision, Reason.CONSTANT, "low-precision copy of a shared constant"
+        )
+        stamp_decision(copy, self.context.plan[copy])
+        for use in low_uses:
+            use.node.replace_input_with(use.idx, copy.outputs[0])
+        return True
+
+    def _count_range(self, tensor: ir.TensorProtocol, clamp: bool) -> None:
+        measured = ranges.measure(tensor, self.context.low)
+        stats = self.context.stats
+        stats.values_flushed_to_zero += measured.flushed_to_zero
+        stats.values_subnormal += measured.subnormal
+        if clamp:
+            stats.values_clamped += measured.overflowing
+
+
+def _clamped(low: LowPrecisionFormat):
+    def clamp(array: np.ndarray) -> np.ndarray:
+        return np.clip(array, -low.max, low.max).astype(np.float32)
+
+    return clamp
+
+
+def _lazy(source: ir.TensorProtocol, convert, dtype: ir.DataType, cache: bool | None = None) -> ir.LazyTensor:
+    """A tensor that converts ``source`` when first serialized, releasing external sources."""
+    to_array = convert if callable(convert) else (lambda array, fmt=convert: array.astype(fmt.numpy_dtype))
+
+    def materialize(source=source, to_array=to_array) -> ir.Tensor:
+        array = to_array(source.numpy())
+        if isinstance(source, ir.ExternalTensor):
+            source.release()
+        return ir.Tensor(array, dtype=dtype, name=source.name)
+
+    if cache is None:
+        cache = source.nbytes <= CACHE_LIMIT_BYTES
+    return ir.LazyTensor(materialize, dtype=dtype, shape=source.shape, name=source.name, cache=cache)
+
+
+def _constant_of_shape_value(node: ir.Node, low: LowPrecisionFormat) -> ir.Tensor:
+    attr = node.attributes.get("value")
+    array = attr.as_tensor().numpy() if attr is not None else np.zeros(1, dtype=np.float32)
+    return ir.tensor(array.astype(low.numpy_dtype), name="value")

@@ -1,0 +1,63 @@
+"""Insert the Casts the new types need: one per (value, target type, graph).
+
+Every node input whose value no longer has the dtype recorded in
+``context.required_input_dtypes`` reads a Cast instead. Graph outputs keep their
+original dtype and name (main graph with keep_io_types, and always for subgraphs,
+whose outputs are bound to the If/Loop/Scan node's declared types).
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from mpcompile.casts import SUFFIX, CastFactory
+from mpcompile.context import ConversionContext
+
+
+class InsertCastsPass(ir.passes.InPlacePass):
+    """Reconcile every input and graph output with its required dtype."""
+
+    def __init__(self, context: ConversionContext, casts: CastFactory):
+        super().__init__()
+        self.context = context
+        self.casts = casts
+
+    def __repr__(self) -> str:
+        return "InsertCastsPass()"
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        before = self.casts.created
+        required = self.context.required_input_dtypes
+        for graph in model.graphs():
+            for node in list(graph):
+                for index, value in enumerate(node.inputs):
+                    if value is None:
+                        continue
+                    wanted = required.get((id(node), index))
+                    if wanted is not None and value.dtype is not None and value.dtype != wanted:
+                        node.replace_input_with(index, self.casts.cast(value, wanted, graph))
+        for graph in model.graphs():
+            if graph is model.graph and not self.context.keep_io_types:
+                continue
+            self._restore_output_types(graph)
+        self.context.stats.casts_inserted = self.casts.created - before
+        return ir.passes.PassResult(model, modified=self.casts.created > before)
+
+    def _restore_output_types(self, graph: ir.Graph) -> None:
+        for position, value in enumerate(list(graph.outputs)):
+            original = self.context.original_output_dtypes.get(id(value))
+            if original is None or value.dtype == original:
+                continue
+            cast_node = self.casts.make_cast_node(value, original)
+            producer = value.producer()
+            if producer is not None and producer.graph is graph:
+                graph.insert_after(producer, cast_node)
+            else:
+                graph.append(cast_node)
+            output = cast_node.outputs[0]
+            # The graph output keeps its public name; the low-precision value is renamed.
+            public_name = value.name
+            suffix = SUFFIX.get(value.dtype, "low")
+            value.name = self.casts.names.unique(f"{public_name}_{suffix}")
+            output.name = public_name
+            graph.outputs[position] = output

@@ -1,0 +1,100 @@
+"""Retype low-precision nodes: their converted outputs and dtype-carrying attributes.
+
+Before anything changes type, records for every node input the dtype it must have
+afterwards (``context.required_input_dtypes``); InsertCastsPass reconciles the graph
+against that record.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from mpcompile import op_types
+from mpcompile.context import ConversionContext
+from mpcompile.values import set_dtype
+
+FLOAT = ir.DataType.FLOAT
+# Ops whose output dtype comes from a `dtype` attribute (default FLOAT, or the input's
+# type for the *Like ops when the attribute is absent).
+DTYPE_ATTRIBUTE_OPS = frozenset(
+    {
+        "RandomNormal",
+        "RandomUniform",
+        "RandomNormalLike",
+        "RandomUniformLike",
+        "EyeLike",
+        "Bernoulli",
+        "Multinomial",
+    }
+)
+LIKE_OPS = frozenset({"RandomNormalLike", "RandomUniformLike", "EyeLike", "Bernoulli"})
+
+
+class RetypeNodesPass(ir.passes.InPlacePass):
+    """Apply the plan's node decisions to value types and attributes."""
+
+    def __init__(self, context: ConversionContext):
+        super().__init__()
+        self.context = context
+
+    def __repr__(self) -> str:
+        return "RetypeNodesPass()"
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        low = self.context.low.dtype
+        plan = self.context.plan
+        typings: dict[int, op_types.NodeTyping | None] = {}
+        for graph in model.graphs():
+            for node in graph:
+                typing = op_types.node_typing(node, opset, low) if plan.is_low(node) else None
+                typings[id(node)] = typing
+                for index, value in enumerate(node.inputs):
+                    if value is None:
+                        continue
+                    converted = typing is not None and index in typing.float_inputs
+                    self.context.required_input_dtypes[(id(node), index)] = low if converted else value.dtype
+            for value in graph.outputs:
+                self.context.original_output_dtypes[id(value)] = value.dtype
+        if not self.context.keep_io_types:
+            self._lower_graph_inputs(model)
+        modified = False
+        for graph in model.graphs():
+            for node in graph:
+                _freeze_like_dtype(node)
+                typing = typings.get(id(node))
+                if typing is None:
+                    continue
+                for index in typing.float_outputs:
+                    set_dtype(node.outputs[index], low)
+                _retype_attributes(node, typing, low)
+                modified = True
+        return ir.passes.PassResult(model, modified=modified)
+
+    def _lower_graph_inputs(self, model: ir.Model) -> None:
+        """Without keep_io_types: a float input all of whose readers want low precision becomes low."""
+        low = self.context.low.dtype
+        for value in model.graph.inputs:
+            if value.dtype != FLOAT or value.is_initializer():
+                continue
+            uses = value.uses()
+            if uses and all(self.context.required_input_dtypes.get((id(u.node), u.idx)) == low for u in uses):
+                set_dtype(value, low)
+
+
+def _freeze_like_dtype(node: ir.Node) -> None:
+    """*Like ops without `dtype` copy their input's type; pin it so input changes can't leak."""
+    if node.domain != "" or node.op_type not in LIKE_OPS or "dtype" in node.attributes:
+        return
+    output_dtype = node.outputs[0].dtype
+    if output_dtype is not None:
+        node.attributes["dtype"] = ir.AttrInt64("dtype", output_dtype.value)
+
+
+def _retype_attributes(node: ir.Node, typing: op_types.NodeTyping, low: ir.DataType) -> None:
+    if node.domain != "":
+        return
+    if node.op_type == "Cast" and 0 in typing.float_outputs:
+        node.attributes["to"] = ir.AttrInt64("to", low.value)
+    elif node.op_type in DTYPE_ATTRIBUTE_OPS and 0 in typing.float_outputs:
+        node.attributes["dtype"] = ir.AttrInt64("dtype", low.value)

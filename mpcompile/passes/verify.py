@@ -1,0 +1,82 @@
+"""Check the invariants every pass keeps (docs/invariants.md) on the IR, without serializing."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from mpcompile import op_types
+from mpcompile.context import ConversionContext
+
+
+class VerifyPass(ir.passes.InPlacePass):
+    """Raise ``ir.passes.InvariantError`` (an internal bug) if an invariant is broken.
+
+    - every node's inputs/outputs bound to one schema type variable share one dtype;
+    - graph inputs and outputs keep their names and (with keep_io_types) their dtypes;
+    - nodes stay in topological order.
+    """
+
+    def __init__(self, context: ConversionContext, io_signature: dict[str, ir.DataType | None] | None = None):
+        super().__init__()
+        self.context = context
+        self.io_signature = io_signature
+
+    def __repr__(self) -> str:
+        return "VerifyPass()"
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        for graph in model.graphs():
+            _check_topological(graph)
+            for node in graph:
+                _check_type_variables(node, opset)
+        if self.io_signature is not None and self.context.keep_io_types:
+            now = io_signature(model)
+            if now != self.io_signature:
+                raise ir.passes.InvariantError(f"graph inputs/outputs changed: {self.io_signature} -> {now}")
+        return ir.passes.PassResult(model, modified=False)
+
+
+def io_signature(model: ir.Model) -> dict[str, ir.DataType | None]:
+    """Names and dtypes of the main graph's inputs and outputs."""
+    return {
+        **{f"in:{value.name}": value.dtype for value in model.graph.inputs},
+        **{f"out:{value.name}": value.dtype for value in model.graph.outputs},
+    }
+
+
+def _check_topological(graph: ir.Graph) -> None:
+    seen: set[int] = set()
+    for node in graph:
+        for value in node.inputs:
+            producer = value.producer() if value is not None else None
+            if producer is not None and producer.graph is graph and id(producer) not in seen:
+                raise ir.passes.InvariantError(
+                    f"node {node.name!r} reads {value.name!r} before it is produced"
+                )
+        seen.add(id(node))
+
+
+def _check_type_variables(node: ir.Node, opset: int) -> None:
+    schema = op_types.get_schema(node.domain, node.op_type, opset)
+    if schema is None:
+        return
+    constraints = {c.type_param_str for c in schema.type_constraints}
+    bound: dict[str, ir.DataType] = {}
+    for params, values in ((schema.inputs, node.inputs), (schema.outputs, node.outputs)):
+        for index, value in enumerate(values):
+            formal = op_types._formal_type(params, index)
+            if value is None or value.dtype is None or formal not in constraints:
+                continue
+            if (
+                params
+                and index >= len(params) - 1
+                and params[-1].option == params[-1].option.Variadic
+                and not params[-1].is_homogeneous
+            ):
+                continue
+            previous = bound.setdefault(formal, value.dtype)
+            if previous != value.dtype:
+                raise ir.passes.InvariantError(
+                    f"node {node.name!r} ({node.op_type}): type {formal} bound to both {previous.name} and {value.dtype.name}"
+                )

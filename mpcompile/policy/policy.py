@@ -1,0 +1,139 @@
+"""A precision policy: the default op classes plus the user's overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+import sys
+from collections.abc import Iterable
+
+from mpcompile.errors import PolicyError
+from mpcompile.policy import op_classes
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class OpClass(str, enum.Enum):
+    ALLOW = "allow"
+    FOLLOW = "follow"
+    PASS_THROUGH = "pass-through"
+    BLOCK = "block"
+    UNLISTED = "unlisted"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifiedOp:
+    op_class: OpClass
+    rule: str  # e.g. "policy.allow[MatMul]" or "user.block_ops[Softmax]"
+    by_user: bool = False
+
+
+def _parse_op(spec: str) -> tuple[str, str]:
+    """'MatMul' -> ('', 'MatMul'); 'com.microsoft::Attention' -> ('com.microsoft', 'Attention')."""
+    spec = spec.strip()
+    if "::" in spec:
+        domain, op = spec.rsplit("::", 1)
+        domain = "" if domain in ("ai.onnx", "") else domain
+    else:
+        domain, op = "", spec
+    if not op or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", op):
+        raise PolicyError(f"invalid op name {spec!r} (use OpType or domain::OpType)")
+    return domain, op
+
+
+def _compile_node_pattern(spec: str) -> re.Pattern[str]:
+    try:
+        return re.compile(spec)
+    except re.error as exc:
+        raise PolicyError(f"invalid --block-node pattern {spec!r}: {exc}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """Op classes and overrides that decide which nodes may run in low precision."""
+
+    allow_ops: frozenset[tuple[str, str]] = frozenset()
+    block_ops: frozenset[tuple[str, str]] = frozenset()
+    block_nodes: tuple[str, ...] = ()  # exact names or regular expressions (full match)
+
+    @classmethod
+    def from_options(
+        cls,
+        allow_ops: Iterable[str] = (),
+        block_ops: Iterable[str] = (),
+        block_nodes: Iterable[str] = (),
+    ) -> Policy:
+        allow = frozenset(_parse_op(op) for op in allow_ops)
+        block = frozenset(_parse_op(op) for op in block_ops)
+        both = allow & block
+        if both:
+            names = ", ".join(sorted(op for _, op in both))
+            raise PolicyError(f"ops both allowed and blocked: {names}")
+        patterns = tuple(block_nodes)
+        for pattern in patterns:
+            _compile_node_pattern(pattern)
+        return cls(allow_ops=allow, block_ops=block, block_nodes=patterns)
+
+    def merged(self, other: Policy) -> Policy:
+        """This policy with ``other``'s overrides added (other wins on conflicts)."""
+        return Policy(
+            allow_ops=(self.allow_ops - other.block_ops) | other.allow_ops,
+            block_ops=(self.block_ops - other.allow_ops) | other.block_ops,
+            block_nodes=self.block_nodes + other.block_nodes,
+        )
+
+    def classify(self, domain: str, op_type: str) -> ClassifiedOp:
+        """The class of an op under this policy, with the rule that decided it."""
+        key = ("" if domain == "ai.onnx" else domain, op_type)
+        if key in self.block_ops:
+            return ClassifiedOp(OpClass.BLOCK, f"user.block_ops[{op_type}]", by_user=True)
+        if key in self.allow_ops:
+            return ClassifiedOp(OpClass.ALLOW, f"user.allow_ops[{op_type}]", by_user=True)
+        if key[0] in op_classes.BLOCKED_DOMAINS:
+            return ClassifiedOp(OpClass.BLOCK, f"policy.blocked_domains[{key[0]}]")
+        for op_class, members in (
+            (OpClass.ALLOW, op_classes.ALLOW),
+            (OpClass.FOLLOW, op_classes.FOLLOW),
+            (OpClass.PASS_THROUGH, op_classes.PASS_THROUGH),
+            (OpClass.BLOCK, op_classes.BLOCK),
+        ):
+            if key in members:
+                return ClassifiedOp(op_class, f"policy.{op_class.value}[{op_type}]")
+        return ClassifiedOp(OpClass.UNLISTED, f"policy.unlisted[{op_type}]")
+
+    def node_blocked(self, node_name: str) -> str | None:
+        """The --block-node pattern that matches ``node_name``, if any."""
+        for pattern in self.block_nodes:
+            if pattern == node_name or _compile_node_pattern(pattern).fullmatch(node_name or ""):
+                return pattern
+        return None
+
+
+POLICY_FILE_KEYS = {"allow_ops", "block_ops", "block_nodes", "precision", "target", "keep_io_types"}
+
+
+def load_policy_file(path: str) -> tuple[Policy, dict[str, object]]:
+    """Read a TOML policy file; returns the op overrides and the remaining options."""
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise PolicyError(f"{path}: policy file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{path}: invalid TOML ({exc})") from None
+    unknown = set(data) - POLICY_FILE_KEYS
+    if unknown:
+        raise PolicyError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(POLICY_FILE_KEYS)}")
+    for key in ("allow_ops", "block_ops", "block_nodes"):
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise PolicyError(f"{path}: {key} must be a list of strings")
+    policy = Policy.from_options(
+        data.get("allow_ops", []), data.get("block_ops", []), data.get("block_nodes", [])
+    )
+    options = {key: data[key] for key in ("precision", "target", "keep_io_types") if key in data}
+    return policy, options

@@ -1,0 +1,81 @@
+"""Small helpers to build test graphs in code and run them in ONNX Runtime."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+FLOAT = TensorProto.FLOAT
+
+
+def value_info(name: str, shape: Sequence[int | str] | None, elem_type: int = FLOAT) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem_type, shape)
+
+
+def weight(name: str, shape: Sequence[int], seed: int = 0, scale: float = 1.0) -> onnx.TensorProto:
+    """A deterministic standard-normal FP32 initializer."""
+    array = np.random.default_rng(seed).standard_normal(shape).astype(np.float32) * scale
+    return numpy_helper.from_array(array, name)
+
+
+def constant(name: str, array) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def make_model(
+    nodes: Sequence[onnx.NodeProto],
+    inputs: Sequence[onnx.ValueInfoProto],
+    outputs: Sequence[onnx.ValueInfoProto],
+    initializers: Sequence[onnx.TensorProto] = (),
+    opset: int = 17,
+    ir_version: int = 8,
+    name: str = "test",
+) -> onnx.ModelProto:
+    graph = helper.make_graph(list(nodes), name, list(inputs), list(outputs), list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run on ONNX Runtime's CPU EP (note: CPU runs FP16 nodes without FP16 kernels in FP32)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def assert_close(
+    expected: Sequence[np.ndarray], actual: Sequence[np.ndarray], rtol: float, atol: float
+) -> None:
+    """Compare outputs, printing the stated tolerance and the measured error."""
+    assert len(expected) == len(actual)
+    for index, (want, got) in enumerate(zip(expected, actual, strict=True)):
+        assert want.shape == got.shape, f"output {index}: shape {got.shape} != {want.shape}"
+        want64, got64 = want.astype(np.float64), got.astype(np.float64)
+        error = float(np.max(np.abs(want64 - got64))) if want.size else 0.0
+        print(f"output {index}: max abs error {error:.3g} (rtol {rtol}, atol {atol}, CPU EP)")
+        np.testing.assert_allclose(got64, want64, rtol=rtol, atol=atol)
+
+
+def node_by_name(model: onnx.ModelProto, name: str) -> onnx.NodeProto:
+    for node in model.graph.node:
+        if node.name == name:
+            return node
+    raise KeyError(name)
+
+
+def metadata(node: onnx.NodeProto) -> dict[str, str]:
+    return {entry.key: entry.value for entry in node.metadata_props}
+
+
+def initializer(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
+    for tensor in model.graph.initializer:
+        if tensor.name == name:
+            return tensor
+    raise KeyError(name)
