@@ -21,9 +21,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def _register_commands() -> None:
     # Each command module is imported here; heavy dependencies stay inside the command bodies.
-    from mpcompile.commands import convert
+    from mpcompile.commands import convert, train_artifacts
 
     cli.add_command(convert.convert_command)
+    cli.add_command(train_artifacts.train_artifacts_command)
 
 
 _register_commands()

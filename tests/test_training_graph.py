@@ -45,7 +45,9 @@ def training_graph(params: dict[str, np.ndarray], hidden: bool) -> onnx.ModelPro
     nodes += [
         oh.make_node("Gemm", [features, "w2", "b2"], ["logits"]),
         oh.make_node("SoftmaxCrossEntropyLoss", ["logits", "labels"], ["loss", "log_prob"], reduction="mean"),
-        oh.make_node("SoftmaxCrossEntropyLossGrad", ["loss_grad", "log_prob", "labels"], ["logits_grad"], domain=MS),
+        oh.make_node(
+            "SoftmaxCrossEntropyLossGrad", ["loss_grad", "log_prob", "labels"], ["logits_grad"], domain=MS
+        ),
         oh.make_node("ReduceSum", ["logits_grad", "axes0"], ["b2_grad"], keepdims=0),
         oh.make_node("Gemm", [features, "logits_grad"], ["w2_grad"], transA=1),
     ]
@@ -62,7 +64,9 @@ def training_graph(params: dict[str, np.ndarray], hidden: bool) -> onnx.ModelPro
 
     inputs = [tensor("x", TensorProto.FLOAT, ["N", n_in]), tensor("labels", TensorProto.INT64, ["N"])]
     inputs += [tensor(p, TensorProto.FLOAT, list(v.shape)) for p, v in params.items()]
-    inputs += [tensor(f"{p}_grad.accumulation.buffer", TensorProto.FLOAT, list(v.shape)) for p, v in params.items()]
+    inputs += [
+        tensor(f"{p}_grad.accumulation.buffer", TensorProto.FLOAT, list(v.shape)) for p, v in params.items()
+    ]
     inputs += [tensor("lazy_reset_grad", TensorProto.BOOL, [1])]
     outputs = [tensor("loss", TensorProto.FLOAT, [])]
     outputs += [tensor(f"{p}_grad.accumulation.out", TensorProto.BOOL, []) for p in params]
@@ -71,9 +75,7 @@ def training_graph(params: dict[str, np.ndarray], hidden: bool) -> onnx.ModelPro
         nh.from_array(np.array([0], np.int64), "axes0"),
     ]
     graph = oh.make_graph(nodes, "training", inputs, outputs, initializers)
-    return oh.make_model(
-        graph, opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid(MS, 1)], ir_version=8
-    )
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid(MS, 1)], ir_version=8)
 
 
 def mlp_params(rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -157,14 +159,18 @@ def test_all_finite_and_unscaling_computed_by_the_graph():
     labels = rng.integers(0, 3, 5).astype(np.int64)
     want = reference.evaluate(proto, feeds_for(proto, params, x, labels), ["w1_grad", "w2_grad", "b2_grad"])
     got = reference.evaluate(
-        scaled, feeds_for(scaled, params, x, labels, scale=1024.0), ["w1_grad.unscaled", "w2_grad.unscaled", "b2_grad.unscaled", ALL_FINITE_OUTPUT]
+        scaled,
+        feeds_for(scaled, params, x, labels, scale=1024.0),
+        ["w1_grad.unscaled", "w2_grad.unscaled", "b2_grad.unscaled", ALL_FINITE_OUTPUT],
     )
     for name in ("w1_grad", "w2_grad", "b2_grad"):
         np.testing.assert_allclose(got[f"{name}.unscaled"], want[name], rtol=1e-5, atol=1e-9)
     assert bool(got[ALL_FINITE_OUTPUT])
     x_bad = x.copy()
     x_bad[0, 0] = np.inf
-    bad = reference.evaluate(scaled, feeds_for(scaled, params, x_bad, labels, scale=1024.0), [ALL_FINITE_OUTPUT])
+    bad = reference.evaluate(
+        scaled, feeds_for(scaled, params, x_bad, labels, scale=1024.0), [ALL_FINITE_OUTPUT]
+    )
     assert not bool(bad[ALL_FINITE_OUTPUT])
 
 
@@ -240,6 +246,21 @@ def test_loss_scaling_rescues_fp16_gradient_underflow():
     with_scaling = results[2.0**16]["w2_grad.unscaled"][:, 1:]
     assert np.count_nonzero(without_scaling) == 0  # flushed to zero
     np.testing.assert_allclose(with_scaling, want, rtol=5e-3, atol=0)
-    print(f"max |w2_grad| FP32 {np.abs(want).max():.3e}; FP16 no scaling {np.abs(without_scaling).max():.3e}; "
-          f"FP16 scale 2^16 {np.abs(with_scaling).max():.3e}, max abs err {np.max(np.abs(with_scaling - want)):.2e}")
+    print(
+        f"max |w2_grad| FP32 {np.abs(want).max():.3e}; FP16 no scaling {np.abs(without_scaling).max():.3e}; "
+        f"FP16 scale 2^16 {np.abs(with_scaling).max():.3e}, max abs err {np.max(np.abs(with_scaling - want)):.2e}"
+    )
     assert bool(results[2.0**16][ALL_FINITE_OUTPUT])
+
+
+def test_huge_scale_overflows_fp16_gradients_and_all_finite_reports_it():
+    """FP16-faithful: scaled gradients beyond 65504 become inf in FP16; ``all_finite`` turns false."""
+    rng = np.random.default_rng(4)
+    params = mlp_params(rng)
+    mixed = ir.to_proto(converted(training_graph(params, hidden=True)))
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    labels = rng.integers(0, 3, 5).astype(np.int64)
+    ok = reference.evaluate(mixed, feeds_for(mixed, params, x, labels, scale=2.0**10), [ALL_FINITE_OUTPUT])
+    assert bool(ok[ALL_FINITE_OUTPUT])
+    huge = reference.evaluate(mixed, feeds_for(mixed, params, x, labels, scale=2.0**24), [ALL_FINITE_OUTPUT])
+    assert not bool(huge[ALL_FINITE_OUTPUT])

@@ -25,7 +25,13 @@ requirements=(
     "pytest>=8"
 )
 
+install_mpcompile() {
+    # Editable, without dependencies, so the pins above stay as they are.
+    "$venv/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e "$repo_root"
+}
+
 if [[ -f "$stamp" && "$(cat "$stamp")" == "${requirements[*]}" ]]; then
+    install_mpcompile  # refresh the editable install (cheap): the package layout may have changed
     echo "training environment ready: $venv"
     exit 0
 fi
@@ -36,7 +42,7 @@ fi
 }
 "$python_bin" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet "${requirements[@]}"
-"$venv/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e "$repo_root"
+install_mpcompile
 "$venv/bin/python" -c 'import onnxruntime.training.api, onnxruntime.training.artifacts, onnx_ir, mpcompile'
 echo "${requirements[*]}" > "$stamp"
 echo "training environment ready: $venv"

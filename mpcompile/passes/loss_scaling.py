@@ -40,22 +40,30 @@ class LossScalingPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         if any(value.name == LOSS_SCALE_INPUT for value in graph.inputs):
-            raise TrainingError(f"the training graph already has a {LOSS_SCALE_INPUT!r} input (loss scaling applied)")
+            raise TrainingError(
+                f"the training graph already has a {LOSS_SCALE_INPUT!r} input (loss scaling applied)"
+            )
         seed = find_backward_seed(graph)
         accumulators = [node for node in graph if (node.domain, node.op_type) == ACCUMULATOR_OP]
         if not accumulators:
             raise TrainingError("no InPlaceAccumulatorV2 node: not an ORT training graph")
         builder = _Builder(graph)
 
-        loss_scale = ir.Value(name=LOSS_SCALE_INPUT, type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape([]))
+        loss_scale = ir.Value(
+            name=LOSS_SCALE_INPUT, type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape([])
+        )
         graph.inputs.insert(_loss_scale_position(graph), loss_scale)
         first = next(iter(graph))
         scaled_seed = loss_scale
         if seed.dtype not in (None, ir.DataType.FLOAT):
-            scaled_seed = builder.before(first, "Cast", [loss_scale], {"to": seed.dtype}, "loss_scale.seed", seed.dtype)
+            scaled_seed = builder.before(
+                first, "Cast", [loss_scale], {"to": seed.dtype}, "loss_scale.seed", seed.dtype
+            )
         seed.replace_all_uses_with(scaled_seed)
         graph.initializers.pop(seed.name)
-        reciprocal = builder.before(first, "Reciprocal", [loss_scale], {}, "loss_scale.reciprocal", ir.DataType.FLOAT)
+        reciprocal = builder.before(
+            first, "Reciprocal", [loss_scale], {}, "loss_scale.reciprocal", ir.DataType.FLOAT
+        )
 
         unscaled: list[ir.Value] = []
         for accumulator in accumulators:
@@ -69,7 +77,12 @@ class LossScalingPass(ir.passes.InPlacePass):
                 raise TrainingError(f"accumulation buffer {buffer.name!r} is {buffer.dtype}, expected FLOAT")
             if gradient.dtype not in (None, ir.DataType.FLOAT):
                 gradient_fp32 = builder.before(
-                    accumulator, "Cast", [gradient], {"to": ir.DataType.FLOAT}, f"{base}.fp32", ir.DataType.FLOAT
+                    accumulator,
+                    "Cast",
+                    [gradient],
+                    {"to": ir.DataType.FLOAT},
+                    f"{base}.fp32",
+                    ir.DataType.FLOAT,
                 )
             value = builder.before(
                 accumulator, "Mul", [gradient_fp32, reciprocal], {}, f"{base}.unscaled", ir.DataType.FLOAT
@@ -80,7 +93,9 @@ class LossScalingPass(ir.passes.InPlacePass):
 
         flags = [self._any_not_finite(builder, value) for value in unscaled]
         total = builder.append("Sum", flags, {}, "loss_scaling.nonfinite_count", ir.DataType.FLOAT)
-        as_bool = builder.append("Cast", [total], {"to": ir.DataType.BOOL}, "loss_scaling.any_nonfinite", ir.DataType.BOOL)
+        as_bool = builder.append(
+            "Cast", [total], {"to": ir.DataType.BOOL}, "loss_scaling.any_nonfinite", ir.DataType.BOOL
+        )
         all_finite = builder.append("Not", [as_bool], {}, ALL_FINITE_OUTPUT, ir.DataType.BOOL)
         all_finite.shape = ir.Shape([])
         graph.outputs.append(all_finite)
@@ -93,8 +108,12 @@ class LossScalingPass(ir.passes.InPlacePass):
         is_inf = builder.append("IsInf", [value], {}, f"{name}.is_inf", ir.DataType.BOOL)
         is_nan = builder.append("IsNaN", [value], {}, f"{name}.is_nan", ir.DataType.BOOL)
         bad = builder.append("Or", [is_inf, is_nan], {}, f"{name}.nonfinite", ir.DataType.BOOL)
-        bad_float = builder.append("Cast", [bad], {"to": ir.DataType.FLOAT}, f"{name}.nonfinite_float", ir.DataType.FLOAT)
-        return builder.append("ReduceMax", [bad_float], {"keepdims": 0}, f"{name}.any_nonfinite", ir.DataType.FLOAT)
+        bad_float = builder.append(
+            "Cast", [bad], {"to": ir.DataType.FLOAT}, f"{name}.nonfinite_float", ir.DataType.FLOAT
+        )
+        return builder.append(
+            "ReduceMax", [bad_float], {"keepdims": 0}, f"{name}.any_nonfinite", ir.DataType.FLOAT
+        )
 
 
 def find_backward_seed(graph: ir.Graph) -> ir.Value:
@@ -104,7 +123,9 @@ def find_backward_seed(graph: ir.Graph) -> ir.Value:
     loss = graph.outputs[0]
     seed = graph.initializers.get(f"{loss.name}_grad")
     if seed is None or seed.const_value is None:
-        raise TrainingError(f"no backward seed {loss.name + '_grad'!r} initializer for loss output {loss.name!r}")
+        raise TrainingError(
+            f"no backward seed {loss.name + '_grad'!r} initializer for loss output {loss.name!r}"
+        )
     values = seed.const_value.numpy()
     if values.size != 1 or float(np.asarray(values, dtype=np.float64).reshape(())) != 1.0:
         raise TrainingError(f"backward seed {seed.name!r} is not the scalar 1.0 (already scaled?)")
@@ -160,7 +181,9 @@ class _Builder:
         stamp_decision(node, Decision(precision, Reason.LOSS_SCALING, RULE))
         return node
 
-    def before(self, anchor: ir.Node, op_type: str, inputs, attributes, name: str, dtype: ir.DataType) -> ir.Value:
+    def before(
+        self, anchor: ir.Node, op_type: str, inputs, attributes, name: str, dtype: ir.DataType
+    ) -> ir.Value:
         node = self._make(op_type, inputs, attributes, name, dtype)
         self.graph.insert_before(anchor, node)
         return node.outputs[0]

@@ -48,9 +48,13 @@ class ArtifactPaths:
         training = directory / f"{prefix}{TRAINING_MODEL}"
         checkpoint = directory / f"{prefix}{CHECKPOINT}"
         if not training.is_file():
-            raise errors.TrainingError(f"{directory}: no {training.name} (not an ORT training artifact folder)")
+            raise errors.TrainingError(
+                f"{directory}: no {training.name} (not an ORT training artifact folder)"
+            )
         if not checkpoint.exists():
-            raise errors.TrainingError(f"{directory}: no {checkpoint.name} (not an ORT training artifact folder)")
+            raise errors.TrainingError(
+                f"{directory}: no {checkpoint.name} (not an ORT training artifact folder)"
+            )
         eval_model = directory / f"{prefix}{EVAL_MODEL}"
         optimizer = directory / f"{prefix}{OPTIMIZER_MODEL}"
         return cls(
@@ -79,10 +83,14 @@ class TrainingGraphLayout:
         buffers = [n for n in names if n.endswith(ACCUMULATION_BUFFER_SUFFIX)]
         trainable = [n[: -len(ACCUMULATION_BUFFER_SUFFIX)] for n in buffers]
         if not buffers or LAZY_RESET_GRAD not in names:
-            raise errors.TrainingError("not an ORT training graph: no gradient accumulation buffers / lazy_reset_grad")
+            raise errors.TrainingError(
+                "not an ORT training graph: no gradient accumulation buffers / lazy_reset_grad"
+            )
         first_parameter = min(names.index(n) for n in trainable)
         parameters = [
-            n for n in names[first_parameter:] if n not in buffers and n != LAZY_RESET_GRAD and n != "loss_scale"
+            n
+            for n in names[first_parameter:]
+            if n not in buffers and n != LAZY_RESET_GRAD and n != "loss_scale"
         ]
         user_inputs = [n for n in names[:first_parameter] if n != "loss_scale"]
         outputs = [value.name or "" for value in graph.outputs]

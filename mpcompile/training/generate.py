@@ -13,16 +13,15 @@ from __future__ import annotations
 import os
 import pathlib
 from collections.abc import Sequence
+from typing import Any
 
 import onnx
 import onnx_ir as ir
 
 from mpcompile import errors, io
 from mpcompile.passes.loss_scaling import LossScalingPass
-from mpcompile.plan import MODEL_PRECISION_KEY
-from mpcompile.precision import low_precision_format
+from mpcompile.training import op_rules
 from mpcompile.training.artifacts import ArtifactPaths, save_checked
-from mpcompile.training.graph_precision import apply_training_precision, plan_training_precision
 
 LOSSES = {
     "crossentropy": "CrossEntropyLoss",
@@ -34,33 +33,49 @@ OPTIMIZERS = {"adamw": "AdamW", "sgd": "SGD"}
 
 
 def convert_forward_for_training(
-    model: ir.Model,
-    parameters: Sequence[str],
-    precision: str = "fp16",
-    *,
-    block_ops: Sequence[str] = (),
-    block_nodes: Sequence[str] = (),
-) -> dict[str, int]:
-    """Convert a forward graph in place with the training policy (see module docstring)."""
+    model: ir.Model, parameters: Sequence[str], precision: str = "fp16", **core_options: Any
+) -> tuple[ir.Model, dict[str, int]]:
+    """Convert a forward graph with the training policy (see module docstring) using the core
+    converter; ``core_options`` are ``mpcompile.convert`` options (block_ops, policy, target, ...).
+
+    Returns the converted model (a new one) and counts for reporting.
+    """
+    from mpcompile.converter import convert
+
     graph = model.graph
     missing = [name for name in parameters if name not in graph.initializers]
     if missing:
-        raise errors.TrainingError(f"parameters not found among the model's initializers: {', '.join(missing)}")
-    # Lift parameters to graph inputs for the rewrite: graph inputs keep their FP32 type and are
-    # cast at their low-precision uses, exactly the master-weight layout we want.
-    lifted = [graph.initializers.pop(name) for name in parameters]
-    graph.inputs.extend(lifted)
-    low = low_precision_format(precision).precision
-    plan = plan_training_precision(graph, low, block_ops=block_ops, block_nodes=block_nodes)
-    casts = apply_training_precision(graph, plan)
-    for value in lifted:
-        graph.inputs.remove(value)
-        graph.register_initializer(value)
-    expose_layer_norm_statistics(model)
-    graph.sort()
-    model.metadata_props[MODEL_PRECISION_KEY] = precision
-    low_nodes = sum(1 for _, decision in plan.items() if decision.is_low)
-    return {"nodes": len(plan), "low_precision_nodes": low_nodes, "casts_added": casts}
+        raise errors.TrainingError(
+            f"parameters not found among the model's initializers: {', '.join(missing)}"
+        )
+    # The core keeps graph inputs FP32 (keep_io_types) and casts each once, shared by its
+    # low-precision uses: lifting the parameters to inputs gives exactly the master-weight layout.
+    tensors = {name: graph.initializers[name].const_value for name in parameters}
+    core_options["block_ops"] = (*op_rules.FORWARD_BLOCK_OPS, *core_options.get("block_ops", ()))
+    for name in parameters:
+        graph.inputs.append(graph.initializers.pop(name))
+    try:
+        result = convert(model, precision=precision, keep_io_types=True, **core_options)
+    finally:
+        for name in parameters:
+            value = next(v for v in graph.inputs if v.name == name)
+            graph.inputs.remove(value)
+            graph.register_initializer(value)
+    converted = result.model
+    for name in parameters:
+        value = next(v for v in converted.graph.inputs if v.name == name)
+        if value.dtype != ir.DataType.FLOAT:
+            raise errors.TrainingError(f"parameter {name!r} did not stay FP32 (keep_io_types)")
+        converted.graph.inputs.remove(value)
+        value.const_value = tensors[name]
+        converted.graph.register_initializer(value)
+    expose_layer_norm_statistics(converted)
+    converted.graph.sort()
+    counts = dict(result.stats.nodes_by_precision)
+    return converted, {
+        **{f"nodes_{k}": v for k, v in counts.items()},
+        "casts_added": result.stats.casts_added,
+    }
 
 
 def expose_layer_norm_statistics(model: ir.Model) -> int:
@@ -107,12 +122,14 @@ def generate_training_artifacts(
     loss: str = "crossentropy",
     optimizer: str = "adamw",
     precision: str | None = "fp16",
-    block_ops: Sequence[str] = (),
-    block_nodes: Sequence[str] = (),
     loss_scaling: bool = True,
     overwrite: bool = False,
+    **core_options: Any,
 ) -> dict[str, dict[str, int]]:
-    """Mixed-precision ORT training artifacts for a forward model (``precision=None``: plain FP32)."""
+    """Mixed-precision ORT training artifacts for a forward model (``precision=None``: plain FP32).
+
+    ``core_options`` go to the forward conversion (``mpcompile.convert`` options except
+    ``precision`` and ``keep_io_types``, which the training policy fixes)."""
     artifacts_api = _artifacts_api()
     model = io.load_model(model_path)
     ir.external_data.load_to_model(model)
@@ -139,8 +156,8 @@ def generate_training_artifacts(
 
     stats: dict[str, dict[str, int]] = {}
     if precision is not None:
-        stats["forward"] = convert_forward_for_training(
-            model, [*requires_grad, *frozen], precision, block_ops=block_ops, block_nodes=block_nodes
+        model, stats["forward"] = convert_forward_for_training(
+            model, [*requires_grad, *frozen], precision, **core_options
         )
     else:
         expose_layer_norm_statistics(model)
@@ -156,7 +173,9 @@ def generate_training_artifacts(
             artifact_directory=str(output_dir),
         )
     except (RuntimeError, ValueError, onnx.checker.ValidationError) as exc:
-        raise errors.TrainingError(f"onnxruntime could not build the training graph: {_first_line(exc)}") from None
+        raise errors.TrainingError(
+            f"onnxruntime could not build the training graph: {_first_line(exc)}"
+        ) from None
     paths = ArtifactPaths.find(output_dir)
     if loss_scaling and precision is not None:
         training = io.load_model(paths.training_model)

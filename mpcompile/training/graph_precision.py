@@ -55,7 +55,9 @@ def plan_training_precision(
             decision = Decision(Precision.FP32, Reason.NOT_BETWEEN_LOW, f"training:{node.op_type}")
         plan[node] = decision
         if decision.is_low:
-            low_values.update(o for i, o in enumerate(node.outputs) if i in rule.data_outputs(len(node.outputs)))
+            low_values.update(
+                o for i, o in enumerate(node.outputs) if i in rule.data_outputs(len(node.outputs))
+            )
     return plan
 
 

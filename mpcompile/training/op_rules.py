@@ -92,9 +92,21 @@ LOW_PRECISION_OPS: dict[tuple[str, str], OpRule] = {
     # it creates a CPU session for a training graph with an FP16 MaxPoolGrad; they only move data.
 }
 
+# Forward ops the training policy keeps FP32 on top of the core policy, because of the gradient
+# ORT builds for them: an FP16 MaxPool gets an FP16 MaxPoolGrad (see above).
+FORWARD_BLOCK_OPS = ("MaxPool",)
+
 # ORT registers these training ops in the ONNX domain; the onnx checker does not know them.
 ORT_TRAINING_OPS_IN_ONNX_DOMAIN = frozenset(
-    {"MaxPoolGrad", "AveragePoolGrad", "ConvGrad", "SoftmaxGrad", "LogSoftmaxGrad", "GatherGrad", "DropoutGrad"}
+    {
+        "MaxPoolGrad",
+        "AveragePoolGrad",
+        "ConvGrad",
+        "SoftmaxGrad",
+        "LogSoftmaxGrad",
+        "GatherGrad",
+        "DropoutGrad",
+    }
 )
 
 

@@ -25,7 +25,7 @@ class _MicrosoftOp(OpRun):
 class SoftmaxCrossEntropyLossGrad(_MicrosoftOp):
     """d(loss)/d(logits) from the loss gradient, log-probabilities and labels (mean/sum/none)."""
 
-    def _run(self, dY, log_prob, label, weight=None, ignore_index=None, reduction=None):  # noqa: N803
+    def _run(self, dY, log_prob, label, weight=None, ignore_index=None, reduction=None):
         reduction = reduction or "mean"
         if isinstance(reduction, bytes):
             reduction = reduction.decode()
@@ -48,7 +48,7 @@ class SoftmaxCrossEntropyLossGrad(_MicrosoftOp):
 
 
 class ReluGrad(_MicrosoftOp):
-    def _run(self, dY, X):  # noqa: N803
+    def _run(self, dY, X):
         return (np.where(X > 0, dY, np.zeros_like(dY)).astype(dY.dtype),)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+
 import numpy as np
 
 from mpcompile.errors import RuntimeMissingError, TrainingError
@@ -65,7 +66,9 @@ class Trainer:
         self.output_names = list(self.module.output_names())
         self.loss_scaled = LOSS_SCALE_INPUT in self.input_names
         if self.loss_scaled and ALL_FINITE_OUTPUT not in self.output_names:
-            raise TrainingError(f"training model has {LOSS_SCALE_INPUT!r} but no {ALL_FINITE_OUTPUT!r} output")
+            raise TrainingError(
+                f"training model has {LOSS_SCALE_INPUT!r} but no {ALL_FINITE_OUTPUT!r} output"
+            )
         if static_scale is not None and scaler is not None:
             raise TrainingError("give either a scaler or a static scale, not both")
         if static_scale is not None:
@@ -90,7 +93,9 @@ class Trainer:
         if self.loss_scaled:
             feeds.insert(self.input_names.index(LOSS_SCALE_INPUT), np.array(scale, dtype=np.float32))
         if len(feeds) != len(self.input_names):
-            raise TrainingError(f"train_step expects inputs {self.user_input_names}, got {len(inputs)} arrays")
+            raise TrainingError(
+                f"train_step expects inputs {self.user_input_names}, got {len(inputs)} arrays"
+            )
         raw = self.module(*feeds)
         outputs = raw if isinstance(raw, (list, tuple)) else (raw,)
         all_finite = True
@@ -101,7 +106,7 @@ class Trainer:
             self.optimizer.step()
         self.module.lazy_reset_grad()
         user_outputs = tuple(
-            np.asarray(value) for name, value in zip(self.output_names, outputs) if name != ALL_FINITE_OUTPUT
+            np.asarray(value) for name, value in zip(self.output_names, outputs, strict=False) if name != ALL_FINITE_OUTPUT
         )
         return StepResult(
             loss=float(np.asarray(user_outputs[0])),
@@ -147,4 +152,3 @@ def _training_api():
             "onnxruntime-training is not installed; create the training environment with tools/training_env.sh"
         ) from None
     return api
-
