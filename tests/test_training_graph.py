@@ -16,7 +16,7 @@ from onnx import TensorProto
 from onnx import helper as oh
 from onnx import numpy_helper as nh
 
-from mpcompile.errors import AlreadyLowPrecisionError, TrainingError
+from mpcompile.errors import AlreadyLowPrecisionError, OutputNotWritableError, TrainingError
 from mpcompile.passes.loss_scaling import ALL_FINITE_OUTPUT, LOSS_SCALE_INPUT, LossScalingPass
 from mpcompile.plan import Reason, read_decision
 from mpcompile.precision import Precision
@@ -264,3 +264,24 @@ def test_huge_scale_overflows_fp16_gradients_and_all_finite_reports_it():
     assert bool(ok[ALL_FINITE_OUTPUT])
     huge = reference.evaluate(mixed, feeds_for(mixed, params, x, labels, scale=2.0**24), [ALL_FINITE_OUTPUT])
     assert not bool(huge[ALL_FINITE_OUTPUT])
+
+
+def test_convert_training_folder_rewrites_graphs_and_copies_the_rest(tmp_path, capsys):
+    from mpcompile.commands.train_artifacts import convert_training_folder
+
+    source = tmp_path / "fp32"
+    source.mkdir()
+    onnx.save(training_graph(mlp_params(np.random.default_rng(0)), hidden=True), source / "training_model.onnx")
+    (source / "checkpoint").write_bytes(b"checkpoint bytes")
+    (source / "optimizer_model.onnx").write_bytes(b"optimizer bytes")
+    out = tmp_path / "mixed"
+    convert_training_folder(source, out)
+    assert "training: 7/" in capsys.readouterr().out
+    assert (out / "checkpoint").read_bytes() == b"checkpoint bytes"
+    assert (out / "optimizer_model.onnx").read_bytes() == b"optimizer bytes"
+    converted_model = onnx.load(out / "training_model.onnx")
+    assert converted_model.graph.input[2].name == LOSS_SCALE_INPUT
+    with pytest.raises(OutputNotWritableError, match="not empty"):
+        convert_training_folder(source, out)
+    with pytest.raises(TrainingError, match="training_model.onnx"):
+        convert_training_folder(tmp_path, tmp_path / "other")

@@ -102,3 +102,38 @@ def train_artifacts_command(
         forward = stats.get("forward", {})
         counts = ", ".join(f"{k}={v}" for k, v in forward.items())
         click.echo(f"{model} -> {output_dir}/ ({precision}{'; forward ' + counts if counts else ''})")
+
+
+def convert_training_folder(
+    artifacts_dir: pathlib.Path,
+    output_dir: pathlib.Path | None,
+    *,
+    precision: str = "fp16",
+    block_ops: tuple[str, ...] = (),
+    block_nodes: tuple[str, ...] = (),
+    overwrite: bool = False,
+    as_json: bool = False,
+    quiet: bool = False,
+) -> None:
+    """``mpcompile convert --training ARTIFACTS_DIR -o OUT_DIR``: rewrite existing FP32 artifacts.
+
+    The training graph (forward and backward) gets FP16/BF16 compute and loss scaling, the eval
+    graph the same forward conversion; optimizer model and checkpoint are copied (FP32).
+    """
+    from mpcompile.errors import TrainingError
+    from mpcompile.training.artifacts import convert_artifacts
+
+    if output_dir is None:
+        raise TrainingError("--training needs -o OUT_DIR (the converted artifact folder)")
+    stats = convert_artifacts(
+        artifacts_dir, output_dir, precision, overwrite=overwrite, block_ops=block_ops, block_nodes=block_nodes
+    )
+    if as_json:
+        click.echo(json.dumps({"artifacts": str(artifacts_dir), "output": str(output_dir), **stats}, indent=2))
+    elif not quiet:
+        for model, counts in stats.items():
+            click.echo(
+                f"{model}: {counts['low_precision_nodes']}/{counts['nodes']} nodes in {precision}, "
+                f"{counts['casts_added']} Casts added"
+            )
+        click.echo(f"{artifacts_dir} -> {output_dir}/ (optimizer model and checkpoint copied, FP32)")
