@@ -10,6 +10,7 @@ import onnx_ir as ir
 from mpcompile.plan import PrecisionPlan
 from mpcompile.policy import Policy
 from mpcompile.precision import LowPrecisionFormat
+from mpcompile.ranges import ConstantRange, constant_tensor, measure
 from mpcompile.targets.base import Target
 
 
@@ -59,9 +60,17 @@ class ConversionContext:
     required_input_dtypes: dict[tuple[int, int], ir.DataType] = dataclasses.field(default_factory=dict)
     # dtypes of graph outputs before conversion, keyed by id(value).
     original_output_dtypes: dict[int, ir.DataType] = dataclasses.field(default_factory=dict)
-    # Constants (initializer values / Constant nodes, by id) whose values a range scan found
-    # beyond the low-precision range, and those that may be clamped as masks.
-    out_of_range_constants: set[int] = dataclasses.field(default_factory=set)
-    clampable_mask_constants: set[int] = dataclasses.field(default_factory=set)
+    # Range scans of float constants, by id of the constant's value (each tensor is read once).
+    constant_ranges: dict[int, ConstantRange | None] = dataclasses.field(default_factory=dict)
+    # Additive attention masks (by id of the constant's value) -> the Softmax nodes they reach.
+    clampable_mask_constants: dict[int, list[ir.Node]] = dataclasses.field(default_factory=dict)
     stats: ConvertStats = dataclasses.field(default_factory=ConvertStats)
     notes: list[str] = dataclasses.field(default_factory=list)
+
+    def constant_range(self, value: ir.Value) -> ConstantRange | None:
+        """The range of a float constant's values (scanned once per conversion), or None."""
+        key = id(value)
+        if key not in self.constant_ranges:
+            tensor = constant_tensor(value)
+            self.constant_ranges[key] = None if tensor is None else measure(tensor, self.low)
+        return self.constant_ranges[key]

@@ -15,6 +15,7 @@ import onnx_ir as ir
 from mpcompile import errors, io
 from mpcompile.casts import CastFactory, NameAuthority
 from mpcompile.context import ConversionContext, ConvertStats
+from mpcompile.graphs import all_graphs
 from mpcompile.pipeline import Pipeline
 from mpcompile.plan import MODEL_VERSION_KEY, PrecisionPlan, read_decision
 from mpcompile.policy import Policy, load_policy_file, op_classes
@@ -84,7 +85,7 @@ class ConvertResult:
         """Per-node decisions, read back from the converted IR (graph order)."""
         model = self.model if isinstance(self.model, ir.Model) else ir.from_proto(self.model)
         rows = []
-        for graph in model.graphs():
+        for graph, _ in all_graphs(model, every_function=True):
             for node in graph:
                 decision = read_decision(node)
                 if decision is None:
@@ -278,7 +279,7 @@ def _policy(opts: ConvertOptions) -> tuple[Policy, dict[str, object]]:
 
 def count_casts(model: ir.Model) -> int:
     return sum(
-        1 for graph in model.graphs() for node in graph if node.op_type == "Cast" and node.domain == ""
+        1 for graph, _ in all_graphs(model) for node in graph if node.op_type == "Cast" and node.domain == ""
     )
 
 

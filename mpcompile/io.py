@@ -27,7 +27,8 @@ TWO_GIB = 2**31
 # Models whose weights would push the protobuf near its 2 GiB limit are saved with
 # external data. Tensors under this size stay inline.
 EXTERNAL_DATA_THRESHOLD_BYTES = 1024
-# The highest IR version current onnxruntime releases load.
+# IR versions above this are lowered: ORT 1.32 loads up to 13, but the ORT training
+# runtime (1.19) and older ORT releases stop at 10.
 MAX_IR_VERSION = 10
 
 
@@ -114,13 +115,17 @@ def _first_line(exc: BaseException) -> str:
 
 
 def output_ir_version(model: ir.Model) -> int:
-    """The IR version to write: what the opsets need, capped at what ORT loads."""
+    """The IR version to write: the model's own, unless it is newer than ORT releases load;
+    then the lowest version the model's opsets allow."""
+    original = model.ir_version or MAX_IR_VERSION
+    if original <= MAX_IR_VERSION:
+        return original
     opsets = [onnx.helper.make_opsetid(domain, version) for domain, version in model.opset_imports.items()]
     try:
         needed = onnx.helper.find_min_ir_version_for(opsets, ignore_unknown=True)
     except (ValueError, TypeError):
-        needed = 3
-    return max(needed, min(model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION))
+        needed = MAX_IR_VERSION
+    return min(original, max(needed, 3))
 
 
 def weight_bytes(model: ir.Model) -> int:

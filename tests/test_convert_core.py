@@ -223,3 +223,44 @@ def test_convert_file_writes_atomically_and_refuses_same_path(tmp_path):
     assert source.read_bytes() == before
     onnx.checker.check_model(str(output), full_check=True)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_local_function_bodies_are_converted_behind_fp32_interfaces():
+    block = helper.make_function(
+        "local",
+        "Block",
+        ["x", "w"],
+        ["y"],
+        [
+            helper.make_node("MatMul", ["x", "w"], ["a"]),
+            helper.make_node("Relu", ["a"], ["b"]),
+            helper.make_node("MatMul", ["b", "w"], ["c"]),
+            helper.make_node("Exp", ["c"], ["y"]),
+        ],
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Block", ["x", "W"], ["h"], domain="local", name="call1"),
+            helper.make_node("Block", ["h", "W"], ["y"], domain="local", name="call2"),
+        ],
+        "g",
+        [value_info("x", [2, 4])],
+        [value_info("y", [2, 4])],
+        [weight("W", [4, 4], 0, 0.3)],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+        functions=[block],
+        ir_version=10,
+    )
+    result = mpcompile.convert(model)
+    onnx.checker.check_model(result.model, full_check=True)
+    body = {
+        row.op_type: row.precision for row in result.decisions() if row.graph == "" and row.op_type != "Cast"
+    }
+    assert body == {"MatMul": "fp16", "Relu": "fp16", "Exp": "fp32"}
+    assert decisions(result)["call1"] == ("fp32", Reason.FUNCTION_CALL)
+    feeds = {"x": np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)}
+    assert_close(run(model, feeds), run(result.model, feeds), rtol=1e-2, atol=1e-2)

@@ -26,6 +26,7 @@ import onnx_ir as ir
 
 from mpcompile import op_types, ranges
 from mpcompile.context import ConversionContext
+from mpcompile.graphs import TYPED_FUNCTION_KEY, all_graphs
 from mpcompile.plan import Decision, Reason
 from mpcompile.policy import OpClass, op_classes
 from mpcompile.precision import Precision
@@ -59,14 +60,13 @@ class AssignPrecisionPass(ir.passes.InPlacePass):
         return "AssignPrecisionPass()"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
         functions = {(function.domain, function.name) for function in model.functions.values()}
-        range_cache: dict[int, ranges.ConstantRange | None] = {}
-        for graph in model.graphs():
-            _GraphPainter(self.context, graph, opset, functions, range_cache).paint()
-        if model.functions:
+        for graph, opset in all_graphs(model):
+            _GraphPainter(self.context, graph, opset, functions).paint()
+        untyped = [name for (_, name, _), f in model.functions.items() if not f.meta.get(TYPED_FUNCTION_KEY)]
+        if untyped:
             self.context.notes.append(
-                f"{len(model.functions)} model-local function(s) kept FP32: calls are precision boundaries"
+                f"local function(s) {', '.join(sorted(untyped))} kept as they are: their call sites disagree on types"
             )
         return ir.passes.PassResult(model, modified=False)
 
@@ -78,13 +78,11 @@ class _GraphPainter:
         graph: ir.Graph,
         opset: int,
         functions: set[tuple[str, str]],
-        range_cache: dict[int, ranges.ConstantRange | None],
     ):
         self.context = context
         self.graph = graph
         self.opset = opset
         self.functions = functions
-        self.range_cache = range_cache
         self.low_dtype = context.low.dtype
         self.infos: dict[int, _NodeInfo] = {}
         self.order: list[ir.Node] = list(graph)
@@ -186,11 +184,7 @@ class _GraphPainter:
     def _constant_range(self, value: ir.Value | None) -> ranges.ConstantRange | None:
         if value is None or value.dtype != ir.DataType.FLOAT:
             return None
-        key = id(value)
-        if key not in self.range_cache:
-            tensor = ranges.constant_tensor(value)
-            self.range_cache[key] = None if tensor is None else ranges.measure(tensor, self.context.low)
-        return self.range_cache[key]
+        return self.context.constant_range(value)
 
     def _is_clampable_mask(self, value: ir.Value, measured: ranges.ConstantRange) -> bool:
         """A constant whose only out-of-range values are huge negatives feeding a Softmax
@@ -198,16 +192,18 @@ class _GraphPainter:
         low-precision limit keeps the Softmax result (exp underflows to 0 either way)."""
         if measured.overflowing_positive:
             return False
+        if id(value) in self.context.clampable_mask_constants:
+            return True
         frontier = [(use.node, 0) for use in value.uses()]
         seen: set[int] = set()
-        found_softmax = False
+        softmaxes: list[ir.Node] = []
         while frontier:
             node, depth = frontier.pop()
             if id(node) in seen:
                 continue
             seen.add(id(node))
             if node.domain == "" and node.op_type == "Softmax":
-                found_softmax = True
+                softmaxes.append(node)
                 continue
             classified = self.context.policy.classify(node.domain, node.op_type)
             if depth >= MASK_SEARCH_DEPTH or classified.op_class not in (
@@ -239,9 +235,9 @@ class _GraphPainter:
                 if output.is_graph_output():
                     return False
                 frontier.extend((use.node, depth + 1) for use in output.uses())
-        if found_softmax:
-            self.context.clampable_mask_constants.add(id(value))
-        return found_softmax
+        if softmaxes:
+            self.context.clampable_mask_constants[id(value)] = softmaxes
+        return bool(softmaxes)
 
     def _mark_qdq_paths(self) -> None:
         """Nodes fed by DequantizeLinear or feeding QuantizeLinear form quantized paths."""

@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from mpcompile import ranges
 from mpcompile.casts import SUFFIX, NameAuthority
 from mpcompile.context import ConversionContext
+from mpcompile.graphs import all_graphs
 from mpcompile.plan import Decision, Reason, stamp_decision
 from mpcompile.precision import LowPrecisionFormat
 from mpcompile.values import set_dtype
@@ -38,7 +38,7 @@ class ConvertConstantsPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
-        for graph in model.graphs():
+        for graph, _ in all_graphs(model):
             for value in list(graph.initializers.values()):
                 modified |= self._convert_initializer(graph, value)
             for node in list(graph):
@@ -54,18 +54,26 @@ class ConvertConstantsPass(ir.passes.InPlacePass):
             (low_uses if required.get((id(use.node), use.idx)) == low else other_uses).append(use)
         return low_uses, other_uses
 
+    def _clamps(self, value: ir.Value) -> bool:
+        """Clamp an attention mask whose Softmax runs in low precision: its values will be."""
+        softmaxes = self.context.clampable_mask_constants.get(id(value), ())
+        return any(self.context.plan.is_low(node) for node in softmaxes)
+
     def _convert_initializer(self, graph: ir.Graph, value: ir.Value) -> bool:
         if value.dtype != FLOAT or value.const_value is None or value.is_graph_input():
             return False
         low_uses, other_uses = self._low_uses(value)
-        if not low_uses:
+        clamp = self._clamps(value)
+        if not low_uses and not clamp:
             return False
-        clamp = id(value) in self.context.clampable_mask_constants
         source = value.const_value
-        self._count_range(source, clamp)
+        self._count_range(value, clamp)
         if clamp:
+            # Also in FP32: the product still reaches the low-precision Softmax through a Cast.
             value.const_value = _lazy(source, _clamped(self.context.low), FLOAT, cache=True)
             source = value.const_value
+            if not low_uses:
+                return True
         if other_uses or value.is_graph_output():
             copy = ir.Value(
                 name=self.names.unique(f"{value.name}_{SUFFIX[self.context.low.dtype]}"),
@@ -96,14 +104,16 @@ class ConvertConstantsPass(ir.passes.InPlacePass):
         attr = node.attributes.get("value")
         if attr is None or attr.type != ir.AttributeType.TENSOR or attr.as_tensor().dtype != FLOAT:
             return False
-        if output.dtype != self.context.low.dtype and not low_uses:
+        clamp = self._clamps(output)
+        if output.dtype != self.context.low.dtype and not low_uses and not clamp:
             return False
         tensor = attr.as_tensor()
-        clamp = id(output) in self.context.clampable_mask_constants
-        self._count_range(tensor, clamp)
+        self._count_range(output, clamp)
         if clamp:
             tensor = ir.tensor(_clamped(self.context.low)(tensor.numpy()), name=tensor.name)
             node.attributes["value"] = ir.AttrTensor("value", tensor)
+            if output.dtype != self.context.low.dtype and not low_uses:
+                return True
         converted = ir.tensor(tensor.numpy().astype(self.context.low.numpy_dtype), name=tensor.name)
         if output.dtype == self.context.low.dtype:  # the node itself went low precision
             node.attributes["value"] = ir.AttrTensor("value", converted)
@@ -126,8 +136,10 @@ class ConvertConstantsPass(ir.passes.InPlacePass):
             use.node.replace_input_with(use.idx, copy.outputs[0])
         return True
 
-    def _count_range(self, tensor: ir.TensorProtocol, clamp: bool) -> None:
-        measured = ranges.measure(tensor, self.context.low)
+    def _count_range(self, value: ir.Value, clamp: bool) -> None:
+        measured = self.context.constant_range(value)
+        if measured is None:
+            return
         stats = self.context.stats
         stats.values_flushed_to_zero += measured.flushed_to_zero
         stats.values_subnormal += measured.subnormal

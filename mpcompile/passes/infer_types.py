@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 
+import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common
 
 from mpcompile import op_types
 from mpcompile.context import ConversionContext
+from mpcompile.graphs import TYPED_FUNCTION_KEY, ai_onnx_opset
 from mpcompile.values import set_dtype
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ class InferTypesPass(ir.passes.InPlacePass):
             result = ir.passes.common.ShapeInferencePass(data_prop=False)(model)
             modified = result.modified
         modified |= _type_contrib_outputs(model)
+        modified |= _type_function_bodies(model)
         self.context.stats.untyped_values = sum(
             1
             for graph in model.graphs()
@@ -70,3 +73,54 @@ def _type_contrib_outputs(model: ir.Model) -> bool:
                 set_dtype(value, ir.DataType.FLOAT if index in rule.keep_outputs else source)
                 modified = modified or value.dtype is not None
     return modified
+
+
+def _type_function_bodies(model: ir.Model) -> bool:
+    """Type each local function's body from its call sites, when they all agree.
+
+    Function bodies carry no types of their own. When every call passes the same input
+    dtypes, those seed node-by-node onnx inference through the body; the function is then
+    marked typed and converted like a subgraph (its interface stays as called).
+    """
+    if not model.functions:
+        return False
+    calls: dict[tuple[str, str, str], list[ir.Node]] = {}
+    for graph in model.graphs():
+        for node in graph:
+            if node.op_identifier() in model.functions:
+                calls.setdefault(node.op_identifier(), []).append(node)
+    modified = False
+    for key, function in model.functions.items():
+        signatures = {
+            tuple(None if v is None else v.dtype for v in node.inputs) for node in calls.get(key, ())
+        }
+        if len(signatures) != 1:
+            continue
+        (signature,) = signatures
+        if None in signature or len(signature) != len(function.inputs):
+            continue
+        for value, dtype in zip(function.inputs, signature, strict=True):
+            set_dtype(value, dtype)
+        opset = ai_onnx_opset(function.opset_imports, ai_onnx_opset(model.opset_imports))
+        for node in function.graph:
+            _infer_node_types(node, opset)
+        if all(value.dtype is not None for node in function.graph for value in node.outputs if value.name):
+            function.meta[TYPED_FUNCTION_KEY] = True
+            modified = True
+    return modified
+
+
+def _infer_node_types(node: ir.Node, opset: int) -> None:
+    schema = op_types.get_schema(node.domain, node.op_type, opset)
+    if schema is None or any(value is not None and value.type is None for value in node.inputs):
+        return
+    input_types = {
+        value.name: ir.serde.serialize_type(value.type) for value in node.inputs if value is not None
+    }
+    try:
+        inferred = onnx.shape_inference.infer_node_outputs(schema, ir.serde.serialize_node(node), input_types)
+    except (onnx.shape_inference.InferenceError, RuntimeError, ValueError, KeyError):
+        return
+    for value in node.outputs:
+        if value.name in inferred and value.type is None:
+            value.type = ir.serde.deserialize_type_proto_for_type(inferred[value.name])

@@ -12,6 +12,7 @@ import onnx_ir as ir
 
 from mpcompile.casts import SUFFIX, CastFactory
 from mpcompile.context import ConversionContext
+from mpcompile.graphs import all_graphs
 
 
 class InsertCastsPass(ir.passes.InPlacePass):
@@ -28,7 +29,8 @@ class InsertCastsPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         before = self.casts.created
         required = self.context.required_input_dtypes
-        for graph in model.graphs():
+        graphs = [graph for graph, _ in all_graphs(model)]
+        for graph in graphs:
             for node in list(graph):
                 for index, value in enumerate(node.inputs):
                     if value is None:
@@ -36,7 +38,7 @@ class InsertCastsPass(ir.passes.InPlacePass):
                     wanted = required.get((id(node), index))
                     if wanted is not None and value.dtype is not None and value.dtype != wanted:
                         node.replace_input_with(index, self.casts.cast(value, wanted, graph))
-        for graph in model.graphs():
+        for graph in graphs:
             if graph is model.graph and not self.context.keep_io_types:
                 continue
             self._restore_output_types(graph)

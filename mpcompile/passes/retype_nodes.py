@@ -11,6 +11,7 @@ import onnx_ir as ir
 
 from mpcompile import op_types
 from mpcompile.context import ConversionContext
+from mpcompile.graphs import all_graphs
 from mpcompile.values import set_dtype
 
 FLOAT = ir.DataType.FLOAT
@@ -41,11 +42,10 @@ class RetypeNodesPass(ir.passes.InPlacePass):
         return "RetypeNodesPass()"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
         low = self.context.low.dtype
         plan = self.context.plan
         typings: dict[int, op_types.NodeTyping | None] = {}
-        for graph in model.graphs():
+        for graph, opset in all_graphs(model):
             for node in graph:
                 typing = op_types.node_typing(node, opset, low) if plan.is_low(node) else None
                 typings[id(node)] = typing
@@ -59,7 +59,7 @@ class RetypeNodesPass(ir.passes.InPlacePass):
         if not self.context.keep_io_types:
             self._lower_graph_inputs(model)
         modified = False
-        for graph in model.graphs():
+        for graph, _ in all_graphs(model):
             for node in graph:
                 _freeze_like_dtype(node)
                 typing = typings.get(id(node))

@@ -6,6 +6,7 @@ import onnx_ir as ir
 
 from mpcompile import op_types
 from mpcompile.context import ConversionContext
+from mpcompile.graphs import all_graphs
 
 
 class VerifyPass(ir.passes.InPlacePass):
@@ -25,8 +26,7 @@ class VerifyPass(ir.passes.InPlacePass):
         return "VerifyPass()"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
-        for graph in model.graphs():
+        for graph, opset in all_graphs(model):
             _check_topological(graph)
             for node in graph:
                 _check_type_variables(node, opset)
