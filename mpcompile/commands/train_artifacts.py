@@ -126,10 +126,17 @@ def convert_training_folder(
     if output_dir is None:
         raise TrainingError("--training needs -o OUT_DIR (the converted artifact folder)")
     stats = convert_artifacts(
-        artifacts_dir, output_dir, precision, overwrite=overwrite, block_ops=block_ops, block_nodes=block_nodes
+        artifacts_dir,
+        output_dir,
+        precision,
+        overwrite=overwrite,
+        block_ops=block_ops,
+        block_nodes=block_nodes,
     )
     if as_json:
-        click.echo(json.dumps({"artifacts": str(artifacts_dir), "output": str(output_dir), **stats}, indent=2))
+        click.echo(
+            json.dumps({"artifacts": str(artifacts_dir), "output": str(output_dir), **stats}, indent=2)
+        )
     elif not quiet:
         for model, counts in stats.items():
             click.echo(

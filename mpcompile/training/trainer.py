@@ -106,7 +106,9 @@ class Trainer:
             self.optimizer.step()
         self.module.lazy_reset_grad()
         user_outputs = tuple(
-            np.asarray(value) for name, value in zip(self.output_names, outputs, strict=False) if name != ALL_FINITE_OUTPUT
+            np.asarray(value)
+            for name, value in zip(self.output_names, outputs, strict=False)
+            if name != ALL_FINITE_OUTPUT
         )
         return StepResult(
             loss=float(np.asarray(user_outputs[0])),
