@@ -243,6 +243,20 @@ def test_train_artifacts_gradients_are_cast_back_to_fp32(artifacts):
             assert gradient.op_type == "Cast" and gradient.attribute[0].i == FLOAT
 
 
+@pytest.mark.parametrize("variant", ["converted", "train_artifacts"])
+def test_every_training_node_carries_its_decision(artifacts, variant):
+    """What `mpcompile report` reads: forward, backward and loss-scaling nodes all stamped."""
+    model = onnx.load(artifacts["mlp", variant] / "training_model.onnx")
+    stamps = [({p.key: p.value for p in node.metadata_props}, node) for node in model.graph.node]
+    assert all("mpcompile.precision" in meta for meta, _ in stamps)
+    reasons = {meta["mpcompile.reason"] for meta, _ in stamps}
+    assert "loss-scaling" in reasons
+    gradient_gemms = [
+        meta for meta, node in stamps if node.op_type == "Gemm" and node.output[0].endswith("_grad")
+    ]
+    assert gradient_gemms and all(meta["mpcompile.precision"] == "fp16" for meta in gradient_gemms)
+
+
 def test_overflow_skips_step_backs_off_and_grows_after_interval(artifacts, tmp_path):
     x, labels = mlp_task()
     scaler = DynamicLossScaler(init_scale=2.0**16, growth_interval=3)

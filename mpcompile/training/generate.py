@@ -20,9 +20,12 @@ import onnx_ir as ir
 
 from mpcompile import errors, io
 from mpcompile.passes.loss_scaling import LossScalingPass
+from mpcompile.plan import MODEL_PRECISION_KEY, Decision, Reason, read_decision, stamp_decision
+from mpcompile.precision import Precision
 from mpcompile.training import op_rules
 from mpcompile.training.artifacts import ArtifactPaths, save_checked
 
+GRADIENT_BUILDER_RULE = "ort-gradient-builder"
 LOSSES = {
     "crossentropy": "CrossEntropyLoss",
     "mse": "MSELoss",
@@ -177,12 +180,63 @@ def generate_training_artifacts(
             f"onnxruntime could not build the training graph: {_first_line(exc)}"
         ) from None
     paths = ArtifactPaths.find(output_dir)
-    if loss_scaling and precision is not None:
-        training = io.load_model(paths.training_model)
-        LossScalingPass()(training)
-        training.graph.sort()
-        save_checked(training, paths.training_model)
+    if precision is not None:
+        forward_decisions = {
+            node.outputs[0].name: decision
+            for node in model.graph
+            if node.outputs and (decision := read_decision(node)) is not None
+        }
+        for path, scale in ((paths.training_model, loss_scaling), (paths.eval_model, False)):
+            if path is None:
+                continue
+            generated = io.load_model(path)
+            stamp_generated_graph(generated, forward_decisions)
+            if scale:
+                LossScalingPass()(generated)
+                generated.graph.sort()
+            generated.metadata_props[MODEL_PRECISION_KEY] = precision
+            save_checked(generated, path)
     return stats
+
+
+def stamp_generated_graph(model: ir.Model, forward_decisions: dict[str, Decision]) -> None:
+    """Re-stamp decisions on a graph ORT generated (it drops node metadata).
+
+    Forward nodes get the core's decision back (matched by their first output's name). Nodes ORT
+    added (gradients, loss, accumulators) are stamped with the precision ORT typed them in: the
+    type of their first float input (a Cast: its target), reason ``follow``, rule ``ort-gradient-builder``.
+    """
+    dtypes = _float_types(model.graph)
+    for node in model.graph:
+        decision = forward_decisions.get(node.outputs[0].name) if node.outputs else None
+        if decision is None:
+            if node.op_type == "Cast" and node.domain in ("", "ai.onnx"):
+                target = ir.DataType(node.attributes["to"].as_int())
+                decision = Decision(Precision.of_dtype(target), Reason.CAST, GRADIENT_BUILDER_RULE)
+            else:
+                floats = [dtypes[v] for v in node.inputs if v is not None and v in dtypes]
+                precision = Precision.of_dtype(floats[0]) if floats else Precision.NONE
+                decision = Decision(precision, Reason.FOLLOW, GRADIENT_BUILDER_RULE)
+        stamp_decision(node, decision)
+
+
+def _float_types(graph: ir.Graph) -> dict[ir.Value, ir.DataType]:
+    """Float element types of values: declared, Cast targets, else the first float input's type."""
+    floats = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+    types = {v: v.dtype for v in [*graph.inputs, *graph.initializers.values()] if v.dtype in floats}
+    for node in graph:
+        if node.op_type == "Cast" and node.domain in ("", "ai.onnx"):
+            target = ir.DataType(node.attributes["to"].as_int())
+            if target in floats:
+                types[node.outputs[0]] = target
+            continue
+        first = next((types[v] for v in node.inputs if v is not None and v in types), None)
+        for output in node.outputs:
+            if output.dtype in floats:
+                types[output] = output.dtype
+            elif output.dtype is None and first is not None:
+                types[output] = first
+    return types
 
 
 def _artifacts_api():
