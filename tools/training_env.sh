@@ -23,6 +23,8 @@ requirements=(
     "click>=8.1"
     "rich>=13"
     "pytest>=8"
+    "setuptools>=68"
+    "wheel"
 )
 
 install_mpcompile() {
