@@ -6,8 +6,8 @@ Elsewhere these tests skip with the reason printed (pytest -ra).
 What a CPU run shows: ORT's CPU EP has FP32-only training kernels; it runs FP16 nodes in FP32
 behind its own Casts and drops the graph's FP32->FP16->FP32 round trips, so CPU losses equal the
 FP32 losses. These tests therefore check the graph structure (what runs in FP16 on a device with
-FP16 kernels), the loss-scaling mechanics and convergence; FP16 numerics (gradient underflow) are
-checked with the FP16-faithful reference evaluator (mpcompile.training.reference).
+FP16 kernels), the loss-scaling mechanics and convergence; FP16 numerics (200-step training, gradient underflow)
+are checked with the FP16-faithful reference evaluator (mpcompile.training.reference).
 """
 
 from __future__ import annotations
@@ -177,6 +177,100 @@ def test_mixed_precision_training_matches_fp32(artifacts, name, variant):
     assert relative < 0.02
     for param_name, value in trainer.parameters().items():
         assert value.dtype == np.float32, param_name  # checkpoint master weights stay FP32
+
+
+def reference_train(
+    folder: pathlib.Path, build, task, steps: int = STEPS
+) -> tuple[list[float], DynamicLossScaler]:
+    """Train with the FP16-faithful reference evaluator (values kept in their declared types) and a
+    numpy Adam on FP32 master weights: what a device with FP16 kernels computes, unlike ORT CPU."""
+    from onnx.reference import ReferenceEvaluator
+
+    model = onnx.load(folder / "training_model.onnx")
+    evaluator = ReferenceEvaluator(model, new_ops=reference.TRAINING_OPS)
+    input_names = [value.name for value in model.graph.input]
+    scaled = LOSS_SCALE_INPUT in input_names
+    names = [
+        n.removesuffix("_grad.accumulation.buffer") for n in input_names if n.endswith(".accumulation.buffer")
+    ]
+    initial = {t.name: nh.to_array(t) for t in build().graph.initializer}
+    params = {name: initial[name].astype(np.float32) for name in names}
+    first_moment = {name: np.zeros_like(value) for name, value in params.items()}
+    second_moment = {name: np.zeros_like(value) for name, value in params.items()}
+    scaler = DynamicLossScaler()
+    x, labels = task()
+    losses = []
+    updates = 0
+    for step in range(steps):
+        start = (step * BATCH) % len(x)
+        feeds = {"x": x[start : start + BATCH], "labels": labels[start : start + BATCH], **params}
+        feeds["lazy_reset_grad"] = np.array([True])
+        feeds.update({f"{n}_grad.accumulation.buffer": np.zeros_like(v) for n, v in params.items()})
+        if scaled:
+            feeds[LOSS_SCALE_INPUT] = np.array(scaler.scale, np.float32)
+        with np.errstate(all="ignore"):
+            results = evaluator.run(None, feeds, intermediate=True)
+        losses.append(float(results[model.graph.output[0].name]))
+        if scaled and not scaler.update(bool(results[ALL_FINITE_OUTPUT])):
+            continue
+        updates += 1
+        for name in names:
+            grad = results[f"{name}_grad.unscaled" if scaled else f"{name}_grad"].astype(np.float32)
+            first_moment[name] = 0.9 * first_moment[name] + 0.1 * grad
+            second_moment[name] = 0.999 * second_moment[name] + 0.001 * grad * grad
+            m_hat = first_moment[name] / (1 - 0.9**updates)
+            v_hat = second_moment[name] / (1 - 0.999**updates)
+            params[name] = params[name] - LEARNING_RATE * m_hat / (np.sqrt(v_hat) + 1e-8)
+    return losses, scaler
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_reference_gradients_match_ort(artifacts, name):
+    """The reference evaluator's training ops (SoftmaxCrossEntropyLossGrad, LayerNormalizationGrad,
+    ConvGrad, MaxPoolGrad, ReluGrad) reproduce ORT's FP32 gradients."""
+    from onnxruntime.training import api
+
+    build, task = MODELS[name]
+    folder = artifacts[name, "fp32"]
+    x, labels = task()
+    state = api.CheckpointState.load_checkpoint(str(folder / "checkpoint"))
+    module = api.Module(str(folder / "training_model.onnx"), state)
+    module.train()
+    module(x[:BATCH], labels[:BATCH])
+    model = onnx.load(folder / "training_model.onnx")
+    feeds = {"x": x[:BATCH], "labels": labels[:BATCH], "lazy_reset_grad": np.array([True])}
+    names = [
+        v.name.removesuffix("_grad.accumulation.buffer")
+        for v in model.graph.input
+        if v.name.endswith(".buffer")
+    ]
+    initial = {t.name: nh.to_array(t) for t in build().graph.initializer}
+    for param in names:
+        feeds[param] = initial[param]
+        feeds[f"{param}_grad.accumulation.buffer"] = np.zeros_like(initial[param])
+    got = reference.evaluate(model, feeds, [f"{param}_grad" for param in names])
+    for param in names:
+        np.testing.assert_allclose(got[f"{param}_grad"], state.parameters[param].grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_fp16_faithful_training_matches_fp32(artifacts, name):
+    """200 steps with real FP16 rounding (reference evaluator), both mixed-precision paths, vs FP32."""
+    build, task = MODELS[name]
+    fp32_losses, _ = reference_train(artifacts[name, "fp32"], build, task)
+    fp32_final = _tail_mean(fp32_losses)
+    for variant in ("converted", "train_artifacts"):
+        losses, scaler = reference_train(artifacts[name, variant], build, task)
+        final = _tail_mean(losses)
+        relative = abs(final - fp32_final) / fp32_final
+        print(
+            f"{name}/{variant} FP16-faithful: loss {losses[0]:.5f} -> {final:.5f}; FP32 {fp32_losses[0]:.5f} -> "
+            f"{fp32_final:.5f}; relative difference {relative:.2e}; scale {scaler.scale:g}, "
+            f"skipped {scaler.state.skipped_steps}"
+        )
+        assert losses[0] != fp32_losses[0]  # really rounded to FP16 somewhere
+        assert final < 0.5 * losses[0]
+        assert relative < 0.02
 
 
 def value_types(model: onnx.ModelProto) -> dict[str, int]:
