@@ -338,6 +338,23 @@ def test_train_artifacts_gradients_are_cast_back_to_fp32(artifacts):
 
 
 @pytest.mark.parametrize("variant", ["converted", "train_artifacts"])
+def test_report_shows_forward_backward_and_loss_scaling_nodes(artifacts, variant, tmp_path):
+    import json
+
+    out = tmp_path / "report.json"
+    model = artifacts["cnn", variant] / "training_model.onnx"
+    assert main(["report", str(model), "--format", "json", "-o", str(out)]) == 0
+    rows = json.loads(out.read_text())["nodes"]
+    by_op: dict[str, set[str]] = {}
+    for row in rows:
+        by_op.setdefault(row["op_type"], set()).add(row["precision"])
+    assert by_op["Conv"] == {"fp16"} and by_op["ConvGrad"] == {"fp16"}
+    assert "fp16" in by_op["Gemm"] and by_op["InPlaceAccumulatorV2"] == {"fp32"}
+    scaling = [row for row in rows if row["reason"] == "loss-scaling"]
+    assert {row["op_type"] for row in scaling} >= {"Reciprocal", "Mul", "IsInf", "IsNaN", "Not"}
+
+
+@pytest.mark.parametrize("variant", ["converted", "train_artifacts"])
 def test_every_training_node_carries_its_decision(artifacts, variant):
     """What `mpcompile report` reads: forward, backward and loss-scaling nodes all stamped."""
     model = onnx.load(artifacts["mlp", variant] / "training_model.onnx")

@@ -116,7 +116,7 @@ def convert_training_graph(
     low = low_precision_format(precision).precision
     _refuse_low_precision(model)
     plan = plan_training_precision(model.graph, low, block_ops=block_ops, block_nodes=block_nodes)
-    casts = apply_training_precision(model.graph, plan)
+    casts = apply_training_precision(model, plan)
     if loss_scaling:
         LossScalingPass()(model)
     model.graph.sort()

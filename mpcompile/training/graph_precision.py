@@ -16,11 +16,10 @@ from collections.abc import Iterable
 
 import onnx_ir as ir
 
+from mpcompile.casts import CastFactory, NameAuthority
 from mpcompile.plan import Decision, PrecisionPlan, Reason, stamp_decision
 from mpcompile.precision import Precision
 from mpcompile.training import op_rules
-
-CAST_RULE = "training-cast"
 
 
 def plan_training_precision(
@@ -61,9 +60,12 @@ def plan_training_precision(
     return plan
 
 
-def apply_training_precision(graph: ir.Graph, plan: PrecisionPlan) -> int:
-    """Retype low-precision nodes and insert the Casts their boundaries need; return Casts added."""
-    casts = _CastCache(graph)
+def apply_training_precision(model: ir.Model, plan: PrecisionPlan) -> int:
+    """Retype low-precision nodes and insert the Casts their boundaries need; return Casts added.
+
+    Casts come from the core's ``CastFactory``: one per (value, type), right after the producer."""
+    graph = model.graph
+    casts = _Casts(CastFactory(NameAuthority(model)), graph)
     low_outputs: dict[ir.Value, ir.DataType] = {}
     for node in list(graph):
         decision = plan.get(node)
@@ -114,58 +116,27 @@ def _is_data_input(node: ir.Node, index: int) -> bool:
     return rule is not None and index in rule.data_inputs(len(node.inputs))
 
 
-def _restore_graph_output(graph: ir.Graph, value: ir.Value, casts: _CastCache) -> None:
+def _restore_graph_output(graph: ir.Graph, value: ir.Value, casts: _Casts) -> None:
     """Keep a graph output's name and FP32 type: the Cast's output takes over the name."""
     fp32 = casts.get(value, ir.DataType.FLOAT)
     position = next(i for i, out in enumerate(graph.outputs) if out is value)
     graph.outputs[position] = fp32
     original_name = value.name
-    value.name = f"{original_name}.mpcompile_low"
+    value.name = casts.factory.names.unique(f"{original_name}_{value.dtype.name.lower()}")
     fp32.name = original_name
     fp32.shape = value.shape
 
 
-class _CastCache:
-    """One Cast per (value, target type), inserted right after the value's producer."""
+class _Casts:
+    """The factory bound to one graph, counting what it created."""
 
-    def __init__(self, graph: ir.Graph) -> None:
+    def __init__(self, factory: CastFactory, graph: ir.Graph) -> None:
+        self.factory = factory
         self.graph = graph
-        self._casts: dict[tuple[int, ir.DataType], ir.Value] = {}
-        self.count = 0
-        self._names = {node.name for node in graph if node.name}
 
     def get(self, value: ir.Value, dtype: ir.DataType) -> ir.Value:
-        key = (id(value), dtype)
-        if key in self._casts:
-            return self._casts[key]
-        base = f"{value.name}.to_{_short(dtype)}"
-        name = base
-        suffix = 1
-        while name in self._names:
-            suffix += 1
-            name = f"{base}_{suffix}"
-        self._names.add(name)
-        cast = ir.node(
-            "Cast",
-            inputs=[value],
-            attributes={"to": dtype},
-            name=f"mpcompile/{name}",
-            outputs=[ir.Value(name=name, type=ir.TensorType(dtype), shape=value.shape)],
-        )
-        stamp_decision(cast, Decision(Precision.of_dtype(dtype), Reason.CAST, CAST_RULE))
-        producer = value.producer()
-        if producer is not None and producer.graph is self.graph:
-            self.graph.insert_after(producer, cast)
-        elif len(self.graph) > 0:
-            self.graph.insert_before(next(iter(self.graph)), cast)
-        else:
-            self.graph.append(cast)
-        self._casts[key] = cast.outputs[0]
-        self.count += 1
-        return cast.outputs[0]
+        return self.factory.cast(value, dtype, self.graph)
 
-
-def _short(dtype: ir.DataType) -> str:
-    return {ir.DataType.FLOAT: "fp32", ir.DataType.FLOAT16: "fp16", ir.DataType.BFLOAT16: "bf16"}.get(
-        dtype, dtype.name.lower()
-    )
+    @property
+    def count(self) -> int:
+        return self.factory.created
