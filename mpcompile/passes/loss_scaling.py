@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from mpcompile.casts import CastFactory, NameAuthority
 from mpcompile.errors import TrainingError
 from mpcompile.plan import Decision, Reason, stamp_decision
 from mpcompile.precision import Precision
@@ -47,7 +48,7 @@ class LossScalingPass(ir.passes.InPlacePass):
         accumulators = [node for node in graph if (node.domain, node.op_type) == ACCUMULATOR_OP]
         if not accumulators:
             raise TrainingError("no InPlaceAccumulatorV2 node: not an ORT training graph")
-        builder = _Builder(graph)
+        builder = _Builder(model)
 
         loss_scale = ir.Value(
             name=LOSS_SCALE_INPUT, type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape([])
@@ -154,28 +155,29 @@ def _gradient_name(buffer: ir.Value, gradient: ir.Value) -> str:
 
 
 class _Builder:
-    """Creates the pass's nodes with unique names, types and the ``loss-scaling`` stamp."""
+    """Creates the pass's nodes with unique names, types and the ``loss-scaling`` stamp.
 
-    def __init__(self, graph: ir.Graph) -> None:
-        self.graph = graph
-        self.names: set[str] = {v.name for v in graph.inputs if v.name} | set(graph.initializers)
-        for node in graph:
-            self.names.update(o.name for o in node.outputs if o.name)
-        self.node_names: set[str] = {node.name for node in graph if node.name}
+    Names come from the core's ``NameAuthority`` and Casts from its ``CastFactory``."""
+
+    def __init__(self, model: ir.Model) -> None:
+        self.graph = model.graph
+        self.names = NameAuthority(model)
+        self.casts = CastFactory(self.names)
 
     def _make(self, op_type: str, inputs, attributes, name: str, dtype: ir.DataType) -> ir.Node:
-        name = _unique(name, self.names)
-        assert not name.endswith("_grad"), name
-        self.names.add(name)
-        node_name = _unique(f"mpcompile/loss_scaling/{name}", self.node_names)
-        self.node_names.add(node_name)
-        node = ir.node(
-            op_type,
-            inputs=inputs,
-            attributes=attributes,
-            name=node_name,
-            outputs=[ir.Value(name=name, type=ir.TensorType(dtype))],
-        )
+        if name.endswith("_grad"):
+            name += "_"  # ORT treats names ending in _grad as gradients
+        if op_type == "Cast":
+            node = self.casts.make_cast_node(inputs[0], attributes["to"])
+            node.outputs[0].name = self.names.unique(name)
+        else:
+            node = ir.node(
+                op_type,
+                inputs=inputs,
+                attributes=attributes,
+                outputs=[ir.Value(name=self.names.unique(name), type=ir.TensorType(dtype))],
+            )
+        node.name = self.names.unique(f"mpcompile/loss_scaling/{name}")
         computes_float = any(v is not None and v.dtype in (ir.DataType.FLOAT, None) for v in inputs)
         precision = Precision.FP32 if computes_float or dtype == ir.DataType.FLOAT else Precision.NONE
         stamp_decision(node, Decision(precision, Reason.LOSS_SCALING, RULE))
@@ -192,13 +194,3 @@ class _Builder:
         node = self._make(op_type, inputs, attributes, name, dtype)
         self.graph.append(node)
         return node.outputs[0]
-
-
-def _unique(name: str, taken: set[str]) -> str:
-    if name.endswith("_grad"):
-        name += "_"  # ORT treats names ending in _grad as gradients
-    candidate, counter = name, 1
-    while candidate in taken:
-        counter += 1
-        candidate = f"{name}_{counter}"
-    return candidate

@@ -16,8 +16,8 @@ import shutil
 import onnx
 import onnx_ir as ir
 
-from mpcompile import errors, io
-from mpcompile.passes.loss_scaling import ACCUMULATION_BUFFER_SUFFIX, LossScalingPass
+from mpcompile import __version__, errors, io
+from mpcompile.passes.loss_scaling import ACCUMULATION_BUFFER_SUFFIX, LOSS_SCALE_INPUT, LossScalingPass
 from mpcompile.plan import MODEL_PRECISION_KEY, MODEL_VERSION_KEY, PRECISION_KEY
 from mpcompile.precision import Precision, low_precision_format
 from mpcompile.training import op_rules
@@ -90,9 +90,9 @@ class TrainingGraphLayout:
         parameters = [
             n
             for n in names[first_parameter:]
-            if n not in buffers and n != LAZY_RESET_GRAD and n != "loss_scale"
+            if n not in buffers and n not in (LAZY_RESET_GRAD, LOSS_SCALE_INPUT)
         ]
-        user_inputs = [n for n in names[:first_parameter] if n != "loss_scale"]
+        user_inputs = [n for n in names[:first_parameter] if n != LOSS_SCALE_INPUT]
         outputs = [value.name or "" for value in graph.outputs]
         return cls(
             user_inputs=user_inputs,
@@ -121,7 +121,7 @@ def convert_training_graph(
         LossScalingPass()(model)
     model.graph.sort()
     model.metadata_props[MODEL_PRECISION_KEY] = precision
-    model.metadata_props[MODEL_VERSION_KEY] = _version()
+    model.metadata_props[MODEL_VERSION_KEY] = __version__
     low_nodes = sum(1 for _, decision in plan.items() if decision.is_low)
     return {"nodes": len(plan), "low_precision_nodes": low_nodes, "casts_added": casts}
 
@@ -199,12 +199,3 @@ def _refuse_low_precision(model: ir.Model) -> None:
         for node in model.graph
     ):
         raise errors.AlreadyLowPrecisionError("the training graph was already converted by mpcompile")
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("mpcompile")
-    except PackageNotFoundError:
-        return "0+unknown"

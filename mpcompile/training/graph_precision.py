@@ -20,6 +20,7 @@ from mpcompile.casts import CastFactory, NameAuthority
 from mpcompile.plan import Decision, PrecisionPlan, Reason, stamp_decision
 from mpcompile.precision import Precision
 from mpcompile.training import op_rules
+from mpcompile.values import set_dtype
 
 
 def plan_training_precision(
@@ -86,7 +87,7 @@ def apply_training_precision(model: ir.Model, plan: PrecisionPlan) -> int:
             output = node.outputs[index]
             if output.name == "":
                 continue
-            output.dtype = low
+            set_dtype(output, low)
             low_outputs[output] = low
     # Consumers outside the low-precision region (FP32 nodes, subgraphs, graph outputs) read FP32.
     for value, low in low_outputs.items():
