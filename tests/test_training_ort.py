@@ -458,6 +458,39 @@ def test_underflow_rescue_on_rewritten_ort_graph(tmp_path):
     np.testing.assert_allclose(got[2.0**16], want, rtol=5e-3)
 
 
+@pytest.mark.parametrize("loss", ["mse", "bcewithlogits"])
+def test_loss_subgraph_stays_fp32_for_other_losses(tmp_path, loss):
+    """MSELoss/BCEWithLogitsLoss are built from follow ops (Sub, Pow, Sigmoid, ...): still FP32."""
+    onnx.save(mlp_with_layer_norm(), tmp_path / "m.onnx")
+    assert (
+        main(
+            [
+                "train-artifacts",
+                str(tmp_path / "m.onnx"),
+                "-o",
+                str(tmp_path / "fp32"),
+                "--loss",
+                loss,
+                "--precision",
+                "fp32",
+            ]
+        )
+        == 0
+    )
+    convert_artifacts(tmp_path / "fp32", tmp_path / "mixed")
+    model = onnx.load(tmp_path / "mixed" / "training_model.onnx")
+    types = value_types(model)
+    loss_nodes = [node for node in model.graph.node if node.name.startswith("onnx::")]
+    assert loss_nodes
+    for node in loss_nodes:
+        assert all(types.get(i) != FLOAT16 for i in node.input), node.name
+    trainer = Trainer(tmp_path / "mixed")
+    x, _ = mlp_task()
+    target = np.tanh(x[:BATCH, :4])
+    losses = [trainer.train_step(x[:BATCH], target).loss for _ in range(20)]
+    assert losses[-1] < losses[0]
+
+
 def test_train_artifacts_refuses_bad_input(tmp_path):
     onnx.save(mlp_with_layer_norm(), tmp_path / "m.onnx")
     assert (

@@ -43,6 +43,8 @@ def plan_training_precision(
             decision = Decision(Precision.FP32, Reason.USER_BLOCK_OP, node.op_type)
         elif any(p.fullmatch(name) for p in node_patterns):
             decision = Decision(Precision.FP32, Reason.USER_BLOCK_NODE, name)
+        elif name.startswith(op_rules.LOSS_SUBGRAPH_NODE_PREFIX):
+            decision = Decision(Precision.FP32, Reason.BLOCK, "training:loss-subgraph")
         elif rule is None:
             decision = Decision(Precision.FP32, Reason.BLOCK, f"training:{node.op_type}")
         elif not _data_inputs_are_float(node, rule):

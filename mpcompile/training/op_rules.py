@@ -92,6 +92,12 @@ LOW_PRECISION_OPS: dict[tuple[str, str], OpRule] = {
     # it creates a CPU session for a training graph with an FP16 MaxPoolGrad; they only move data.
 }
 
+# ORT's loss blocks (onnxruntime.training.onnxblock) name their nodes "onnx::<Op>::<n>", and the
+# gradient builder names each gradient node "<forward node name>_Grad/...". Nodes with this prefix
+# form the loss subgraph and its gradient, which stay FP32 even when made of follow ops (MSELoss's
+# Sub/Pow, BCEWithLogitsLoss's Sigmoid, ...).
+LOSS_SUBGRAPH_NODE_PREFIX = "onnx::"
+
 # Forward ops the training policy keeps FP32 on top of the core policy, because of the gradient
 # ORT builds for them: an FP16 MaxPool gets an FP16 MaxPoolGrad (see above).
 FORWARD_BLOCK_OPS = ("MaxPool",)
