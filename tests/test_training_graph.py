@@ -202,6 +202,29 @@ def test_training_rewrite_keeps_parameters_buffers_and_loss_fp32():
     check_training_model(ir.to_proto(model))
 
 
+def test_bf16_rewrite_types_gemms_bf16_and_passes_the_checker():
+    model = converted(training_graph(mlp_params(np.random.default_rng(0)), hidden=True), precision="bf16")
+    by_output = nodes_by_output(model)
+    for name in ("h", "logits", "w2_grad", "w1_grad"):
+        assert by_output[name].outputs[0].dtype == ir.DataType.BFLOAT16, name
+    check_training_model(ir.to_proto(model))
+
+
+def test_train_artifacts_without_the_training_runtime_is_a_clear_error(tmp_path, capsys):
+    try:
+        import onnxruntime.training.artifacts  # noqa: F401
+
+        pytest.skip("onnxruntime-training is installed here; this checks the error without it")
+    except ImportError:
+        pass
+    from mpcompile.cli import main
+
+    onnx.save(training_graph(mlp_params(np.random.default_rng(0)), hidden=True), tmp_path / "m.onnx")
+    assert main(["train-artifacts", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out")]) == 14
+    assert "tools/training_env.sh" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_training_rewrite_refuses_converted_graph():
     model = converted(training_graph(mlp_params(np.random.default_rng(0)), hidden=True))
     with pytest.raises(AlreadyLowPrecisionError):

@@ -177,6 +177,9 @@ def test_mixed_precision_training_matches_fp32(artifacts, name, variant):
     assert relative < 0.02
     for param_name, value in trainer.parameters().items():
         assert value.dtype == np.float32, param_name  # checkpoint master weights stay FP32
+    x, labels = task()
+    eval_loss = trainer.eval_step(x[:128], labels[:128])  # the converted eval model
+    assert np.isfinite(eval_loss) and eval_loss < 0.5 * mixed_losses[0]
 
 
 def reference_train(
