@@ -1,6 +1,6 @@
 """End-to-end mixed-precision training with onnxruntime-training (the separate training environment).
 
-Run with: bash tools/training_env.sh && .venv-training/bin/python -m pytest -m training tests/
+Run with: bash tools/training_env.sh && .venv-training/bin/python -m pytest -m training tests/test_training_ort.py
 Elsewhere these tests skip with the reason printed (pytest -ra).
 
 What a CPU run shows: ORT's CPU EP has FP32-only training kernels; it runs FP16 nodes in FP32
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.training
 pytest.importorskip(
     "onnxruntime.training.api",
     reason="onnxruntime-training is not installed (run: bash tools/training_env.sh; "
-    ".venv-training/bin/python -m pytest -m training tests/)",
+    ".venv-training/bin/python -m pytest -m training tests/test_training_ort.py)",
 )
 
 from mpcompile.cli import main  # noqa: E402
