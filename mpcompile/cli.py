@@ -24,9 +24,16 @@ def _register_commands() -> None:
     from mpcompile.commands.convert import convert_command
     from mpcompile.commands.report import report_command
     from mpcompile.commands.targets import targets_command
+    from mpcompile.commands.train_artifacts import train_artifacts_command
     from mpcompile.commands.validate import validate_command
 
-    for command in (convert_command, validate_command, report_command, targets_command):
+    for command in (
+        convert_command,
+        validate_command,
+        report_command,
+        targets_command,
+        train_artifacts_command,
+    ):
         cli.add_command(command)
 
 

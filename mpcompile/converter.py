@@ -163,6 +163,8 @@ def convert_file(
     result = _convert_ir(model, opts, on_pass_start=on_pass_start)
     if result.already_converted:
         raise errors.AlreadyLowPrecisionError(f"{source}: {result.notes[-1]}; nothing to do")
+    if on_pass_start is not None:
+        on_pass_start("saving and checking")
     io.save_model(
         result.model,
         target,
