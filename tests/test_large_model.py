@@ -30,11 +30,11 @@ def test_peak_memory_well_under_weights_plus_fp16_copy(numbers: dict) -> None:
     weights = numbers["weight_bytes"]
     holding_everything = weights + weights // 2  # all FP32 weights plus their FP16 copies
     # RSS sampled every 5 ms during the conversion (it counts mapped weight pages too): streaming
-    # with release keeps its growth under a third of holding everything. ru_maxrss, a high-water
-    # mark that the imports may already have set, must stay under it as well.
+    # with release keeps its growth under a third of holding everything. ru_maxrss is printed but
+    # not asserted: it is a high-water mark that imports (onnxruntime's mapped library, whose
+    # resident pages depend on the page cache) already set at 109-212 MiB in our runs.
     grown = numbers["peak_sampled_rss_bytes"] - numbers["rss_at_start_bytes"]
     assert grown < holding_everything / 3, large_model.describe(numbers)
-    assert numbers["peak_rss_bytes"] < numbers["rss_at_start_bytes"] + holding_everything / 3
     assert numbers["peak_anon_rss_bytes"] - numbers["rss_at_start_bytes"] < weights / 4
 
 
