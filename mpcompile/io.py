@@ -193,11 +193,23 @@ def save_model(
 
 def _user_error(exc: OSError, path: pathlib.Path) -> BaseException:
     """The MpcompileError for an OSError met while writing ``path`` (or the error itself)."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or _short_write_on_full_disk(exc, path):
         return errors.DiskFullError(f"{path}: no space left on device while writing")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR):
         return errors.OutputNotWritableError(f"{path}: not writable ({exc.strerror})")
     return exc
+
+
+def _short_write_on_full_disk(exc: OSError, path: pathlib.Path) -> bool:
+    """numpy's tofile (used for external data) reports a full disk as an errno-less OSError
+    '65536 requested and 32768 written'; confirm with the free space left."""
+    if exc.errno is not None or "written" not in str(exc):
+        return False
+    try:
+        stats = os.statvfs(path.parent)
+    except OSError:
+        return True
+    return stats.f_bavail * stats.f_frsize < 2**20
 
 
 def set_default_permissions(path: str | os.PathLike) -> None:

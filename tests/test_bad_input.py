@@ -435,19 +435,26 @@ def test_disk_full_during_write_simulated(run_cli, tmp_path: pathlib.Path, monke
     refused_without_side_effects(run_cli, tmp_path, source, ExitCode.DISK_FULL, "space")
 
 
-def test_disk_full_on_a_real_small_filesystem(run_cli, tmp_path: pathlib.Path) -> None:
+def wide_model() -> onnx.ModelProto:
+    """The tiny model with a 256x256 weight: 256 KiB in FP32, 128 KiB in FP16."""
     model = tiny_fp32_model()
     big = numpy_helper.from_array(np.ones((256, 256), np.float32), "W")  # 256 KiB in, 128 KiB out
     model.graph.initializer[0].CopyFrom(big)
     model.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 256]))
     model.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.zeros(256, np.float32), "b"))
     model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 256]))
-    source = save(model, tmp_path / "model.onnx")
+    return model
+
+
+@pytest.mark.parametrize("external", [False, True], ids=["inline", "external-data"])
+def test_disk_full_on_a_real_small_filesystem(run_cli, tmp_path: pathlib.Path, external: bool) -> None:
+    source = save(wide_model(), tmp_path / "model.onnx")
     before = source.read_bytes()
+    flags = ["--external-data"] if external else []
     with mounted_tmpfs(tmp_path / "small", "64k") as small:
-        result = run_cli("convert", source, "-o", small / "out.onnx")
+        result = run_cli("convert", source, "-o", small / "out.onnx", *flags)
         assert_refused(result, ExitCode.DISK_FULL, "space")
-        assert list(small.iterdir()) == []
+        assert list(small.iterdir()) == [], "partial output, temporary or .data file left behind"
     assert source.read_bytes() == before
 
 
