@@ -491,3 +491,22 @@ def test_output_gets_the_usual_file_mode(run_cli, tmp_path: pathlib.Path) -> Non
     umask = os.umask(0)
     os.umask(umask)
     assert output.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_overwrite_a_model_with_external_data(run_cli, tmp_path: pathlib.Path) -> None:
+    """Replacing the input in place while its weights live in model.onnx.data, the very file
+    the output's weights go to."""
+    import onnxruntime as ort
+
+    model = wide_model()
+    onnx.save(model, str(tmp_path / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
+    source = tmp_path / "model.onnx"
+    x = np.random.default_rng(3).uniform(-1, 1, (2, 256)).astype(np.float32)
+    want = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    result = run_cli("convert", source, "-o", source, "--overwrite", "--external-data")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+    onnx.checker.check_model(str(source), full_check=True)
+    got = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    # CPU EP (understates FP16 error); 256-term dot products of |x| <= 1 and weights of 1.
+    np.testing.assert_allclose(got, want, rtol=1e-2, atol=0.5)
