@@ -24,6 +24,9 @@ def _register_commands() -> None:
     from mpcompile.commands import convert
 
     cli.add_command(convert.convert_command)
+    from mpcompile.commands.validate import validate_command
+
+    cli.add_command(validate_command)
 
 
 _register_commands()
