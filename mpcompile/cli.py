@@ -27,6 +27,8 @@ def _register_commands() -> None:
     from mpcompile.commands.validate import validate_command
 
     cli.add_command(validate_command)
+    from mpcompile.commands import report
+    cli.add_command(report.report_command)
 
 
 _register_commands()
