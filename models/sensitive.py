@@ -157,7 +157,13 @@ def two_regions(features: int = 32, offset: float = 1000.0, opset: int = 17) -> 
     return g.model(opset, doc="sensitive: two FP16 regions, a cancellation in the second")
 
 
-def deep_mixed(layers: int = 12, features: int = 64, opset: int = 17) -> onnx.ModelProto:
+def deep_mixed(
+    layers: int = 12,
+    features: int = 64,
+    cancel_after: int | None = 3,
+    overflow_after: int | None = 8,
+    opset: int = 17,
+) -> onnx.ModelProto:
     """A deep MLP (MatMul/Add/Relu layers) with a cancellation after layer 3 and a MatMul/Mul
     overflow chain after layer 8: a mid-size benchmark for ``--auto`` against bisection."""
     g = GraphBuilder("deep_mixed")
@@ -165,10 +171,10 @@ def deep_mixed(layers: int = 12, features: int = 64, opset: int = 17) -> onnx.Mo
     h = x
     for layer in range(layers):
         h = _mlp_head(g, h, features, f"layer{layer}")
-        if layer == 3:
+        if layer == cancel_after:
             shifted = g.op("Add", [h, g.const("offset", _f32(1000.0))], name="planted/Offset")
             h = g.op("Sub", [shifted, g.const("unoffset", _f32(1000.0))], name="planted/Unoffset")
-        if layer == 8:
+        if layer == overflow_after:
             a = g.op("Mul", [h, g.const("amplify", _f32(2e4))], name="Amplify")
             m = g.op("MatMul", [a, g.weight("mix", [features, features], scale=3.0)], name="planted/Mix")
             h = g.op("Mul", [m, g.const("attenuate", _f32(1e-4))], name="planted/Attenuate")
@@ -187,6 +193,7 @@ SENSITIVE: dict[str, Callable[[], onnx.ModelProto]] = {
     "sensitive_cancellation": cancellation,
     "sensitive_two_regions": two_regions,
     "sensitive_deep_mixed": deep_mixed,
+    "sensitive_deep_overflow": lambda: deep_mixed(cancel_after=None),
 }
 
 _CANCEL = frozenset({"planted/Offset", "planted/Unoffset"})
@@ -206,6 +213,7 @@ PLANTED: dict[str, Planted] = {
     "sensitive_cancellation": Planted(_CANCEL, "sensitivity"),
     "sensitive_two_regions": Planted(_CANCEL, "sensitivity"),
     "sensitive_deep_mixed": Planted(_CANCEL | _OVERFLOW, "mixed"),
+    "sensitive_deep_overflow": Planted(_OVERFLOW, "range"),
 }
 
 __all__ = ["PLANTED", "SENSITIVE", "Planted"]
