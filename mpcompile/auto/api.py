@@ -69,7 +69,8 @@ class AutoResult:
         return self.convert_result.plan
 
     def to_dict(self) -> dict[str, Any]:
-        """The record saved in the model metadata under ``mpcompile.auto`` (docs/auto.md)."""
+        """The record saved in the model metadata under ``mpcompile.auto`` (docs/auto.md); no
+        timings, so two runs on the same model and inputs write identical files."""
         return {
             "version": TRACE_VERSION,
             "criterion": self.criterion.to_dict(),
@@ -83,13 +84,15 @@ class AutoResult:
             "range_blocked": dict(sorted(self.range_blocked.items())),
             "sensitivity_blocked": dict(sorted(self.sensitivity_blocked.items())),
             "steps": [step.to_dict() for step in self.trace],
-            "seconds": round(self.seconds, 3),
             "notes": list(self.notes),
         }
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready summary: the conversion's plus the ``auto`` record."""
-        return {**self.convert_result.summary(), "auto": self.to_dict()}
+        return {
+            **self.convert_result.summary(),
+            "auto": {**self.to_dict(), "seconds": round(self.seconds, 3)},
+        }
 
 
 def auto_convert(
