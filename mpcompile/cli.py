@@ -21,14 +21,13 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def _register_commands() -> None:
     # Each command module is imported here; heavy dependencies stay inside the command bodies.
-    from mpcompile.commands import convert
-
-    cli.add_command(convert.convert_command)
+    from mpcompile.commands.convert import convert_command
+    from mpcompile.commands.report import report_command
+    from mpcompile.commands.targets import targets_command
     from mpcompile.commands.validate import validate_command
 
-    cli.add_command(validate_command)
-    from mpcompile.commands import report
-    cli.add_command(report.report_command)
+    for command in (convert_command, validate_command, report_command, targets_command):
+        cli.add_command(command)
 
 
 _register_commands()

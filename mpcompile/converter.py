@@ -12,7 +12,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from mpcompile import errors, io
+from mpcompile import errors, io, targets
 from mpcompile.casts import CastFactory, NameAuthority
 from mpcompile.context import ConversionContext, ConvertStats
 from mpcompile.graphs import all_graphs
@@ -25,7 +25,7 @@ from mpcompile.targets.base import Target
 
 ModelLike = onnx.ModelProto | ir.Model | str | os.PathLike
 
-DEFAULT_TARGET = "any"
+DEFAULT_TARGET = targets.DEFAULT_TARGET
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +40,7 @@ class ConvertOptions:
     block_nodes: tuple[str, ...] = ()
     policy: str | os.PathLike | None = None  # TOML file with the same fields
     allow_qdq: bool = False
+    optimize: str | None = None  # run ORT's graph optimisation first: basic | extended | transformer
     verify: bool = True  # run onnx.checker (full) on the result
     check_invariants: bool = False  # check our invariants after every pass (debugging)
     dump_dir: str | os.PathLike | None = None
@@ -200,6 +201,10 @@ def _convert_ir(
     )
     low = low_precision_format(str(precision))
     target = get_target(target_name) if isinstance(target_name, str) else target_name
+    if opts.optimize:
+        from mpcompile.optimize import optimize_model
+
+        model = ir.from_proto(optimize_model(model, opts.optimize, target))
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
     if opset < low.min_opset:
         raise errors.UnsupportedOpsetError(

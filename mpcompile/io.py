@@ -173,6 +173,7 @@ def save_model(
             ir.save(model, temp_name)
         if verify is not None:
             verify(temp_name)
+        set_default_permissions(temp_name)
         os.replace(temp_name, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -192,6 +193,13 @@ def save_model(
             with contextlib.suppress(OSError):
                 os.unlink(data_path)
         raise
+
+
+def set_default_permissions(path: str | os.PathLike) -> None:
+    """Give a file made by ``tempfile.mkstemp`` (mode 0600) the mode a plain ``open`` would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _has_external_tensors(model: ir.Model) -> bool:

@@ -109,7 +109,7 @@ def node_typing(node: ir.Node, opset: int, low_dtype: ir.DataType) -> NodeTyping
         return _contrib_typing(node, CONTRIB_TYPING[key])
     schema = get_schema(node.domain, node.op_type, opset)
     if schema is None:
-        return None
+        return kernel_signature_typing(node)
     if node.op_type == "Cast" and node.domain == "":
         return _cast_typing(node)
     constraints = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
@@ -169,3 +169,76 @@ def _contrib_typing(node: ir.Node, rule: ContribRule) -> NodeTyping:
         if index not in rule.keep_outputs and _dtype(value) in (FLOAT, None)
     )
     return NodeTyping(float_inputs, float_outputs, low_allowed=True, type_variable="T")
+
+
+def kernel_signature_typing(node: ir.Node) -> NodeTyping | None:
+    """Typing of an op onnx has no schema for, from ONNX Runtime's kernel signatures.
+
+    ORT's operator-kernel tables name each input's and output's type parameter (``*in*
+    X:**T**``); the parameter of the first float32 input is the primary one, as for schemas.
+    None when ORT registers no such op either.
+    """
+    from mpcompile.targets.kernel_table import op_signatures
+
+    signatures = op_signatures(node.domain, node.op_type)
+    if not signatures:
+        return None
+    signature = signatures[0]
+
+    def formal(params, index: int) -> str | None:
+        if index < len(params):
+            return params[index].type
+        return params[-1].type if params and params[-1].variadic else None
+
+    primary = next(
+        (
+            formal(signature.inputs, index)
+            for index, value in enumerate(node.inputs)
+            if _dtype(value) == FLOAT
+            and formal(signature.inputs, index)
+            and not formal(signature.inputs, index).startswith("tensor(")
+        ),
+        None,
+    )
+    if primary is None:
+        return NodeTyping((), (), low_allowed=False)
+    float_inputs = tuple(
+        index
+        for index, value in enumerate(node.inputs)
+        if _dtype(value) == FLOAT and formal(signature.inputs, index) == primary
+    )
+    float_outputs = tuple(
+        index for index, _ in enumerate(node.outputs) if formal(signature.outputs, index) == primary
+    )
+    return NodeTyping(float_inputs, float_outputs, low_allowed=True, type_variable=primary)
+
+
+def output_dtypes_from_inputs(node: ir.Node) -> list[ir.DataType | None]:
+    """For an op without an onnx schema: each output's dtype, taken from an input bound to the
+    same type parameter in ORT's kernel signature (None where that cannot tell)."""
+    from mpcompile.targets.kernel_table import op_signatures
+
+    signatures = op_signatures(node.domain, node.op_type)
+    if not signatures:
+        return [None] * len(node.outputs)
+    signature = signatures[0]
+    by_parameter: dict[str, ir.DataType] = {}
+    for param, value in zip(signature.inputs, node.inputs, strict=False):
+        if value is not None and value.dtype is not None:
+            by_parameter.setdefault(param.type, value.dtype)
+    result: list[ir.DataType | None] = []
+    for index in range(len(node.outputs)):
+        param = signature.outputs[index].type if index < len(signature.outputs) else None
+        if param is None:
+            result.append(None)
+        elif param.startswith("tensor("):
+            result.append(_literal_dtype(param))
+        else:
+            result.append(by_parameter.get(param))
+    return result
+
+
+def _literal_dtype(type_string: str) -> ir.DataType | None:
+    name = type_string.removeprefix("tensor(").removesuffix(")").upper()
+    aliases = {"FLOAT32": "FLOAT", "FLOAT64": "DOUBLE"}
+    return getattr(ir.DataType, aliases.get(name, name), None)

@@ -258,3 +258,42 @@ def test_accepts_a_path(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(overflow_model(), str(path))
     assert np.isposinf(faithful.run(path, {"x": np.array([65504], np.float32)})["y"]).all()
+
+
+def test_untyped_contrib_op_outputs_are_rounded():
+    """com.microsoft ops are unknown to onnx shape inference: their FP16 outputs are found from
+    their inputs, also along a chain of them."""
+    model = helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("Gelu", ["x"], ["g1"], domain="com.microsoft"),
+                helper.make_node("Gelu", ["g1"], ["g2"], domain="com.microsoft"),
+                helper.make_node("Mul", ["g2", "big"], ["y"]),
+            ],
+            "contrib",
+            [tensor("x", [8], FP16)],
+            [tensor("y", [8], FP16)],
+            [numpy_helper.from_array(np.full(8, 1000.0, np.float16), "big")],
+        ),
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+    )
+    model.ir_version = 10
+    evaluation, _ = faithful.build_faithful_model(model)
+    rounded = {
+        n.inputs[0].name for n in evaluation.graph if n.metadata_props.get(faithful.ROUNDING_TAG) == "1"
+    }
+    assert {"g1__unrounded", "g2__unrounded", "y__unrounded"} <= rounded
+    x = np.linspace(-3, 80, 8).astype(np.float16)
+    got = faithful.run(model, {"x": x}, intermediates=["g1", "g2"])
+    erf = np.vectorize(math.erf)
+
+    def gelu(v):
+        v = v.astype(np.float64)
+        return (0.5 * v * (1 + erf(v / math.sqrt(2)))).astype(np.float32).astype(np.float16)
+
+    g1 = gelu(x)
+    np.testing.assert_allclose(got["g1"].astype(np.float32), g1.astype(np.float32), rtol=2**-10)
+    with np.errstate(over="ignore"):
+        expected_y = (gelu(got["g1"]).astype(np.float32) * 1000).astype(np.float16)
+    assert got["y"].dtype == np.float16 and np.isposinf(got["y"][-1])  # 80 * 1000 overflows FP16
+    np.testing.assert_allclose(got["y"].astype(np.float32), expected_y.astype(np.float32), rtol=2**-9)

@@ -234,3 +234,36 @@ def test_shapes_computed_from_shape_ops_are_folded():
     model = model_of(nodes, [tensor("x", ["batch", "seq", 8])], [tensor("y", ["batch", "seq", 8])], inits)
     audit = by_name(audit_model(model, shapes=["seq=10", "batch=2"]))
     assert audit["add"].flops == 2 * 10 * 8
+
+
+def test_failed_shape_inference_is_noted_without_a_traceback(monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("inference exploded")
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", broken)
+    audit = audit_model(mixed_model())
+    assert audit.shape_inference_ok is False
+    assert any("shape inference failed" in note for note in audit.notes)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_local_function_bodies_are_listed():
+    model = ir.from_onnx_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17, "local" : 1]>
+        g (float[2,4] x) => (float[2,4] y) {
+          y = local.Scale(x)
+        }
+        <domain: "local", opset_import: ["" : 17]>
+        Scale (a) => (b) {
+          two = Constant<value = float {2.0}>()
+          b = Mul(a, two)
+        }
+        """
+    )
+    audit = audit_model(model)
+    assert [(n.graph, n.op_type) for n in audit.nodes] == [
+        ("main", "Scale"),
+        ("function local::Scale", "Constant"),
+        ("function local::Scale", "Mul"),
+    ]

@@ -120,3 +120,16 @@ def test_format_from_extension():
 
     with pytest.raises(ReportOptionError):
         format_for_path("report.pdf")
+
+
+def test_narrow_terminal_keeps_the_essential_columns():
+    from rich.console import Console
+
+    from mpcompile.report.terminal import node_table
+
+    audit = build_report(mixed_model())
+    console = Console(file=io.StringIO(), width=80, force_terminal=True)
+    narrow = [c.header for c in node_table(audit, ReportView(), console.width).columns]
+    assert narrow == ["node", "op", "precision", "FLOPs"]
+    wide = [c.header for c in node_table(audit, ReportView()).columns]
+    assert {"reason", "rule", "in", "out", "casts", "weights"} <= set(wide)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 
+import onnx
 import pytest
 
 import models
-from mpcompile import convert
+from mpcompile import convert, convert_file
 from mpcompile.report import build_report, render, write_report
 from mpcompile.report.summary import summarize
 
@@ -89,3 +91,23 @@ def test_write_report_for_convert(tmp_path):
     assert page.startswith("<!DOCTYPE html>") and "<svg" in page
     assert audit.compare is not None
     assert render(audit, "json").startswith("{")
+
+
+def test_bf16_numerics_use_bf16_rounding():
+    original = models.ZOO["mlp"]()
+    audit = build_report(convert(original, precision="bf16").model, original=original, numerics=True)
+    assert audit.numerics["low_precision"] == "bf16"
+    # BF16 keeps 8 significand bits: per-node storage error ~2^-9 relative, well under 5e-2 here.
+    assert 0 < audit.numerics["output_errors"]["y"]["error_rel"] < 5e-2
+    assert audit.numerics["overflow_nodes"] == []
+
+
+def test_write_report_from_paths_as_convert_would(tmp_path):
+    source = tmp_path / "mlp.onnx"
+    onnx.save(models.ZOO["mlp"](), source)
+    output = tmp_path / "mlp.fp16.onnx"
+    convert_file(source, output)
+    write_report(output, tmp_path / "report.json", original=source)
+    document = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    assert document["model"]["name"] == "mlp.fp16.onnx" and document["compare"]["original"] == "mlp.onnx"
+    assert document["model"]["converted_by_mpcompile"] is True

@@ -6,6 +6,7 @@ import json
 import sys
 
 import numpy as np
+import onnx
 import pytest
 from test_validate_models import mlp_fp32, overflow_model, overflow_model_fp32, save, to_fp16
 
@@ -203,3 +204,71 @@ def test_bf16_model_without_cpu_kernels_gets_faithful_accuracy_only():
     assert cpu.accuracy_mode == "fp16-faithful" and cpu.status == "passed", result.to_json()
     assert cpu.latency.original is not None and cpu.latency.converted is None and cpu.latency.speedup is None
     assert "does not run natively" in cpu.reason and lines == [cpu.reason]
+
+
+def test_validate_or_raise_for_convert(mlp_paths, capsys):
+    from mpcompile.commands.validate import ValidationFailedError, validate_or_raise
+
+    validate_or_raise(*mlp_paths, runs=0)
+    assert "PASSED" in capsys.readouterr().out
+    with pytest.raises(ValidationFailedError) as failure:
+        validate_or_raise(*mlp_paths, runs=0, atol=["0"], rtol=["0"])
+    assert failure.value.exit_code == errors.ExitCode.VALIDATION_FAILED
+
+
+def test_converted_model_with_fp16_inputs_and_outputs():
+    original = mlp_fp32()
+    converted = mpcompile.convert(original, keep_io_types=False).model
+    result = validate_api.validate(original, converted, runs=1, warmup=0)
+    (cpu,) = [row for row in result.eps if row.provider == "CPUExecutionProvider"]
+    assert result, result.to_json()
+    declared = {value.name: value.type.tensor_type.elem_type for value in converted.graph.output}
+    for output in cpu.outputs:  # each output keeps the dtype the converted model declares
+        assert output.dtype == ("float16" if declared[output.name] == onnx.TensorProto.FLOAT16 else "float32")
+        assert output.reference_dtype == "float32"
+    assert "float16" in {o.dtype for o in cpu.outputs}
+    assert cpu.latency.converted is not None
+
+
+def test_user_inputs_are_cast_and_bad_shapes_are_usage_errors(mlp_paths, tmp_path, capsys):
+    good = tmp_path / "good.npz"
+    np.savez(good, x=np.ones((2, 16), np.float64))  # float64 data for a float input: cast
+    assert main(["validate", *mlp_paths, "--inputs", str(good), "--runs", "0"]) == 0
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.ones((2, 7), np.float32))
+    assert main(["validate", *mlp_paths, "--inputs", str(bad), "--runs", "0"]) == int(errors.ExitCode.USAGE)
+    err = capsys.readouterr().err
+    assert "rejects the inputs" in err and err.count("\n") == 1
+
+
+def test_tensorrt_rows_orchestration_with_a_stand_in_runner(mlp_paths, monkeypatch):
+    """No TensorRT here: a runner that records its options and runs on CPU stands in for it, to
+    check the rows: converted + FP16-mode baseline, engine cache folder, baseline not in the verdict."""
+    from mpcompile.validate import api as api_module
+    from mpcompile.validate import runners
+
+    created = []
+
+    class StandIn(runners.OrtRunner):
+        uses_io_binding = False
+
+        def activate(self):
+            created.append((self.name, self.provider, dict(self.provider_options)))
+            provider, self.provider = self.provider, runners.CPU
+            super().activate()
+            self.provider = provider
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [runners.TENSORRT, runners.CPU])
+    monkeypatch.setattr(api_module, "OrtRunner", StandIn)
+    result = api_module.validate(*mlp_paths, runs=2, warmup=0, atol={"": 0.0, "logits": 0.0}, rtol=0.0)
+    roles = [(row.ep, row.role, row.status) for row in result.eps]
+    assert roles[:2] == [
+        ("tensorrt", "converted", "failed"),
+        ("tensorrt", "tensorrt-fp16-baseline", "passed"),
+    ]
+    assert roles[2][0] == "cpu" and result.eps[2].accuracy_mode == "native"  # a GPU EP ran
+    trt = [options for name, provider, options in created if provider == runners.TENSORRT]
+    assert {o["trt_fp16_enable"] for o in trt} == {False, True}
+    assert all(o["trt_engine_cache_enable"] and o["trt_engine_cache_path"] for o in trt)
+    assert result.eps[1].latency.speedup is not None
+    assert not result  # the baseline passing does not rescue the failing converted rows

@@ -27,6 +27,23 @@ mkdir -p "$WORK" "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
+# onnxruntime-gpu loads CUDA, cuBLAS, cuFFT, cuRAND and cuDNN by soname: make the pip-installed
+# NVIDIA libraries (nvidia-* packages, e.g. those PyTorch brings) findable.
+NVIDIA_LIBS=$("$PYTHON" - <<'EOF'
+import glob
+import os
+import site
+import sys
+
+roots = [p for p in sys.path if p.endswith("site-packages")] + site.getsitepackages()
+dirs = {d for root in roots for d in glob.glob(os.path.join(root, "nvidia", "**", "lib"), recursive=True)}
+print(":".join(sorted(dirs)))
+EOF
+)
+if [ -n "$NVIDIA_LIBS" ]; then
+    export LD_LIBRARY_PATH="$NVIDIA_LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+
 echo "== machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "nvidia-smi: not available"
 "$PYTHON" - <<'EOF'

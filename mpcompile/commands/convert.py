@@ -8,6 +8,8 @@ import sys
 
 import click
 
+from mpcompile.choices import DEFAULT_TARGET, OPTIMIZE_LEVELS, PRECISIONS, TARGET_NAMES
+
 
 def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Path:
     """model.onnx -> model.fp16.onnx"""
@@ -24,13 +26,22 @@ def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Pat
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp16", "bf16"]),
+    type=click.Choice(PRECISIONS),
     default="fp16",
     show_default=True,
     help="Low-precision type.",
 )
 @click.option(
-    "--target", default="any", show_default=True, help="Execution target whose kernels limit precision."
+    "--target",
+    type=click.Choice(TARGET_NAMES),
+    default=DEFAULT_TARGET,
+    show_default=True,
+    help="Execution target: a node goes low precision only where the target has a kernel for it.",
+)
+@click.option(
+    "--optimize",
+    type=click.Choice(OPTIMIZE_LEVELS),
+    help="Run ONNX Runtime's graph optimisation (fusions) for the target before converting.",
 )
 @click.option(
     "--keep-io-types/--no-keep-io-types",
@@ -55,6 +66,12 @@ def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Pat
 @click.option(
     "--external-data/--no-external-data", default=None, help="Force weights into/out of a .data file."
 )
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    help="Also write a precision report (.html, .json, .csv or .txt).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 @click.option(
@@ -70,6 +87,7 @@ def convert_command(
     output: pathlib.Path | None,
     precision: str,
     target: str,
+    optimize: str | None,
     keep_io_types: bool,
     allow_ops: tuple[str, ...],
     block_ops: tuple[str, ...],
@@ -78,6 +96,7 @@ def convert_command(
     allow_qdq: bool,
     overwrite: bool,
     external_data: bool | None,
+    report_path: pathlib.Path | None,
     as_json: bool,
     quiet: bool,
     check_invariants: bool,
@@ -87,6 +106,10 @@ def convert_command(
     from mpcompile.converter import convert_file
 
     output = output or default_output_path(model, precision)
+    if report_path is not None:
+        from mpcompile.report import format_for_path
+
+        format_for_path(report_path)  # fail on a bad extension before converting
     with _progress(quiet or as_json) as on_pass_start:
         result = convert_file(
             model,
@@ -96,6 +119,7 @@ def convert_command(
             on_pass_start=on_pass_start,
             precision=precision,
             target=target,
+            optimize=optimize,
             keep_io_types=keep_io_types,
             allow_ops=allow_ops,
             block_ops=block_ops,
@@ -105,6 +129,10 @@ def convert_command(
             check_invariants=check_invariants,
             dump_dir=dump_dir,
         )
+    if report_path is not None:
+        from mpcompile.report import write_report
+
+        write_report(output, report_path, original=model)
     if as_json:
         click.echo(json.dumps({"input": str(model), "output": str(output), **result.summary()}, indent=2))
     elif not quiet:

@@ -29,8 +29,8 @@ FORMAT_CHOICES = ("table", "json", "csv", "html")
     "--shape",
     "shapes",
     multiple=True,
-    metavar="NAME:1x128|DIM=N",
-    help="Input shape or symbolic dim value (repeatable).",
+    metavar="NAME:DIMS|DIM:N",
+    help="An input's shape (input_ids:1x128) or a symbolic dim's value (sequence:128); repeatable.",
 )
 @click.option(
     "--numerics",
@@ -39,8 +39,8 @@ FORMAT_CHOICES = ("table", "json", "csv", "html")
 )
 @click.option(
     "--inputs",
-    type=click.Path(dir_okay=False, path_type=str),
-    help=".npz feeds for --numerics (default: generated).",
+    type=click.Path(path_type=str),
+    help=".npz feeds (or a folder of them: the first is used) for --numerics; default: generated.",
 )
 @click.option(
     "--sort", type=click.Choice(tuple(SORTS)), default="order", show_default=True, help="Row order."
@@ -78,10 +78,14 @@ def report_command(
         write_text_atomic(output, render(audit, fmt, view))
         click.echo(f"wrote {fmt} report to {output}", err=True)
     elif fmt == "table":
+        import sys
+
         from rich.console import Console
 
         from mpcompile.report.terminal import print_report
 
-        print_report(audit, Console(highlight=False), view)
+        # Piped output gets every column at full width; a terminal gets what fits.
+        console = Console(highlight=False, width=None if sys.stdout.isatty() else 240)
+        print_report(audit, console, view)
     else:
         click.echo(render(audit, fmt, view), nl=False)

@@ -103,7 +103,17 @@ def validate_command(
         save=save,
     )
     if code != ExitCode.OK:
-        raise ValidationFailedError("validation failed: outputs outside tolerance or new NaN/Inf (see above)")
+        raise ValidationFailedError(FAILED_MESSAGE)
+
+
+FAILED_MESSAGE = "validation failed: outputs outside tolerance or new NaN/Inf (see above)"
+
+
+def validate_or_raise(original: str | os.PathLike, converted: str | os.PathLike, **options) -> None:
+    """For ``convert --validate``: print the validation and raise ``ValidationFailedError`` (exit 1)
+    when it fails. ``options`` are those of ``validate_and_report``."""
+    if validate_and_report(original, converted, **options) != ExitCode.OK:
+        raise ValidationFailedError(FAILED_MESSAGE)
 
 
 def validate_and_report(

@@ -152,20 +152,22 @@ def _mark_low_precision_outputs(model: ir.Model) -> dict[ir.Value, ir.DataType]:
     """Every node output (all graphs) that the model stores in FP16/BF16, with that dtype."""
     low: dict[ir.Value, ir.DataType] = {}
     for graph in model.graphs():
-        for node in graph:
+        for node in graph:  # topological order, so guesses for untyped inputs are known
             for value in node.outputs:
-                dtype = value.dtype if value.dtype is not None else _guess_unknown_dtype(node)
+                dtype = value.dtype if value.dtype is not None else _guess_unknown_dtype(node, low)
                 if dtype in LOW_PRECISION and isinstance(value.type, (ir.TensorType, type(None))):
                     low[value] = dtype
     return low
 
 
-def _guess_unknown_dtype(node: ir.Node) -> ir.DataType | None:
+def _guess_unknown_dtype(node: ir.Node, guessed: Mapping[ir.Value, ir.DataType]) -> ir.DataType | None:
     """Dtype of an untyped output (contrib ops shape inference does not know): that of its
     floating-point inputs when they all agree on one low-precision type."""
-    float_inputs = {
-        v.dtype for v in node.inputs if v is not None and v.dtype is not None and v.dtype.is_floating_point()
-    }
+    float_inputs = set()
+    for value in node.inputs:
+        dtype = None if value is None else value.dtype if value.dtype is not None else guessed.get(value)
+        if dtype is not None and dtype.is_floating_point():
+            float_inputs.add(dtype)
     if len(float_inputs) == 1:
         (dtype,) = float_inputs
         if dtype in LOW_PRECISION:

@@ -66,17 +66,17 @@ def make_session(
     try:
         return ort.InferenceSession(model, options, providers=providers)
     except Exception as exc:
-        if not _is_onnxruntime_error(exc):
+        if not is_onnxruntime_error(exc):
             raise
         name = model if isinstance(model, str) else "the model"
-        raise errors.InvalidModelError(f"onnxruntime cannot load {name}: {_first_line(exc)}") from None
+        raise errors.InvalidModelError(f"onnxruntime cannot load {name}: {first_line(exc)}") from None
 
 
-def _is_onnxruntime_error(exc: BaseException) -> bool:
+def is_onnxruntime_error(exc: BaseException) -> bool:
     # onnxruntime's Fail, InvalidGraph, InvalidProtobuf, ... derive from Exception directly.
     return type(exc).__module__.startswith("onnxruntime") or isinstance(exc, (RuntimeError, ValueError))
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0][:300] if lines else type(exc).__name__

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import onnx_ir as ir
 
@@ -62,7 +62,7 @@ class AssignPrecisionPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         functions = {(function.domain, function.name) for function in model.functions.values()}
         for graph, opset in all_graphs(model):
-            _GraphPainter(self.context, graph, opset, functions).paint()
+            _GraphPainter(self.context, graph, opset, functions, model.opset_imports).paint()
         untyped = [name for (_, name, _), f in model.functions.items() if not f.meta.get(TYPED_FUNCTION_KEY)]
         if untyped:
             self.context.notes.append(
@@ -78,10 +78,12 @@ class _GraphPainter:
         graph: ir.Graph,
         opset: int,
         functions: set[tuple[str, str]],
+        opset_imports: Mapping[str, int],
     ):
         self.context = context
         self.graph = graph
         self.opset = opset
+        self.opset_imports = opset_imports
         self.functions = functions
         self.low_dtype = context.low.dtype
         self.infos: dict[int, _NodeInfo] = {}
@@ -162,7 +164,10 @@ class _GraphPainter:
                 Reason.SCHEMA,
                 f"{node.op_type}-{self.opset} type {typing.type_variable} has no {self.context.low.precision.value}",
             )
-        if not self.context.target.supports(node.domain, node.op_type, self.opset, self.low_dtype):
+        domain_opset = (
+            self.opset if node.domain in ("", "ai.onnx") else self.opset_imports.get(node.domain, 1)
+        )
+        if not self.context.target.supports(node.domain, node.op_type, domain_opset, self.low_dtype):
             provider = self.context.target.provider or self.context.target.name
             return self._fixed(fp32, Reason.no_kernel(provider), f"target {self.context.target.name}")
         for index in typing.float_inputs:
@@ -320,14 +325,27 @@ class _GraphPainter:
         )
 
     def _paint_between_low(self, candidates: list[_NodeInfo]) -> None:
-        """Steps 2 and 4: allow nodes go low; follow/pass-through nodes between them too."""
+        """Steps 2 and 4: allow nodes go low; follow/pass-through nodes between them too.
+
+        Nodes that read only weights (an embedding Gather) start low-precision paths as allow
+        nodes do: nothing FP32 flows into them, so a path from them into an allow node crosses
+        no boundary when it is low.
+        """
         seeds = [info for info in candidates if info.op_class == OpClass.ALLOW]
         for info in seeds:
             info.low = True
-        downstream = self._reach(seeds, self._float_consumers)
+        weight_fed = [info for info in candidates if self._paintable(info) and self._reads_only_weights(info)]
+        downstream = self._reach(seeds, self._float_consumers) | self._reach(
+            weight_fed, self._float_consumers
+        )
+        downstream.update(id(info.node) for info in weight_fed)
         upstream = self._reach(seeds, self._float_producers)
         for key in downstream & upstream:
             self.infos[key].low = True
+
+    def _reads_only_weights(self, info: _NodeInfo) -> bool:
+        inputs = [info.node.inputs[index] for index in info.typing.float_inputs]
+        return bool(inputs) and all(ranges.constant_tensor(value) is not None for value in inputs)
 
     def _reach(self, seeds: list[_NodeInfo], step) -> set[int]:
         reached: set[int] = set()

@@ -20,9 +20,10 @@ from mpcompile.precision import LowPrecisionFormat
 from mpcompile.values import set_dtype
 
 FLOAT = ir.DataType.FLOAT
-# Tensors up to this size keep their converted copy in memory (cheap to hold, and
-# serializing twice does not convert twice); larger ones convert on every write.
-CACHE_LIMIT_BYTES = 16 * 2**20
+# Tensors up to this size keep their converted copy in memory once made (serializing
+# twice does not convert twice); larger ones convert again on every write, so converted
+# weights never pile up in memory.
+CACHE_LIMIT_BYTES = 2**20
 
 
 class ConvertConstantsPass(ir.passes.InPlacePass):

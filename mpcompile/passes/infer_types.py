@@ -55,6 +55,15 @@ def _type_contrib_outputs(model: ir.Model) -> bool:
         for node in graph:
             rule = op_types.CONTRIB_TYPING.get((node.domain, node.op_type))
             if rule is None:
+                if node.domain not in ("", "ai.onnx") and any(
+                    v.dtype is None and v.name for v in node.outputs
+                ):
+                    for value, dtype in zip(
+                        node.outputs, op_types.output_dtypes_from_inputs(node), strict=True
+                    ):
+                        if value.dtype is None and dtype is not None and value.name:
+                            set_dtype(value, dtype)
+                            modified = True
                 continue
             source = next(
                 (

@@ -72,7 +72,7 @@ FOLLOW: frozenset[tuple[str, str]] = frozenset(
         for op in (
             "BiasGelu", "FastGelu", "Gelu", "QuickGelu", "BiasAdd", "BiasSplitGelu", "BiasDropout",
             "SkipLayerNormalization", "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization",
-            "LayerNormalization", "RotaryEmbedding", "GroupNorm", "SkipGroupNorm",
+            "LayerNormalization", "RotaryEmbedding", "GroupNorm", "SkipGroupNorm", "EmbedLayerNormalization",
         )
     }
 )  # fmt: skip

@@ -140,6 +140,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     import tempfile
 
     from mpcompile.errors import DiskFullError, OutputNotWritableError
+    from mpcompile.io import set_default_permissions
 
     target = pathlib.Path(path).absolute()
     if not target.parent.is_dir():
@@ -151,6 +152,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
+        set_default_permissions(temp)
         os.replace(temp, target)
     except OSError as exc:
         with contextlib.suppress(OSError):

@@ -53,7 +53,7 @@ class NodeAudit:
     name: str
     op_type: str
     domain: str
-    graph: str  # "main", or "<parent node>/<attribute>" for subgraphs
+    graph: str  # "main", "<parent node>/<attribute>" for subgraphs, "function <domain>::<name>"
     precision: str
     reason: str
     rule: str
@@ -69,11 +69,6 @@ class NodeAudit:
     output_names: list[str] = dataclasses.field(default_factory=list)
     compare: dict[str, Any] | None = None
     numerics: dict[str, Any] | None = None
-
-    @property
-    def key(self) -> tuple[str, str]:
-        """Identity used to match nodes across two models."""
-        return (self.graph, self.name)
 
     @property
     def is_cast(self) -> bool:
@@ -133,7 +128,11 @@ def load_for_audit(model: ModelLike) -> ir.Model:
 def audit_model(
     model: ModelLike, *, shapes: ShapeSpec | list[str] | None = None, name: str | None = None
 ) -> ModelAudit:
-    """Audit every node of ``model`` (path, ModelProto or ir.Model), subgraphs included."""
+    """Audit every node of ``model`` (path, ModelProto or ir.Model): subgraphs and local functions included.
+
+    Nodes inside a local function's body are listed once (not per call), with the shapes
+    inference leaves there (often none: their FLOPs are then unknown).
+    """
     if name is None:
         name = os.path.basename(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else ""
     spec = shapes if isinstance(shapes, ShapeSpec) else ShapeSpec.parse(shapes)
@@ -142,10 +141,10 @@ def audit_model(
     inference_ok = infer_shapes(work)
     refine_shapes(work)
     labels = _graph_labels(work)
-    nodes = [
-        _audit_node(i, node, labels) for i, node in enumerate(ir.traversal.RecursiveGraphIterator(work.graph))
-    ]
+    nodes = [_audit_node(i, node, labels) for i, node in enumerate(_all_nodes(work))]
     notes = []
+    if not inference_ok:
+        notes.append("onnx shape inference failed; shapes are those stored in the model.")
     if any(n.op_type in ("Loop", "Scan") for n in nodes):
         notes.append("Loop and Scan bodies are counted once, not per iteration.")
     unknown = sum(1 for n in nodes if n.flops is None)
@@ -164,7 +163,7 @@ def audit_model(
         },
         assumed_dims=assumed,
         shape_overrides={"inputs": {k: list(v) for k, v in spec.inputs.items()}, "dims": dict(spec.dims)},
-        shape_inference_ok=inference_ok or not nodes,
+        shape_inference_ok=inference_ok,
         nodes=nodes,
         weights_by_dtype=_weights_by_precision(work),
         notes=notes,
@@ -172,10 +171,22 @@ def audit_model(
     )
 
 
+def _all_nodes(model: ir.Model):
+    """Main graph and its subgraphs, then each local function's body (and its subgraphs)."""
+    yield from ir.traversal.RecursiveGraphIterator(model.graph)
+    for function in model.functions.values():
+        yield from ir.traversal.RecursiveGraphIterator(function)
+
+
+def function_label(function: ir.Function) -> str:
+    return f"function {function.domain}::{function.name}"
+
+
 def _graph_labels(model: ir.Model) -> dict[int, str]:
-    """Readable label for the main graph and every subgraph (keyed by id of the graph)."""
+    """Readable label for the main graph, every subgraph and function body (keyed by id of the graph)."""
     labels = {id(model.graph): MAIN_GRAPH}
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+    labels.update({id(function.graph): function_label(function) for function in model.functions.values()})
+    for node in _all_nodes(model):
         parent = labels.get(id(node.graph), "?")
         owner = node.name or node.op_type
         for attr in node.attributes.values():

@@ -36,7 +36,8 @@ _CSS = """
 body{font:14px/1.4 system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;color:#1d1d1f;background:#fff}
 h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:24px 0 8px}
 .meta{color:#555;margin-bottom:12px} .note{color:#666;font-size:12px}
-table{border-collapse:collapse;font-size:12px} th,td{padding:3px 8px;border-bottom:1px solid #e3e3e3;text-align:left}
+table{border-collapse:collapse;font-size:12px} th,td{padding:3px 8px;border-bottom:1px solid #e3e3e3;text-align:left;white-space:nowrap}
+.scroll{overflow-x:auto;max-width:100%}
 th{background:#f4f4f6;position:sticky;top:0} td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 table.sortable th{cursor:pointer;user-select:none} table.sortable th:hover{background:#e8e8ee}
 th[aria-sort=ascending]::after{content:' \\25B2'} th[aria-sort=descending]::after{content:' \\25BC'}
@@ -97,11 +98,12 @@ def _badge(precision: str) -> str:
     return f'<span class="p" style="background:{_color(precision)}">{_e(precision)}</span>'
 
 
-def _num_cell(value: int | float | None, text: str) -> str:
+def _num_cell(value: int | float | None, text: str, css: str = "n") -> str:
+    """A right-aligned cell whose ``data-v`` holds the raw number the sorting script compares."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return f'<td class="n" data-v="">{_e(text)}</td>'
+        return f'<td class="{css}" data-v="">{_e(text)}</td>'
     raw = "Infinity" if isinstance(value, float) and math.isinf(value) else repr(value)
-    return f'<td class="n" data-v="{_e(raw)}">{_e(text)}</td>'
+    return f'<td class="{css}" data-v="{_e(raw)}">{_e(text)}</td>'
 
 
 def flops_chart_svg(by_op: dict[str, dict[str, int]], by_precision: dict[str, dict[str, Any]]) -> str:
@@ -269,15 +271,16 @@ def _node_rows(audit: ModelAudit, rows: list[NodeAudit]) -> str:
             overflow = num.get("overflow_share")
             cells += [
                 _num_cell(num.get("max_abs"), format_float(num.get("max_abs"))),
-                _num_cell(overflow, format_share(overflow)).replace(
-                    'class="n"', 'class="n bad"', 1 if overflow else 0
-                ),
+                _num_cell(overflow, format_share(overflow), "n bad" if overflow else "n"),
                 _num_cell(underflow, format_share(underflow)),
                 _num_cell(num.get("error_rel"), format_float(num.get("error_rel"))),
                 _num_cell(num.get("error_introduced"), format_float(num.get("error_introduced"))),
             ]
         body.append(f'<tr data-i="{n.index}">' + "".join(cells) + "</tr>")
-    return f'<table id="nodes" class="sortable"><thead><tr>{thead}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return (
+        '<div class="scroll"><table id="nodes" class="sortable">'
+        f"<thead><tr>{thead}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def render_html(audit: ModelAudit, view: ReportView | None = None) -> str:

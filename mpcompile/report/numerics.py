@@ -29,7 +29,7 @@ import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
-from mpcompile.errors import MpcompileError
+from mpcompile.errors import ExitCode, MpcompileError
 from mpcompile.precision import LowPrecisionFormat, low_precision_format
 from mpcompile.report.audit import ModelAudit, NodeAudit
 from mpcompile.report.compare import match_key
@@ -46,7 +46,9 @@ _FLOAT_DTYPES = (np.dtype(ml_dtypes.bfloat16),)
 
 
 class NumericsError(MpcompileError):
-    """The numerics run could not be done (a model onnxruntime cannot run)."""
+    """onnxruntime's CPU EP could not run the reference or converted model."""
+
+    exit_code = ExitCode.EP_UNAVAILABLE
 
 
 def load_feeds(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -269,6 +271,11 @@ def _numerics_summary(
         notes.append(
             "No original given (--compare): the audited model is its own reference; no error columns."
         )
+        if any(n.precision in ("fp16", "bf16") for n in audit.nodes):
+            notes.append(
+                "The audited model already computes in low precision: its ranges are not FP32 ranges "
+                "(a value that overflowed is inf, not counted). Give the FP32 original with --compare."
+            )
     return {
         "low_precision": fmt.precision.value,
         "inputs": str(inputs) if inputs else f"generated (mpcompile.inputs, seed {INPUT_SEED})",

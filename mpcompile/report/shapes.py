@@ -15,6 +15,7 @@ recorded so the report can show it:
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import onnx_ir as ir
@@ -121,10 +122,34 @@ def resolve_input_shapes(model: ir.Model, spec: ShapeSpec) -> dict[str, int]:
     return assumed
 
 
+class _InferenceFailure(logging.Handler):
+    """Catches the warning ShapeInferencePass logs (with a traceback) when onnx inference fails."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Shape inference failed"):
+            self.failed = True
+
+
 def infer_shapes(model: ir.Model) -> bool:
-    """Run onnx shape inference (lenient, with data propagation) in place; False when it failed."""
-    result = ir.passes.common.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
-    return result.modified
+    """Run onnx shape inference (lenient, with data propagation) in place; False when it failed.
+
+    The pass's own log output is kept off the console (it would print a traceback).
+    """
+    logger = logging.getLogger(ir.passes.common.ShapeInferencePass.__module__)
+    handler = _InferenceFailure()
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        ir.passes.common.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+    return not handler.failed
 
 
 def static_shape(value: ir.Value | None) -> tuple[int, ...] | None:

@@ -33,7 +33,11 @@ def _dtypes(dtypes: list[str | None]) -> str:
 
 
 def print_report(audit: ModelAudit, console: Console, view: ReportView | None = None) -> None:
-    """Print the summary, comparison and numerics notes, then the node table."""
+    """Print the summary, comparison and numerics notes, then the node table.
+
+    On a terminal, columns that do not fit its width are left out (``COLUMN_MIN_WIDTH``);
+    elsewhere (pipes, files) every column is printed.
+    """
     view = view or ReportView()
     summary = summarize(audit)
     console.print(_summary_table(audit, summary))
@@ -44,7 +48,7 @@ def print_report(audit: ModelAudit, console: Console, view: ReportView | None = 
         _print_numerics(audit.numerics, console)
     for note in audit.notes:
         console.print(f"[dim]note: {escape(note)}[/]")
-    console.print(node_table(audit, view))
+    console.print(node_table(audit, view, console.width if console.is_terminal else WIDE))
 
 
 def _summary_table(audit: ModelAudit, summary: dict[str, Any]) -> Table:
@@ -122,41 +126,72 @@ def _print_numerics(numerics: dict[str, Any], console: Console) -> None:
         console.print(f"  [dim]{escape(note)}[/]")
 
 
-def node_table(audit: ModelAudit, view: ReportView) -> Table:
+# Optional columns and the console width from which they are shown (narrow terminals keep
+# name, op, precision, FLOPs and the compare/numerics columns).
+COLUMN_MIN_WIDTH = {
+    "reason": 90,
+    "weights": 100,
+    "rule": 140,
+    "casts": 140,
+    "in": 180,
+    "out": 180,
+    "graph": 180,
+}
+WIDE = 10_000  # render_text / piped output: every column
+
+
+def node_table(audit: ModelAudit, view: ReportView, width: int = WIDE) -> Table:
     rows = view.select(audit.nodes)
-    has_compare = audit.compare is not None
-    has_numerics = audit.numerics is not None
     has_subgraphs = any(n.graph != "main" for n in audit.nodes)
+    columns: list[tuple[str, str]] = []  # (header, justify)
+    for header in (
+        "graph",
+        "node",
+        "op",
+        "precision",
+        "reason",
+        "rule",
+        "in",
+        "out",
+        "casts",
+        "weights",
+        "FLOPs",
+    ):
+        if header == "graph" and not has_subgraphs:
+            continue
+        if width >= COLUMN_MIN_WIDTH.get(header, 0):
+            columns.append((header, "right" if header in ("weights", "FLOPs") else "left"))
+    if audit.compare is not None:
+        columns.append(("before", "left"))
+    if audit.numerics is not None:
+        columns += [(h, "right") for h in ("max|x|", "overflow", "underflow", "error", "introduced")]
     table = Table(title=f"nodes ({len(rows)} of {len(audit.nodes)})", title_justify="left")
-    if has_subgraphs:
-        table.add_column("graph")
-    for column in ("node", "op", "precision", "reason", "rule", "in", "out", "casts", "weights", "FLOPs"):
-        table.add_column(column, justify="right" if column in ("weights", "FLOPs") else "left")
-    if has_compare:
-        table.add_column("before")
-    if has_numerics:
-        for column in ("max|x|", "overflow", "underflow", "error", "introduced"):
-            table.add_column(column, justify="right")
+    for header, justify in columns:
+        table.add_column(header, justify=justify, overflow="fold", min_width=12 if header == "node" else None)
     for node in rows:
-        cells = [escape(node.graph)] if has_subgraphs else []
-        cells += [
-            escape(display_name(node)),
-            escape(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"),
-            _precision(node.precision),
-            escape(node.reason),
-            escape(node.rule),
-            _dtypes(node.input_dtypes),
-            _dtypes(node.output_dtypes),
-            f"{len(node.casts_before)}/{len(node.casts_after)}",
-            format_bytes(node.weight_bytes) if node.weight_bytes else "",
-            format_count(node.flops),
-        ]
-        if has_compare:
-            cells.append(_before_cell(node))
-        if has_numerics:
-            cells += _numerics_cells(node)
-        table.add_row(*cells)
+        cells = _row_cells(node)
+        table.add_row(*(cells[header] for header, _ in columns))
     return table
+
+
+def _row_cells(node: NodeAudit) -> dict[str, str]:
+    cells = {
+        "graph": escape(node.graph),
+        "node": escape(display_name(node)),
+        "op": escape(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"),
+        "precision": _precision(node.precision),
+        "reason": escape(node.reason),
+        "rule": escape(node.rule),
+        "in": _dtypes(node.input_dtypes),
+        "out": _dtypes(node.output_dtypes),
+        "casts": f"{len(node.casts_before)}/{len(node.casts_after)}",
+        "weights": format_bytes(node.weight_bytes) if node.weight_bytes else "",
+        "FLOPs": format_count(node.flops),
+        "before": _before_cell(node),
+    }
+    numerics = _numerics_cells(node)
+    cells.update(zip(("max|x|", "overflow", "underflow", "error", "introduced"), numerics, strict=True))
+    return cells
 
 
 def _before_cell(node: NodeAudit) -> str:

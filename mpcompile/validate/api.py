@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -12,7 +13,13 @@ import onnx_ir as ir
 
 from mpcompile import errors
 from mpcompile import inputs as model_inputs
-from mpcompile.evaluate.ort_session import ModelLike, import_onnxruntime, to_ir_model
+from mpcompile.evaluate.ort_session import (
+    ModelLike,
+    first_line,
+    import_onnxruntime,
+    is_onnxruntime_error,
+    to_ir_model,
+)
 from mpcompile.validate import latency as latency_module
 from mpcompile.validate.compare import OutputComparison, compare_output
 from mpcompile.validate.results import (
@@ -80,7 +87,7 @@ def validate(
     ort = import_onnxruntime()
     log = log or (lambda _line: None)
     if runs < 0 or warmup < 0:
-        raise errors.MpcompileError("runs and warmup must not be negative")
+        raise ValueError("runs and warmup must not be negative")
     original_ir = to_ir_model(original, copy=False)
     converted_ir = to_ir_model(converted, copy=False)
     low_precision = detect_low_precision(converted_ir)
@@ -109,7 +116,12 @@ def validate(
     )
     reference_runner = OrtRunner("original", context.original, CPU)
     reference_runner.activate()
-    context.references = [reference_runner.infer(batch) for batch in feeds]
+    try:
+        context.references = [reference_runner.infer(batch) for batch in feeds]
+    except Exception as exc:
+        if not is_onnxruntime_error(exc):
+            raise
+        raise model_inputs.InputsError(f"the original model rejects the inputs: {first_line(exc)}") from None
 
     result = ValidationResult(
         original=_describe(original),
@@ -156,12 +168,22 @@ def detect_low_precision(model: ir.Model) -> str:
     return "fp16"
 
 
+@dataclasses.dataclass
 class _Context:
     """What every EP row needs; built once per ``validate`` call."""
 
-    def __init__(self, **fields):
-        self.references: list[dict[str, np.ndarray]] = []
-        self.__dict__.update(fields)
+    original: bytes | str  # what ORT loads (see _session_source)
+    converted: bytes | str
+    converted_model: ModelLike  # as given, for the faithful evaluator
+    feeds: list[Feeds]  # per batch, in the original's input dtypes
+    converted_feeds: list[Feeds]  # the same, cast to the converted model's input dtypes
+    output_names: list[str]
+    rtol: Tolerance
+    atol: Tolerance
+    runs: int
+    warmup: int
+    log: Callable[[str], None]
+    references: list[dict[str, np.ndarray]] = dataclasses.field(default_factory=list)
 
 
 def _run_gpu_ep(context: _Context, choice: EpChoice, cache_folder: str) -> list[EpResult]:
@@ -278,6 +300,7 @@ def _prepare_inputs(
             raise model_inputs.InputsError("no input batches given")
         for index, batch in enumerate(feeds):
             model_inputs.check_feeds(model, batch, source=f"{source} (batch {index})")
+        feeds = [model_inputs.cast_feeds(model, batch) for batch in feeds]  # e.g. int32 ids for int64
         info = {"source": source, "seed": None, "specs": None}
     info["batches"] = len(feeds)
     info["shapes"] = {name: list(np.shape(array)) for name, array in feeds[0].items()}
