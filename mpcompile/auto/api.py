@@ -123,6 +123,13 @@ def auto_convert(
             f"--budget {budget}: at least {MIN_BUDGET} evaluations (reference and one candidate)"
         )
     work, kind = _working_copy(model)
+    if options.optimize:  # optimise once up front, so every candidate shares the optimised graph's names
+        from mpcompile.optimize import optimize_model
+        from mpcompile.targets import get_target
+
+        target = get_target(options.target) if isinstance(options.target, str) else options.target
+        work = ir.from_proto(optimize_model(work, options.optimize, target))
+        convert_options = {**convert_options, "optimize": None}
     renamed = name_nodes(work)
     feeds, label = resolve_feeds(work, inputs, shapes=shapes, seed=seed)
     flops = node_flops(work, feeds[0])

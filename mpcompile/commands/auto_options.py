@@ -10,9 +10,14 @@ Wiring (in ``mpcompile/commands/convert.py``)::
     def convert_command(model, output, precision, ...):
         settings = auto_settings()
         if settings is not None:
-            run_auto_from_cli(model, output or default_output_path(model, precision), settings,
-                              overwrite=overwrite, external_data=external_data, as_json=as_json,
-                              quiet=quiet, precision=precision, target=target, ...)  # convert options
+            run_auto_from_cli(
+                model, output or default_output_path(model, precision), settings,
+                overwrite=overwrite, external_data=external_data, as_json=as_json, quiet=quiet,
+                report_path=report_path, precision=precision, target=target, optimize=optimize,
+                keep_io_types=keep_io_types, allow_ops=allow_ops, block_ops=block_ops,
+                block_nodes=block_nodes, policy=policy, allow_qdq=allow_qdq,
+                check_invariants=check_invariants,
+            )
             return
         ...                  # the plain conversion
 
@@ -139,15 +144,21 @@ def run_auto_from_cli(
     external_data: bool | None = None,
     as_json: bool = False,
     quiet: bool = False,
+    report_path: pathlib.Path | None = None,
     **convert_options: Any,
 ) -> Any:
-    """Run ``auto_convert`` on ``model``, save the result atomically at ``output`` and print it."""
+    """Run ``auto_convert`` on ``model``, save the result atomically at ``output`` and print it
+    (``report_path``: also write ``mpcompile report``'s audit of the result there)."""
     from mpcompile import errors, io
     from mpcompile.auto import auto_convert
     from mpcompile.converter import _check_path
     from mpcompile.inputs import parse_shape_options
 
     source, target = pathlib.Path(model).absolute(), pathlib.Path(output).absolute()
+    if report_path is not None:
+        from mpcompile.report import format_for_path
+
+        format_for_path(report_path)  # fail on a bad extension before the search
     same = source == target or (source.exists() and target.exists() and os.path.samefile(source, target))
     if same and not overwrite:
         raise errors.OutputIsInputError(f"{target}: output path is the input; pass --overwrite to replace it")
@@ -163,6 +174,10 @@ def run_auto_from_cli(
     )
     verify = None if convert_options.get("verify") is False else _check_path
     io.save_model(result.model, target, external_data=external_data, verify=verify)
+    if report_path is not None:
+        from mpcompile.report import write_report
+
+        write_report(target, report_path, original=source)
     if as_json:
         click.echo(json.dumps({"input": str(model), "output": str(output), **result.summary()}, indent=2))
     elif not quiet:
