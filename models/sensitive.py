@@ -140,11 +140,19 @@ def cancellation(features: int = 32, offset: float = 1000.0, opset: int = 17) ->
     return g.model(opset, doc="sensitive: catastrophic cancellation (only measurable)")
 
 
-def two_regions(features: int = 32, offset: float = 1000.0, opset: int = 17) -> onnx.ModelProto:
-    """Two FP16 regions split by an Exp (blocked by the default policy); the second holds a cancellation."""
+def two_regions(
+    features: int = 32, offset: float = 1000.0, first_offset: float | None = None, opset: int = 17
+) -> onnx.ModelProto:
+    """Two FP16 regions split by an Exp (blocked by the default policy); the second holds a
+    cancellation, and with ``first_offset`` the first one too."""
     g = GraphBuilder("two_regions")
     x = g.input("x", FLOAT, [2, features])
     h = _mlp_head(g, x, features, "fc1")
+    if first_offset is not None:
+        shifted = g.op("Add", [h, g.const("first_offset", _f32(first_offset))], name="planted/FirstOffset")
+        h = g.op(
+            "Sub", [shifted, g.const("first_unoffset", _f32(first_offset))], name="planted/FirstUnoffset"
+        )
     h = g.op("Tanh", [_mlp_head(g, h, features, "fc2")], name="Squash")
     h = g.op("Exp", [h], name="Exp")
     h = _mlp_head(g, h, features, "fc3")
@@ -192,6 +200,7 @@ SENSITIVE: dict[str, Callable[[], onnx.ModelProto]] = {
     "sensitive_matmul_overflow": matmul_overflow,
     "sensitive_cancellation": cancellation,
     "sensitive_two_regions": two_regions,
+    "sensitive_two_culprits": lambda: two_regions(first_offset=500.0),
     "sensitive_deep_mixed": deep_mixed,
     "sensitive_deep_overflow": lambda: deep_mixed(cancel_after=None),
 }
@@ -212,6 +221,9 @@ PLANTED: dict[str, Planted] = {
     "sensitive_matmul_overflow": Planted(_OVERFLOW, "range"),
     "sensitive_cancellation": Planted(_CANCEL, "sensitivity"),
     "sensitive_two_regions": Planted(_CANCEL, "sensitivity"),
+    "sensitive_two_culprits": Planted(
+        _CANCEL | {"planted/FirstOffset", "planted/FirstUnoffset"}, "sensitivity"
+    ),
     "sensitive_deep_mixed": Planted(_CANCEL | _OVERFLOW, "mixed"),
     "sensitive_deep_overflow": Planted(_OVERFLOW, "range"),
 }

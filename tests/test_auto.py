@@ -85,7 +85,7 @@ def test_search_finds_planted_nodes(results, name):
     assert by_auto == planted
     assert all(decisions[node][:2] == ("fp32", AUTO_SENSITIVITY) for node in planted)
     assert not result.range_blocked
-    assert result.passed and result.evaluations <= 4
+    assert result.passed and result.evaluations <= (7 if name == "sensitive_two_culprits" else 3)
 
 
 def test_mixed_model_gets_both_reasons(results):
@@ -109,16 +109,26 @@ def test_everything_else_stays_fp16_and_tolerance_holds(results, name):
 
 
 def test_trace_is_saved_in_the_model(results):
-    result = results("sensitive_two_regions")
+    result = results("sensitive_two_culprits")
     stored = read_trace(result.model)
     assert stored == json.loads(json.dumps(result.to_dict(), sort_keys=True))
     assert {entry.key for entry in result.model.metadata_props} >= {TRACE_KEY, "mpcompile.version"}
-    phases = [step["phase"] for step in stored["steps"]]
-    assert phases == ["reference", "initial", "regions", "nodes"]
-    assert [step["outcome"] for step in stored["steps"]] == ["measured", "reverted", "kept", "kept"]
-    assert stored["steps"][-1]["evaluations"] == stored["evaluations"] == 4
-    assert stored["sensitivity_blocked"].keys() == {"planted/Offset", "planted/Unoffset"}
-    assert stored["steps"][1]["error"] > stored["limit"] >= stored["steps"][-1]["error"]
+    steps = stored["steps"]
+    print([(step["phase"], step["outcome"], step["error"]) for step in steps])
+    assert [step["phase"] for step in steps[:3]] == ["reference", "initial", "nodes"]
+    assert "regions" in {step["phase"] for step in steps}
+    for step in steps[1:]:
+        assert step["outcome"] == ("kept" if step["passed"] else "reverted")
+        assert step["passed"] == (step["error"] <= step["limit"])
+    assert [step["evaluations"] for step in steps] == list(range(1, len(steps) + 1))
+    assert steps[-1]["evaluations"] == stored["evaluations"] == result.evaluations <= stored["budget"]
+    last_kept = [step for step in steps if step["outcome"] == "kept"][-1]
+    assert (
+        set(last_kept["blocked"])
+        == set(stored["sensitivity_blocked"])
+        == PLANTED["sensitive_two_culprits"].nodes
+    )
+    assert steps[1]["error"] > stored["limit"] >= stored["error"]
 
 
 def test_plan_carries_auto_reasons(results):

@@ -4,7 +4,8 @@ Starting point: the conversion with the range rules' nodes kept FP32. When it fa
 
 1. **Sensitivity** comes from that candidate's own run (intermediates exposed): every
    low-precision node gets a *blame item* (itself and its low-precision producers) scored by
-   the error it introduces (``mpcompile.auto.sensitivity``).
+   the error it introduces (``mpcompile.auto.sensitivity``). With several regions, the most
+   sensitive item alone is tried first (one culprit is the common case).
 2. **Regions**: the connected low-precision regions, ordered by their most sensitive node.
    With several regions, a galloping search (1, 2, 4, ... regions, then bisection) finds the
    fewest leading regions that must go FP32 for the tolerance to hold.
@@ -148,6 +149,16 @@ class Search:
         order = {name: index for index, name in enumerate(self.nodes)}
         regions.sort(key=lambda region: (-max(score.get(n, 0.0) for n in region), order[region[0]]))
 
+        # With several regions, first the single most sensitive item: one culprit is the common case.
+        if len(regions) > 1 and items:
+            first = items[0]
+            probe = self._try(
+                "nodes", f"the most sensitive node in FP32: {first.node}",
+                frozenset(self.range_blocked | set(first.members)),
+            )  # fmt: skip
+            if probe is not None and probe.passed:
+                return self._finish([first], [], score, sensitivities)
+
         # Phase "regions": the fewest leading regions to keep FP32.
         if len(regions) > 1:
 
@@ -182,7 +193,16 @@ class Search:
             )  # fmt: skip
             chosen.extend(region_items[:k])
 
-        # Phase "prune": give low precision back to kept items that do not need FP32.
+        return self._finish(chosen, chosen_regions, score, sensitivities)
+
+    def _finish(
+        self,
+        chosen: list[BlameItem],
+        chosen_regions: list[list[str]],
+        score: Mapping[str, float],
+        sensitivities: dict[str, NodeSensitivity],
+    ) -> SearchOutcome:
+        """Phase "prune" (give low precision back to kept items that do not need FP32), then the answer."""
         if not self.exhausted:
             for item in sorted(chosen, key=lambda item: -self._item_flops(item)):
                 if self._item_flops(item) == 0:

@@ -93,7 +93,8 @@ def blame_items(
     sensitivities: Mapping[str, NodeSensitivity],
     flops: Mapping[str, int],
 ) -> list[BlameItem]:
-    """One blame cone per low-precision node, most sensitive first (ties: fewer FLOPs, graph order)."""
+    """One blame cone per low-precision node, most sensitive first: by octave of the error
+    introduced, then fewer FLOPs, then graph order."""
     low_set = set(low)
     order = {name: index for index, name in enumerate(nodes)}
     items = []
@@ -102,5 +103,17 @@ def blame_items(
         score = sensitivity.introduced if sensitivity is not None else 0.0
         members = [name] + [p.name for p in producers(nodes[name]) if p.name in low_set and p.name != name]
         items.append(BlameItem(name, tuple(members), score))
-    items.sort(key=lambda item: (-item.score, sum(flops.get(m, 0) for m in item.members), order[item.node]))
+    items.sort(
+        key=lambda item: (-_octave(item.score), sum(flops.get(m, 0) for m in item.members), order[item.node])
+    )
     return items
+
+
+def _octave(score: float) -> int:
+    """Sensitivity to within a factor of two: one run on one input set measures no finer, so
+    items in the same octave count as equally sensitive and the cheapest (fewest FLOPs) comes first."""
+    if math.isinf(score):
+        return 10_000
+    if score <= 0:
+        return -10_000
+    return math.floor(math.log2(score))

@@ -38,6 +38,7 @@ import onnx_ir as ir
 DEFAULT_MODELS = (
     "sensitive_cancellation",
     "sensitive_two_regions",
+    "sensitive_two_culprits",
     "sensitive_matmul_overflow",
     "sensitive_layernorm_huge_variance",
     "sensitive_deep_mixed",
