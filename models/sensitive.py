@@ -165,6 +165,38 @@ def two_regions(
     return g.model(opset, doc="sensitive: two FP16 regions, a cancellation in the second")
 
 
+def many_culprits(
+    features: int = 16, regions: int = 3, per_region: int = 2, opset: int = 17
+) -> onnx.ModelProto:
+    """``regions`` FP16 regions split by Tanh -> Exp (blocked by the default policy), each with
+    ``per_region`` cancellations ``(h + c) - c`` named ``planted/Offset_<r>_<i>`` / ``planted/Unoffset_<r>_<i>``:
+    more culprits than a direct search of the few most sensitive nodes finds, so the search
+    goes through its regions phase."""
+    g = GraphBuilder("many_culprits")
+    h = g.input("x", FLOAT, [2, features])
+    for region in range(regions):
+        if region:
+            h = g.op("Exp", [g.op("Tanh", [h], name=f"Squash_{region}")], name=f"Exp_{region}")
+        for index in range(per_region):
+            h = _mlp_head(g, h, features, f"r{region}/fc{index}")
+            offset = _f32(1000.0 + 250.0 * (region * per_region + index))
+            shifted = g.op(
+                "Add",
+                [h, g.const(f"offset_{region}_{index}", offset)],
+                name=f"planted/Offset_{region}_{index}",
+            )
+            h = g.op(
+                "Sub",
+                [shifted, g.const(f"unoffset_{region}_{index}", offset)],
+                name=f"planted/Unoffset_{region}_{index}",
+            )
+        h = _mlp_head(g, h, features, f"r{region}/out")
+    with g.scope("head"):
+        y = g.op("MatMul", [h, g.weight("weight", [features, 4], scale=features**-0.5)])
+    g.output(y, FLOAT, [2, 4], "y")
+    return g.model(opset, doc="sensitive: many cancellations over several FP16 regions")
+
+
 def deep_mixed(
     layers: int = 12,
     features: int = 64,
@@ -201,6 +233,7 @@ SENSITIVE: dict[str, Callable[[], onnx.ModelProto]] = {
     "sensitive_cancellation": cancellation,
     "sensitive_two_regions": two_regions,
     "sensitive_two_culprits": lambda: two_regions(first_offset=500.0),
+    "sensitive_many_culprits": many_culprits,
     "sensitive_deep_mixed": deep_mixed,
     "sensitive_deep_overflow": lambda: deep_mixed(cancel_after=None),
 }
@@ -223,6 +256,15 @@ PLANTED: dict[str, Planted] = {
     "sensitive_two_regions": Planted(_CANCEL, "sensitivity"),
     "sensitive_two_culprits": Planted(
         _CANCEL | {"planted/FirstOffset", "planted/FirstUnoffset"}, "sensitivity"
+    ),
+    "sensitive_many_culprits": Planted(
+        frozenset(
+            f"planted/{kind}_{region}_{index}"
+            for kind in ("Offset", "Unoffset")
+            for region in range(3)
+            for index in range(2)
+        ),
+        "sensitivity",
     ),
     "sensitive_deep_mixed": Planted(_CANCEL | _OVERFLOW, "mixed"),
     "sensitive_deep_overflow": Planted(_OVERFLOW, "range"),

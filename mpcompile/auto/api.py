@@ -150,7 +150,7 @@ def auto_convert(
         work.opset_imports.get("", 0),
     )  # fmt: skip
 
-    search = Search(evaluator, nodes, frozenset(findings))
+    search = Search(evaluator, nodes, frozenset(findings), candidates)
     search.record_reference()
     outcome = search.run(reference)
     best = outcome.best

@@ -125,7 +125,8 @@ class Evaluator:
         return list(self._probes.values())
 
     def probe_exact_fp32(self, nodes: Sequence[str]) -> Probe:
-        """Every node FP32: equals the reference, so it passes without an evaluation."""
+        """``nodes`` (every node the policy puts in low precision) FP32: the FP32 model, which
+        equals the reference, so it passes without an evaluation."""
         blocked = frozenset(nodes)
         try:
             return self.probe(blocked)

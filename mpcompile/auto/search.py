@@ -4,8 +4,8 @@ Starting point: the conversion with the range rules' nodes kept FP32. When it fa
 
 1. **Sensitivity** comes from that candidate's own run (intermediates exposed): every
    low-precision node gets a *blame item* (itself and its low-precision producers) scored by
-   the error it introduces (``mpcompile.auto.sensitivity``). With several regions, the most
-   sensitive item alone is tried first (one culprit is the common case).
+   the error it introduces (``mpcompile.auto.sensitivity``). With several regions, galloping
+   over all items (1, 2, 4) first looks for a few culprits directly.
 2. **Regions**: the connected low-precision regions, ordered by their most sensitive node.
    With several regions, a galloping search (1, 2, 4, ... regions, then bisection) finds the
    fewest leading regions that must go FP32 for the tolerance to hold.
@@ -34,6 +34,8 @@ from mpcompile.auto.graph import connected_regions, main_nodes
 from mpcompile.auto.sensitivity import BlameItem, NodeSensitivity, blame_items, measure
 from mpcompile.auto.trace import KEPT, MEASURED, REVERTED, SearchStep
 
+GLOBAL_ITEMS = 4  # with several regions, galloping over all items first tries up to this many
+
 
 @dataclasses.dataclass
 class SearchOutcome:
@@ -45,10 +47,17 @@ class SearchOutcome:
 
 
 class Search:
-    def __init__(self, evaluator: Evaluator, nodes: Mapping[str, ir.Node], range_blocked: frozenset[str]):
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        nodes: Mapping[str, ir.Node],
+        range_blocked: frozenset[str],
+        candidates: Sequence[str],
+    ):
         self.evaluator = evaluator
         self.nodes = dict(nodes)
         self.range_blocked = range_blocked
+        self.candidates = tuple(candidates)  # nodes the policy alone puts in low precision
         self.steps: list[SearchStep] = []
         self.notes: list[str] = []
         self.exhausted = False
@@ -104,17 +113,28 @@ class Search:
         count: int,
         candidate: Callable[[int], frozenset[str]],
         describe: Callable[[int], str],
-    ) -> int:
-        """Fewest k in 1..count with candidate(k) passing; candidate(count) passes, candidate(0) is assumed not to."""
+        max_k: int | None = None,
+    ) -> int | None:
+        """Fewest k in 1..count with candidate(k) passing, trying k = 1, 2, 4, ... then bisecting.
+
+        candidate(0) is assumed to fail. Without ``max_k``, candidate(count) is known to pass and
+        is never run. With ``max_k``, galloping stops after k = max_k and returns None when
+        nothing passed by then.
+        """
         low, high, k = 0, count, 1
-        while k < high:
+        found = max_k is None
+        while k < high or (not found and k <= high):
+            if max_k is not None and k > max_k:
+                return None
             probe = self._try(phase, describe(k), candidate(k))
             if probe is None:
-                return high
+                return high if found else None
             if probe.passed:
-                high = k
+                high, found = k, True
                 break
-            low, k = k, min(2 * k, high)
+            low, k = k, (min(2 * k, high) if found else 2 * k)
+        if not found:
+            return None
         while high - low > 1:
             middle = (low + high) // 2
             probe = self._try(phase, describe(middle), candidate(middle))
@@ -134,7 +154,7 @@ class Search:
             intermediates=True,
         )  # fmt: skip
         if initial is None:  # budget of one: nothing could be checked beyond the reference
-            fallback = self.evaluator.probe_exact_fp32(self.nodes)
+            fallback = self.evaluator.probe_exact_fp32(self.candidates)
             return SearchOutcome(fallback, {}, {}, self.steps, self.notes)
         if initial.passed:
             return SearchOutcome(initial, {}, {}, self.steps, self.notes)
@@ -149,15 +169,16 @@ class Search:
         order = {name: index for index, name in enumerate(self.nodes)}
         regions.sort(key=lambda region: (-max(score.get(n, 0.0) for n in region), order[region[0]]))
 
-        # With several regions, first the single most sensitive item: one culprit is the common case.
+        # With several regions, first the few most sensitive items across all of them: one or
+        # two culprits are the common case, and finding them directly costs fewer evaluations.
         if len(regions) > 1 and items:
-            first = items[0]
-            probe = self._try(
-                "nodes", f"the most sensitive node in FP32: {first.node}",
-                frozenset(self.range_blocked | set(first.members)),
+            found = self._gallop(
+                "nodes", len(items), lambda k: self.range_blocked | {m for i in items[:k] for m in i.members},
+                lambda k: f"{k} most sensitive node(s) in FP32: " + ", ".join(i.node for i in items[:k][-3:]),
+                max_k=GLOBAL_ITEMS,
             )  # fmt: skip
-            if probe is not None and probe.passed:
-                return self._finish([first], [], score, sensitivities)
+            if found is not None:
+                return self._finish(items[:found], [], score, sensitivities)
 
         # Phase "regions": the fewest leading regions to keep FP32.
         if len(regions) > 1:
@@ -220,6 +241,10 @@ class Search:
         blocked = frozenset(self.range_blocked | {m for item in chosen for m in item.members})
         best = self._known_passing(blocked)
         why = self._why(best.blocked - self.range_blocked, chosen, chosen_regions, score)
+        for name in sorted(best.blocked - self.range_blocked - why.keys()):
+            why[name] = (
+                f"kept FP32 in the best candidate that passed (error introduced {score.get(name, 0.0):.3g})"
+            )
         return SearchOutcome(best, why, sensitivities, self.steps, self.notes)
 
     def _item_flops(self, item: BlameItem) -> int:
@@ -245,11 +270,18 @@ class Search:
         return {name: text for name, text in why.items() if name in blocked}
 
     def _known_passing(self, blocked: frozenset[str]) -> Probe:
-        """The accepted candidate when it was never evaluated (the FP32 upper bound of a search)."""
+        """The accepted candidate, checked if it never was; when that fails or the budget is spent,
+        the passing candidate with the most FP16 FLOPs seen, else the FP32 model."""
         try:
-            return self.evaluator.probe(blocked)
+            probe = self.evaluator.probe(blocked)
+            if probe.passed:
+                return probe
+            self.notes.append(
+                "the search's final candidate failed its check; the best passing one is returned"
+            )
         except BudgetExhausted:
-            passing = [p for p in self.evaluator.probes() if p.passed]
-            if passing:
-                return max(passing, key=lambda p: p.fp16_flop_share)
-            return self.evaluator.probe_exact_fp32(self.nodes)
+            pass
+        passing = [p for p in self.evaluator.probes() if p.passed]
+        if passing:
+            return max(passing, key=lambda p: (p.fp16_flop_share, -len(p.blocked)))
+        return self.evaluator.probe_exact_fp32(self.candidates)

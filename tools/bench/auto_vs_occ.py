@@ -39,6 +39,7 @@ DEFAULT_MODELS = (
     "sensitive_cancellation",
     "sensitive_two_regions",
     "sensitive_two_culprits",
+    "sensitive_many_culprits",
     "sensitive_matmul_overflow",
     "sensitive_layernorm_huge_variance",
     "sensitive_deep_mixed",
