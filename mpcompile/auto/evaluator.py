@@ -62,6 +62,7 @@ class Evaluator:
         self.criterion = criterion
         self.options = dict(convert_options)
         self.options.pop("verify", None)
+        self.dump_dir = self.options.pop("dump_dir", None)  # only the final conversion is dumped
         self.user_block_nodes = tuple(self.options.pop("block_nodes", ()) or ())
         self.budget = budget
         self.flops = dict(flops)
@@ -91,8 +92,10 @@ class Evaluator:
         return values
 
     def convert(self, blocked: frozenset[str], *, verify: bool = False) -> ConvertResult:
+        """Convert with ``blocked`` kept FP32; ``verify``: the final conversion (checked, dumped)."""
         patterns = self.user_block_nodes + tuple(re.escape(name) for name in sorted(blocked))
-        return convert(self.model, block_nodes=patterns, verify=verify, **self.options)
+        dump_dir = self.dump_dir if verify else None
+        return convert(self.model, block_nodes=patterns, verify=verify, dump_dir=dump_dir, **self.options)
 
     def flop_share(self, low: frozenset[str]) -> float:
         if not self.total_flops:
