@@ -16,6 +16,7 @@ _EXPORTS = {
     "ConvertResult": "mpcompile.converter",
     "ConvertOptions": "mpcompile.converter",
     "validate": "mpcompile.validate",
+    "ValidationResult": "mpcompile.validate",
     "build_report": "mpcompile.report",
     "write_report": "mpcompile.report",
 }

@@ -129,12 +129,12 @@ def convert(model: ModelLike, **options: Any) -> ConvertResult:
     if kind == "proto" and not result.already_converted:
         proto = ir.to_proto(result.model)
         if opts.verify:
-            _check(proto)
+            _check(proto, model)
         result.model = proto
     elif kind == "proto":
         result.model = model
     elif opts.verify and not result.already_converted and io.weight_bytes(result.model) < io.TWO_GIB // 2:
-        _check(ir.to_proto(result.model))
+        _check(ir.to_proto(result.model), model)
     return result
 
 
@@ -163,8 +163,13 @@ def convert_file(
     result = _convert_ir(model, opts, on_pass_start=on_pass_start)
     if result.already_converted:
         raise errors.AlreadyLowPrecisionError(f"{source}: {result.notes[-1]}; nothing to do")
+    if on_pass_start is not None:
+        on_pass_start("saving and checking")
     io.save_model(
-        result.model, target, external_data=external_data, verify=_check_path if opts.verify else None
+        result.model,
+        target,
+        external_data=external_data,
+        verify=(lambda path: _check(path, source)) if opts.verify else None,
     )
     return result
 
@@ -206,7 +211,8 @@ def _convert_ir(
 
         model = ir.from_proto(optimize_model(model, opts.optimize, target))
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
-    if opset < low.min_opset:
+    # A model without an ai.onnx import (only ai.onnx.ml, say) has nothing that changes precision.
+    if 0 < opset < low.min_opset:
         raise errors.UnsupportedOpsetError(
             f"{low.precision.value} needs ai.onnx opset >= {low.min_opset} (Cast to {low.precision.value}); the model has "
             f"{opset}. Upgrade it with onnx.version_converter.convert_version(model, {low.min_opset})"
@@ -317,15 +323,26 @@ def _is_qdq(model: ir.Model) -> bool:
     )
 
 
-def _check(proto: onnx.ModelProto) -> None:
+_CHECKER_ERRORS = (onnx.checker.ValidationError, onnx.shape_inference.InferenceError)
+
+
+def _check(converted: onnx.ModelProto | str | os.PathLike, original: ModelLike) -> None:
+    """Full onnx check of the result. If it fails, the input is checked too: an input that
+    fails already is the user's problem (InvalidModelError), otherwise it is our bug."""
     try:
-        onnx.checker.check_model(proto, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        _check_model(converted)
+    except _CHECKER_ERRORS as exc:
+        try:
+            _check_model(ir.to_proto(original) if isinstance(original, ir.Model) else original)
+        except _CHECKER_ERRORS as original_exc:
+            first = (
+                str(original_exc).strip().splitlines()[0]
+                if str(original_exc).strip()
+                else type(original_exc).__name__
+            )
+            raise errors.InvalidModelError(f"the input model fails the ONNX checker: {first}") from None
         raise AssertionError(f"mpcompile produced an invalid model (a bug): {exc}") from exc
 
 
-def _check_path(path: str | os.PathLike) -> None:
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise AssertionError(f"mpcompile produced an invalid model (a bug): {exc}") from exc
+def _check_model(model: onnx.ModelProto | str | os.PathLike) -> None:
+    onnx.checker.check_model(model if isinstance(model, onnx.ModelProto) else str(model), full_check=True)

@@ -264,3 +264,27 @@ def test_local_function_bodies_are_converted_behind_fp32_interfaces():
     assert decisions(result)["call1"] == ("fp32", Reason.FUNCTION_CALL)
     feeds = {"x": np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)}
     assert_close(run(model, feeds), run(result.model, feeds), rtol=1e-2, atol=1e-2)
+
+
+def test_input_failing_the_checker_is_a_user_error_not_a_bug():
+    # The graph output is declared int64 but Relu produces float: onnx's full check rejects it.
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["y"])]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [value_info("x", [2, 4])],
+        [value_info("y", [2, 4], TensorProto.INT64)],
+        [weight("W", [4, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(errors.InvalidModelError, match="input model fails the ONNX checker"):
+        mpcompile.convert(model)
+
+
+def test_model_with_only_ai_onnx_ml_ops_converts_to_itself():
+    node = helper.make_node("Binarizer", ["x"], ["y"], domain="ai.onnx.ml", threshold=0.5)
+    graph = helper.make_graph([node], "g", [value_info("x", [2])], [value_info("y", [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("ai.onnx.ml", 1)])
+    result = mpcompile.convert(model)
+    assert [(row.precision, row.reason) for row in result.decisions()] == [("fp32", Reason.BLOCK)]
+    assert result.stats.casts_added == 0

@@ -40,3 +40,9 @@ def test_bf16_range():
     assert measured.subnormal == int(
         np.count_nonzero(np.abs(values.astype(ml_dtypes.bfloat16).astype(np.float32)) < BF16.tiny)
     )
+
+
+def test_bf16_overflow_threshold_is_the_rounding_boundary():
+    below = np.nextafter(np.float32(BF16.overflow_threshold), np.float32(0))
+    rounded = np.array([below, BF16.overflow_threshold], np.float32).astype(ml_dtypes.bfloat16)
+    assert np.isfinite(rounded[0]) and np.isinf(rounded[1])

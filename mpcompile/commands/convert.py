@@ -72,6 +72,12 @@ def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Pat
     type=click.Path(dir_okay=False, path_type=pathlib.Path),
     help="Also write a precision report (.html, .json, .csv or .txt).",
 )
+@click.option(
+    "--validate",
+    "run_validation",
+    is_flag=True,
+    help="Validate the result against the input (see `validate`).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 @click.option(
@@ -97,6 +103,7 @@ def convert_command(
     overwrite: bool,
     external_data: bool | None,
     report_path: pathlib.Path | None,
+    run_validation: bool,
     as_json: bool,
     quiet: bool,
     check_invariants: bool,
@@ -129,14 +136,18 @@ def convert_command(
             check_invariants=check_invariants,
             dump_dir=dump_dir,
         )
-    if report_path is not None:
-        from mpcompile.report import write_report
-
-        write_report(output, report_path, original=model)
     if as_json:
         click.echo(json.dumps({"input": str(model), "output": str(output), **result.summary()}, indent=2))
     elif not quiet:
         print_summary(result, model, output)
+    if report_path is not None:
+        from mpcompile.report import write_report
+
+        write_report(output, report_path, original=model)
+    if run_validation:
+        from mpcompile.commands.validate import validate_or_raise
+
+        validate_or_raise(model, output)
 
 
 class _progress:
