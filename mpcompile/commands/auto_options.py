@@ -151,7 +151,6 @@ def run_auto_from_cli(
     (``report_path``: also write ``mpcompile report``'s audit of the result there)."""
     from mpcompile import errors, io
     from mpcompile.auto import auto_convert
-    from mpcompile.converter import _check_path
     from mpcompile.inputs import parse_shape_options
 
     source, target = pathlib.Path(model).absolute(), pathlib.Path(output).absolute()
@@ -172,7 +171,7 @@ def run_auto_from_cli(
         budget=settings.budget,
         **convert_options,
     )
-    verify = None if convert_options.get("verify") is False else _check_path
+    verify = None if convert_options.get("verify") is False else _check_saved
     io.save_model(result.model, target, external_data=external_data, verify=verify)
     if report_path is not None:
         from mpcompile.report import write_report
@@ -186,6 +185,16 @@ def run_auto_from_cli(
         print_summary(result.convert_result, model, output)
         print_auto_summary(result)
     return result
+
+
+def _check_saved(path: str | os.PathLike) -> None:
+    """Full ONNX check of the written file (the model was checked in memory already)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise AssertionError(f"mpcompile wrote an invalid model (a bug): {exc}") from exc
 
 
 def print_auto_summary(result: Any) -> None:
