@@ -80,7 +80,7 @@ def test_auto_only_options_need_auto(model_path, tmp_path):
     result = CliRunner().invoke(
         convert_stand_in, [str(model_path), "-o", str(tmp_path / "o.onnx"), "--rtol", "1e-3"]
     )
-    assert result.exit_code == 2 and "--rtol only apply with --auto" in result.output
+    assert result.exit_code == 2 and "--rtol: only with --auto" in result.output
     plain = CliRunner().invoke(convert_stand_in, [str(model_path), "-o", str(tmp_path / "o.onnx")])
     assert plain.exit_code == 0 and "plain conversion" in plain.output
 

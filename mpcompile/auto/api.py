@@ -25,6 +25,7 @@ import onnx
 import onnx_ir as ir
 
 from mpcompile import errors, io
+from mpcompile.auto import DEFAULT_BUDGET
 from mpcompile.auto.criteria import Criterion, CriterionError, make_criterion
 from mpcompile.auto.evaluator import Evaluator, low_precision_nodes
 from mpcompile.auto.feeds import InputsLike, resolve_feeds
@@ -38,7 +39,6 @@ from mpcompile.converter import ConvertOptions, ConvertResult
 from mpcompile.plan import Decision, Reason, read_decision, stamp_decision
 from mpcompile.precision import Precision, low_precision_format
 
-DEFAULT_BUDGET = 16
 MIN_BUDGET = 2  # the reference run and one candidate
 
 

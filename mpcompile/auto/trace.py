@@ -14,7 +14,8 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-TRACE_KEY = "mpcompile.auto"
+from mpcompile.auto import TRACE_KEY
+
 TRACE_VERSION = 1
 
 KEPT = "kept"  # passed: became the accepted candidate

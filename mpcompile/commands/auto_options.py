@@ -36,7 +36,7 @@ from typing import Any
 
 import click
 
-from mpcompile.auto.api import DEFAULT_BUDGET
+from mpcompile.auto import DEFAULT_BUDGET
 
 _META_KEY = "mpcompile.auto.options"
 
@@ -122,7 +122,7 @@ def auto_settings(ctx: click.Context | None = None) -> AutoSettings | None:
         if values.get("auto_budget", DEFAULT_BUDGET) != DEFAULT_BUDGET:
             given.append("--budget")
         if given:
-            raise click.UsageError(f"{', '.join(given)} only apply with --auto")
+            raise click.UsageError(f"{', '.join(given)}: only with --auto")
         return None
     inputs = values.get("auto_inputs")
     return AutoSettings(
