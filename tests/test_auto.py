@@ -16,6 +16,7 @@ import pytest
 
 from models.sensitive import PLANTED, SENSITIVE
 from mpcompile.auto import AUTO_RANGE, AUTO_SENSITIVITY, TRACE_KEY, auto_convert, read_trace
+from mpcompile.auto.trace import TRACE_COLUMNS, trace_rows
 from mpcompile.evaluate import faithful
 from mpcompile.inputs import cast_feeds, generate_inputs
 from mpcompile.plan import read_decision
@@ -136,6 +137,9 @@ def test_trace_is_saved_in_the_model(results):
         == PLANTED["sensitive_many_culprits"].nodes
     )
     assert steps[1]["error"] > stored["limit"] >= stored["error"]
+    rows = trace_rows(stored)
+    assert len(rows) == len(steps) and all(len(row) == len(TRACE_COLUMNS) for row in rows)
+    assert rows[0][:2] == ["1", "reference"] and rows[1][6] == "reverted"
 
 
 def test_plan_carries_auto_reasons(results):

@@ -134,3 +134,52 @@ def test_regions_and_blame_items():
     low = list(nodes)
     items = blame_items(nodes, low, sensitivities, {})
     assert items[0].node == "auto/Mul_2" and items[0].members == ("auto/Mul_2", "auto/Add_1")
+
+
+class _FakeEvaluator:
+    """Stands in for mpcompile.auto.evaluator.Evaluator: a candidate passes when it keeps at
+    least ``needed`` of the numbered nodes FP32; every new candidate costs one evaluation."""
+
+    def __init__(self, needed: int, budget: int = 100):
+        from mpcompile.auto.criteria import make_criterion
+
+        self.needed, self.budget, self.evaluations = needed, budget, 0
+        self.criterion = make_criterion()
+        self.flops: dict[str, int] = {}
+        self.seen: dict[frozenset, object] = {}
+
+    def is_cached(self, blocked):
+        return blocked in self.seen
+
+    def probe(self, blocked, intermediates=False):
+        from mpcompile.auto.criteria import CheckResult
+        from mpcompile.auto.evaluator import BudgetExhausted, Probe
+
+        if blocked not in self.seen:
+            if self.evaluations >= self.budget:
+                raise BudgetExhausted()
+            self.evaluations += 1
+            passed = len(blocked) >= self.needed
+            check = CheckResult(passed, 0.5 if passed else 2.0, "y")
+            self.seen[blocked] = Probe(blocked, None, frozenset(), 0.0, check, True)
+        return self.seen[blocked]
+
+
+def _gallop(needed: int, count: int, budget: int = 100, max_k: int | None = None):
+    from mpcompile.auto.search import Search
+
+    evaluator = _FakeEvaluator(needed, budget)
+    search = Search(evaluator, {}, frozenset(), ())
+    found = search._gallop(
+        "nodes", count, lambda k: frozenset(str(i) for i in range(k)), lambda k: f"{k}", max_k=max_k
+    )
+    return found, [len(step.blocked) for step in search.steps]
+
+
+def test_galloping_then_bisection_finds_the_fewest_items():
+    assert _gallop(5, 20) == (5, [1, 2, 4, 8, 6, 5])
+    assert _gallop(1, 20) == (1, [1])
+    assert _gallop(20, 20) == (20, [1, 2, 4, 8, 16, 18, 19])  # 20 itself is known to pass: never run
+    assert _gallop(3, 20, max_k=4) == (3, [1, 2, 4, 3])
+    assert _gallop(7, 20, max_k=4) == (None, [1, 2, 4])  # not within the first few: give up
+    assert _gallop(5, 20, budget=3) == (20, [1, 2, 4])  # budget spent: the known-passing bound

@@ -61,3 +61,32 @@ def read_trace(model: onnx.ModelProto | ir.Model) -> dict[str, Any] | None:
         props = model.metadata_props
     text = props.get(TRACE_KEY)
     return json.loads(text) if text else None
+
+
+TRACE_COLUMNS = ("#", "phase", "tried", "error", "limit", "FP16 FLOPs", "outcome", "evaluations")
+
+
+def trace_rows(record: dict[str, Any]) -> list[list[str]]:
+    """The saved trace (``read_trace``) as text rows under ``TRACE_COLUMNS``, for any table format."""
+    rows = []
+    for step in record.get("steps", []):
+        share = step.get("fp16_flop_share")
+        rows.append(
+            [
+                str(step["index"]),
+                step["phase"],
+                step["tried"],
+                _number(step.get("error")),
+                _number(step.get("limit")),
+                "-" if share is None or step["phase"] == "reference" else f"{share:.1%}",
+                step["outcome"] + ("" if step.get("evaluated", True) else " (FP32, not run)"),
+                str(step["evaluations"]),
+            ]
+        )
+    return rows
+
+
+def _number(value: float | str | None) -> str:
+    if value is None:
+        return "-"
+    return value if isinstance(value, str) else f"{value:.3g}"

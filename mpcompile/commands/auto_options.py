@@ -218,13 +218,16 @@ def print_auto_summary(result: Any) -> None:
         for row in kept:
             table.add_row(*row)
         console.print(table)
-    trace = Table(title="search trace", show_header=True, header_style="bold")
-    for column in ("#", "phase", "tried", "error", "FP16 FLOPs", "outcome"):
-        trace.add_column(column, justify="right" if column in ("#", "error", "FP16 FLOPs") else "left")
-    for step in result.trace:
-        error = "-" if step.error is None else f"{step.error:.3g}"
-        share = "-" if step.phase == "reference" else f"{step.fp16_flop_share:.1%}"
-        trace.add_row(str(step.index), step.phase, step.tried, error, share, step.outcome)
+    from mpcompile.auto.trace import TRACE_COLUMNS, trace_rows
+
+    shown = [TRACE_COLUMNS.index(c) for c in ("#", "phase", "tried", "error", "FP16 FLOPs", "outcome")]
+    trace = Table(title=f"search trace (error limit {result.criterion.limit:.3g})", header_style="bold")
+    for index in shown:
+        column = TRACE_COLUMNS[index]
+        left = column in ("phase", "tried", "outcome")
+        trace.add_column(column, justify="left" if left else "right", ratio=4 if column == "tried" else None)
+    for row in trace_rows(result.to_dict()):
+        trace.add_row(*(row[index] for index in shown))
     console.print(trace)
     for note in result.notes:
         console.print(f"note: {note}")
