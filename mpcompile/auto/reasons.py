@@ -6,7 +6,9 @@ Nodes the automatic search keeps in FP32 carry one of these in ``mpcompile.reaso
 
 from __future__ import annotations
 
-AUTO_RANGE = "auto:range"  # FP32 reference values or reduction depth unsafe in low precision
-AUTO_SENSITIVITY = "auto:sensitivity"  # the accuracy search had to keep it FP32 to meet the tolerance
+from mpcompile.plan import Reason
+
+AUTO_RANGE = Reason.AUTO_RANGE
+AUTO_SENSITIVITY = Reason.AUTO_SENSITIVITY
 
 AUTO_REASONS = (AUTO_RANGE, AUTO_SENSITIVITY)
