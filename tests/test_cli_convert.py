@@ -67,3 +67,11 @@ def test_convert_already_converted_exits_8_and_writes_nothing(tmp_path, capsys):
     assert main(["convert", str(first), "-o", str(second)]) == 8
     assert not second.exists()
     assert "already converted" in capsys.readouterr().err
+
+
+def test_convert_training_flag_needs_an_artifact_folder(tmp_path, capsys):
+    folder = tmp_path / "not_artifacts"
+    folder.mkdir()
+    assert main(["convert", str(folder), "--training", "-o", str(tmp_path / "out")]) == 16
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "training_model.onnx" in err

@@ -9,6 +9,7 @@ import sys
 import click
 
 from mpcompile.choices import DEFAULT_TARGET, OPTIMIZE_LEVELS, PRECISIONS, TARGET_NAMES
+from mpcompile.commands.auto_options import auto_options, auto_settings, run_auto_from_cli
 
 
 def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Path:
@@ -62,6 +63,11 @@ def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Pat
 )
 @click.option("--policy", type=click.Path(dir_okay=False, path_type=pathlib.Path), help="TOML policy file.")
 @click.option("--allow-qdq", is_flag=True, help="Convert the float parts of a QDQ-quantized model.")
+@click.option(
+    "--training",
+    is_flag=True,
+    help="MODEL is an ORT training-artifact folder (training/eval/optimizer models, checkpoint); -o is the output folder.",
+)
 @click.option("--overwrite", is_flag=True, help="Allow the output path to be the input path.")
 @click.option(
     "--external-data/--no-external-data", default=None, help="Force weights into/out of a .data file."
@@ -88,6 +94,7 @@ def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Pat
     type=click.Path(file_okay=False, path_type=pathlib.Path),
     help="Write the IR after each pass here.",
 )
+@auto_options
 def convert_command(
     model: pathlib.Path,
     output: pathlib.Path | None,
@@ -100,6 +107,7 @@ def convert_command(
     block_nodes: tuple[str, ...],
     policy: pathlib.Path | None,
     allow_qdq: bool,
+    training: bool,
     overwrite: bool,
     external_data: bool | None,
     report_path: pathlib.Path | None,
@@ -110,13 +118,55 @@ def convert_command(
     dump_dir: pathlib.Path | None,
 ) -> None:
     """Convert an FP32 ONNX MODEL to mixed precision."""
-    from mpcompile.converter import convert_file
+    if training:
+        from mpcompile.commands.train_artifacts import convert_training_folder
 
+        convert_training_folder(
+            model,
+            output,
+            precision=precision,
+            block_ops=block_ops,
+            block_nodes=block_nodes,
+            overwrite=overwrite,
+            as_json=as_json,
+            quiet=quiet,
+        )
+        return
     output = output or default_output_path(model, precision)
     if report_path is not None:
         from mpcompile.report import format_for_path
 
         format_for_path(report_path)  # fail on a bad extension before converting
+    settings = auto_settings()
+    if settings is not None:
+        run_auto_from_cli(
+            model,
+            output,
+            settings,
+            overwrite=overwrite,
+            external_data=external_data,
+            as_json=as_json,
+            quiet=quiet,
+            report_path=report_path,
+            precision=precision,
+            target=target,
+            optimize=optimize,
+            keep_io_types=keep_io_types,
+            allow_ops=allow_ops,
+            block_ops=block_ops,
+            block_nodes=block_nodes,
+            policy=policy,
+            allow_qdq=allow_qdq,
+            check_invariants=check_invariants,
+            dump_dir=dump_dir,
+        )
+        if run_validation:
+            from mpcompile.commands.validate import validate_or_raise
+
+            validate_or_raise(model, output)
+        return
+    from mpcompile.converter import convert_file
+
     with _progress(quiet or as_json) as on_pass_start:
         result = convert_file(
             model,
