@@ -190,8 +190,21 @@ def _node_typing(node: ir.Node, opset: int, low_dtype: ir.DataType) -> NodeTypin
     return NodeTyping(
         float_inputs,
         float_outputs,
-        low_allowed=all(_type_string(low_dtype) in constraints[name] for name in converting),
+        low_allowed=all(_type_string(low_dtype) in constraints[name] for name in converting)
+        and not _has_float_tensor_attribute(node),
         type_variable=primary,
+    )
+
+
+def _has_float_tensor_attribute(node: ir.Node) -> bool:
+    """Tensor attributes typed like the data (ai.onnx.ml TreeEnsemble's splits and weights) would
+    have to be rewritten with it; only Constant/ConstantOfShape values are, so others stay FP32."""
+    if node.domain == "" and node.op_type in ("Constant", "ConstantOfShape"):
+        return False
+    return any(
+        attr.type == ir.AttributeType.TENSOR and attr.as_tensor().dtype == FLOAT
+        for attr in node.attributes.values()
+        if isinstance(attr, ir.Attr)
     )
 
 

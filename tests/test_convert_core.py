@@ -288,3 +288,38 @@ def test_model_with_only_ai_onnx_ml_ops_converts_to_itself():
     result = mpcompile.convert(model)
     assert [(row.precision, row.reason) for row in result.decisions()] == [("fp32", Reason.BLOCK)]
     assert result.stats.casts_added == 0
+
+
+def test_scatter_with_reduction_is_blocked():
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
+        helper.make_node("ScatterElements", ["h", "idx", "h"], ["s"], name="scatter", reduction="add"),
+        helper.make_node("MatMul", ["s", "W"], ["y"], name="mm2"),
+    ]
+    model = make_model(
+        nodes,
+        [value_info("x", [4, 4]), value_info("idx", [4, 4], TensorProto.INT64)],
+        [value_info("y", [4, 4])],
+        [weight("W", [4, 4])],
+        opset=18,
+    )
+    got = decisions(mpcompile.convert(model))
+    assert got["scatter"] == ("fp32", Reason.BLOCK)
+    assert got["mm"][0] == "fp16"
+
+
+def test_ops_with_float_tensor_attributes_stay_fp32():
+    attr = helper.make_tensor("nodes_splits", TensorProto.FLOAT, [1], [0.5])
+    node = helper.make_node(
+        "TreeEnsemble", ["x"], ["y"], domain="ai.onnx.ml", name="trees",
+        aggregate_function=1, leaf_targetids=[0, 0], leaf_weights=helper.make_tensor("w", TensorProto.FLOAT, [2], [1.0, 2.0]),
+        n_targets=1, nodes_falseleafs=[1], nodes_falsenodeids=[1], nodes_featureids=[0],
+        nodes_modes=helper.make_tensor("m", TensorProto.UINT8, [1], [0]), nodes_splits=attr,
+        nodes_trueleafs=[1], nodes_truenodeids=[0], post_transform=0, tree_roots=[0],
+    )  # fmt: skip
+    graph = helper.make_graph([node], "g", [value_info("x", [2, 1])], [value_info("y", [2, 1])])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("ai.onnx.ml", 5), helper.make_opsetid("", 21)]
+    )
+    result = mpcompile.convert(model, allow_ops=["ai.onnx.ml::TreeEnsemble"], target="any")
+    assert decisions(result)["trees"] == ("fp32", Reason.SCHEMA)

@@ -26,7 +26,7 @@ import onnx_ir as ir
 
 from mpcompile import op_types, ranges
 from mpcompile.context import ConversionContext
-from mpcompile.graphs import TYPED_FUNCTION_KEY, all_graphs
+from mpcompile.graphs import TYPED_FUNCTION_KEY, all_graphs, node_opset
 from mpcompile.plan import Decision, Reason
 from mpcompile.policy import OpClass, op_classes
 from mpcompile.precision import Precision
@@ -131,7 +131,7 @@ class _GraphPainter:
             )
         if key in op_classes.QDQ_OPS:
             return _NodeInfo(node, None, fixed=self._fixed(fp32, Reason.QDQ, "quantization op"))
-        typing = op_types.node_typing(node, self.opset, self.low_dtype)
+        typing = op_types.node_typing(node, node_opset(node, self.opset, self.opset_imports), self.low_dtype)
         info = _NodeInfo(node, typing)
         if typing is None:
             if _touches_float(node):
@@ -159,9 +159,15 @@ class _GraphPainter:
             return info
         classified = self.context.policy.classify(node.domain, node.op_type)
         info.op_class, info.rule, info.by_user = classified.op_class, classified.rule, classified.by_user
-        if classified.op_class == OpClass.UNLISTED:
+        blocking_attribute = _blocking_attribute(node)
+        if blocking_attribute and not classified.by_user:
+            info.op_class, info.rule = (
+                OpClass.BLOCK,
+                f"policy.block_when_attribute[{node.op_type} {blocking_attribute}]",
+            )
+        if info.op_class == OpClass.UNLISTED:
             info.fixed = self._fixed(fp32, Reason.UNLISTED, classified.rule)
-        elif classified.op_class != OpClass.BLOCK:
+        elif info.op_class != OpClass.BLOCK:
             info.fixed = self._eligibility(node, typing)
         return info
 
@@ -174,9 +180,7 @@ class _GraphPainter:
                 Reason.SCHEMA,
                 f"{node.op_type}-{self.opset} type {typing.type_variable} has no {self.context.low.precision.value}",
             )
-        domain_opset = (
-            self.opset if node.domain in ("", "ai.onnx") else self.opset_imports.get(node.domain, 1)
-        )
+        domain_opset = node_opset(node, self.opset, self.opset_imports)
         if not self.context.target.supports(node.domain, node.op_type, domain_opset, self.low_dtype):
             provider = self.context.target.provider or self.context.target.name
             return self._fixed(fp32, Reason.no_kernel(provider), f"target {self.context.target.name}")
@@ -439,6 +443,17 @@ def _reads_as_float(consumer: _NodeInfo, producer: ir.Node) -> bool:
         consumer.node.inputs[index] is not None and consumer.node.inputs[index].producer() is producer
         for index in consumer.typing.float_inputs
     )
+
+
+def _blocking_attribute(node: ir.Node) -> str | None:
+    """``name=value`` when an attribute value makes this op accumulate (see BLOCK_WHEN_ATTRIBUTE)."""
+    rule = op_classes.BLOCK_WHEN_ATTRIBUTE.get((node.domain, node.op_type))
+    if rule is None:
+        return None
+    name, values = rule
+    attr = node.attributes.get(name)
+    value = attr.as_string() if attr is not None and attr.type == ir.AttributeType.STRING else None
+    return f"{name}={value}" if value in values else None
 
 
 def _touches_float(node: ir.Node) -> bool:

@@ -11,7 +11,7 @@ import onnx_ir as ir
 
 from mpcompile import op_types
 from mpcompile.context import ConversionContext
-from mpcompile.graphs import all_graphs
+from mpcompile.graphs import all_graphs, node_opset
 from mpcompile.values import set_dtype
 
 FLOAT = ir.DataType.FLOAT
@@ -49,7 +49,11 @@ class RetypeNodesPass(ir.passes.InPlacePass):
         typings: dict[int, op_types.NodeTyping | None] = {}
         for graph, opset in all_graphs(model):
             for node in graph:
-                typing = op_types.node_typing(node, opset, low) if plan.is_low(node) else None
+                typing = (
+                    op_types.node_typing(node, node_opset(node, opset, model.opset_imports), low)
+                    if plan.is_low(node)
+                    else None
+                )
                 typings[id(node)] = typing
                 for index, value in enumerate(node.inputs):
                     if value is None:

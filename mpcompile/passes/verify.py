@@ -6,7 +6,7 @@ import onnx_ir as ir
 
 from mpcompile import op_types
 from mpcompile.context import ConversionContext
-from mpcompile.graphs import all_graphs
+from mpcompile.graphs import all_graphs, node_opset
 
 
 class VerifyPass(ir.passes.InPlacePass):
@@ -29,7 +29,7 @@ class VerifyPass(ir.passes.InPlacePass):
         for graph, opset in all_graphs(model):
             _check_topological(graph)
             for node in graph:
-                _check_type_variables(node, opset)
+                _check_type_variables(node, opset, model.opset_imports)
         if self.io_signature is not None and self.context.keep_io_types:
             now = io_signature(model)
             if now != self.io_signature:
@@ -57,8 +57,8 @@ def _check_topological(graph: ir.Graph) -> None:
         seen.add(id(node))
 
 
-def _check_type_variables(node: ir.Node, opset: int) -> None:
-    schema = op_types.get_schema(node.domain, node.op_type, opset)
+def _check_type_variables(node: ir.Node, opset: int, opset_imports: dict[str, int]) -> None:
+    schema = op_types.get_schema(node.domain, node.op_type, node_opset(node, opset, opset_imports))
     if schema is None:
         return
     constraints = {c.type_param_str for c in schema.type_constraints}
