@@ -71,14 +71,6 @@ KNOWN_FAILURES: dict[str, str] = {
         "attributes value... for a Constant node'), so mpcompile refuses it as INVALID_MODEL (exit 12). "
         "ORT runs it."
     ),
-    "test_ai_onnx_ml_tree_ensemble_set_membership": (
-        "Stress run only, core bug (mpcompile/converter.py, Cast creation): the model imports only "
-        "ai.onnx.ml; with TreeEnsemble on the allow list it goes FP16 (its schema admits float16) and "
-        "the Casts around it need an ai.onnx opset import that the converter does not add ('No opset "
-        "import for domain'). Fix: add a default-domain import when a Cast is created in such a model, "
-        "or keep every node of a model without an ai.onnx import FP32. The default policy blocks "
-        "ai.onnx.ml ops."
-    ),
     # Only in the stress run (every op allowed): ORT CPU kernel gaps, which the `any` target
     # does not model (a CPU target would keep these ops FP32).
     "test_scatter*": (
