@@ -27,6 +27,7 @@ import onnx_ir as ir
 from mpcompile import op_types, ranges
 from mpcompile.context import ConversionContext
 from mpcompile.graphs import TYPED_FUNCTION_KEY, all_graphs, node_opset
+from mpcompile.passes.base import ConversionPass
 from mpcompile.plan import Decision, Reason
 from mpcompile.policy import OpClass, op_classes
 from mpcompile.precision import Precision
@@ -49,15 +50,8 @@ class _NodeInfo:
     denied: bool = False  # block propagated into it
 
 
-class AssignPrecisionPass(ir.passes.InPlacePass):
+class AssignPrecisionPass(ConversionPass):
     """Fill ``context.plan`` with a Decision for every node (analysis only)."""
-
-    def __init__(self, context: ConversionContext):
-        super().__init__()
-        self.context = context
-
-    def __repr__(self) -> str:
-        return "AssignPrecisionPass()"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         functions = {(function.domain, function.name) for function in model.functions.values()}

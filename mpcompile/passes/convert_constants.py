@@ -15,6 +15,7 @@ import onnx_ir as ir
 from mpcompile.casts import SUFFIX, NameAuthority
 from mpcompile.context import ConversionContext
 from mpcompile.graphs import all_graphs
+from mpcompile.passes.base import ConversionPass
 from mpcompile.plan import Decision, Reason, stamp_decision
 from mpcompile.precision import LowPrecisionFormat
 from mpcompile.values import set_dtype
@@ -26,16 +27,12 @@ FLOAT = ir.DataType.FLOAT
 CACHE_LIMIT_BYTES = 2**20
 
 
-class ConvertConstantsPass(ir.passes.InPlacePass):
+class ConvertConstantsPass(ConversionPass):
     """Give every low-precision read of a float constant a low-precision constant."""
 
     def __init__(self, context: ConversionContext, names: NameAuthority):
-        super().__init__()
-        self.context = context
+        super().__init__(context)
         self.names = names
-
-    def __repr__(self) -> str:
-        return "ConvertConstantsPass()"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False

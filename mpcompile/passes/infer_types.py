@@ -9,27 +9,20 @@ import onnx_ir as ir
 import onnx_ir.passes.common
 
 from mpcompile import op_types
-from mpcompile.context import ConversionContext
 from mpcompile.graphs import TYPED_FUNCTION_KEY, ai_onnx_opset
+from mpcompile.passes.base import ConversionPass
 from mpcompile.values import set_dtype
 
 logger = logging.getLogger(__name__)
 
 
-class InferTypesPass(ir.passes.InPlacePass):
+class InferTypesPass(ConversionPass):
     """Fill in value dtypes so precision decisions never guess.
 
     Runs onnx's shape inference (which cannot type contrib ops), then types the
     outputs of known contrib ops from their inputs. Values that stay untyped are
     counted; nodes reading them are kept FP32 by the precision assignment.
     """
-
-    def __init__(self, context: ConversionContext):
-        super().__init__()
-        self.context = context
-
-    def __repr__(self) -> str:
-        return "InferTypesPass()"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False

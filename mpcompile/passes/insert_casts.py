@@ -13,18 +13,15 @@ import onnx_ir as ir
 from mpcompile.casts import SUFFIX, CastFactory
 from mpcompile.context import ConversionContext
 from mpcompile.graphs import all_graphs
+from mpcompile.passes.base import ConversionPass
 
 
-class InsertCastsPass(ir.passes.InPlacePass):
+class InsertCastsPass(ConversionPass):
     """Reconcile every input and graph output with its required dtype."""
 
     def __init__(self, context: ConversionContext, casts: CastFactory):
-        super().__init__()
-        self.context = context
+        super().__init__(context)
         self.casts = casts
-
-    def __repr__(self) -> str:
-        return "InsertCastsPass()"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         before = self.casts.created

@@ -10,8 +10,8 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from mpcompile import op_types
-from mpcompile.context import ConversionContext
 from mpcompile.graphs import all_graphs, node_opset
+from mpcompile.passes.base import ConversionPass
 from mpcompile.values import set_dtype
 
 FLOAT = ir.DataType.FLOAT
@@ -33,15 +33,8 @@ OUTPUT_DATATYPE_OPS = frozenset({"BlackmanWindow", "HannWindow", "HammingWindow"
 LIKE_OPS = frozenset({"RandomNormalLike", "RandomUniformLike", "EyeLike", "Bernoulli"})
 
 
-class RetypeNodesPass(ir.passes.InPlacePass):
+class RetypeNodesPass(ConversionPass):
     """Apply the plan's node decisions to value types and attributes."""
-
-    def __init__(self, context: ConversionContext):
-        super().__init__()
-        self.context = context
-
-    def __repr__(self) -> str:
-        return "RetypeNodesPass()"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         low = self.context.low.dtype

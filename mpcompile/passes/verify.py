@@ -7,9 +7,10 @@ import onnx_ir as ir
 from mpcompile import op_types
 from mpcompile.context import ConversionContext
 from mpcompile.graphs import all_graphs, node_opset
+from mpcompile.passes.base import ConversionPass
 
 
-class VerifyPass(ir.passes.InPlacePass):
+class VerifyPass(ConversionPass):
     """Raise ``ir.passes.InvariantError`` (an internal bug) if an invariant is broken.
 
     - every node's inputs/outputs bound to one schema type variable share one dtype;
@@ -18,12 +19,8 @@ class VerifyPass(ir.passes.InPlacePass):
     """
 
     def __init__(self, context: ConversionContext, io_signature: dict[str, ir.DataType | None] | None = None):
-        super().__init__()
-        self.context = context
+        super().__init__(context)
         self.io_signature = io_signature
-
-    def __repr__(self) -> str:
-        return "VerifyPass()"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         for graph, opset in all_graphs(model):
