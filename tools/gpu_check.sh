@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check: validate the BERT-style encoder (base: 12 layers, hidden 768) converted to FP16 on the
 # CUDA and TensorRT execution providers and print the speedups. Needs a CUDA machine with
-# onnxruntime-gpu (see docs/readme-validate.md for bringing the wheel to a machine without network).
+# onnxruntime-gpu (see docs/gpu-check.md for bringing the wheel to a machine without network).
 #
 #   bash tools/gpu_check.sh                 # results under $OUT (or a temporary folder)
 #   BATCH=8 SEQ=128 RUNS=100 bash tools/gpu_check.sh
