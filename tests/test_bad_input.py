@@ -1,7 +1,7 @@
 """Bad input through the CLI: one-line error, its own exit code, input untouched, no output left.
 
 Every case runs ``mpcompile.cli.main([...])`` in-process; the table of exit codes is in
-docs/readme-robust.md.
+the README.
 """
 
 from __future__ import annotations
