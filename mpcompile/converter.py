@@ -158,6 +158,8 @@ def convert_file(
     if source == target and not overwrite:
         raise errors.OutputIsInputError(f"{target}: output path is the input; pass --overwrite to replace it")
     model = io.load_model(source)
+    if external_data is None and io.has_external_tensors(model):
+        external_data = True  # weights that came external stay external (they are converted lazily)
     if overwrite and source == target:
         ir.external_data.load_to_model(model)  # the source file is about to be replaced
     result = _convert_ir(model, opts, on_pass_start=on_pass_start)

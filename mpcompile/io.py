@@ -159,7 +159,7 @@ def save_model(
     if not os.access(path.parent, os.W_OK):
         raise errors.OutputNotWritableError(f"{path.parent}: output folder is not writable")
     if external_data is None:
-        external_data = _has_external_tensors(model) or weight_bytes(model) >= TWO_GIB - 2**24
+        external_data = has_external_tensors(model) or weight_bytes(model) >= TWO_GIB - 2**24
     model.ir_version = output_ir_version(model)
     data_name = path.name + ".data"
     data_path = path.with_name(data_name)
@@ -219,7 +219,8 @@ def set_default_permissions(path: str | os.PathLike) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def _has_external_tensors(model: ir.Model) -> bool:
+def has_external_tensors(model: ir.Model) -> bool:
+    """Whether any initializer's bytes live in an external data file."""
     for graph in model.graphs():
         for value in graph.initializers.values():
             if isinstance(value.const_value, ir.ExternalTensor):

@@ -181,10 +181,28 @@ def test_one_cast_per_value_and_type():
     )
     result = mpcompile.convert(model)
     casts = [node for node in result.model.graph.node if node.op_type == "Cast"]
-    # x -> fp16 once, shared; the Add leads to no allow op so it stays FP32: a and b are cast back.
-    assert sorted(node.input[0] for node in casts) == ["a", "b", "x"]
-    assert decisions(result)["add"] == ("fp32", Reason.NOT_BETWEEN_LOW)
-    assert result.stats.casts_added == len(casts) == 3
+    # x -> fp16 once, shared. The Add leads to no allow op, but going low turns two Casts back
+    # (a, b) into one (y), so it extends the region; y is cast back to keep the output FP32.
+    assert [node.input[0] for node in casts if node.output[0] != "y"] == ["x"]
+    assert [node.output[0] for node in casts if node.input[0] != "x"] == ["y"]
+    assert decisions(result)["add"] == ("fp16", Reason.FOLLOW)
+    assert result.stats.casts_added == len(casts) == 2
+
+
+def test_region_does_not_extend_into_inputs_of_blocked_ops():
+    # MatMul -> Add -> Exp: the Add feeds a blocked op, so it stays FP32 (cast after the MatMul).
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["a"], name="mm"),
+        helper.make_node("Add", ["a", "B"], ["b"], name="add"),
+        helper.make_node("Exp", ["b"], ["y"], name="exp"),
+    ]
+    model = make_model(
+        nodes,
+        [value_info("x", [2, 4])],
+        [value_info("y", [2, 4])],
+        [weight("W", [4, 4]), weight("B", [4], 1)],
+    )
+    assert decisions(mpcompile.convert(model))["add"] == ("fp32", Reason.NOT_BETWEEN_LOW)
 
 
 def test_untyped_contrib_op_is_kept_fp32_and_reported():

@@ -48,6 +48,7 @@ class _NodeInfo:
     by_user: bool = False
     low: bool = False
     denied: bool = False  # block propagated into it
+    extended: bool = False  # went low in step 4b (no extra Cast)
 
 
 class AssignPrecisionPass(ConversionPass):
@@ -102,6 +103,7 @@ class _GraphPainter:
         candidates = [info for info in self._infos() if info.fixed is None]
         self._propagate_block(candidates)
         self._paint_between_low(candidates)
+        self._extend_without_casts()
         self._spread_through_pass_through()
         self._decide_constants()
         self._record()
@@ -353,7 +355,7 @@ class _GraphPainter:
 
     def _reads_only_weights(self, info: _NodeInfo) -> bool:
         inputs = [info.node.inputs[index] for index in info.typing.float_inputs]
-        return bool(inputs) and all(ranges.constant_tensor(value) is not None for value in inputs)
+        return bool(inputs) and all(_is_weight(value) for value in inputs)
 
     def _reach(self, seeds: list[_NodeInfo], step) -> set[int]:
         reached: set[int] = set()
@@ -365,6 +367,72 @@ class _GraphPainter:
                     reached.add(id(neighbour.node))
                     queue.append(neighbour)
         return reached
+
+    def _extend_without_casts(self) -> None:
+        """Step 4b: a follow/pass-through node fed only by low-precision nodes (and weights) goes
+        low when that needs no more Casts: the Cast moves from its inputs to its output, or two
+        input Casts become one output Cast. More work in low precision, never more boundaries."""
+        for info in self._infos():
+            if (
+                info.low
+                or not self._paintable(info)
+                or not info.typing.float_inputs
+                or self._feeds_blocked(info)
+            ):
+                continue
+            producers = []
+            for index in info.typing.float_inputs:
+                value = info.node.inputs[index]
+                producer = self._info_of(value.producer())
+                if producer is not None and producer.low and value.index() in producer.typing.float_outputs:
+                    producers.append(value)
+                elif not _is_weight(value):
+                    break  # an FP32 input: going low would add a Cast
+            else:
+                if not producers:
+                    continue
+                casts_saved = sum(
+                    1 for value in set(producers) if self._only_low_readers_besides(value, info.node)
+                )
+                casts_needed = 1 if self._has_fp32_reader(info) else 0
+                if casts_needed <= casts_saved:
+                    info.low = True
+                    info.extended = True
+
+    def _feeds_blocked(self, info: _NodeInfo) -> bool:
+        """Inputs of unsafe (blocked) ops stay computed in FP32, as TF-AMP keeps them."""
+        for value in info.node.outputs:
+            for use in value.uses():
+                reader = self.infos.get(id(use.node))
+                if reader is not None and (
+                    reader.denied or (reader.fixed is None and reader.op_class == OpClass.BLOCK)
+                ):
+                    return True
+        return False
+
+    def _reads_as_low(self, node: ir.Node, index: int) -> bool:
+        reader = self.infos.get(id(node))
+        return (
+            reader is not None
+            and reader.low
+            and reader.typing is not None
+            and index in reader.typing.float_inputs
+        )
+
+    def _only_low_readers_besides(self, value: ir.Value, node: ir.Node) -> bool:
+        """True if ``value``'s Cast back to FP32 would exist only for ``node``."""
+        if value.is_graph_output():
+            return False
+        return all(use.node is node or self._reads_as_low(use.node, use.idx) for use in value.uses())
+
+    def _has_fp32_reader(self, info: _NodeInfo) -> bool:
+        for index in info.typing.float_outputs:
+            value = info.node.outputs[index]
+            if value.is_graph_output() or any(
+                not self._reads_as_low(use.node, use.idx) for use in value.uses()
+            ):
+                return True
+        return False
 
     def _spread_through_pass_through(self) -> None:
         """Step 5: pass-through nodes touching a low region join it (both directions)."""
@@ -425,7 +493,12 @@ class _GraphPainter:
             if info.op_class == OpClass.ALLOW:
                 return Decision(low, Reason.USER_ALLOW_OP if info.by_user else Reason.ALLOW, info.rule)
             reason = Reason.FOLLOW if info.op_class == OpClass.FOLLOW else Reason.PASS_THROUGH
-            return Decision(low, reason, info.rule)
+            rule = (
+                f"{info.rule}; extends a low-precision region without extra Casts"
+                if info.extended
+                else info.rule
+            )
+            return Decision(low, reason, rule)
         if info.denied:
             return Decision(Precision.FP32, Reason.BLOCK_PROPAGATED, info.rule)
         return Decision(Precision.FP32, Reason.NOT_BETWEEN_LOW, info.rule)
@@ -437,6 +510,11 @@ def _reads_as_float(consumer: _NodeInfo, producer: ir.Node) -> bool:
         consumer.node.inputs[index] is not None and consumer.node.inputs[index].producer() is producer
         for index in consumer.typing.float_inputs
     )
+
+
+def _is_weight(value: ir.Value) -> bool:
+    """A constant the conversion may convert (initializers that are also inputs can be fed)."""
+    return ranges.constant_tensor(value) is not None and not value.is_graph_input()
 
 
 def _blocking_attribute(node: ir.Node) -> str | None:
