@@ -26,7 +26,7 @@ import onnx_ir as ir
 
 from mpcompile import op_types, ranges
 from mpcompile.context import ConversionContext
-from mpcompile.graphs import TYPED_FUNCTION_KEY, all_graphs, node_opset
+from mpcompile.graphs import TYPED_FUNCTION_KEY, node_opset
 from mpcompile.passes.base import ConversionPass
 from mpcompile.plan import Decision, Reason
 from mpcompile.policy import OpClass, op_classes
@@ -56,7 +56,7 @@ class AssignPrecisionPass(ConversionPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         functions = {(function.domain, function.name) for function in model.functions.values()}
-        for graph, opset in all_graphs(model):
+        for graph, opset in self.context.graphs_of(model):
             _GraphPainter(self.context, graph, opset, functions, model.opset_imports).paint()
         unknown = Counter(
             f"{node.domain or 'ai.onnx'}::{node.op_type}"
@@ -479,6 +479,7 @@ class _GraphPainter:
         low = self.context.low.precision
         for info in self._infos():
             self.context.plan[info.node] = self._decision(info, low)
+            self.context.typings[id(info.node)] = info.typing
 
     def _decision(self, info: _NodeInfo, low: Precision) -> Decision:
         if info.fixed is not None:

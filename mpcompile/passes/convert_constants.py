@@ -14,7 +14,6 @@ import onnx_ir as ir
 
 from mpcompile.casts import SUFFIX, NameAuthority
 from mpcompile.context import ConversionContext
-from mpcompile.graphs import all_graphs
 from mpcompile.passes.base import ConversionPass
 from mpcompile.plan import Decision, Reason, stamp_decision
 from mpcompile.precision import LowPrecisionFormat
@@ -36,7 +35,7 @@ class ConvertConstantsPass(ConversionPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
-        for graph, _ in all_graphs(model):
+        for graph, _ in self.context.graphs_of(model):
             for value in list(graph.initializers.values()):
                 modified |= self._convert_initializer(graph, value)
             for node in list(graph):

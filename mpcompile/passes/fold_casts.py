@@ -38,7 +38,8 @@ class FoldCastsPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         folded = 0
-        for graph, _ in all_graphs(model):
+        graphs = self.context.graphs_of(model) if self.context is not None else all_graphs(model)
+        for graph, _ in graphs:
             folded += self._fold_graph(graph)
         if self.context is not None:
             self.context.stats.casts_folded += folded

@@ -12,7 +12,6 @@ import onnx_ir as ir
 
 from mpcompile.casts import SUFFIX, CastFactory
 from mpcompile.context import ConversionContext
-from mpcompile.graphs import all_graphs
 from mpcompile.passes.base import ConversionPass
 
 
@@ -26,7 +25,7 @@ class InsertCastsPass(ConversionPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         before = self.casts.created
         required = self.context.required_input_dtypes
-        graphs = [graph for graph, _ in all_graphs(model)]
+        graphs = [graph for graph, _ in self.context.graphs_of(model)]
         for graph in graphs:
             for node in list(graph):
                 for index, value in enumerate(node.inputs):

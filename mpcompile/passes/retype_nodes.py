@@ -10,7 +10,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from mpcompile import op_types
-from mpcompile.graphs import all_graphs, node_opset
+from mpcompile.graphs import node_opset
 from mpcompile.passes.base import ConversionPass
 from mpcompile.values import set_dtype
 
@@ -40,13 +40,13 @@ class RetypeNodesPass(ConversionPass):
         low = self.context.low.dtype
         plan = self.context.plan
         typings: dict[int, op_types.NodeTyping | None] = {}
-        for graph, opset in all_graphs(model):
+        for graph, opset in self.context.graphs_of(model):
             for node in graph:
-                typing = (
-                    op_types.node_typing(node, node_opset(node, opset, model.opset_imports), low)
-                    if plan.is_low(node)
-                    else None
-                )
+                typing = None
+                if plan.is_low(node):  # typed by the assignment, before any value changed type
+                    typing = self.context.typings.get(id(node)) or op_types.node_typing(
+                        node, node_opset(node, opset, model.opset_imports), low
+                    )
                 typings[id(node)] = typing
                 for index, value in enumerate(node.inputs):
                     if value is None:
@@ -58,7 +58,7 @@ class RetypeNodesPass(ConversionPass):
         if not self.context.keep_io_types:
             self._lower_graph_inputs(model)
         modified = False
-        for graph, _ in all_graphs(model):
+        for graph, _ in self.context.graphs_of(model):
             for node in graph:
                 _freeze_like_dtype(node)
                 typing = typings.get(id(node))

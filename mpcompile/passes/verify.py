@@ -6,7 +6,7 @@ import onnx_ir as ir
 
 from mpcompile import op_types
 from mpcompile.context import ConversionContext
-from mpcompile.graphs import all_graphs, node_opset
+from mpcompile.graphs import node_opset
 from mpcompile.passes.base import ConversionPass
 
 
@@ -23,7 +23,7 @@ class VerifyPass(ConversionPass):
         self.io_signature = io_signature
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        for graph, opset in all_graphs(model):
+        for graph, opset in self.context.graphs_of(model):
             _check_topological(graph)
             for node in graph:
                 _check_type_variables(node, opset, model.opset_imports)
