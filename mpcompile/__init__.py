@@ -15,6 +15,10 @@ _EXPORTS = {
     "convert_file": "mpcompile.converter",
     "ConvertResult": "mpcompile.converter",
     "ConvertOptions": "mpcompile.converter",
+    "validate": "mpcompile.validate",
+    "ValidationResult": "mpcompile.validate",
+    "build_report": "mpcompile.report",
+    "write_report": "mpcompile.report",
 }
 
 __all__ = ["__version__", *_EXPORTS]

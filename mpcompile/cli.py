@@ -21,9 +21,20 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def _register_commands() -> None:
     # Each command module is imported here; heavy dependencies stay inside the command bodies.
-    from mpcompile.commands import convert
+    from mpcompile.commands.convert import convert_command
+    from mpcompile.commands.report import report_command
+    from mpcompile.commands.targets import targets_command
+    from mpcompile.commands.train_artifacts import train_artifacts_command
+    from mpcompile.commands.validate import validate_command
 
-    cli.add_command(convert.convert_command)
+    for command in (
+        convert_command,
+        validate_command,
+        report_command,
+        targets_command,
+        train_artifacts_command,
+    ):
+        cli.add_command(command)
 
 
 _register_commands()
@@ -34,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        cli.main(args=args, prog_name="mpcompile", standalone_mode=False)
+        returned = cli.main(args=args, prog_name="mpcompile", standalone_mode=False)
     except MpcompileError as exc:
         if debug:
             raise
@@ -55,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             f"internal error ({type(exc).__name__}): {exc}  (rerun with --debug for a traceback)", err=True
         )
         return int(ExitCode.INTERNAL)
-    return int(ExitCode.OK)
+    # In non-standalone mode click returns a command's ctx.exit(code) instead of raising.
+    return returned if isinstance(returned, int) else int(ExitCode.OK)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,12 @@ from collections import Counter
 
 import onnx_ir as ir
 
+from mpcompile.graphs import all_graphs
+from mpcompile.op_types import NodeTyping
 from mpcompile.plan import PrecisionPlan
 from mpcompile.policy import Policy
 from mpcompile.precision import LowPrecisionFormat
+from mpcompile.ranges import ConstantRange, constant_tensor, measure
 from mpcompile.targets.base import Target
 
 
@@ -54,14 +57,34 @@ class ConversionContext:
     keep_io_types: bool = True
     allow_qdq: bool = False
     plan: PrecisionPlan = dataclasses.field(default_factory=PrecisionPlan)
+    # Typing of each node (by id) as the assignment saw it (see mpcompile.op_types).
+    typings: dict[int, NodeTyping | None] = dataclasses.field(default_factory=dict)
     # Per (node, input index): the dtype the input must have after conversion. Filled by
     # RetypeNodesPass before any value changes type, consumed by InsertCastsPass.
     required_input_dtypes: dict[tuple[int, int], ir.DataType] = dataclasses.field(default_factory=dict)
     # dtypes of graph outputs before conversion, keyed by id(value).
     original_output_dtypes: dict[int, ir.DataType] = dataclasses.field(default_factory=dict)
-    # Constants (initializer values / Constant nodes, by id) whose values a range scan found
-    # beyond the low-precision range, and those that may be clamped as masks.
-    out_of_range_constants: set[int] = dataclasses.field(default_factory=set)
-    clampable_mask_constants: set[int] = dataclasses.field(default_factory=set)
+    # Range scans of float constants, by id of the constant's value (each tensor is read once).
+    constant_ranges: dict[int, ConstantRange | None] = dataclasses.field(default_factory=dict)
+    # Additive attention masks (by id of the constant's value) -> the Softmax nodes they reach.
+    clampable_mask_constants: dict[int, list[ir.Node]] = dataclasses.field(default_factory=dict)
     stats: ConvertStats = dataclasses.field(default_factory=ConvertStats)
     notes: list[str] = dataclasses.field(default_factory=list)
+    _graphs: list[tuple[ir.Graph, int]] | None = dataclasses.field(default=None, repr=False)
+    _graphs_model: ir.Model | None = dataclasses.field(default=None, repr=False)
+
+    def graphs_of(self, model: ir.Model) -> list[tuple[ir.Graph, int]]:
+        """``graphs.all_graphs(model)``, listed once per conversion: finding subgraphs walks every
+        node, and the passes never add or remove one. Valid once InferTypesPass typed functions."""
+        if self._graphs is None or self._graphs_model is not model:
+            self._graphs = list(all_graphs(model))
+            self._graphs_model = model
+        return self._graphs
+
+    def constant_range(self, value: ir.Value) -> ConstantRange | None:
+        """The range of a float constant's values (scanned once per conversion), or None."""
+        key = id(value)
+        if key not in self.constant_ranges:
+            tensor = constant_tensor(value)
+            self.constant_ranges[key] = None if tensor is None else measure(tensor, self.low)
+        return self.constant_ranges[key]

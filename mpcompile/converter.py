@@ -12,9 +12,10 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from mpcompile import errors, io
+from mpcompile import errors, io, targets
 from mpcompile.casts import CastFactory, NameAuthority
 from mpcompile.context import ConversionContext, ConvertStats
+from mpcompile.graphs import all_graphs
 from mpcompile.pipeline import Pipeline
 from mpcompile.plan import MODEL_VERSION_KEY, PrecisionPlan, read_decision
 from mpcompile.policy import Policy, load_policy_file, op_classes
@@ -24,7 +25,7 @@ from mpcompile.targets.base import Target
 
 ModelLike = onnx.ModelProto | ir.Model | str | os.PathLike
 
-DEFAULT_TARGET = "any"
+DEFAULT_TARGET = targets.DEFAULT_TARGET
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,7 @@ class ConvertOptions:
     block_nodes: tuple[str, ...] = ()
     policy: str | os.PathLike | None = None  # TOML file with the same fields
     allow_qdq: bool = False
+    optimize: str | None = None  # run ORT's graph optimisation first: basic | extended | transformer
     verify: bool = True  # run onnx.checker (full) on the result
     check_invariants: bool = False  # check our invariants after every pass (debugging)
     dump_dir: str | os.PathLike | None = None
@@ -84,7 +86,7 @@ class ConvertResult:
         """Per-node decisions, read back from the converted IR (graph order)."""
         model = self.model if isinstance(self.model, ir.Model) else ir.from_proto(self.model)
         rows = []
-        for graph in model.graphs():
+        for graph, _ in all_graphs(model, every_function=True):
             for node in graph:
                 decision = read_decision(node)
                 if decision is None:
@@ -127,12 +129,12 @@ def convert(model: ModelLike, **options: Any) -> ConvertResult:
     if kind == "proto" and not result.already_converted:
         proto = ir.to_proto(result.model)
         if opts.verify:
-            _check(proto)
+            _check(proto, model)
         result.model = proto
     elif kind == "proto":
         result.model = model
     elif opts.verify and not result.already_converted and io.weight_bytes(result.model) < io.TWO_GIB // 2:
-        _check(ir.to_proto(result.model))
+        _check(ir.to_proto(result.model), model)
     return result
 
 
@@ -156,13 +158,20 @@ def convert_file(
     if source == target and not overwrite:
         raise errors.OutputIsInputError(f"{target}: output path is the input; pass --overwrite to replace it")
     model = io.load_model(source)
+    if external_data is None and io.has_external_tensors(model):
+        external_data = True  # weights that came external stay external (they are converted lazily)
     if overwrite and source == target:
         ir.external_data.load_to_model(model)  # the source file is about to be replaced
     result = _convert_ir(model, opts, on_pass_start=on_pass_start)
     if result.already_converted:
         raise errors.AlreadyLowPrecisionError(f"{source}: {result.notes[-1]}; nothing to do")
+    if on_pass_start is not None:
+        on_pass_start("saving and checking")
     io.save_model(
-        result.model, target, external_data=external_data, verify=_check_path if opts.verify else None
+        result.model,
+        target,
+        external_data=external_data,
+        verify=(lambda path: _check(path, source)) if opts.verify else None,
     )
     return result
 
@@ -199,8 +208,13 @@ def _convert_ir(
     )
     low = low_precision_format(str(precision))
     target = get_target(target_name) if isinstance(target_name, str) else target_name
+    if opts.optimize:
+        from mpcompile.optimize import optimize_model
+
+        model = ir.from_proto(optimize_model(model, opts.optimize, target))
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
-    if opset < low.min_opset:
+    # A model without an ai.onnx import (only ai.onnx.ml, say) has nothing that changes precision.
+    if 0 < opset < low.min_opset:
         raise errors.UnsupportedOpsetError(
             f"{low.precision.value} needs ai.onnx opset >= {low.min_opset} (Cast to {low.precision.value}); the model has "
             f"{opset}. Upgrade it with onnx.version_converter.convert_version(model, {low.min_opset})"
@@ -278,7 +292,7 @@ def _policy(opts: ConvertOptions) -> tuple[Policy, dict[str, object]]:
 
 def count_casts(model: ir.Model) -> int:
     return sum(
-        1 for graph in model.graphs() for node in graph if node.op_type == "Cast" and node.domain == ""
+        1 for graph, _ in all_graphs(model) for node in graph if node.op_type == "Cast" and node.domain == ""
     )
 
 
@@ -311,15 +325,26 @@ def _is_qdq(model: ir.Model) -> bool:
     )
 
 
-def _check(proto: onnx.ModelProto) -> None:
+_CHECKER_ERRORS = (onnx.checker.ValidationError, onnx.shape_inference.InferenceError)
+
+
+def _check(converted: onnx.ModelProto | str | os.PathLike, original: ModelLike) -> None:
+    """Full onnx check of the result. If it fails, the input is checked too: an input that
+    fails already is the user's problem (InvalidModelError), otherwise it is our bug."""
     try:
-        onnx.checker.check_model(proto, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        _check_model(converted)
+    except _CHECKER_ERRORS as exc:
+        try:
+            _check_model(ir.to_proto(original) if isinstance(original, ir.Model) else original)
+        except _CHECKER_ERRORS as original_exc:
+            first = (
+                str(original_exc).strip().splitlines()[0]
+                if str(original_exc).strip()
+                else type(original_exc).__name__
+            )
+            raise errors.InvalidModelError(f"the input model fails the ONNX checker: {first}") from None
         raise AssertionError(f"mpcompile produced an invalid model (a bug): {exc}") from exc
 
 
-def _check_path(path: str | os.PathLike) -> None:
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise AssertionError(f"mpcompile produced an invalid model (a bug): {exc}") from exc
+def _check_model(model: onnx.ModelProto | str | os.PathLike) -> None:
+    onnx.checker.check_model(model if isinstance(model, onnx.ModelProto) else str(model), full_check=True)

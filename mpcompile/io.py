@@ -27,7 +27,8 @@ TWO_GIB = 2**31
 # Models whose weights would push the protobuf near its 2 GiB limit are saved with
 # external data. Tensors under this size stay inline.
 EXTERNAL_DATA_THRESHOLD_BYTES = 1024
-# The highest IR version current onnxruntime releases load.
+# IR versions above this are lowered: ORT 1.32 loads up to 13, but the ORT training
+# runtime (1.19) and older ORT releases stop at 10.
 MAX_IR_VERSION = 10
 
 
@@ -114,13 +115,17 @@ def _first_line(exc: BaseException) -> str:
 
 
 def output_ir_version(model: ir.Model) -> int:
-    """The IR version to write: what the opsets need, capped at what ORT loads."""
+    """The IR version to write: the model's own, unless it is newer than ORT releases load;
+    then the lowest version the model's opsets allow."""
+    original = model.ir_version or MAX_IR_VERSION
+    if original <= MAX_IR_VERSION:
+        return original
     opsets = [onnx.helper.make_opsetid(domain, version) for domain, version in model.opset_imports.items()]
     try:
         needed = onnx.helper.find_min_ir_version_for(opsets, ignore_unknown=True)
     except (ValueError, TypeError):
-        needed = 3
-    return max(needed, min(model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION))
+        needed = MAX_IR_VERSION
+    return min(original, max(needed, 3))
 
 
 def weight_bytes(model: ir.Model) -> int:
@@ -149,15 +154,20 @@ def save_model(
     path = pathlib.Path(path).absolute()
     if not path.parent.is_dir():
         raise errors.OutputNotWritableError(f"{path.parent}: output folder does not exist")
+    if path.is_dir():
+        raise errors.OutputNotWritableError(f"{path}: output path is a folder")
     if not os.access(path.parent, os.W_OK):
         raise errors.OutputNotWritableError(f"{path.parent}: output folder is not writable")
     if external_data is None:
-        external_data = _has_external_tensors(model) or weight_bytes(model) >= TWO_GIB - 2**24
+        external_data = has_external_tensors(model) or weight_bytes(model) >= TWO_GIB - 2**24
     model.ir_version = output_ir_version(model)
     data_name = path.name + ".data"
     data_path = path.with_name(data_name)
     data_existed = data_path.exists()
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _user_error(exc, path) from None
     os.close(fd)
     try:
         if external_data:
@@ -168,28 +178,49 @@ def save_model(
             ir.save(model, temp_name)
         if verify is not None:
             verify(temp_name)
+        set_default_permissions(temp_name)
         os.replace(temp_name, path)
-    except OSError as exc:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(temp_name)
         if external_data and not data_existed:
             with contextlib.suppress(OSError):
                 os.unlink(data_path)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise errors.DiskFullError(f"{path}: no space left on device while writing") from None
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise errors.OutputNotWritableError(f"{path}: not writable ({exc.strerror})") from None
-        raise
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_name)
-        if external_data and not data_existed:
-            with contextlib.suppress(OSError):
-                os.unlink(data_path)
+        if isinstance(exc, OSError):
+            raise _user_error(exc, path) from None
         raise
 
 
-def _has_external_tensors(model: ir.Model) -> bool:
+def _user_error(exc: OSError, path: pathlib.Path) -> BaseException:
+    """The MpcompileError for an OSError met while writing ``path`` (or the error itself)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or _short_write_on_full_disk(exc, path):
+        return errors.DiskFullError(f"{path}: no space left on device while writing")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR):
+        return errors.OutputNotWritableError(f"{path}: not writable ({exc.strerror})")
+    return exc
+
+
+def _short_write_on_full_disk(exc: OSError, path: pathlib.Path) -> bool:
+    """numpy's tofile (used for external data) reports a full disk as an errno-less OSError
+    '65536 requested and 32768 written'; confirm with the free space left."""
+    if exc.errno is not None or "written" not in str(exc):
+        return False
+    try:
+        stats = os.statvfs(path.parent)
+    except OSError:
+        return True
+    return stats.f_bavail * stats.f_frsize < 2**20
+
+
+def set_default_permissions(path: str | os.PathLike) -> None:
+    """Give a file made by ``tempfile.mkstemp`` (mode 0600) the mode a plain ``open`` would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def has_external_tensors(model: ir.Model) -> bool:
+    """Whether any initializer's bytes live in an external data file."""
     for graph in model.graphs():
         for value in graph.initializers.values():
             if isinstance(value.const_value, ir.ExternalTensor):

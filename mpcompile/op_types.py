@@ -77,6 +77,19 @@ CONTRIB_TYPING: dict[tuple[str, str], ContribRule] = {
 }
 
 
+# Type variables that the schema lets differ but that kernels and function bodies need equal:
+# ai.onnx Attention (opset 23) binds V/past_value/present_value to T2 and Q/K to T1, yet its
+# function body (what ORT runs when it has no kernel for the type) multiplies softmax(QK) [T1]
+# by V [T2] in one MatMul. They change precision together. Likewise RMSNormalization's body
+# computes Y (V) from X (T), and LinearAttention's inference types present_state (S) from T.
+TIED_TYPE_VARIABLES: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {
+    ("", "Attention"): {"T1": ("T2",)},
+    ("", "RMSNormalization"): {"T": ("V",)},
+    ("", "LinearAttention"): {"T": ("S",)},
+    ("", "OptionalGetElement"): {"O": ("V",)},
+}
+
+
 def _type_string(dtype: ir.DataType) -> str:
     return f"tensor({onnx.helper.tensor_dtype_to_string(dtype.value).replace('TensorProto.', '').lower()})"
 
@@ -99,17 +112,46 @@ def _formal_type(params, index: int) -> str | None:
 
 
 def _dtype(value: ir.Value | None) -> ir.DataType | None:
-    return None if value is None else value.dtype
+    """The element type of a tensor value; None for sequences and optionals (never cast)."""
+    if value is None or (value.type is not None and not isinstance(value.type, ir.TensorType)):
+        return None
+    return value.dtype
+
+
+def _holds_float_container(node: ir.Node) -> bool:
+    """A float sequence/optional in or out: its element type follows the tensors, and a
+    sequence cannot be cast, so such nodes keep FP32 (SplitToSequence, SequenceConstruct,
+    Optional*, Identity on a sequence, ...)."""
+    return any(
+        value is not None
+        and value.type is not None
+        and not isinstance(value.type, ir.TensorType)
+        and value.dtype == FLOAT
+        for value in (*node.inputs, *node.outputs)
+    )
+
+
+# Ops whose schema admits float16 but whose meaning changes with it: BitCast reinterprets
+# bits, so a float32 -> int32 BitCast cannot take float16 input.
+NEVER_LOW: frozenset[tuple[str, str]] = frozenset({("", "BitCast")})
 
 
 def node_typing(node: ir.Node, opset: int, low_dtype: ir.DataType) -> NodeTyping | None:
     """The typing of ``node`` for a conversion to ``low_dtype``; None if the op is unknown."""
+    typing = _node_typing(node, opset, low_dtype)
+    never_low = (node.domain, node.op_type) in NEVER_LOW or _holds_float_container(node)
+    if typing is not None and typing.low_allowed and never_low:
+        return dataclasses.replace(typing, low_allowed=False)
+    return typing
+
+
+def _node_typing(node: ir.Node, opset: int, low_dtype: ir.DataType) -> NodeTyping | None:
     key = (node.domain, node.op_type)
     if key in CONTRIB_TYPING:
         return _contrib_typing(node, CONTRIB_TYPING[key])
     schema = get_schema(node.domain, node.op_type, opset)
     if schema is None:
-        return None
+        return kernel_signature_typing(node)
     if node.op_type == "Cast" and node.domain == "":
         return _cast_typing(node)
     constraints = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
@@ -131,21 +173,38 @@ def node_typing(node: ir.Node, opset: int, low_dtype: ir.DataType) -> NodeTyping
                 break
     if primary is None:
         return NodeTyping((), (), low_allowed=False)
+    converting = {primary, *TIED_TYPE_VARIABLES.get(key, {}).get(primary, ())} & set(constraints)
     float_inputs = tuple(
         index
         for index, value in enumerate(node.inputs)
         if index not in shape_only
         and _dtype(value) == FLOAT
-        and _formal_type(schema.inputs, index) == primary
+        and _formal_type(schema.inputs, index) in converting
     )
     float_outputs = tuple(
-        index for index, _ in enumerate(node.outputs) if _formal_type(schema.outputs, index) == primary
+        index
+        for index, value in enumerate(node.outputs)
+        if _formal_type(schema.outputs, index) == primary
+        or (_formal_type(schema.outputs, index) in converting and _dtype(value) in (FLOAT, None))
     )
     return NodeTyping(
         float_inputs,
         float_outputs,
-        low_allowed=_type_string(low_dtype) in constraints[primary],
+        low_allowed=all(_type_string(low_dtype) in constraints[name] for name in converting)
+        and not _has_float_tensor_attribute(node),
         type_variable=primary,
+    )
+
+
+def _has_float_tensor_attribute(node: ir.Node) -> bool:
+    """Tensor attributes typed like the data (ai.onnx.ml TreeEnsemble's splits and weights) would
+    have to be rewritten with it; only Constant/ConstantOfShape values are, so others stay FP32."""
+    if node.domain == "" and node.op_type in ("Constant", "ConstantOfShape"):
+        return False
+    return any(
+        attr.type == ir.AttributeType.TENSOR and attr.as_tensor().dtype == FLOAT
+        for attr in node.attributes.values()
+        if isinstance(attr, ir.Attr)
     )
 
 
@@ -169,3 +228,76 @@ def _contrib_typing(node: ir.Node, rule: ContribRule) -> NodeTyping:
         if index not in rule.keep_outputs and _dtype(value) in (FLOAT, None)
     )
     return NodeTyping(float_inputs, float_outputs, low_allowed=True, type_variable="T")
+
+
+def kernel_signature_typing(node: ir.Node) -> NodeTyping | None:
+    """Typing of an op onnx has no schema for, from ONNX Runtime's kernel signatures.
+
+    ORT's operator-kernel tables name each input's and output's type parameter (``*in*
+    X:**T**``); the parameter of the first float32 input is the primary one, as for schemas.
+    None when ORT registers no such op either.
+    """
+    from mpcompile.targets.kernel_table import op_signatures
+
+    signatures = op_signatures(node.domain, node.op_type)
+    if not signatures:
+        return None
+    signature = signatures[0]
+
+    def formal(params, index: int) -> str | None:
+        if index < len(params):
+            return params[index].type
+        return params[-1].type if params and params[-1].variadic else None
+
+    primary = next(
+        (
+            formal(signature.inputs, index)
+            for index, value in enumerate(node.inputs)
+            if _dtype(value) == FLOAT
+            and formal(signature.inputs, index)
+            and not formal(signature.inputs, index).startswith("tensor(")
+        ),
+        None,
+    )
+    if primary is None:
+        return NodeTyping((), (), low_allowed=False)
+    float_inputs = tuple(
+        index
+        for index, value in enumerate(node.inputs)
+        if _dtype(value) == FLOAT and formal(signature.inputs, index) == primary
+    )
+    float_outputs = tuple(
+        index for index, _ in enumerate(node.outputs) if formal(signature.outputs, index) == primary
+    )
+    return NodeTyping(float_inputs, float_outputs, low_allowed=True, type_variable=primary)
+
+
+def output_dtypes_from_inputs(node: ir.Node) -> list[ir.DataType | None]:
+    """For an op without an onnx schema: each output's dtype, taken from an input bound to the
+    same type parameter in ORT's kernel signature (None where that cannot tell)."""
+    from mpcompile.targets.kernel_table import op_signatures
+
+    signatures = op_signatures(node.domain, node.op_type)
+    if not signatures:
+        return [None] * len(node.outputs)
+    signature = signatures[0]
+    by_parameter: dict[str, ir.DataType] = {}
+    for param, value in zip(signature.inputs, node.inputs, strict=False):
+        if value is not None and value.dtype is not None:
+            by_parameter.setdefault(param.type, value.dtype)
+    result: list[ir.DataType | None] = []
+    for index in range(len(node.outputs)):
+        param = signature.outputs[index].type if index < len(signature.outputs) else None
+        if param is None:
+            result.append(None)
+        elif param.startswith("tensor("):
+            result.append(_literal_dtype(param))
+        else:
+            result.append(by_parameter.get(param))
+    return result
+
+
+def _literal_dtype(type_string: str) -> ir.DataType | None:
+    name = type_string.removeprefix("tensor(").removesuffix(")").upper()
+    aliases = {"FLOAT32": "FLOAT", "FLOAT64": "DOUBLE"}
+    return getattr(ir.DataType, aliases.get(name, name), None)

@@ -46,6 +46,8 @@ class Reason:
     NO_FLOAT = "no-float"  # touches no floating-point data
     CAST = "cast"  # a Cast inserted by mpcompile
     LOSS_SCALING = "loss-scaling"
+    AUTO_RANGE = "auto:range"  # --auto: FP32 reference values or reduction depth unsafe in low precision
+    AUTO_SENSITIVITY = "auto:sensitivity"  # --auto: kept FP32 to meet the accuracy tolerance
     UNKNOWN = "unknown"  # model converted elsewhere; reason not recorded
 
     @staticmethod

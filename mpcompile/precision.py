@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 
 import ml_dtypes
 import numpy as np
@@ -51,6 +52,7 @@ class LowPrecisionFormat:
     max: float  # largest finite value
     tiny: float  # smallest positive normal
     smallest_subnormal: float
+    mantissa_bits: int
     min_opset: int  # first ai.onnx opset whose Cast accepts the type
 
     @property
@@ -60,10 +62,8 @@ class LowPrecisionFormat:
     @property
     def overflow_threshold(self) -> float:
         """Magnitudes at or above this round to infinity (round-to-nearest-even)."""
-        spacing_at_max = float(self.max) - float(
-            np.nextafter(self.numpy_dtype.type(self.max), 0, dtype=self.numpy_dtype)
-        )
-        return float(self.max) + spacing_at_max / 2
+        spacing_at_max = 2.0 ** (math.floor(math.log2(self.max)) - self.mantissa_bits)
+        return self.max + spacing_at_max / 2
 
 
 def _format(precision: Precision, numpy_dtype, min_opset: int) -> LowPrecisionFormat:
@@ -74,6 +74,7 @@ def _format(precision: Precision, numpy_dtype, min_opset: int) -> LowPrecisionFo
         max=float(info.max),
         tiny=float(info.tiny),
         smallest_subnormal=float(info.smallest_subnormal),
+        mantissa_bits=int(info.nmant),
         min_opset=min_opset,
     )
 

@@ -43,6 +43,7 @@ def measure(tensor: ir.TensorProtocol, low: LowPrecisionFormat) -> ConstantRange
     try:
         return _measure_array(array, low)
     finally:
+        del array  # a view of the mapped file: unmapping while it lives raises BufferError
         if isinstance(tensor, ir.ExternalTensor):
             tensor.release()
 
@@ -51,11 +52,19 @@ def _measure_array(array: np.ndarray, low: LowPrecisionFormat) -> ConstantRange:
     if array.size == 0:
         return ConstantRange(0.0, 0, 0, 0, 0)
     magnitude = np.abs(array)
-    finite = np.isfinite(magnitude)
-    max_abs = float(magnitude[finite].max()) if finite.any() else 0.0
-    overflow_mask = finite & (magnitude >= low.overflow_threshold)
-    overflowing = int(np.count_nonzero(overflow_mask))
-    overflowing_positive = int(np.count_nonzero(overflow_mask & (array > 0)))
-    flushed = int(np.count_nonzero((magnitude > 0) & (magnitude <= low.smallest_subnormal / 2)))
-    subnormal = int(np.count_nonzero((magnitude > low.smallest_subnormal / 2) & (magnitude < low.tiny)))
+    max_abs = float(magnitude.max())
+    if not np.isfinite(max_abs):  # inf or nan present: measure the finite values only
+        finite = magnitude[np.isfinite(magnitude)]
+        max_abs = float(finite.max()) if finite.size else 0.0
+    overflowing = overflowing_positive = 0
+    if max_abs >= low.overflow_threshold:  # rare: count only when something overflows
+        overflow_mask = np.isfinite(magnitude) & (magnitude >= low.overflow_threshold)
+        overflowing = int(np.count_nonzero(overflow_mask))
+        overflowing_positive = int(np.count_nonzero(overflow_mask & (array > 0)))
+    flushed = subnormal = 0
+    below_normal = magnitude[magnitude < low.tiny]  # usually few values: count on the subset
+    if below_normal.size:
+        nonzero = below_normal[below_normal > 0]
+        flushed = int(np.count_nonzero(nonzero <= low.smallest_subnormal / 2))
+        subnormal = int(nonzero.size) - flushed
     return ConstantRange(max_abs, overflowing, overflowing_positive, flushed, subnormal)

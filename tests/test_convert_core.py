@@ -181,10 +181,28 @@ def test_one_cast_per_value_and_type():
     )
     result = mpcompile.convert(model)
     casts = [node for node in result.model.graph.node if node.op_type == "Cast"]
-    # x -> fp16 once, shared; the Add leads to no allow op so it stays FP32: a and b are cast back.
-    assert sorted(node.input[0] for node in casts) == ["a", "b", "x"]
-    assert decisions(result)["add"] == ("fp32", Reason.NOT_BETWEEN_LOW)
-    assert result.stats.casts_added == len(casts) == 3
+    # x -> fp16 once, shared. The Add leads to no allow op, but going low turns two Casts back
+    # (a, b) into one (y), so it extends the region; y is cast back to keep the output FP32.
+    assert [node.input[0] for node in casts if node.output[0] != "y"] == ["x"]
+    assert [node.output[0] for node in casts if node.input[0] != "x"] == ["y"]
+    assert decisions(result)["add"] == ("fp16", Reason.FOLLOW)
+    assert result.stats.casts_added == len(casts) == 2
+
+
+def test_region_does_not_extend_into_inputs_of_blocked_ops():
+    # MatMul -> Add -> Exp: the Add feeds a blocked op, so it stays FP32 (cast after the MatMul).
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["a"], name="mm"),
+        helper.make_node("Add", ["a", "B"], ["b"], name="add"),
+        helper.make_node("Exp", ["b"], ["y"], name="exp"),
+    ]
+    model = make_model(
+        nodes,
+        [value_info("x", [2, 4])],
+        [value_info("y", [2, 4])],
+        [weight("W", [4, 4]), weight("B", [4], 1)],
+    )
+    assert decisions(mpcompile.convert(model))["add"] == ("fp32", Reason.NOT_BETWEEN_LOW)
 
 
 def test_untyped_contrib_op_is_kept_fp32_and_reported():
@@ -223,3 +241,103 @@ def test_convert_file_writes_atomically_and_refuses_same_path(tmp_path):
     assert source.read_bytes() == before
     onnx.checker.check_model(str(output), full_check=True)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_local_function_bodies_are_converted_behind_fp32_interfaces():
+    block = helper.make_function(
+        "local",
+        "Block",
+        ["x", "w"],
+        ["y"],
+        [
+            helper.make_node("MatMul", ["x", "w"], ["a"]),
+            helper.make_node("Relu", ["a"], ["b"]),
+            helper.make_node("MatMul", ["b", "w"], ["c"]),
+            helper.make_node("Exp", ["c"], ["y"]),
+        ],
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Block", ["x", "W"], ["h"], domain="local", name="call1"),
+            helper.make_node("Block", ["h", "W"], ["y"], domain="local", name="call2"),
+        ],
+        "g",
+        [value_info("x", [2, 4])],
+        [value_info("y", [2, 4])],
+        [weight("W", [4, 4], 0, 0.3)],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+        functions=[block],
+        ir_version=10,
+    )
+    result = mpcompile.convert(model)
+    onnx.checker.check_model(result.model, full_check=True)
+    body = {
+        row.op_type: row.precision for row in result.decisions() if row.graph == "" and row.op_type != "Cast"
+    }
+    assert body == {"MatMul": "fp16", "Relu": "fp16", "Exp": "fp32"}
+    assert decisions(result)["call1"] == ("fp32", Reason.FUNCTION_CALL)
+    feeds = {"x": np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)}
+    assert_close(run(model, feeds), run(result.model, feeds), rtol=1e-2, atol=1e-2)
+
+
+def test_input_failing_the_checker_is_a_user_error_not_a_bug():
+    # The graph output is declared int64 but Relu produces float: onnx's full check rejects it.
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["y"])]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [value_info("x", [2, 4])],
+        [value_info("y", [2, 4], TensorProto.INT64)],
+        [weight("W", [4, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(errors.InvalidModelError, match="input model fails the ONNX checker"):
+        mpcompile.convert(model)
+
+
+def test_model_with_only_ai_onnx_ml_ops_converts_to_itself():
+    node = helper.make_node("Binarizer", ["x"], ["y"], domain="ai.onnx.ml", threshold=0.5)
+    graph = helper.make_graph([node], "g", [value_info("x", [2])], [value_info("y", [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("ai.onnx.ml", 1)])
+    result = mpcompile.convert(model)
+    assert [(row.precision, row.reason) for row in result.decisions()] == [("fp32", Reason.BLOCK)]
+    assert result.stats.casts_added == 0
+
+
+def test_scatter_with_reduction_is_blocked():
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
+        helper.make_node("ScatterElements", ["h", "idx", "h"], ["s"], name="scatter", reduction="add"),
+        helper.make_node("MatMul", ["s", "W"], ["y"], name="mm2"),
+    ]
+    model = make_model(
+        nodes,
+        [value_info("x", [4, 4]), value_info("idx", [4, 4], TensorProto.INT64)],
+        [value_info("y", [4, 4])],
+        [weight("W", [4, 4])],
+        opset=18,
+    )
+    got = decisions(mpcompile.convert(model))
+    assert got["scatter"] == ("fp32", Reason.BLOCK)
+    assert got["mm"][0] == "fp16"
+
+
+def test_ops_with_float_tensor_attributes_stay_fp32():
+    attr = helper.make_tensor("nodes_splits", TensorProto.FLOAT, [1], [0.5])
+    node = helper.make_node(
+        "TreeEnsemble", ["x"], ["y"], domain="ai.onnx.ml", name="trees",
+        aggregate_function=1, leaf_targetids=[0, 0], leaf_weights=helper.make_tensor("w", TensorProto.FLOAT, [2], [1.0, 2.0]),
+        n_targets=1, nodes_falseleafs=[1], nodes_falsenodeids=[1], nodes_featureids=[0],
+        nodes_modes=helper.make_tensor("m", TensorProto.UINT8, [1], [0]), nodes_splits=attr,
+        nodes_trueleafs=[1], nodes_truenodeids=[0], post_transform=0, tree_roots=[0],
+    )  # fmt: skip
+    graph = helper.make_graph([node], "g", [value_info("x", [2, 1])], [value_info("y", [2, 1])])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("ai.onnx.ml", 5), helper.make_opsetid("", 21)]
+    )
+    result = mpcompile.convert(model, allow_ops=["ai.onnx.ml::TreeEnsemble"], target="any")
+    assert decisions(result)["trees"] == ("fp32", Reason.SCHEMA)

@@ -8,6 +8,9 @@ import sys
 
 import click
 
+from mpcompile.choices import DEFAULT_TARGET, OPTIMIZE_LEVELS, PRECISIONS, TARGET_NAMES
+from mpcompile.commands.auto_options import auto_options, auto_settings, run_auto_from_cli
+
 
 def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Path:
     """model.onnx -> model.fp16.onnx"""
@@ -24,13 +27,22 @@ def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Pat
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp16", "bf16"]),
+    type=click.Choice(PRECISIONS),
     default="fp16",
     show_default=True,
     help="Low-precision type.",
 )
 @click.option(
-    "--target", default="any", show_default=True, help="Execution target whose kernels limit precision."
+    "--target",
+    type=click.Choice(TARGET_NAMES),
+    default=DEFAULT_TARGET,
+    show_default=True,
+    help="Execution target: a node goes low precision only where the target has a kernel for it.",
+)
+@click.option(
+    "--optimize",
+    type=click.Choice(OPTIMIZE_LEVELS),
+    help="Run ONNX Runtime's graph optimisation (fusions) for the target before converting.",
 )
 @click.option(
     "--keep-io-types/--no-keep-io-types",
@@ -51,9 +63,26 @@ def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Pat
 )
 @click.option("--policy", type=click.Path(dir_okay=False, path_type=pathlib.Path), help="TOML policy file.")
 @click.option("--allow-qdq", is_flag=True, help="Convert the float parts of a QDQ-quantized model.")
+@click.option(
+    "--training",
+    is_flag=True,
+    help="MODEL is an ORT training-artifact folder (training/eval/optimizer models, checkpoint); -o is the output folder.",
+)
 @click.option("--overwrite", is_flag=True, help="Allow the output path to be the input path.")
 @click.option(
     "--external-data/--no-external-data", default=None, help="Force weights into/out of a .data file."
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    help="Also write a precision report (.html, .json, .csv or .txt).",
+)
+@click.option(
+    "--validate",
+    "run_validation",
+    is_flag=True,
+    help="Validate the result against the input (see `validate`).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
@@ -65,28 +94,79 @@ def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Pat
     type=click.Path(file_okay=False, path_type=pathlib.Path),
     help="Write the IR after each pass here.",
 )
+@auto_options
 def convert_command(
     model: pathlib.Path,
     output: pathlib.Path | None,
     precision: str,
     target: str,
+    optimize: str | None,
     keep_io_types: bool,
     allow_ops: tuple[str, ...],
     block_ops: tuple[str, ...],
     block_nodes: tuple[str, ...],
     policy: pathlib.Path | None,
     allow_qdq: bool,
+    training: bool,
     overwrite: bool,
     external_data: bool | None,
+    report_path: pathlib.Path | None,
+    run_validation: bool,
     as_json: bool,
     quiet: bool,
     check_invariants: bool,
     dump_dir: pathlib.Path | None,
 ) -> None:
     """Convert an FP32 ONNX MODEL to mixed precision."""
+    if training:
+        from mpcompile.commands.train_artifacts import convert_training_folder
+
+        convert_training_folder(
+            model,
+            output,
+            precision=precision,
+            block_ops=block_ops,
+            block_nodes=block_nodes,
+            overwrite=overwrite,
+            as_json=as_json,
+            quiet=quiet,
+        )
+        return
+    output = output or default_output_path(model, precision)
+    if report_path is not None:
+        from mpcompile.report import format_for_path
+
+        format_for_path(report_path)  # fail on a bad extension before converting
+    settings = auto_settings()
+    if settings is not None:
+        run_auto_from_cli(
+            model,
+            output,
+            settings,
+            overwrite=overwrite,
+            external_data=external_data,
+            as_json=as_json,
+            quiet=quiet,
+            report_path=report_path,
+            precision=precision,
+            target=target,
+            optimize=optimize,
+            keep_io_types=keep_io_types,
+            allow_ops=allow_ops,
+            block_ops=block_ops,
+            block_nodes=block_nodes,
+            policy=policy,
+            allow_qdq=allow_qdq,
+            check_invariants=check_invariants,
+            dump_dir=dump_dir,
+        )
+        if run_validation:
+            from mpcompile.commands.validate import validate_or_raise
+
+            validate_or_raise(model, output)
+        return
     from mpcompile.converter import convert_file
 
-    output = output or default_output_path(model, precision)
     with _progress(quiet or as_json) as on_pass_start:
         result = convert_file(
             model,
@@ -96,6 +176,7 @@ def convert_command(
             on_pass_start=on_pass_start,
             precision=precision,
             target=target,
+            optimize=optimize,
             keep_io_types=keep_io_types,
             allow_ops=allow_ops,
             block_ops=block_ops,
@@ -109,6 +190,14 @@ def convert_command(
         click.echo(json.dumps({"input": str(model), "output": str(output), **result.summary()}, indent=2))
     elif not quiet:
         print_summary(result, model, output)
+    if report_path is not None:
+        from mpcompile.report import write_report
+
+        write_report(output, report_path, original=model)
+    if run_validation:
+        from mpcompile.commands.validate import validate_or_raise
+
+        validate_or_raise(model, output)
 
 
 class _progress:

@@ -19,13 +19,15 @@ reads through its primary type variable (see ``mpcompile.op_types``).
 from __future__ import annotations
 
 import dataclasses
-from collections import deque
-from collections.abc import Iterable
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
 
 import onnx_ir as ir
 
 from mpcompile import op_types, ranges
 from mpcompile.context import ConversionContext
+from mpcompile.graphs import TYPED_FUNCTION_KEY, node_opset
+from mpcompile.passes.base import ConversionPass
 from mpcompile.plan import Decision, Reason
 from mpcompile.policy import OpClass, op_classes
 from mpcompile.precision import Precision
@@ -46,27 +48,30 @@ class _NodeInfo:
     by_user: bool = False
     low: bool = False
     denied: bool = False  # block propagated into it
+    extended: bool = False  # went low in step 4b (no extra Cast)
 
 
-class AssignPrecisionPass(ir.passes.InPlacePass):
+class AssignPrecisionPass(ConversionPass):
     """Fill ``context.plan`` with a Decision for every node (analysis only)."""
 
-    def __init__(self, context: ConversionContext):
-        super().__init__()
-        self.context = context
-
-    def __repr__(self) -> str:
-        return "AssignPrecisionPass()"
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
         functions = {(function.domain, function.name) for function in model.functions.values()}
-        range_cache: dict[int, ranges.ConstantRange | None] = {}
-        for graph in model.graphs():
-            _GraphPainter(self.context, graph, opset, functions, range_cache).paint()
-        if model.functions:
+        for graph, opset in self.context.graphs_of(model):
+            _GraphPainter(self.context, graph, opset, functions, model.opset_imports).paint()
+        unknown = Counter(
+            f"{node.domain or 'ai.onnx'}::{node.op_type}"
+            for node, decision in self.context.plan.items()
+            if decision.reason == Reason.UNKNOWN_OP
+        )
+        if unknown:
+            listed = ", ".join(
+                f"{op} ({count} node{'s' * (count > 1)})" for op, count in sorted(unknown.items())
+            )
+            self.context.notes.append(f"kept FP32, no schema or typing rule: {listed}")
+        untyped = [name for (_, name, _), f in model.functions.items() if not f.meta.get(TYPED_FUNCTION_KEY)]
+        if untyped:
             self.context.notes.append(
-                f"{len(model.functions)} model-local function(s) kept FP32: calls are precision boundaries"
+                f"local function(s) {', '.join(sorted(untyped))} kept as they are: their call sites disagree on types"
             )
         return ir.passes.PassResult(model, modified=False)
 
@@ -78,13 +83,13 @@ class _GraphPainter:
         graph: ir.Graph,
         opset: int,
         functions: set[tuple[str, str]],
-        range_cache: dict[int, ranges.ConstantRange | None],
+        opset_imports: Mapping[str, int],
     ):
         self.context = context
         self.graph = graph
         self.opset = opset
+        self.opset_imports = opset_imports
         self.functions = functions
-        self.range_cache = range_cache
         self.low_dtype = context.low.dtype
         self.infos: dict[int, _NodeInfo] = {}
         self.order: list[ir.Node] = list(graph)
@@ -98,6 +103,7 @@ class _GraphPainter:
         candidates = [info for info in self._infos() if info.fixed is None]
         self._propagate_block(candidates)
         self._paint_between_low(candidates)
+        self._extend_without_casts()
         self._spread_through_pass_through()
         self._decide_constants()
         self._record()
@@ -121,7 +127,7 @@ class _GraphPainter:
             )
         if key in op_classes.QDQ_OPS:
             return _NodeInfo(node, None, fixed=self._fixed(fp32, Reason.QDQ, "quantization op"))
-        typing = op_types.node_typing(node, self.opset, self.low_dtype)
+        typing = op_types.node_typing(node, node_opset(node, self.opset, self.opset_imports), self.low_dtype)
         info = _NodeInfo(node, typing)
         if typing is None:
             if _touches_float(node):
@@ -149,9 +155,15 @@ class _GraphPainter:
             return info
         classified = self.context.policy.classify(node.domain, node.op_type)
         info.op_class, info.rule, info.by_user = classified.op_class, classified.rule, classified.by_user
-        if classified.op_class == OpClass.UNLISTED:
+        blocking_attribute = _blocking_attribute(node)
+        if blocking_attribute and not classified.by_user:
+            info.op_class, info.rule = (
+                OpClass.BLOCK,
+                f"policy.block_when_attribute[{node.op_type} {blocking_attribute}]",
+            )
+        if info.op_class == OpClass.UNLISTED:
             info.fixed = self._fixed(fp32, Reason.UNLISTED, classified.rule)
-        elif classified.op_class != OpClass.BLOCK:
+        elif info.op_class != OpClass.BLOCK:
             info.fixed = self._eligibility(node, typing)
         return info
 
@@ -164,7 +176,8 @@ class _GraphPainter:
                 Reason.SCHEMA,
                 f"{node.op_type}-{self.opset} type {typing.type_variable} has no {self.context.low.precision.value}",
             )
-        if not self.context.target.supports(node.domain, node.op_type, self.opset, self.low_dtype):
+        domain_opset = node_opset(node, self.opset, self.opset_imports)
+        if not self.context.target.supports(node.domain, node.op_type, domain_opset, self.low_dtype):
             provider = self.context.target.provider or self.context.target.name
             return self._fixed(fp32, Reason.no_kernel(provider), f"target {self.context.target.name}")
         for index in typing.float_inputs:
@@ -186,11 +199,7 @@ class _GraphPainter:
     def _constant_range(self, value: ir.Value | None) -> ranges.ConstantRange | None:
         if value is None or value.dtype != ir.DataType.FLOAT:
             return None
-        key = id(value)
-        if key not in self.range_cache:
-            tensor = ranges.constant_tensor(value)
-            self.range_cache[key] = None if tensor is None else ranges.measure(tensor, self.context.low)
-        return self.range_cache[key]
+        return self.context.constant_range(value)
 
     def _is_clampable_mask(self, value: ir.Value, measured: ranges.ConstantRange) -> bool:
         """A constant whose only out-of-range values are huge negatives feeding a Softmax
@@ -198,16 +207,18 @@ class _GraphPainter:
         low-precision limit keeps the Softmax result (exp underflows to 0 either way)."""
         if measured.overflowing_positive:
             return False
+        if id(value) in self.context.clampable_mask_constants:
+            return True
         frontier = [(use.node, 0) for use in value.uses()]
         seen: set[int] = set()
-        found_softmax = False
+        softmaxes: list[ir.Node] = []
         while frontier:
             node, depth = frontier.pop()
             if id(node) in seen:
                 continue
             seen.add(id(node))
             if node.domain == "" and node.op_type == "Softmax":
-                found_softmax = True
+                softmaxes.append(node)
                 continue
             classified = self.context.policy.classify(node.domain, node.op_type)
             if depth >= MASK_SEARCH_DEPTH or classified.op_class not in (
@@ -239,9 +250,9 @@ class _GraphPainter:
                 if output.is_graph_output():
                     return False
                 frontier.extend((use.node, depth + 1) for use in output.uses())
-        if found_softmax:
-            self.context.clampable_mask_constants.add(id(value))
-        return found_softmax
+        if softmaxes:
+            self.context.clampable_mask_constants[id(value)] = softmaxes
+        return bool(softmaxes)
 
     def _mark_qdq_paths(self) -> None:
         """Nodes fed by DequantizeLinear or feeding QuantizeLinear form quantized paths."""
@@ -324,14 +335,27 @@ class _GraphPainter:
         )
 
     def _paint_between_low(self, candidates: list[_NodeInfo]) -> None:
-        """Steps 2 and 4: allow nodes go low; follow/pass-through nodes between them too."""
+        """Steps 2 and 4: allow nodes go low; follow/pass-through nodes between them too.
+
+        Nodes that read only weights (an embedding Gather) start low-precision paths as allow
+        nodes do: nothing FP32 flows into them, so a path from them into an allow node crosses
+        no boundary when it is low.
+        """
         seeds = [info for info in candidates if info.op_class == OpClass.ALLOW]
         for info in seeds:
             info.low = True
-        downstream = self._reach(seeds, self._float_consumers)
+        weight_fed = [info for info in candidates if self._paintable(info) and self._reads_only_weights(info)]
+        downstream = self._reach(seeds, self._float_consumers) | self._reach(
+            weight_fed, self._float_consumers
+        )
+        downstream.update(id(info.node) for info in weight_fed)
         upstream = self._reach(seeds, self._float_producers)
         for key in downstream & upstream:
             self.infos[key].low = True
+
+    def _reads_only_weights(self, info: _NodeInfo) -> bool:
+        inputs = [info.node.inputs[index] for index in info.typing.float_inputs]
+        return bool(inputs) and all(_is_weight(value) for value in inputs)
 
     def _reach(self, seeds: list[_NodeInfo], step) -> set[int]:
         reached: set[int] = set()
@@ -343,6 +367,72 @@ class _GraphPainter:
                     reached.add(id(neighbour.node))
                     queue.append(neighbour)
         return reached
+
+    def _extend_without_casts(self) -> None:
+        """Step 4b: a follow/pass-through node fed only by low-precision nodes (and weights) goes
+        low when that needs no more Casts: the Cast moves from its inputs to its output, or two
+        input Casts become one output Cast. More work in low precision, never more boundaries."""
+        for info in self._infos():
+            if (
+                info.low
+                or not self._paintable(info)
+                or not info.typing.float_inputs
+                or self._feeds_blocked(info)
+            ):
+                continue
+            producers = []
+            for index in info.typing.float_inputs:
+                value = info.node.inputs[index]
+                producer = self._info_of(value.producer())
+                if producer is not None and producer.low and value.index() in producer.typing.float_outputs:
+                    producers.append(value)
+                elif not _is_weight(value):
+                    break  # an FP32 input: going low would add a Cast
+            else:
+                if not producers:
+                    continue
+                casts_saved = sum(
+                    1 for value in set(producers) if self._only_low_readers_besides(value, info.node)
+                )
+                casts_needed = 1 if self._has_fp32_reader(info) else 0
+                if casts_needed <= casts_saved:
+                    info.low = True
+                    info.extended = True
+
+    def _feeds_blocked(self, info: _NodeInfo) -> bool:
+        """Inputs of unsafe (blocked) ops stay computed in FP32, as TF-AMP keeps them."""
+        for value in info.node.outputs:
+            for use in value.uses():
+                reader = self.infos.get(id(use.node))
+                if reader is not None and (
+                    reader.denied or (reader.fixed is None and reader.op_class == OpClass.BLOCK)
+                ):
+                    return True
+        return False
+
+    def _reads_as_low(self, node: ir.Node, index: int) -> bool:
+        reader = self.infos.get(id(node))
+        return (
+            reader is not None
+            and reader.low
+            and reader.typing is not None
+            and index in reader.typing.float_inputs
+        )
+
+    def _only_low_readers_besides(self, value: ir.Value, node: ir.Node) -> bool:
+        """True if ``value``'s Cast back to FP32 would exist only for ``node``."""
+        if value.is_graph_output():
+            return False
+        return all(use.node is node or self._reads_as_low(use.node, use.idx) for use in value.uses())
+
+    def _has_fp32_reader(self, info: _NodeInfo) -> bool:
+        for index in info.typing.float_outputs:
+            value = info.node.outputs[index]
+            if value.is_graph_output() or any(
+                not self._reads_as_low(use.node, use.idx) for use in value.uses()
+            ):
+                return True
+        return False
 
     def _spread_through_pass_through(self) -> None:
         """Step 5: pass-through nodes touching a low region join it (both directions)."""
@@ -389,6 +479,7 @@ class _GraphPainter:
         low = self.context.low.precision
         for info in self._infos():
             self.context.plan[info.node] = self._decision(info, low)
+            self.context.typings[id(info.node)] = info.typing
 
     def _decision(self, info: _NodeInfo, low: Precision) -> Decision:
         if info.fixed is not None:
@@ -403,7 +494,12 @@ class _GraphPainter:
             if info.op_class == OpClass.ALLOW:
                 return Decision(low, Reason.USER_ALLOW_OP if info.by_user else Reason.ALLOW, info.rule)
             reason = Reason.FOLLOW if info.op_class == OpClass.FOLLOW else Reason.PASS_THROUGH
-            return Decision(low, reason, info.rule)
+            rule = (
+                f"{info.rule}; extends a low-precision region without extra Casts"
+                if info.extended
+                else info.rule
+            )
+            return Decision(low, reason, rule)
         if info.denied:
             return Decision(Precision.FP32, Reason.BLOCK_PROPAGATED, info.rule)
         return Decision(Precision.FP32, Reason.NOT_BETWEEN_LOW, info.rule)
@@ -415,6 +511,22 @@ def _reads_as_float(consumer: _NodeInfo, producer: ir.Node) -> bool:
         consumer.node.inputs[index] is not None and consumer.node.inputs[index].producer() is producer
         for index in consumer.typing.float_inputs
     )
+
+
+def _is_weight(value: ir.Value) -> bool:
+    """A constant the conversion may convert (initializers that are also inputs can be fed)."""
+    return ranges.constant_tensor(value) is not None and not value.is_graph_input()
+
+
+def _blocking_attribute(node: ir.Node) -> str | None:
+    """``name=value`` when an attribute value makes this op accumulate (see BLOCK_WHEN_ATTRIBUTE)."""
+    rule = op_classes.BLOCK_WHEN_ATTRIBUTE.get((node.domain, node.op_type))
+    if rule is None:
+        return None
+    name, values = rule
+    attr = node.attributes.get(name)
+    value = attr.as_string() if attr is not None and attr.type == ir.AttributeType.STRING else None
+    return f"{name}={value}" if value in values else None
 
 
 def _touches_float(node: ir.Node) -> bool:

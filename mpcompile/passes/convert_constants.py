@@ -12,33 +12,30 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from mpcompile import ranges
 from mpcompile.casts import SUFFIX, NameAuthority
 from mpcompile.context import ConversionContext
+from mpcompile.passes.base import ConversionPass
 from mpcompile.plan import Decision, Reason, stamp_decision
 from mpcompile.precision import LowPrecisionFormat
 from mpcompile.values import set_dtype
 
 FLOAT = ir.DataType.FLOAT
-# Tensors up to this size keep their converted copy in memory (cheap to hold, and
-# serializing twice does not convert twice); larger ones convert on every write.
-CACHE_LIMIT_BYTES = 16 * 2**20
+# Tensors up to this size keep their converted copy in memory once made (serializing
+# twice does not convert twice); larger ones convert again on every write, so converted
+# weights never pile up in memory.
+CACHE_LIMIT_BYTES = 2**20
 
 
-class ConvertConstantsPass(ir.passes.InPlacePass):
+class ConvertConstantsPass(ConversionPass):
     """Give every low-precision read of a float constant a low-precision constant."""
 
     def __init__(self, context: ConversionContext, names: NameAuthority):
-        super().__init__()
-        self.context = context
+        super().__init__(context)
         self.names = names
-
-    def __repr__(self) -> str:
-        return "ConvertConstantsPass()"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
-        for graph in model.graphs():
+        for graph, _ in self.context.graphs_of(model):
             for value in list(graph.initializers.values()):
                 modified |= self._convert_initializer(graph, value)
             for node in list(graph):
@@ -54,18 +51,26 @@ class ConvertConstantsPass(ir.passes.InPlacePass):
             (low_uses if required.get((id(use.node), use.idx)) == low else other_uses).append(use)
         return low_uses, other_uses
 
+    def _clamps(self, value: ir.Value) -> bool:
+        """Clamp an attention mask whose Softmax runs in low precision: its values will be."""
+        softmaxes = self.context.clampable_mask_constants.get(id(value), ())
+        return any(self.context.plan.is_low(node) for node in softmaxes)
+
     def _convert_initializer(self, graph: ir.Graph, value: ir.Value) -> bool:
         if value.dtype != FLOAT or value.const_value is None or value.is_graph_input():
             return False
         low_uses, other_uses = self._low_uses(value)
-        if not low_uses:
+        clamp = self._clamps(value)
+        if not low_uses and not clamp:
             return False
-        clamp = id(value) in self.context.clampable_mask_constants
         source = value.const_value
-        self._count_range(source, clamp)
+        self._count_range(value, clamp)
         if clamp:
+            # Also in FP32: the product still reaches the low-precision Softmax through a Cast.
             value.const_value = _lazy(source, _clamped(self.context.low), FLOAT, cache=True)
             source = value.const_value
+            if not low_uses:
+                return True
         if other_uses or value.is_graph_output():
             copy = ir.Value(
                 name=self.names.unique(f"{value.name}_{SUFFIX[self.context.low.dtype]}"),
@@ -93,17 +98,20 @@ class ConvertConstantsPass(ir.passes.InPlacePass):
                 "value", _constant_of_shape_value(node, self.context.low)
             )
             return True
+        clamp = self._clamps(output)
+        if output.dtype != self.context.low.dtype and not low_uses and not clamp:
+            return False
+        _float_attribute_as_tensor(node)
         attr = node.attributes.get("value")
         if attr is None or attr.type != ir.AttributeType.TENSOR or attr.as_tensor().dtype != FLOAT:
             return False
-        if output.dtype != self.context.low.dtype and not low_uses:
-            return False
         tensor = attr.as_tensor()
-        clamp = id(output) in self.context.clampable_mask_constants
-        self._count_range(tensor, clamp)
+        self._count_range(output, clamp)
         if clamp:
             tensor = ir.tensor(_clamped(self.context.low)(tensor.numpy()), name=tensor.name)
             node.attributes["value"] = ir.AttrTensor("value", tensor)
+            if output.dtype != self.context.low.dtype and not low_uses:
+                return True
         converted = ir.tensor(tensor.numpy().astype(self.context.low.numpy_dtype), name=tensor.name)
         if output.dtype == self.context.low.dtype:  # the node itself went low precision
             node.attributes["value"] = ir.AttrTensor("value", converted)
@@ -126,8 +134,10 @@ class ConvertConstantsPass(ir.passes.InPlacePass):
             use.node.replace_input_with(use.idx, copy.outputs[0])
         return True
 
-    def _count_range(self, tensor: ir.TensorProtocol, clamp: bool) -> None:
-        measured = ranges.measure(tensor, self.context.low)
+    def _count_range(self, value: ir.Value, clamp: bool) -> None:
+        measured = self.context.constant_range(value)
+        if measured is None:
+            return
         stats = self.context.stats
         stats.values_flushed_to_zero += measured.flushed_to_zero
         stats.values_subnormal += measured.subnormal
@@ -155,6 +165,20 @@ def _lazy(source: ir.TensorProtocol, convert, dtype: ir.DataType, cache: bool | 
     if cache is None:
         cache = source.nbytes <= CACHE_LIMIT_BYTES
     return ir.LazyTensor(materialize, dtype=dtype, shape=source.shape, name=source.name, cache=cache)
+
+
+def _float_attribute_as_tensor(node: ir.Node) -> None:
+    """Constant(value_float=...) / Constant(value_floats=...) -> Constant(value=tensor).
+
+    Those attributes can only hold float32; a Constant that goes low precision needs a tensor.
+    """
+    for name in ("value_float", "value_floats"):
+        attr = node.attributes.get(name)
+        if attr is None:
+            continue
+        array = np.array(attr.as_float() if name == "value_float" else list(attr.as_floats()), np.float32)
+        del node.attributes[name]
+        node.attributes["value"] = ir.AttrTensor("value", ir.tensor(array, name=node.outputs[0].name))
 
 
 def _constant_of_shape_value(node: ir.Node, low: LowPrecisionFormat) -> ir.Tensor:

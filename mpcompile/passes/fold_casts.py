@@ -11,6 +11,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from mpcompile.context import ConversionContext
+from mpcompile.graphs import all_graphs
 
 F16, BF16, F32, F64 = ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.FLOAT, ir.DataType.DOUBLE
 # (source dtype, intermediate dtype) pairs where the intermediate holds every source value.
@@ -37,7 +38,8 @@ class FoldCastsPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         folded = 0
-        for graph in model.graphs():
+        graphs = self.context.graphs_of(model) if self.context is not None else all_graphs(model)
+        for graph, _ in graphs:
             folded += self._fold_graph(graph)
         if self.context is not None:
             self.context.stats.casts_folded += folded

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import logging
 
+import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common
 
 from mpcompile import op_types
-from mpcompile.context import ConversionContext
+from mpcompile.graphs import TYPED_FUNCTION_KEY, ai_onnx_opset
+from mpcompile.passes.base import ConversionPass
 from mpcompile.values import set_dtype
 
 logger = logging.getLogger(__name__)
 
+# Initializers larger than this are left out of the proto given to onnx shape inference.
+LARGE_TENSOR_BYTES = 1000
 
-class InferTypesPass(ir.passes.InPlacePass):
+
+class InferTypesPass(ConversionPass):
     """Fill in value dtypes so precision decisions never guess.
 
     Runs onnx's shape inference (which cannot type contrib ops), then types the
@@ -22,20 +27,13 @@ class InferTypesPass(ir.passes.InPlacePass):
     counted; nodes reading them are kept FP32 by the precision assignment.
     """
 
-    def __init__(self, context: ConversionContext):
-        super().__init__()
-        self.context = context
-
-    def __repr__(self) -> str:
-        return "InferTypesPass()"
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
         if any(value.dtype is None for graph in model.graphs() for node in graph for value in node.outputs):
             # Strips large initializers before serializing, so big models are not copied.
-            result = ir.passes.common.ShapeInferencePass(data_prop=False)(model)
-            modified = result.modified
+            modified = _infer_shapes(model)
         modified |= _type_contrib_outputs(model)
+        modified |= _type_function_bodies(model)
         self.context.stats.untyped_values = sum(
             1
             for graph in model.graphs()
@@ -46,12 +44,110 @@ class InferTypesPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=modified)
 
 
+def _infer_shapes(model: ir.Model) -> bool:
+    """onnx shape inference merged back with whole types.
+
+    onnx-ir 1.1.0's ShapeInferencePass merges only ``dtype``/``shape``, which turns an untyped
+    sequence or optional value (e.g. SequenceConstruct's output inside an If branch) into a
+    tensor: the saved model then fails the checker ("type case mismatch"). Here a value
+    without a type (or with a type of another kind) takes the inferred type whole.
+    """
+
+    def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+        return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=False)
+
+    try:
+        inferred_proto = _call_without_weights(infer, model)
+    except Exception as exc:  # as ShapeInferencePass: leave the model as it is
+        logger.warning("shape inference failed: %s; values stay untyped", exc)
+        return False
+    inferred_types = _value_types(inferred_proto.graph)
+    modified = False
+    for graph in model.graphs():
+        values = [*graph.inputs, *(output for node in graph for output in node.outputs)]
+        for value in values:
+            proto = inferred_types.get(value.name or "")
+            if proto is None or not proto.HasField("value"):
+                continue
+            inferred = ir.serde.deserialize_type_proto_for_type(proto)
+            if value.type is None or type(value.type) is not type(inferred):
+                value.type = inferred
+                modified = True
+            elif inferred.dtype is not None and value.dtype != inferred.dtype:
+                set_dtype(value, inferred.dtype)
+                modified = True
+            if value.shape is None and proto.HasField("tensor_type") and proto.tensor_type.HasField("shape"):
+                value.shape = ir.serde.deserialize_type_proto_for_shape(proto)
+                modified = True
+    return modified
+
+
+def _call_without_weights(func, model: ir.Model):
+    """Call an onnx C++ API on the model with initializers turned into typed inputs and large
+    tensor values left out, then restore the model exactly.
+
+    onnx-ir 1.1.0's ``_c_api_utils.call_onnx_api`` does the same but checks each initializer
+    against the input list (``initializer not in graph.inputs``): quadratic, 12 s of a
+    52k-node conversion. Here membership is a set lookup.
+    """
+    graph = model.graph
+    initializers = list(graph.initializers.values())
+    inputs_before = list(graph.inputs)
+    listed = {id(value) for value in inputs_before}
+    stripped: list[tuple[ir.Value, ir.TensorProtocol | None]] = []
+    for value in initializers:
+        tensor = value.const_value
+        if tensor is not None:
+            if value.shape is None:
+                value.shape = tensor.shape
+            if value.dtype is None:
+                set_dtype(value, tensor.dtype)
+        if id(value) not in listed:
+            graph.inputs.append(value)
+        if tensor is None or tensor.nbytes > LARGE_TENSOR_BYTES:
+            stripped.append((value, tensor))
+            value.const_value = None
+            graph.initializers.pop(value.name)
+    try:
+        return func(ir.serde.serialize_model(model))
+    finally:
+        for value, tensor in stripped:
+            value.const_value = tensor
+            graph.initializers.add(value)
+        graph.inputs.clear()
+        graph.inputs.extend(inputs_before)
+
+
+def _value_types(graph: onnx.GraphProto) -> dict[str, onnx.TypeProto]:
+    """Every value's inferred TypeProto by name, subgraphs included (ONNX names are unique
+    across nested scopes), read straight from the protobuf: deserializing the whole inferred
+    model again would cost more than the inference itself."""
+    types: dict[str, onnx.TypeProto] = {}
+    for info in (*graph.input, *graph.value_info, *graph.output):
+        types.setdefault(info.name, info.type)
+    for node in graph.node:
+        for attr in node.attribute:
+            for subgraph in (attr.g,) if attr.HasField("g") else attr.graphs:
+                for name, type_proto in _value_types(subgraph).items():
+                    types.setdefault(name, type_proto)
+    return types
+
+
 def _type_contrib_outputs(model: ir.Model) -> bool:
     modified = False
     for graph in model.graphs():
         for node in graph:
             rule = op_types.CONTRIB_TYPING.get((node.domain, node.op_type))
             if rule is None:
+                if node.domain not in ("", "ai.onnx") and any(
+                    v.dtype is None and v.name for v in node.outputs
+                ):
+                    for value, dtype in zip(
+                        node.outputs, op_types.output_dtypes_from_inputs(node), strict=True
+                    ):
+                        if value.dtype is None and dtype is not None and value.name:
+                            set_dtype(value, dtype)
+                            modified = True
                 continue
             source = next(
                 (
@@ -70,3 +166,54 @@ def _type_contrib_outputs(model: ir.Model) -> bool:
                 set_dtype(value, ir.DataType.FLOAT if index in rule.keep_outputs else source)
                 modified = modified or value.dtype is not None
     return modified
+
+
+def _type_function_bodies(model: ir.Model) -> bool:
+    """Type each local function's body from its call sites, when they all agree.
+
+    Function bodies carry no types of their own. When every call passes the same input
+    dtypes, those seed node-by-node onnx inference through the body; the function is then
+    marked typed and converted like a subgraph (its interface stays as called).
+    """
+    if not model.functions:
+        return False
+    calls: dict[tuple[str, str, str], list[ir.Node]] = {}
+    for graph in model.graphs():
+        for node in graph:
+            if node.op_identifier() in model.functions:
+                calls.setdefault(node.op_identifier(), []).append(node)
+    modified = False
+    for key, function in model.functions.items():
+        signatures = {
+            tuple(None if v is None else v.dtype for v in node.inputs) for node in calls.get(key, ())
+        }
+        if len(signatures) != 1:
+            continue
+        (signature,) = signatures
+        if None in signature or len(signature) != len(function.inputs):
+            continue
+        for value, dtype in zip(function.inputs, signature, strict=True):
+            set_dtype(value, dtype)
+        opset = ai_onnx_opset(function.opset_imports, ai_onnx_opset(model.opset_imports))
+        for node in function.graph:
+            _infer_node_types(node, opset)
+        if all(value.dtype is not None for node in function.graph for value in node.outputs if value.name):
+            function.meta[TYPED_FUNCTION_KEY] = True
+            modified = True
+    return modified
+
+
+def _infer_node_types(node: ir.Node, opset: int) -> None:
+    schema = op_types.get_schema(node.domain, node.op_type, opset)
+    if schema is None or any(value is not None and value.type is None for value in node.inputs):
+        return
+    input_types = {
+        value.name: ir.serde.serialize_type(value.type) for value in node.inputs if value is not None
+    }
+    try:
+        inferred = onnx.shape_inference.infer_node_outputs(schema, ir.serde.serialize_node(node), input_types)
+    except (onnx.shape_inference.InferenceError, RuntimeError, ValueError, KeyError):
+        return
+    for value in node.outputs:
+        if value.name in inferred and value.type is None:
+            value.type = ir.serde.deserialize_type_proto_for_type(inferred[value.name])

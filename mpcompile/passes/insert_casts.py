@@ -12,23 +12,21 @@ import onnx_ir as ir
 
 from mpcompile.casts import SUFFIX, CastFactory
 from mpcompile.context import ConversionContext
+from mpcompile.passes.base import ConversionPass
 
 
-class InsertCastsPass(ir.passes.InPlacePass):
+class InsertCastsPass(ConversionPass):
     """Reconcile every input and graph output with its required dtype."""
 
     def __init__(self, context: ConversionContext, casts: CastFactory):
-        super().__init__()
-        self.context = context
+        super().__init__(context)
         self.casts = casts
-
-    def __repr__(self) -> str:
-        return "InsertCastsPass()"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         before = self.casts.created
         required = self.context.required_input_dtypes
-        for graph in model.graphs():
+        graphs = [graph for graph, _ in self.context.graphs_of(model)]
+        for graph in graphs:
             for node in list(graph):
                 for index, value in enumerate(node.inputs):
                     if value is None:
@@ -36,7 +34,7 @@ class InsertCastsPass(ir.passes.InPlacePass):
                     wanted = required.get((id(node), index))
                     if wanted is not None and value.dtype is not None and value.dtype != wanted:
                         node.replace_input_with(index, self.casts.cast(value, wanted, graph))
-        for graph in model.graphs():
+        for graph in graphs:
             if graph is model.graph and not self.context.keep_io_types:
                 continue
             self._restore_output_types(graph)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from mpcompile import op_types
-from mpcompile.context import ConversionContext
+from mpcompile.graphs import node_opset
+from mpcompile.passes.base import ConversionPass
 from mpcompile.values import set_dtype
 
 FLOAT = ir.DataType.FLOAT
@@ -27,27 +28,25 @@ DTYPE_ATTRIBUTE_OPS = frozenset(
         "Multinomial",
     }
 )
+# Ops whose float output type is an `output_datatype` attribute (default FLOAT).
+OUTPUT_DATATYPE_OPS = frozenset({"BlackmanWindow", "HannWindow", "HammingWindow", "MelWeightMatrix"})
 LIKE_OPS = frozenset({"RandomNormalLike", "RandomUniformLike", "EyeLike", "Bernoulli"})
 
 
-class RetypeNodesPass(ir.passes.InPlacePass):
+class RetypeNodesPass(ConversionPass):
     """Apply the plan's node decisions to value types and attributes."""
 
-    def __init__(self, context: ConversionContext):
-        super().__init__()
-        self.context = context
-
-    def __repr__(self) -> str:
-        return "RetypeNodesPass()"
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
         low = self.context.low.dtype
         plan = self.context.plan
         typings: dict[int, op_types.NodeTyping | None] = {}
-        for graph in model.graphs():
+        for graph, opset in self.context.graphs_of(model):
             for node in graph:
-                typing = op_types.node_typing(node, opset, low) if plan.is_low(node) else None
+                typing = None
+                if plan.is_low(node):  # typed by the assignment, before any value changed type
+                    typing = self.context.typings.get(id(node)) or op_types.node_typing(
+                        node, node_opset(node, opset, model.opset_imports), low
+                    )
                 typings[id(node)] = typing
                 for index, value in enumerate(node.inputs):
                     if value is None:
@@ -59,7 +58,7 @@ class RetypeNodesPass(ir.passes.InPlacePass):
         if not self.context.keep_io_types:
             self._lower_graph_inputs(model)
         modified = False
-        for graph in model.graphs():
+        for graph, _ in self.context.graphs_of(model):
             for node in graph:
                 _freeze_like_dtype(node)
                 typing = typings.get(id(node))
@@ -98,3 +97,5 @@ def _retype_attributes(node: ir.Node, typing: op_types.NodeTyping, low: ir.DataT
         node.attributes["to"] = ir.AttrInt64("to", low.value)
     elif node.op_type in DTYPE_ATTRIBUTE_OPS and 0 in typing.float_outputs:
         node.attributes["dtype"] = ir.AttrInt64("dtype", low.value)
+    elif node.op_type in OUTPUT_DATATYPE_OPS and 0 in typing.float_outputs:
+        node.attributes["output_datatype"] = ir.AttrInt64("output_datatype", low.value)

@@ -5,19 +5,12 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from mpcompile import __version__
-from mpcompile.context import ConversionContext
+from mpcompile.passes.base import ConversionPass
 from mpcompile.plan import MODEL_PRECISION_KEY, MODEL_TARGET_KEY, MODEL_VERSION_KEY, stamp_decision
 
 
-class StampDecisionsPass(ir.passes.InPlacePass):
+class StampDecisionsPass(ConversionPass):
     """Make the plan auditable from the saved model alone (``mpcompile report`` reads it)."""
-
-    def __init__(self, context: ConversionContext):
-        super().__init__()
-        self.context = context
-
-    def __repr__(self) -> str:
-        return "StampDecisionsPass()"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         for node, decision in self.context.plan.items():

@@ -6,9 +6,11 @@ import onnx_ir as ir
 
 from mpcompile import op_types
 from mpcompile.context import ConversionContext
+from mpcompile.graphs import node_opset
+from mpcompile.passes.base import ConversionPass
 
 
-class VerifyPass(ir.passes.InPlacePass):
+class VerifyPass(ConversionPass):
     """Raise ``ir.passes.InvariantError`` (an internal bug) if an invariant is broken.
 
     - every node's inputs/outputs bound to one schema type variable share one dtype;
@@ -17,19 +19,14 @@ class VerifyPass(ir.passes.InPlacePass):
     """
 
     def __init__(self, context: ConversionContext, io_signature: dict[str, ir.DataType | None] | None = None):
-        super().__init__()
-        self.context = context
+        super().__init__(context)
         self.io_signature = io_signature
 
-    def __repr__(self) -> str:
-        return "VerifyPass()"
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
-        for graph in model.graphs():
+        for graph, opset in self.context.graphs_of(model):
             _check_topological(graph)
             for node in graph:
-                _check_type_variables(node, opset)
+                _check_type_variables(node, opset, model.opset_imports)
         if self.io_signature is not None and self.context.keep_io_types:
             now = io_signature(model)
             if now != self.io_signature:
@@ -57,8 +54,8 @@ def _check_topological(graph: ir.Graph) -> None:
         seen.add(id(node))
 
 
-def _check_type_variables(node: ir.Node, opset: int) -> None:
-    schema = op_types.get_schema(node.domain, node.op_type, opset)
+def _check_type_variables(node: ir.Node, opset: int, opset_imports: dict[str, int]) -> None:
+    schema = op_types.get_schema(node.domain, node.op_type, node_opset(node, opset, opset_imports))
     if schema is None:
         return
     constraints = {c.type_param_str for c in schema.type_constraints}

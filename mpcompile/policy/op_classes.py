@@ -72,7 +72,7 @@ FOLLOW: frozenset[tuple[str, str]] = frozenset(
         for op in (
             "BiasGelu", "FastGelu", "Gelu", "QuickGelu", "BiasAdd", "BiasSplitGelu", "BiasDropout",
             "SkipLayerNormalization", "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization",
-            "LayerNormalization", "RotaryEmbedding", "GroupNorm", "SkipGroupNorm",
+            "LayerNormalization", "RotaryEmbedding", "GroupNorm", "SkipGroupNorm", "EmbedLayerNormalization",
         )
     }
 )  # fmt: skip
@@ -117,6 +117,13 @@ BLOCK: frozenset[tuple[str, str]] = frozenset(
         )
     }
 )  # fmt: skip
+
+# Pass-through ops that accumulate when an attribute asks them to: with these attribute
+# values they are blocked (a scatter with reduction="add" sums in the output's type).
+BLOCK_WHEN_ATTRIBUTE: dict[tuple[str, str], tuple[str, frozenset[str]]] = {
+    (ONNX, "ScatterElements"): ("reduction", frozenset({"add", "mul", "min", "max"})),
+    (ONNX, "ScatterND"): ("reduction", frozenset({"add", "mul", "min", "max"})),
+}
 
 # Whole domains kept FP32: the classical-ML operators have no FP16 types.
 BLOCKED_DOMAINS: frozenset[str] = frozenset({"ai.onnx.ml"})

@@ -1,0 +1,33 @@
+"""Accuracy-driven automatic mixed precision (``mpcompile convert --auto``); see docs/auto.md.
+
+The API is imported lazily, so the CLI's option set does not pull in numpy/onnx at start-up.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from mpcompile.auto.reasons import AUTO_RANGE, AUTO_SENSITIVITY
+
+DEFAULT_BUDGET = 16  # model evaluations (ORT session builds), the reference run included
+TRACE_KEY = "mpcompile.auto"  # model metadata key of the saved search record
+
+_EXPORTS = {
+    "AutoResult": "mpcompile.auto.api",
+    "auto_convert": "mpcompile.auto.api",
+    "Criterion": "mpcompile.auto.criteria",
+    "make_criterion": "mpcompile.auto.criteria",
+    "RangeRules": "mpcompile.auto.range_rules",
+    "SearchStep": "mpcompile.auto.trace",
+    "read_trace": "mpcompile.auto.trace",
+}
+
+__all__ = ["AUTO_RANGE", "AUTO_SENSITIVITY", "DEFAULT_BUDGET", "TRACE_KEY", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mpcompile.auto' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,219 @@
+"""``auto_convert``: as much low precision as the accuracy tolerance allows (``convert --auto``).
+
+1. One FP32 reference run with every intermediate exposed; the range rules
+   (``mpcompile.auto.range_rules``) keep the clearly unsafe nodes FP32 up front (``auto:range``).
+2. The conversion with those nodes kept FP32 runs once FP16-faithfully with its intermediates
+   exposed; if it meets the tolerance, that is the answer.
+3. Otherwise the search (``mpcompile.auto.search``) finds which low-precision regions and
+   nodes must stay FP32 (``auto:sensitivity``), within a budget of evaluations.
+
+The answer is a normal mpcompile conversion: the core keeps the chosen nodes FP32 through
+``block_nodes``; their stamped reasons are then replaced by the ``auto:*`` codes, and the search
+trace is saved in the model metadata (``mpcompile.auto``, see docs/auto.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+
+from mpcompile import errors, io
+from mpcompile.auto import DEFAULT_BUDGET
+from mpcompile.auto.criteria import Criterion, CriterionError, make_criterion
+from mpcompile.auto.evaluator import Evaluator, low_precision_nodes
+from mpcompile.auto.feeds import InputsLike, resolve_feeds
+from mpcompile.auto.flops import node_flops
+from mpcompile.auto.graph import main_nodes, name_nodes
+from mpcompile.auto.range_rules import RangeRules, find_unsafe_nodes
+from mpcompile.auto.reasons import AUTO_RANGE, AUTO_SENSITIVITY
+from mpcompile.auto.search import Search
+from mpcompile.auto.trace import TRACE_KEY, TRACE_VERSION, SearchStep, jsonable
+from mpcompile.converter import ConvertOptions, ConvertResult
+from mpcompile.plan import Decision, Reason, read_decision, stamp_decision
+from mpcompile.precision import Precision, low_precision_format
+
+MIN_BUDGET = 2  # the reference run and one candidate
+
+
+@dataclasses.dataclass
+class AutoResult:
+    """The converted model (same kind as given; ``ir.Model`` for a path) and how it was found."""
+
+    model: Any
+    convert_result: ConvertResult
+    criterion: Criterion
+    passed: bool
+    error: float  # the final candidate's error (comparable to ``criterion.limit``)
+    evaluations: int
+    budget: int
+    fp16_flop_share: float
+    range_blocked: dict[str, str]  # node -> finding, reason auto:range
+    sensitivity_blocked: dict[str, str]  # node -> why, reason auto:sensitivity
+    trace: list[SearchStep]
+    inputs: str
+    seconds: float
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    @property
+    def plan(self):
+        return self.convert_result.plan
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record saved in the model metadata under ``mpcompile.auto`` (docs/auto.md); no
+        timings, so two runs on the same model and inputs write identical files."""
+        return {
+            "version": TRACE_VERSION,
+            "criterion": self.criterion.to_dict(),
+            "inputs": self.inputs,
+            "budget": self.budget,
+            "evaluations": self.evaluations,
+            "passed": self.passed,
+            "error": jsonable(self.error),
+            "limit": self.criterion.limit,
+            "fp16_flop_share": self.fp16_flop_share,
+            "range_blocked": dict(sorted(self.range_blocked.items())),
+            "sensitivity_blocked": dict(sorted(self.sensitivity_blocked.items())),
+            "steps": [step.to_dict() for step in self.trace],
+            "notes": list(self.notes),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready summary: the conversion's plus the ``auto`` record."""
+        return {
+            **self.convert_result.summary(),
+            "auto": {**self.to_dict(), "seconds": round(self.seconds, 3)},
+        }
+
+
+def auto_convert(
+    model: onnx.ModelProto | ir.Model | str | os.PathLike,
+    *,
+    inputs: InputsLike = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    metric: str | None = None,
+    budget: int = DEFAULT_BUDGET,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+    rules: RangeRules | None = None,
+    **convert_options: Any,
+) -> AutoResult:
+    """Convert ``model`` with the most low-precision FLOPs that keep its outputs within tolerance.
+
+    ``inputs``: None/"generated", an .npz path (or folder), a feed dict or a list of them.
+    Criterion: ``rtol``/``atol`` (defaults 1e-2/1e-2 for fp16) or ``metric`` ("cosine:0.9999",
+    "rel-l2:1e-3", "max-abs:0.05"). ``budget``: most model evaluations (ORT session builds),
+    the reference run included. Other keyword arguments are ``mpcompile.convert`` options.
+    """
+    started = time.perf_counter()
+    options = ConvertOptions.build(**convert_options)  # unknown options fail here
+    criterion = make_criterion(rtol=rtol, atol=atol, metric=metric, precision=options.precision)
+    if budget < MIN_BUDGET:
+        raise CriterionError(
+            f"--budget {budget}: at least {MIN_BUDGET} evaluations (reference and one candidate)"
+        )
+    work, kind = _working_copy(model)
+    if options.optimize:  # optimise once up front, so every candidate shares the optimised graph's names
+        from mpcompile.optimize import optimize_model
+        from mpcompile.targets import get_target
+
+        target = get_target(options.target) if isinstance(options.target, str) else options.target
+        work = ir.from_proto(optimize_model(work, options.optimize, target))
+        convert_options = {**convert_options, "optimize": None}
+    renamed = name_nodes(work)
+    feeds, label = resolve_feeds(work, inputs, shapes=shapes, seed=seed)
+    flops = node_flops(work, feeds[0])
+    evaluator = Evaluator(work, feeds, criterion, convert_options, budget, flops)
+
+    baseline = evaluator.convert(frozenset())  # no evaluation: which nodes would go low at all
+    if baseline.already_converted:
+        raise errors.AlreadyLowPrecisionError(f"{baseline.notes[-1]}; nothing to do")
+    nodes = main_nodes(work)
+    reference = evaluator.run_reference()
+    values: dict[str, list] = {}
+    for batch_feeds, batch_values in zip(feeds, reference, strict=True):
+        for name, array in [*batch_feeds.items(), *batch_values.items()]:
+            values.setdefault(name, []).append(array)
+    candidates = [name for name in nodes if name in low_precision_nodes(baseline.model)]
+    findings = find_unsafe_nodes(
+        nodes, candidates, values, low_precision_format(baseline.precision), rules or RangeRules(),
+        work.opset_imports.get("", 0),
+    )  # fmt: skip
+
+    search = Search(evaluator, nodes, frozenset(findings), candidates)
+    search.record_reference()
+    outcome = search.run(reference)
+    best = outcome.best
+
+    final = evaluator.convert(best.blocked, verify=True)
+    range_why = {name: finding.describe() for name, finding in findings.items()}
+    _stamp(final, range_why, AUTO_RANGE)
+    _stamp(final, outcome.blocked_why, AUTO_SENSITIVITY)
+    notes = list(outcome.notes)
+    if renamed:
+        notes.append(
+            f"{renamed} unnamed or duplicate node name(s) given unique names (auto/<OpType>_<index>)"
+        )
+    result = AutoResult(
+        model=final.model,
+        convert_result=final,
+        criterion=criterion,
+        passed=best.passed,
+        error=best.check.error,
+        evaluations=evaluator.evaluations,
+        budget=budget,
+        fp16_flop_share=best.fp16_flop_share,
+        range_blocked=range_why,
+        sensitivity_blocked=dict(outcome.blocked_why),
+        trace=outcome.steps,
+        inputs=label,
+        seconds=time.perf_counter() - started,
+        notes=notes,
+    )
+    final.model.metadata_props[TRACE_KEY] = json.dumps(result.to_dict(), sort_keys=True)
+    final.notes.extend(notes)
+    if kind == "proto":
+        result.model = ir.to_proto(final.model)
+        final.model = result.model
+    return result
+
+
+def _working_copy(model: onnx.ModelProto | ir.Model | str | os.PathLike) -> tuple[ir.Model, str]:
+    if isinstance(model, onnx.ModelProto):
+        io.check_opsets(model)
+        return ir.serde.deserialize_model(model), "proto"
+    if isinstance(model, ir.Model):
+        return model.clone(), "ir"
+    if isinstance(model, (str, os.PathLike)):
+        loaded = io.load_model(model)
+        ir.external_data.load_to_model(loaded)
+        return loaded, "path"
+    raise TypeError(
+        f"auto_convert() takes an onnx.ModelProto, an onnx_ir.Model or a path, not {type(model).__name__}"
+    )
+
+
+def _stamp(result: ConvertResult, why: Mapping[str, str], reason: str) -> None:
+    """Replace the ``user-block-node`` decision of the nodes the search blocked by ``reason``."""
+    nodes = main_nodes(result.model)
+    for name, rule in why.items():
+        node = nodes.get(name)
+        if node is None:
+            continue
+        current = read_decision(node)
+        if current is None or current.reason != Reason.USER_BLOCK_NODE:
+            continue
+        decision = Decision(Precision.FP32, reason, rule)
+        stamp_decision(node, decision)
+        if node in result.plan:
+            result.plan[node] = decision

@@ -1,0 +1,173 @@
+"""Evaluations of candidate conversions: cached, counted and held to a budget.
+
+One *evaluation* is one ONNX Runtime session build (and its runs over every batch of inputs):
+the FP32 reference run, or the FP16-faithful run of one converted candidate. Conversions and
+their outcomes are cached by the set of nodes kept FP32, so asking again costs nothing. A
+candidate with no low-precision tensor left computes the FP32 graph exactly and is not run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from mpcompile.auto.criteria import CheckResult, Criterion
+from mpcompile.auto.graph import main_nodes
+from mpcompile.converter import ConvertResult, convert
+
+LOW_DTYPES = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+Feeds = dict[str, np.ndarray]
+
+
+class BudgetExhausted(Exception):
+    """No evaluation left in the budget."""
+
+
+@dataclasses.dataclass
+class Probe:
+    """One candidate: the nodes kept FP32 by the search, what it gave, and whether it passed."""
+
+    blocked: frozenset[str]
+    result: ConvertResult
+    low: frozenset[str]  # main-graph nodes in low precision
+    fp16_flop_share: float
+    check: CheckResult
+    evaluated: bool  # False: exact FP32 (nothing low left), not run
+    intermediates: list[dict[str, np.ndarray]] | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.check.passed
+
+
+class Evaluator:
+    """Converts with extra FP32 nodes and runs candidates FP16-faithfully against the reference."""
+
+    def __init__(
+        self,
+        model: ir.Model,
+        feeds: Sequence[Feeds],
+        criterion: Criterion,
+        convert_options: Mapping[str, Any],
+        budget: int,
+        flops: Mapping[str, int],
+    ):
+        self.model = model
+        self.feeds = list(feeds)
+        self.criterion = criterion
+        self.options = dict(convert_options)
+        self.options.pop("verify", None)
+        self.dump_dir = self.options.pop("dump_dir", None)  # only the final conversion is dumped
+        self.user_block_nodes = tuple(self.options.pop("block_nodes", ()) or ())
+        self.budget = budget
+        self.flops = dict(flops)
+        self.total_flops = sum(self.flops.values())
+        self.evaluations = 0
+        self.reference_outputs: list[dict[str, np.ndarray]] = []
+        self._output_names = [value.name for value in model.graph.outputs]
+        self._probes: dict[frozenset[str], Probe] = {}
+
+    @property
+    def remaining(self) -> int:
+        return self.budget - self.evaluations
+
+    def _spend(self) -> None:
+        if self.evaluations >= self.budget:
+            raise BudgetExhausted()
+        self.evaluations += 1
+
+    def run_reference(self) -> list[dict[str, np.ndarray]]:
+        """The FP32 model with every main-graph intermediate exposed, per batch (one evaluation)."""
+        from mpcompile.evaluate.faithful import ReferenceSession
+
+        self._spend()
+        session = ReferenceSession(self.model, intermediates=True)
+        values = [session.run(batch) for batch in self.feeds]
+        self.reference_outputs = [{name: batch[name] for name in self._output_names} for batch in values]
+        return values
+
+    def convert(self, blocked: frozenset[str], *, verify: bool = False) -> ConvertResult:
+        """Convert with ``blocked`` kept FP32; ``verify``: the final conversion (checked, dumped)."""
+        patterns = self.user_block_nodes + tuple(re.escape(name) for name in sorted(blocked))
+        dump_dir = self.dump_dir if verify else None
+        return convert(self.model, block_nodes=patterns, verify=verify, dump_dir=dump_dir, **self.options)
+
+    def flop_share(self, low: frozenset[str]) -> float:
+        if not self.total_flops:
+            return 0.0
+        return sum(self.flops.get(name, 0) for name in low) / self.total_flops
+
+    def probe(self, blocked: frozenset[str], *, intermediates: bool = False) -> Probe:
+        """Convert with ``blocked`` kept FP32 and check it (cached; may raise BudgetExhausted)."""
+        cached = self._probes.get(blocked)
+        if cached is not None and (cached.intermediates is not None or not intermediates):
+            return cached
+        result = self.convert(blocked)
+        low = low_precision_nodes(result.model)
+        share = self.flop_share(low)
+        if not low and not _has_low_tensors(result.model):
+            probe = Probe(blocked, result, low, share, CheckResult(True, 0.0, "", ""), evaluated=False)
+        else:
+            outputs = self._run_faithful(result.model, intermediates)
+            check = self.criterion.check(
+                self.reference_outputs, [{n: batch[n] for n in self._output_names} for batch in outputs]
+            )
+            probe = Probe(blocked, result, low, share, check, True, outputs if intermediates else None)
+        self._probes[blocked] = probe
+        return probe
+
+    def is_cached(self, blocked: frozenset[str]) -> bool:
+        return blocked in self._probes
+
+    def probes(self) -> list[Probe]:
+        return list(self._probes.values())
+
+    def probe_exact_fp32(self, nodes: Sequence[str]) -> Probe:
+        """``nodes`` (every node the policy puts in low precision) FP32: the FP32 model, which
+        equals the reference, so it passes without an evaluation."""
+        blocked = frozenset(nodes)
+        try:
+            return self.probe(blocked)
+        except BudgetExhausted:  # low-precision tensors left outside the main graph
+            result = self.convert(blocked)
+            low = low_precision_nodes(result.model)
+            failed = CheckResult(
+                False, float("inf"), "", "budget spent before any candidate could be checked"
+            )
+            return Probe(blocked, result, low, self.flop_share(low), failed, evaluated=False)
+
+    def _run_faithful(self, model: ir.Model, intermediates: bool) -> list[dict[str, np.ndarray]]:
+        from mpcompile.evaluate.faithful import FaithfulSession
+        from mpcompile.inputs import cast_feeds
+
+        self._spend()
+        session = FaithfulSession(model, intermediates=intermediates)
+        return [session.run(cast_feeds(model, batch)) for batch in self.feeds]
+
+
+def low_precision_nodes(model: ir.Model) -> frozenset[str]:
+    """Names of the main-graph nodes whose stamped decision is FP16/BF16 (inserted Casts excluded)."""
+    from mpcompile.plan import Reason, read_decision
+
+    low = set()
+    for name, node in main_nodes(model).items():
+        decision = read_decision(node)
+        if decision is not None and decision.is_low and decision.reason != Reason.CAST:
+            low.add(name)
+    return frozenset(low)
+
+
+def _has_low_tensors(model: ir.Model) -> bool:
+    for graph in model.graphs():
+        for value in (*graph.inputs, *graph.outputs, *graph.initializers.values()):
+            if value.dtype in LOW_DTYPES:
+                return True
+        for node in graph:
+            if any(value.dtype in LOW_DTYPES for value in node.outputs):
+                return True
+    return False

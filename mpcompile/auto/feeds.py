@@ -1,0 +1,46 @@
+"""Inputs for the search: the user's (.npz file, folder of them, or arrays) or generated ones."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+Feeds = dict[str, np.ndarray]
+GENERATED = "generated"
+InputsLike = str | os.PathLike | Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]] | None
+
+
+def resolve_feeds(
+    model: ir.Model,
+    inputs: InputsLike,
+    *,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+) -> tuple[list[Feeds], str]:
+    """Batches of checked feeds in the model's dtypes, and a label saying where they came from.
+
+    ``inputs``: None or ``"generated"`` (seeded, from the signature: ``mpcompile.inputs``), a
+    path to an ``.npz`` file or a folder of them, one feed dict, or a list of feed dicts.
+    """
+    from mpcompile import inputs as inputs_module
+
+    if inputs is None or (isinstance(inputs, str) and inputs == GENERATED):
+        batches = inputs_module.generate_inputs(model, shapes=shapes, seed=seed)
+        label = f"generated (mpcompile.inputs, seed {seed})"
+    elif isinstance(inputs, (str, os.PathLike)):
+        batches = inputs_module.load_inputs(inputs)
+        label = os.fspath(inputs)
+    elif isinstance(inputs, Mapping):
+        batches, label = [dict(inputs)], "given arrays"
+    else:
+        batches, label = [dict(batch) for batch in inputs], "given arrays"
+    if not batches:
+        raise inputs_module.InputsError("--inputs: no batches given")
+    checked = []
+    for batch in batches:
+        inputs_module.check_feeds(model, batch, source="--inputs")
+        checked.append(inputs_module.cast_feeds(model, batch))
+    return checked, label

@@ -1,0 +1,287 @@
+"""The accuracy search: which low-precision nodes must stay FP32 for the tolerance to hold.
+
+Starting point: the conversion with the range rules' nodes kept FP32. When it fails:
+
+1. **Sensitivity** comes from that candidate's own run (intermediates exposed): every
+   low-precision node gets a *blame item* (itself and its low-precision producers) scored by
+   the error it introduces (``mpcompile.auto.sensitivity``). With several regions, galloping
+   over all items (1, 2, 4) first looks for a few culprits directly.
+2. **Regions**: the connected low-precision regions, ordered by their most sensitive node.
+   With several regions, a galloping search (1, 2, 4, ... regions, then bisection) finds the
+   fewest leading regions that must go FP32 for the tolerance to hold.
+3. **Nodes**: within each of those regions, the same galloping search over its blame items
+   (most sensitive first) finds the fewest items to keep FP32; the rest of the region goes
+   back to low precision.
+4. **Prune** (while budget remains): each kept item in turn, largest FLOPs first, is tried in
+   low precision again and stays there if the tolerance still holds.
+
+Galloping needs few evaluations when few nodes are sensitive (``2·log2(k) + 1`` for k needed
+items) and bisection bounds it by ``log2(n)`` otherwise. Every step stays inside the budget:
+when it runs out, the best candidate known to pass is the answer (at worst the FP32 model,
+which passes by definition).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from mpcompile.auto.evaluator import BudgetExhausted, Evaluator, Probe
+from mpcompile.auto.graph import connected_regions, main_nodes
+from mpcompile.auto.sensitivity import BlameItem, NodeSensitivity, blame_items, measure
+from mpcompile.auto.trace import KEPT, MEASURED, REVERTED, SearchStep
+
+GLOBAL_ITEMS = 4  # with several regions, galloping over all items first tries up to this many
+
+
+@dataclasses.dataclass
+class SearchOutcome:
+    best: Probe  # the accepted candidate (passes, unless the budget allowed no check at all)
+    blocked_why: dict[str, str]  # node -> rule text, for nodes the search keeps FP32
+    sensitivities: dict[str, NodeSensitivity]
+    steps: list[SearchStep]
+    notes: list[str]
+
+
+class Search:
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        nodes: Mapping[str, ir.Node],
+        range_blocked: frozenset[str],
+        candidates: Sequence[str],
+    ):
+        self.evaluator = evaluator
+        self.nodes = dict(nodes)
+        self.range_blocked = range_blocked
+        self.candidates = tuple(candidates)  # nodes the policy alone puts in low precision
+        self.steps: list[SearchStep] = []
+        self.notes: list[str] = []
+        self.exhausted = False
+
+    # ---- bookkeeping ----------------------------------------------------------------
+
+    def record_reference(self) -> None:
+        self.steps.append(
+            SearchStep(
+                len(self.steps) + 1, "reference", "FP32 model, every intermediate exposed",
+                [], None, None, None, MEASURED, 0.0, True, self.evaluator.evaluations,
+            )
+        )  # fmt: skip
+
+    def _try(
+        self, phase: str, tried: str, blocked: frozenset[str], *, intermediates: bool = False
+    ) -> Probe | None:
+        """Probe a candidate and record the step; None when the budget is spent."""
+        before = self.evaluator.evaluations
+        known = self.evaluator.is_cached(blocked)
+        try:
+            probe = self.evaluator.probe(blocked, intermediates=intermediates)
+        except BudgetExhausted:
+            if not self.exhausted:
+                self.notes.append(
+                    f"budget of {self.evaluator.budget} evaluations spent during the {phase} phase; "
+                    "the best candidate known to pass is returned"
+                )
+            self.exhausted = True
+            return None
+        if known and self.evaluator.evaluations == before:
+            return probe
+        self.steps.append(
+            SearchStep(
+                index=len(self.steps) + 1,
+                phase=phase,
+                tried=tried,
+                blocked=sorted(blocked - self.range_blocked),
+                error=probe.check.error,
+                limit=self.evaluator.criterion.limit,
+                passed=probe.passed,
+                outcome=KEPT if probe.passed else REVERTED,
+                fp16_flop_share=probe.fp16_flop_share,
+                evaluated=self.evaluator.evaluations > before,
+                evaluations=self.evaluator.evaluations,
+            )
+        )
+        return probe
+
+    def _gallop(
+        self,
+        phase: str,
+        count: int,
+        candidate: Callable[[int], frozenset[str]],
+        describe: Callable[[int], str],
+        max_k: int | None = None,
+    ) -> int | None:
+        """Fewest k in 1..count with candidate(k) passing, trying k = 1, 2, 4, ... then bisecting.
+
+        candidate(0) is assumed to fail. Without ``max_k``, candidate(count) is known to pass and
+        is never run. With ``max_k``, galloping stops after k = max_k and returns None when
+        nothing passed by then.
+        """
+        low, high, k = 0, count, 1
+        found = max_k is None
+        while k < high or (not found and k <= high):
+            if max_k is not None and k > max_k:
+                return None
+            probe = self._try(phase, describe(k), candidate(k))
+            if probe is None:
+                return high if found else None
+            if probe.passed:
+                high, found = k, True
+                break
+            low, k = k, (min(2 * k, high) if found else 2 * k)
+        if not found:
+            return None
+        while high - low > 1:
+            middle = (low + high) // 2
+            probe = self._try(phase, describe(middle), candidate(middle))
+            if probe is None:
+                break
+            if probe.passed:
+                high = middle
+            else:
+                low = middle
+        return high
+
+    # ---- the search -----------------------------------------------------------------
+
+    def run(self, reference: Sequence[Mapping[str, np.ndarray]]) -> SearchOutcome:
+        initial = self._try(
+            "initial", "every eligible node in low precision (range rules applied)", self.range_blocked,
+            intermediates=True,
+        )  # fmt: skip
+        if initial is None:  # budget of one: nothing could be checked beyond the reference
+            fallback = self.evaluator.probe_exact_fp32(self.candidates)
+            return SearchOutcome(fallback, {}, {}, self.steps, self.notes)
+        if initial.passed:
+            return SearchOutcome(initial, {}, {}, self.steps, self.notes)
+
+        low = [name for name in self.nodes if name in initial.low]
+        sensitivities = measure(
+            self.nodes, main_nodes(initial.result.model), reference, initial.intermediates or []
+        )
+        items = blame_items(self.nodes, low, sensitivities, self.evaluator.flops)
+        score = {item.node: item.score for item in items}
+        regions = connected_regions(self.nodes, low)
+        order = {name: index for index, name in enumerate(self.nodes)}
+        regions.sort(key=lambda region: (-max(score.get(n, 0.0) for n in region), order[region[0]]))
+
+        # With several regions, first the few most sensitive items across all of them: one or
+        # two culprits are the common case, and finding them directly costs fewer evaluations.
+        if len(regions) > 1 and items:
+            found = self._gallop(
+                "nodes", len(items), lambda k: self.range_blocked | {m for i in items[:k] for m in i.members},
+                lambda k: f"{k} most sensitive node(s) in FP32: " + ", ".join(i.node for i in items[:k][-3:]),
+                max_k=GLOBAL_ITEMS,
+            )  # fmt: skip
+            if found is not None:
+                return self._finish(items[:found], [], score, sensitivities)
+
+        # Phase "regions": the fewest leading regions to keep FP32.
+        if len(regions) > 1:
+
+            def regions_candidate(k: int) -> frozenset[str]:
+                return self.range_blocked.union(*regions[:k])
+
+            needed = self._gallop(
+                "regions", len(regions), regions_candidate,
+                lambda k: f"regions 1-{k} of {len(regions)} in FP32 ({sum(len(r) for r in regions[:k])} nodes)",
+            )  # fmt: skip
+        else:
+            needed = len(regions)
+        chosen_regions = regions[:needed]
+
+        # Phase "nodes": within each chosen region, the fewest blame items.
+        chosen: list[BlameItem] = []
+        for index, region in enumerate(chosen_regions):
+            region_items = [item for item in items if item.node in set(region)]
+            others = set().union(*chosen_regions[index + 1 :])
+
+            def nodes_candidate(k: int, region_items=region_items, others=others) -> frozenset[str]:
+                members = {m for item in [*chosen, *region_items[:k]] for m in item.members}
+                return self.range_blocked | others | members
+
+            if self.exhausted:
+                chosen.extend(region_items)
+                continue
+            k = self._gallop(
+                "nodes", len(region_items), nodes_candidate,
+                lambda k, region_items=region_items, index=index: f"{k} most sensitive node(s) of region {index + 1} in FP32: "
+                + ", ".join(item.node for item in region_items[:k][-3:]),
+            )  # fmt: skip
+            chosen.extend(region_items[:k])
+
+        return self._finish(chosen, chosen_regions, score, sensitivities)
+
+    def _finish(
+        self,
+        chosen: list[BlameItem],
+        chosen_regions: list[list[str]],
+        score: Mapping[str, float],
+        sensitivities: dict[str, NodeSensitivity],
+    ) -> SearchOutcome:
+        """Phase "prune" (give low precision back to kept items that do not need FP32), then the answer."""
+        if not self.exhausted:
+            for item in sorted(chosen, key=lambda item: -self._item_flops(item)):
+                if self._item_flops(item) == 0:
+                    continue
+                rest = [other for other in chosen if other is not item]
+                candidate = self.range_blocked | {m for other in rest for m in other.members}
+                probe = self._try(
+                    "prune", f"{item.node} and its producers back in low precision", frozenset(candidate)
+                )
+                if probe is None:
+                    break
+                if probe.passed:
+                    chosen = rest
+
+        blocked = frozenset(self.range_blocked | {m for item in chosen for m in item.members})
+        best = self._known_passing(blocked)
+        why = self._why(best.blocked - self.range_blocked, chosen, chosen_regions, score)
+        for name in sorted(best.blocked - self.range_blocked - why.keys()):
+            why[name] = (
+                f"kept FP32 in the best candidate that passed (error introduced {score.get(name, 0.0):.3g})"
+            )
+        return SearchOutcome(best, why, sensitivities, self.steps, self.notes)
+
+    def _item_flops(self, item: BlameItem) -> int:
+        return sum(self.evaluator.flops.get(member, 0) for member in item.members)
+
+    @staticmethod
+    def _why(
+        blocked: frozenset[str], chosen: list[BlameItem], regions: list[list[str]], score: Mapping[str, float]
+    ) -> dict[str, str]:
+        """The rule text for each node the search keeps FP32."""
+        why: dict[str, str] = {}
+        for item in chosen:
+            why[item.node] = f"introduces error {item.score:.3g} (max |err| / max |x| of its outputs)"
+        for item in chosen:
+            for member in item.members[1:]:
+                why.setdefault(member, f"feeds {item.node}, which introduces error {item.score:.3g}")
+        for index, region in enumerate(regions):
+            worst = max(score.get(name, 0.0) for name in region)
+            for name in region:
+                why.setdefault(
+                    name, f"in low-precision region {index + 1} (worst error introduced {worst:.3g})"
+                )
+        return {name: text for name, text in why.items() if name in blocked}
+
+    def _known_passing(self, blocked: frozenset[str]) -> Probe:
+        """The accepted candidate, checked if it never was; when that fails or the budget is spent,
+        the passing candidate with the most FP16 FLOPs seen, else the FP32 model."""
+        try:
+            probe = self.evaluator.probe(blocked)
+            if probe.passed:
+                return probe
+            self.notes.append(
+                "the search's final candidate failed its check; the best passing one is returned"
+            )
+        except BudgetExhausted:
+            pass
+        passing = [p for p in self.evaluator.probes() if p.passed]
+        if passing:
+            return max(passing, key=lambda p: (p.fp16_flop_share, -len(p.blocked)))
+        return self.evaluator.probe_exact_fp32(self.candidates)

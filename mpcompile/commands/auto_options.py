@@ -1,0 +1,233 @@
+"""The ``--auto`` option set of ``mpcompile convert`` and the code it runs.
+
+Wiring (in ``mpcompile/commands/convert.py``)::
+
+    from mpcompile.commands.auto_options import auto_options, auto_settings, run_auto_from_cli
+
+    @click.command("convert")
+    ...                      # the existing options
+    @auto_options            # adds --auto --inputs --shape --rtol --atol --metric --budget
+    def convert_command(model, output, precision, ...):
+        settings = auto_settings()
+        if settings is not None:
+            run_auto_from_cli(
+                model, output or default_output_path(model, precision), settings,
+                overwrite=overwrite, external_data=external_data, as_json=as_json, quiet=quiet,
+                report_path=report_path, precision=precision, target=target, optimize=optimize,
+                keep_io_types=keep_io_types, allow_ops=allow_ops, block_ops=block_ops,
+                block_nodes=block_nodes, policy=policy, allow_qdq=allow_qdq,
+                check_invariants=check_invariants,
+            )
+            return
+        ...                  # the plain conversion
+
+The options do not change the command's signature (``expose_value=False``); ``auto_settings()``
+reads them from the click context and refuses ``--inputs``/``--rtol``/... without ``--auto``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from mpcompile.auto import DEFAULT_BUDGET
+
+_META_KEY = "mpcompile.auto.options"
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoSettings:
+    """What the user asked of ``--auto``."""
+
+    inputs: pathlib.Path | None = None  # None: generated
+    shapes: tuple[str, ...] = ()
+    rtol: float | None = None
+    atol: float | None = None
+    metric: str | None = None
+    budget: int = DEFAULT_BUDGET
+
+
+def _store(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    ctx.meta.setdefault(_META_KEY, {})[param.name] = value
+    return value
+
+
+def auto_options(command: Callable) -> Callable:
+    """Add ``--auto --inputs --shape --rtol --atol --metric --budget`` to a click command."""
+    options = [
+        click.option(
+            "--auto",
+            "auto",
+            is_flag=True,
+            help="Search for the most FP16 that keeps the outputs within tolerance (FP16-faithful runs).",
+        ),
+        click.option(
+            "--inputs",
+            "auto_inputs",
+            metavar="PATH|generated",
+            help="--auto: an .npz of inputs or a folder of them (one batch each) [default: generated].",
+        ),
+        click.option(
+            "--shape",
+            "auto_shapes",
+            multiple=True,
+            metavar="NAME:DIMS",
+            help="--auto: shape of a generated input (NAME:1x128) or symbolic dim (NAME:128).",
+        ),
+        click.option("--rtol", "auto_rtol", type=float, help="--auto: relative tolerance [default: 1e-2]."),
+        click.option("--atol", "auto_atol", type=float, help="--auto: absolute tolerance [default: 1e-2]."),
+        click.option(
+            "--metric",
+            "auto_metric",
+            metavar="NAME:VALUE",
+            help="--auto: cosine:0.9999, rel-l2:1e-3 or max-abs:0.05 instead of --rtol/--atol.",
+        ),
+        click.option(
+            "--budget",
+            "auto_budget",
+            type=click.IntRange(min=2),
+            default=DEFAULT_BUDGET,
+            show_default=True,
+            help="--auto: most model evaluations (ONNX Runtime session builds), reference included.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    # click.option appends to f.__click_params__ (a function) or command.params (a Command).
+    params = command.params if isinstance(command, click.Command) else command.__click_params__
+    for param in params[-len(options) :]:
+        param.expose_value = False
+        param.callback = _store
+    return command
+
+
+def auto_settings(ctx: click.Context | None = None) -> AutoSettings | None:
+    """The ``--auto`` settings of the running command, or None without ``--auto``."""
+    ctx = ctx or click.get_current_context()
+    values = ctx.meta.get(_META_KEY, {})
+    if not values.get("auto"):
+        given = [
+            f"--{name.removeprefix('auto_')}"
+            for name in ("auto_inputs", "auto_rtol", "auto_atol", "auto_metric")
+            if values.get(name) is not None
+        ]
+        if values.get("auto_shapes"):
+            given.append("--shape")
+        if values.get("auto_budget", DEFAULT_BUDGET) != DEFAULT_BUDGET:
+            given.append("--budget")
+        if given:
+            raise click.UsageError(f"{', '.join(given)}: only with --auto")
+        return None
+    inputs = values.get("auto_inputs")
+    return AutoSettings(
+        inputs=None if inputs in (None, "generated") else pathlib.Path(inputs),
+        shapes=tuple(values.get("auto_shapes") or ()),
+        rtol=values.get("auto_rtol"),
+        atol=values.get("auto_atol"),
+        metric=values.get("auto_metric"),
+        budget=values.get("auto_budget", DEFAULT_BUDGET),
+    )
+
+
+def run_auto_from_cli(
+    model: pathlib.Path,
+    output: pathlib.Path,
+    settings: AutoSettings,
+    *,
+    overwrite: bool = False,
+    external_data: bool | None = None,
+    as_json: bool = False,
+    quiet: bool = False,
+    report_path: pathlib.Path | None = None,
+    **convert_options: Any,
+) -> Any:
+    """Run ``auto_convert`` on ``model``, save the result atomically at ``output`` and print it
+    (``report_path``: also write ``mpcompile report``'s audit of the result there)."""
+    from mpcompile import errors, io
+    from mpcompile.auto import auto_convert
+    from mpcompile.inputs import parse_shape_options
+
+    source, target = pathlib.Path(model).absolute(), pathlib.Path(output).absolute()
+    if report_path is not None:
+        from mpcompile.report import format_for_path
+
+        format_for_path(report_path)  # fail on a bad extension before the search
+    same = source == target or (source.exists() and target.exists() and os.path.samefile(source, target))
+    if same and not overwrite:
+        raise errors.OutputIsInputError(f"{target}: output path is the input; pass --overwrite to replace it")
+    result = auto_convert(
+        source,
+        inputs=settings.inputs,
+        shapes=parse_shape_options(settings.shapes),
+        rtol=settings.rtol,
+        atol=settings.atol,
+        metric=settings.metric,
+        budget=settings.budget,
+        **convert_options,
+    )
+    verify = None if convert_options.get("verify") is False else _check_saved
+    io.save_model(result.model, target, external_data=external_data, verify=verify)
+    if report_path is not None:
+        from mpcompile.report import write_report
+
+        write_report(target, report_path, original=source)
+    if as_json:
+        click.echo(json.dumps({"input": str(model), "output": str(output), **result.summary()}, indent=2))
+    elif not quiet:
+        from mpcompile.commands.convert import print_summary
+
+        print_summary(result.convert_result, model, output)
+        print_auto_summary(result)
+    return result
+
+
+def _check_saved(path: str | os.PathLike) -> None:
+    """Full ONNX check of the written file (the model was checked in memory already)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise AssertionError(f"mpcompile wrote an invalid model (a bug): {exc}") from exc
+
+
+def print_auto_summary(result: Any) -> None:
+    """The search in a few lines: verdict, evaluations, kept-FP32 nodes and the trace."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    verdict = "[green]meets[/]" if result.passed else "[red]does not meet[/]"
+    console.print(
+        f"--auto: {verdict} {result.criterion.describe()} (error {result.error:.3g} of limit "
+        f"{result.criterion.limit:.3g}); FP16 FLOP share {result.fp16_flop_share:.1%}; "
+        f"{result.evaluations} of {result.budget} evaluations; inputs {result.inputs}"
+    )
+    kept = [(name, "auto:range", why) for name, why in sorted(result.range_blocked.items())]
+    kept += [(name, "auto:sensitivity", why) for name, why in sorted(result.sensitivity_blocked.items())]
+    if kept:
+        table = Table(title="kept FP32 by --auto", show_header=True, header_style="bold")
+        for column in ("node", "reason", "rule"):
+            table.add_column(column)
+        for row in kept:
+            table.add_row(*row)
+        console.print(table)
+    from mpcompile.auto.trace import TRACE_COLUMNS, trace_rows
+
+    shown = [TRACE_COLUMNS.index(c) for c in ("#", "phase", "tried", "error", "FP16 FLOPs", "outcome")]
+    trace = Table(title=f"search trace (error limit {result.criterion.limit:.3g})", header_style="bold")
+    for index in shown:
+        column = TRACE_COLUMNS[index]
+        left = column in ("phase", "tried", "outcome")
+        trace.add_column(column, justify="left" if left else "right", ratio=4 if column == "tried" else None)
+    for row in trace_rows(result.to_dict()):
+        trace.add_row(*(row[index] for index in shown))
+    console.print(trace)
+    for note in result.notes:
+        console.print(f"note: {note}")

@@ -1,0 +1,304 @@
+"""FP16-faithful evaluation on the CPU.
+
+ONNX Runtime's CPU EP runs FP16 nodes that lack an FP16 kernel in FP32 behind Casts it
+inserts, and removes Cast pairs, so a value that overflows FP16 on a GPU (``Mul(4, 65504)``)
+comes back as 262016 instead of inf. This module evaluates a mixed-precision model so that
+every FP16/BF16 node output is rounded to its declared type exactly as a GPU stores it.
+
+How: ``build_faithful_model`` rewrites a copy of the model so that all arithmetic is FP32
+(low-precision initializers, inputs, constants and Cast targets widened, which is exact) and
+every low-precision node output is followed by an explicit rounding ``Cast(to=FLOAT16)`` →
+``Cast(to=FLOAT)``. The rounded value takes the original name, so intermediates keep their
+names. The evaluation session runs with every graph optimization disabled; then the only
+FP16/BF16 tensors are the rounding Casts' outputs, which have CPU kernels, so ORT inserts no
+Casts of its own and has nothing to fold (``check_faithful_model`` asserts this, and the
+tests prove the rounding survives and matches numpy's per-node rounding).
+
+What is modelled: each node computes internally in FP32 and stores its output rounded to
+FP16/BF16 (round to nearest even, overflow to inf, subnormals kept), as GPU kernels that
+accumulate in FP32 (cuBLAS/cuDNN defaults in ORT) do. Arithmetic *inside* one node in
+FP16 (FP16 accumulation) is not modelled.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common
+
+from mpcompile import io
+from mpcompile.evaluate.ort_session import ModelLike, make_session, serialize_for_session, to_ir_model
+
+LOW_PRECISION = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+ROUNDING_TAG = "mpcompile.evaluate.rounding"  # metadata key marking the Casts this module inserts
+_DTYPE_ATTRIBUTES = ("to", "dtype", "output_dtype")
+_NUMPY_DTYPES = {
+    ir.DataType.FLOAT16: np.dtype(np.float16),
+    ir.DataType.BFLOAT16: np.dtype(ml_dtypes.bfloat16),
+}
+
+Intermediates = bool | Sequence[str]
+
+
+def run(
+    model: ModelLike, feeds: Mapping[str, np.ndarray], *, intermediates: Intermediates = False
+) -> dict[str, np.ndarray]:
+    """Evaluate a mixed-precision model on CPU with FP16/BF16 node outputs rounded as on a GPU.
+
+    ``model`` is an ``onnx.ModelProto``, ``ir.Model`` (not modified) or path. ``intermediates``:
+    ``True`` also returns every main-graph node output, or a list of value names to return.
+    Results are keyed by the original value names and have their declared dtypes
+    (``np.float16``, ``ml_dtypes.bfloat16``, ...).
+    """
+    return FaithfulSession(model, intermediates=intermediates).run(feeds)
+
+
+def run_reference(
+    model: ModelLike, feeds: Mapping[str, np.ndarray], *, intermediates: Intermediates = False
+) -> dict[str, np.ndarray]:
+    """Evaluate a model as it is (normally the FP32 original) on CPU, intermediates exposed.
+
+    Graph optimizations are disabled so exposed intermediates are the values the graph
+    defines, not those of fused kernels.
+    """
+    return ReferenceSession(model, intermediates=intermediates).run(feeds)
+
+
+class FaithfulSession:
+    """A reusable FP16-faithful CPU evaluation of one model (built once, run on many feeds)."""
+
+    def __init__(self, model: ModelLike, *, intermediates: Intermediates = False):
+        evaluation, self.declared = build_faithful_model(model, intermediates=intermediates)
+        self._session = make_session(
+            serialize_for_session(evaluation), ["CPUExecutionProvider"], optimize=False
+        )
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return _run_session(self._session, feeds, self.declared, widen_inputs=True)
+
+
+class ReferenceSession:
+    """A reusable CPU evaluation of a model as it is, graph optimizations off."""
+
+    def __init__(self, model: ModelLike, *, intermediates: Intermediates = False):
+        reference = _prepared_copy(model)
+        self.declared = {value.name: value.dtype for value in reference.graph.outputs}
+        self.declared.update(_expose_intermediates(reference, intermediates))
+        self._session = make_session(
+            serialize_for_session(reference), ["CPUExecutionProvider"], optimize=False
+        )
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return _run_session(self._session, feeds, self.declared, widen_inputs=False)
+
+
+def build_faithful_model(
+    model: ModelLike, *, intermediates: Intermediates = False
+) -> tuple[ir.Model, dict[str, ir.DataType | None]]:
+    """The FP32 evaluation model with explicit rounding, and the declared dtype of each output.
+
+    The returned dict maps every output name of the evaluation model (graph outputs and exposed
+    intermediates) to the dtype the original model declares for it.
+    """
+    evaluation = _prepared_copy(model)
+    declared = {value.name: value.dtype for value in evaluation.graph.outputs}
+    low_values = _mark_low_precision_outputs(evaluation)
+    exposed = _expose_intermediates(evaluation, intermediates)
+    declared.update(exposed)
+    for graph in evaluation.graphs():
+        _widen_graph(graph, low_values)
+    check_faithful_model(evaluation)
+    return evaluation, declared
+
+
+def check_faithful_model(model: ir.Model) -> None:
+    """Assert that no node but the rounding Casts reads or writes a low-precision tensor."""
+    for graph in model.graphs():
+        for node in graph:
+            if node.metadata_props.get(ROUNDING_TAG) == "1":
+                continue
+            for value in [*node.inputs, *node.outputs]:
+                if value is not None and value.dtype in LOW_PRECISION:
+                    raise AssertionError(
+                        f"faithful model: node {node.name!r} ({node.op_type}) still touches "
+                        f"{value.dtype.name} value {value.name!r}"
+                    )
+
+
+def _prepared_copy(model: ModelLike) -> ir.Model:
+    """A private copy with local functions inlined and types inferred."""
+    copy = to_ir_model(model, copy=True)
+    ir.external_data.load_to_model(copy)
+    if copy.functions:
+        onnx_ir.passes.common.InlinePass()(copy)
+    # Inference failing (an inconsistent model) leaves types as declared; ORT then reports the problem.
+    shape_logger = logging.getLogger(onnx_ir.passes.common.ShapeInferencePass.__module__)
+    level = shape_logger.level
+    shape_logger.setLevel(logging.ERROR)
+    try:
+        onnx_ir.passes.common.ShapeInferencePass()(copy)
+    finally:
+        shape_logger.setLevel(level)
+    copy.ir_version = io.output_ir_version(copy)  # what the installed ORT loads
+    return copy
+
+
+def _mark_low_precision_outputs(model: ir.Model) -> dict[ir.Value, ir.DataType]:
+    """Every node output (all graphs) that the model stores in FP16/BF16, with that dtype."""
+    low: dict[ir.Value, ir.DataType] = {}
+    for graph in model.graphs():
+        for node in graph:  # topological order, so guesses for untyped inputs are known
+            for value in node.outputs:
+                dtype = value.dtype if value.dtype is not None else _guess_unknown_dtype(node, low)
+                if dtype in LOW_PRECISION and isinstance(value.type, (ir.TensorType, type(None))):
+                    low[value] = dtype
+    return low
+
+
+def _guess_unknown_dtype(node: ir.Node, guessed: Mapping[ir.Value, ir.DataType]) -> ir.DataType | None:
+    """Dtype of an untyped output (contrib ops shape inference does not know): that of its
+    floating-point inputs when they all agree on one low-precision type."""
+    float_inputs = set()
+    for value in node.inputs:
+        dtype = None if value is None else value.dtype if value.dtype is not None else guessed.get(value)
+        if dtype is not None and dtype.is_floating_point():
+            float_inputs.add(dtype)
+    if len(float_inputs) == 1:
+        (dtype,) = float_inputs
+        if dtype in LOW_PRECISION:
+            return dtype
+    return None
+
+
+def _expose_intermediates(model: ir.Model, intermediates: Intermediates) -> dict[str, ir.DataType | None]:
+    """Add the requested main-graph values to the graph outputs; their declared dtypes."""
+    if intermediates is False:
+        return {}
+    graph = model.graph
+    produced = {value.name: value for node in graph for value in node.outputs if value.name}
+    if intermediates is True:
+        wanted = [value for value in produced.values() if isinstance(value.type, ir.TensorType)]
+    else:
+        missing = [name for name in intermediates if name not in produced and name not in _input_names(graph)]
+        if missing:
+            raise KeyError(f"no value named {', '.join(map(repr, missing))} in the main graph")
+        wanted = [produced[name] for name in intermediates if name in produced]
+    already = {id(value) for value in graph.outputs}
+    exposed: dict[str, ir.DataType | None] = {}
+    for value in wanted:
+        exposed[value.name] = value.dtype
+        if id(value) not in already:
+            graph.outputs.append(value)
+            already.add(id(value))
+    return exposed
+
+
+def _input_names(graph: ir.Graph) -> set[str]:
+    return {value.name for value in graph.inputs if value.name}
+
+
+def _widen_graph(graph: ir.Graph, low_values: Mapping[ir.Value, ir.DataType]) -> None:
+    """Make all arithmetic of ``graph`` FP32 and round each low-precision node output."""
+    for value in graph.inputs:
+        _widen_value_type(value)
+    for name, value in list(graph.initializers.items()):
+        tensor = value.const_value
+        if tensor is not None and tensor.dtype in LOW_PRECISION:
+            value.const_value = ir.tensor(tensor.numpy().astype(np.float32), name=name)
+        _widen_value_type(value)
+    for node in list(graph):
+        _widen_attributes(node)
+        for value in node.outputs:
+            dtype = low_values.get(value)
+            _widen_value_type(value)
+            if dtype is not None:
+                _insert_rounding(graph, node, value, dtype)
+
+
+def _widen_value_type(value: ir.Value) -> None:
+    if value.type is None or value.dtype not in LOW_PRECISION:
+        return
+    value.type = _widened_type(value.type)
+
+
+def _widened_type(type_: ir.TypeProtocol) -> ir.TypeProtocol:
+    if isinstance(type_, ir.TensorType):
+        return ir.TensorType(ir.DataType.FLOAT)
+    if isinstance(type_, ir.SequenceType):
+        return ir.SequenceType(_widened_type(type_.elem_type))
+    if isinstance(type_, ir.OptionalType):
+        return ir.OptionalType(_widened_type(type_.elem_type))
+    return type_
+
+
+def _widen_attributes(node: ir.Node) -> None:
+    """Low-precision target types and constant tensors in attributes become FP32 (exact)."""
+    for name, attr in list(node.attributes.items()):
+        if attr.type == ir.AttributeType.INT and name in _DTYPE_ATTRIBUTES:
+            if attr.as_int() in (int(d) for d in LOW_PRECISION):
+                node.attributes[name] = ir.AttrInt64(name, int(ir.DataType.FLOAT))
+        elif attr.type == ir.AttributeType.TENSOR:
+            tensor = attr.as_tensor()
+            if tensor.dtype in LOW_PRECISION:
+                node.attributes[name] = ir.AttrTensor(name, ir.tensor(tensor.numpy().astype(np.float32)))
+
+
+def _insert_rounding(graph: ir.Graph, node: ir.Node, value: ir.Value, dtype: ir.DataType) -> None:
+    """value → Cast(to=dtype) → Cast(to=FLOAT); the rounded value takes over name and uses."""
+    original_name = value.name
+    narrow = ir.node("Cast", [value], {"to": dtype}, metadata_props={ROUNDING_TAG: "1"})
+    widen = ir.node(
+        "Cast", [narrow.outputs[0]], {"to": ir.DataType.FLOAT}, metadata_props={ROUNDING_TAG: "1"}
+    )
+    narrow.outputs[0].type = ir.TensorType(dtype)
+    widen.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)
+    narrow.outputs[0].shape = widen.outputs[0].shape = value.shape
+    rounded = widen.outputs[0]
+    for use in list(value.uses()):
+        if use.node is not narrow:
+            use.node.replace_input_with(use.idx, rounded)
+    for index, output in enumerate(graph.outputs):
+        if output is value:
+            graph.outputs[index] = rounded
+    graph.insert_after(node, [narrow, widen])
+    if original_name:
+        value.name = f"{original_name}__unrounded"
+        narrow.outputs[0].name = f"{original_name}__{dtype.name.lower()}"
+        rounded.name = original_name
+
+
+def _run_session(
+    session: Any,
+    feeds: Mapping[str, np.ndarray],
+    declared: Mapping[str, ir.DataType | None],
+    *,
+    widen_inputs: bool,
+) -> dict[str, np.ndarray]:
+    session_feeds = {}
+    for info in session.get_inputs():
+        if info.name not in feeds:
+            raise KeyError(f"missing feed for input {info.name!r}")
+        array = np.asarray(feeds[info.name])
+        if widen_inputs and array.dtype in (np.float16, ml_dtypes.bfloat16):
+            array = array.astype(np.float32)
+        elif array.dtype == ml_dtypes.bfloat16:
+            raise TypeError(f"input {info.name!r}: onnxruntime's Python API takes no bfloat16 arrays")
+        session_feeds[info.name] = array
+    names = [output.name for output in session.get_outputs()]
+    results = session.run(names, session_feeds)
+    return {
+        name: _as_declared(result, declared.get(name)) for name, result in zip(names, results, strict=True)
+    }
+
+
+def _as_declared(array: np.ndarray, dtype: ir.DataType | None) -> np.ndarray:
+    # Values were rounded to ``dtype`` already, so narrowing them again is exact.
+    numpy_dtype = _NUMPY_DTYPES.get(dtype) if dtype is not None else None
+    if numpy_dtype is not None and isinstance(array, np.ndarray) and array.dtype == np.float32:
+        return array.astype(numpy_dtype)
+    return array

@@ -1,0 +1,82 @@
+"""Shared helpers for handing models to ONNX Runtime (imported lazily)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from types import ModuleType
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+
+from mpcompile import errors, io
+
+ModelLike = onnx.ModelProto | ir.Model | str | os.PathLike
+
+
+def import_onnxruntime() -> ModuleType:
+    """Import onnxruntime or raise ``RuntimeMissingError`` with the install hint."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise errors.RuntimeMissingError(
+            "onnxruntime is not installed; install it with `pip install mpcompile[cpu]` "
+            "(or `mpcompile[gpu]` for onnxruntime-gpu)"
+        ) from None
+    return onnxruntime
+
+
+def to_ir_model(model: ModelLike, *, copy: bool = True) -> ir.Model:
+    """An ``ir.Model`` for any accepted model kind; a copy unless ``copy=False``.
+
+    Paths are loaded with every safety check of ``mpcompile.io.load_model``.
+    """
+    if isinstance(model, ir.Model):
+        return model.clone() if copy else model
+    if isinstance(model, onnx.ModelProto):
+        return ir.serde.deserialize_model(model)
+    if isinstance(model, (str, os.PathLike)):
+        return io.load_model(pathlib.Path(model))
+    raise TypeError(f"expected an onnx.ModelProto, ir.Model or path, got {type(model).__name__}")
+
+
+def serialize_for_session(model: ir.Model) -> bytes:
+    """Serialized bytes of ``model`` with external weights pulled into memory."""
+    ir.external_data.load_to_model(model)
+    return ir.to_proto(model).SerializeToString()
+
+
+def make_session(
+    model: bytes | str,
+    providers: list[Any],
+    *,
+    optimize: bool = True,
+    log_severity: int = 3,
+) -> Any:
+    """An ``InferenceSession``; ``optimize=False`` disables every graph optimization.
+
+    A model onnxruntime refuses raises ``InvalidModelError`` (one line).
+    """
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.log_severity_level = log_severity
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        return ort.InferenceSession(model, options, providers=providers)
+    except Exception as exc:
+        if not is_onnxruntime_error(exc):
+            raise
+        name = model if isinstance(model, str) else "the model"
+        raise errors.InvalidModelError(f"onnxruntime cannot load {name}: {first_line(exc)}") from None
+
+
+def is_onnxruntime_error(exc: BaseException) -> bool:
+    # onnxruntime's Fail, InvalidGraph, InvalidProtobuf, ... derive from Exception directly.
+    return type(exc).__module__.startswith("onnxruntime") or isinstance(exc, (RuntimeError, ValueError))
+
+
+def first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__

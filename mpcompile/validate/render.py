@@ -1,0 +1,96 @@
+"""Printing a ``ValidationResult`` as rich tables."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from mpcompile.validate.results import ROLE_TRT_FP16_BASELINE, STATUS_SKIPPED, EpResult, ValidationResult
+
+
+def render_result(result: ValidationResult, console: Console | None = None) -> None:
+    """Accuracy table per EP row, a latency table, then the verdict."""
+    console = console or Console()
+    for row in result.eps:
+        if row.status == STATUS_SKIPPED:
+            console.print(f"[yellow]skipped[/] {row.provider}: {row.reason}")
+            continue
+        console.print(_accuracy_table(row))
+        if row.reason:
+            console.print(f"note: {row.reason}")
+    latency = _latency_table(result)
+    if latency.row_count:
+        console.print(latency)
+    for note in result.notes:
+        console.print(f"note: {note}")
+    verdict = "[bold green]PASSED[/]" if result.passed else "[bold red]FAILED[/]"
+    console.print(
+        f"{verdict} (rtol {result.rtol['default']:g}, atol {result.atol['default']:g}, {result.low_precision})"
+    )
+
+
+def _row_title(row: EpResult) -> str:
+    what = "FP32 model, TensorRT FP16 mode" if row.role == ROLE_TRT_FP16_BASELINE else "converted model"
+    mode = ", FP16/BF16-faithful CPU" if row.accuracy_mode == "fp16-faithful" else ""
+    return f"{row.provider}: {what}{mode} vs FP32 reference: {row.status.upper()}"
+
+
+def _accuracy_table(row: EpResult) -> Table:
+    table = Table(title=_row_title(row), title_justify="left")
+    for column in (
+        "output",
+        "max abs",
+        "max rel",
+        "mean abs",
+        "rel L2",
+        "cosine",
+        "p99 abs",
+        "NaN/Inf",
+        "top-1",
+        "ok",
+    ):
+        table.add_column(column, justify="left" if column == "output" else "right")
+    for output in row.outputs:
+        nonfinite = f"{output.nan}/{output.inf}"
+        if output.new_nonfinite:
+            nonfinite += f" [red]({output.new_nonfinite} new)[/]"
+        top1 = "" if output.top1_agreement is None else f"{output.top1_agreement:.2%}"
+        verdict = "[green]yes[/]" if output.passed else f"[red]no[/]: {output.failure}"
+        table.add_row(
+            output.name,
+            f"{output.max_abs_err:.3g}",
+            f"{output.max_rel_err:.3g}",
+            f"{output.mean_abs_err:.3g}",
+            f"{output.rel_l2_err:.3g}",
+            f"{output.cosine_similarity:.6f}",
+            f"{output.abs_err_percentiles.get('p99', 0.0):.3g}",
+            nonfinite,
+            top1,
+            verdict,
+        )
+    return table
+
+
+def _latency_table(result: ValidationResult) -> Table:
+    table = Table(title="latency (ms, warm-up excluded)", title_justify="left")
+    for column in ("EP", "model", "runs", "p50", "p90", "p99", "inf/s", "speedup"):
+        table.add_column(column, justify="left" if column in ("EP", "model") else "right")
+    for row in result.eps:
+        if row.latency is None:
+            continue
+        label = "fp32 + TRT fp16 mode" if row.role == ROLE_TRT_FP16_BASELINE else "converted"
+        for model, stats in (("fp32 original", row.latency.original), (label, row.latency.converted)):
+            if stats is None:
+                continue
+            speedup = row.latency.speedup if model != "fp32 original" else None
+            table.add_row(
+                row.ep,
+                model,
+                str(stats.runs),
+                f"{stats.p50_ms:.3f}",
+                f"{stats.p90_ms:.3f}",
+                f"{stats.p99_ms:.3f}",
+                f"{stats.throughput_per_s:.1f}",
+                "" if speedup is None else f"{speedup:.2f}x",
+            )
+    return table

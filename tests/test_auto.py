@@ -1,0 +1,192 @@
+"""``mpcompile.auto.auto_convert`` on models with planted FP16-unsafe nodes (models/sensitive.py).
+
+Accuracy is checked independently of the search's own bookkeeping: the returned model runs in
+the FP16-faithful CPU evaluation (mpcompile.evaluate.faithful: every FP16 node output rounded as
+a GPU stores it) and is compared with the FP32 original under the stated tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+from models.sensitive import PLANTED, SENSITIVE
+from mpcompile.auto import AUTO_RANGE, AUTO_SENSITIVITY, TRACE_KEY, auto_convert, read_trace
+from mpcompile.auto.trace import TRACE_COLUMNS, trace_rows
+from mpcompile.evaluate import faithful
+from mpcompile.inputs import cast_feeds, generate_inputs
+from mpcompile.plan import read_decision
+
+RTOL = ATOL = 1e-2  # the default FP16 tolerance of --auto
+COMPUTE_OPS = {"MatMul", "Gemm", "Conv"}
+
+
+def _decisions(model: onnx.ModelProto) -> dict[str, tuple[str, str, str]]:
+    graph = ir.from_proto(model).graph
+    return {
+        node.name: (d.precision.value, d.reason, d.rule)
+        for node in graph
+        if (d := read_decision(node)) is not None and d.reason != "cast"
+    }
+
+
+def _assert_within_tolerance(original: onnx.ModelProto, converted: onnx.ModelProto) -> None:
+    feeds = generate_inputs(ir.from_proto(original), seed=0)[0]
+    want = faithful.run_reference(original, feeds)
+    got = faithful.run(converted, cast_feeds(ir.from_proto(converted), feeds))
+    for name, reference in want.items():
+        error = np.abs(got[name].astype(np.float64) - reference)
+        allowed = ATOL + RTOL * np.abs(reference)
+        print(
+            f"{name}: max |err| {error.max():.3g}, worst err/allowed {(error / allowed).max():.3g} (<= 1 passes)"
+        )
+        assert np.all(error <= allowed)
+
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    cache: dict = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = auto_convert(SENSITIVE[name](), allow_ops=PLANTED[name].allow_ops)
+        return cache[name]
+
+    return get
+
+
+# Evaluations (ORT session builds, reference included) each search case may take.
+MAX_EVALUATIONS = {
+    "sensitive_cancellation": 3,
+    "sensitive_two_regions": 3,
+    "sensitive_two_culprits": 5,
+    "sensitive_many_culprits": 16,  # the default budget
+}
+RANGE_CASES = [name for name, planted in PLANTED.items() if planted.found_by == "range"]
+SENSITIVITY_CASES = [name for name, planted in PLANTED.items() if planted.found_by == "sensitivity"]
+
+
+@pytest.mark.parametrize("name", RANGE_CASES)
+def test_range_rules_find_planted_nodes(results, name):
+    result = results(name)
+    planted = PLANTED[name].nodes
+    decisions = _decisions(result.model)
+    by_auto = {node for node, (_, reason, _) in decisions.items() if reason.startswith("auto:")}
+    print(f"{name}: kept FP32 by --auto {sorted(by_auto)}; evaluations {result.evaluations}")
+    assert by_auto == planted
+    assert all(decisions[node][:2] == ("fp32", AUTO_RANGE) for node in planted)
+    assert set(result.range_blocked) == planted and not result.sensitivity_blocked
+    assert result.passed and result.evaluations == 2  # the reference run and one check
+
+
+@pytest.mark.parametrize("name", SENSITIVITY_CASES)
+def test_search_finds_planted_nodes(results, name):
+    result = results(name)
+    planted = PLANTED[name].nodes
+    decisions = _decisions(result.model)
+    by_auto = {node for node, (_, reason, _) in decisions.items() if reason.startswith("auto:")}
+    print(f"{name}: kept FP32 by --auto {sorted(by_auto)}; evaluations {result.evaluations}")
+    assert by_auto == planted
+    assert all(decisions[node][:2] == ("fp32", AUTO_SENSITIVITY) for node in planted)
+    assert not result.range_blocked
+    assert result.passed and result.evaluations <= MAX_EVALUATIONS[name]
+
+
+def test_mixed_model_gets_both_reasons(results):
+    result = results("sensitive_deep_mixed")
+    assert set(result.range_blocked) == {"planted/Mix", "planted/Attenuate"}
+    assert set(result.sensitivity_blocked) == {"planted/Offset", "planted/Unoffset"}
+    assert result.passed and result.evaluations <= 4
+
+
+@pytest.mark.parametrize("name", list(PLANTED))
+def test_everything_else_stays_fp16_and_tolerance_holds(results, name):
+    result = results(name)
+    decisions = _decisions(result.model)
+    planted = PLANTED[name].nodes
+    compute = {node.name for node in SENSITIVE[name]().graph.node if node.op_type in COMPUTE_OPS}
+    fp32_compute = {node for node in compute - planted if decisions[node][0] != "fp16"}
+    print(f"{name}: FP16 FLOP share {result.fp16_flop_share:.3f}; error {result.error:.3g}")
+    assert not fp32_compute, f"compute nodes left FP32: {fp32_compute}"
+    _assert_within_tolerance(SENSITIVE[name](), result.model)
+    onnx.checker.check_model(result.model, full_check=True)
+
+
+def test_trace_is_saved_in_the_model(results):
+    result = results("sensitive_many_culprits")
+    stored = read_trace(result.model)
+    assert stored == json.loads(json.dumps(result.to_dict(), sort_keys=True))
+    assert {entry.key for entry in result.model.metadata_props} >= {TRACE_KEY, "mpcompile.version"}
+    steps = stored["steps"]
+    print([(step["phase"], step["outcome"], step["error"]) for step in steps])
+    assert [step["phase"] for step in steps[:3]] == ["reference", "initial", "nodes"]
+    assert {"regions", "prune"} <= {step["phase"] for step in steps}
+    for step in steps[1:]:
+        assert step["outcome"] == ("kept" if step["passed"] else "reverted")
+        assert step["passed"] == (step["error"] <= step["limit"])
+    assert [step["evaluations"] for step in steps] == list(range(1, len(steps) + 1))
+    assert steps[-1]["evaluations"] == stored["evaluations"] == result.evaluations <= stored["budget"]
+    last_kept = [step for step in steps if step["outcome"] == "kept"][-1]
+    assert (
+        set(last_kept["blocked"])
+        == set(stored["sensitivity_blocked"])
+        == PLANTED["sensitive_many_culprits"].nodes
+    )
+    assert steps[1]["error"] > stored["limit"] >= stored["error"]
+    rows = trace_rows(stored)
+    assert len(rows) == len(steps) and all(len(row) == len(TRACE_COLUMNS) for row in rows)
+    assert rows[0][:2] == ["1", "reference"] and rows[1][6] == "reverted"
+
+
+def test_plan_carries_auto_reasons(results):
+    result = results("sensitive_cancellation")
+    reasons = {node.name: decision.reason for node, decision in result.plan.items()}
+    assert reasons["planted/Offset"] == reasons["planted/Unoffset"] == AUTO_SENSITIVITY
+    assert result.convert_result.summary()["reasons"][AUTO_SENSITIVITY] == 2
+
+
+def test_budget_too_small_for_a_search_falls_back_to_fp32():
+    result = auto_convert(SENSITIVE["sensitive_cancellation"](), budget=2)
+    print(result.notes)
+    assert result.evaluations == 2
+    assert result.passed and result.fp16_flop_share == 0.0
+    assert any("budget" in note for note in result.notes)
+
+
+def test_metric_criterion_and_ir_model_in_ir_model_out():
+    model = ir.from_proto(SENSITIVE["sensitive_cancellation"]())
+    result = auto_convert(model, metric="cosine:0.99999")
+    assert isinstance(result.model, ir.Model)
+    assert result.passed and result.error <= 1e-5
+    assert {n for n, (_, r, _) in _decisions(ir.to_proto(result.model)).items() if r.startswith("auto:")} == {
+        "planted/Offset",
+        "planted/Unoffset",
+    }
+    assert all(node.name for node in model.graph)  # the caller's model is untouched
+
+
+def test_unnamed_nodes_get_deterministic_names():
+    proto = SENSITIVE["sensitive_cancellation"]()
+    for node in proto.graph.node:
+        node.name = ""
+    first = auto_convert(proto)
+    second = auto_convert(proto)
+    assert first.passed and set(first.sensitivity_blocked) == {"auto/Add_3", "auto/Sub_4"}
+    assert first.sensitivity_blocked == second.sensitivity_blocked
+    assert first.model.SerializeToString() == second.model.SerializeToString()
+    assert any("unnamed" in note for note in first.notes)
+    assert all(node.name == "" for node in proto.graph.node)  # input not modified
+
+
+def test_user_inputs_and_block_nodes_are_respected(tmp_path):
+    proto = SENSITIVE["sensitive_cancellation"]()
+    feeds = generate_inputs(ir.from_proto(proto), seed=3)[0]
+    np.savez(tmp_path / "inputs.npz", **feeds)
+    result = auto_convert(proto, inputs=tmp_path / "inputs.npz", block_nodes=["fc2/MatMul_1"])
+    decisions = _decisions(result.model)
+    assert decisions["fc2/MatMul_1"][1] == "user-block-node"
+    assert result.inputs.endswith("inputs.npz") and result.passed

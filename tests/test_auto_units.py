@@ -1,0 +1,185 @@
+"""Unit tests of the --auto building blocks: criteria, range rules, node naming, regions, sensitivity."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from mpcompile.auto.criteria import CriterionError, make_criterion, parse_metric
+from mpcompile.auto.graph import connected_regions, main_nodes, name_nodes
+from mpcompile.auto.range_rules import RangeRules, find_unsafe_nodes, reduction_depth, value_stats
+from mpcompile.auto.sensitivity import blame_items, measure
+from mpcompile.precision import FP16
+
+
+def _model(text: str) -> ir.Model:
+    return ir.from_onnx_text(text)
+
+
+CHAIN = """
+<ir_version: 8, opset_import: ["" : 17]>
+chain (float[2, 4] x) => (float[2, 4] y) {
+    a = Relu (x)
+    b = Add (a, x)
+    c = Mul (b, b)
+    y = Softmax <axis = -1> (c)
+}
+"""
+
+
+def test_tolerance_error_is_the_worst_ratio_to_the_allowed_error():
+    criterion = make_criterion(rtol=0.1, atol=0.01)
+    ref = [{"y": np.array([1.0, 10.0], np.float32)}]
+    got = [{"y": np.array([1.05, 10.5], np.float32)}]  # allowed: 0.11 and 1.01
+    result = criterion.check(ref, got)
+    assert result.passed and math.isclose(result.error, 0.5 / 1.01, rel_tol=1e-5)
+    bad = criterion.check(ref, [{"y": np.array([1.2, 10.0], np.float32)}])
+    assert not bad and math.isclose(bad.error, 0.2 / 0.11, rel_tol=1e-5)
+
+
+def test_new_infinities_and_changed_nans_fail():
+    criterion = make_criterion(rtol=1.0, atol=1.0)
+    ref = [{"y": np.array([1.0, np.nan], np.float32)}]
+    assert not criterion.check(ref, [{"y": np.array([np.inf, np.nan], np.float32)}])
+    assert not criterion.check(ref, [{"y": np.array([1.0, 0.0], np.float32)}])
+    assert criterion.check(ref, [{"y": np.array([1.5, np.nan], np.float32)}])
+
+
+def test_metrics_parse_and_check():
+    assert parse_metric("cosine:0.9999") == ("cosine", 0.9999)
+    assert parse_metric("REL_L2:1e-3") == ("rel-l2", 1e-3)
+    cosine = make_criterion(metric="cosine:0.99")
+    ref = [{"y": np.array([1.0, 0.0], np.float32)}]
+    assert cosine.check(ref, [{"y": np.array([1.0, 0.1], np.float32)}])  # cos = 0.995
+    assert not cosine.check(ref, [{"y": np.array([1.0, 0.2], np.float32)}])  # cos = 0.981
+    for bad in ("cosine", "cosine:x", "cosine:1.5", "psnr:3"):
+        with pytest.raises(CriterionError):
+            parse_metric(bad)
+    with pytest.raises(CriterionError, match="exclude"):
+        make_criterion(rtol=1e-2, metric="cosine:0.99")
+    with pytest.raises(CriterionError):
+        make_criterion(rtol=0, atol=0)
+
+
+def test_value_stats_overflow_and_flushed_magnitude():
+    stats = value_stats([np.array([1e5, 1.0], np.float32)], FP16)
+    assert stats.max_abs == 1e5 and stats.flushed_mass == 0
+    tiny = value_stats([np.array([1e-9, 1e-9, 1e-9, 1.0], np.float32)], FP16)
+    assert math.isclose(tiny.flushed_mass, 3e-9 / (1 + 3e-9), rel_tol=1e-5)  # Softmax-tail-like: negligible
+    scaled = value_stats([np.full(8, 1e-8, np.float32)], FP16)
+    assert scaled.flushed_mass == 1.0  # everything flushes to zero
+
+
+def test_range_rules_flag_overflow_underflow_and_depth():
+    model = _model(CHAIN)
+    nodes = main_nodes(model)
+    assert name_nodes(model) == 4 and list(main_nodes(model)) == [
+        "auto/Relu_0",
+        "auto/Add_1",
+        "auto/Mul_2",
+        "auto/Softmax_3",
+    ]
+    nodes = main_nodes(model)
+    x = np.ones((2, 4), np.float32)
+    values = {
+        "x": [x],
+        "a": [x],
+        "b": [np.full((2, 4), 200.0, np.float32)],
+        "c": [np.full((2, 4), 40000.0, np.float32)],
+        "y": [np.full((2, 4), 1e-9, np.float32)],
+    }
+    found = find_unsafe_nodes(nodes, list(nodes), values, FP16, RangeRules(), 17)
+    assert set(found) == {"auto/Mul_2", "auto/Softmax_3"}
+    assert found["auto/Mul_2"].rule == "overflow" and found["auto/Mul_2"].value == "c"
+    strict = RangeRules(reduction_depth=3)
+    values["y"] = [np.full((2, 4), 0.25, np.float32)]
+    values["c"] = [np.full((2, 4), 100.0, np.float32)]
+    found = find_unsafe_nodes(nodes, list(nodes), values, FP16, strict, 17)
+    assert {name: f.rule for name, f in found.items()} == {"auto/Softmax_3": "deep-reduction"}
+    assert "reduces 4 elements" in found["auto/Softmax_3"].describe()
+
+
+def test_softmax_depth_follows_the_opset():
+    model = _model(CHAIN.replace("Softmax <axis = -1>", "Softmax <axis = 1>"))
+    softmax = list(model.graph)[-1]
+    values = {"c": [np.zeros((2, 3, 5), np.float32)]}
+    assert reduction_depth(softmax, values, 17) == 3  # one axis
+    assert reduction_depth(softmax, values, 11) == 15  # flattened from axis 1
+
+
+def test_duplicate_names_are_made_unique():
+    model = _model(CHAIN)
+    for node in model.graph:
+        node.name = "same"
+    name_nodes(model)
+    names = [node.name for node in model.graph]
+    assert names[0] == "same" and len(set(names)) == 4
+
+
+def test_regions_and_blame_items():
+    model = _model(CHAIN)
+    name_nodes(model)
+    nodes = main_nodes(model)
+    regions = connected_regions(nodes, ["auto/Relu_0", "auto/Add_1", "auto/Softmax_3"])
+    assert regions == [["auto/Relu_0", "auto/Add_1"], ["auto/Softmax_3"]]
+    # Sensitivity: the Add amplifies nothing, the Mul introduces error.
+    reference = [{"a": np.ones(4), "b": np.full(4, 2.0), "c": np.full(4, 4.0), "y": np.full(4, 0.25)}]
+    candidate = [{"a": np.ones(4), "b": np.full(4, 2.0), "c": np.full(4, 4.4), "y": np.full(4, 0.25)}]
+    sensitivities = measure(nodes, nodes, reference, candidate)
+    assert math.isclose(sensitivities["auto/Mul_2"].introduced, 0.1)
+    assert sensitivities["auto/Softmax_3"].introduced == 0.0  # reads an error of 0.1, has 0
+    low = list(nodes)
+    items = blame_items(nodes, low, sensitivities, {})
+    assert items[0].node == "auto/Mul_2" and items[0].members == ("auto/Mul_2", "auto/Add_1")
+
+
+class _FakeEvaluator:
+    """Stands in for mpcompile.auto.evaluator.Evaluator: a candidate passes when it keeps at
+    least ``needed`` of the numbered nodes FP32; every new candidate costs one evaluation."""
+
+    def __init__(self, needed: int, budget: int = 100):
+        from mpcompile.auto.criteria import make_criterion
+
+        self.needed, self.budget, self.evaluations = needed, budget, 0
+        self.criterion = make_criterion()
+        self.flops: dict[str, int] = {}
+        self.seen: dict[frozenset, object] = {}
+
+    def is_cached(self, blocked):
+        return blocked in self.seen
+
+    def probe(self, blocked, intermediates=False):
+        from mpcompile.auto.criteria import CheckResult
+        from mpcompile.auto.evaluator import BudgetExhausted, Probe
+
+        if blocked not in self.seen:
+            if self.evaluations >= self.budget:
+                raise BudgetExhausted()
+            self.evaluations += 1
+            passed = len(blocked) >= self.needed
+            check = CheckResult(passed, 0.5 if passed else 2.0, "y")
+            self.seen[blocked] = Probe(blocked, None, frozenset(), 0.0, check, True)
+        return self.seen[blocked]
+
+
+def _gallop(needed: int, count: int, budget: int = 100, max_k: int | None = None):
+    from mpcompile.auto.search import Search
+
+    evaluator = _FakeEvaluator(needed, budget)
+    search = Search(evaluator, {}, frozenset(), ())
+    found = search._gallop(
+        "nodes", count, lambda k: frozenset(str(i) for i in range(k)), lambda k: f"{k}", max_k=max_k
+    )
+    return found, [len(step.blocked) for step in search.steps]
+
+
+def test_galloping_then_bisection_finds_the_fewest_items():
+    assert _gallop(5, 20) == (5, [1, 2, 4, 8, 6, 5])
+    assert _gallop(1, 20) == (1, [1])
+    assert _gallop(20, 20) == (20, [1, 2, 4, 8, 16, 18, 19])  # 20 itself is known to pass: never run
+    assert _gallop(3, 20, max_k=4) == (3, [1, 2, 4, 3])
+    assert _gallop(7, 20, max_k=4) == (None, [1, 2, 4])  # not within the first few: give up
+    assert _gallop(5, 20, budget=3) == (20, [1, 2, 4])  # budget spent: the known-passing bound

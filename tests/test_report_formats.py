@@ -1,0 +1,135 @@
+"""Report formats: JSON against its schema, CSV, terminal table filters, self-contained HTML."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+
+import jsonschema
+import pytest
+from onnx import helper
+
+from mpcompile.report import ReportView, build_report, format_for_path, render
+from mpcompile.report.csv_format import COLUMNS
+from mpcompile.report.json_format import load_schema
+from tests.test_report_builders import mixed_model, model_of, planted_model, tensor, weight
+
+EVIL = "<script>alert(1)</script>"
+
+
+def evil_model():
+    """Names, ops' rule and reason that try to break out of HTML."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name=EVIL),
+        helper.make_node("Relu", ["h"], ['"><img src=x onerror=alert(2)>'], name="a&b\"c'd"),
+    ]
+    model = model_of(
+        nodes,
+        [tensor("x", [2, 4])],
+        [tensor('"><img src=x onerror=alert(2)>', [2, 4])],
+        [weight("w", (4, 4))],
+    )
+    from tests.test_report_builders import stamp
+
+    return stamp(model, {EVIL: ("fp16", "allow", "</td><script>alert(3)</script>")})
+
+
+def validate(document):
+    jsonschema.Draft202012Validator.check_schema(load_schema())
+    jsonschema.Draft202012Validator(load_schema()).validate(document)
+
+
+def test_json_matches_schema_plain_and_with_compare_and_numerics():
+    from onnxconverter_common import float16
+
+    validate(json.loads(render(build_report(mixed_model()), "json")))
+    original = planted_model(factor=8e3)
+    converted = float16.convert_float_to_float16(original, keep_io_types=True)
+    text = render(build_report(converted, original=original, numerics=True, shapes=["batch=4"]), "json")
+    document = json.loads(text)  # strict JSON: inf is written as a string
+    assert "Infinity" not in text
+    validate(document)
+    planted = next(n for n in document["nodes"] if n["name"] == "planted")
+    assert planted["numerics"]["error_introduced"] == "inf"
+    assert document["compare"]["new"] == 2
+
+
+def test_schema_rejects_a_broken_document():
+    document = json.loads(render(build_report(mixed_model()), "json"))
+    document["nodes"][0]["flops"] = "many"
+    with pytest.raises(jsonschema.ValidationError):
+        validate(document)
+    del document["summary"]
+    with pytest.raises(jsonschema.ValidationError):
+        validate(document)
+
+
+def test_json_filters_rows_but_not_summary():
+    view = ReportView(precisions=("fp32",), sort="flops", top=1)
+    document = json.loads(render(build_report(mixed_model()), "json", view))
+    assert [n["name"] for n in document["nodes"]] == ["softmax"]
+    assert document["summary"]["nodes"]["total"] == 4
+    assert document["filters"] == {"ops": [], "precisions": ["fp32"], "top": 1, "sort": "flops"}
+
+
+def test_csv_has_fixed_columns_and_one_row_per_node():
+    rows = list(csv.DictReader(io.StringIO(render(build_report(mixed_model(), shapes=["seq=128"]), "csv"))))
+    assert tuple(rows[0].keys()) == COLUMNS
+    assert [r["name"] for r in rows] == ["x_cast", "proj", "h_cast", "softmax"]
+    proj = rows[1]
+    assert (proj["precision"], proj["reason"], proj["rule"]) == ("fp16", "allow", "allow:MatMul")
+    assert proj["input_dtypes"] == "float16;float16" and proj["flops"] == str(2 * 128 * 8 * 16)
+
+
+def test_table_filters_and_sorting():
+    audit = build_report(mixed_model())
+    text = render(audit, "table", ReportView(ops=("matmul",)))
+    assert "nodes (1 of 4)" in text and "proj" in text
+    text = render(audit, "table", ReportView(sort="flops", top=2))
+    table = text[text.index("nodes (2 of 4)") :]
+    assert table.index("proj") < table.index("softmax")
+    assert "h_cast" not in table
+    assert "What keeps this model out of low precision" in text and "block:Softmax" in text
+
+
+def test_html_escapes_every_name():
+    page = render(build_report(evil_model()), "html")
+    assert EVIL not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "alert(3)</script>" not in page and "onerror=alert(2)>" not in page
+    assert "a&amp;b&quot;c&#x27;d" in page
+    assert page.count("<script>") == 1  # our own sorting script only
+
+
+def test_html_is_self_contained_with_chart_and_sortable_table():
+    page = render(build_report(mixed_model()), "html")
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    assert "<link" not in page and "@import" not in page
+    assert "Content-Security-Policy" in page
+    svg = page[page.index("<svg") : page.index("</svg>")]
+    assert svg.count("<rect") >= 3 and "MatMul" in svg and "fp16" in svg
+    assert '<table id="nodes" class="sortable">' in page
+    assert page.count('<tr data-i="') == 4
+
+
+def test_format_from_extension():
+    assert format_for_path("r.JSON") == "json" and format_for_path("r.htm") == "html"
+    from mpcompile.report import ReportOptionError
+
+    with pytest.raises(ReportOptionError):
+        format_for_path("report.pdf")
+
+
+def test_narrow_terminal_keeps_the_essential_columns():
+    from rich.console import Console
+
+    from mpcompile.report.terminal import node_table
+
+    audit = build_report(mixed_model())
+    console = Console(file=io.StringIO(), width=80, force_terminal=True)
+    narrow = [c.header for c in node_table(audit, ReportView(), console.width).columns]
+    assert narrow == ["node", "op", "precision", "FLOPs"]
+    wide = [c.header for c in node_table(audit, ReportView()).columns]
+    assert {"reason", "rule", "in", "out", "casts", "weights"} <= set(wide)
