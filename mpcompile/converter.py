@@ -124,7 +124,7 @@ def convert(model: ModelLike, **options: Any) -> ConvertResult:
     path). Options are the fields of ``ConvertOptions``.
     """
     opts = ConvertOptions.build(**options)
-    ir_model, kind = _to_ir(model)
+    ir_model, kind = to_ir_model(model)
     result = _convert_ir(ir_model, opts)
     if kind == "proto" and not result.already_converted:
         proto = ir.to_proto(result.model)
@@ -176,7 +176,8 @@ def convert_file(
     return result
 
 
-def _to_ir(model: ModelLike) -> tuple[ir.Model, str]:
+def to_ir_model(model: ModelLike) -> tuple[ir.Model, str]:
+    """A working ``ir.Model`` for any accepted input, and its kind (proto, ir or path); never the caller's object."""
     if isinstance(model, onnx.ModelProto):
         io.check_opsets(model)
         return ir.serde.deserialize_model(model), "proto"

@@ -24,7 +24,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from mpcompile import errors, io
+from mpcompile import errors
 from mpcompile.auto import DEFAULT_BUDGET
 from mpcompile.auto.criteria import Criterion, CriterionError, make_criterion
 from mpcompile.auto.evaluator import Evaluator, low_precision_nodes
@@ -35,7 +35,7 @@ from mpcompile.auto.range_rules import RangeRules, find_unsafe_nodes
 from mpcompile.auto.reasons import AUTO_RANGE, AUTO_SENSITIVITY
 from mpcompile.auto.search import Search
 from mpcompile.auto.trace import TRACE_KEY, TRACE_VERSION, SearchStep, jsonable
-from mpcompile.converter import ConvertOptions, ConvertResult
+from mpcompile.converter import ConvertOptions, ConvertResult, to_ir_model
 from mpcompile.plan import Decision, Reason, read_decision, stamp_decision
 from mpcompile.precision import Precision, low_precision_format
 
@@ -189,18 +189,10 @@ def auto_convert(
 
 
 def _working_copy(model: onnx.ModelProto | ir.Model | str | os.PathLike) -> tuple[ir.Model, str]:
-    if isinstance(model, onnx.ModelProto):
-        io.check_opsets(model)
-        return ir.serde.deserialize_model(model), "proto"
-    if isinstance(model, ir.Model):
-        return model.clone(), "ir"
-    if isinstance(model, (str, os.PathLike)):
-        loaded = io.load_model(model)
-        ir.external_data.load_to_model(loaded)
-        return loaded, "path"
-    raise TypeError(
-        f"auto_convert() takes an onnx.ModelProto, an onnx_ir.Model or a path, not {type(model).__name__}"
-    )
+    working, kind = to_ir_model(model)
+    if kind == "path":
+        ir.external_data.load_to_model(working)  # every candidate is serialized for a session
+    return working, kind
 
 
 def _stamp(result: ConvertResult, why: Mapping[str, str], reason: str) -> None:

@@ -137,6 +137,19 @@ def convert_command(
         from mpcompile.report import format_for_path
 
         format_for_path(report_path)  # fail on a bad extension before converting
+    options = {
+        "precision": precision,
+        "target": target,
+        "optimize": optimize,
+        "keep_io_types": keep_io_types,
+        "allow_ops": allow_ops,
+        "block_ops": block_ops,
+        "block_nodes": block_nodes,
+        "policy": policy,
+        "allow_qdq": allow_qdq,
+        "check_invariants": check_invariants,
+        "dump_dir": dump_dir,
+    }
     settings = auto_settings()
     if settings is not None:
         run_auto_from_cli(
@@ -148,17 +161,7 @@ def convert_command(
             as_json=as_json,
             quiet=quiet,
             report_path=report_path,
-            precision=precision,
-            target=target,
-            optimize=optimize,
-            keep_io_types=keep_io_types,
-            allow_ops=allow_ops,
-            block_ops=block_ops,
-            block_nodes=block_nodes,
-            policy=policy,
-            allow_qdq=allow_qdq,
-            check_invariants=check_invariants,
-            dump_dir=dump_dir,
+            **options,
         )
         if run_validation:
             from mpcompile.commands.validate import validate_or_raise
@@ -174,17 +177,7 @@ def convert_command(
             overwrite=overwrite,
             external_data=external_data,
             on_pass_start=on_pass_start,
-            precision=precision,
-            target=target,
-            optimize=optimize,
-            keep_io_types=keep_io_types,
-            allow_ops=allow_ops,
-            block_ops=block_ops,
-            block_nodes=block_nodes,
-            policy=policy,
-            allow_qdq=allow_qdq,
-            check_invariants=check_invariants,
-            dump_dir=dump_dir,
+            **options,
         )
     if as_json:
         click.echo(json.dumps({"input": str(model), "output": str(output), **result.summary()}, indent=2))
