@@ -158,11 +158,12 @@ def convert_file(
     if source == target and not overwrite:
         raise errors.OutputIsInputError(f"{target}: output path is the input; pass --overwrite to replace it")
     model = io.load_model(source)
-    if external_data is None and io.has_external_tensors(model):
-        external_data = True  # weights that came external stay external (they are converted lazily)
+    if external_data is None:  # weights that came external stay external (converted lazily)
+        external_data = io.input_had_external_data(model) or io.weight_bytes(model) >= io.TWO_GIB - 2**24
     if overwrite and source == target:
         ir.external_data.load_to_model(model)  # the source file is about to be replaced
-    result = _convert_ir(model, opts, on_pass_start=on_pass_start)
+    # The model was loaded here and is written once, so converted weights may drop their FP32 bytes.
+    result = _convert_ir(model, opts, on_pass_start=on_pass_start, serialized_once=True)
     if result.already_converted:
         raise errors.AlreadyLowPrecisionError(f"{source}: {result.notes[-1]}; nothing to do")
     if on_pass_start is not None:
@@ -191,7 +192,10 @@ def to_ir_model(model: ModelLike) -> tuple[ir.Model, str]:
 
 
 def _convert_ir(
-    model: ir.Model, opts: ConvertOptions, on_pass_start: Callable[[str], None] | None = None
+    model: ir.Model,
+    opts: ConvertOptions,
+    on_pass_start: Callable[[str], None] | None = None,
+    serialized_once: bool = False,
 ) -> ConvertResult:
     policy, file_options = _policy(opts)
     # A policy file's precision/target/keep_io_types apply where the caller kept the default.
@@ -226,6 +230,7 @@ def _convert_ir(
         policy=policy,
         keep_io_types=bool(keep_io),
         allow_qdq=opts.allow_qdq,
+        serialized_once=serialized_once,
     )
     note = already_low_precision(model)
     if note is not None:

@@ -19,6 +19,11 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from mpcompile import errors
+from mpcompile.mapped_load import WireFormatError, load_mapped
+
+# Files at least this large are loaded with their embedded weights mapped, not parsed.
+MAPPED_LOAD_MIN_BYTES = 64 * 2**20
+INPUT_EXTERNAL_DATA_KEY = "mpcompile.input_external_data"
 
 # ai.onnx opsets mpcompile converts: Cast's `to` attribute exists from opset 6, and the
 # upper bound is whatever the installed onnx package knows.
@@ -45,17 +50,57 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         raise errors.InputNotFoundError(f"{path}: not a file")
     if path.stat().st_size == 0:
         raise errors.NotOnnxError(f"{path}: empty file, not an ONNX model")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
-        raise errors.NotOnnxError(f"{path}: not a valid ONNX protobuf ({_first_line(exc)})") from None
+    proto = None
+    if path.stat().st_size >= MAPPED_LOAD_MIN_BYTES:
+        try:  # embedded weights mapped from the file, not parsed (see mpcompile.mapped_load)
+            proto = load_mapped(path)
+        except (WireFormatError, DecodeError, RuntimeError, ValueError, OSError):
+            proto = None  # the plain parse below reports what is wrong
+    if proto is None:
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
+            raise errors.NotOnnxError(f"{path}: not a valid ONNX protobuf ({_first_line(exc)})") from None
     if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
         raise errors.NotOnnxError(f"{path}: not an ONNX model (no graph)")
     check_external_data(proto, path.parent)
     check_opsets(proto)
     model = ir.serde.deserialize_model(proto)
     ir.external_data.set_base_dir(model.graph, str(path.parent))
+    model.meta[INPUT_EXTERNAL_DATA_KEY] = any(
+        _external_location(tensor) not in (None, path.name) for tensor in _all_tensor_protos(proto)
+    )
     return model
+
+
+def _external_location(tensor: onnx.TensorProto) -> str | None:
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return None
+    return next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+
+
+def _embed_external_tensors(model: ir.Model) -> None:
+    """Make external tensors (weights mapped from the input file) serialize their bytes inline,
+    reading each one only while it is written."""
+
+    def embedded(tensor: ir.ExternalTensor) -> ir.LazyTensor:
+        def read(tensor=tensor) -> ir.Tensor:
+            data = ir.Tensor(tensor.numpy().copy(), dtype=tensor.dtype, name=tensor.name)
+            tensor.release()
+            return data
+
+        return ir.LazyTensor(read, dtype=tensor.dtype, shape=tensor.shape, name=tensor.name)
+
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor):
+                value.const_value = embedded(value.const_value)
+
+
+def input_had_external_data(model: ir.Model) -> bool:
+    """Whether the file ``load_model`` read kept weights in external data files (weights it
+    mapped from the model file itself do not count)."""
+    return bool(model.meta.get(INPUT_EXTERNAL_DATA_KEY, has_external_tensors(model)))
 
 
 def check_external_data(proto: onnx.ModelProto, base_dir: pathlib.Path) -> None:
@@ -161,6 +206,8 @@ def save_model(
     if external_data is None:
         external_data = has_external_tensors(model) or weight_bytes(model) >= TWO_GIB - 2**24
     model.ir_version = output_ir_version(model)
+    if not external_data:
+        _embed_external_tensors(model)
     data_name = path.name + ".data"
     data_path = path.with_name(data_name)
     data_existed = data_path.exists()

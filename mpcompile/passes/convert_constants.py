@@ -83,7 +83,9 @@ class ConvertConstantsPass(ConversionPass):
                 use.node.replace_input_with(use.idx, copy)
             self.context.stats.initializers_duplicated += 1
         else:
-            value.const_value = _lazy(source, self.context.low, self.context.low.dtype)
+            value.const_value = _lazy(
+                source, self.context.low, self.context.low.dtype, consume=self.context.serialized_once
+            )
             set_dtype(value, self.context.low.dtype)  # primer P4: keep Value and tensor in sync
             self.context.stats.initializers_converted += 1
         return True
@@ -152,14 +154,24 @@ def _clamped(low: LowPrecisionFormat):
     return clamp
 
 
-def _lazy(source: ir.TensorProtocol, convert, dtype: ir.DataType, cache: bool | None = None) -> ir.LazyTensor:
-    """A tensor that converts ``source`` when first serialized, releasing external sources."""
+def _lazy(
+    source: ir.TensorProtocol, convert, dtype: ir.DataType, cache: bool | None = None, consume: bool = False
+) -> ir.LazyTensor:
+    """A tensor that converts ``source`` when serialized, releasing external sources.
+
+    ``consume``: the model is serialized once and nothing else reads ``source``, so the FP32
+    bytes of an embedded source are dropped once converted: the parsed input then shrinks as
+    the output grows, instead of both being held whole.
+    """
     to_array = convert if callable(convert) else (lambda array, fmt=convert: array.astype(fmt.numpy_dtype))
 
     def materialize(source=source, to_array=to_array) -> ir.Tensor:
         array = to_array(source.numpy())
         if isinstance(source, ir.ExternalTensor):
             source.release()
+        elif consume and isinstance(source, ir.TensorProtoTensor):
+            for field in ("raw_data", "float_data"):
+                source.raw.ClearField(field)
         return ir.Tensor(array, dtype=dtype, name=source.name)
 
     if cache is None:

@@ -1,0 +1,48 @@
+"""Loading with embedded weights mapped from the file (mpcompile.mapped_load) gives the same model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+import models
+import mpcompile
+from mpcompile import io
+from mpcompile.mapped_load import MIN_MAPPED_BYTES, load_mapped
+from tests.builders import run
+
+
+@pytest.mark.parametrize(
+    "name", ["bert_encoder", "resnet", "control_flow", "regression_initializers_as_inputs"]
+)
+def test_mapped_weights_equal_parsed_weights(tmp_path, name):
+    path = tmp_path / "model.onnx"
+    onnx.save(models.build(name), path)
+    parsed = ir.from_proto(onnx.load(path))
+    mapped = ir.serde.deserialize_model(load_mapped(path))
+    ir.external_data.set_base_dir(mapped.graph, str(tmp_path))
+    assert list(parsed.graph.initializers) == list(mapped.graph.initializers)
+    for name_, value in mapped.graph.initializers.items():
+        is_large = parsed.graph.initializers[name_].const_value.nbytes >= MIN_MAPPED_BYTES
+        assert isinstance(value.const_value, ir.ExternalTensor) == is_large, name_
+    for name_, value in parsed.graph.initializers.items():
+        np.testing.assert_array_equal(
+            value.const_value.numpy(), mapped.graph.initializers[name_].const_value.numpy()
+        )
+    assert len(parsed.graph) == len(mapped.graph)
+
+
+def test_convert_file_with_mapped_weights_writes_an_embedded_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(io, "MAPPED_LOAD_MIN_BYTES", 0)  # take the mapped path for a small model
+    source, output = tmp_path / "encoder.onnx", tmp_path / "encoder.fp16.onnx"
+    original = models.build("bert_encoder")
+    onnx.save(original, source)
+    mpcompile.convert_file(source, output)
+    converted = onnx.load(output)
+    assert not (tmp_path / "encoder.fp16.onnx.data").exists()
+    assert all(t.data_location == onnx.TensorProto.DEFAULT for t in converted.graph.initializer)
+    feeds = models.make_inputs(original)
+    for want, got in zip(run(original, feeds), run(converted, feeds), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2 * float(np.abs(want).max()))
