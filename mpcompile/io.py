@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import pathlib
+import shutil
 import tempfile
 from collections.abc import Callable
 
@@ -19,7 +20,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from mpcompile import errors
-from mpcompile.mapped_load import WireFormatError, load_mapped
+from mpcompile.mapped_load import WireFormatError, load_mapped, write_embedded
 
 # Files at least this large are loaded with their embedded weights mapped, not parsed.
 MAPPED_LOAD_MIN_BYTES = 64 * 2**20
@@ -77,6 +78,28 @@ def _external_location(tensor: onnx.TensorProto) -> str | None:
     if tensor.data_location != onnx.TensorProto.EXTERNAL:
         return None
     return next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+
+
+def _save_embedded(model: ir.Model, path: str) -> None:
+    """Save with every weight inline, streaming: onnx-ir writes the weights to a scratch data
+    file one tensor at a time, then the model file is written with each weight copied in (see
+    ``mapped_load.write_embedded``), so neither the whole protobuf nor its bytes sit in memory."""
+    folder = tempfile.mkdtemp(prefix=".mpcompile-", dir=os.path.dirname(path))
+    try:
+        scratch = os.path.join(folder, "model.onnx")
+        ir.save(
+            model, scratch, external_data="weights.data", size_threshold_bytes=EXTERNAL_DATA_THRESHOLD_BYTES
+        )
+        with open(scratch, "rb") as handle:
+            small = handle.read()
+        try:
+            with open(path, "wb") as output:
+                write_embedded(small, os.path.join(folder, "weights.data"), "weights.data", output)
+        except WireFormatError:
+            ir.external_data.load_to_model(model)
+            ir.save(model, path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _embed_external_tensors(model: ir.Model) -> None:
@@ -222,7 +245,7 @@ def save_model(
                 model, temp_name, external_data=data_name, size_threshold_bytes=EXTERNAL_DATA_THRESHOLD_BYTES
             )
         else:
-            ir.save(model, temp_name)
+            _save_embedded(model, temp_name)
         if verify is not None:
             verify(temp_name)
         set_default_permissions(temp_name)

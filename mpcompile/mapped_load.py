@@ -142,3 +142,83 @@ def load_mapped(path: str | os.PathLike) -> onnx.ModelProto:
     proto = onnx.ModelProto()
     proto.ParseFromString(b"".join(parts))
     return proto
+
+
+class _DataRef:
+    """``length`` bytes at ``offset`` of the weights file, copied while writing."""
+
+    def __init__(self, offset: int, length: int):
+        self.offset, self.length = offset, length
+
+
+def _size(pieces: list) -> int:
+    return sum(piece.length if isinstance(piece, _DataRef) else len(piece) for piece in pieces)
+
+
+def _embedded_tensor(buffer, start: int, end: int, data_name: str) -> list | None:
+    fields = list(_fields(buffer, start, end))
+    entries: dict[str, str] = {}
+    for number, wire_type, value_start, value_end, _ in fields:
+        if number == TENSOR_EXTERNAL_DATA and wire_type == LENGTH_DELIMITED:
+            entry = {
+                n: bytes(buffer[s:e]).decode() for n, _, s, e, _ in _fields(buffer, value_start, value_end)
+            }
+            entries[entry.get(1, "")] = entry.get(2, "")
+    if entries.get("location") != data_name:
+        return None
+    kept = b"".join(
+        bytes(buffer[f[4] : f[3]]) for f in fields if f[0] not in (TENSOR_EXTERNAL_DATA, TENSOR_DATA_LOCATION)
+    )
+    length = int(entries.get("length", 0))
+    header = _encode_varint(TENSOR_RAW_DATA << 3 | LENGTH_DELIMITED) + _encode_varint(length)
+    return [kept, header, _DataRef(int(entries.get("offset", 0)), length)]
+
+
+def _wrap(number: int, pieces: list) -> list:
+    return [_encode_varint(number << 3 | LENGTH_DELIMITED) + _encode_varint(_size(pieces)), *pieces]
+
+
+def write_embedded(small_model: bytes, data_path: str | os.PathLike, data_name: str, output) -> None:
+    """Write ``small_model`` (saved with its weights in ``data_path``) as one embedded model file
+    to the binary stream ``output``, copying each weight from the data file as it goes: the whole
+    model is never held in memory. Raises ``WireFormatError`` when a weight outside the main
+    graph's initializers refers to the data file (the caller then saves the plain way)."""
+    buffer = memoryview(small_model)
+    pieces: list = []
+    embedded = 0
+    for number, wire_type, value_start, value_end, field_start in _fields(buffer, 0, len(buffer)):
+        if number != MODEL_GRAPH or wire_type != LENGTH_DELIMITED:
+            pieces.append(bytes(buffer[field_start:value_end]))
+            continue
+        graph: list = []
+        for g_number, g_type, g_start, g_end, g_field in _fields(buffer, value_start, value_end):
+            is_initializer = g_number == GRAPH_INITIALIZER and g_type == LENGTH_DELIMITED
+            tensor = _embedded_tensor(buffer, g_start, g_end, data_name) if is_initializer else None
+            if tensor is None:
+                graph.append(bytes(buffer[g_field:g_end]))
+            else:
+                graph.extend(_wrap(GRAPH_INITIALIZER, tensor))
+                embedded += 1
+        pieces.extend(_wrap(MODEL_GRAPH, graph))
+    proto = onnx.ModelProto()
+    proto.ParseFromString(small_model)
+    external = sum(
+        1
+        for t in onnx.external_data_helper._get_all_tensors(proto)
+        if t.data_location == onnx.TensorProto.EXTERNAL
+    )
+    if external != embedded:
+        raise WireFormatError("weights outside the main graph's initializers are external")
+    with open(data_path, "rb") as data:
+        for piece in pieces:
+            if isinstance(piece, _DataRef):
+                data.seek(piece.offset)
+                remaining = piece.length
+                while remaining:
+                    chunk = data.read(min(remaining, 2**24))
+                    if not chunk:
+                        raise WireFormatError("weights file shorter than its references")
+                    output.write(chunk)
+                    remaining -= len(chunk)
+            else:
+                output.write(piece)
