@@ -158,8 +158,6 @@ def convert_file(
     if source == target and not overwrite:
         raise errors.OutputIsInputError(f"{target}: output path is the input; pass --overwrite to replace it")
     model = io.load_model(source)
-    if external_data is None:  # weights that came external stay external (converted lazily)
-        external_data = io.input_had_external_data(model) or io.weight_bytes(model) >= io.TWO_GIB - 2**24
     if overwrite and source == target:
         ir.external_data.load_to_model(model)  # the source file is about to be replaced
     # The model was loaded here and is written once, so converted weights may drop their FP32 bytes.

@@ -227,7 +227,7 @@ def save_model(
     if not os.access(path.parent, os.W_OK):
         raise errors.OutputNotWritableError(f"{path.parent}: output folder is not writable")
     if external_data is None:
-        external_data = has_external_tensors(model) or weight_bytes(model) >= TWO_GIB - 2**24
+        external_data = input_had_external_data(model) or weight_bytes(model) >= TWO_GIB - 2**24
     model.ir_version = output_ir_version(model)
     if not external_data:
         _embed_external_tensors(model)
