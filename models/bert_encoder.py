@@ -13,6 +13,7 @@ benchmark sizes (base 12x768, large 24x1024, xl 24x1536 with external data).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import onnx
@@ -26,36 +27,12 @@ CLASSIC_MASK = -10000.0
 MIN_OPSET = 17  # LayerNormalization is an ONNX op from opset 17
 
 
-def build(
-    layers: int = 2,
-    hidden: int = 64,
-    heads: int = 4,
-    ffn: int = 256,
-    vocab: int = 1000,
-    max_seq: int = 128,
-    opset: int = 17,
-    dynamic: bool = True,
-    finfo_mask: bool = False,
-    interleave_blocked: bool = False,
-    seed: int = 0,
-    blocked_ops: tuple[str, ...] = ("Pow",),
-) -> onnx.ModelProto:
-    """The encoder as an ``onnx.ModelProto`` with embedded weights (keep it under 2 GB)."""
-    model = build_ir(
-        layers=layers,
-        hidden=hidden,
-        heads=heads,
-        ffn=ffn,
-        vocab=vocab,
-        max_seq=max_seq,
-        opset=opset,
-        dynamic=dynamic,
-        finfo_mask=finfo_mask,
-        interleave_blocked=interleave_blocked,
-        seed=seed,
-        blocked_ops=blocked_ops,
-    )
-    return ir.to_proto(model)
+def build(**options: Any) -> onnx.ModelProto:
+    """The encoder as an ``onnx.ModelProto`` with embedded weights (keep it under 2 GB).
+
+    Takes the keyword arguments of :func:`build_ir` (its defaults are the tiny test encoder).
+    """
+    return ir.to_proto(build_ir(**options))
 
 
 def build_ir(

@@ -175,6 +175,27 @@ def cast_feeds(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> Feeds:
     return cast
 
 
+def given_inputs(
+    model: ir.Model,
+    inputs: str | os.PathLike | Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]],
+    *,
+    given_label: str = "given",
+) -> tuple[list[Feeds], str]:
+    """User-supplied batches (an ``.npz`` file or folder, one feed dict, or a list of them),
+    each checked against the model and cast to its declared dtypes, and where they came from."""
+    if isinstance(inputs, (str, os.PathLike)):
+        batches, source = load_inputs(inputs), os.fspath(inputs)
+    elif isinstance(inputs, Mapping):
+        batches, source = [dict(inputs)], given_label
+    else:
+        batches, source = [dict(batch) for batch in inputs], given_label
+    if not batches:
+        raise InputsError("no input batches given")
+    for index, batch in enumerate(batches):
+        check_feeds(model, batch, source=f"{source} (batch {index})")
+    return [cast_feeds(model, batch) for batch in batches], source  # e.g. int32 ids for int64 inputs
+
+
 def _generate(spec: InputSpec, rng: np.random.Generator) -> np.ndarray:
     if spec.kind == "token_ids":
         return rng.integers(0, spec.high or 1, size=spec.shape).astype(spec.dtype)

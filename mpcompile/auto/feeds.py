@@ -27,20 +27,9 @@ def resolve_feeds(
     """
     from mpcompile import inputs as inputs_module
 
-    if inputs is None or (isinstance(inputs, str) and inputs == GENERATED):
-        batches = inputs_module.generate_inputs(model, shapes=shapes, seed=seed)
-        label = f"generated (mpcompile.inputs, seed {seed})"
-    elif isinstance(inputs, (str, os.PathLike)):
-        batches = inputs_module.load_inputs(inputs)
-        label = os.fspath(inputs)
-    elif isinstance(inputs, Mapping):
-        batches, label = [dict(inputs)], "given arrays"
-    else:
-        batches, label = [dict(batch) for batch in inputs], "given arrays"
-    if not batches:
-        raise inputs_module.InputsError("--inputs: no batches given")
-    checked = []
-    for batch in batches:
-        inputs_module.check_feeds(model, batch, source="--inputs")
-        checked.append(inputs_module.cast_feeds(model, batch))
-    return checked, label
+    if inputs is not None and not (isinstance(inputs, str) and inputs == GENERATED):
+        return inputs_module.given_inputs(model, inputs, given_label="given arrays")
+    batches = inputs_module.generate_inputs(model, shapes=shapes, seed=seed)
+    return [
+        inputs_module.cast_feeds(model, batch) for batch in batches
+    ], f"generated (mpcompile.inputs, seed {seed})"

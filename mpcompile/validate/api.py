@@ -290,17 +290,7 @@ def _prepare_inputs(
         feeds = [model_inputs.generate_from_specs(specs, seed=seed, batch_index=i) for i in range(batches)]
         info = {"source": "generated", "seed": seed, "specs": [spec.to_dict() for spec in specs]}
     else:
-        if isinstance(inputs, (str, os.PathLike)):
-            feeds, source = model_inputs.load_inputs(inputs), os.fspath(inputs)
-        elif isinstance(inputs, Mapping):
-            feeds, source = [dict(inputs)], "given"
-        else:
-            feeds, source = [dict(batch) for batch in inputs], "given"
-        if not feeds:
-            raise model_inputs.InputsError("no input batches given")
-        for index, batch in enumerate(feeds):
-            model_inputs.check_feeds(model, batch, source=f"{source} (batch {index})")
-        feeds = [model_inputs.cast_feeds(model, batch) for batch in feeds]  # e.g. int32 ids for int64
+        feeds, source = model_inputs.given_inputs(model, inputs)
         info = {"source": source, "seed": None, "specs": None}
     info["batches"] = len(feeds)
     info["shapes"] = {name: list(np.shape(array)) for name, array in feeds[0].items()}
