@@ -102,24 +102,6 @@ def _save_embedded(model: ir.Model, path: str) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _embed_external_tensors(model: ir.Model) -> None:
-    """Make external tensors (weights mapped from the input file) serialize their bytes inline,
-    reading each one only while it is written."""
-
-    def embedded(tensor: ir.ExternalTensor) -> ir.LazyTensor:
-        def read(tensor=tensor) -> ir.Tensor:
-            data = ir.Tensor(tensor.numpy().copy(), dtype=tensor.dtype, name=tensor.name)
-            tensor.release()
-            return data
-
-        return ir.LazyTensor(read, dtype=tensor.dtype, shape=tensor.shape, name=tensor.name)
-
-    for graph in model.graphs():
-        for value in graph.initializers.values():
-            if isinstance(value.const_value, ir.ExternalTensor):
-                value.const_value = embedded(value.const_value)
-
-
 def input_had_external_data(model: ir.Model) -> bool:
     """Whether the file ``load_model`` read kept weights in external data files (weights it
     mapped from the model file itself do not count)."""
@@ -229,8 +211,6 @@ def save_model(
     if external_data is None:
         external_data = input_had_external_data(model) or weight_bytes(model) >= TWO_GIB - 2**24
     model.ir_version = output_ir_version(model)
-    if not external_data:
-        _embed_external_tensors(model)
     data_name = path.name + ".data"
     data_path = path.with_name(data_name)
     data_existed = data_path.exists()
