@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from mpcompile.graphs import model_graphs
 from mpcompile.plan import Decision, Reason, stamp_decision
 from mpcompile.precision import Precision
 from mpcompile.values import set_dtype
@@ -21,7 +22,7 @@ class NameAuthority:
 
     def __init__(self, model: ir.Model):
         self._used: set[str] = set()
-        for graph in (*model.graphs(), *model.functions.values()):
+        for graph in (*model_graphs(model), *model.functions.values()):
             for value in getattr(graph, "inputs", ()):
                 self._used.add(value.name or "")
             for value in getattr(graph, "initializers", {}).values():

@@ -15,7 +15,7 @@ import onnx_ir as ir
 from mpcompile import errors, io, targets
 from mpcompile.casts import CastFactory, NameAuthority
 from mpcompile.context import ConversionContext, ConvertStats
-from mpcompile.graphs import all_graphs
+from mpcompile.graphs import all_graphs, model_graphs
 from mpcompile.pipeline import Pipeline
 from mpcompile.plan import MODEL_VERSION_KEY, PrecisionPlan, read_decision
 from mpcompile.policy import Policy, load_policy_file, op_classes
@@ -157,7 +157,7 @@ def convert_file(
         raise errors.OutputIsInputError(f"{target}: output path is the input; pass --overwrite to replace it")
     if source == target and not overwrite:
         raise errors.OutputIsInputError(f"{target}: output path is the input; pass --overwrite to replace it")
-    model = io.load_model(source)
+    model = io.load_model(source, infer_types=True)
     if overwrite and source == target:
         ir.external_data.load_to_model(model)  # the source file is about to be replaced
     # The model was loaded here and is written once, so converted weights may drop their FP32 bytes.
@@ -183,7 +183,7 @@ def to_ir_model(model: ModelLike) -> tuple[ir.Model, str]:
     if isinstance(model, ir.Model):
         return model.clone(), "ir"
     if isinstance(model, (str, os.PathLike)):
-        return io.load_model(model), "path"
+        return io.load_model(model, infer_types=True), "path"
     raise TypeError(
         f"convert() takes an onnx.ModelProto, an onnx_ir.Model or a path, not {type(model).__name__}"
     )
@@ -313,7 +313,7 @@ def already_low_precision(model: ir.Model) -> str | None:
 
 
 def _float_dtypes(model: ir.Model) -> Iterable[ir.DataType]:
-    for graph in model.graphs():
+    for graph in model_graphs(model):
         for value in (*graph.inputs, *graph.outputs, *graph.initializers.values()):
             if value.dtype is not None and value.dtype.is_floating_point():
                 yield value.dtype
@@ -325,7 +325,7 @@ def _float_dtypes(model: ir.Model) -> Iterable[ir.DataType]:
 
 def _is_qdq(model: ir.Model) -> bool:
     return any(
-        (node.domain, node.op_type) in op_classes.QDQ_OPS for graph in model.graphs() for node in graph
+        (node.domain, node.op_type) in op_classes.QDQ_OPS for graph in model_graphs(model) for node in graph
     )
 
 

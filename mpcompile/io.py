@@ -20,11 +20,14 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from mpcompile import errors
+from mpcompile.graphs import model_graphs
 from mpcompile.mapped_load import WireFormatError, load_mapped, write_embedded
 
 # Files at least this large are loaded with their embedded weights mapped, not parsed.
 MAPPED_LOAD_MIN_BYTES = 64 * 2**20
 INPUT_EXTERNAL_DATA_KEY = "mpcompile.input_external_data"
+# Set in ``ir.Model.meta`` when ``load_model`` ran onnx shape inference on the file's protobuf.
+TYPES_INFERRED_KEY = "mpcompile.types_inferred"
 
 # ai.onnx opsets mpcompile converts: Cast's `to` attribute exists from opset 6, and the
 # upper bound is whatever the installed onnx package knows.
@@ -42,8 +45,14 @@ def max_opset() -> int:
     return onnx.defs.onnx_opset_version()
 
 
-def load_model(path: str | os.PathLike) -> ir.Model:
-    """Load a model from disk with every input check; weights stay lazily mapped."""
+def load_model(path: str | os.PathLike, *, infer_types: bool = False) -> ir.Model:
+    """Load a model from disk with every input check; weights stay lazily mapped.
+
+    ``infer_types`` runs onnx shape inference on the protobuf before it becomes IR (and marks
+    the model with ``TYPES_INFERRED_KEY``): the parsed protobuf is at hand here, whereas
+    inferring later means serializing the IR again, which costs more than the inference on
+    graphs of many nodes.
+    """
     path = pathlib.Path(path).absolute()  # external data resolves against this (primer P1)
     if not path.exists():
         raise errors.InputNotFoundError(f"{path}: no such file")
@@ -66,12 +75,31 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         raise errors.NotOnnxError(f"{path}: not an ONNX model (no graph)")
     check_external_data(proto, path.parent)
     check_opsets(proto)
+    inferred = False
+    if infer_types:
+        proto, inferred = _with_inferred_types(proto)
     model = ir.serde.deserialize_model(proto)
+    if inferred:
+        model.meta[TYPES_INFERRED_KEY] = True
     ir.external_data.set_base_dir(model.graph, str(path.parent))
     model.meta[INPUT_EXTERNAL_DATA_KEY] = any(
         _external_location(tensor) not in (None, path.name) for tensor in _all_tensor_protos(proto)
     )
     return model
+
+
+def _with_inferred_types(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    """``proto`` with onnx's inferred value types, or unchanged (and False) when inference fails;
+    InferTypesPass then tries again and reports the failure."""
+    if proto.ByteSize() >= TWO_GIB:
+        return proto, False
+    try:
+        inferred = onnx.shape_inference.infer_shapes(
+            proto, check_type=True, strict_mode=True, data_prop=False
+        )
+    except Exception:  # any failure leaves the model to InferTypesPass
+        return proto, False
+    return inferred, True
 
 
 def _external_location(tensor: onnx.TensorProto) -> str | None:
@@ -111,6 +139,7 @@ def input_had_external_data(model: ir.Model) -> bool:
 def check_external_data(proto: onnx.ModelProto, base_dir: pathlib.Path) -> None:
     """Refuse external-data locations that escape ``base_dir`` or do not exist."""
     base = base_dir.resolve()
+    file_sizes: dict[str, int] = {}  # by location: each file is resolved and checked once
     for tensor in _all_tensor_protos(proto):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
@@ -118,25 +147,30 @@ def check_external_data(proto: onnx.ModelProto, base_dir: pathlib.Path) -> None:
         location = info.get("location", "")
         if not location:
             raise errors.ExternalDataError(f"tensor {tensor.name!r}: external data without a location")
-        if os.path.isabs(location) or pathlib.PurePath(location).drive:
-            raise errors.ExternalDataError(
-                f"tensor {tensor.name!r}: external data location {location!r} is absolute; refused"
-            )
-        target = (base / location).resolve()
-        if not target.is_relative_to(base):
-            raise errors.ExternalDataError(
-                f"tensor {tensor.name!r}: external data location {location!r} escapes the model's folder; refused"
-            )
-        if not target.is_file():
-            raise errors.ExternalDataError(
-                f"tensor {tensor.name!r}: external data file {location!r} not found"
-            )
+        if location not in file_sizes:
+            file_sizes[location] = _checked_data_file_size(tensor, location, base)
         offset = int(info.get("offset", 0) or 0)
         length = info.get("length")
-        if length is not None and offset + int(length) > target.stat().st_size:
+        if length is not None and offset + int(length) > file_sizes[location]:
             raise errors.ExternalDataError(
                 f"tensor {tensor.name!r}: external data file {location!r} is shorter than offset+length"
             )
+
+
+def _checked_data_file_size(tensor: onnx.TensorProto, location: str, base: pathlib.Path) -> int:
+    """The size of the external data file at ``location``, once it is known to lie inside ``base``."""
+    if os.path.isabs(location) or pathlib.PurePath(location).drive:
+        raise errors.ExternalDataError(
+            f"tensor {tensor.name!r}: external data location {location!r} is absolute; refused"
+        )
+    target = (base / location).resolve()
+    if not target.is_relative_to(base):
+        raise errors.ExternalDataError(
+            f"tensor {tensor.name!r}: external data location {location!r} escapes the model's folder; refused"
+        )
+    if not target.is_file():
+        raise errors.ExternalDataError(f"tensor {tensor.name!r}: external data file {location!r} not found")
+    return target.stat().st_size
 
 
 def check_opsets(proto: onnx.ModelProto) -> None:
@@ -181,7 +215,7 @@ def output_ir_version(model: ir.Model) -> int:
 def weight_bytes(model: ir.Model) -> int:
     """Bytes of all initializers in the main graph and subgraphs, without reading them."""
     total = 0
-    for graph in model.graphs():
+    for graph in model_graphs(model):
         for value in graph.initializers.values():
             tensor = value.const_value
             if tensor is not None:
@@ -271,7 +305,7 @@ def set_default_permissions(path: str | os.PathLike) -> None:
 
 def has_external_tensors(model: ir.Model) -> bool:
     """Whether any initializer's bytes live in an external data file."""
-    for graph in model.graphs():
+    for graph in model_graphs(model):
         for value in graph.initializers.values():
             if isinstance(value.const_value, ir.ExternalTensor):
                 return True

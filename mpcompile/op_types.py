@@ -138,11 +138,49 @@ NEVER_LOW: frozenset[tuple[str, str]] = frozenset({("", "BitCast")})
 
 def node_typing(node: ir.Node, opset: int, low_dtype: ir.DataType) -> NodeTyping | None:
     """The typing of ``node`` for a conversion to ``low_dtype``; None if the op is unknown."""
-    typing = _node_typing(node, opset, low_dtype)
-    never_low = (node.domain, node.op_type) in NEVER_LOW or _holds_float_container(node)
-    if typing is not None and typing.low_allowed and never_low:
-        return dataclasses.replace(typing, low_allowed=False)
+    key = _typing_key(node, opset, low_dtype)
+    typing = _TYPINGS.get(key, _MISSING)
+    if typing is _MISSING:
+        typing = _node_typing(node, opset, low_dtype)
+        never_low = (node.domain, node.op_type) in NEVER_LOW or _holds_float_container(node)
+        if typing is not None and typing.low_allowed and never_low:
+            typing = dataclasses.replace(typing, low_allowed=False)
+        if len(_TYPINGS) >= _TYPINGS_LIMIT:
+            _TYPINGS.clear()
+        _TYPINGS[key] = typing
     return typing
+
+
+# A typing depends only on what _typing_key lists, so nodes of one signature (every layer of
+# a deep model) share one schema lookup: per-node schema work was a third of the assignment.
+_TYPINGS: dict[tuple, NodeTyping | None] = {}
+_TYPINGS_LIMIT = 65536
+_MISSING = object()
+
+
+def _value_signature(value: ir.Value | None) -> tuple | None:
+    if value is None:
+        return None
+    value_type = value.type
+    return (value.dtype, value_type is None or isinstance(value_type, ir.TensorType))
+
+
+def _typing_key(node: ir.Node, opset: int, low_dtype: ir.DataType) -> tuple:
+    attributes = node.attributes
+    cast_to = None
+    if node.op_type == "Cast" and "to" in attributes:
+        cast_to = attributes["to"].as_int()
+    float_tensor_attribute = bool(attributes) and _has_float_tensor_attribute(node)
+    return (
+        node.domain,
+        node.op_type,
+        opset,
+        low_dtype,
+        tuple(_value_signature(value) for value in node.inputs),
+        tuple(_value_signature(value) for value in node.outputs),
+        cast_to,
+        float_tensor_attribute,
+    )
 
 
 def _node_typing(node: ir.Node, opset: int, low_dtype: ir.DataType) -> NodeTyping | None:

@@ -29,6 +29,7 @@ import onnx_ir as ir
 
 from mpcompile import errors
 from mpcompile.choices import OPTIMIZE_LEVELS
+from mpcompile.graphs import model_graphs
 from mpcompile.targets.base import Target, get_target
 
 OPTIMIZE_METADATA_KEY = "mpcompile.optimize"
@@ -276,7 +277,7 @@ def split_multi_axis_unsqueeze(model: ir.Model) -> ir.Model:
     Nodes with negative axes on inputs of unknown rank are left alone. Changes ``model`` in place.
     """
     opset = model.opset_imports.get("", 1)
-    for graph in model.graphs():
+    for graph in model_graphs(model):
         for node in list(graph):
             if node.op_type != "Unsqueeze" or node.domain not in ("", "ai.onnx"):
                 continue

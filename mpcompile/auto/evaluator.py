@@ -19,6 +19,7 @@ import onnx_ir as ir
 from mpcompile.auto.criteria import CheckResult, Criterion
 from mpcompile.auto.graph import main_nodes
 from mpcompile.converter import ConvertResult, convert
+from mpcompile.graphs import model_graphs
 
 LOW_DTYPES = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 Feeds = dict[str, np.ndarray]
@@ -163,7 +164,7 @@ def low_precision_nodes(model: ir.Model) -> frozenset[str]:
 
 
 def _has_low_tensors(model: ir.Model) -> bool:
-    for graph in model.graphs():
+    for graph in model_graphs(model):
         for value in (*graph.inputs, *graph.outputs, *graph.initializers.values()):
             if value.dtype in LOW_DTYPES:
                 return True

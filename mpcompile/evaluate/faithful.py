@@ -33,6 +33,7 @@ import onnx_ir.passes.common
 
 from mpcompile import io
 from mpcompile.evaluate.ort_session import ModelLike, make_session, serialize_for_session, to_ir_model
+from mpcompile.graphs import model_graphs
 
 LOW_PRECISION = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 ROUNDING_TAG = "mpcompile.evaluate.rounding"  # metadata key marking the Casts this module inserts
@@ -110,7 +111,7 @@ def build_faithful_model(
     low_values = _mark_low_precision_outputs(evaluation)
     exposed = _expose_intermediates(evaluation, intermediates)
     declared.update(exposed)
-    for graph in evaluation.graphs():
+    for graph in model_graphs(evaluation):
         _widen_graph(graph, low_values)
     check_faithful_model(evaluation)
     return evaluation, declared
@@ -118,7 +119,7 @@ def build_faithful_model(
 
 def check_faithful_model(model: ir.Model) -> None:
     """Assert that no node but the rounding Casts reads or writes a low-precision tensor."""
-    for graph in model.graphs():
+    for graph in model_graphs(model):
         for node in graph:
             if node.metadata_props.get(ROUNDING_TAG) == "1":
                 continue
@@ -151,7 +152,7 @@ def _prepared_copy(model: ModelLike) -> ir.Model:
 def _mark_low_precision_outputs(model: ir.Model) -> dict[ir.Value, ir.DataType]:
     """Every node output (all graphs) that the model stores in FP16/BF16, with that dtype."""
     low: dict[ir.Value, ir.DataType] = {}
-    for graph in model.graphs():
+    for graph in model_graphs(model):
         for node in graph:  # topological order, so guesses for untyped inputs are known
             for value in node.outputs:
                 dtype = value.dtype if value.dtype is not None else _guess_unknown_dtype(node, low)

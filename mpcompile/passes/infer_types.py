@@ -9,7 +9,8 @@ import onnx_ir as ir
 import onnx_ir.passes.common
 
 from mpcompile import op_types
-from mpcompile.graphs import TYPED_FUNCTION_KEY, ai_onnx_opset
+from mpcompile.graphs import TYPED_FUNCTION_KEY, ai_onnx_opset, model_graphs
+from mpcompile.io import TYPES_INFERRED_KEY
 from mpcompile.passes.base import ConversionPass
 from mpcompile.values import set_dtype
 
@@ -29,14 +30,17 @@ class InferTypesPass(ConversionPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
-        if any(value.dtype is None for graph in model.graphs() for node in graph for value in node.outputs):
+        inferred_at_load = bool(model.meta.get(TYPES_INFERRED_KEY))
+        if not inferred_at_load and any(
+            value.dtype is None for graph in model_graphs(model) for node in graph for value in node.outputs
+        ):
             # Strips large initializers before serializing, so big models are not copied.
             modified = _infer_shapes(model)
         modified |= _type_contrib_outputs(model)
         modified |= _type_function_bodies(model)
         self.context.stats.untyped_values = sum(
             1
-            for graph in model.graphs()
+            for graph in model_graphs(model)
             for node in graph
             for value in node.outputs
             if value.dtype is None and value.name
@@ -63,7 +67,7 @@ def _infer_shapes(model: ir.Model) -> bool:
         return False
     inferred_types = _value_types(inferred_proto.graph)
     modified = False
-    for graph in model.graphs():
+    for graph in model_graphs(model):
         values = [*graph.inputs, *(output for node in graph for output in node.outputs)]
         for value in values:
             proto = inferred_types.get(value.name or "")
@@ -113,6 +117,8 @@ def _call_without_weights(func, model: ir.Model):
     finally:
         for value, tensor in stripped:
             value.const_value = tensor
+        graph.initializers.clear()  # back in their original order
+        for value in initializers:
             graph.initializers.add(value)
         graph.inputs.clear()
         graph.inputs.extend(inputs_before)
@@ -135,7 +141,7 @@ def _value_types(graph: onnx.GraphProto) -> dict[str, onnx.TypeProto]:
 
 def _type_contrib_outputs(model: ir.Model) -> bool:
     modified = False
-    for graph in model.graphs():
+    for graph in model_graphs(model):
         for node in graph:
             rule = op_types.CONTRIB_TYPING.get((node.domain, node.op_type))
             if rule is None:
@@ -178,7 +184,7 @@ def _type_function_bodies(model: ir.Model) -> bool:
     if not model.functions:
         return False
     calls: dict[tuple[str, str, str], list[ir.Node]] = {}
-    for graph in model.graphs():
+    for graph in model_graphs(model):
         for node in graph:
             if node.op_identifier() in model.functions:
                 calls.setdefault(node.op_identifier(), []).append(node)

@@ -15,6 +15,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
+from mpcompile.graphs import model_graphs
 from mpcompile.plan import MODEL_PRECISION_KEY, MODEL_TARGET_KEY, MODEL_VERSION_KEY, Reason, read_decision
 from mpcompile.report import flops as flops_mod
 from mpcompile.report.shapes import (
@@ -309,7 +310,7 @@ def _weights_by_precision(model: ir.Model) -> dict[str, int]:
         key = precision_of_dtype(tensor.dtype)
         totals[key] = totals.get(key, 0) + _tensor_nbytes(tensor)
 
-    for graph in model.graphs():
+    for graph in model_graphs(model):
         for value in graph.initializers.values():
             add(value.const_value)
     for node in ir.traversal.RecursiveGraphIterator(model.graph):

@@ -96,6 +96,7 @@ class KernelTable:
     def __init__(self, provider: str, ops: Mapping[tuple[str, str], OpKernels]):
         self.provider = provider
         self._ops = dict(ops)
+        self._answers: dict[tuple[str, str, int, ir.DataType], KernelAnswer] = {}
 
     def __contains__(self, key: tuple[str, str]) -> bool:
         domain, op_type = key
@@ -142,6 +143,13 @@ class KernelTable:
 
     def explain(self, domain: str, op_type: str, opset: int, dtype: ir.DataType) -> KernelAnswer:
         """Whether a kernel exists, and a one-line reason either way."""
+        key = (domain, op_type, opset, dtype)
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = self._answers[key] = self._explain(domain, op_type, opset, dtype)
+        return answer
+
+    def _explain(self, domain: str, op_type: str, opset: int, dtype: ir.DataType) -> KernelAnswer:
         where = f"{self.provider} {normalize_domain(domain)}::{op_type}"
         if self.op(domain, op_type) is None:
             return KernelAnswer(False, f"{where}: no kernel registered")

@@ -20,6 +20,7 @@ from mpcompile.evaluate.ort_session import (
     is_onnxruntime_error,
     to_ir_model,
 )
+from mpcompile.graphs import model_graphs
 from mpcompile.validate import latency as latency_module
 from mpcompile.validate.compare import OutputComparison, compare_output
 from mpcompile.validate.results import (
@@ -161,7 +162,7 @@ def detect_low_precision(model: ir.Model) -> str:
     stamped = model.metadata_props.get("mpcompile.low_precision")
     if stamped in DEFAULT_TOLERANCES:
         return stamped
-    for graph in model.graphs():
+    for graph in model_graphs(model):
         values = [*graph.initializers.values(), *(v for node in graph for v in node.outputs)]
         if any(value.dtype == ir.DataType.BFLOAT16 for value in values):
             return "bf16"

@@ -1,0 +1,82 @@
+"""The shortcuts that keep conversion linear and cheap give the same answers as the long way."""
+
+from __future__ import annotations
+
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper
+
+import models
+import mpcompile
+from mpcompile import io, op_types
+from mpcompile.graphs import model_graphs
+from mpcompile.passes import infer_types
+from tests.builders import make_model, value_info
+
+ZOO_NAMES = sorted(models.ZOO)
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_model_graphs_lists_the_graphs_of_onnx_ir_in_the_same_order(name):
+    model = ir.from_proto(models.ZOO[name]())
+    assert [id(graph) for graph in model_graphs(model)] == [id(graph) for graph in model.graphs()]
+
+
+def test_model_graphs_finds_nested_subgraphs():
+    model = ir.from_proto(models.ZOO["control_flow"]())
+    assert len(model_graphs(model)) > 2  # If branches and the Loop body, some nested
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_cached_typings_equal_fresh_ones(name):
+    model = ir.from_proto(onnx.shape_inference.infer_shapes(models.ZOO[name]()))
+    opset = model.opset_imports.get("", 1)
+    for graph in model_graphs(model):
+        for node in graph:
+            node_opset = model.opset_imports.get(node.domain, opset) if node.domain else opset
+            for low in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16):
+                op_types._TYPINGS.clear()
+                fresh = op_types.node_typing(node, node_opset, low)
+                cached = op_types.node_typing(node, node_opset, low)  # served from the cache
+                assert cached == fresh
+
+
+def test_typing_cache_tells_casts_apart_by_target_type():
+    x = value_info("x", [2])
+    to_float = helper.make_node("Cast", ["x"], ["a"], to=TensorProto.FLOAT)
+    to_int = helper.make_node("Cast", ["x"], ["b"], to=TensorProto.INT64)
+    model = ir.from_proto(
+        make_model(
+            [to_float, to_int], [x], [value_info("a", [2]), value_info("b", [2], TensorProto.INT64)]
+        )
+    )
+    first, second = list(model.graph)
+    low = ir.DataType.FLOAT16
+    assert op_types.node_typing(first, 17, low).float_outputs == (0,)
+    assert op_types.node_typing(second, 17, low).float_outputs == ()
+
+
+def test_types_inferred_at_load_skip_the_pass_and_convert_identically(tmp_path, monkeypatch):
+    path = tmp_path / "bert.onnx"
+    onnx.save(models.ZOO["bert_encoder"](), path)
+    loaded = io.load_model(path, infer_types=True)
+    assert loaded.meta.get(io.TYPES_INFERRED_KEY)
+    assert all(value.dtype is not None for node in loaded.graph for value in node.outputs)
+
+    def must_not_run(model):
+        raise AssertionError("shape inference ran again after load")
+
+    monkeypatch.setattr(infer_types, "_infer_shapes", must_not_run)
+    from_path = mpcompile.convert_file(path, tmp_path / "out.onnx").model
+    monkeypatch.undo()
+    from_proto = mpcompile.convert(models.ZOO["bert_encoder"]()).model
+    assert ir.to_proto(from_path).graph == from_proto.graph
+
+
+def test_load_without_inference_leaves_intermediates_untyped(tmp_path):
+    path = tmp_path / "bert.onnx"
+    onnx.save(models.ZOO["bert_encoder"](), path)
+    loaded = io.load_model(path)
+    assert not loaded.meta.get(io.TYPES_INFERRED_KEY)
+    assert any(value.dtype is None for node in loaded.graph for value in node.outputs)
