@@ -47,9 +47,7 @@ def test_typing_cache_tells_casts_apart_by_target_type():
     to_float = helper.make_node("Cast", ["x"], ["a"], to=TensorProto.FLOAT)
     to_int = helper.make_node("Cast", ["x"], ["b"], to=TensorProto.INT64)
     model = ir.from_proto(
-        make_model(
-            [to_float, to_int], [x], [value_info("a", [2]), value_info("b", [2], TensorProto.INT64)]
-        )
+        make_model([to_float, to_int], [x], [value_info("a", [2]), value_info("b", [2], TensorProto.INT64)])
     )
     first, second = list(model.graph)
     low = ir.DataType.FLOAT16
