@@ -44,5 +44,8 @@ def test_floor_run_on_tiny_writes_a_table(bench, tmp_path: Path) -> None:
 
 def test_child_reports_errors_as_data(bench, tmp_path: Path) -> None:
     missing = tmp_path / "missing.onnx"
-    run = bench.run_child(["convert", "onnx-floor", str(missing), str(tmp_path / "o.onnx")], timeout=60)
+    run = bench.run_child(["convert", "onnx-floor", str(missing), str(tmp_path / "o.onnx"), "0"], timeout=60)
     assert "error" in run.payload and run.peak_rss_bytes > 0
+    assert (
+        "missing.onnx" in run.payload["error"]
+    )  # the tool failed on the file, not the child on its arguments

@@ -51,13 +51,6 @@ DEEP_SERIES = ("deep24", "deep96", "deep384", "deep1536")
 # --------------------------------------------------------------------------------------------
 # Child side: one conversion per process.
 # --------------------------------------------------------------------------------------------
-def _has_external_data(path: str) -> bool:
-    import onnx
-
-    proto = onnx.load(path, load_external_data=False)
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
-
-
 def _save_proto(model: onnx.ModelProto, out: str, external: bool) -> None:
     import onnx
 
@@ -77,11 +70,14 @@ TOOL_IMPORTS = {
 }
 
 
-def _convert(tool: str, src: str, out: str) -> dict[str, float]:
-    """Run ``tool`` on ``src``, writing ``out``; returns phase times in seconds."""
+def _convert(tool: str, src: str, out: str, external_data: str) -> dict[str, float]:
+    """Run ``tool`` on ``src``, writing ``out`` (with external data when ``external_data`` is
+    "1", as the input has); returns phase times in seconds. The parent tells whether the input
+    has external data: finding out here would parse the model before the tool runs and put
+    that parse's memory into every tool's peak RSS."""
     import importlib
 
-    external = _has_external_data(src)
+    external = external_data == "1"
     pass_seconds: dict[str, float] = {}
     import_start = time.perf_counter()
     for module in TOOL_IMPORTS[tool]:
@@ -354,7 +350,9 @@ def measure(
                     continue  # time-box: slow cells are measured once
                 out = outdir / f"{info.name}.{tool}.onnx"
                 _clean(out)
-                child = run_child(["convert", tool, str(info.path), str(out)], timeout)
+                child = run_child(
+                    ["convert", tool, str(info.path), str(out), "1" if info.external else "0"], timeout
+                )
                 if "error" in child.payload:
                     m.error = str(child.payload["error"])
                 else:
