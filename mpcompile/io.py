@@ -73,7 +73,7 @@ def load_model(path: str | os.PathLike, *, infer_types: bool = False) -> ir.Mode
             raise errors.NotOnnxError(f"{path}: not a valid ONNX protobuf ({_first_line(exc)})") from None
     if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
         raise errors.NotOnnxError(f"{path}: not an ONNX model (no graph)")
-    check_external_data(proto, path.parent)
+    data_files = check_external_data(proto, path.parent)
     check_opsets(proto)
     inferred = False
     if infer_types:
@@ -82,9 +82,7 @@ def load_model(path: str | os.PathLike, *, infer_types: bool = False) -> ir.Mode
     if inferred:
         model.meta[TYPES_INFERRED_KEY] = True
     ir.external_data.set_base_dir(model.graph, str(path.parent))
-    model.meta[INPUT_EXTERNAL_DATA_KEY] = any(
-        _external_location(tensor) not in (None, path.name) for tensor in _all_tensor_protos(proto)
-    )
+    model.meta[INPUT_EXTERNAL_DATA_KEY] = bool(data_files - {path.name})
     return model
 
 
@@ -100,12 +98,6 @@ def _with_inferred_types(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]
     except Exception:  # any failure leaves the model to InferTypesPass
         return proto, False
     return inferred, True
-
-
-def _external_location(tensor: onnx.TensorProto) -> str | None:
-    if tensor.data_location != onnx.TensorProto.EXTERNAL:
-        return None
-    return next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
 
 
 def _save_embedded(model: ir.Model, path: str) -> None:
@@ -136,8 +128,9 @@ def input_had_external_data(model: ir.Model) -> bool:
     return bool(model.meta.get(INPUT_EXTERNAL_DATA_KEY, has_external_tensors(model)))
 
 
-def check_external_data(proto: onnx.ModelProto, base_dir: pathlib.Path) -> None:
-    """Refuse external-data locations that escape ``base_dir`` or do not exist."""
+def check_external_data(proto: onnx.ModelProto, base_dir: pathlib.Path) -> set[str]:
+    """Refuse external-data locations that escape ``base_dir`` or do not exist; returns the
+    locations used."""
     base = base_dir.resolve()
     file_sizes: dict[str, int] = {}  # by location: each file is resolved and checked once
     for tensor in _all_tensor_protos(proto):
@@ -155,6 +148,7 @@ def check_external_data(proto: onnx.ModelProto, base_dir: pathlib.Path) -> None:
             raise errors.ExternalDataError(
                 f"tensor {tensor.name!r}: external data file {location!r} is shorter than offset+length"
             )
+    return set(file_sizes)
 
 
 def _checked_data_file_size(tensor: onnx.TensorProto, location: str, base: pathlib.Path) -> int:
