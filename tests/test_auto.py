@@ -8,6 +8,7 @@ a GPU stores it) and is compared with the FP32 original under the stated toleran
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import onnx
@@ -15,7 +16,7 @@ import onnx_ir as ir
 import pytest
 
 from models.sensitive import PLANTED, SENSITIVE
-from mpcompile.auto import AUTO_RANGE, AUTO_SENSITIVITY, TRACE_KEY, auto_convert, read_trace
+from mpcompile.auto import AUTO_RANGE, AUTO_SENSITIVITY, TRACE_KEY, RangeRules, auto_convert, read_trace
 from mpcompile.auto.trace import TRACE_COLUMNS, trace_rows
 from mpcompile.evaluate import faithful
 from mpcompile.inputs import cast_feeds, generate_inputs
@@ -23,6 +24,9 @@ from mpcompile.plan import read_decision
 
 RTOL = ATOL = 1e-2  # the default FP16 tolerance of --auto
 COMPUTE_OPS = {"MatMul", "Gemm", "Conv"}
+# The cancellation rule predicts the planted cancellations from the reference run; without it
+# the same models exercise the search.
+SEARCH_ONLY = RangeRules(cancellation_share=math.inf)
 
 
 def _decisions(model: onnx.ModelProto) -> dict[str, tuple[str, str, str]]:
@@ -51,10 +55,12 @@ def _assert_within_tolerance(original: onnx.ModelProto, converted: onnx.ModelPro
 def results() -> dict:
     cache: dict = {}
 
-    def get(name: str):
-        if name not in cache:
-            cache[name] = auto_convert(SENSITIVE[name](), allow_ops=PLANTED[name].allow_ops)
-        return cache[name]
+    def get(name: str, rules: RangeRules | None = None):
+        if (name, rules) not in cache:
+            cache[name, rules] = auto_convert(
+                SENSITIVE[name](), allow_ops=PLANTED[name].allow_ops, rules=rules
+            )
+        return cache[name, rules]
 
     return get
 
@@ -85,7 +91,7 @@ def test_range_rules_find_planted_nodes(results, name):
 
 @pytest.mark.parametrize("name", SENSITIVITY_CASES)
 def test_search_finds_planted_nodes(results, name):
-    result = results(name)
+    result = results(name, SEARCH_ONLY)
     planted = PLANTED[name].nodes
     decisions = _decisions(result.model)
     by_auto = {node for node, (_, reason, _) in decisions.items() if reason.startswith("auto:")}
@@ -96,8 +102,25 @@ def test_search_finds_planted_nodes(results, name):
     assert result.passed and result.evaluations <= MAX_EVALUATIONS[name]
 
 
+@pytest.mark.parametrize("name", SENSITIVITY_CASES)
+def test_cancellation_rule_predicts_planted_cancellations(results, name):
+    """The planted cancellations ``(h + c) - c`` are predicted from the reference run alone, so
+    the first candidate already passes: two evaluations."""
+    result = results(name)
+    planted = PLANTED[name].nodes
+    decisions = _decisions(result.model)
+    by_auto = {node for node, (_, reason, _) in decisions.items() if reason.startswith("auto:")}
+    print(f"{name}: {result.range_blocked}")
+    assert by_auto == planted and set(result.range_blocked) == planted
+    assert all(decisions[node][:2] == ("fp32", AUTO_RANGE) for node in planted)
+    subs = {node for node in planted if "Unoffset" in node}
+    assert all("cancellation amplifies" in result.range_blocked[node] for node in subs)
+    assert all(result.range_blocked[node].startswith("feeds planted/") for node in planted - subs)
+    assert result.passed and result.evaluations == 2 and not result.sensitivity_blocked
+
+
 def test_mixed_model_gets_both_reasons(results):
-    result = results("sensitive_deep_mixed")
+    result = results("sensitive_deep_mixed", SEARCH_ONLY)
     assert set(result.range_blocked) == {"planted/Mix", "planted/Attenuate"}
     assert set(result.sensitivity_blocked) == {"planted/Offset", "planted/Unoffset"}
     assert result.passed and result.evaluations <= 4
@@ -117,7 +140,7 @@ def test_everything_else_stays_fp16_and_tolerance_holds(results, name):
 
 
 def test_trace_is_saved_in_the_model(results):
-    result = results("sensitive_many_culprits")
+    result = results("sensitive_many_culprits", SEARCH_ONLY)
     stored = read_trace(result.model)
     assert stored == json.loads(json.dumps(result.to_dict(), sort_keys=True))
     assert {entry.key for entry in result.model.metadata_props} >= {TRACE_KEY, "mpcompile.version"}
@@ -143,14 +166,14 @@ def test_trace_is_saved_in_the_model(results):
 
 
 def test_plan_carries_auto_reasons(results):
-    result = results("sensitive_cancellation")
+    result = results("sensitive_cancellation", SEARCH_ONLY)
     reasons = {node.name: decision.reason for node, decision in result.plan.items()}
     assert reasons["planted/Offset"] == reasons["planted/Unoffset"] == AUTO_SENSITIVITY
     assert result.convert_result.summary()["reasons"][AUTO_SENSITIVITY] == 2
 
 
 def test_budget_too_small_for_a_search_falls_back_to_fp32():
-    result = auto_convert(SENSITIVE["sensitive_cancellation"](), budget=2)
+    result = auto_convert(SENSITIVE["sensitive_cancellation"](), budget=2, rules=SEARCH_ONLY)
     print(result.notes)
     assert result.evaluations == 2
     assert result.passed and result.fp16_flop_share == 0.0
@@ -173,8 +196,8 @@ def test_unnamed_nodes_get_deterministic_names():
     proto = SENSITIVE["sensitive_cancellation"]()
     for node in proto.graph.node:
         node.name = ""
-    first = auto_convert(proto)
-    second = auto_convert(proto)
+    first = auto_convert(proto, rules=SEARCH_ONLY)
+    second = auto_convert(proto, rules=SEARCH_ONLY)
     assert first.passed and set(first.sensitivity_blocked) == {"auto/Add_3", "auto/Sub_4"}
     assert first.sensitivity_blocked == second.sensitivity_blocked
     assert first.model.SerializeToString() == second.model.SerializeToString()

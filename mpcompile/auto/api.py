@@ -147,7 +147,7 @@ def auto_convert(
     candidates = [name for name in nodes if name in low_precision_nodes(baseline.model)]
     findings = find_unsafe_nodes(
         nodes, candidates, values, low_precision_format(baseline.precision), rules or RangeRules(),
-        work.opset_imports.get("", 0),
+        work.opset_imports.get("", 0), criterion.relative_budget(evaluator.reference_outputs),
     )  # fmt: skip
 
     search = Search(evaluator, nodes, frozenset(findings), candidates)
