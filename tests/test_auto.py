@@ -69,8 +69,8 @@ def results() -> dict:
 MAX_EVALUATIONS = {
     "sensitive_cancellation": 3,
     "sensitive_two_regions": 3,
-    "sensitive_two_culprits": 5,
-    "sensitive_many_culprits": 16,  # the default budget
+    "sensitive_two_culprits": 3,
+    "sensitive_many_culprits": 3,  # the cancellations each exceed the tolerance: found at once
 }
 RANGE_CASES = [name for name, planted in PLANTED.items() if planted.found_by == "range"]
 SENSITIVITY_CASES = [name for name, planted in PLANTED.items() if planted.found_by == "sensitivity"]
@@ -146,13 +146,10 @@ def test_trace_is_saved_in_the_model(results):
     assert {entry.key for entry in result.model.metadata_props} >= {TRACE_KEY, "mpcompile.version"}
     steps = stored["steps"]
     print([(step["phase"], step["outcome"], step["error"]) for step in steps])
-    assert [step["phase"] for step in steps[:3]] == ["reference", "initial", "nodes"]
-    assert {"regions", "prune"} <= {step["phase"] for step in steps}
-    for step in steps[1:]:
-        assert step["outcome"] == ("kept" if step["passed"] else "reverted")
-        assert step["passed"] == (step["error"] <= step["limit"])
-    assert [step["evaluations"] for step in steps] == list(range(1, len(steps) + 1))
-    assert steps[-1]["evaluations"] == stored["evaluations"] == result.evaluations <= stored["budget"]
+    # The six cancellations each introduce more error than the tolerance allows: one step.
+    assert [step["phase"] for step in steps] == ["reference", "initial", "nodes"]
+    assert steps[2]["tried"].startswith("6 node(s) each introducing more error than the tolerance allows")
+    _assert_consistent_trace(stored, result)
     last_kept = [step for step in steps if step["outcome"] == "kept"][-1]
     assert (
         set(last_kept["blocked"])
@@ -163,6 +160,32 @@ def test_trace_is_saved_in_the_model(results):
     rows = trace_rows(stored)
     assert len(rows) == len(steps) and all(len(row) == len(TRACE_COLUMNS) for row in rows)
     assert rows[0][:2] == ["1", "reference"] and rows[1][6] == "reverted"
+
+
+def _assert_consistent_trace(stored: dict, result) -> None:
+    steps = stored["steps"]
+    for step in steps[1:]:
+        assert step["outcome"] == ("kept" if step["passed"] else "reverted")
+        assert step["passed"] == (step["error"] <= step["limit"])
+    assert [step["evaluations"] for step in steps] == list(range(1, len(steps) + 1))
+    assert steps[-1]["evaluations"] == stored["evaluations"] == result.evaluations <= stored["budget"]
+
+
+def test_accumulated_rounding_goes_through_regions_nodes_and_prune():
+    """At rtol = atol = 1e-3 the deep MLP fails from many small roundings adding up, no single
+    culprit: the search goes through every phase within the budget and returns a passing model."""
+    proto = SENSITIVE["sensitive_deep_mixed"]()
+    result = auto_convert(proto, rtol=1e-3, atol=1e-3, budget=16)
+    stored = read_trace(result.model)
+    phases = [step["phase"] for step in stored["steps"]]
+    print(phases, result.fp16_flop_share)
+    assert {"reference", "initial", "nodes", "regions", "prune"} <= set(phases)
+    _assert_consistent_trace(stored, result)
+    assert result.passed and result.evaluations <= 16 and result.fp16_flop_share > 0.3
+    feeds = generate_inputs(ir.from_proto(proto), seed=0)[0]
+    want = faithful.run_reference(proto, feeds)["y"]
+    got = faithful.run(result.model, cast_feeds(ir.from_proto(result.model), feeds))["y"]
+    assert np.allclose(got.astype(np.float64), want, rtol=1e-3, atol=1e-3)
 
 
 def test_plan_carries_auto_reasons(results):

@@ -261,3 +261,45 @@ def test_galloping_then_bisection_finds_the_fewest_items():
     assert _gallop(3, 20, max_k=4) == (3, [1, 2, 4, 3])
     assert _gallop(7, 20, max_k=4) == (None, [1, 2, 4])  # not within the first few: give up
     assert _gallop(5, 20, budget=3) == (20, [1, 2, 4])  # budget spent: the known-passing bound
+
+
+CANCEL_THEN_MIX = """
+<ir_version: 8, opset_import: ["" : 17]>
+mix (float[4, 8] x, float[8, 8] w) => (float[4, 8] y) {
+    offset = Constant <value = float {1000.0}> ()
+    a = Add (x, offset)
+    d = Sub (a, offset)
+    y = MatMul (d, w)
+}
+"""
+
+
+def test_exact_introduced_error_blames_the_cancellation_not_the_matmul_after_it():
+    """Candidate values are computed as the FP16-faithful run does (FP32 math, outputs rounded
+    to FP16); the MatMul only passes the Sub's error on, so its introduced error stays at FP16
+    rounding level (< 2**-9), while the Sub's is far beyond a 1e-2 tolerance."""
+    model = _model(CANCEL_THEN_MIX)
+    name_nodes(model)
+    nodes = main_nodes(model)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    w = rng.standard_normal((8, 8)).astype(np.float32)
+
+    def f16(array):
+        return np.asarray(array, np.float32).astype(np.float16)
+
+    reference = [{"x": x, "w": w, "a": x + 1000, "d": (x + 1000) - 1000, "y": ((x + 1000) - 1000) @ w}]
+    a16 = f16(x.astype(np.float32) + 1000)
+    d16 = f16(a16.astype(np.float32) - 1000)
+    y16 = f16(d16.astype(np.float32) @ f16(w).astype(np.float32))
+    candidate = [{"x": x, "w": f16(w), "a": a16, "d": d16, "y": y16}]
+    sensitivity = measure(nodes, nodes, reference, candidate, FP16)
+    add, sub, matmul = (sensitivity[f"auto/{op}"] for op in ("Add_1", "Sub_2", "MatMul_3"))
+    assert sub.exact > 1e-2 and add.exact < 2**-9 and matmul.exact < 2**-9
+    items = {item.node: item for item in blame_items(nodes, list(nodes)[1:], sensitivity, {})}
+    assert items["auto/Sub_2"].exact == sub.exact and items["auto/Sub_2"].members == (
+        "auto/Sub_2",
+        "auto/Add_1",
+    )
+    # Without the low-precision type only the difference is measured.
+    assert measure(nodes, nodes, reference, candidate)["auto/Sub_2"].exact is None

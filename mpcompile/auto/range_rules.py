@@ -45,6 +45,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mpcompile.precision import LowPrecisionFormat
+from mpcompile.ranges import constant_tensor
 
 OVERFLOW_FRACTION = 0.5
 UNDERFLOW_MASS = 1e-2
@@ -212,8 +213,8 @@ def cancellation(
             return None
         if values.get(value.name) and len(values[value.name]) == len(batches):
             inputs.append(values[value.name])
-        elif value.const_value is not None:
-            inputs.append([value.const_value.numpy()] * len(batches))
+        elif (tensor := constant_tensor(value)) is not None:
+            inputs.append([tensor.numpy()] * len(batches))
         else:
             return None
     total_in, total_rounding, total_out = 0.0, 0.0, 0.0
