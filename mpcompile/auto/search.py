@@ -4,8 +4,10 @@ Starting point: the conversion with the range rules' nodes kept FP32. When it fa
 
 1. **Sensitivity** comes from that candidate's own run (intermediates exposed): every
    low-precision node gets a *blame item* (itself and its low-precision producers) scored by
-   the error it introduces (``mpcompile.auto.sensitivity``). With several regions, galloping
-   over all items (1, 2, 4) first looks for a few culprits directly.
+   the error it introduces (``mpcompile.auto.sensitivity``). Items whose directly computed
+   error (``exact``) alone exceeds the tolerance's relative budget are needed: they go FP32
+   together in one candidate and stay there (never pruned). With several regions, galloping
+   over the other items (1, 2, 4) first looks for a few culprits directly.
 2. **Regions**: the connected low-precision regions, ordered by their most sensitive node.
    With several regions, a galloping search (1, 2, 4, ... regions, then bisection) finds the
    fewest leading regions that must go FP32 for the tolerance to hold.
