@@ -303,3 +303,14 @@ def test_exact_introduced_error_blames_the_cancellation_not_the_matmul_after_it(
     )
     # Without the low-precision type only the difference is measured.
     assert measure(nodes, nodes, reference, candidate)["auto/Sub_2"].exact is None
+
+
+def test_sensitivity_bands_hold_one_rounding_and_follow_the_type():
+    from mpcompile.auto.sensitivity import sensitivity_band
+
+    u16, u_bf16 = 2.0**-11, 2.0**-8
+    # One FP16 rounding shows as about u/4 .. u: [u/2, 2u) is one band, the next starts at 2u.
+    assert {sensitivity_band(x, u16) for x in (u16 / 2, u16, 1.99 * u16)} == {0}
+    assert sensitivity_band(2 * u16, u16) == 1 and sensitivity_band(0.49 * u16, u16) == -1
+    assert sensitivity_band(u_bf16, u_bf16) == 0 and sensitivity_band(u16, u_bf16) < 0
+    assert sensitivity_band(math.inf, u16) > sensitivity_band(1.0, u16) > sensitivity_band(0.0, u16)

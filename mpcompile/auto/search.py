@@ -172,7 +172,8 @@ class Search:
         sensitivities = measure(
             self.nodes, main_nodes(initial.result.model), reference, initial.intermediates or [], self.fmt
         )
-        items = blame_items(self.nodes, low, sensitivities, self.evaluator.flops)
+        unit = 2.0 ** -(self.fmt.mantissa_bits + 1) if self.fmt is not None else 2.0**-11
+        items = blame_items(self.nodes, low, sensitivities, self.evaluator.flops, unit)
         score = {item.node: item.score for item in items}
         regions = connected_regions(self.nodes, low)
         order = {name: index for index, name in enumerate(self.nodes)}

@@ -201,9 +201,10 @@ def blame_items(
     low: Sequence[str],
     sensitivities: Mapping[str, NodeSensitivity],
     flops: Mapping[str, int],
+    unit_roundoff: float = 2.0**-11,
 ) -> list[BlameItem]:
-    """One blame cone per low-precision node, most sensitive first: by octave of the error
-    introduced, then fewer FLOPs, then graph order."""
+    """One blame cone per low-precision node, most sensitive first: by band of the error
+    introduced (``sensitivity_band``), then fewer FLOPs, then graph order."""
     low_set = set(low)
     order = {name: index for index, name in enumerate(nodes)}
     items = []
@@ -214,16 +215,25 @@ def blame_items(
         members = [name] + [p.name for p in producers(nodes[name]) if p.name in low_set and p.name != name]
         items.append(BlameItem(name, tuple(members), score, exact))
     items.sort(
-        key=lambda item: (-_octave(item.score), sum(flops.get(m, 0) for m in item.members), order[item.node])
+        key=lambda item: (
+            -sensitivity_band(item.score, unit_roundoff),
+            sum(flops.get(m, 0) for m in item.members),
+            order[item.node],
+        )
     )
     return items
 
 
-def _octave(score: float) -> int:
-    """Sensitivity to within a factor of two: one run on one input set measures no finer, so
-    items in the same octave count as equally sensitive and the cheapest (fewest FLOPs) comes first."""
+def sensitivity_band(score: float, unit_roundoff: float) -> int:
+    """Sensitivity to within a factor of four, bands aligned so that ``[u/2, 2u)`` is band 0.
+
+    One rounding to the low-precision type (unit roundoff ``u``) shows in this measure as
+    anything from about ``u/4`` to ``u`` (the element with the largest error need not be the
+    largest element, and rounding errors are spread over ``[0, u·|x|]``), so nodes that each add
+    one rounding cannot be told apart finer than that; items in the same band count as equally
+    sensitive and the cheapest (fewest FLOPs) comes first."""
     if math.isinf(score):
         return 10_000
     if score <= 0:
         return -10_000
-    return math.floor(math.log2(score))
+    return math.floor(math.log2(score / (unit_roundoff / 2)) / 2)
