@@ -100,7 +100,7 @@ class RangeFinding:
         if self.rule == "cancellation":
             return (
                 f"cancellation amplifies input rounding {self.amplification:.3g}x "
-                f"(sum |inputs| / sum |output|): predicted error {self.measured:.3g} > {self.threshold:.3g}"
+                f"(sum |inputs| / sum |output|): predicted relative error {self.measured:.3g} > {self.threshold:.3g} allowed"
             )
         if self.rule == "cancellation-input":
             return (
