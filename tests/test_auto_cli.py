@@ -58,8 +58,9 @@ def test_auto_json_output_and_saved_trace(model_path, tmp_path):
     summary = json.loads(result.output)
     auto = summary["auto"]
     assert auto["passed"] and auto["budget"] == 8 and auto["evaluations"] <= 8
-    assert set(auto["sensitivity_blocked"]) == {"planted/Offset", "planted/Unoffset"}
-    assert summary["reasons"]["auto:sensitivity"] == 2
+    # the cancellation rule predicts the planted (h + 1000) - 1000 from the reference run
+    assert set(auto["range_blocked"]) == {"planted/Offset", "planted/Unoffset"}
+    assert summary["reasons"]["auto:range"] == 2 and auto["evaluations"] == 2
     saved = onnx.load(out)
     onnx.checker.check_model(saved, full_check=True)
     stored = read_trace(saved)
@@ -72,7 +73,7 @@ def test_auto_table_output(model_path, tmp_path):
         [str(model_path), "-o", str(tmp_path / "o.onnx"), "--auto", "--metric", "cosine:0.9999"],
     )
     assert result.exit_code == 0, result.output
-    assert "search trace" in result.output and "auto:sensitivity" in result.output
+    assert "search trace" in result.output and "auto:range" in result.output
     assert "cosine >= 0.9999" in result.output
 
 

@@ -10,7 +10,13 @@ import pytest
 
 from mpcompile.auto.criteria import CriterionError, make_criterion, parse_metric
 from mpcompile.auto.graph import connected_regions, main_nodes, name_nodes
-from mpcompile.auto.range_rules import RangeRules, find_unsafe_nodes, reduction_depth, value_stats
+from mpcompile.auto.range_rules import (
+    RangeRules,
+    cancellation,
+    find_unsafe_nodes,
+    reduction_depth,
+    value_stats,
+)
 from mpcompile.auto.sensitivity import blame_items, measure
 from mpcompile.precision import FP16
 
@@ -102,6 +108,78 @@ def test_range_rules_flag_overflow_underflow_and_depth():
     assert "reduces 4 elements" in found["auto/Softmax_3"].describe()
 
 
+CANCEL = """
+<ir_version: 8, opset_import: ["" : 17]>
+cancel (float[2, 8] x, float[2, 8] mask) => (float[2, 8] y, float[2, 8] keep) {
+    offset = Constant <value = float {1000.0}> ()
+    one = Constant <value = float {1.0}> ()
+    a = Relu (x)
+    b = Add (a, offset)
+    d = Sub (b, offset)
+    y = Mul (d, d)
+    keep = Sub (one, mask)
+}
+"""
+
+
+def _cancel_values() -> tuple[ir.Model, dict[str, ir.Node], dict[str, list[np.ndarray]]]:
+    model = _model(CANCEL)
+    name_nodes(model)
+    nodes = main_nodes(model)
+    x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    mask = np.zeros((2, 8), np.float32)
+    mask[:, :7] = 1.0  # mostly 1: 1 - mask is mostly 0: amplification (8 + 7) / 1 = 15
+    a = np.maximum(x, 0)
+    b = a + np.float32(1000)
+    d = b - np.float32(1000)
+    values = {
+        "x": [x], "mask": [mask], "offset": [np.float32(1000)], "one": [np.float32(1)],
+        "a": [a], "b": [b], "d": [d], "y": [d * d], "keep": [1 - mask],
+    }  # fmt: skip
+    return model, nodes, values
+
+
+def test_cancellation_rule_keeps_the_sum_and_its_producers_fp32():
+    _, nodes, values = _cancel_values()
+    candidates = [name for name, node in nodes.items() if node.op_type != "Constant"]
+    found = find_unsafe_nodes(nodes, candidates, values, FP16, RangeRules(), 17, relative_budget=1e-2)
+    assert {name: f.rule for name, f in found.items()} == {
+        "auto/Sub_4": "cancellation",
+        "auto/Add_3": "cancellation-input",  # its FP16 output is the rounding amplified
+    }
+    assert "cancellation amplifies input rounding" in found["auto/Sub_4"].describe()
+    assert found["auto/Add_3"].describe().startswith("feeds auto/Sub_4")
+    # 1 - mask cancels (amplification 15) but 0/1 values are exact in FP16: nothing to amplify.
+    factor, predicted = cancellation(nodes["auto/Sub_6"], values, FP16)
+    assert factor == 15.0 and predicted == 0.0
+    # A loose tolerance, or the rule switched off, keeps everything low.
+    assert not find_unsafe_nodes(nodes, candidates, values, FP16, RangeRules(), 17, relative_budget=100.0)
+    off = RangeRules(cancellation_share=math.inf)
+    assert not find_unsafe_nodes(nodes, candidates, values, FP16, off, 17, relative_budget=1e-2)
+
+
+def test_cancellation_prediction_equals_the_fp16_error_it_causes():
+    """Against FP32: with the Add's output stored in FP16 and the Sub computed exactly, the
+    Sub's relative error sum |err| / sum |d| is exactly the predicted one (stated tolerance 1e-9)."""
+    _, nodes, values = _cancel_values()
+    factor, predicted = cancellation(nodes["auto/Sub_4"], values, FP16)
+    b16 = values["b"][0].astype(np.float16).astype(np.float64)
+    d = values["d"][0].astype(np.float64)
+    measured = np.abs((b16 - 1000.0) - d).sum() / np.abs(d).sum()
+    assert factor > 100 and math.isclose(predicted, measured, rel_tol=1e-9)
+    assert predicted <= 2.0**-11 * factor  # never beyond the unit-roundoff bound u·A
+
+
+def test_relative_budget_of_each_criterion():
+    ref = [{"y": np.array([1.0, -3.0], np.float32)}, {"y": np.array([2.0, 2.0], np.float32)}]  # mean |y| 2
+    assert math.isclose(make_criterion(rtol=1e-2, atol=1e-2).relative_budget(ref), 1e-2 + 1e-2 / 2)
+    assert math.isclose(make_criterion(metric="cosine:0.99995").relative_budget(ref), 1e-2)
+    assert make_criterion(metric="rel-l2:1e-3").relative_budget(ref) == 1e-3
+    assert math.isclose(make_criterion(metric="max-abs:0.1").relative_budget(ref), 0.05)
+    zeros = [{"y": np.zeros(3, np.float32)}]
+    assert make_criterion(rtol=1e-2, atol=1e-2).relative_budget(zeros) == math.inf
+
+
 def test_softmax_depth_follows_the_opset():
     model = _model(CHAIN.replace("Softmax <axis = -1>", "Softmax <axis = 1>"))
     softmax = list(model.graph)[-1]
@@ -183,3 +261,56 @@ def test_galloping_then_bisection_finds_the_fewest_items():
     assert _gallop(3, 20, max_k=4) == (3, [1, 2, 4, 3])
     assert _gallop(7, 20, max_k=4) == (None, [1, 2, 4])  # not within the first few: give up
     assert _gallop(5, 20, budget=3) == (20, [1, 2, 4])  # budget spent: the known-passing bound
+
+
+CANCEL_THEN_MIX = """
+<ir_version: 8, opset_import: ["" : 17]>
+mix (float[4, 8] x, float[8, 8] w) => (float[4, 8] y) {
+    offset = Constant <value = float {1000.0}> ()
+    a = Add (x, offset)
+    d = Sub (a, offset)
+    y = MatMul (d, w)
+}
+"""
+
+
+def test_exact_introduced_error_blames_the_cancellation_not_the_matmul_after_it():
+    """Candidate values are computed as the FP16-faithful run does (FP32 math, outputs rounded
+    to FP16); the MatMul only passes the Sub's error on, so its introduced error stays at FP16
+    rounding level (< 2**-9), while the Sub's is far beyond a 1e-2 tolerance."""
+    model = _model(CANCEL_THEN_MIX)
+    name_nodes(model)
+    nodes = main_nodes(model)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    w = rng.standard_normal((8, 8)).astype(np.float32)
+
+    def f16(array):
+        return np.asarray(array, np.float32).astype(np.float16)
+
+    reference = [{"x": x, "w": w, "a": x + 1000, "d": (x + 1000) - 1000, "y": ((x + 1000) - 1000) @ w}]
+    a16 = f16(x.astype(np.float32) + 1000)
+    d16 = f16(a16.astype(np.float32) - 1000)
+    y16 = f16(d16.astype(np.float32) @ f16(w).astype(np.float32))
+    candidate = [{"x": x, "w": f16(w), "a": a16, "d": d16, "y": y16}]
+    sensitivity = measure(nodes, nodes, reference, candidate, FP16)
+    add, sub, matmul = (sensitivity[f"auto/{op}"] for op in ("Add_1", "Sub_2", "MatMul_3"))
+    assert sub.exact > 1e-2 and add.exact < 2**-9 and matmul.exact < 2**-9
+    items = {item.node: item for item in blame_items(nodes, list(nodes)[1:], sensitivity, {})}
+    assert items["auto/Sub_2"].exact == sub.exact and items["auto/Sub_2"].members == (
+        "auto/Sub_2",
+        "auto/Add_1",
+    )
+    # Without the low-precision type only the difference is measured.
+    assert measure(nodes, nodes, reference, candidate)["auto/Sub_2"].exact is None
+
+
+def test_sensitivity_bands_hold_one_rounding_and_follow_the_type():
+    from mpcompile.auto.sensitivity import sensitivity_band
+
+    u16, u_bf16 = 2.0**-11, 2.0**-8
+    # One FP16 rounding shows as about u/4 .. u: [u/2, 2u) is one band, the next starts at 2u.
+    assert {sensitivity_band(x, u16) for x in (u16 / 2, u16, 1.99 * u16)} == {0}
+    assert sensitivity_band(2 * u16, u16) == 1 and sensitivity_band(0.49 * u16, u16) == -1
+    assert sensitivity_band(u_bf16, u_bf16) == 0 and sensitivity_band(u16, u_bf16) < 0
+    assert sensitivity_band(math.inf, u16) > sensitivity_band(1.0, u16) > sensitivity_band(0.0, u16)

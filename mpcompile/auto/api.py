@@ -145,14 +145,20 @@ def auto_convert(
         for name, array in [*batch_feeds.items(), *batch_values.items()]:
             values.setdefault(name, []).append(array)
     candidates = [name for name in nodes if name in low_precision_nodes(baseline.model)]
+    relative_budget = criterion.relative_budget(evaluator.reference_outputs)
     findings = find_unsafe_nodes(
         nodes, candidates, values, low_precision_format(baseline.precision), rules or RangeRules(),
-        work.opset_imports.get("", 0),
+        work.opset_imports.get("", 0), relative_budget,
     )  # fmt: skip
 
-    search = Search(evaluator, nodes, frozenset(findings), candidates)
+    search = Search(
+        evaluator, nodes, frozenset(findings), candidates,
+        fmt=low_precision_format(baseline.precision), relative_budget=relative_budget,
+    )  # fmt: skip
     search.record_reference()
-    outcome = search.run(reference)
+    outcome = search.run(
+        [{**batch_feeds, **batch_values} for batch_feeds, batch_values in zip(feeds, reference, strict=True)]
+    )
     best = outcome.best
 
     final = evaluator.convert(best.blocked, verify=True)

@@ -50,6 +50,32 @@ class Criterion:
             return 1.0 - float(self.threshold)  # error = 1 - cosine
         return float(self.threshold)
 
+    def relative_budget(self, references: Sequence[Mapping[str, np.ndarray]]) -> float:
+        """The relative error (to the outputs' mean magnitude) the criterion roughly allows, for
+        rules that predict error (the cancellation rule); the strictest output decides.
+
+        Tolerance: ``rtol + atol / mean|y|``; ``rel-l2``: the threshold; ``cosine``:
+        ``sqrt(2·(1 - threshold))`` (an error orthogonal to y of relative size e gives
+        ``1 - cosine ≈ e²/2``); ``max-abs``: ``threshold / mean|y|``. inf when no output has a
+        finite nonzero mean magnitude."""
+        budget = math.inf
+        for name in references[0] if references else ():
+            ref = np.concatenate([_flat(batch[name]) for batch in references])
+            ref = np.abs(ref[np.isfinite(ref)])
+            scale = float(ref.mean()) if ref.size else 0.0
+            if self.metric == "rel-l2":
+                allowed = float(self.threshold)
+            elif self.metric == "cosine":
+                allowed = math.sqrt(2.0 * (1.0 - float(self.threshold)))
+            elif scale <= 0:
+                continue
+            elif self.metric == "max-abs":
+                allowed = float(self.threshold) / scale
+            else:
+                allowed = self.rtol + self.atol / scale
+            budget = min(budget, allowed)
+        return budget
+
     def describe(self) -> str:
         if self.metric is None:
             return f"|y - y_fp32| <= {self.atol:g} + {self.rtol:g}·|y_fp32|"

@@ -17,6 +17,22 @@ or outputs (initializers excepted: the core's ``range`` rule handles constants):
   TensorRT tactics, FP16 atomics) lose all accuracy beyond 2**11 terms; ORT's CUDA kernels
   accumulate in FP32, so this rule is a guard, not a measurement. MatMul/Gemm/Conv are left
   out: their kernels accumulate in FP32 everywhere.
+
+One more rule predicts error rather than range trouble, so it needs the tolerance:
+
+* **cancellation** (Add, Sub, Sum): a sum amplifies the relative rounding error of its inputs
+  by ``sum |a| + |b|`` over ``|a ± b|``. Over the reference run's elements, weighted by
+  magnitude, the amplification is ``A = Σ(|a| + |b|) / Σ|a ± b|`` (the magnitude-weighted mean
+  of the elementwise factor). With inputs stored in low precision the sum carries a relative
+  error of ``e = Σ(|δa| + |δb|) / Σ|a ± b|``, ``δx`` being the rounding error of storing ``x``
+  in the type, computed from the reference values (at most ``u·A``, unit roundoff ``u``:
+  ``2**-11`` for FP16, ``2**-8`` for BF16; 0 for values the type holds exactly, such as masks).
+  The node stays FP32 when ``A >= AMPLIFICATION_FLOOR`` (8: a sum that loses fewer than three
+  bits is ordinary rounding, which the search measures) and ``e > CANCELLATION_SHARE`` (0.5)
+  times the tolerance's relative error budget (``Criterion.relative_budget``): amplified
+  rounding alone would use more than half of what the outputs may lose. The low-precision
+  nodes producing its inputs stay FP32 with it (rule ``cancellation-input``): the error
+  amplified is their outputs' rounding, so keeping only the sum FP32 would not help.
 """
 
 from __future__ import annotations
@@ -29,10 +45,14 @@ import numpy as np
 import onnx_ir as ir
 
 from mpcompile.precision import LowPrecisionFormat
+from mpcompile.ranges import constant_tensor
 
 OVERFLOW_FRACTION = 0.5
 UNDERFLOW_MASS = 1e-2
 REDUCTION_DEPTH = 16384
+CANCELLATION_SHARE = 0.5
+AMPLIFICATION_FLOOR = 8.0
+CANCELLATION_OPS = frozenset({"Add", "Sub", "Sum"})
 
 REDUCE_OPS = frozenset(
     {
@@ -58,6 +78,8 @@ class RangeRules:
     overflow_fraction: float = OVERFLOW_FRACTION
     underflow_mass: float = UNDERFLOW_MASS
     reduction_depth: int = REDUCTION_DEPTH
+    cancellation_share: float = CANCELLATION_SHARE  # math.inf turns the cancellation rule off
+    amplification_floor: float = AMPLIFICATION_FLOOR
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -68,12 +90,23 @@ class RangeFinding:
     """Why one node is unsafe: which rule, on which value, measured vs allowed."""
 
     node: str
-    rule: str  # "overflow" | "underflow" | "deep-reduction"
-    value: str
-    measured: float
+    rule: str  # "overflow" | "underflow" | "deep-reduction" | "cancellation" | "cancellation-input"
+    value: str  # the value measured; for "cancellation-input", the cancelling node
+    measured: float  # for "cancellation": the predicted relative error e
     threshold: float
+    amplification: float = 0.0  # A, for the cancellation rules
 
     def describe(self) -> str:
+        if self.rule == "cancellation":
+            return (
+                f"cancellation amplifies input rounding {self.amplification:.3g}x "
+                f"(sum |inputs| / sum |output|): predicted relative error {self.measured:.3g} > {self.threshold:.3g} allowed"
+            )
+        if self.rule == "cancellation-input":
+            return (
+                f"feeds {self.value}, whose cancellation amplifies this output's rounding "
+                f"{self.amplification:.3g}x"
+            )
         if self.rule == "overflow":
             return f"{self.value!r} reaches max |x| {self.measured:.4g} > {self.threshold:.4g}"
         if self.rule == "underflow":
@@ -116,8 +149,12 @@ def find_unsafe_nodes(
     fmt: LowPrecisionFormat,
     rules: RangeRules,
     opset: int,
+    relative_budget: float = math.inf,
 ) -> dict[str, RangeFinding]:
-    """The ``candidates`` (low-precision nodes) that a range rule keeps FP32, with the first finding."""
+    """The ``candidates`` (low-precision nodes) that a range rule keeps FP32, with the first finding.
+
+    ``relative_budget``: the relative output error the tolerance allows
+    (``Criterion.relative_budget``); the cancellation rule needs it (inf: off)."""
     cache: dict[str, ValueStats | None] = {}
 
     def stats(name: str) -> ValueStats | None:
@@ -145,9 +182,104 @@ def find_unsafe_nodes(
                 finding = RangeFinding(
                     name, "underflow", value.name, measured.flushed_mass, rules.underflow_mass
                 )
+        if finding is None:
+            finding = _cancellation_finding(node, values, fmt, rules, relative_budget)
         if finding is not None:
             findings[name] = finding
+    _add_cancellation_inputs(nodes, set(candidates), findings)
     return findings
+
+
+def unit_roundoff(fmt: LowPrecisionFormat) -> float:
+    """Largest relative rounding error of the type: 2**-11 for FP16, 2**-8 for BF16."""
+    return 2.0 ** -(fmt.mantissa_bits + 1)
+
+
+def cancellation(
+    node: ir.Node, values: Mapping[str, Sequence[np.ndarray]], fmt: LowPrecisionFormat
+) -> tuple[float, float] | None:
+    """``(A, e)`` of an Add/Sub/Sum over all batches, inputs broadcast to the output:
+    the amplification ``A = Σ(|a| + |b|) / Σ|a ± b|`` and the predicted relative error
+    ``e = Σ(|δa| + |δb|) / Σ|a ± b|``, where ``δx`` is the rounding error of storing ``x`` in
+    ``fmt`` (at most ``u·A``; 0 for inputs the type holds exactly, such as 0/1 masks).
+    None when a value is missing or the output is all zeros."""
+    output = node.outputs[0] if node.outputs else None
+    if output is None or not values.get(output.name):
+        return None
+    batches = values[output.name]
+    inputs: list[Sequence[np.ndarray]] = []
+    for value in node.inputs:
+        if value is None:
+            return None
+        if values.get(value.name) and len(values[value.name]) == len(batches):
+            inputs.append(values[value.name])
+        elif (tensor := constant_tensor(value)) is not None:
+            inputs.append([tensor.numpy()] * len(batches))
+        else:
+            return None
+    total_in, total_rounding, total_out = 0.0, 0.0, 0.0
+    for index, result in enumerate(batches):
+        result = np.asarray(result)
+        if result.dtype.kind != "f":
+            return None
+        magnitude = np.zeros(result.shape, np.float64)
+        rounding = np.zeros(result.shape, np.float64)
+        for arrays in inputs:
+            array = np.asarray(arrays[index])
+            if array.dtype.kind != "f":
+                return None
+            exact = array.astype(np.float64)
+            with np.errstate(over="ignore", invalid="ignore"):
+                stored = array.astype(fmt.numpy_dtype).astype(np.float64)
+            magnitude = magnitude + np.abs(exact)
+            rounding = rounding + np.abs(stored - exact)
+        if magnitude.shape != result.shape:
+            return None
+        finite = np.isfinite(magnitude) & np.isfinite(rounding) & np.isfinite(result)
+        total_in += float(magnitude[finite].sum())
+        total_rounding += float(rounding[finite].sum())
+        total_out += float(np.abs(result[finite].astype(np.float64)).sum())
+    if total_out == 0:
+        return None
+    return total_in / total_out, total_rounding / total_out
+
+
+def _cancellation_finding(
+    node: ir.Node,
+    values: Mapping[str, Sequence[np.ndarray]],
+    fmt: LowPrecisionFormat,
+    rules: RangeRules,
+    relative_budget: float,
+) -> RangeFinding | None:
+    if node.domain not in ("", "ai.onnx") or node.op_type not in CANCELLATION_OPS:
+        return None
+    threshold = rules.cancellation_share * relative_budget
+    if not math.isfinite(threshold):
+        return None
+    measured = cancellation(node, values, fmt)
+    if measured is None:
+        return None
+    factor, predicted = measured
+    if factor < rules.amplification_floor or predicted <= threshold:
+        return None
+    return RangeFinding(node.name or "", "cancellation", node.outputs[0].name, predicted, threshold, factor)
+
+
+def _add_cancellation_inputs(
+    nodes: Mapping[str, ir.Node], candidates: set[str], findings: dict[str, RangeFinding]
+) -> None:
+    """The low-precision producers of a cancelling node's inputs stay FP32 with it."""
+    for name, finding in list(findings.items()):
+        if finding.rule != "cancellation":
+            continue
+        for value in nodes[name].inputs:
+            producer = value.producer() if value is not None else None
+            if producer is None or producer.name not in candidates or producer.name in findings:
+                continue
+            findings[producer.name] = RangeFinding(
+                producer.name, "cancellation-input", name, finding.measured, finding.threshold,
+                finding.amplification,
+            )  # fmt: skip
 
 
 def reduction_depth(node: ir.Node, values: Mapping[str, Sequence[np.ndarray]], opset: int) -> int | None:

@@ -4,8 +4,10 @@ Starting point: the conversion with the range rules' nodes kept FP32. When it fa
 
 1. **Sensitivity** comes from that candidate's own run (intermediates exposed): every
    low-precision node gets a *blame item* (itself and its low-precision producers) scored by
-   the error it introduces (``mpcompile.auto.sensitivity``). With several regions, galloping
-   over all items (1, 2, 4) first looks for a few culprits directly.
+   the error it introduces (``mpcompile.auto.sensitivity``). Items whose directly computed
+   error (``exact``) alone exceeds the tolerance's relative budget are needed: they go FP32
+   together in one candidate and stay there (never pruned). With several regions, galloping
+   over the other items (1, 2, 4) first looks for a few culprits directly.
 2. **Regions**: the connected low-precision regions, ordered by their most sensitive node.
    With several regions, a galloping search (1, 2, 4, ... regions, then bisection) finds the
    fewest leading regions that must go FP32 for the tolerance to hold.
@@ -24,6 +26,7 @@ which passes by definition).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -33,6 +36,7 @@ from mpcompile.auto.evaluator import BudgetExhausted, Evaluator, Probe
 from mpcompile.auto.graph import connected_regions, main_nodes
 from mpcompile.auto.sensitivity import BlameItem, NodeSensitivity, blame_items, measure
 from mpcompile.auto.trace import KEPT, MEASURED, REVERTED, SearchStep
+from mpcompile.precision import LowPrecisionFormat
 
 GLOBAL_ITEMS = 4  # with several regions, galloping over all items first tries up to this many
 
@@ -53,8 +57,13 @@ class Search:
         nodes: Mapping[str, ir.Node],
         range_blocked: frozenset[str],
         candidates: Sequence[str],
+        *,
+        fmt: LowPrecisionFormat | None = None,
+        relative_budget: float = math.inf,
     ):
         self.evaluator = evaluator
+        self.fmt = fmt
+        self.relative_budget = relative_budget  # Criterion.relative_budget of the reference outputs
         self.nodes = dict(nodes)
         self.range_blocked = range_blocked
         self.candidates = tuple(candidates)  # nodes the policy alone puts in low precision
@@ -161,30 +170,46 @@ class Search:
 
         low = [name for name in self.nodes if name in initial.low]
         sensitivities = measure(
-            self.nodes, main_nodes(initial.result.model), reference, initial.intermediates or []
+            self.nodes, main_nodes(initial.result.model), reference, initial.intermediates or [], self.fmt
         )
-        items = blame_items(self.nodes, low, sensitivities, self.evaluator.flops)
+        unit = 2.0 ** -(self.fmt.mantissa_bits + 1) if self.fmt is not None else 2.0**-11
+        items = blame_items(self.nodes, low, sensitivities, self.evaluator.flops, unit)
         score = {item.node: item.score for item in items}
         regions = connected_regions(self.nodes, low)
         order = {name: index for index, name in enumerate(self.nodes)}
         regions.sort(key=lambda region: (-max(score.get(n, 0.0) for n in region), order[region[0]]))
 
+        # Items that alone introduce more error than the tolerance allows are needed (to first
+        # order errors add up, they do not cancel): all of them go FP32 in one step, and stay.
+        necessary = [item for item in items if (item.exact or 0.0) > self.relative_budget]
+        items = [item for item in items if item not in necessary]
+        base = self.range_blocked | {m for item in necessary for m in item.members}
+        if necessary:
+            probe = self._try(
+                "nodes",
+                f"{len(necessary)} node(s) each introducing more error than the tolerance allows "
+                f"in FP32: " + ", ".join(item.node for item in necessary[:3]) + (", ..." if len(necessary) > 3 else ""),
+                frozenset(base),
+            )  # fmt: skip
+            if probe is None or probe.passed or not items:
+                return self._finish(necessary, [], score, sensitivities, necessary)
+
         # With several regions, first the few most sensitive items across all of them: one or
         # two culprits are the common case, and finding them directly costs fewer evaluations.
         if len(regions) > 1 and items:
             found = self._gallop(
-                "nodes", len(items), lambda k: self.range_blocked | {m for i in items[:k] for m in i.members},
+                "nodes", len(items), lambda k: base | {m for i in items[:k] for m in i.members},
                 lambda k: f"{k} most sensitive node(s) in FP32: " + ", ".join(i.node for i in items[:k][-3:]),
                 max_k=GLOBAL_ITEMS,
             )  # fmt: skip
             if found is not None:
-                return self._finish(items[:found], [], score, sensitivities)
+                return self._finish([*necessary, *items[:found]], [], score, sensitivities, necessary)
 
         # Phase "regions": the fewest leading regions to keep FP32.
         if len(regions) > 1:
 
             def regions_candidate(k: int) -> frozenset[str]:
-                return self.range_blocked.union(*regions[:k])
+                return frozenset(base.union(*regions[:k]))
 
             needed = self._gallop(
                 "regions", len(regions), regions_candidate,
@@ -195,14 +220,14 @@ class Search:
         chosen_regions = regions[:needed]
 
         # Phase "nodes": within each chosen region, the fewest blame items.
-        chosen: list[BlameItem] = []
+        chosen: list[BlameItem] = list(necessary)
         for index, region in enumerate(chosen_regions):
             region_items = [item for item in items if item.node in set(region)]
             others = set().union(*chosen_regions[index + 1 :])
 
             def nodes_candidate(k: int, region_items=region_items, others=others) -> frozenset[str]:
                 members = {m for item in [*chosen, *region_items[:k]] for m in item.members}
-                return self.range_blocked | others | members
+                return frozenset(self.range_blocked | others | members)
 
             if self.exhausted:
                 chosen.extend(region_items)
@@ -214,7 +239,7 @@ class Search:
             )  # fmt: skip
             chosen.extend(region_items[:k])
 
-        return self._finish(chosen, chosen_regions, score, sensitivities)
+        return self._finish(chosen, chosen_regions, score, sensitivities, necessary)
 
     def _finish(
         self,
@@ -222,11 +247,13 @@ class Search:
         chosen_regions: list[list[str]],
         score: Mapping[str, float],
         sensitivities: dict[str, NodeSensitivity],
+        necessary: Sequence[BlameItem] = (),
     ) -> SearchOutcome:
-        """Phase "prune" (give low precision back to kept items that do not need FP32), then the answer."""
+        """Phase "prune" (give low precision back to kept items that do not need FP32, the
+        ``necessary`` ones excepted), then the answer."""
         if not self.exhausted:
             for item in sorted(chosen, key=lambda item: -self._item_flops(item)):
-                if self._item_flops(item) == 0:
+                if self._item_flops(item) == 0 or item in necessary:
                     continue
                 rest = [other for other in chosen if other is not item]
                 candidate = self.range_blocked | {m for other in rest for m in other.members}

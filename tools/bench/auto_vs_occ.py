@@ -17,6 +17,11 @@ FLOP share.
 
     python tools/bench/auto_vs_occ.py                       # the default model set
     python tools/bench/auto_vs_occ.py --models sensitive_cancellation mlp --rtol 1e-2 --atol 1e-2
+    python tools/bench/auto_vs_occ.py --ours-allow-ops Exp  # ours with occ's op coverage for Exp
+
+occ converts every op outside its short block list; mpcompile's default policy keeps some ops
+FP32 (Exp, among others). ``--ours-allow-ops`` adds ops to ours' ``allow_ops`` on every model
+(on top of the planted models' own), to compare the searches at equal op coverage.
 """
 
 from __future__ import annotations
@@ -170,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rtol", type=float, default=1e-2)
     parser.add_argument("--atol", type=float, default=1e-2)
     parser.add_argument("--budget", type=int, default=16)
+    parser.add_argument(
+        "--ours-allow-ops", nargs="+", default=[], help="extra allow_ops for ours, on every model"
+    )
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)
 
@@ -187,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             (
                 "ours",
                 lambda o=original, f=feeds, n=name: run_ours(
-                    o, f, args.rtol, args.atol, allow_ops_for(n), args.budget
+                    o, f, args.rtol, args.atol, (*allow_ops_for(n), *args.ours_allow_ops), args.budget
                 ),
             ),
         ):
