@@ -38,6 +38,9 @@ class ConvertOptions:
     allow_ops: tuple[str, ...] = ()
     block_ops: tuple[str, ...] = ()
     block_nodes: tuple[str, ...] = ()
+    # BLOCK-list ops to treat as follow ops (rule auto.measured[...]); set by --auto, whose
+    # range rules and search measure them (op_classes.MEASURABLE). User block_ops still win.
+    measured_ops: tuple[str, ...] = ()
     policy: str | os.PathLike | None = None  # TOML file with the same fields
     allow_qdq: bool = False
     optimize: str | None = None  # run ORT's graph optimisation first: basic | extended | transformer
@@ -47,7 +50,7 @@ class ConvertOptions:
 
     @classmethod
     def build(cls, **kwargs: Any) -> ConvertOptions:
-        for key in ("allow_ops", "block_ops", "block_nodes"):
+        for key in ("allow_ops", "block_ops", "block_nodes", "measured_ops"):
             if key in kwargs and kwargs[key] is not None:
                 value = kwargs[key]
                 kwargs[key] = (value,) if isinstance(value, str) else tuple(value)
@@ -287,7 +290,7 @@ def build_pipeline(
 
 
 def _policy(opts: ConvertOptions) -> tuple[Policy, dict[str, object]]:
-    policy = Policy.from_options(opts.allow_ops, opts.block_ops, opts.block_nodes)
+    policy = Policy.from_options(opts.allow_ops, opts.block_ops, opts.block_nodes, opts.measured_ops)
     if opts.policy is None:
         return policy, {}
     from_file, file_options = load_policy_file(str(opts.policy))

@@ -37,6 +37,7 @@ from mpcompile.auto.search import Search
 from mpcompile.auto.trace import TRACE_KEY, TRACE_VERSION, SearchStep, jsonable
 from mpcompile.converter import ConvertOptions, ConvertResult, to_ir_model
 from mpcompile.plan import Decision, Reason, read_decision, stamp_decision
+from mpcompile.policy import op_classes
 from mpcompile.precision import Precision, low_precision_format
 
 MIN_BUDGET = 2  # the reference run and one candidate
@@ -60,6 +61,7 @@ class AutoResult:
     inputs: str
     seconds: float
     notes: list[str] = dataclasses.field(default_factory=list)
+    measured_ops: tuple[str, ...] = ()  # block-list ops made candidates (empty: static_blocks)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -81,6 +83,7 @@ class AutoResult:
             "error": jsonable(self.error),
             "limit": self.criterion.limit,
             "fp16_flop_share": self.fp16_flop_share,
+            "measured_ops": list(self.measured_ops),
             "range_blocked": dict(sorted(self.range_blocked.items())),
             "sensitivity_blocked": dict(sorted(self.sensitivity_blocked.items())),
             "steps": [step.to_dict() for step in self.trace],
@@ -106,6 +109,7 @@ def auto_convert(
     shapes: Mapping[str, Sequence[int]] | None = None,
     seed: int = 0,
     rules: RangeRules | None = None,
+    static_blocks: bool = False,
     **convert_options: Any,
 ) -> AutoResult:
     """Convert ``model`` with the most low-precision FLOPs that keep its outputs within tolerance.
@@ -113,9 +117,15 @@ def auto_convert(
     ``inputs``: None/"generated", an .npz path (or folder), a feed dict or a list of them.
     Criterion: ``rtol``/``atol`` (defaults 1e-2/1e-2 for fp16) or ``metric`` ("cosine:0.9999",
     "rel-l2:1e-3", "max-abs:0.05"). ``budget``: most model evaluations (ORT session builds),
-    the reference run included. Other keyword arguments are ``mpcompile.convert`` options.
+    the reference run included. ``static_blocks``: keep every op of the core's block list FP32;
+    by default the measurable ones (``op_classes.MEASURABLE``: Exp, Pow, Log, reductions, ...)
+    are candidates like follow ops, decided by the range rules and the search (user
+    ``block_ops``/``block_nodes``/policy files still win). Other keyword arguments are
+    ``mpcompile.convert`` options.
     """
     started = time.perf_counter()
+    if not static_blocks and "measured_ops" not in convert_options:
+        convert_options = {**convert_options, "measured_ops": measured_op_names()}
     options = ConvertOptions.build(**convert_options)  # unknown options fail here
     criterion = make_criterion(rtol=rtol, atol=atol, metric=metric, precision=options.precision)
     if budget < MIN_BUDGET:
@@ -185,6 +195,7 @@ def auto_convert(
         inputs=label,
         seconds=time.perf_counter() - started,
         notes=notes,
+        measured_ops=tuple(options.measured_ops),
     )
     final.model.metadata_props[TRACE_KEY] = json.dumps(result.to_dict(), sort_keys=True)
     final.notes.extend(notes)
@@ -192,6 +203,11 @@ def auto_convert(
         result.model = ir.to_proto(final.model)
         final.model = result.model
     return result
+
+
+def measured_op_names() -> tuple[str, ...]:
+    """The core's BLOCK-list ops that ``--auto`` measures instead of blocking (``domain::Op``)."""
+    return tuple(sorted(f"{domain}::{op}" if domain else op for domain, op in op_classes.MEASURABLE))
 
 
 def _working_copy(model: onnx.ModelProto | ir.Model | str | os.PathLike) -> tuple[ir.Model, str]:

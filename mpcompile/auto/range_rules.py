@@ -69,6 +69,11 @@ REDUCE_OPS = frozenset(
 AXIS_OPS = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
 NORMALIZED_TAIL_OPS = frozenset({"LayerNormalization", "RMSNormalization"})
 SPATIAL_OPS = frozenset({"InstanceNormalization", "GroupNormalization", "GlobalAveragePool", "GlobalLpPool"})
+# Ops whose kernels accumulate a sum that is none of their outputs (see ``accumulator_max``).
+ACCUMULATOR_OPS = frozenset(
+    {"ReduceMean", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "LpNormalization", "LpPool", "GlobalLpPool"}
+    | {"MeanVarianceNormalization", "LRN"}
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,8 +100,14 @@ class RangeFinding:
     measured: float  # for "cancellation": the predicted relative error e
     threshold: float
     amplification: float = 0.0  # A, for the cancellation rules
+    detail: str = ""  # for "accumulator": what the kernel accumulates
 
     def describe(self) -> str:
+        if self.rule == "accumulator":
+            return (
+                f"accumulates {self.detail} reaching {self.measured:.4g} > {self.threshold:.4g} "
+                "(overflows a low-precision accumulator)"
+            )
         if self.rule == "cancellation":
             return (
                 f"cancellation amplifies input rounding {self.amplification:.3g}x "
@@ -166,7 +177,9 @@ def find_unsafe_nodes(
     findings: dict[str, RangeFinding] = {}
     for name in candidates:
         node = nodes[name]
-        finding = _depth_finding(node, values, rules, opset)
+        finding = _depth_finding(node, values, rules, opset) or _accumulator_finding(
+            node, values, opset, overflow_limit
+        )
         touched = [v for v in (*node.inputs, *node.outputs) if v is not None and v.name]
         for value in touched:
             if finding is not None:
@@ -308,6 +321,15 @@ def reduction_depth(node: ir.Node, values: Mapping[str, Sequence[np.ndarray]], o
         return math.prod(data[axis % len(data) :]) if data else None
     if op in SPATIAL_OPS:
         return math.prod(data[2:]) if len(data) > 2 else None
+    if op == "LpNormalization":
+        return data[_int_attribute(node, "axis", -1) % len(data)] if data else None
+    if op == "MeanVarianceNormalization":
+        axes = _ints_attribute(node, "axes", (0, 2, 3))
+        return math.prod(data[a % len(data)] for a in axes) if data and len(axes) <= len(data) else None
+    if op == "LpPool":
+        return math.prod(_ints_attribute(node, "kernel_shape", ())) or None
+    if op == "LRN":
+        return _int_attribute(node, "size", 1)
     if op == "CumSum" and len(node.inputs) > 1 and node.inputs[1] is not None:
         axis_value = node.inputs[1].const_value
         if axis_value is None:
@@ -315,6 +337,84 @@ def reduction_depth(node: ir.Node, values: Mapping[str, Sequence[np.ndarray]], o
         axis = int(np.asarray(axis_value.numpy()).reshape(-1)[0])
         return data[axis % len(data)] if data else None
     return None
+
+
+def accumulator_max(
+    node: ir.Node, values: Mapping[str, Sequence[np.ndarray]], opset: int
+) -> tuple[float, str] | None:
+    """Largest |sum| a kernel of ``node`` accumulates that is none of its outputs, over all batches,
+    and what it is; None for other ops or missing values. ReduceMean sums before dividing, ReduceL2
+    and the Lp ops sum |x|^p before the root, ReduceLogSum(Exp) sum x (exp x) before the log,
+    MeanVarianceNormalization and LRN sum squares. Kernels that accumulate in FP32 (ORT's CUDA
+    reductions) do not overflow there; like the deep-reduction rule, this guards the others."""
+    op = node.op_type
+    if node.domain not in ("", "ai.onnx") or op not in ACCUMULATOR_OPS or not node.inputs:
+        return None
+    source = (
+        node.inputs[0] if op in ("LpNormalization", "MeanVarianceNormalization", "LRN") else node.outputs[0]
+    )
+    if source is None or not values.get(source.name):
+        return None
+    largest = 0.0
+    for array in values[source.name]:
+        x = np.abs(np.asarray(array, dtype=np.float64))
+        if x.size == 0:
+            continue
+        with np.errstate(over="ignore"):
+            largest = max(largest, _accumulated(node, op, x, values, opset))
+    p = _int_attribute(node, "p", 2)
+    what = {
+        "ReduceMean": "the sum before the mean",
+        "ReduceL2": "the sum of squares",
+        "ReduceLogSum": "the sum before the log",
+        "ReduceLogSumExp": "the sum of exp (without max subtraction)",
+        "LpNormalization": f"the sum of |x|^{p}",
+        "LpPool": f"the sum of |x|^{p}",
+        "GlobalLpPool": f"the sum of |x|^{p}",
+        "MeanVarianceNormalization": "the sum of squares",
+        "LRN": "the sum of squares over its window",
+    }[op]
+    return largest, what
+
+
+def _accumulated(
+    node: ir.Node, op: str, x: np.ndarray, values: Mapping[str, Sequence[np.ndarray]], opset: int
+) -> float:
+    """Max |accumulator| for one batch; ``x`` is |input| (Lp/MVN/LRN) or |output| (the rest)."""
+    if op == "ReduceMean":
+        return float(x.max()) * (reduction_depth(node, values, opset) or 1)
+    if op == "ReduceL2":
+        return float(x.max()) ** 2
+    if op in ("ReduceLogSum", "ReduceLogSumExp"):
+        return math.exp(min(float(x.max()), 709.0))
+    p = _int_attribute(node, "p", 2)
+    if op in ("LpPool", "GlobalLpPool"):
+        return float(x.max()) ** p
+    if op == "LpNormalization":
+        return float(np.sum(x**p, axis=_int_attribute(node, "axis", -1) % x.ndim).max())
+    if op == "MeanVarianceNormalization":
+        axes = tuple(a % x.ndim for a in _ints_attribute(node, "axes", (0, 2, 3)) if x.ndim > 2 or a < x.ndim)
+        return float(np.sum(x**2, axis=axes).max())
+    # LRN: square_sum over channels [c - floor((size-1)/2), c + ceil((size-1)/2)]
+    size = _int_attribute(node, "size", 1)
+    before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
+    squares = np.moveaxis(x**2, 1, -1) if x.ndim > 1 else x**2
+    padded = np.concatenate([np.zeros((*squares.shape[:-1], 1)), np.cumsum(squares, axis=-1)], axis=-1)
+    channels = squares.shape[-1]
+    upper = np.minimum(np.arange(channels) + after + 1, channels)
+    lower = np.maximum(np.arange(channels) - before, 0)
+    return float((padded[..., upper] - padded[..., lower]).max())
+
+
+def _accumulator_finding(
+    node: ir.Node, values: Mapping[str, Sequence[np.ndarray]], opset: int, limit: float
+) -> RangeFinding | None:
+    measured = accumulator_max(node, values, opset)
+    if measured is None or measured[0] <= limit:
+        return None
+    largest, what = measured
+    value = node.inputs[0].name if node.inputs[0] is not None else ""
+    return RangeFinding(node.name or "", "accumulator", value, largest, limit, detail=what)
 
 
 def _depth_finding(
@@ -335,6 +435,11 @@ def _shape(value: ir.Value | None, values: Mapping[str, Sequence[np.ndarray]]) -
     if value.const_value is not None:
         return tuple(value.const_value.shape.numpy())
     return None
+
+
+def _ints_attribute(node: ir.Node, name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    attr = node.attributes.get(name)
+    return tuple(attr.as_ints()) if attr is not None else default
 
 
 def _int_attribute(node: ir.Node, name: str, default: int) -> int:

@@ -51,6 +51,7 @@ class AutoSettings:
     atol: float | None = None
     metric: str | None = None
     budget: int = DEFAULT_BUDGET
+    static_blocks: bool = False  # keep the core's whole block list FP32 (no measured ops)
 
 
 def _store(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -59,7 +60,8 @@ def _store(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
 
 
 def auto_options(command: Callable) -> Callable:
-    """Add ``--auto --inputs --shape --rtol --atol --metric --budget`` to a click command."""
+    """Add ``--auto --inputs --shape --rtol --atol --metric --budget --keep-static-blocks`` to a
+    click command."""
     options = [
         click.option(
             "--auto",
@@ -96,6 +98,15 @@ def auto_options(command: Callable) -> Callable:
             show_default=True,
             help="--auto: most model evaluations (ONNX Runtime session builds), reference included.",
         ),
+        click.option(
+            "--keep-static-blocks",
+            "auto_static_blocks",
+            is_flag=True,
+            help="--auto: keep the default policy's whole block list FP32. Without it, overflow-prone "
+            "ops (Exp, Pow, Log, ...) and reductions (ReduceSum, CumSum, ...) are converted unless the "
+            "reference run's range rules or the search keep them FP32: give representative --inputs, "
+            "since inputs up to 2x the measured max |x| fit the overflow headroom.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -119,6 +130,8 @@ def auto_settings(ctx: click.Context | None = None) -> AutoSettings | None:
         ]
         if values.get("auto_shapes"):
             given.append("--shape")
+        if values.get("auto_static_blocks"):
+            given.append("--keep-static-blocks")
         if values.get("auto_budget", DEFAULT_BUDGET) != DEFAULT_BUDGET:
             given.append("--budget")
         if given:
@@ -132,6 +145,7 @@ def auto_settings(ctx: click.Context | None = None) -> AutoSettings | None:
         atol=values.get("auto_atol"),
         metric=values.get("auto_metric"),
         budget=values.get("auto_budget", DEFAULT_BUDGET),
+        static_blocks=bool(values.get("auto_static_blocks")),
     )
 
 
@@ -169,6 +183,7 @@ def run_auto_from_cli(
         atol=settings.atol,
         metric=settings.metric,
         budget=settings.budget,
+        static_blocks=settings.static_blocks,
         **convert_options,
     )
     verify = None if convert_options.get("verify") is False else _check_saved

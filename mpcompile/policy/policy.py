@@ -59,6 +59,8 @@ class Policy:
     allow_ops: frozenset[tuple[str, str]] = frozenset()
     block_ops: frozenset[tuple[str, str]] = frozenset()
     block_nodes: tuple[str, ...] = ()  # exact names or regular expressions (full match)
+    # BLOCK-list ops classed FOLLOW instead (rule auto.measured[...]): --auto measures them.
+    measured_ops: frozenset[tuple[str, str]] = frozenset()
 
     @classmethod
     def from_options(
@@ -66,6 +68,7 @@ class Policy:
         allow_ops: Iterable[str] = (),
         block_ops: Iterable[str] = (),
         block_nodes: Iterable[str] = (),
+        measured_ops: Iterable[str] = (),
     ) -> Policy:
         allow = frozenset(_parse_op(op) for op in allow_ops)
         block = frozenset(_parse_op(op) for op in block_ops)
@@ -76,7 +79,8 @@ class Policy:
         patterns = tuple(block_nodes)
         for pattern in patterns:
             _compile_node_pattern(pattern)
-        return cls(allow_ops=allow, block_ops=block, block_nodes=patterns)
+        measured = frozenset(_parse_op(op) for op in measured_ops)
+        return cls(allow_ops=allow, block_ops=block, block_nodes=patterns, measured_ops=measured)
 
     def merged(self, other: Policy) -> Policy:
         """This policy with ``other``'s overrides added (other wins on conflicts)."""
@@ -84,6 +88,7 @@ class Policy:
             allow_ops=(self.allow_ops - other.block_ops) | other.allow_ops,
             block_ops=(self.block_ops - other.allow_ops) | other.block_ops,
             block_nodes=self.block_nodes + other.block_nodes,
+            measured_ops=self.measured_ops | other.measured_ops,
         )
 
     def classify(self, domain: str, op_type: str) -> ClassifiedOp:
@@ -102,6 +107,8 @@ class Policy:
             (OpClass.BLOCK, op_classes.BLOCK),
         ):
             if key in members:
+                if op_class == OpClass.BLOCK and key in self.measured_ops:
+                    return ClassifiedOp(OpClass.FOLLOW, f"auto.measured[{op_type}]")
                 return ClassifiedOp(op_class, f"policy.{op_class.value}[{op_type}]")
         return ClassifiedOp(OpClass.UNLISTED, f"policy.unlisted[{op_type}]")
 
