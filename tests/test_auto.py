@@ -57,9 +57,7 @@ def results() -> dict:
 
     def get(name: str, rules: RangeRules | None = None):
         if (name, rules) not in cache:
-            cache[name, rules] = auto_convert(
-                SENSITIVE[name](), allow_ops=PLANTED[name].allow_ops, rules=rules
-            )
+            cache[name, rules] = auto_convert(SENSITIVE[name](), rules=rules)
         return cache[name, rules]
 
     return get

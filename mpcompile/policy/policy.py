@@ -80,6 +80,10 @@ class Policy:
         for pattern in patterns:
             _compile_node_pattern(pattern)
         measured = frozenset(_parse_op(op) for op in measured_ops)
+        unmeasurable = measured - op_classes.MEASURABLE
+        if unmeasurable:
+            names = ", ".join(sorted(op for _, op in unmeasurable))
+            raise PolicyError(f"measured_ops: {names} not measurable (see op_classes.MEASURABLE)")
         return cls(allow_ops=allow, block_ops=block, block_nodes=patterns, measured_ops=measured)
 
     def merged(self, other: Policy) -> Policy:
