@@ -28,6 +28,7 @@ from mpcompile.evaluate import faithful
 from mpcompile.inputs import cast_feeds, generate_inputs
 from mpcompile.plan import read_decision
 from mpcompile.policy import OpClass, Policy, op_classes
+from mpcompile.policy.policy import ClassifiedOp
 from tests.builders import constant, make_model, value_info, weight
 
 RTOL = ATOL = 1e-2
@@ -235,9 +236,7 @@ def test_only_measurable_ops_are_relaxed():
         assert policy.classify("", op).op_class == OpClass.BLOCK, op
     assert policy.classify("ai.onnx.ml", "TreeEnsembleRegressor").op_class == OpClass.BLOCK
     for _, op in op_classes.MEASURABLE:
-        assert policy.classify("", op) == policy.classify("", op).__class__(
-            OpClass.FOLLOW, f"auto.measured[{op}]"
-        )
+        assert policy.classify("", op) == ClassifiedOp(OpClass.FOLLOW, f"auto.measured[{op}]")
     with pytest.raises(PolicyError, match="TopK not measurable"):
         Policy.from_options(measured_ops=["TopK"])
     # the plain conversion keeps the static list
@@ -284,3 +283,68 @@ def test_keep_static_blocks_option(tmp_path):
     default = CliRunner().invoke(convert_stand_in, [str(path), "-o", str(out), "--auto"])
     assert default.exit_code == 0, default.output
     assert _decisions(onnx.load(out))["exp"] == ("fp16", "follow", "auto.measured[Exp]")
+
+
+def _one_node(node: onnx.NodeProto, x: np.ndarray):
+    """The node as an ``ir.Node`` and the FP32 values of its input and output (ORT CPU)."""
+    import onnxruntime as ort
+
+    graph = helper.make_graph([node], "one", [value_info("x", list(x.shape))], [value_info("y", None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {"x": x})
+    graph = ir.from_proto(model).graph
+    return next(iter(graph)), {"x": [x], "y": [y]}
+
+
+def _lrn_square_sums(x: np.ndarray, size: int) -> np.ndarray:
+    channels = x.shape[1]
+    out = np.zeros_like(x, dtype=np.float64)
+    for c in range(channels):
+        low, high = max(0, c - (size - 1) // 2), min(channels - 1, c + size - 1 - (size - 1) // 2)
+        out[:, c] = (x[:, low : high + 1].astype(np.float64) ** 2).sum(axis=1)
+    return out
+
+
+X4 = np.random.default_rng(0).standard_normal((2, 6, 5, 4)).astype(np.float32) * 30
+
+
+@pytest.mark.parametrize(
+    ("node", "depth", "accumulated"),
+    [
+        (helper.make_node("ReduceMean", ["x"], ["y"], axes=[2, 3]), 20, np.abs(X4.sum(axis=(2, 3))).max()),
+        (helper.make_node("ReduceL2", ["x"], ["y"], axes=[1]), 6, (X4.astype(np.float64) ** 2).sum(1).max()),
+        (
+            helper.make_node("ReduceLogSumExp", ["x"], ["y"], axes=[3]),
+            4,
+            np.exp((X4 / 30).astype(np.float64)).sum(3).max(),
+        ),
+        (
+            helper.make_node("LpNormalization", ["x"], ["y"], axis=1, p=2),
+            6,
+            (X4.astype(np.float64) ** 2).sum(1).max(),
+        ),
+        (
+            helper.make_node("MeanVarianceNormalization", ["x"], ["y"]),
+            2 * 5 * 4,
+            (X4.astype(np.float64) ** 2).sum(axis=(0, 2, 3)).max(),
+        ),
+        (
+            helper.make_node("LpPool", ["x"], ["y"], kernel_shape=[5, 4], p=2),
+            20,
+            (X4.astype(np.float64) ** 2).sum(axis=(2, 3)).max(),
+        ),
+        (helper.make_node("LRN", ["x"], ["y"], size=3), 3, _lrn_square_sums(X4, 3).max()),
+    ],
+    ids=lambda value: value.op_type if isinstance(value, onnx.NodeProto) else "",
+)
+def test_depth_and_accumulator_of_each_accumulating_op(node, depth, accumulated):
+    """Reduction depth from the shapes and the hidden accumulator from the values, against numpy."""
+    from mpcompile.auto.range_rules import accumulator_max, reduction_depth
+
+    x = X4 / 30 if node.op_type == "ReduceLogSumExp" else X4  # keep exp in float32 range
+    ir_node, values = _one_node(node, x)
+    assert reduction_depth(ir_node, values, 17) == depth
+    measured, what = accumulator_max(ir_node, values, 17)
+    print(node.op_type, what, measured, accumulated)
+    assert measured == pytest.approx(accumulated, rel=1e-4)

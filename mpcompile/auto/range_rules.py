@@ -324,8 +324,8 @@ def reduction_depth(node: ir.Node, values: Mapping[str, Sequence[np.ndarray]], o
     if op == "LpNormalization":
         return data[_int_attribute(node, "axis", -1) % len(data)] if data else None
     if op == "MeanVarianceNormalization":
-        axes = _ints_attribute(node, "axes", (0, 2, 3))
-        return math.prod(data[a % len(data)] for a in axes) if data and len(axes) <= len(data) else None
+        axes = _mvn_axes(node, len(data))
+        return math.prod(data[a] for a in axes) if axes else None
     if op == "LpPool":
         return math.prod(_ints_attribute(node, "kernel_shape", ())) or None
     if op == "LRN":
@@ -357,11 +357,14 @@ def accumulator_max(
         return None
     largest = 0.0
     for array in values[source.name]:
-        x = np.abs(np.asarray(array, dtype=np.float64))
-        if x.size == 0:
+        signed = np.asarray(array, dtype=np.float64)
+        if signed.size == 0:
+            continue
+        if op in ("ReduceLogSum", "ReduceLogSumExp"):  # the sum is exp(y); y < 0 for sums below 1
+            largest = max(largest, math.exp(min(float(signed.max()), 709.0)))
             continue
         with np.errstate(over="ignore"):
-            largest = max(largest, _accumulated(node, op, x, values, opset))
+            largest = max(largest, _accumulated(node, op, np.abs(signed), values, opset))
     p = _int_attribute(node, "p", 2)
     what = {
         "ReduceMean": "the sum before the mean",
@@ -380,21 +383,20 @@ def accumulator_max(
 def _accumulated(
     node: ir.Node, op: str, x: np.ndarray, values: Mapping[str, Sequence[np.ndarray]], opset: int
 ) -> float:
-    """Max |accumulator| for one batch; ``x`` is |input| (Lp/MVN/LRN) or |output| (the rest)."""
+    """Max |accumulator| for one batch; ``x`` is |input| (Lp/MVN/LRN) or |output| (ReduceMean,
+    ReduceL2, LpPool, GlobalLpPool)."""
     if op == "ReduceMean":
         return float(x.max()) * (reduction_depth(node, values, opset) or 1)
     if op == "ReduceL2":
         return float(x.max()) ** 2
-    if op in ("ReduceLogSum", "ReduceLogSumExp"):
-        return math.exp(min(float(x.max()), 709.0))
     p = _int_attribute(node, "p", 2)
     if op in ("LpPool", "GlobalLpPool"):
         return float(x.max()) ** p
     if op == "LpNormalization":
         return float(np.sum(x**p, axis=_int_attribute(node, "axis", -1) % x.ndim).max())
     if op == "MeanVarianceNormalization":
-        axes = tuple(a % x.ndim for a in _ints_attribute(node, "axes", (0, 2, 3)) if x.ndim > 2 or a < x.ndim)
-        return float(np.sum(x**2, axis=axes).max())
+        axes = _mvn_axes(node, x.ndim)
+        return float(np.sum(x**2, axis=axes).max()) if axes else 0.0
     # LRN: square_sum over channels [c - floor((size-1)/2), c + ceil((size-1)/2)]
     size = _int_attribute(node, "size", 1)
     before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
@@ -435,6 +437,14 @@ def _shape(value: ir.Value | None, values: Mapping[str, Sequence[np.ndarray]]) -
     if value.const_value is not None:
         return tuple(value.const_value.shape.numpy())
     return None
+
+
+def _mvn_axes(node: ir.Node, rank: int) -> tuple[int, ...]:
+    """MeanVarianceNormalization's axes (default 0, 2, 3), normalized; () if one is out of range."""
+    axes = _ints_attribute(node, "axes", (0, 2, 3))
+    if not rank or any(not -rank <= axis < rank for axis in axes):
+        return ()
+    return tuple(sorted({axis % rank for axis in axes}))
 
 
 def _ints_attribute(node: ir.Node, name: str, default: tuple[int, ...]) -> tuple[int, ...]:
