@@ -15,6 +15,7 @@ import onnx_ir as ir
 from mpcompile import errors, io, targets
 from mpcompile.casts import CastFactory, NameAuthority
 from mpcompile.context import ConversionContext, ConvertStats
+from mpcompile.gc_pause import with_cyclic_gc_paused
 from mpcompile.graphs import all_graphs, model_graphs
 from mpcompile.pipeline import Pipeline
 from mpcompile.plan import MODEL_VERSION_KEY, PrecisionPlan, read_decision
@@ -119,6 +120,7 @@ class ConvertResult:
         }
 
 
+@with_cyclic_gc_paused
 def convert(model: ModelLike, **options: Any) -> ConvertResult:
     """Convert an FP32 model to mixed precision.
 
@@ -141,6 +143,7 @@ def convert(model: ModelLike, **options: Any) -> ConvertResult:
     return result
 
 
+@with_cyclic_gc_paused
 def convert_file(
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
