@@ -78,3 +78,38 @@ def test_load_without_inference_leaves_intermediates_untyped(tmp_path):
     loaded = io.load_model(path)
     assert not loaded.meta.get(io.TYPES_INFERRED_KEY)
     assert any(value.dtype is None for node in loaded.graph for value in node.outputs)
+
+
+def test_cyclic_gc_is_paused_during_conversion_and_restored_after(monkeypatch):
+    import gc
+
+    from mpcompile.gc_pause import cyclic_gc_paused
+    from mpcompile.passes.assign_precision import AssignPrecisionPass
+
+    seen: list[bool] = []
+    original = AssignPrecisionPass.call
+
+    def spy(self, model):
+        seen.append(gc.isenabled())
+        return original(self, model)
+
+    monkeypatch.setattr(AssignPrecisionPass, "call", spy)
+    assert gc.isenabled()
+    mpcompile.convert(models.ZOO["mlp"]())
+    assert seen == [False] and gc.isenabled()
+
+    gc.disable()  # a caller that paused it already keeps it paused
+    try:
+        with cyclic_gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_cyclic_gc_is_restored_when_conversion_fails():
+    import gc
+
+    with pytest.raises(TypeError):
+        mpcompile.convert(42)
+    assert gc.isenabled()
