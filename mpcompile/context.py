@@ -12,7 +12,7 @@ from mpcompile.op_types import NodeTyping
 from mpcompile.plan import PrecisionPlan
 from mpcompile.policy import Policy
 from mpcompile.precision import LowPrecisionFormat
-from mpcompile.ranges import ConstantRange, constant_tensor, measure
+from mpcompile.ranges import ConstantRange, SharedMaps, constant_tensor, measure
 from mpcompile.targets.base import Target
 
 
@@ -73,6 +73,8 @@ class ConversionContext:
     clampable_mask_constants: dict[int, list[ir.Node]] = dataclasses.field(default_factory=dict)
     stats: ConvertStats = dataclasses.field(default_factory=ConvertStats)
     notes: list[str] = dataclasses.field(default_factory=list)
+    # External-data files mapped once for the range scans; closed by ``close()``.
+    shared_maps: SharedMaps = dataclasses.field(default_factory=SharedMaps, repr=False)
     _graphs: list[tuple[ir.Graph, int]] | None = dataclasses.field(default=None, repr=False)
     _graphs_model: ir.Model | None = dataclasses.field(default=None, repr=False)
 
@@ -89,5 +91,11 @@ class ConversionContext:
         key = id(value)
         if key not in self.constant_ranges:
             tensor = constant_tensor(value)
-            self.constant_ranges[key] = None if tensor is None else measure(tensor, self.low)
+            self.constant_ranges[key] = (
+                None if tensor is None else measure(tensor, self.low, self.shared_maps)
+            )
         return self.constant_ranges[key]
+
+    def close(self) -> None:
+        """Release what the conversion held open (the range scans' file maps)."""
+        self.shared_maps.close()

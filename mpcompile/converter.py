@@ -250,7 +250,10 @@ def _convert_ir(
     pipeline.on_pass_start = on_pass_start
     context.stats.casts_before = count_casts(model)
     context.stats.weight_bytes_before = io.weight_bytes(model)
-    model = pipeline(model)
+    try:
+        model = pipeline(model)
+    finally:
+        context.close()
     context.stats.casts_after = count_casts(model)
     context.stats.weight_bytes_after = io.weight_bytes(model)
     context.stats.nodes_by_precision = Counter(

@@ -113,3 +113,55 @@ def test_cyclic_gc_is_restored_when_conversion_fails():
     with pytest.raises(TypeError):
         mpcompile.convert(42)
     assert gc.isenabled()
+
+
+def test_shared_maps_scan_external_weights_like_onnx_ir_loads_them(tmp_path):
+    import numpy as np
+
+    from mpcompile.precision import low_precision_format
+    from mpcompile.ranges import SharedMaps, measure
+
+    low = low_precision_format("fp16")
+    rng = np.random.default_rng(0)
+    arrays = [rng.normal(size=(64, 64)).astype(np.float32) * scale for scale in (1.0, 1e5, 1e-9)]
+    arrays[0][3, 3] = np.inf  # non-finite values are left out of max |x|, as for loaded tensors
+    data = b"".join(array.tobytes() for array in arrays)
+    (tmp_path / "weights.bin").write_bytes(data)
+    offsets = np.cumsum([0] + [array.nbytes for array in arrays])[:-1]
+
+    def external(index: int) -> ir.ExternalTensor:
+        return ir.ExternalTensor(
+            "weights.bin",
+            int(offsets[index]),
+            arrays[index].nbytes,
+            ir.DataType.FLOAT,
+            shape=ir.Shape(arrays[index].shape),
+            name=f"w{index}",
+            base_dir=str(tmp_path),
+        )
+
+    shared = SharedMaps()
+    try:
+        scanned = [measure(external(index), low, shared) for index in range(len(arrays))]
+        assert shared.scan(external(1), low) is not None  # the file is mapped after the first load
+    finally:
+        shared.close()
+    loaded = [measure(external(index), low) for index in range(len(arrays))]
+    assert scanned == loaded
+    assert loaded[1].overflowing > 0 and loaded[2].flushed_to_zero > 0
+
+
+def test_shared_maps_leave_truncated_tensors_to_onnx_ir(tmp_path):
+    from mpcompile.precision import low_precision_format
+    from mpcompile.ranges import SharedMaps
+
+    (tmp_path / "weights.bin").write_bytes(b"\0" * 64)
+    short = ir.ExternalTensor(
+        "weights.bin", 0, 400, ir.DataType.FLOAT, shape=ir.Shape([100]), name="w", base_dir=str(tmp_path)
+    )
+    shared = SharedMaps()
+    try:
+        shared.add(short)
+        assert shared.scan(short, low_precision_format("fp16")) is None
+    finally:
+        shared.close()
