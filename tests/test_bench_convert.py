@@ -49,3 +49,24 @@ def test_child_reports_errors_as_data(bench, tmp_path: Path) -> None:
     assert (
         "missing.onnx" in run.payload["error"]
     )  # the tool failed on the file, not the child on its arguments
+
+
+def test_ort_session_time_reports_one_json_line(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    import onnx
+
+    import models
+
+    path = tmp_path / "mlp.onnx"
+    onnx.save(models.ZOO["mlp"](), path)
+    script = Path(__file__).resolve().parents[1] / "tools" / "bench" / "ort_session_time.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(path), "none"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["level"] == "none" and report["finite"] is True
+    assert report["session_s"] >= 0 and report["run_s"] >= 0
