@@ -91,19 +91,36 @@ PASS_THROUGH: frozenset[tuple[str, str]] = frozenset(
     }
 )  # fmt: skip
 
-BLOCK: frozenset[tuple[str, str]] = frozenset(
+# BLOCK ops whose risk one FP32 reference run can measure: ``--auto`` (``measured_ops``) treats them
+# as FOLLOW ops, and its range rules (mpcompile/auto/range_rules.py) and accuracy search keep them
+# FP32 where the measured values call for it. The rest of BLOCK stays blocked under --auto:
+# index/coordinate ops (a rounded index is a wrong element), random generators, signal ops, losses,
+# Det (cancellation in a long product-sum that a range does not show) and scatter reductions.
+MEASURABLE: frozenset[tuple[str, str]] = frozenset(
     {
         (ONNX, op)
         for op in (
-            # exponentials and powers overflow FP16 (max 65504) quickly
+            # exponentials and powers overflow FP16 (max 65504) quickly; under --auto the
+            # magnitudes of their inputs and outputs (overflow headroom, flush-to-zero mass) are measured
             "Exp", "Pow", "Log", "Softplus", "LogSoftmax", "Reciprocal", "Tan", "Cosh", "Sinh",
             "Acos", "Asin", "Atan", "Acosh", "Asinh", "Atanh",
             # long accumulations: the sum of many FP16 values loses precision or overflows.
             # ORT's CUDA reductions accumulate in FP32 but write the FP16 result, which for
             # ReduceSum of large tensors still overflows; autocast and TF-AMP block them too.
+            # Under --auto the depth follows from the measured shapes, the size of the sum (or
+            # its hidden accumulator: sum of squares, sum of exp) from the values.
             "ReduceSum", "ReduceMean", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
             "ReduceLogSumExp", "ReduceSumSquare", "CumSum", "LpNormalization", "LpPool", "LRN",
-            "MeanVarianceNormalization", "Det",
+            "MeanVarianceNormalization",
+        )
+    }
+)  # fmt: skip
+
+BLOCK: frozenset[tuple[str, str]] = MEASURABLE | frozenset(
+    {
+        (ONNX, op)
+        for op in (
+            "Det",
             # losses
             "SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss",
             # values used as indices, coordinates or boxes
@@ -117,29 +134,6 @@ BLOCK: frozenset[tuple[str, str]] = frozenset(
         )
     }
 )  # fmt: skip
-
-# BLOCK ops whose risk one FP32 reference run can measure: ``--auto`` (``measured_ops``) treats them
-# as FOLLOW ops, and its range rules (mpcompile/auto/range_rules.py) and accuracy search keep them
-# FP32 where the measured values call for it. Everything else in BLOCK stays blocked under --auto:
-# index/coordinate ops (a rounded index is a wrong element), random generators, signal ops, losses,
-# Det (cancellation in a long product-sum that a range does not show) and scatter reductions.
-MEASURABLE: frozenset[tuple[str, str]] = frozenset(
-    {
-        (ONNX, op)
-        for op in (
-            # overflow-prone element-wise ops: their risk is the magnitude of their inputs and
-            # outputs (overflow headroom, flush-to-zero mass), which the reference run measures
-            "Exp", "Pow", "Log", "Softplus", "LogSoftmax", "Reciprocal", "Tan", "Cosh", "Sinh",
-            "Acos", "Asin", "Atan", "Acosh", "Asinh", "Atanh",
-            # long accumulations: the reduction depth follows from the measured shapes, the size
-            # of the sum (or its hidden accumulator: sum of squares, sum of exp) from the values
-            "ReduceSum", "ReduceMean", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
-            "ReduceLogSumExp", "ReduceSumSquare", "CumSum", "LpNormalization", "LpPool", "LRN",
-            "MeanVarianceNormalization",
-        )
-    }
-)  # fmt: skip
-assert MEASURABLE <= BLOCK
 
 # Pass-through ops that accumulate when an attribute asks them to: with these attribute
 # values they are blocked (a scatter with reduction="add" sums in the output's type).
