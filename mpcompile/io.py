@@ -92,12 +92,15 @@ def _with_inferred_types(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]
     if proto.ByteSize() >= TWO_GIB:
         return proto, False
     try:
-        inferred = onnx.shape_inference.infer_shapes(
-            proto, check_type=True, strict_mode=True, data_prop=False
-        )
+        inferred = infer_shapes(proto)
     except Exception:  # any failure leaves the model to InferTypesPass
         return proto, False
     return inferred, True
+
+
+def infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """onnx shape inference as every conversion runs it: strict, type-checked, no data propagation."""
+    return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=False)
 
 
 def _save_embedded(model: ir.Model, path: str) -> None:

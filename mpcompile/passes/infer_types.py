@@ -10,7 +10,7 @@ import onnx_ir.passes.common
 
 from mpcompile import op_types
 from mpcompile.graphs import TYPED_FUNCTION_KEY, ai_onnx_opset, model_graphs
-from mpcompile.io import TYPES_INFERRED_KEY
+from mpcompile.io import TYPES_INFERRED_KEY, infer_shapes
 from mpcompile.passes.base import ConversionPass
 from mpcompile.values import set_dtype
 
@@ -57,11 +57,8 @@ def _infer_shapes(model: ir.Model) -> bool:
     without a type (or with a type of another kind) takes the inferred type whole.
     """
 
-    def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
-        return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=False)
-
     try:
-        inferred_proto = _call_without_weights(infer, model)
+        inferred_proto = _call_without_weights(infer_shapes, model)
     except Exception as exc:  # as ShapeInferencePass: leave the model as it is
         logger.warning("shape inference failed: %s; values stay untyped", exc)
         return False
