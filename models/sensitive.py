@@ -35,6 +35,26 @@ def _mlp_head(g: GraphBuilder, x, features: int, scope: str):
         return g.op("Relu", [h])
 
 
+def _readout(g: GraphBuilder, x, features: int, outputs: int, scope: str):
+    """The final projection to ``outputs`` values (kept FP16 by every planted model)."""
+    with g.scope(scope):
+        return g.op("MatMul", [x, g.weight("weight", [features, outputs], scale=features**-0.5)])
+
+
+def _cancellation(g: GraphBuilder, h, offset: float | np.ndarray, prefix: str = "", suffix: str = ""):
+    """``(h + offset) - offset``, planted as ``planted/<prefix>Offset<suffix>`` and
+    ``planted/<prefix>Unoffset<suffix>``: exact in FP32, FP16 keeps only the bits of ``h`` that fit
+    beside ``offset``."""
+    const = f"{prefix.lower()}_" if prefix else ""
+    value = _f32(offset)
+    shifted = g.op(
+        "Add", [h, g.const(f"{const}offset{suffix}", value)], name=f"planted/{prefix}Offset{suffix}"
+    )
+    return g.op(
+        "Sub", [shifted, g.const(f"{const}unoffset{suffix}", value)], name=f"planted/{prefix}Unoffset{suffix}"
+    )
+
+
 def pow_exp_chain(features: int = 32, opset: int = 17) -> onnx.ModelProto:
     """MLP with a Pow/Exp chain whose activations exceed FP16 range: ``Exp(Pow(20·h, 3) · 1e-4)``
     reaches ~1e5 at Pow and ~6e4 at Exp."""
@@ -46,8 +66,7 @@ def pow_exp_chain(features: int = 32, opset: int = 17) -> onnx.ModelProto:
     q = g.op("Mul", [p, g.const("shrink", _f32(1e-4))], name="planted/Shrink")
     e = g.op("Exp", [q], name="planted/Exp")
     r = g.op("Mul", [e, g.const("rescale", _f32(1e-4))], name="planted/Rescale")
-    with g.scope("fc2"):
-        y = g.op("MatMul", [r, g.weight("weight", [features, 8], scale=features**-0.5)])
+    y = _readout(g, r, features, 8, "fc2")
     g.output(y, FLOAT, [2, 8], "y")
     return g.model(opset, doc="sensitive: Pow/Exp chain with activations beyond FP16 range")
 
@@ -68,8 +87,7 @@ def layernorm_huge_variance(features: int = 32, opset: int = 17) -> onnx.ModelPr
         {"axis": -1, "epsilon": 1e-5},
         name="planted/LayerNorm",
     )
-    with g.scope("fc2"):
-        y = g.op("MatMul", [normed, g.weight("weight", [features, 8], scale=features**-0.5)])
+    y = _readout(g, normed, features, 8, "fc2")
     g.output(y, FLOAT, [2, 8], "y")
     return g.model(opset, doc="sensitive: LayerNormalization of a huge-variance input")
 
@@ -103,8 +121,7 @@ def long_reduction(features: int = 32, length: int = 20000, opset: int = 17) -> 
         {"keepdims": 1},
         name="planted/ReduceSum",
     )
-    with g.scope("fc2"):
-        y = g.op("MatMul", [h, g.weight("weight", [features, 8], scale=features**-0.5)])
+    y = _readout(g, h, features, 8, "fc2")
     y = g.op("Add", [y, g.op("Mul", [total, g.const("norm", _f32(1e-3))], name="Normalize")], name="Combine")
     g.output(y, FLOAT, [1, 8], "y")
     return g.model(opset, doc="sensitive: ReduceSum over a long axis")
@@ -118,8 +135,7 @@ def matmul_overflow(features: int = 32, opset: int = 17) -> onnx.ModelProto:
     a = g.op("Mul", [h, g.const("amplify", _f32(1e4))], name="Amplify")
     m = g.op("MatMul", [a, g.weight("mix", [features, features], scale=1.0)], name="planted/Mix")
     s = g.op("Mul", [m, g.const("attenuate", _f32(1e-4))], name="planted/Attenuate")
-    with g.scope("fc2"):
-        y = g.op("MatMul", [s, g.weight("weight", [features, 8], scale=features**-0.5)])
+    y = _readout(g, s, features, 8, "fc2")
     g.output(y, FLOAT, [2, 8], "y")
     return g.model(opset, doc="sensitive: MatMul/Mul chain beyond FP16 range")
 
@@ -130,11 +146,9 @@ def cancellation(features: int = 32, offset: float = 1000.0, opset: int = 17) ->
     g = GraphBuilder("cancellation")
     x = g.input("x", FLOAT, [2, features])
     h = _mlp_head(g, x, features, "fc1")
-    shifted = g.op("Add", [h, g.const("offset", _f32(offset))], name="planted/Offset")
-    back = g.op("Sub", [shifted, g.const("unoffset", _f32(offset))], name="planted/Unoffset")
+    back = _cancellation(g, h, offset)
     h2 = _mlp_head(g, back, features, "fc2")
-    with g.scope("fc3"):
-        y = g.op("MatMul", [h2, g.weight("weight", [features, 8], scale=features**-0.5)])
+    y = _readout(g, h2, features, 8, "fc3")
     g.output(y, FLOAT, [2, 8], "y")
     return g.model(opset, doc="sensitive: catastrophic cancellation (only measurable)")
 
@@ -149,18 +163,13 @@ def two_regions(
     x = g.input("x", FLOAT, [2, features])
     h = _mlp_head(g, x, features, "fc1")
     if first_offset is not None:
-        shifted = g.op("Add", [h, g.const("first_offset", _f32(first_offset))], name="planted/FirstOffset")
-        h = g.op(
-            "Sub", [shifted, g.const("first_unoffset", _f32(first_offset))], name="planted/FirstUnoffset"
-        )
+        h = _cancellation(g, h, first_offset, prefix="First")
     h = g.op("Tanh", [_mlp_head(g, h, features, "fc2")], name="Squash")
     h = g.op("Exp", [h], name="Exp")
     h = _mlp_head(g, h, features, "fc3")
-    shifted = g.op("Add", [h, g.const("offset", _f32(offset))], name="planted/Offset")
-    back = g.op("Sub", [shifted, g.const("unoffset", _f32(offset))], name="planted/Unoffset")
+    back = _cancellation(g, h, offset)
     h = _mlp_head(g, back, features, "fc4")
-    with g.scope("fc5"):
-        y = g.op("MatMul", [h, g.weight("weight", [features, 8], scale=features**-0.5)])
+    y = _readout(g, h, features, 8, "fc5")
     g.output(y, FLOAT, [2, 8], "y")
     return g.model(opset, doc="sensitive: two FP16 regions, a cancellation in the second")
 
@@ -179,20 +188,10 @@ def many_culprits(
             h = g.op("Exp", [g.op("Tanh", [h], name=f"Squash_{region}")], name=f"Exp_{region}")
         for index in range(per_region):
             h = _mlp_head(g, h, features, f"r{region}/fc{index}")
-            offset = _f32(1000.0 + 250.0 * (region * per_region + index))
-            shifted = g.op(
-                "Add",
-                [h, g.const(f"offset_{region}_{index}", offset)],
-                name=f"planted/Offset_{region}_{index}",
-            )
-            h = g.op(
-                "Sub",
-                [shifted, g.const(f"unoffset_{region}_{index}", offset)],
-                name=f"planted/Unoffset_{region}_{index}",
-            )
+            offset = 1000.0 + 250.0 * (region * per_region + index)
+            h = _cancellation(g, h, offset, suffix=f"_{region}_{index}")
         h = _mlp_head(g, h, features, f"r{region}/out")
-    with g.scope("head"):
-        y = g.op("MatMul", [h, g.weight("weight", [features, 4], scale=features**-0.5)])
+    y = _readout(g, h, features, 4, "head")
     g.output(y, FLOAT, [2, 4], "y")
     return g.model(opset, doc="sensitive: many cancellations over several FP16 regions")
 
@@ -212,14 +211,12 @@ def deep_mixed(
     for layer in range(layers):
         h = _mlp_head(g, h, features, f"layer{layer}")
         if layer == cancel_after:
-            shifted = g.op("Add", [h, g.const("offset", _f32(1000.0))], name="planted/Offset")
-            h = g.op("Sub", [shifted, g.const("unoffset", _f32(1000.0))], name="planted/Unoffset")
+            h = _cancellation(g, h, 1000.0)
         if layer == overflow_after:
             a = g.op("Mul", [h, g.const("amplify", _f32(2e4))], name="Amplify")
             m = g.op("MatMul", [a, g.weight("mix", [features, features], scale=3.0)], name="planted/Mix")
             h = g.op("Mul", [m, g.const("attenuate", _f32(1e-4))], name="planted/Attenuate")
-    with g.scope("head"):
-        y = g.op("MatMul", [h, g.weight("weight", [features, 10], scale=features**-0.5)])
+    y = _readout(g, h, features, 10, "head")
     g.output(y, FLOAT, [4, 10], "y")
     return g.model(opset, doc="sensitive: deep MLP with a cancellation and an overflow chain")
 
