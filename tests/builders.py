@@ -79,3 +79,18 @@ def initializer(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
         if tensor.name == name:
             return tensor
     raise KeyError(name)
+
+
+def decisions_by_name(model) -> dict[str, tuple[str, str, str]]:
+    """(precision, reason, rule) stamped on each node of the main graph, Casts mpcompile added left
+    out; ``model`` is an ``onnx.ModelProto`` or an ``onnx_ir.Model``."""
+    import onnx_ir as ir
+
+    from mpcompile.plan import read_decision
+
+    graph = (ir.from_proto(model) if isinstance(model, onnx.ModelProto) else model).graph
+    return {
+        node.name: (d.precision.value, d.reason, d.rule)
+        for node in graph
+        if (d := read_decision(node)) is not None and d.reason != "cast"
+    }

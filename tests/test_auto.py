@@ -20,7 +20,7 @@ from mpcompile.auto import AUTO_RANGE, AUTO_SENSITIVITY, TRACE_KEY, RangeRules, 
 from mpcompile.auto.trace import TRACE_COLUMNS, trace_rows
 from mpcompile.evaluate import faithful
 from mpcompile.inputs import cast_feeds, generate_inputs
-from mpcompile.plan import read_decision
+from tests.builders import decisions_by_name
 
 RTOL = ATOL = 1e-2  # the default FP16 tolerance of --auto
 COMPUTE_OPS = {"MatMul", "Gemm", "Conv"}
@@ -29,13 +29,8 @@ COMPUTE_OPS = {"MatMul", "Gemm", "Conv"}
 SEARCH_ONLY = RangeRules(cancellation_share=math.inf)
 
 
-def _decisions(model: onnx.ModelProto) -> dict[str, tuple[str, str, str]]:
-    graph = ir.from_proto(model).graph
-    return {
-        node.name: (d.precision.value, d.reason, d.rule)
-        for node in graph
-        if (d := read_decision(node)) is not None and d.reason != "cast"
-    }
+def _kept_by_auto(decisions: dict[str, tuple[str, str, str]]) -> set[str]:
+    return {node for node, (_, reason, _) in decisions.items() if reason.startswith("auto:")}
 
 
 def _assert_within_tolerance(original: onnx.ModelProto, converted: onnx.ModelProto) -> None:
@@ -78,8 +73,8 @@ SENSITIVITY_CASES = [name for name, planted in PLANTED.items() if planted.found_
 def test_range_rules_find_planted_nodes(results, name):
     result = results(name)
     planted = PLANTED[name].nodes
-    decisions = _decisions(result.model)
-    by_auto = {node for node, (_, reason, _) in decisions.items() if reason.startswith("auto:")}
+    decisions = decisions_by_name(result.model)
+    by_auto = _kept_by_auto(decisions)
     print(f"{name}: kept FP32 by --auto {sorted(by_auto)}; evaluations {result.evaluations}")
     assert by_auto == planted
     assert all(decisions[node][:2] == ("fp32", AUTO_RANGE) for node in planted)
@@ -91,8 +86,8 @@ def test_range_rules_find_planted_nodes(results, name):
 def test_search_finds_planted_nodes(results, name):
     result = results(name, SEARCH_ONLY)
     planted = PLANTED[name].nodes
-    decisions = _decisions(result.model)
-    by_auto = {node for node, (_, reason, _) in decisions.items() if reason.startswith("auto:")}
+    decisions = decisions_by_name(result.model)
+    by_auto = _kept_by_auto(decisions)
     print(f"{name}: kept FP32 by --auto {sorted(by_auto)}; evaluations {result.evaluations}")
     assert by_auto == planted
     assert all(decisions[node][:2] == ("fp32", AUTO_SENSITIVITY) for node in planted)
@@ -106,8 +101,8 @@ def test_cancellation_rule_predicts_planted_cancellations(results, name):
     the first candidate already passes: two evaluations."""
     result = results(name)
     planted = PLANTED[name].nodes
-    decisions = _decisions(result.model)
-    by_auto = {node for node, (_, reason, _) in decisions.items() if reason.startswith("auto:")}
+    decisions = decisions_by_name(result.model)
+    by_auto = _kept_by_auto(decisions)
     print(f"{name}: {result.range_blocked}")
     assert by_auto == planted and set(result.range_blocked) == planted
     assert all(decisions[node][:2] == ("fp32", AUTO_RANGE) for node in planted)
@@ -127,7 +122,7 @@ def test_mixed_model_gets_both_reasons(results):
 @pytest.mark.parametrize("name", list(PLANTED))
 def test_everything_else_stays_fp16_and_tolerance_holds(results, name):
     result = results(name)
-    decisions = _decisions(result.model)
+    decisions = decisions_by_name(result.model)
     planted = PLANTED[name].nodes
     compute = {node.name for node in SENSITIVE[name]().graph.node if node.op_type in COMPUTE_OPS}
     fp32_compute = {node for node in compute - planted if decisions[node][0] != "fp16"}
@@ -206,7 +201,7 @@ def test_metric_criterion_and_ir_model_in_ir_model_out():
     result = auto_convert(model, metric="cosine:0.99999")
     assert isinstance(result.model, ir.Model)
     assert result.passed and result.error <= 1e-5
-    assert {n for n, (_, r, _) in _decisions(ir.to_proto(result.model)).items() if r.startswith("auto:")} == {
+    assert _kept_by_auto(decisions_by_name(result.model)) == {
         "planted/Offset",
         "planted/Unoffset",
     }
@@ -231,6 +226,6 @@ def test_user_inputs_and_block_nodes_are_respected(tmp_path):
     feeds = generate_inputs(ir.from_proto(proto), seed=3)[0]
     np.savez(tmp_path / "inputs.npz", **feeds)
     result = auto_convert(proto, inputs=tmp_path / "inputs.npz", block_nodes=["fc2/MatMul_1"])
-    decisions = _decisions(result.model)
+    decisions = decisions_by_name(result.model)
     assert decisions["fc2/MatMul_1"][1] == "user-block-node"
     assert result.inputs.endswith("inputs.npz") and result.passed

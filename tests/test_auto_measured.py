@@ -26,10 +26,9 @@ from mpcompile.commands.auto_options import auto_options, auto_settings, run_aut
 from mpcompile.errors import PolicyError
 from mpcompile.evaluate import faithful
 from mpcompile.inputs import cast_feeds, generate_inputs
-from mpcompile.plan import read_decision
 from mpcompile.policy import OpClass, Policy, op_classes
 from mpcompile.policy.policy import ClassifiedOp
-from tests.builders import constant, make_model, value_info, weight
+from tests.builders import constant, decisions_by_name, make_model, value_info, weight
 
 RTOL = ATOL = 1e-2
 
@@ -60,15 +59,6 @@ def _sandwich(
             *extra,
         ],
     )
-
-
-def _decisions(model) -> dict[str, tuple[str, str, str]]:
-    graph = (ir.from_proto(model) if isinstance(model, onnx.ModelProto) else model).graph
-    return {
-        node.name: (d.precision.value, d.reason, d.rule)
-        for node in graph
-        if (d := read_decision(node)) is not None and d.reason != "cast"
-    }
 
 
 def _worst_ratio(original: onnx.ModelProto, converted: onnx.ModelProto) -> float:
@@ -103,7 +93,7 @@ RELAXED_SAFE = {"exp": "Exp", "sum": "ReduceSum", "l2": "LpNormalization"}
 def test_measured_ops_go_fp16_when_the_reference_run_shows_them_safe():
     model = _softmax_l2_model()
     result = auto_convert(model)
-    decisions = _decisions(result.model)
+    decisions = decisions_by_name(result.model)
     print({name: decisions[name] for name in RELAXED_SAFE})
     for name, op in RELAXED_SAFE.items():
         assert decisions[name] == ("fp16", "follow", f"auto.measured[{op}]")
@@ -118,7 +108,7 @@ def test_static_blocks_keep_the_core_block_list():
     model = _softmax_l2_model()
     measured = auto_convert(model)
     static = auto_convert(model, static_blocks=True)
-    decisions = _decisions(static.model)
+    decisions = decisions_by_name(static.model)
     for name, op in RELAXED_SAFE.items():
         assert decisions[name] == ("fp32", "block", f"policy.block[{op}]")
     assert read_trace(static.model)["measured_ops"] == []
@@ -147,7 +137,7 @@ def test_overflowing_measured_op_is_kept_fp32_by_the_overflow_rule(op, offset, a
         ),
     )
     result = auto_convert(model)
-    decisions = _decisions(result.model)
+    decisions = decisions_by_name(result.model)
     print(result.range_blocked)
     assert decisions["risky"][:2] == ("fp32", AUTO_RANGE)
     assert "'big' reaches max |x|" in result.range_blocked["risky"]
@@ -155,7 +145,7 @@ def test_overflowing_measured_op_is_kept_fp32_by_the_overflow_rule(op, offset, a
     assert result.passed and _worst_ratio(model, result.model) <= 1.0
     # The same op forced to FP16 without measuring overflows: the rule is what keeps it correct.
     forced = mpcompile.convert(model, allow_ops=[op]).model
-    assert _decisions(forced)["risky"][0] == "fp16"
+    assert decisions_by_name(forced)["risky"][0] == "fp16"
     assert _worst_ratio(model, forced) > 1.0
 
 
@@ -187,7 +177,7 @@ def test_reduction_over_a_long_axis_is_kept_fp32_by_the_depth_rule(op, node, out
         ),
     )
     result = auto_convert(model)
-    decisions = _decisions(result.model)
+    decisions = decisions_by_name(result.model)
     print(op, result.range_blocked)
     assert decisions["deep"][:2] == ("fp32", AUTO_RANGE)
     assert result.range_blocked["deep"] == f"reduces {LONG} elements per output (> 16384)"
@@ -206,20 +196,20 @@ def test_hidden_sum_of_squares_is_kept_fp32_by_the_accumulator_rule():
     )
     result = auto_convert(model)
     print(result.range_blocked)
-    assert _decisions(result.model)["norm"][:2] == ("fp32", AUTO_RANGE)
+    assert decisions_by_name(result.model)["norm"][:2] == ("fp32", AUTO_RANGE)
     assert result.range_blocked["norm"].startswith("accumulates the sum of squares reaching")
     assert result.passed and _worst_ratio(model, result.model) <= 1.0
 
 
 def test_user_choices_win_over_measurement(tmp_path):
     model = _softmax_l2_model()
-    blocked_op = _decisions(auto_convert(model, block_ops=["Exp"]).model)["exp"]
+    blocked_op = decisions_by_name(auto_convert(model, block_ops=["Exp"]).model)["exp"]
     assert blocked_op == ("fp32", "user-block-op", "user.block_ops[Exp]")
     policy = tmp_path / "policy.toml"
     policy.write_text('block_ops = ["ReduceSum"]\n')
-    from_file = _decisions(auto_convert(model, policy=policy).model)["sum"]
+    from_file = decisions_by_name(auto_convert(model, policy=policy).model)["sum"]
     assert from_file == ("fp32", "user-block-op", "user.block_ops[ReduceSum]")
-    blocked_node = _decisions(auto_convert(model, block_nodes=["l2"]).model)["l2"]
+    blocked_node = decisions_by_name(auto_convert(model, block_nodes=["l2"]).model)["l2"]
     assert blocked_node[:2] == ("fp32", "user-block-node")
 
 
@@ -240,7 +230,7 @@ def test_only_measurable_ops_are_relaxed():
     with pytest.raises(PolicyError, match="TopK not measurable"):
         Policy.from_options(measured_ops=["TopK"])
     # the plain conversion keeps the static list
-    assert _decisions(mpcompile.convert(_softmax_l2_model()).model)["exp"][1] == "block"
+    assert decisions_by_name(mpcompile.convert(_softmax_l2_model()).model)["exp"][1] == "block"
 
 
 def test_scatter_reductions_stay_blocked_under_auto():
@@ -253,7 +243,7 @@ def test_scatter_reductions_stay_blocked_under_auto():
         extra=(constant("idx", np.zeros((4, 8), np.int64)),),
     )
     result = auto_convert(model)
-    assert _decisions(result.model)["scatter"][:2] == ("fp32", "block")
+    assert decisions_by_name(result.model)["scatter"][:2] == ("fp32", "block")
 
 
 @click.command("convert")
@@ -279,10 +269,12 @@ def test_keep_static_blocks_option(tmp_path):
     )
     assert result.exit_code == 0, result.output
     saved = onnx.load(out)
-    assert _decisions(saved)["exp"][:2] == ("fp32", "block") and read_trace(saved)["measured_ops"] == []
+    assert (
+        decisions_by_name(saved)["exp"][:2] == ("fp32", "block") and read_trace(saved)["measured_ops"] == []
+    )
     default = CliRunner().invoke(convert_stand_in, [str(path), "-o", str(out), "--auto"])
     assert default.exit_code == 0, default.output
-    assert _decisions(onnx.load(out))["exp"] == ("fp16", "follow", "auto.measured[Exp]")
+    assert decisions_by_name(onnx.load(out))["exp"] == ("fp16", "follow", "auto.measured[Exp]")
 
 
 def _one_node(node: onnx.NodeProto, x: np.ndarray):
