@@ -10,6 +10,7 @@ import click
 
 from mpcompile.choices import DEFAULT_TARGET, OPTIMIZE_LEVELS, PRECISIONS, TARGET_NAMES
 from mpcompile.commands.auto_options import auto_options, auto_settings, run_auto_from_cli
+from mpcompile.commands.conversion_options import node_selection_options, precision_option, target_option
 
 
 def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Path:
@@ -25,20 +26,8 @@ def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Pat
     type=click.Path(path_type=pathlib.Path),
     help="Output path [default: MODEL.<precision>.onnx].",
 )
-@click.option(
-    "--precision",
-    type=click.Choice(PRECISIONS),
-    default="fp16",
-    show_default=True,
-    help="Low-precision type.",
-)
-@click.option(
-    "--target",
-    type=click.Choice(TARGET_NAMES),
-    default=DEFAULT_TARGET,
-    show_default=True,
-    help="Execution target: a node goes low precision only where the target has a kernel for it.",
-)
+@precision_option(PRECISIONS, help="Low-precision type.")
+@target_option(DEFAULT_TARGET, choices=TARGET_NAMES)
 @click.option(
     "--optimize",
     type=click.Choice(OPTIMIZE_LEVELS),
@@ -50,18 +39,7 @@ def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Pat
     show_default=True,
     help="Keep FP32 graph inputs/outputs.",
 )
-@click.option(
-    "--allow-op",
-    "allow_ops",
-    multiple=True,
-    metavar="OP",
-    help="Run OP in low precision (OpType or domain::OpType).",
-)
-@click.option("--block-op", "block_ops", multiple=True, metavar="OP", help="Keep OP in FP32.")
-@click.option(
-    "--block-node", "block_nodes", multiple=True, metavar="NAME|REGEX", help="Keep matching nodes in FP32."
-)
-@click.option("--policy", type=click.Path(dir_okay=False, path_type=pathlib.Path), help="TOML policy file.")
+@node_selection_options
 @click.option("--allow-qdq", is_flag=True, help="Convert the float parts of a QDQ-quantized model.")
 @click.option(
     "--training",

@@ -7,6 +7,8 @@ import pathlib
 
 import click
 
+from mpcompile.commands.conversion_options import node_selection_options, precision_option, target_option
+
 
 @click.command("train-artifacts")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=pathlib.Path))
@@ -33,22 +35,9 @@ import click
     show_default=True,
 )
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
-@click.option(
-    "--precision",
-    type=click.Choice(["fp16", "bf16", "fp32"]),
-    default="fp16",
-    show_default=True,
-    help="fp32: plain ORT artifacts, no conversion.",
-)
-@click.option(
-    "--target", default="any", show_default=True, help="Execution target whose kernels limit precision."
-)
-@click.option("--block-op", "block_ops", multiple=True, metavar="OP", help="Keep OP in FP32.")
-@click.option("--allow-op", "allow_ops", multiple=True, metavar="OP", help="Run OP in low precision.")
-@click.option(
-    "--block-node", "block_nodes", multiple=True, metavar="NAME|REGEX", help="Keep matching nodes in FP32."
-)
-@click.option("--policy", type=click.Path(dir_okay=False, path_type=pathlib.Path), help="TOML policy file.")
+@precision_option(["fp16", "bf16", "fp32"], help="fp32: plain ORT artifacts, no conversion.")
+@target_option("any", choices=None)
+@node_selection_options
 @click.option("--no-loss-scaling", is_flag=True, help="Do not add the loss_scale input / all_finite output.")
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -61,8 +50,8 @@ def train_artifacts_command(
     optimizer: str,
     precision: str,
     target: str,
-    block_ops: tuple[str, ...],
     allow_ops: tuple[str, ...],
+    block_ops: tuple[str, ...],
     block_nodes: tuple[str, ...],
     policy: pathlib.Path | None,
     no_loss_scaling: bool,
