@@ -123,6 +123,11 @@ def cnn_task(seed=3):
 MODELS = {"mlp": (mlp_with_layer_norm, mlp_task), "cnn": (small_cnn, cnn_task)}
 
 
+def train_artifacts_cli(model: pathlib.Path, output_dir: pathlib.Path, *options: str) -> int:
+    """Exit code of ``mpcompile train-artifacts MODEL -o OUTPUT_DIR OPTIONS...``."""
+    return main(["train-artifacts", str(model), "-o", str(output_dir), *options])
+
+
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory) -> dict[tuple[str, str], pathlib.Path]:
     """For each model: FP32 artifacts, `convert --training` of them, and `train-artifacts` output."""
@@ -137,9 +142,7 @@ def artifacts(tmp_path_factory) -> dict[tuple[str, str], pathlib.Path]:
         folders[name, "converted"] = root / f"{name}_converted"
         convert_artifacts(folders[name, "fp32"], folders[name, "converted"])
         folders[name, "train_artifacts"] = root / f"{name}_mixed"
-        code = main(
-            ["train-artifacts", str(model_path), "-o", str(folders[name, "train_artifacts"]), "--json"]
-        )
+        code = train_artifacts_cli(model_path, folders[name, "train_artifacts"], "--json")
         assert code == 0
     return folders
 
@@ -466,18 +469,7 @@ def test_loss_subgraph_stays_fp32_for_other_losses(tmp_path, loss):
     """MSELoss/BCEWithLogitsLoss are built from follow ops (Sub, Pow, Sigmoid, ...): still FP32."""
     onnx.save(mlp_with_layer_norm(), tmp_path / "m.onnx")
     assert (
-        main(
-            [
-                "train-artifacts",
-                str(tmp_path / "m.onnx"),
-                "-o",
-                str(tmp_path / "fp32"),
-                "--loss",
-                loss,
-                "--precision",
-                "fp32",
-            ]
-        )
+        train_artifacts_cli(tmp_path / "m.onnx", tmp_path / "fp32", "--loss", loss, "--precision", "fp32")
         == 0
     )
     convert_artifacts(tmp_path / "fp32", tmp_path / "mixed")
@@ -496,17 +488,5 @@ def test_loss_subgraph_stays_fp32_for_other_losses(tmp_path, loss):
 
 def test_train_artifacts_refuses_bad_input(tmp_path):
     onnx.save(mlp_with_layer_norm(), tmp_path / "m.onnx")
-    assert (
-        main(
-            [
-                "train-artifacts",
-                str(tmp_path / "m.onnx"),
-                "-o",
-                str(tmp_path / "a"),
-                "--requires-grad",
-                "nope",
-            ]
-        )
-        == 16
-    )
-    assert main(["train-artifacts", str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "b")]) == 3
+    assert train_artifacts_cli(tmp_path / "m.onnx", tmp_path / "a", "--requires-grad", "nope") == 16
+    assert train_artifacts_cli(tmp_path / "missing.onnx", tmp_path / "b") == 3
