@@ -73,10 +73,10 @@ def run_reference(
 class FaithfulSession:
     """A reusable FP16-faithful CPU evaluation of one model (built once, run on many feeds)."""
 
-    def __init__(self, model: ModelLike, *, intermediates: Intermediates = False):
+    def __init__(self, model: ModelLike, *, intermediates: Intermediates = False, prepack: bool = True):
         evaluation, self.declared = build_faithful_model(model, intermediates=intermediates)
         self._session = make_session(
-            serialize_for_session(evaluation), ["CPUExecutionProvider"], optimize=False
+            serialize_for_session(evaluation), ["CPUExecutionProvider"], optimize=False, prepack=prepack
         )
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -86,12 +86,12 @@ class FaithfulSession:
 class ReferenceSession:
     """A reusable CPU evaluation of a model as it is, graph optimizations off."""
 
-    def __init__(self, model: ModelLike, *, intermediates: Intermediates = False):
-        reference = _prepared_copy(model)
+    def __init__(self, model: ModelLike, *, intermediates: Intermediates = False, prepack: bool = True):
+        reference = prepared_copy(model)
         self.declared = {value.name: value.dtype for value in reference.graph.outputs}
         self.declared.update(_expose_intermediates(reference, intermediates))
         self._session = make_session(
-            serialize_for_session(reference), ["CPUExecutionProvider"], optimize=False
+            serialize_for_session(reference), ["CPUExecutionProvider"], optimize=False, prepack=prepack
         )
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -106,7 +106,7 @@ def build_faithful_model(
     The returned dict maps every output name of the evaluation model (graph outputs and exposed
     intermediates) to the dtype the original model declares for it.
     """
-    evaluation = _prepared_copy(model)
+    evaluation = prepared_copy(model)
     declared = {value.name: value.dtype for value in evaluation.graph.outputs}
     low_values = _mark_low_precision_outputs(evaluation)
     exposed = _expose_intermediates(evaluation, intermediates)
@@ -131,7 +131,7 @@ def check_faithful_model(model: ir.Model) -> None:
                     )
 
 
-def _prepared_copy(model: ModelLike) -> ir.Model:
+def prepared_copy(model: ModelLike) -> ir.Model:
     """A private copy with local functions inlined and types inferred."""
     copy = to_ir_model(model, copy=True)
     ir.external_data.load_to_model(copy)
@@ -293,12 +293,12 @@ def _run_session(
     names = [output.name for output in session.get_outputs()]
     results = session.run(names, session_feeds)
     return {
-        name: _as_declared(result, declared.get(name)) for name, result in zip(names, results, strict=True)
+        name: as_declared(result, declared.get(name)) for name, result in zip(names, results, strict=True)
     }
 
 
-def _as_declared(array: np.ndarray, dtype: ir.DataType | None) -> np.ndarray:
-    # Values were rounded to ``dtype`` already, so narrowing them again is exact.
+def as_declared(array: np.ndarray, dtype: ir.DataType | None) -> np.ndarray:
+    """An FP32 result as the model declares it (FP16/BF16 values were rounded already: exact)."""
     numpy_dtype = _NUMPY_DTYPES.get(dtype) if dtype is not None else None
     if numpy_dtype is not None and isinstance(array, np.ndarray) and array.dtype == np.float32:
         return array.astype(numpy_dtype)

@@ -52,9 +52,13 @@ def make_session(
     providers: list[Any],
     *,
     optimize: bool = True,
+    prepack: bool = True,
     log_severity: int = 3,
 ) -> Any:
     """An ``InferenceSession``; ``optimize=False`` disables every graph optimization.
+
+    ``prepack=False`` stops kernels from repacking constant weights (MatMul, Gemm, Conv), so a
+    weight computes the same whether it is an initializer or fed as an input.
 
     A model onnxruntime refuses raises ``InvalidModelError`` (one line).
     """
@@ -63,6 +67,8 @@ def make_session(
     options.log_severity_level = log_severity
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     try:
         return ort.InferenceSession(model, options, providers=providers)
     except Exception as exc:

@@ -1,0 +1,348 @@
+"""One ONNX Runtime session that evaluates every candidate of the search: the switchboard.
+
+A candidate's FP16-faithful run (``mpcompile.evaluate.faithful``) computes every node in FP32
+and rounds what the converted model stores in low precision. Which values those are is all that
+differs between candidates, so one FP32 model with a switch at every place a rounding can
+happen evaluates them all, and each search step costs a run instead of a session build:
+
+* every float node output (and graph input) ``v`` is *stored* as ``Where(store, fl(v), v)``:
+  the converted model keeps it in FP16/BF16, so every reader sees it rounded;
+* every float input slot of a node (and every graph output) *reads*
+  ``Where(read, fl(v), stored v)``: the converted model hands this reader a low-precision copy
+  (an inserted Cast), as it does for a low-precision node reading an FP32 value;
+* every float constant a node reads is a graph input, fed with the converted model's own
+  constant for that reader (converted, copied or clamped as the core made it).
+
+``fl`` is the same ``Cast(to=FLOAT16)`` → ``Cast(to=FLOAT)`` pair as the faithful evaluation's,
+``Where`` selects exactly, and the session runs with graph optimizations off, so a candidate's
+switchboard run equals its faithful run bit for bit (``tests/test_auto_switchboard.py``).
+``Switchboard.settings`` reads the switches off a converted candidate; it returns None when the
+candidate changed the graph in a way the switches cannot express (a node removed or added other
+than Casts and low-precision constant copies), and the search then builds that candidate's own
+session. The answer is always checked once more in its own session.
+
+Models with subgraphs (If/Loop/Scan) or local functions get no switchboard (``build`` returns
+None): their conversions may retype values the switches do not reach.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from mpcompile.graphs import model_graphs
+
+FLOAT = ir.DataType.FLOAT
+LOW_DTYPES = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+Slot = tuple[str, int]  # (node name, input index); ("", k) is graph output k
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """One candidate on the switchboard: the session inputs besides the model's own."""
+
+    switches: dict[str, np.ndarray]  # switch input -> bool scalar
+    constants: dict[str, np.ndarray]  # constant input -> the FP32 array the reader sees
+    output_dtypes: dict[str, ir.DataType | None]  # graph output -> dtype the candidate declares
+
+
+class Switchboard:
+    """An FP32 model with a rounding switch at every store and read of a float value."""
+
+    def __init__(self, model: ir.Model, low: ir.DataType):
+        """The switchboard model and its session; prefer ``Switchboard.build``, which returns None
+        for models it cannot serve."""
+        from mpcompile.evaluate.faithful import prepared_copy
+        from mpcompile.evaluate.ort_session import make_session, serialize_for_session
+
+        self.low = low
+        board = prepared_copy(model)
+        names = _Names(board)
+        graph = board.graph
+        self._op_types = {node.name: node.op_type for node in graph}
+        self._node_names = set(self._op_types)
+        self._stored: dict[tuple[str, int], str] = {}  # (node or "" for graph input, index) -> switch
+        self._read: dict[Slot, tuple[str, tuple[str, int]]] = {}  # slot -> switch, what it reads
+        self._constant_outputs: set[tuple[str, int]] = set()
+        self._constant: dict[Slot, str] = {}
+        self._float_outputs = [value.name for value in graph.outputs]  # every graph output, by name
+        original_nodes = list(graph)
+        constants = _constant_values(graph)
+        original_outputs = {id(value) for value in graph.outputs}
+        intermediates = [
+            value for node in original_nodes for value in node.outputs
+            if value.name and isinstance(value.type, ir.TensorType) and id(value) not in original_outputs
+        ]  # fmt: skip
+        self._reference_constants: dict[str, np.ndarray] = {}
+        rounded: dict[int, ir.Value] = {}  # id(stored value) -> its rounding
+        origin: dict[int, tuple[str, int]] = {}  # id(stored value) -> (producer or "", index)
+
+        def switch(kind: str) -> ir.Value:
+            value = ir.Value(
+                name=names.unique(f"mpcompile.switch.{kind}"), type=ir.TensorType(ir.DataType.BOOL),
+                shape=ir.Shape([]),
+            )  # fmt: skip
+            graph.inputs.append(value)
+            return value
+
+        def store(value: ir.Value, key: tuple[str, int], after: ir.Node | None) -> None:
+            """``value``'s readers get Where(store, fl(value), value) instead."""
+            uses = list(value.uses())
+            outputs = [index for index, output in enumerate(graph.outputs) if output is value]
+            narrow = ir.node("Cast", [value], {"to": low})
+            widen = ir.node("Cast", [narrow.outputs[0]], {"to": FLOAT})
+            flag = switch("store")
+            select = ir.node("Where", [flag, widen.outputs[0], value])
+            narrow.outputs[0].name = names.unique(f"{value.name}__{low.name.lower()}")
+            widen.outputs[0].name = names.unique(f"{value.name}__rounded")
+            select.outputs[0].name = names.unique(f"{value.name}__stored")
+            for output in (widen.outputs[0], select.outputs[0]):
+                output.type, output.shape = ir.TensorType(FLOAT), value.shape
+            narrow.outputs[0].type = ir.TensorType(low)
+            if after is None:
+                graph.insert_before(graph[0], [narrow, widen, select])
+            else:
+                graph.insert_after(after, [narrow, widen, select])
+            for use in uses:
+                use.node.replace_input_with(use.idx, select.outputs[0])
+            for index in outputs:
+                graph.outputs[index] = select.outputs[0]
+            if outputs:  # the graph output's name goes to its read switch below
+                value.name = names.unique(f"{value.name}__raw")
+            rounded[id(select.outputs[0])] = widen.outputs[0]
+            origin[id(select.outputs[0])] = key
+            self._stored[key] = flag.name
+
+        for index, value in enumerate(list(graph.inputs)):
+            if value.dtype == FLOAT and any(True for _ in value.uses()):
+                store(value, ("", index), None)
+        for node in original_nodes:
+            for index, value in enumerate(node.outputs):
+                if id(value) in constants:
+                    self._constant_outputs.add((node.name, index))
+                elif value.dtype == FLOAT:
+                    store(value, (node.name, index), node)
+
+        for node in original_nodes:
+            for index, value in enumerate(node.inputs):
+                if value is None or value.dtype != FLOAT:
+                    continue
+                if id(value) in constants:
+                    fed = ir.Value(
+                        name=names.unique(f"mpcompile.constant.{value.name}"), type=ir.TensorType(FLOAT),
+                        shape=ir.Shape(constants[id(value)]),
+                    )  # fmt: skip
+                    graph.inputs.append(fed)
+                    self._reference_constants[fed.name] = _constant_array(value)
+                    node.replace_input_with(index, fed)
+                    self._constant[(node.name, index)] = fed.name
+                elif id(value) in rounded:
+                    flag = switch("read")
+                    select = ir.node("Where", [flag, rounded[id(value)], value])
+                    select.outputs[0].name = names.unique(f"{value.name}__read")
+                    select.outputs[0].type, select.outputs[0].shape = ir.TensorType(FLOAT), value.shape
+                    graph.insert_before(node, select)
+                    node.replace_input_with(index, select.outputs[0])
+                    self._read[(node.name, index)] = (flag.name, origin[id(value)])
+        for index, value in enumerate(list(graph.outputs)):
+            if id(value) not in rounded:
+                continue
+            flag = switch("read")
+            select = ir.node("Where", [flag, rounded[id(value)], value])
+            select.outputs[0].type, select.outputs[0].shape = ir.TensorType(FLOAT), value.shape
+            graph.append(select)
+            graph.outputs[index] = select.outputs[0]
+            select.outputs[0].name = self._float_outputs[index]
+            self._read[("", index)] = (flag.name, origin[id(value)])
+        for name in [name for name, value in graph.initializers.items() if not any(True for _ in value.uses())]:
+            if not graph.initializers[name].is_graph_output():
+                del graph.initializers[name]
+        self.outputs = list(self._float_outputs)
+        graph.outputs.extend(intermediates)  # read by the reference run only
+        self.model = board
+        self._session = make_session(
+            serialize_for_session(board), ["CPUExecutionProvider"], optimize=False, prepack=False
+        )
+
+    @classmethod
+    def build(cls, model: ir.Model, low: ir.DataType) -> Switchboard | None:
+        """The switchboard of ``model`` (not modified), or None for a model with subgraphs or
+        local functions, or with a graph output that is a constant."""
+        if model.functions or len(list(model_graphs(model))) > 1:
+            return None
+        constants = _constant_values(model.graph)
+        if any(id(value) in constants or value.is_graph_input() for value in model.graph.outputs):
+            return None
+        return cls(model, low)
+
+    # ---- reading a candidate ---------------------------------------------------------
+
+    def settings(self, converted: ir.Model) -> Settings | None:
+        """The switch positions and constants of ``converted`` (a conversion of the same model),
+        or None when its graph differs from the original other than by Casts and constant copies."""
+        graph = converted.graph
+        nodes = {node.name: node for node in graph}
+        for node in graph:
+            if node.name not in self._node_names and not _is_inserted(node):
+                return None
+        if any(nodes.get(name) is None or nodes[name].op_type != op for name, op in self._op_types.items()):
+            return None
+        switches: dict[str, np.ndarray] = {}
+        for (node_name, index), flag in self._stored.items():
+            if node_name:
+                value = nodes[node_name].outputs[index]
+            elif index < len(graph.inputs):
+                value = graph.inputs[index]
+            else:
+                return None
+            switches[flag] = np.array(value.dtype in LOW_DTYPES)
+        for node in graph:  # a low-precision store with no switch: nothing here can express it
+            if node.name in self._node_names:
+                for index, value in enumerate(node.outputs):
+                    key = (node.name, index)
+                    if value.dtype in LOW_DTYPES and key not in self._stored and key not in self._constant_outputs:
+                        return None
+        constants: dict[str, np.ndarray] = {}
+        for slot, (flag, (producer, index)) in self._read.items():
+            value = self._slot_value(graph, nodes, slot)
+            if value is None:
+                return None
+            source, low_on_way = _source(value, self._node_names)
+            if producer:
+                found = source.producer()
+                if found is None or found.name != producer or source.index() != index:
+                    return None  # reads something other than what the original reads
+            elif not (index < len(graph.inputs) and source is graph.inputs[index]):
+                return None
+            switches[flag] = np.array(low_on_way)
+        for slot, name in self._constant.items():
+            value = self._slot_value(graph, nodes, slot)
+            if value is None:
+                return None
+            source, low_on_way = _source(value, self._node_names)
+            array = _constant_array(source)
+            if array is None:
+                return None
+            if low_on_way and source.dtype not in LOW_DTYPES:
+                array = array.astype(_numpy_low(self.low)).astype(np.float32)
+            constants[name] = array
+        outputs = {value.name: value.dtype for value in graph.outputs}
+        return Settings(switches, constants, outputs)
+
+    @staticmethod
+    def _slot_value(graph: ir.Graph, nodes: Mapping[str, ir.Node], slot: Slot) -> ir.Value | None:
+        node_name, index = slot
+        if not node_name:
+            return graph.outputs[index] if index < len(graph.outputs) else None
+        node = nodes[node_name]
+        return node.inputs[index] if index < len(node.inputs) else None
+
+    # ---- running ---------------------------------------------------------------------
+
+    def reference_settings(self) -> Settings:
+        """No switch on, the original constants: the FP32 model itself."""
+        return Settings(
+            {flag: np.array(False) for flag in self._switch_names()}, dict(self._reference_constants), {}
+        )
+
+    def _switch_names(self) -> list[str]:
+        return [*self._stored.values(), *(flag for flag, _ in self._read.values())]
+
+    def run(
+        self, feeds: Sequence[Mapping[str, np.ndarray]], settings: Settings, *, intermediates: bool = False
+    ) -> list[dict[str, np.ndarray]]:
+        """Graph outputs per batch, as the candidate's faithful run gives them; ``intermediates``:
+        every node output too, by its original name (as ``ReferenceSession`` gives them)."""
+        from mpcompile.evaluate.faithful import as_declared
+
+        names = [output.name for output in self._session.get_outputs()]
+        if not intermediates:
+            names = self.outputs
+        results = []
+        for batch in feeds:
+            inputs = {**batch, **settings.switches, **settings.constants}
+            arrays = self._session.run(names, inputs)
+            results.append(
+                {
+                    name: as_declared(array, settings.output_dtypes.get(name))
+                    for name, array in zip(names, arrays, strict=True)
+                }
+            )
+        return results
+
+
+class _Names:
+    def __init__(self, model: ir.Model):
+        from mpcompile.casts import NameAuthority
+
+        self._authority = NameAuthority(model)
+
+    def unique(self, base: str) -> str:
+        return self._authority.unique(base)
+
+
+def _constant_values(graph: ir.Graph) -> dict[int, tuple[int, ...]]:
+    """id -> shape of every float constant a node can read: initializers (not graph inputs)
+    and Constant outputs."""
+    constants: dict[int, tuple[int, ...]] = {}
+    for value in graph.initializers.values():
+        if value.dtype == FLOAT and value.const_value is not None and not value.is_graph_input():
+            constants[id(value)] = tuple(int(dim) for dim in value.const_value.shape)
+    for node in graph:
+        if node.domain == "" and node.op_type == "Constant" and node.outputs[0].dtype == FLOAT:
+            array = _constant_array(node.outputs[0])
+            if array is not None:
+                constants[id(node.outputs[0])] = array.shape
+    return constants
+
+
+def _is_inserted(node: ir.Node) -> bool:
+    """A node a conversion adds: a Cast, or a Constant holding a low-precision copy."""
+    return node.domain == "" and node.op_type in ("Cast", "Constant")
+
+
+def _source(value: ir.Value, original: set[str]) -> tuple[ir.Value, bool]:
+    """Walk back through inserted Casts: the value they start from, and whether any value on the
+    way (that one included) is low precision."""
+    low = value.dtype in LOW_DTYPES
+    producer = value.producer()
+    while producer is not None and producer.name not in original and producer.op_type == "Cast":
+        value = producer.inputs[0]
+        low = low or value.dtype in LOW_DTYPES
+        producer = value.producer()
+    return value, low
+
+
+def _constant_producer(value: ir.Value) -> ir.Node | None:
+    producer = value.producer()
+    if producer is not None and producer.domain == "" and producer.op_type == "Constant":
+        return producer
+    return None
+
+
+def _constant_array(value: ir.Value) -> np.ndarray | None:
+    """The FP32 values of a float constant (initializer or Constant output), low precision widened."""
+    tensor = value.const_value
+    if tensor is None:
+        producer = _constant_producer(value)
+        if producer is None:
+            return None
+        attribute = producer.attributes.get("value")
+        if attribute is not None and attribute.type == ir.AttributeType.TENSOR:
+            tensor = attribute.as_tensor()
+        elif "value_float" in producer.attributes:
+            return np.array(producer.attributes["value_float"].as_float(), np.float32)
+        elif "value_floats" in producer.attributes:
+            return np.array(list(producer.attributes["value_floats"].as_floats()), np.float32)
+        else:
+            return None
+    if tensor.dtype != FLOAT and tensor.dtype not in LOW_DTYPES:
+        return None
+    return np.asarray(tensor.numpy()).astype(np.float32)
+
+
+def _numpy_low(dtype: ir.DataType) -> np.dtype:
+    return dtype.numpy()

@@ -1,0 +1,221 @@
+"""The switchboard (``mpcompile.auto.switchboard``) gives every candidate exactly its own
+FP16-faithful run, and the search on it finds exactly what it finds with a session per candidate.
+
+Equality here is bit for bit (``np.array_equal``), not a tolerance: the switchboard replaces the
+candidate's session, so any difference would be a different evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+from test_fuzz import examples, options
+
+import models
+from models.sensitive import SENSITIVE
+from mpcompile.auto import RangeRules, auto_convert
+from mpcompile.auto.api import measured_op_names
+from mpcompile.auto.evaluator import low_precision_nodes
+from mpcompile.auto.graph import name_nodes
+from mpcompile.auto.switchboard import Switchboard
+from mpcompile.converter import convert
+from mpcompile.evaluate.faithful import FaithfulSession, ReferenceSession
+from mpcompile.inputs import cast_feeds, generate_inputs
+
+pytest.importorskip("onnxruntime", reason="onnxruntime is needed to evaluate models")
+
+MODELS = {
+    **{name: SENSITIVE[name] for name in ("sensitive_cancellation", "sensitive_deep_mixed", "sensitive_long_reduction")},
+    "mlp": lambda: models.build("mlp"),
+    "resnet": lambda: models.build("resnet"),
+    "bert_encoder": lambda: models.build("bert_encoder"),
+}
+
+
+def _working(proto: onnx.ModelProto) -> ir.Model:
+    model = ir.from_proto(proto)
+    name_nodes(model)
+    return model
+
+
+def _assert_same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    assert set(got) == set(want)
+    for name, expected in want.items():
+        assert got[name].dtype == expected.dtype, name
+        assert np.array_equal(got[name], expected, equal_nan=True), (
+            f"{name}: max |difference| {np.nanmax(np.abs(got[name].astype(np.float64) - expected)):.3g}"
+        )
+
+
+def _own_session(converted: ir.Model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return FaithfulSession(converted, prepack=False).run(cast_feeds(converted, feeds))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("keep_io_types", [True, False])
+def test_every_candidate_runs_as_in_its_own_session(name, keep_io_types):
+    """Random sets of nodes kept FP32 (from none to all), converted by the core as the search
+    does, each run on the switchboard and in its own faithful session."""
+    work = _working(MODELS[name]())
+    feeds = generate_inputs(work, seed=0)[0]
+    options = {"measured_ops": measured_op_names(), "keep_io_types": keep_io_types}
+    candidates = sorted(low_precision_nodes(convert(work, **options).model))
+    board = Switchboard.build(work, ir.DataType.FLOAT16)
+    assert board is not None
+    rng = random.Random(0)
+    for trial in range(6):
+        blocked = [node for node in candidates if rng.random() < trial / 6]
+        converted = convert(work, block_nodes=[f"^{node}$" for node in blocked], **options).model
+        chosen = board.settings(converted)
+        assert chosen is not None, "a plain conversion must map onto the switchboard"
+        (got,) = board.run([feeds], chosen)
+        _assert_same(got, _own_session(converted, feeds))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_reference_run_is_the_fp32_model(name):
+    work = _working(MODELS[name]())
+    feeds = generate_inputs(work, seed=0)[0]
+    board = Switchboard.build(work, ir.DataType.FLOAT16)
+    (got,) = board.run([feeds], board.reference_settings(), intermediates=True)
+    _assert_same(got, ReferenceSession(work, intermediates=True, prepack=False).run(feeds))
+
+
+def test_bf16_candidates_match():
+    work = _working(models.build("mlp"))
+    feeds = generate_inputs(work, seed=0)[0]
+    board = Switchboard.build(work, ir.DataType.BFLOAT16)
+    converted = convert(work, precision="bf16", target="cpu").model
+    (got,) = board.run([feeds], board.settings(converted))
+    _assert_same(got, _own_session(converted, feeds))
+
+
+def _masked_softmax() -> onnx.ModelProto:
+    """x @ w + mask → Softmax, the mask a constant of -1e9 (clamped to -65504 by the core when
+    the Softmax runs in FP16, also where it is read in FP32) and shared with an FP32 reader."""
+    rng = np.random.default_rng(0)
+    mask = np.where(rng.random((4, 8)) < 0.3, -1e9, 0.0).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="proj"),
+        helper.make_node("Add", ["h", "mask"], ["scores"], name="mask_add"),
+        helper.make_node("Softmax", ["scores"], ["y"], name="softmax", axis=-1),
+        helper.make_node("ReduceMin", ["mask"], ["mask_min"], name="mask_min", keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "masked",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8]),
+            helper.make_tensor_value_info("mask_min", TensorProto.FLOAT, []),
+        ],
+        [
+            numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w"),
+            numpy_helper.from_array(mask, "mask"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_constants_are_fed_as_the_candidate_made_them():
+    work = _working(_masked_softmax())
+    feeds = {"x": np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)}
+    board = Switchboard.build(work, ir.DataType.FLOAT16)
+    for blocked in ([], ["^softmax$"], ["^proj$", "^mask_add$"]):
+        converted = convert(work, block_nodes=blocked).model
+        (got,) = board.run([feeds], board.settings(converted))
+        _assert_same(got, _own_session(converted, feeds))
+
+
+def test_unexpressible_candidates_and_models_are_refused():
+    work = _working(models.build("mlp"))
+    board = Switchboard.build(work, ir.DataType.FLOAT16)
+    converted = convert(work).model
+    extra = ir.node("Identity", [converted.graph.outputs[0]], name="added")
+    converted.graph.append(extra)
+    assert board.settings(converted) is None  # a node neither original nor an inserted Cast
+    converted = convert(work).model
+    relu = next(node for node in converted.graph if node.op_type == "Relu")
+    converted.graph.remove(relu, safe=False)
+    assert board.settings(converted) is None  # an original node missing
+
+    then_branch = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"])], "then", [], [helper.make_tensor_value_info("r", TensorProto.FLOAT, [2])]
+    )
+    else_branch = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["n"])], "else", [], [helper.make_tensor_value_info("n", TensorProto.FLOAT, [2])]
+    )
+    graph = helper.make_graph(
+        [helper.make_node("If", ["flag"], ["y"], then_branch=then_branch, else_branch=else_branch)],
+        "branchy",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+            helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
+    branchy = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert Switchboard.build(_working(branchy), ir.DataType.FLOAT16) is None
+
+
+@settings(
+    max_examples=60,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+@given(data=st.data())
+def test_random_graphs_and_policies_match(data: st.DataObject) -> None:
+    """The fuzzer's random graphs and policies (tests/test_fuzz.py): wherever the switchboard
+    takes a model and a candidate, it computes what the candidate's own session computes."""
+    from mpcompile.errors import MpcompileError
+
+    example = data.draw(examples(), label="example")
+    chosen = data.draw(options(example), label="options")
+    work = _working(example.model)
+    low = ir.DataType.BFLOAT16 if chosen["precision"] == "bf16" else ir.DataType.FLOAT16
+    board = Switchboard.build(work, low)
+    if board is None:
+        assert any(node.op_type == "If" for node in work.graph)
+        return
+    try:
+        converted = convert(work, **chosen).model
+    except MpcompileError:
+        return
+    rng = np.random.default_rng(example.feeds_seed)
+    feeds = {"x": rng.uniform(-1, 1, (2, 8)).astype(np.float32)}
+    feeds.update({i.name: np.array(True) for i in work.graph.inputs if i.name == "flag"})
+    (reference,) = board.run([feeds], board.reference_settings(), intermediates=True)
+    _assert_same(reference, ReferenceSession(work, intermediates=True, prepack=False).run(feeds))
+    candidate = board.settings(converted)
+    if candidate is None:  # e.g. an original Cast to FLOAT16, which the switches do not model
+        return
+    (got,) = board.run([feeds], candidate)
+    _assert_same(got, _own_session(converted, feeds))
+
+
+@pytest.mark.parametrize(
+    "name, tolerance", [("sensitive_deep_mixed", 1e-3), ("bert_encoder", 1e-3), ("sensitive_cancellation", 1e-2)]
+)
+def test_search_on_the_switchboard_finds_the_same_answer(name, tolerance):
+    """With and without the switchboard: the same steps, errors and answer; fewer sessions."""
+    proto = MODELS[name]()
+    rules = RangeRules(cancellation_share=math.inf)  # no prediction: the search has to run
+    shared = auto_convert(proto, rtol=tolerance, atol=tolerance, rules=rules)
+    own = auto_convert(proto, rtol=tolerance, atol=tolerance, rules=rules, switchboard=False)
+    steps = [(s.phase, s.tried, s.error, s.passed) for s in shared.trace if s.phase != "confirm"]
+    assert steps == [(s.phase, s.tried, s.error, s.passed) for s in own.trace]
+    assert shared.sensitivity_blocked == own.sensitivity_blocked
+    assert shared.error == own.error and shared.fp16_flop_share == own.fp16_flop_share
+    print(f"{name}: sessions {shared.sessions} vs {own.sessions}, evaluations {shared.evaluations}")
+    assert own.sessions == own.evaluations
+    assert shared.sessions <= 3 <= own.sessions
