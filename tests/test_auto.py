@@ -58,8 +58,9 @@ def results() -> dict:
     return get
 
 
-# Evaluations (ORT session builds, reference included) each search case may take.
-MAX_EVALUATIONS = {
+# ORT session builds each search case may take: the switchboard (reference and every later
+# candidate), the first candidate, and the answer's confirmation in its own session.
+MAX_SESSIONS = {
     "sensitive_cancellation": 3,
     "sensitive_two_regions": 3,
     "sensitive_two_culprits": 3,
@@ -92,7 +93,8 @@ def test_search_finds_planted_nodes(results, name):
     assert by_auto == planted
     assert all(decisions[node][:2] == ("fp32", AUTO_SENSITIVITY) for node in planted)
     assert not result.range_blocked
-    assert result.passed and result.evaluations <= MAX_EVALUATIONS[name]
+    # Evaluations: the reference, the first candidate, one search step, its confirmation.
+    assert result.passed and result.sessions <= MAX_SESSIONS[name] and result.evaluations <= 4
 
 
 @pytest.mark.parametrize("name", SENSITIVITY_CASES)
@@ -109,7 +111,7 @@ def test_cancellation_rule_predicts_planted_cancellations(results, name):
     subs = {node for node in planted if "Unoffset" in node}
     assert all("cancellation amplifies" in result.range_blocked[node] for node in subs)
     assert all(result.range_blocked[node].startswith("feeds planted/") for node in planted - subs)
-    assert result.passed and result.evaluations == 2 and not result.sensitivity_blocked
+    assert result.passed and result.evaluations == result.sessions == 2 and not result.sensitivity_blocked
 
 
 def test_mixed_model_gets_both_reasons(results):
@@ -140,7 +142,7 @@ def test_trace_is_saved_in_the_model(results):
     steps = stored["steps"]
     print([(step["phase"], step["outcome"], step["error"]) for step in steps])
     # The six cancellations each introduce more error than the tolerance allows: one step.
-    assert [step["phase"] for step in steps] == ["reference", "initial", "nodes"]
+    assert [step["phase"] for step in steps] == ["reference", "initial", "nodes", "confirm"]
     assert steps[2]["tried"].startswith("6 node(s) each introducing more error than the tolerance allows")
     _assert_consistent_trace(stored, result)
     last_kept = [step for step in steps if step["outcome"] == "kept"][-1]
@@ -161,7 +163,10 @@ def _assert_consistent_trace(stored: dict, result) -> None:
         assert step["outcome"] == ("kept" if step["passed"] else "reverted")
         assert step["passed"] == (step["error"] <= step["limit"])
     assert [step["evaluations"] for step in steps] == list(range(1, len(steps) + 1))
-    assert steps[-1]["evaluations"] == stored["evaluations"] == result.evaluations <= stored["budget"]
+    confirmation = steps[-1]["phase"] == "confirm"  # outside the budget
+    assert steps[-1]["evaluations"] == stored["evaluations"] == result.evaluations
+    assert result.evaluations <= stored["budget"] + confirmation
+    assert stored["sessions"] == result.sessions
 
 
 def test_accumulated_rounding_goes_through_regions_nodes_and_prune():
@@ -174,7 +179,8 @@ def test_accumulated_rounding_goes_through_regions_nodes_and_prune():
     print(phases, result.fp16_flop_share)
     assert {"reference", "initial", "nodes", "regions", "prune"} <= set(phases)
     _assert_consistent_trace(stored, result)
-    assert result.passed and result.evaluations <= 16 and result.fp16_flop_share > 0.3
+    assert result.passed and result.evaluations <= 16 + 1 and result.fp16_flop_share > 0.3
+    assert result.sessions == 3  # switchboard, first candidate, confirmation
     feeds = generate_inputs(ir.from_proto(proto), seed=0)[0]
     want = faithful.run_reference(proto, feeds)["y"]
     got = faithful.run(result.model, cast_feeds(ir.from_proto(result.model), feeds))["y"]

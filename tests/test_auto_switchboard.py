@@ -33,7 +33,10 @@ from mpcompile.inputs import cast_feeds, generate_inputs
 pytest.importorskip("onnxruntime", reason="onnxruntime is needed to evaluate models")
 
 MODELS = {
-    **{name: SENSITIVE[name] for name in ("sensitive_cancellation", "sensitive_deep_mixed", "sensitive_long_reduction")},
+    **{
+        name: SENSITIVE[name]
+        for name in ("sensitive_cancellation", "sensitive_deep_mixed", "sensitive_long_reduction")
+    },
     "mlp": lambda: models.build("mlp"),
     "resnet": lambda: models.build("resnet"),
     "bert_encoder": lambda: models.build("bert_encoder"),
@@ -148,10 +151,16 @@ def test_unexpressible_candidates_and_models_are_refused():
     assert board.settings(converted) is None  # an original node missing
 
     then_branch = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["r"])], "then", [], [helper.make_tensor_value_info("r", TensorProto.FLOAT, [2])]
+        [helper.make_node("Relu", ["x"], ["r"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("r", TensorProto.FLOAT, [2])],
     )
     else_branch = helper.make_graph(
-        [helper.make_node("Neg", ["x"], ["n"])], "else", [], [helper.make_tensor_value_info("n", TensorProto.FLOAT, [2])]
+        [helper.make_node("Neg", ["x"], ["n"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("n", TensorProto.FLOAT, [2])],
     )
     graph = helper.make_graph(
         [helper.make_node("If", ["flag"], ["y"], then_branch=then_branch, else_branch=else_branch)],
@@ -204,7 +213,8 @@ def test_random_graphs_and_policies_match(data: st.DataObject) -> None:
 
 
 @pytest.mark.parametrize(
-    "name, tolerance", [("sensitive_deep_mixed", 1e-3), ("bert_encoder", 1e-3), ("sensitive_cancellation", 1e-2)]
+    "name, tolerance",
+    [("sensitive_deep_mixed", 1e-3), ("bert_encoder", 1e-3), ("sensitive_cancellation", 1e-2)],
 )
 def test_search_on_the_switchboard_finds_the_same_answer(name, tolerance):
     """With and without the switchboard: the same steps, errors and answer; fewer sessions."""

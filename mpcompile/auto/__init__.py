@@ -10,7 +10,7 @@ from typing import Any
 
 from mpcompile.auto.reasons import AUTO_RANGE, AUTO_SENSITIVITY
 
-DEFAULT_BUDGET = 16  # model evaluations (ORT session builds), the reference run included
+DEFAULT_BUDGET = 16  # model evaluations (reference and candidate runs), the reference included
 TRACE_KEY = "mpcompile.auto"  # model metadata key of the saved search record
 
 _EXPORTS = {

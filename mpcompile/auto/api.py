@@ -52,7 +52,7 @@ class AutoResult:
     criterion: Criterion
     passed: bool
     error: float  # the final candidate's error (comparable to ``criterion.limit``)
-    evaluations: int
+    evaluations: int  # model runs: reference, candidates, the answer's confirmation
     budget: int
     fp16_flop_share: float
     range_blocked: dict[str, str]  # node -> finding, reason auto:range
@@ -62,6 +62,7 @@ class AutoResult:
     seconds: float
     notes: list[str] = dataclasses.field(default_factory=list)
     measured_ops: tuple[str, ...] = ()  # block-list ops made candidates (empty: static_blocks)
+    sessions: int = 0  # ONNX Runtime session builds
 
     def __bool__(self) -> bool:
         return self.passed
@@ -79,6 +80,7 @@ class AutoResult:
             "inputs": self.inputs,
             "budget": self.budget,
             "evaluations": self.evaluations,
+            "sessions": self.sessions,
             "passed": self.passed,
             "error": jsonable(self.error),
             "limit": self.criterion.limit,
@@ -110,14 +112,18 @@ def auto_convert(
     seed: int = 0,
     rules: RangeRules | None = None,
     static_blocks: bool = False,
+    switchboard: bool = True,
     **convert_options: Any,
 ) -> AutoResult:
     """Convert ``model`` with the most low-precision FLOPs that keep its outputs within tolerance.
 
     ``inputs``: None/"generated", an .npz path (or folder), a feed dict or a list of them.
     Criterion: ``rtol``/``atol`` (defaults 1e-2/1e-2 for fp16) or ``metric`` ("cosine:0.9999",
-    "rel-l2:1e-3", "max-abs:0.05"). ``budget``: most model evaluations (ORT session builds),
-    the reference run included. ``static_blocks``: keep every op of the core's block list FP32;
+    "rel-l2:1e-3", "max-abs:0.05"). ``budget``: most model evaluations (runs of the reference
+    or of a candidate over every batch), the reference included; confirming the answer in its
+    own session is one more. ``switchboard``: run the search's later candidates in one shared
+    session (``mpcompile.auto.switchboard``; False: a session per candidate, same results).
+    ``static_blocks``: keep every op of the core's block list FP32;
     by default the measurable ones (``op_classes.MEASURABLE``: Exp, Pow, Log, reductions, ...)
     are candidates like follow ops, decided by the range rules and the search (user
     ``block_ops``/``block_nodes``/policy files still win). Other keyword arguments are
@@ -143,9 +149,9 @@ def auto_convert(
     renamed = name_nodes(work)
     feeds, label = resolve_feeds(work, inputs, shapes=shapes, seed=seed)
     flops = node_flops(work, feeds[0])
-    evaluator = Evaluator(work, feeds, criterion, convert_options, budget, flops)
+    evaluator = Evaluator(work, feeds, criterion, convert_options, budget, flops, switchboard=switchboard)
 
-    baseline = evaluator.convert(frozenset())  # no evaluation: which nodes would go low at all
+    baseline = evaluator.baseline()
     if baseline.already_converted:
         raise errors.AlreadyLowPrecisionError(f"{baseline.notes[-1]}; nothing to do")
     nodes = main_nodes(work)
@@ -187,6 +193,7 @@ def auto_convert(
         passed=best.passed,
         error=best.check.error,
         evaluations=evaluator.evaluations,
+        sessions=evaluator.sessions,
         budget=budget,
         fp16_flop_share=best.fp16_flop_share,
         range_blocked=range_why,

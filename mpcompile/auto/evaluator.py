@@ -1,9 +1,16 @@
 """Evaluations of candidate conversions: cached, counted and held to a budget.
 
-One *evaluation* is one ONNX Runtime session build (and its runs over every batch of inputs):
-the FP32 reference run, or the FP16-faithful run of one converted candidate. Conversions and
-their outcomes are cached by the set of nodes kept FP32, so asking again costs nothing. A
-candidate with no low-precision tensor left computes the FP32 graph exactly and is not run.
+One *evaluation* is one run of a model over every batch of inputs: the FP32 reference run, or
+the FP16-faithful run of one converted candidate. The reference and every candidate after the
+first run on the switchboard (``mpcompile.auto.switchboard``): one ONNX Runtime session for all
+of them, with the results of their own sessions bit for bit. The first candidate, whose
+intermediates the sensitivity needs, and any candidate the switchboard cannot express get their
+own sessions, and an answer found on the switchboard is confirmed in its own session at the end. Conversions and their outcomes are cached
+by the set of nodes kept FP32, so asking again costs nothing. A candidate with no low-precision
+tensor left computes the FP32 graph exactly and is not run.
+
+Every session is built with weight prepacking off, so that a weight computes the same as an
+initializer (candidates) and as a fed input (the switchboard).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import onnx_ir as ir
 
 from mpcompile.auto.criteria import CheckResult, Criterion
 from mpcompile.auto.graph import main_nodes
+from mpcompile.auto.switchboard import Switchboard
 from mpcompile.converter import ConvertResult, convert
 from mpcompile.graphs import model_graphs
 
@@ -40,6 +48,7 @@ class Probe:
     check: CheckResult
     evaluated: bool  # False: exact FP32 (nothing low left), not run
     intermediates: list[dict[str, np.ndarray]] | None = None
+    on_switchboard: bool = False  # run on the shared switchboard session, not its own yet
 
     @property
     def passed(self) -> bool:
@@ -57,6 +66,8 @@ class Evaluator:
         convert_options: Mapping[str, Any],
         budget: int,
         flops: Mapping[str, int],
+        *,
+        switchboard: bool = True,
     ):
         self.model = model
         self.feeds = list(feeds)
@@ -69,6 +80,10 @@ class Evaluator:
         self.flops = dict(flops)
         self.total_flops = sum(self.flops.values())
         self.evaluations = 0
+        self.sessions = 0  # ONNX Runtime session builds
+        self.low_dtype = ir.DataType.FLOAT16  # set by baseline() from the conversion's precision
+        self._switchboard: Switchboard | None = None
+        self._use_switchboard = switchboard
         self.reference_outputs: list[dict[str, np.ndarray]] = []
         self._output_names = [value.name for value in model.graph.outputs]
         self._probes: dict[frozenset[str], Probe] = {}
@@ -87,10 +102,23 @@ class Evaluator:
         from mpcompile.evaluate.faithful import ReferenceSession
 
         self._spend()
-        session = ReferenceSession(self.model, intermediates=True)
-        values = [session.run(batch) for batch in self.feeds]
+        board = self._board()
+        if board is not None:
+            values = board.run(self.feeds, board.reference_settings(), intermediates=True)
+        else:
+            self.sessions += 1
+            session = ReferenceSession(self.model, intermediates=True, prepack=False)
+            values = [session.run(batch) for batch in self.feeds]
         self.reference_outputs = [{name: batch[name] for name in self._output_names} for batch in values]
         return values
+
+    def baseline(self) -> ConvertResult:
+        """The conversion with nothing extra kept FP32 (no evaluation): which nodes go low at all."""
+        from mpcompile.precision import low_precision_format
+
+        result = self.convert(frozenset())
+        self.low_dtype = low_precision_format(result.precision).dtype
+        return result
 
     def convert(self, blocked: frozenset[str], *, verify: bool = False) -> ConvertResult:
         """Convert with ``blocked`` kept FP32; ``verify``: the final conversion (checked, dumped)."""
@@ -114,13 +142,47 @@ class Evaluator:
         if not low and not _has_low_tensors(result.model):
             probe = Probe(blocked, result, low, share, CheckResult(True, 0.0, "", ""), evaluated=False)
         else:
-            outputs = self._run_faithful(result.model, intermediates)
-            check = self.criterion.check(
-                self.reference_outputs, [{n: batch[n] for n in self._output_names} for batch in outputs]
-            )
-            probe = Probe(blocked, result, low, share, check, True, outputs if intermediates else None)
+            settings = None if intermediates else self._settings(result.model)
+            if settings is not None:
+                self._spend()
+                outputs = self._switchboard.run(self.feeds, settings)
+            else:
+                outputs = self._run_faithful(result.model, intermediates)
+            probe = Probe(
+                blocked, result, low, share, self._check(outputs), True,
+                outputs if intermediates else None, on_switchboard=settings is not None,
+            )  # fmt: skip
         self._probes[blocked] = probe
         return probe
+
+    def confirm(self, probe: Probe) -> Probe:
+        """``probe`` run in its own session when the switchboard ran it (one more evaluation,
+        outside the budget): the answer is always checked as the model it is."""
+        if not probe.on_switchboard:
+            return probe
+        outputs = self._run_faithful(probe.result.model, False, budgeted=False)
+        confirmed = dataclasses.replace(probe, check=self._check(outputs), on_switchboard=False)
+        self._probes[probe.blocked] = confirmed
+        return confirmed
+
+    def _check(self, outputs: Sequence[Mapping[str, np.ndarray]]) -> CheckResult:
+        return self.criterion.check(
+            self.reference_outputs, [{n: batch[n] for n in self._output_names} for batch in outputs]
+        )
+
+    def _board(self) -> Switchboard | None:
+        """The switchboard, built on first use; None when off or the model has none."""
+        if self._use_switchboard and self._switchboard is None:
+            self._switchboard = Switchboard.build(self.model, self.low_dtype)
+            self._use_switchboard = self._switchboard is not None
+            self.sessions += self._use_switchboard
+        return self._switchboard
+
+    def _settings(self, converted: ir.Model):
+        """The candidate's switchboard settings; None when there is no switchboard or it cannot
+        express the candidate."""
+        board = self._board()
+        return None if board is None else board.settings(converted)
 
     def is_cached(self, blocked: frozenset[str]) -> bool:
         return blocked in self._probes
@@ -142,12 +204,18 @@ class Evaluator:
             )
             return Probe(blocked, result, low, self.flop_share(low), failed, evaluated=False)
 
-    def _run_faithful(self, model: ir.Model, intermediates: bool) -> list[dict[str, np.ndarray]]:
+    def _run_faithful(
+        self, model: ir.Model, intermediates: bool, *, budgeted: bool = True
+    ) -> list[dict[str, np.ndarray]]:
         from mpcompile.evaluate.faithful import FaithfulSession
         from mpcompile.inputs import cast_feeds
 
-        self._spend()
-        session = FaithfulSession(model, intermediates=intermediates)
+        if budgeted:
+            self._spend()
+        else:
+            self.evaluations += 1
+        self.sessions += 1
+        session = FaithfulSession(model, intermediates=intermediates, prepack=False)
         return [session.run(cast_feeds(model, batch)) for batch in self.feeds]
 
 

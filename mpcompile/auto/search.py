@@ -302,13 +302,36 @@ class Search:
         try:
             probe = self.evaluator.probe(blocked)
             if probe.passed:
-                return probe
+                return self._confirmed(probe)
             self.notes.append(
                 "the search's final candidate failed its check; the best passing one is returned"
             )
         except BudgetExhausted:
             pass
         passing = [p for p in self.evaluator.probes() if p.passed]
-        if passing:
-            return max(passing, key=lambda p: (p.fp16_flop_share, -len(p.blocked)))
+        for probe in sorted(passing, key=lambda p: (-p.fp16_flop_share, len(p.blocked))):
+            if self._confirmed(probe).passed:
+                return self.evaluator.probe(probe.blocked)
         return self.evaluator.probe_exact_fp32(self.candidates)
+
+    def _confirmed(self, probe: Probe) -> Probe:
+        """``probe`` checked in its own session (a step of phase "confirm") if the switchboard
+        ran it; a verdict that does not hold there is noted."""
+        if not probe.on_switchboard:
+            return probe
+        confirmed = self.evaluator.confirm(probe)
+        self.steps.append(
+            SearchStep(
+                index=len(self.steps) + 1, phase="confirm", tried="the answer, in its own session",
+                blocked=sorted(probe.blocked - self.range_blocked), error=confirmed.check.error,
+                limit=self.evaluator.criterion.limit, passed=confirmed.passed,
+                outcome=KEPT if confirmed.passed else REVERTED, fp16_flop_share=confirmed.fp16_flop_share,
+                evaluated=True, evaluations=self.evaluator.evaluations,
+            )
+        )  # fmt: skip
+        if not confirmed.passed:
+            self.notes.append(
+                f"the switchboard's verdict on a candidate (error {probe.check.error:.3g}) did not hold "
+                f"in its own session (error {confirmed.check.error:.3g}); the next best is returned"
+            )
+        return confirmed

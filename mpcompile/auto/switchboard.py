@@ -157,7 +157,9 @@ class Switchboard:
             graph.outputs[index] = select.outputs[0]
             select.outputs[0].name = self._float_outputs[index]
             self._read[("", index)] = (flag.name, origin[id(value)])
-        for name in [name for name, value in graph.initializers.items() if not any(True for _ in value.uses())]:
+        for name in [
+            name for name, value in graph.initializers.items() if not any(True for _ in value.uses())
+        ]:
             if not graph.initializers[name].is_graph_output():
                 del graph.initializers[name]
         self.outputs = list(self._float_outputs)
@@ -203,7 +205,11 @@ class Switchboard:
             if node.name in self._node_names:
                 for index, value in enumerate(node.outputs):
                     key = (node.name, index)
-                    if value.dtype in LOW_DTYPES and key not in self._stored and key not in self._constant_outputs:
+                    if (
+                        value.dtype in LOW_DTYPES
+                        and key not in self._stored
+                        and key not in self._constant_outputs
+                    ):
                         return None
         constants: dict[str, np.ndarray] = {}
         for slot, (flag, (producer, index)) in self._read.items():

@@ -96,7 +96,7 @@ def auto_options(command: Callable) -> Callable:
             type=click.IntRange(min=2),
             default=DEFAULT_BUDGET,
             show_default=True,
-            help="--auto: most model evaluations (ONNX Runtime session builds), reference included.",
+            help="--auto: most model evaluations (runs of the reference or a candidate), reference included.",
         ),
         click.option(
             "--keep-static-blocks",
@@ -223,7 +223,8 @@ def print_auto_summary(result: Any) -> None:
     console.print(
         f"--auto: {verdict} {result.criterion.describe()} (error {result.error:.3g} of limit "
         f"{result.criterion.limit:.3g}); FP16 FLOP share {result.fp16_flop_share:.1%}; "
-        f"{result.evaluations} of {result.budget} evaluations; inputs {result.inputs}"
+        f"{result.evaluations} evaluations (budget {result.budget}) in {result.sessions} ONNX Runtime "
+        f"session(s); inputs {result.inputs}"
     )
     kept = [(name, "auto:range", why) for name, why in sorted(result.range_blocked.items())]
     kept += [(name, "auto:sensitivity", why) for name, why in sorted(result.sensitivity_blocked.items())]
