@@ -15,7 +15,9 @@ Starting point: the conversion with the range rules' nodes kept FP32. When it fa
    (most sensitive first) finds the fewest items to keep FP32; the rest of the region goes
    back to low precision.
 4. **Prune** (while budget remains): each kept item in turn, largest FLOPs first, is tried in
-   low precision again and stays there if the tolerance still holds.
+   low precision again and stays there if the tolerance still holds; then each producer kept
+   FP32 with a sensitive node, alone (where the node's own rounding was what mattered, as in a
+   residual Add, its producers need not stay FP32).
 
 Galloping needs few evaluations when few nodes are sensitive (``2·log2(k) + 1`` for k needed
 items) and bisection bounds it by ``log2(n)`` otherwise. Every step stays inside the budget:
@@ -266,6 +268,7 @@ class Search:
                     chosen = rest
 
         blocked = frozenset(self.range_blocked | {m for item in chosen for m in item.members})
+        blocked = self._prune_producers(blocked, chosen, necessary)
         best = self._known_passing(blocked)
         why = self._why(best.blocked - self.range_blocked, chosen, chosen_regions, score)
         for name in sorted(best.blocked - self.range_blocked - why.keys()):
@@ -273,6 +276,25 @@ class Search:
                 f"kept FP32 in the best candidate that passed (error introduced {score.get(name, 0.0):.3g})"
             )
         return SearchOutcome(best, why, sensitivities, self.steps, self.notes)
+
+    def _prune_producers(
+        self, blocked: frozenset[str], chosen: list[BlameItem], necessary: Sequence[BlameItem]
+    ) -> frozenset[str]:
+        """Give low precision back to the producers kept FP32 with a sensitive node, one at a
+        time (largest FLOPs first), where the tolerance still holds without them."""
+        sensitive = {item.node for item in chosen}
+        keep = {m for item in necessary for m in item.members}
+        producers = {m for item in chosen for m in item.members[1:]} - sensitive - keep
+        for member in sorted(producers, key=lambda m: (-self.evaluator.flops.get(m, 0), m)):
+            if self.exhausted or self.evaluator.flops.get(member, 0) == 0:
+                continue
+            candidate = blocked - {member}
+            probe = self._try("prune", f"{member} back in low precision (its consumer stays FP32)", candidate)
+            if probe is None:
+                break
+            if probe.passed:
+                blocked = candidate
+        return blocked
 
     def _item_flops(self, item: BlameItem) -> int:
         return sum(self.evaluator.flops.get(member, 0) for member in item.members)
