@@ -59,6 +59,8 @@ class ConversionContext:
     # The converted model is serialized exactly once (convert_file): converted embedded weights
     # may drop their FP32 bytes as they are written (see ConvertConstantsPass).
     serialized_once: bool = False
+    # Casts from integers/bool to float start low-precision paths (ConvertOptions.measured_casts).
+    measured_casts: bool = False
     plan: PrecisionPlan = dataclasses.field(default_factory=PrecisionPlan)
     # Typing of each node (by id) as the assignment saw it (see mpcompile.op_types).
     typings: dict[int, NodeTyping | None] = dataclasses.field(default_factory=dict)

@@ -42,6 +42,10 @@ class ConvertOptions:
     # BLOCK-list ops to treat as follow ops (rule auto.measured[...]); set by --auto, whose
     # range rules and search measure them (op_classes.MEASURABLE). User block_ops still win.
     measured_ops: tuple[str, ...] = ()
+    # Casts from integers/bool to float may start low-precision paths, their outputs going
+    # straight to FP16/BF16 (exact only up to 2048 in FP16); set by --auto, whose range rules
+    # check the measured values are exact in low precision.
+    measured_casts: bool = False
     policy: str | os.PathLike | None = None  # TOML file with the same fields
     allow_qdq: bool = False
     optimize: str | None = None  # run ORT's graph optimisation first: basic | extended | transformer
@@ -235,6 +239,7 @@ def _convert_ir(
         keep_io_types=bool(keep_io),
         allow_qdq=opts.allow_qdq,
         serialized_once=serialized_once,
+        measured_casts=opts.measured_casts,
     )
     note = already_low_precision(model)
     if note is not None:

@@ -340,3 +340,69 @@ def test_depth_and_accumulator_of_each_accumulating_op(node, depth, accumulated)
     measured, what = accumulator_max(ir_node, values, 17)
     print(node.op_type, what, measured, accumulated)
     assert measured == pytest.approx(accumulated, rel=1e-4)
+
+
+def _integer_cast_model() -> onnx.ModelProto:
+    """y = (x @ w1 + Cast(ids) * 1e-3) @ w2, ids an int64 input (positions, counts, a mask)."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+        helper.make_node("Cast", ["ids"], ["c"], name="ids_to_float", to=onnx.TensorProto.FLOAT),
+        helper.make_node("Mul", ["c", "scale"], ["cs"], name="scale_ids"),
+        helper.make_node("Add", ["h", "cs"], ["m"], name="mix"),
+        helper.make_node("MatMul", ["m", "w2"], ["y"], name="fc2"),
+    ]
+    return make_model(
+        nodes,
+        [value_info("x", [4, 8]), value_info("ids", [4, 8], onnx.TensorProto.INT64)],
+        [value_info("y", [4, 4])],
+        [
+            weight("w1", [8, 8], seed=1, scale=0.3),
+            weight("w2", [8, 4], seed=2),
+            constant("scale", np.float32(1e-3)),
+        ],
+    )
+
+
+def _integer_feeds(low: int, high: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    return {
+        "x": rng.standard_normal((4, 8)).astype(np.float32),
+        "ids": rng.integers(low, high, (4, 8)).astype(np.int64),
+    }
+
+
+def test_cast_from_integers_goes_fp16_when_its_values_are_exact():
+    """The core keeps a Cast from integers (and the Mul after it) FP32 by default; --auto makes it
+    a candidate (measured_casts), and values FP16 holds exactly (0..100) let it go FP16 with one
+    Cast fewer."""
+    model = _integer_cast_model()
+    plain = decisions_by_name(mpcompile.convert(model).model)
+    assert plain["ids_to_float"][:2] == ("fp32", "not-between-low")
+    result = auto_convert(model, inputs=_integer_feeds(0, 100))
+    decisions = decisions_by_name(result.model)
+    print({name: decisions[name] for name in ("ids_to_float", "scale_ids")})
+    assert decisions["ids_to_float"] == (
+        "fp16",
+        "pass-through",
+        "policy.pass-through[Cast]; integer source (measured_casts)",
+    )
+    assert decisions["scale_ids"][0] == "fp16"
+    cast = next(node for node in result.model.graph.node if node.name == "ids_to_float")
+    assert helper.get_attribute_value(cast.attribute[0]) == onnx.TensorProto.FLOAT16
+    assert result.passed and not result.range_blocked
+    onnx.checker.check_model(result.model, full_check=True)
+    import onnxruntime as ort
+
+    ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    static = decisions_by_name(auto_convert(model, inputs=_integer_feeds(0, 100), static_blocks=True).model)
+    assert static["ids_to_float"][0] == "fp32"
+
+
+def test_cast_of_integers_fp16_cannot_hold_is_kept_fp32_by_a_range_rule():
+    """Odd integers above 2048 are not FP16 values: the inexact-cast rule keeps the Cast FP32."""
+    result = auto_convert(_integer_cast_model(), inputs=_integer_feeds(3000, 5000))
+    decisions = decisions_by_name(result.model)
+    print(result.range_blocked)
+    assert decisions["ids_to_float"][:2] == ("fp32", AUTO_RANGE)
+    assert "cannot hold exactly" in result.range_blocked["ids_to_float"]
+    assert result.passed

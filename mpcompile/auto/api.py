@@ -63,6 +63,7 @@ class AutoResult:
     notes: list[str] = dataclasses.field(default_factory=list)
     measured_ops: tuple[str, ...] = ()  # block-list ops made candidates (empty: static_blocks)
     sessions: int = 0  # ONNX Runtime session builds
+    measured_casts: bool = False  # Casts from integers were candidates (False: static_blocks)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -86,6 +87,7 @@ class AutoResult:
             "limit": self.criterion.limit,
             "fp16_flop_share": self.fp16_flop_share,
             "measured_ops": list(self.measured_ops),
+            "measured_casts": self.measured_casts,
             "range_blocked": dict(sorted(self.range_blocked.items())),
             "sensitivity_blocked": dict(sorted(self.sensitivity_blocked.items())),
             "steps": [step.to_dict() for step in self.trace],
@@ -126,12 +128,16 @@ def auto_convert(
     ``static_blocks``: keep every op of the core's block list FP32;
     by default the measurable ones (``op_classes.MEASURABLE``: Exp, Pow, Log, reductions, ...)
     are candidates like follow ops, decided by the range rules and the search (user
-    ``block_ops``/``block_nodes``/policy files still win). Other keyword arguments are
+    ``block_ops``/``block_nodes``/policy files still win), and so are Casts from integers to
+    float (``measured_casts``: an attention mask's Cast goes to FP16 when its values are
+    exact there); ``static_blocks`` turns both off. Other keyword arguments are
     ``mpcompile.convert`` options.
     """
     started = time.perf_counter()
     if not static_blocks and "measured_ops" not in convert_options:
         convert_options = {**convert_options, "measured_ops": measured_op_names()}
+    if not static_blocks and "measured_casts" not in convert_options:
+        convert_options = {**convert_options, "measured_casts": True}
     options = ConvertOptions.build(**convert_options)  # unknown options fail here
     criterion = make_criterion(rtol=rtol, atol=atol, metric=metric, precision=options.precision)
     if budget < MIN_BUDGET:
@@ -203,6 +209,7 @@ def auto_convert(
         seconds=time.perf_counter() - started,
         notes=notes,
         measured_ops=tuple(options.measured_ops),
+        measured_casts=options.measured_casts,
     )
     final.model.metadata_props[TRACE_KEY] = json.dumps(result.to_dict(), sort_keys=True)
     final.notes.extend(notes)

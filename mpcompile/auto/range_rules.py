@@ -18,6 +18,11 @@ or outputs (initializers excepted: the core's ``range`` rule handles constants):
   accumulate in FP32, so this rule is a guard, not a measurement. MatMul/Gemm/Conv are left
   out: their kernels accumulate in FP32 everywhere.
 
+* **inexact integers**: a Cast from integers or bool to float (a candidate under ``--auto``,
+  ``ConvertOptions.measured_casts``) whose measured outputs are not all exactly representable
+  in the low-precision type (FP16 holds every integer only up to 2048): position ids and counts
+  would be rounded, an attention mask of 0/1 is exact.
+
 One more rule predicts error rather than range trouble, so it needs the tolerance:
 
 * **cancellation** (Add, Sub, Sum): a sum amplifies the relative rounding error of its inputs
@@ -95,7 +100,8 @@ class RangeFinding:
     """Why one node is unsafe: which rule, on which value, measured vs allowed."""
 
     node: str
-    rule: str  # "overflow" | "underflow" | "deep-reduction" | "cancellation" | "cancellation-input"
+    rule: str  # "overflow" | "underflow" | "deep-reduction" | "accumulator" | "inexact-cast" |
+    # "cancellation" | "cancellation-input"
     value: str  # the value measured; for "cancellation-input", the cancelling node
     measured: float  # for "cancellation": the predicted relative error e
     threshold: float
@@ -117,6 +123,11 @@ class RangeFinding:
             return (
                 f"feeds {self.value}, whose cancellation amplifies this output's rounding "
                 f"{self.amplification:.3g}x"
+            )
+        if self.rule == "inexact-cast":
+            return (
+                f"{self.value!r} holds {int(self.measured)} integer value(s) the low-precision type "
+                f"cannot hold exactly (max |x| {self.threshold:.6g})"
             )
         if self.rule == "overflow":
             return f"{self.value!r} reaches max |x| {self.measured:.4g} > {self.threshold:.4g}"
@@ -177,8 +188,10 @@ def find_unsafe_nodes(
     findings: dict[str, RangeFinding] = {}
     for name in candidates:
         node = nodes[name]
-        finding = _depth_finding(node, values, rules, opset) or _accumulator_finding(
-            node, values, opset, overflow_limit
+        finding = (
+            _depth_finding(node, values, rules, opset)
+            or _accumulator_finding(node, values, opset, overflow_limit)
+            or _inexact_cast_finding(node, values, fmt)
         )
         touched = [v for v in (*node.inputs, *node.outputs) if v is not None and v.name]
         for value in touched:
@@ -201,6 +214,28 @@ def find_unsafe_nodes(
             findings[name] = finding
     _add_cancellation_inputs(nodes, set(candidates), findings)
     return findings
+
+
+def _inexact_cast_finding(
+    node: ir.Node, values: Mapping[str, Sequence[np.ndarray]], fmt: LowPrecisionFormat
+) -> RangeFinding | None:
+    """A Cast from integers/bool whose measured outputs the low-precision type rounds."""
+    if node.domain != "" or node.op_type not in ("Cast", "CastLike") or not node.inputs:
+        return None
+    sources = values.get(node.inputs[0].name or "", ())
+    outputs = values.get(node.outputs[0].name or "", ())
+    if not sources or any(np.asarray(array).dtype.kind not in "iub" for array in sources):
+        return None
+    inexact, largest = 0, 0.0
+    for array in outputs:
+        array = np.asarray(array, dtype=np.float32)
+        rounded = array.astype(fmt.numpy_dtype).astype(np.float32)
+        inexact += int(np.count_nonzero(rounded != array))
+        if array.size:
+            largest = max(largest, float(np.abs(array).max()))
+    if not inexact:
+        return None
+    return RangeFinding(node.name or "", "inexact-cast", node.outputs[0].name, inexact, largest)
 
 
 def unit_roundoff(fmt: LowPrecisionFormat) -> float:

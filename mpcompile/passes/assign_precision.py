@@ -345,6 +345,9 @@ class _GraphPainter:
         for info in seeds:
             info.low = True
         weight_fed = [info for info in candidates if self._paintable(info) and self._reads_only_weights(info)]
+        for info in weight_fed:
+            if not info.typing.float_inputs:
+                info.rule = f"{info.rule}; integer source (measured_casts)"
         downstream = self._reach(seeds, self._float_consumers) | self._reach(
             weight_fed, self._float_consumers
         )
@@ -354,8 +357,11 @@ class _GraphPainter:
             self.infos[key].low = True
 
     def _reads_only_weights(self, info: _NodeInfo) -> bool:
+        """Nothing FP32 flows in: only weights, or (``measured_casts``) a Cast from integers."""
         inputs = [info.node.inputs[index] for index in info.typing.float_inputs]
-        return bool(inputs) and all(_is_weight(value) for value in inputs)
+        if not inputs:
+            return self.context.measured_casts and _casts_to_float(info.node)
+        return all(_is_weight(value) for value in inputs)
 
     def _reach(self, seeds: list[_NodeInfo], step) -> set[int]:
         reached: set[int] = set()
@@ -510,6 +516,19 @@ def _reads_as_float(consumer: _NodeInfo, producer: ir.Node) -> bool:
     return any(
         consumer.node.inputs[index] is not None and consumer.node.inputs[index].producer() is producer
         for index in consumer.typing.float_inputs
+    )
+
+
+def _casts_to_float(node: ir.Node) -> bool:
+    """A Cast (or CastLike) from a non-float type to FLOAT."""
+    source = node.inputs[0] if node.inputs else None
+    return (
+        node.domain == ""
+        and node.op_type in ("Cast", "CastLike")
+        and source is not None
+        and source.dtype is not None
+        and not source.dtype.is_floating_point()
+        and node.outputs[0].dtype == ir.DataType.FLOAT
     )
 
 
