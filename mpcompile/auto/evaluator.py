@@ -139,8 +139,13 @@ class Evaluator:
         result = self.convert(blocked)
         low = low_precision_nodes(result.model)
         share = self.flop_share(low)
+        twin = None if intermediates else self._same_conversion(low)
         if not low and not _has_low_tensors(result.model):
             probe = Probe(blocked, result, low, share, CheckResult(True, 0.0, "", ""), evaluated=False)
+        elif twin is not None:  # the core painted the same nodes low: the same model, not run again
+            probe = dataclasses.replace(
+                twin, blocked=blocked, result=result, evaluated=False, intermediates=None
+            )
         else:
             settings = None if intermediates else self._settings(result.model)
             if settings is not None:
@@ -154,6 +159,17 @@ class Evaluator:
             )  # fmt: skip
         self._probes[blocked] = probe
         return probe
+
+    def _same_conversion(self, low: frozenset[str]) -> Probe | None:
+        """An evaluated probe whose conversion put exactly ``low`` in low precision.
+
+        The search's extra FP32 nodes reach the core only as node decisions, so two candidates
+        with the same low-precision nodes convert to the same model (keeping a node FP32 that
+        the painting rules keep FP32 anyway changes nothing)."""
+        for probe in self._probes.values():
+            if probe.evaluated and probe.low == low:
+                return probe
+        return None
 
     def confirm(self, probe: Probe) -> Probe:
         """``probe`` run in its own session when the switchboard ran it (one more evaluation,

@@ -101,6 +101,8 @@ class Search:
             return None
         if known and self.evaluator.evaluations == before:
             return probe
+        if not probe.evaluated and probe.low:
+            tried += " (the same model as an earlier candidate: not run)"
         self.steps.append(
             SearchStep(
                 index=len(self.steps) + 1,

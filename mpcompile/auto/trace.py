@@ -36,7 +36,7 @@ class SearchStep:
     passed: bool | None
     outcome: str  # KEPT | REVERTED | MEASURED
     fp16_flop_share: float | None
-    evaluated: bool  # False: nothing low precision was left, so it equals FP32 and was not run
+    evaluated: bool  # False: not run (nothing low precision left, or an earlier candidate's model)
     evaluations: int  # evaluations spent so far, this one included
 
     def to_dict(self) -> dict[str, Any]:
@@ -79,7 +79,7 @@ def trace_rows(record: dict[str, Any]) -> list[list[str]]:
                 _number(step.get("error")),
                 _number(step.get("limit")),
                 "-" if share is None or step["phase"] == "reference" else f"{share:.1%}",
-                step["outcome"] + ("" if step.get("evaluated", True) else " (FP32, not run)"),
+                step["outcome"] + ("" if step.get("evaluated", True) else " (not run)"),
                 str(step["evaluations"]),
             ]
         )
