@@ -8,6 +8,7 @@ candidate's session, so any difference would be a different evaluation.
 from __future__ import annotations
 
 import math
+import pathlib
 import random
 
 import numpy as np
@@ -229,3 +230,55 @@ def test_search_on_the_switchboard_finds_the_same_answer(name, tolerance):
     print(f"{name}: sessions {shared.sessions} vs {own.sessions}, evaluations {shared.evaluations}")
     assert own.sessions == own.evaluations
     assert shared.sessions <= 3 <= own.sessions
+
+
+def _zoo(name: str) -> onnx.ModelProto:
+    path = pathlib.Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"{name}.onnx"
+    return onnx.load(str(path))
+
+
+def test_a_zoo_graph_runs_as_in_its_own_sessions():
+    """light_squeezenet (onnx's model zoo, 66 nodes): reference and three candidates."""
+    work = _working(_zoo("light_squeezenet"))
+    feeds = generate_inputs(work, seed=0)[0]
+    board = Switchboard.build(work, ir.DataType.FLOAT16)
+    (got,) = board.run([feeds], board.reference_settings(), intermediates=True)
+    _assert_same(got, ReferenceSession(work, intermediates=True, prepack=False).run(feeds))
+    candidates = sorted(low_precision_nodes(convert(work).model))
+    for blocked in ([], candidates[::3], candidates[1::2]):
+        converted = convert(work, block_nodes=[f"^{node}$" for node in blocked]).model
+        (got,) = board.run([feeds], board.settings(converted))
+        _assert_same(got, _own_session(converted, feeds))
+
+
+def test_initializers_that_are_inputs_keep_their_default():
+    """Graph inputs with an initializer may go unfed, even one no node reads (light_resnet50 has
+    one): the switchboard keeps the initializer as its default, as the model's own session does."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+        helper.make_node("Add", ["h", "bias"], ["y"], name="bias_add"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "overridable",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]),
+            helper.make_tensor_value_info("bias", TensorProto.FLOAT, [4]),
+            helper.make_tensor_value_info("unused", TensorProto.FLOAT, [3]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+        [
+            numpy_helper.from_array(np.ones((4, 4), np.float32), "w"),
+            numpy_helper.from_array(np.full(4, 0.1, np.float32), "bias"),
+            numpy_helper.from_array(np.zeros(3, np.float32), "unused"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    work = _working(model)
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)}
+    board = Switchboard.build(work, ir.DataType.FLOAT16)
+    converted = convert(work).model
+    (got,) = board.run([feeds], board.settings(converted))
+    _assert_same(got, _own_session(converted, feeds))
+    result = auto_convert(model, inputs=feeds, rtol=1e-3, atol=1e-3)
+    assert result.passed

@@ -160,7 +160,8 @@ class Switchboard:
         for name in [
             name for name, value in graph.initializers.items() if not any(True for _ in value.uses())
         ]:
-            if not graph.initializers[name].is_graph_output():
+            value = graph.initializers[name]
+            if not value.is_graph_output() and not value.is_graph_input():  # an input's default stays
                 del graph.initializers[name]
         self.outputs = list(self._float_outputs)
         graph.outputs.extend(intermediates)  # read by the reference run only
