@@ -102,7 +102,7 @@ class Search:
         if known and self.evaluator.evaluations == before:
             return probe
         if not probe.evaluated and probe.low:
-            tried += " (the same model as an earlier candidate: not run)"
+            tried += " (same model as an earlier candidate)"
         self.steps.append(
             SearchStep(
                 index=len(self.steps) + 1,
