@@ -154,14 +154,14 @@ def auto_convert(
         convert_options = {**convert_options, "optimize": None}
     renamed = name_nodes(work)
     feeds, label = resolve_feeds(work, inputs, shapes=shapes, seed=seed)
-    flops = node_flops(work, feeds[0])
-    evaluator = Evaluator(work, feeds, criterion, convert_options, budget, flops, switchboard=switchboard)
+    evaluator = Evaluator(work, feeds, criterion, convert_options, budget, {}, switchboard=switchboard)
 
     baseline = evaluator.baseline()
     if baseline.already_converted:
         raise errors.AlreadyLowPrecisionError(f"{baseline.notes[-1]}; nothing to do")
     nodes = main_nodes(work)
     reference = evaluator.run_reference()
+    evaluator.set_flops(node_flops(work, feeds[0], reference[0]))
     values: dict[str, list] = {}
     for batch_feeds, batch_values in zip(feeds, reference, strict=True):
         for name, array in [*batch_feeds.items(), *batch_values.items()]:

@@ -126,6 +126,11 @@ class Evaluator:
         dump_dir = self.dump_dir if verify else None
         return convert(self.model, block_nodes=patterns, verify=verify, dump_dir=dump_dir, **self.options)
 
+    def set_flops(self, flops: Mapping[str, int]) -> None:
+        """FLOPs per node (known once the reference run has given every value's shape)."""
+        self.flops = dict(flops)
+        self.total_flops = sum(self.flops.values())
+
     def flop_share(self, low: frozenset[str]) -> float:
         if not self.total_flops:
             return 0.0

@@ -201,6 +201,8 @@ class Switchboard:
                 value = graph.inputs[index]
             else:
                 return None
+            if value.dtype is None:  # the faithful evaluation would guess; do not
+                return None
             switches[flag] = np.array(value.dtype in LOW_DTYPES)
         for node in graph:  # a low-precision store with no switch: nothing here can express it
             if node.name in self._node_names:
