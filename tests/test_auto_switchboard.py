@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
-from test_fuzz import examples, options
+from test_fuzz import DERANDOMIZE, EXAMPLES, examples, options
 
 import models
 from models.sensitive import SENSITIVE
@@ -177,8 +177,8 @@ def test_unexpressible_candidates_and_models_are_refused():
 
 
 @settings(
-    max_examples=60,
-    derandomize=True,
+    max_examples=max(1, EXAMPLES * 2 // 5),  # 60 in CI; MPCOMPILE_FUZZ_EXAMPLES scales it
+    derandomize=DERANDOMIZE,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     print_blob=True,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
+from onnx import helper, numpy_helper
 
 from mpcompile.auto.criteria import CriterionError, make_criterion, parse_metric
 from mpcompile.auto.graph import connected_regions, main_nodes, name_nodes
@@ -17,7 +19,7 @@ from mpcompile.auto.range_rules import (
     reduction_depth,
     value_stats,
 )
-from mpcompile.auto.sensitivity import blame_items, measure
+from mpcompile.auto.sensitivity import NodeSensitivity, blame_items, measure
 from mpcompile.precision import FP16
 
 
@@ -212,6 +214,34 @@ def test_regions_and_blame_items():
     low = list(nodes)
     items = blame_items(nodes, low, sensitivities, {})
     assert items[0].node == "auto/Mul_2" and items[0].members == ("auto/Mul_2", "auto/Add_1")
+
+
+def test_selection_ops_get_no_blame_item():
+    """A Gather of an FP16 embedding table seems to introduce the table's rounding, but its FP16
+    consumer rounds the same values: keeping the Gather alone FP32 would change nothing. It is
+    no item of its own; the consumer's item takes it along."""
+    nodes_proto = [
+        helper.make_node("Gather", ["table", "ids"], ["e"], name="lookup"),
+        helper.make_node("Add", ["e", "x"], ["y"], name="mix"),
+    ]
+    graph = helper.make_graph(
+        nodes_proto,
+        "selection",
+        [
+            helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, [3]),
+            helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3, 4]),
+        ],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3, 4])],
+        [numpy_helper.from_array(np.linspace(0.1, 2.0, 40, dtype=np.float32).reshape(10, 4), "table")],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    nodes = main_nodes(model)
+    sensitivities = {
+        "lookup": NodeSensitivity("lookup", 4e-4, 0.0, 4e-4),
+        "mix": NodeSensitivity("mix", 3e-4, 4e-4, 0.0),
+    }
+    items = blame_items(nodes, ["lookup", "mix"], sensitivities, {})
+    assert [item.node for item in items] == ["mix"] and items[0].members == ("mix", "lookup")
 
 
 class _FakeEvaluator:

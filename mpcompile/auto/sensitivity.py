@@ -39,6 +39,17 @@ from mpcompile.precision import LowPrecisionFormat
 from mpcompile.ranges import constant_tensor
 
 EXACT_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Sum", "Relu", "MatMul"})
+# Ops whose outputs are some of their inputs' values, moved: they add no rounding of their own.
+# What they seem to introduce is their inputs' conversion (an embedding table stored in FP16),
+# which a low-precision consumer makes anyway, so keeping one FP32 alone changes nothing and they
+# get no blame item (a consumer's item takes them along as its producers).
+SELECTION_OPS = frozenset(
+    {
+        "Reshape", "Transpose", "Concat", "Slice", "Gather", "GatherElements", "GatherND", "Squeeze",
+        "Unsqueeze", "Split", "Expand", "Tile", "Identity", "Flatten", "MaxPool", "GlobalMaxPool",
+        "DepthToSpace", "SpaceToDepth", "ReduceMax", "ReduceMin", "Compress", "ReverseSequence",
+    }
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,12 +214,14 @@ def blame_items(
     flops: Mapping[str, int],
     unit_roundoff: float = 2.0**-11,
 ) -> list[BlameItem]:
-    """One blame cone per low-precision node, most sensitive first: by band of the error
-    introduced (``sensitivity_band``), then fewer FLOPs, then graph order."""
+    """One blame cone per low-precision node (``SELECTION_OPS`` excepted), most sensitive first:
+    by band of the error introduced (``sensitivity_band``), then fewer FLOPs, then graph order."""
     low_set = set(low)
     order = {name: index for index, name in enumerate(nodes)}
     items = []
     for name in low:
+        if nodes[name].domain == "" and nodes[name].op_type in SELECTION_OPS:
+            continue
         sensitivity = sensitivities.get(name)
         score = sensitivity.introduced if sensitivity is not None else 0.0
         exact = sensitivity.exact if sensitivity is not None else None
