@@ -17,7 +17,7 @@ import onnx_ir as ir
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 from test_fuzz import DERANDOMIZE, EXAMPLES, examples, options
 
 import models
@@ -30,6 +30,7 @@ from mpcompile.auto.switchboard import Switchboard
 from mpcompile.converter import convert
 from mpcompile.evaluate.faithful import FaithfulSession, ReferenceSession
 from mpcompile.inputs import cast_feeds, generate_inputs
+from tests.builders import constant, make_model, value_info, weight
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is needed to evaluate models")
 
@@ -113,20 +114,12 @@ def _masked_softmax() -> onnx.ModelProto:
         helper.make_node("Softmax", ["scores"], ["y"], name="softmax", axis=-1),
         helper.make_node("ReduceMin", ["mask"], ["mask_min"], name="mask_min", keepdims=0),
     ]
-    graph = helper.make_graph(
+    return make_model(
         nodes,
-        "masked",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
-        [
-            helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8]),
-            helper.make_tensor_value_info("mask_min", TensorProto.FLOAT, []),
-        ],
-        [
-            numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w"),
-            numpy_helper.from_array(mask, "mask"),
-        ],
+        [value_info("x", [4, 8])],
+        [value_info("y", [4, 8]), value_info("mask_min", [])],
+        [weight("w", [8, 8]), constant("mask", mask)],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 def test_constants_are_fed_as_the_candidate_made_them():
@@ -152,27 +145,16 @@ def test_unexpressible_candidates_and_models_are_refused():
     assert board.settings(converted) is None  # an original node missing
 
     then_branch = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["r"])],
-        "then",
-        [],
-        [helper.make_tensor_value_info("r", TensorProto.FLOAT, [2])],
+        [helper.make_node("Relu", ["x"], ["r"])], "then", [], [value_info("r", [2])]
     )
     else_branch = helper.make_graph(
-        [helper.make_node("Neg", ["x"], ["n"])],
-        "else",
-        [],
-        [helper.make_tensor_value_info("n", TensorProto.FLOAT, [2])],
+        [helper.make_node("Neg", ["x"], ["n"])], "else", [], [value_info("n", [2])]
     )
-    graph = helper.make_graph(
+    branchy = make_model(
         [helper.make_node("If", ["flag"], ["y"], then_branch=then_branch, else_branch=else_branch)],
-        "branchy",
-        [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
-            helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
-        ],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        [value_info("x", [2]), value_info("flag", [], TensorProto.BOOL)],
+        [value_info("y", [2])],
     )
-    branchy = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     assert Switchboard.build(_working(branchy), ir.DataType.FLOAT16) is None
 
 
@@ -258,22 +240,13 @@ def test_initializers_that_are_inputs_keep_their_default():
         helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
         helper.make_node("Add", ["h", "bias"], ["y"], name="bias_add"),
     ]
-    graph = helper.make_graph(
+    model = make_model(
         nodes,
-        "overridable",
-        [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]),
-            helper.make_tensor_value_info("bias", TensorProto.FLOAT, [4]),
-            helper.make_tensor_value_info("unused", TensorProto.FLOAT, [3]),
-        ],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
-        [
-            numpy_helper.from_array(np.ones((4, 4), np.float32), "w"),
-            numpy_helper.from_array(np.full(4, 0.1, np.float32), "bias"),
-            numpy_helper.from_array(np.zeros(3, np.float32), "unused"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        [value_info("x", [2, 4]), value_info("bias", [4]), value_info("unused", [3])],
+        [value_info("y", [2, 4])],
+        [constant("w", np.ones((4, 4), np.float32)), constant("bias", np.full(4, 0.1, np.float32)),
+         constant("unused", np.zeros(3, np.float32))],
+    )  # fmt: skip
     work = _working(model)
     feeds = {"x": np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)}
     board = Switchboard.build(work, ir.DataType.FLOAT16)

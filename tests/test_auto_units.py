@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from mpcompile.auto.criteria import CriterionError, make_criterion, parse_metric
 from mpcompile.auto.graph import connected_regions, main_nodes, name_nodes
@@ -21,6 +21,7 @@ from mpcompile.auto.range_rules import (
 )
 from mpcompile.auto.sensitivity import NodeSensitivity, blame_items, measure
 from mpcompile.precision import FP16
+from tests.builders import constant, make_model, value_info
 
 
 def _model(text: str) -> ir.Model:
@@ -224,17 +225,15 @@ def test_selection_ops_get_no_blame_item():
         helper.make_node("Gather", ["table", "ids"], ["e"], name="lookup"),
         helper.make_node("Add", ["e", "x"], ["y"], name="mix"),
     ]
-    graph = helper.make_graph(
-        nodes_proto,
-        "selection",
-        [
-            helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, [3]),
-            helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3, 4]),
-        ],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3, 4])],
-        [numpy_helper.from_array(np.linspace(0.1, 2.0, 40, dtype=np.float32).reshape(10, 4), "table")],
+    table = np.linspace(0.1, 2.0, 40, dtype=np.float32).reshape(10, 4)
+    model = ir.from_proto(
+        make_model(
+            nodes_proto,
+            [value_info("ids", [3], onnx.TensorProto.INT64), value_info("x", [3, 4])],
+            [value_info("y", [3, 4])],
+            [constant("table", table)],
+        )
     )
-    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     nodes = main_nodes(model)
     sensitivities = {
         "lookup": NodeSensitivity("lookup", 4e-4, 0.0, 4e-4),
