@@ -133,3 +133,30 @@ def test_narrow_terminal_keeps_the_essential_columns():
     assert narrow == ["node", "op", "precision", "FLOPs"]
     wide = [c.header for c in node_table(audit, ReportView()).columns]
     assert {"reason", "rule", "in", "out", "casts", "weights"} <= set(wide)
+
+
+def test_the_auto_search_is_in_every_report_format():
+    """A model from ``convert --auto`` carries its search record; the report shows it (JSON
+    under ``auto``, the terminal table and the HTML page as a summary line and the trace)."""
+    from models.sensitive import SENSITIVE
+    from mpcompile.auto import RangeRules, auto_convert, read_trace
+
+    # Without the cancellation rule the planted cancellation is found by the search.
+    result = auto_convert(
+        SENSITIVE["sensitive_cancellation"](), rules=RangeRules(cancellation_share=float("inf"))
+    )
+    record = read_trace(result.model)
+    audit = build_report(result.model)
+    document = json.loads(render(audit, "json"))
+    validate(document)
+    assert document["auto"] == record and [step["phase"] for step in record["steps"]][-1] == "confirm"
+    text = render(audit, "table")
+    assert "--auto search: meets |y - y_fp32| <= 0.01 + 0.01·|y_fp32|" in text
+    assert f"in {record['sessions']} ONNX Runtime session(s)" in text
+    assert all(step["tried"][:30] in text for step in record["steps"])
+    page = render(audit, "html")
+    trace = page[page.index('id="auto-trace"') :]
+    trace = trace[: trace.index("</table>")]
+    assert "<h2>--auto search</h2>" in page and trace.count("<tr>") == len(record["steps"]) + 1  # + header
+    plain = json.loads(render(build_report(mixed_model()), "json"))
+    assert plain["auto"] is None and "--auto search" not in render(build_report(mixed_model()), "html")

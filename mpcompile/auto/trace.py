@@ -86,6 +86,25 @@ def trace_rows(record: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def trace_summary(record: dict[str, Any]) -> str:
+    """One line on a saved record: verdict, criterion, FP16 FLOP share, evaluations, sessions."""
+    criterion = record.get("criterion", {})
+    if criterion.get("kind") == "metric":
+        wanted = f"{criterion['metric']} {'>=' if criterion['metric'] == 'cosine' else '<='} {criterion['threshold']:g}"
+    else:
+        wanted = f"|y - y_fp32| <= {criterion.get('atol', 0):g} + {criterion.get('rtol', 0):g}·|y_fp32|"
+    verdict = "meets" if record.get("passed") else "does not meet"
+    share = record.get("fp16_flop_share")
+    sessions = record.get("sessions")
+    return (
+        f"{verdict} {wanted} (error {_number(record.get('error'))} of limit {_number(record.get('limit'))}); "
+        f"FP16 FLOP share {'-' if share is None else f'{share:.1%}'}; "
+        f"{record.get('evaluations')} evaluations (budget {record.get('budget')})"
+        + ("" if sessions is None else f" in {sessions} ONNX Runtime session(s)")
+        + f"; inputs {record.get('inputs', '-')}"
+    )
+
+
 def _number(value: float | str | None) -> str:
     if value is None:
         return "-"

@@ -9,6 +9,7 @@ the reason is ``unknown``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any
 
@@ -92,6 +93,7 @@ class ModelAudit:
     notes: list[str] = dataclasses.field(default_factory=list)
     compare: dict[str, Any] | None = None  # set by compare.attach_comparison
     numerics: dict[str, Any] | None = None  # set by numerics.attach_numerics
+    auto: dict[str, Any] | None = None  # the --auto search record saved in the model (docs/auto.md)
     # The private, shape-resolved copy the audit was built from (for the numerics run).
     model: ir.Model | None = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -168,8 +170,23 @@ def audit_model(
         nodes=nodes,
         weights_by_dtype=_weights_by_precision(work),
         notes=notes,
+        auto=_auto_record(work),
         model=work,
     )
+
+
+def _auto_record(model: ir.Model) -> dict[str, Any] | None:
+    """The ``convert --auto`` search record (``mpcompile.auto`` metadata), or None."""
+    from mpcompile.auto import TRACE_KEY
+
+    text = model.metadata_props.get(TRACE_KEY)
+    if not text:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _all_nodes(model: ir.Model):

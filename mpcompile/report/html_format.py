@@ -226,6 +226,22 @@ def _numerics_section(numerics: dict[str, Any] | None) -> str:
     return "<h2>Numerics: where does the accuracy go</h2>" + "".join(items)
 
 
+def _auto_section(record: dict[str, Any] | None) -> str:
+    """The ``convert --auto`` search saved in the model: summary and trace table."""
+    if not record:
+        return ""
+    from mpcompile.auto.trace import TRACE_COLUMNS, trace_rows, trace_summary
+
+    head = "".join(f"<th>{_e(column)}</th>" for column in TRACE_COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in row) + "</tr>" for row in trace_rows(record)
+    )
+    return (
+        f"<h2>--auto search</h2><p class=meta>{_e(trace_summary(record))}</p>"
+        f'<div class="scroll"><table id="auto-trace"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+    )
+
+
 def _node_rows(audit: ModelAudit, rows: list[NodeAudit]) -> str:
     has_compare = audit.compare is not None
     has_numerics = audit.numerics is not None
@@ -314,6 +330,7 @@ def render_html(audit: ModelAudit, view: ReportView | None = None) -> str:
         + flops_chart_svg(summary["flops"]["by_op"], summary["flops"]["by_precision"])
         + _top_fp32_section(summary)
         + _numerics_section(audit.numerics)
+        + _auto_section(audit.auto)
         + f"<h2>Nodes ({len(rows)} of {len(audit.nodes)})</h2>"
         + '<input id="filter" type="search" placeholder="filter rows (name, op, reason...)">'
         + _node_rows(audit, rows)

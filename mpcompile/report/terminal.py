@@ -46,6 +46,8 @@ def print_report(audit: ModelAudit, console: Console, view: ReportView | None = 
         console.print(_top_fp32_table(top))
     if audit.numerics:
         _print_numerics(audit.numerics, console)
+    if audit.auto:
+        _print_auto(audit.auto, console)
     for note in audit.notes:
         console.print(f"[dim]note: {escape(note)}[/]")
     console.print(node_table(audit, view, console.width if console.is_terminal else WIDE))
@@ -124,6 +126,21 @@ def _print_numerics(numerics: dict[str, Any], console: Console) -> None:
         console.print(f"  output {escape(name)}: error {format_float(err['error_rel'])} of max |x|")
     for note in numerics["notes"]:
         console.print(f"  [dim]{escape(note)}[/]")
+
+
+def _print_auto(record: dict[str, Any], console: Console) -> None:
+    """The ``convert --auto`` search saved in the model: one line, then its trace."""
+    from mpcompile.auto.trace import TRACE_COLUMNS, trace_rows, trace_summary
+
+    console.print(f"[bold]--auto search[/]: {escape(trace_summary(record))}")
+    table = Table(title="--auto search trace", title_justify="left")
+    for column in TRACE_COLUMNS:
+        table.add_column(
+            column, justify="right" if column in ("#", "error", "limit", "evaluations") else "left"
+        )
+    for row in trace_rows(record):
+        table.add_row(*(escape(cell) for cell in row))
+    console.print(table)
 
 
 # Optional columns and the console width from which they are shown (narrow terminals keep
