@@ -350,7 +350,7 @@ def _constant_array(value: ir.Value) -> np.ndarray | None:
             return None
     if tensor.dtype != FLOAT and tensor.dtype not in LOW_DTYPES:
         return None
-    return np.asarray(tensor.numpy()).astype(np.float32)
+    return np.asarray(tensor.numpy()).astype(np.float32, copy=False)
 
 
 def _numpy_low(dtype: ir.DataType) -> np.dtype:
