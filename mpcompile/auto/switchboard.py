@@ -60,111 +60,15 @@ class Switchboard:
 
         self.low = low
         board = prepared_copy(model)
-        names = _Names(board)
-        graph = board.graph
-        self._op_types = {node.name: node.op_type for node in graph}
+        self._op_types = {node.name: node.op_type for node in board.graph}  # before the rewiring
+        wiring = _Wiring(board, low)
         self._node_names = set(self._op_types)
-        self._stored: dict[tuple[str, int], str] = {}  # (node or "" for graph input, index) -> switch
-        self._read: dict[Slot, tuple[str, tuple[str, int]]] = {}  # slot -> switch, what it reads
-        self._constant_outputs: set[tuple[str, int]] = set()
-        self._constant: dict[Slot, str] = {}
-        self._float_outputs = [value.name for value in graph.outputs]  # every graph output, by name
-        original_nodes = list(graph)
-        constants = _constant_values(graph)
-        original_outputs = {id(value) for value in graph.outputs}
-        intermediates = [
-            value for node in original_nodes for value in node.outputs
-            if value.name and isinstance(value.type, ir.TensorType) and id(value) not in original_outputs
-        ]  # fmt: skip
-        self._reference_constants: dict[str, np.ndarray] = {}
-        rounded: dict[int, ir.Value] = {}  # id(stored value) -> its rounding
-        origin: dict[int, tuple[str, int]] = {}  # id(stored value) -> (producer or "", index)
-
-        def switch(kind: str) -> ir.Value:
-            value = ir.Value(
-                name=names.unique(f"mpcompile.switch.{kind}"), type=ir.TensorType(ir.DataType.BOOL),
-                shape=ir.Shape([]),
-            )  # fmt: skip
-            graph.inputs.append(value)
-            return value
-
-        def store(value: ir.Value, key: tuple[str, int], after: ir.Node | None) -> None:
-            """``value``'s readers get Where(store, fl(value), value) instead."""
-            uses = list(value.uses())
-            outputs = [index for index, output in enumerate(graph.outputs) if output is value]
-            narrow = ir.node("Cast", [value], {"to": low})
-            widen = ir.node("Cast", [narrow.outputs[0]], {"to": FLOAT})
-            flag = switch("store")
-            select = ir.node("Where", [flag, widen.outputs[0], value])
-            narrow.outputs[0].name = names.unique(f"{value.name}__{low.name.lower()}")
-            widen.outputs[0].name = names.unique(f"{value.name}__rounded")
-            select.outputs[0].name = names.unique(f"{value.name}__stored")
-            for output in (widen.outputs[0], select.outputs[0]):
-                output.type, output.shape = ir.TensorType(FLOAT), value.shape
-            narrow.outputs[0].type = ir.TensorType(low)
-            if after is None:
-                graph.insert_before(graph[0], [narrow, widen, select])
-            else:
-                graph.insert_after(after, [narrow, widen, select])
-            for use in uses:
-                use.node.replace_input_with(use.idx, select.outputs[0])
-            for index in outputs:
-                graph.outputs[index] = select.outputs[0]
-            if outputs:  # the graph output's name goes to its read switch below
-                value.name = names.unique(f"{value.name}__raw")
-            rounded[id(select.outputs[0])] = widen.outputs[0]
-            origin[id(select.outputs[0])] = key
-            self._stored[key] = flag.name
-
-        for index, value in enumerate(list(graph.inputs)):
-            if value.dtype == FLOAT and any(True for _ in value.uses()):
-                store(value, ("", index), None)
-        for node in original_nodes:
-            for index, value in enumerate(node.outputs):
-                if id(value) in constants:
-                    self._constant_outputs.add((node.name, index))
-                elif value.dtype == FLOAT:
-                    store(value, (node.name, index), node)
-
-        for node in original_nodes:
-            for index, value in enumerate(node.inputs):
-                if value is None or value.dtype != FLOAT:
-                    continue
-                if id(value) in constants:
-                    fed = ir.Value(
-                        name=names.unique(f"mpcompile.constant.{value.name}"), type=ir.TensorType(FLOAT),
-                        shape=ir.Shape(constants[id(value)]),
-                    )  # fmt: skip
-                    graph.inputs.append(fed)
-                    self._reference_constants[fed.name] = _constant_array(value)
-                    node.replace_input_with(index, fed)
-                    self._constant[(node.name, index)] = fed.name
-                elif id(value) in rounded:
-                    flag = switch("read")
-                    select = ir.node("Where", [flag, rounded[id(value)], value])
-                    select.outputs[0].name = names.unique(f"{value.name}__read")
-                    select.outputs[0].type, select.outputs[0].shape = ir.TensorType(FLOAT), value.shape
-                    graph.insert_before(node, select)
-                    node.replace_input_with(index, select.outputs[0])
-                    self._read[(node.name, index)] = (flag.name, origin[id(value)])
-        for index, value in enumerate(list(graph.outputs)):
-            if id(value) not in rounded:
-                continue
-            flag = switch("read")
-            select = ir.node("Where", [flag, rounded[id(value)], value])
-            select.outputs[0].type, select.outputs[0].shape = ir.TensorType(FLOAT), value.shape
-            graph.append(select)
-            graph.outputs[index] = select.outputs[0]
-            select.outputs[0].name = self._float_outputs[index]
-            self._read[("", index)] = (flag.name, origin[id(value)])
-        for name in [
-            name for name, value in graph.initializers.items() if not any(True for _ in value.uses())
-        ]:
-            value = graph.initializers[name]
-            if not value.is_graph_output() and not value.is_graph_input():  # an input's default stays
-                del graph.initializers[name]
-        self.outputs = list(self._float_outputs)
-        graph.outputs.extend(intermediates)  # read by the reference run only
+        self._stored = wiring.stored
+        self._read = wiring.read
+        self._constant = wiring.constant
+        self._constant_outputs = wiring.constant_outputs
+        self._reference_constants = wiring.reference_constants
+        self.outputs = wiring.output_names
         self.model = board
         self._session = make_session(
             serialize_for_session(board), ["CPUExecutionProvider"], optimize=False, prepack=False
@@ -281,6 +185,121 @@ class Switchboard:
                 }
             )
         return results
+
+
+class _Wiring:
+    """Rewires a prepared FP32 copy into the switchboard, in place, recording every switch."""
+
+    def __init__(self, board: ir.Model, low: ir.DataType):
+        self.graph, self.low, self.names = board.graph, low, _Names(board)
+        self.stored: dict[tuple[str, int], str] = {}  # (node or "" for graph input, index) -> switch
+        self.read: dict[Slot, tuple[str, tuple[str, int]]] = {}  # slot -> switch, what it reads
+        self.constant: dict[Slot, str] = {}  # slot reading a constant -> its fed input
+        self.constant_outputs: set[tuple[str, int]] = set()  # Constant nodes' outputs
+        self.reference_constants: dict[str, np.ndarray] = {}  # fed input -> the original constant
+        self.output_names = [value.name for value in self.graph.outputs]
+        self._rounded: dict[int, ir.Value] = {}  # id(stored value) -> its rounding
+        self._origin: dict[int, tuple[str, int]] = {}  # id(stored value) -> (producer or "", index)
+        nodes = list(self.graph)
+        constants = _constant_values(self.graph)
+        outputs = {id(value) for value in self.graph.outputs}
+        intermediates = [
+            value for node in nodes for value in node.outputs
+            if value.name and isinstance(value.type, ir.TensorType) and id(value) not in outputs
+        ]  # fmt: skip
+        for index, value in enumerate(list(self.graph.inputs)):
+            if value.dtype == FLOAT and any(True for _ in value.uses()):
+                self._store(value, ("", index), None)
+        for node in nodes:
+            for index, value in enumerate(node.outputs):
+                if id(value) in constants:
+                    self.constant_outputs.add((node.name, index))
+                elif value.dtype == FLOAT:
+                    self._store(value, (node.name, index), node)
+        for node in nodes:
+            for index, value in enumerate(node.inputs):
+                if value is not None and value.dtype == FLOAT:
+                    if id(value) in constants:
+                        self._feed_constant(node, index, value, constants[id(value)])
+                    elif id(value) in self._rounded:
+                        self._read_switch(node, index, value)
+        for index, value in enumerate(list(self.graph.outputs)):
+            if id(value) in self._rounded:
+                self._read_switch(None, index, value)
+        self._drop_unread_initializers()
+        self.graph.outputs.extend(intermediates)  # read by the reference run only
+
+    def _switch(self, kind: str) -> ir.Value:
+        value = ir.Value(
+            name=self.names.unique(f"mpcompile.switch.{kind}"), type=ir.TensorType(ir.DataType.BOOL),
+            shape=ir.Shape([]),
+        )  # fmt: skip
+        self.graph.inputs.append(value)
+        return value
+
+    def _store(self, value: ir.Value, key: tuple[str, int], after: ir.Node | None) -> None:
+        """``value``'s readers get Where(store, fl(value), value) instead."""
+        graph, names = self.graph, self.names
+        uses = list(value.uses())
+        outputs = [index for index, output in enumerate(graph.outputs) if output is value]
+        narrow = ir.node("Cast", [value], {"to": self.low})
+        widen = ir.node("Cast", [narrow.outputs[0]], {"to": FLOAT})
+        flag = self._switch("store")
+        select = ir.node("Where", [flag, widen.outputs[0], value])
+        narrow.outputs[0].name = names.unique(f"{value.name}__{self.low.name.lower()}")
+        widen.outputs[0].name = names.unique(f"{value.name}__rounded")
+        select.outputs[0].name = names.unique(f"{value.name}__stored")
+        for output in (widen.outputs[0], select.outputs[0]):
+            output.type, output.shape = ir.TensorType(FLOAT), value.shape
+        narrow.outputs[0].type = ir.TensorType(self.low)
+        if after is None:
+            graph.insert_before(graph[0], [narrow, widen, select])
+        else:
+            graph.insert_after(after, [narrow, widen, select])
+        for use in uses:
+            use.node.replace_input_with(use.idx, select.outputs[0])
+        for index in outputs:
+            graph.outputs[index] = select.outputs[0]
+        if outputs:  # the graph output's name goes to its read switch
+            value.name = names.unique(f"{value.name}__raw")
+        self._rounded[id(select.outputs[0])] = widen.outputs[0]
+        self._origin[id(select.outputs[0])] = key
+        self.stored[key] = flag.name
+
+    def _read_switch(self, node: ir.Node | None, index: int, value: ir.Value) -> None:
+        """Input ``index`` of ``node`` (graph output ``index`` for None) reads
+        Where(read, fl(value), value)."""
+        flag = self._switch("read")
+        select = ir.node("Where", [flag, self._rounded[id(value)], value])
+        select.outputs[0].type, select.outputs[0].shape = ir.TensorType(FLOAT), value.shape
+        if node is None:
+            self.graph.append(select)
+            self.graph.outputs[index] = select.outputs[0]
+            select.outputs[0].name = self.output_names[index]
+            self.read[("", index)] = (flag.name, self._origin[id(value)])
+            return
+        select.outputs[0].name = self.names.unique(f"{value.name}__read")
+        self.graph.insert_before(node, select)
+        node.replace_input_with(index, select.outputs[0])
+        self.read[(node.name, index)] = (flag.name, self._origin[id(value)])
+
+    def _feed_constant(self, node: ir.Node, index: int, value: ir.Value, shape: tuple[int, ...]) -> None:
+        """Input ``index`` of ``node`` reads a graph input fed with the candidate's constant."""
+        fed = ir.Value(
+            name=self.names.unique(f"mpcompile.constant.{value.name}"), type=ir.TensorType(FLOAT),
+            shape=ir.Shape(shape),
+        )  # fmt: skip
+        self.graph.inputs.append(fed)
+        self.reference_constants[fed.name] = _constant_array(value)
+        node.replace_input_with(index, fed)
+        self.constant[(node.name, index)] = fed.name
+
+    def _drop_unread_initializers(self) -> None:
+        """Constants are fed now; an initializer that is also a graph input keeps its default."""
+        for name, value in list(self.graph.initializers.items()):
+            unread = not any(True for _ in value.uses())
+            if unread and not value.is_graph_output() and not value.is_graph_input():
+                del self.graph.initializers[name]
 
 
 class _Names:
