@@ -5,9 +5,10 @@ the FP16-faithful run of one converted candidate. The reference and every candid
 first run on the switchboard (``mpcompile.auto.switchboard``): one ONNX Runtime session for all
 of them, with the results of their own sessions bit for bit. The first candidate, whose
 intermediates the sensitivity needs, and any candidate the switchboard cannot express get their
-own sessions, and an answer found on the switchboard is confirmed in its own session at the end. Conversions and their outcomes are cached
-by the set of nodes kept FP32, so asking again costs nothing. A candidate with no low-precision
-tensor left computes the FP32 graph exactly and is not run.
+own sessions, and an answer found on the switchboard is confirmed in its own session at the end.
+Conversions and their outcomes are cached by the set of nodes kept FP32, so asking again costs
+nothing. A candidate with no low-precision tensor left computes the FP32 graph exactly, and one
+that paints the same nodes low as an earlier candidate is that candidate's model: neither is run.
 
 Every session is built with weight prepacking off, so that a weight computes the same as an
 initializer (candidates) and as a fed input (the switchboard).
@@ -46,7 +47,7 @@ class Probe:
     low: frozenset[str]  # main-graph nodes in low precision
     fp16_flop_share: float
     check: CheckResult
-    evaluated: bool  # False: exact FP32 (nothing low left), not run
+    evaluated: bool  # False: not run (exact FP32, or the model of an earlier candidate)
     intermediates: list[dict[str, np.ndarray]] | None = None
     on_switchboard: bool = False  # run on the shared switchboard session, not its own yet
 

@@ -106,7 +106,7 @@ class RangeFinding:
     measured: float  # for "cancellation": the predicted relative error e
     threshold: float
     amplification: float = 0.0  # A, for the cancellation rules
-    detail: str = ""  # for "accumulator": what the kernel accumulates
+    detail: str = ""  # "accumulator": what the kernel accumulates; "inexact-cast": how many values
 
     def describe(self) -> str:
         if self.rule == "accumulator":
@@ -126,8 +126,8 @@ class RangeFinding:
             )
         if self.rule == "inexact-cast":
             return (
-                f"{self.value!r} holds {int(self.measured)} integer value(s) the low-precision type "
-                f"cannot hold exactly (max |x| {self.threshold:.6g})"
+                f"{self.value!r} holds {self.detail} the low-precision type cannot hold exactly "
+                f"(max |x| {self.measured:.6g}; every integer is exact only up to {int(self.threshold)})"
             )
         if self.rule == "overflow":
             return f"{self.value!r} reaches max |x| {self.measured:.4g} > {self.threshold:.4g}"
@@ -235,7 +235,11 @@ def _inexact_cast_finding(
             largest = max(largest, float(np.abs(array).max()))
     if not inexact:
         return None
-    return RangeFinding(node.name or "", "inexact-cast", node.outputs[0].name, inexact, largest)
+    exact_up_to = 2.0 ** (fmt.mantissa_bits + 1)  # 2048 for FP16, 256 for BF16
+    return RangeFinding(
+        node.name or "", "inexact-cast", node.outputs[0].name, largest, exact_up_to,
+        detail=f"{inexact} integer value(s)",
+    )  # fmt: skip
 
 
 def unit_roundoff(fmt: LowPrecisionFormat) -> float:
