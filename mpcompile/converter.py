@@ -44,7 +44,7 @@ class ConvertOptions:
     measured_ops: tuple[str, ...] = ()
     # Casts from integers/bool to float may start low-precision paths, their outputs going
     # straight to FP16/BF16 (exact only up to 2048 in FP16); set by --auto, whose range rules
-    # check the measured values are exact in low precision.
+    # keep FP32 every such Cast whose measured values are not a 0/1 mask.
     measured_casts: bool = False
     policy: str | os.PathLike | None = None  # TOML file with the same fields
     allow_qdq: bool = False

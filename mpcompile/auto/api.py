@@ -129,8 +129,8 @@ def auto_convert(
     by default the measurable ones (``op_classes.MEASURABLE``: Exp, Pow, Log, reductions, ...)
     are candidates like follow ops, decided by the range rules and the search (user
     ``block_ops``/``block_nodes``/policy files still win), and so are Casts from integers to
-    float (``measured_casts``: an attention mask's Cast goes to FP16 when its values are
-    exact there); ``static_blocks`` turns both off. Other keyword arguments are
+    float (``measured_casts``: the Cast of a 0/1 attention mask goes to FP16; other integers
+    stay FP32); ``static_blocks`` turns both off. Other keyword arguments are
     ``mpcompile.convert`` options.
     """
     started = time.perf_counter()

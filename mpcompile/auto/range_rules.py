@@ -18,10 +18,10 @@ or outputs (initializers excepted: the core's ``range`` rule handles constants):
   accumulate in FP32, so this rule is a guard, not a measurement. MatMul/Gemm/Conv are left
   out: their kernels accumulate in FP32 everywhere.
 
-* **inexact integers**: a Cast from integers or bool to float (a candidate under ``--auto``,
-  ``ConvertOptions.measured_casts``) whose measured outputs are not all exactly representable
-  in the low-precision type (FP16 holds every integer only up to 2048): position ids and counts
-  would be rounded, an attention mask of 0/1 is exact.
+* **integer casts**: a Cast from integers to float (a candidate under ``--auto``,
+  ``ConvertOptions.measured_casts``) whose measured inputs are not all 0 or 1. A 0/1 mask is
+  exact in any float type; ids, positions and counts are exact in FP16 only up to 2048, and one
+  sample says little about their range on other inputs. Casts from bool always pass.
 
 One more rule predicts error rather than range trouble, so it needs the tolerance:
 
@@ -100,13 +100,13 @@ class RangeFinding:
     """Why one node is unsafe: which rule, on which value, measured vs allowed."""
 
     node: str
-    rule: str  # "overflow" | "underflow" | "deep-reduction" | "accumulator" | "inexact-cast" |
+    rule: str  # "overflow" | "underflow" | "deep-reduction" | "accumulator" | "integer-cast" |
     # "cancellation" | "cancellation-input"
     value: str  # the value measured; for "cancellation-input", the cancelling node
     measured: float  # for "cancellation": the predicted relative error e
     threshold: float
     amplification: float = 0.0  # A, for the cancellation rules
-    detail: str = ""  # "accumulator": what the kernel accumulates; "inexact-cast": how many values
+    detail: str = ""  # "accumulator": what the kernel accumulates; "integer-cast": how many values
 
     def describe(self) -> str:
         if self.rule == "accumulator":
@@ -124,10 +124,10 @@ class RangeFinding:
                 f"feeds {self.value}, whose cancellation amplifies this output's rounding "
                 f"{self.amplification:.3g}x"
             )
-        if self.rule == "inexact-cast":
+        if self.rule == "integer-cast":
             return (
-                f"{self.value!r} holds {self.detail} the low-precision type cannot hold exactly "
-                f"(max |x| {self.measured:.6g}; every integer is exact only up to {int(self.threshold)})"
+                f"{self.value!r} casts integers beyond a 0/1 mask ({self.detail}, max |x| {self.measured:.6g}): "
+                f"ids, positions or counts, exact in low precision only up to {int(self.threshold)}"
             )
         if self.rule == "overflow":
             return f"{self.value!r} reaches max |x| {self.measured:.4g} > {self.threshold:.4g}"
@@ -191,7 +191,7 @@ def find_unsafe_nodes(
         finding = (
             _depth_finding(node, values, rules, opset)
             or _accumulator_finding(node, values, opset, overflow_limit)
-            or _inexact_cast_finding(node, values, fmt)
+            or _integer_cast_finding(node, values, fmt)
         )
         touched = [v for v in (*node.inputs, *node.outputs) if v is not None and v.name]
         for value in touched:
@@ -216,29 +216,32 @@ def find_unsafe_nodes(
     return findings
 
 
-def _inexact_cast_finding(
+def _integer_cast_finding(
     node: ir.Node, values: Mapping[str, Sequence[np.ndarray]], fmt: LowPrecisionFormat
 ) -> RangeFinding | None:
-    """A Cast from integers/bool whose measured outputs the low-precision type rounds."""
+    """A Cast from integers whose measured values are not all 0 or 1 (bool sources always pass).
+
+    0/1 masks are exact in any float type, whatever the inputs. Other integers (ids, positions,
+    counts) are exact in FP16 only up to 2048 and in BF16 up to 256, and the sample measured says
+    little about their range on other inputs (a sequence of 16 against one of 4096), so they stay
+    FP32."""
     if node.domain != "" or node.op_type not in ("Cast", "CastLike") or not node.inputs:
         return None
     sources = values.get(node.inputs[0].name or "", ())
-    outputs = values.get(node.outputs[0].name or "", ())
-    if not sources or any(np.asarray(array).dtype.kind not in "iub" for array in sources):
-        return None
-    inexact, largest = 0, 0.0
-    for array in outputs:
-        array = np.asarray(array, dtype=np.float32)
-        rounded = array.astype(fmt.numpy_dtype).astype(np.float32)
-        inexact += int(np.count_nonzero(rounded != array))
+    if not sources or any(np.asarray(array).dtype.kind not in "iu" for array in sources):
+        return None  # bool (0/1 by type) or not an integer source
+    others, largest = 0, 0.0
+    for array in sources:
+        array = np.asarray(array)
+        others += int(np.count_nonzero((array != 0) & (array != 1)))
         if array.size:
-            largest = max(largest, float(np.abs(array).max()))
-    if not inexact:
+            largest = max(largest, float(np.abs(array.astype(np.float64)).max()))
+    if not others:
         return None
     exact_up_to = 2.0 ** (fmt.mantissa_bits + 1)  # 2048 for FP16, 256 for BF16
     return RangeFinding(
-        node.name or "", "inexact-cast", node.outputs[0].name, largest, exact_up_to,
-        detail=f"{inexact} integer value(s)",
+        node.name or "", "integer-cast", node.outputs[0].name, largest, exact_up_to,
+        detail=f"{others} value(s) other than 0/1",
     )  # fmt: skip
 
 
