@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from mpcompile.casts import NameAuthority
 from mpcompile.graphs import model_graphs
 
 FLOAT = ir.DataType.FLOAT
@@ -80,8 +81,8 @@ class Switchboard:
         local functions, or with a graph output that is a constant."""
         if model.functions or len(list(model_graphs(model))) > 1:
             return None
-        constants = _constant_values(model.graph)
-        if any(id(value) in constants or value.is_graph_input() for value in model.graph.outputs):
+        outputs = model.graph.outputs
+        if any((value.dtype == FLOAT and _is_constant(value)) or value.is_graph_input() for value in outputs):
             return None
         return cls(model, low)
 
@@ -140,7 +141,7 @@ class Switchboard:
             if array is None:
                 return None
             if low_on_way and source.dtype not in LOW_DTYPES:
-                array = array.astype(_numpy_low(self.low)).astype(np.float32)
+                array = array.astype(self.low.numpy()).astype(np.float32)
             constants[name] = array
         outputs = {value.name: value.dtype for value in graph.outputs}
         return Settings(switches, constants, outputs)
@@ -191,7 +192,7 @@ class _Wiring:
     """Rewires a prepared FP32 copy into the switchboard, in place, recording every switch."""
 
     def __init__(self, board: ir.Model, low: ir.DataType):
-        self.graph, self.low, self.names = board.graph, low, _Names(board)
+        self.graph, self.low, self.names = board.graph, low, NameAuthority(board)
         self.stored: dict[tuple[str, int], str] = {}  # (node or "" for graph input, index) -> switch
         self.read: dict[Slot, tuple[str, tuple[str, int]]] = {}  # slot -> switch, what it reads
         self.constant: dict[Slot, str] = {}  # slot reading a constant -> its fed input
@@ -283,14 +284,15 @@ class _Wiring:
         node.replace_input_with(index, select.outputs[0])
         self.read[(node.name, index)] = (flag.name, self._origin[id(value)])
 
-    def _feed_constant(self, node: ir.Node, index: int, value: ir.Value, shape: tuple[int, ...]) -> None:
-        """Input ``index`` of ``node`` reads a graph input fed with the candidate's constant."""
+    def _feed_constant(self, node: ir.Node, index: int, value: ir.Value, array: np.ndarray) -> None:
+        """Input ``index`` of ``node`` reads a graph input fed with the candidate's constant
+        (``array``, the original, in the reference run)."""
         fed = ir.Value(
             name=self.names.unique(f"mpcompile.constant.{value.name}"), type=ir.TensorType(FLOAT),
-            shape=ir.Shape(shape),
+            shape=ir.Shape(array.shape),
         )  # fmt: skip
         self.graph.inputs.append(fed)
-        self.reference_constants[fed.name] = _constant_array(value)
+        self.reference_constants[fed.name] = array
         node.replace_input_with(index, fed)
         self.constant[(node.name, index)] = fed.name
 
@@ -302,29 +304,27 @@ class _Wiring:
                 del self.graph.initializers[name]
 
 
-class _Names:
-    def __init__(self, model: ir.Model):
-        from mpcompile.casts import NameAuthority
-
-        self._authority = NameAuthority(model)
-
-    def unique(self, base: str) -> str:
-        return self._authority.unique(base)
-
-
-def _constant_values(graph: ir.Graph) -> dict[int, tuple[int, ...]]:
-    """id -> shape of every float constant a node can read: initializers (not graph inputs)
-    and Constant outputs."""
-    constants: dict[int, tuple[int, ...]] = {}
-    for value in graph.initializers.values():
-        if value.dtype == FLOAT and value.const_value is not None and not value.is_graph_input():
-            constants[id(value)] = tuple(int(dim) for dim in value.const_value.shape)
-    for node in graph:
-        if node.domain == "" and node.op_type == "Constant" and node.outputs[0].dtype == FLOAT:
-            array = _constant_array(node.outputs[0])
+def _constant_values(graph: ir.Graph) -> dict[int, np.ndarray]:
+    """id -> FP32 values of every float constant a node can read: initializers (not graph
+    inputs) and Constant outputs."""
+    constants: dict[int, np.ndarray] = {}
+    candidates = [
+        *graph.initializers.values(),
+        *(node.outputs[0] for node in graph if node.domain == "" and node.op_type == "Constant"),
+    ]
+    for value in candidates:
+        if value.dtype == FLOAT and _is_constant(value):
+            array = _constant_array(value)
             if array is not None:
-                constants[id(node.outputs[0])] = array.shape
+                constants[id(value)] = array
     return constants
+
+
+def _is_constant(value: ir.Value) -> bool:
+    """An initializer that is not a graph input, or a Constant node's output."""
+    if value.const_value is not None and value.is_initializer():
+        return not value.is_graph_input()
+    return _constant_producer(value) is not None
 
 
 def _is_inserted(node: ir.Node) -> bool:
@@ -370,7 +370,3 @@ def _constant_array(value: ir.Value) -> np.ndarray | None:
     if tensor.dtype != FLOAT and tensor.dtype not in LOW_DTYPES:
         return None
     return np.asarray(tensor.numpy()).astype(np.float32, copy=False)
-
-
-def _numpy_low(dtype: ir.DataType) -> np.dtype:
-    return dtype.numpy()
