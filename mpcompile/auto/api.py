@@ -154,7 +154,7 @@ def auto_convert(
         convert_options = {**convert_options, "optimize": None}
     renamed = name_nodes(work)
     feeds, label = resolve_feeds(work, inputs, shapes=shapes, seed=seed)
-    evaluator = Evaluator(work, feeds, criterion, convert_options, budget, {}, switchboard=switchboard)
+    evaluator = Evaluator(work, feeds, criterion, convert_options, budget, switchboard=switchboard)
 
     baseline = evaluator.baseline()
     if baseline.already_converted:
