@@ -10,7 +10,7 @@ import onnx_ir as ir
 import pytest
 from onnx import helper
 
-from mpcompile.auto.criteria import CriterionError, make_criterion, parse_metric
+from mpcompile.auto.criteria import Criterion, CriterionError, make_criterion, parse_metric
 from mpcompile.auto.graph import connected_regions, main_nodes, name_nodes
 from mpcompile.auto.range_rules import (
     RangeRules,
@@ -343,3 +343,8 @@ def test_sensitivity_bands_hold_one_rounding_and_follow_the_type():
     assert sensitivity_band(2 * u16, u16) == 1 and sensitivity_band(0.49 * u16, u16) == -1
     assert sensitivity_band(u_bf16, u_bf16) == 0 and sensitivity_band(u16, u_bf16) < 0
     assert sensitivity_band(math.inf, u16) > sensitivity_band(1.0, u16) > sensitivity_band(0.0, u16)
+
+
+def test_criterion_round_trips_through_the_saved_record():
+    for criterion in (make_criterion(rtol=1e-3, atol=2e-3), make_criterion(metric="cosine:0.9999")):
+        assert Criterion.from_dict(criterion.to_dict()) == criterion

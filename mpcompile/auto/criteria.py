@@ -86,6 +86,13 @@ class Criterion:
             return {"kind": "tolerance", "rtol": self.rtol, "atol": self.atol}
         return {"kind": "metric", "metric": self.metric, "threshold": self.threshold}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Criterion:
+        """The criterion ``to_dict`` wrote (as saved in a model's ``--auto`` record)."""
+        if data.get("kind") == "metric":
+            return cls(metric=data["metric"], threshold=data["threshold"])
+        return cls(rtol=data["rtol"], atol=data["atol"])
+
     def check(
         self, references: Sequence[Mapping[str, np.ndarray]], candidates: Sequence[Mapping[str, np.ndarray]]
     ) -> CheckResult:

@@ -88,11 +88,9 @@ def trace_rows(record: dict[str, Any]) -> list[list[str]]:
 
 def trace_summary(record: dict[str, Any]) -> str:
     """One line on a saved record: verdict, criterion, FP16 FLOP share, evaluations, sessions."""
-    criterion = record.get("criterion", {})
-    if criterion.get("kind") == "metric":
-        wanted = f"{criterion['metric']} {'>=' if criterion['metric'] == 'cosine' else '<='} {criterion['threshold']:g}"
-    else:
-        wanted = f"|y - y_fp32| <= {criterion.get('atol', 0):g} + {criterion.get('rtol', 0):g}·|y_fp32|"
+    from mpcompile.auto.criteria import Criterion
+
+    wanted = Criterion.from_dict(record["criterion"]).describe()
     verdict = "meets" if record.get("passed") else "does not meet"
     share = record.get("fp16_flop_share")
     sessions = record.get("sessions")
