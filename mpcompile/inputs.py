@@ -6,19 +6,28 @@ Generated inputs are seeded and follow each input's dtype and shape:
   drawn uniformly from ``[0, n)`` where ``n`` is the gathered data's size along the axis;
 - inputs whose name contains ``mask`` are 0/1 (each row: ones, then a zero-padded tail of
   random length up to half the last axis), in the input's own dtype;
+- integer inputs named like ``position_ids`` count positions along their last axis, starting
+  after the past a longer attention mask covers (a KV-cache decoder's ``past + sequence``);
 - floating-point inputs are standard normal; other integer inputs are 0 or 1; bools random.
 
 Dynamic dimensions: ``shapes`` (``--shape``) gives either an input's whole shape
 (``input_ids:2x128``) or the value of a symbolic dimension (``sequence:128``). Otherwise a
 symbolic or unknown first dimension is ``DEFAULT_BATCH`` (1) and any other is ``DEFAULT_DIM`` (16).
+A dimension that exporters write as an expression of other dimensions
+(``past_sequence_length + sequence_length``) takes the value of that expression. A generated
+dimension is never zero or negative (a fixed dimension the model declares as 0 or -1 is treated
+as unknown).
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import math
+import operator
 import os
 import pathlib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 
 import ml_dtypes
@@ -26,10 +35,12 @@ import numpy as np
 import onnx_ir as ir
 
 from mpcompile import errors
+from mpcompile.graphs import all_graphs
 
 DEFAULT_BATCH = 1
 DEFAULT_DIM = 16
 MASK_MARKER = "mask"
+POSITION_MARKER = "position"
 # Ops an index tensor passes through unchanged in value on its way to a Gather.
 _INDEX_PRESERVING_OPS = frozenset(
     {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Expand"}
@@ -51,8 +62,9 @@ class InputSpec:
     name: str
     dtype: np.dtype
     shape: tuple[int, ...]
-    kind: str  # "token_ids" | "mask" | "normal" | "int" | "bool"
-    high: int | None = None  # token ids are drawn from [0, high)
+    kind: str  # "token_ids" | "mask" | "positions" | "normal" | "int" | "bool"
+    high: int | None = None  # token ids (and positions) stay in [0, high)
+    offset: int = 0  # positions start here (the past a longer attention mask covers)
 
     def to_dict(self) -> dict:
         return {
@@ -61,6 +73,7 @@ class InputSpec:
             "shape": list(self.shape),
             "kind": self.kind,
             "high": self.high,
+            "offset": self.offset,
         }
 
 
@@ -102,13 +115,28 @@ def input_specs(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = No
             )
         if len(dims) != 1:
             raise InputsError(f"--shape {name}: a symbolic dimension takes one value, got {len(dims)}")
+    chosen = defaults | {name: dims[0] for name, dims in dim_values.items()}
     specs = []
     for value in inputs:
-        chosen = defaults | {name: dims[0] for name, dims in dim_values.items()}
         shape = _concrete_shape(value, shapes.get(value.name), chosen)
         dtype = _numpy_dtype(value)
         specs.append(_spec_for(model, value, dtype, shape))
-    return specs
+    return _with_position_offsets(specs)
+
+
+def _with_position_offsets(specs: list[InputSpec]) -> list[InputSpec]:
+    """Positions continue after the past: an attention mask longer than the position input
+    covers past tokens (a KV-cache decoder), so positions start at the difference."""
+    mask_lengths = [spec.shape[-1] for spec in specs if spec.kind == "mask" and len(spec.shape) == 2]
+    if not mask_lengths:
+        return specs
+    total = max(mask_lengths)
+    return [
+        dataclasses.replace(spec, offset=max(0, total - spec.shape[-1]))
+        if spec.kind == "positions" and spec.shape
+        else spec
+        for spec in specs
+    ]
 
 
 def generate_inputs(
@@ -201,6 +229,11 @@ def _generate(spec: InputSpec, rng: np.random.Generator) -> np.ndarray:
         return rng.integers(0, spec.high or 1, size=spec.shape).astype(spec.dtype)
     if spec.kind == "mask":
         return _padding_mask(spec.shape, rng).astype(spec.dtype)
+    if spec.kind == "positions":
+        positions = np.arange(spec.offset, spec.offset + (spec.shape[-1] if spec.shape else 1))
+        if spec.high:
+            positions = np.minimum(positions, spec.high - 1)
+        return np.broadcast_to(positions, spec.shape).astype(spec.dtype)
     if spec.kind == "normal":
         return rng.standard_normal(size=spec.shape, dtype=np.float32).astype(spec.dtype)
     if spec.kind == "bool":
@@ -225,6 +258,8 @@ def _spec_for(model: ir.Model, value: ir.Value, dtype: np.dtype, shape: tuple[in
         return InputSpec(value.name, dtype, shape, "bool")
     if np.issubdtype(dtype, np.integer):
         high = gather_index_limit(value)
+        if POSITION_MARKER in value.name.lower():
+            return InputSpec(value.name, dtype, shape, "positions", high)
         if high is not None:
             return InputSpec(value.name, dtype, shape, "token_ids", high)
         return InputSpec(value.name, dtype, shape, "int")
@@ -267,23 +302,78 @@ def _gather_axis_size(node: ir.Node) -> int | None:
 
 
 def _symbolic_dims(inputs: Iterable[ir.Value]) -> set[str]:
+    """Names of the symbolic dimensions of ``inputs``, with the symbols inside expressions."""
     names = set()
     for value in inputs:
         for dim in value.shape or ():
             if isinstance(dim, ir.SymbolicDim) and dim.value:
                 names.add(dim.value)
+                names.update(_expression_symbols(dim.value))
     return names
 
 
 def _symbol_defaults(inputs: Iterable[ir.Value]) -> dict[str, int]:
-    """One default per symbolic dimension name, so inputs sharing a symbol agree."""
+    """One default per symbolic dimension name, so inputs sharing a symbol agree. Expressions
+    of other symbols get no default of their own: they are evaluated from their symbols."""
     defaults: dict[str, int] = {}
     for value in inputs:
         for axis, dim in enumerate(value.shape or ()):
-            if isinstance(dim, ir.SymbolicDim) and dim.value:
+            if isinstance(dim, ir.SymbolicDim) and dim.value and _parse_expression(dim.value) is None:
                 default = DEFAULT_BATCH if axis == 0 else DEFAULT_DIM
                 defaults[dim.value] = min(defaults.get(dim.value, default), default)
     return defaults
+
+
+_OPERATORS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.FloorDiv: operator.floordiv,
+}
+
+
+def _parse_expression(text: str) -> ast.expr | None:
+    """The arithmetic expression a dimension name spells (``past_sequence_length + 1``), or None
+    for a plain symbol or anything that is not ``+ - * //`` over names and integers."""
+    try:
+        tree = ast.parse(text, mode="eval").body
+    except SyntaxError:
+        return None
+    if not isinstance(tree, ast.BinOp):
+        return None
+    for node in ast.walk(tree):
+        allowed = isinstance(node, (ast.BinOp, ast.Name, ast.Load)) or (
+            isinstance(node, ast.Constant) and type(node.value) is int
+        )
+        if not allowed and not isinstance(node, tuple(_OPERATORS)):
+            return None
+    return tree
+
+
+def _expression_symbols(text: str) -> set[str]:
+    tree = _parse_expression(text)
+    return set() if tree is None else {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+
+
+def _evaluate(tree: ast.expr, values: Mapping[str, int]) -> int | None:
+    if isinstance(tree, ast.Constant):
+        return int(tree.value)
+    if isinstance(tree, ast.Name):
+        return values.get(tree.id)
+    if isinstance(tree, ast.BinOp):
+        left, right = _evaluate(tree.left, values), _evaluate(tree.right, values)
+        if left is None or right is None or (isinstance(tree.op, ast.FloorDiv) and right == 0):
+            return None
+        return _OPERATORS[type(tree.op)](left, right)
+    return None
+
+
+def _symbolic_dim_value(name: str, dim_values: Mapping[str, int]) -> int | None:
+    """The value of a symbolic dimension: given or defaulted, or its expression evaluated."""
+    if name in dim_values:
+        return dim_values[name]
+    tree = _parse_expression(name)
+    return None if tree is None else _evaluate(tree, dim_values)
 
 
 def _concrete_shape(
@@ -298,7 +388,7 @@ def _concrete_shape(
                     f"--shape {value.name}: model declares rank {len(declared)}, got {len(given)} dimensions"
                 )
             for axis, (dim, want) in enumerate(zip(declared, given, strict=True)):
-                if isinstance(dim, int) and dim != want:
+                if isinstance(dim, int) and dim > 0 and dim != want:
                     raise InputsError(
                         f"--shape {value.name}: axis {axis} is fixed at {dim} in the model, got {want}"
                     )
@@ -309,12 +399,14 @@ def _concrete_shape(
         )
     shape = []
     for axis, dim in enumerate(declared):
+        size = None
         if isinstance(dim, int):
-            shape.append(dim)
-        elif isinstance(dim, ir.SymbolicDim) and dim.value in dim_values:
-            shape.append(dim_values[dim.value])
-        else:
-            shape.append(DEFAULT_BATCH if axis == 0 else DEFAULT_DIM)
+            size = dim if dim > 0 else None  # an exporter's 0/-1 placeholder for "dynamic"
+        elif isinstance(dim, ir.SymbolicDim) and dim.value:
+            size = _symbolic_dim_value(dim.value, dim_values)  # 0 only where --shape says so
+        if size is None or size < 0:
+            size = DEFAULT_BATCH if axis == 0 else DEFAULT_DIM
+        shape.append(size)
     return tuple(shape)
 
 
@@ -327,3 +419,53 @@ def _numpy_dtype(value: ir.Value) -> np.dtype:
         return np.dtype(value.dtype.numpy())
     except (TypeError, ValueError):
         raise InputsError(f"input {value.name!r}: element type {value.dtype.name} is not supported") from None
+
+
+_ORT_NODE_NAME = re.compile(r"Name:'([^']*)'")
+_GUESSED_KINDS = ("int", "bool")
+
+
+def rejected_inputs_error(
+    model: ir.Model, message: str, specs: Sequence[InputSpec] | None, *, what: str = "the FP32 model"
+) -> InputsError:
+    """The one-line error for a model that does not run on its inputs (ONNX Runtime's
+    ``message``). ``specs``: how the inputs were generated, or None for the user's own: then
+    the error names the generated inputs whose values were guessed (0/1 integers, random bools)
+    that the failing node depends on, and asks for real ones through --inputs."""
+    if specs is None:
+        return InputsError(f"{what} rejects the inputs: {message}")
+    guessed = {spec.name: spec for spec in specs if spec.kind in _GUESSED_KINDS}
+    match = _ORT_NODE_NAME.search(message)
+    suspects = _inputs_reaching(model, match.group(1)) & guessed.keys() if match else set()
+    named = [guessed[name] for name in sorted(suspects or guessed)]
+    hint = "give representative inputs with --inputs FILE.npz"
+    if named:
+        listed = ", ".join(f"{spec.name} ({spec.kind} {list(spec.shape)})" for spec in named)
+        hint = f"its generated {listed} {'is' if len(named) == 1 else 'are'} a guess; {hint}"
+    return InputsError(f"{what} rejects the generated inputs ({message}); {hint}")
+
+
+def _inputs_reaching(model: ir.Model, node_name: str) -> set[str]:
+    """Names of the graph inputs the node called ``node_name`` depends on (any graph; outer-scope
+    reads have their producers in the outer graph)."""
+    node = next((node for graph, _ in all_graphs(model) for node in graph if node.name == node_name), None)
+    if node is None:
+        return set()
+    graph_inputs = {value.name for value in model.graph.inputs}
+    found: set[str] = set()
+    pending: list[ir.Node] = [node]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for value in current.inputs:
+            if value is None:
+                continue
+            producer = value.producer()
+            if producer is not None:
+                pending.append(producer)
+            elif value.name in graph_inputs:
+                found.add(value.name)
+    return found

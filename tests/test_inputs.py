@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import pytest
+from builders import run
 from onnx import TensorProto, helper, numpy_helper
 from test_validate_models import FP16, make_model, tensor
 
-from mpcompile import inputs
+from mpcompile import errors, inputs
 
 VOCAB = 50
 
@@ -131,3 +132,97 @@ def test_cast_feeds_to_declared_types():
     feeds["image"] = feeds["image"].astype(np.float32)
     cast = inputs.cast_feeds(model, feeds)
     assert cast["image"].dtype == np.float16 and cast["input_ids"].dtype == np.int64
+
+
+def _kv_cache_decoder() -> ir.Model:
+    """A KV-cache decoder signature as optimum exports it: the mask covers past + current tokens
+    (``past_sequence_length + sequence_length``), positions continue after the past, and the
+    past is concatenated with the current keys."""
+    rng = np.random.default_rng(0)
+    model = make_model(
+        [
+            helper.make_node("Gather", ["embedding", "input_ids"], ["emb"]),
+            helper.make_node("Gather", ["positions", "position_ids"], ["pos"]),
+            helper.make_node("Add", ["emb", "pos"], ["hidden"]),
+            helper.make_node("Unsqueeze", ["hidden", "axis"], ["key"]),
+            helper.make_node("Concat", ["past_key", "key"], ["present_key"], axis=2),
+            helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
+        ],
+        [
+            tensor("input_ids", ["batch_size", "sequence_length"], TensorProto.INT64),
+            tensor(
+                "attention_mask", ["batch_size", "past_sequence_length + sequence_length"], TensorProto.INT64
+            ),
+            tensor("position_ids", ["batch_size", "sequence_length"], TensorProto.INT64),
+            tensor("past_key", ["batch_size", 1, "past_sequence_length", 8]),
+        ],
+        [
+            tensor("present_key", ["batch_size", 1, "past_sequence_length + sequence_length", 8]),
+            tensor("maskf", ["batch_size", "past_sequence_length + sequence_length"]),
+        ],
+        [
+            numpy_helper.from_array(rng.standard_normal((VOCAB, 8)).astype(np.float32), "embedding"),
+            numpy_helper.from_array(rng.standard_normal((64, 8)).astype(np.float32), "positions"),
+            numpy_helper.from_array(np.array([1], np.int64), "axis"),
+        ],
+    )
+    return ir.serde.deserialize_model(model)
+
+
+def test_dimension_expressions_follow_their_symbols_and_positions_continue_after_the_past():
+    model = _kv_cache_decoder()
+    shapes = inputs.parse_shape_options(["past_sequence_length:5", "sequence_length:3", "batch_size:2"])
+    specs = {spec.name: spec for spec in inputs.input_specs(model, shapes)}
+    assert specs["attention_mask"].shape == (2, 8)  # past 5 + current 3
+    assert specs["past_key"].shape == (2, 1, 5, 8)
+    assert specs["position_ids"].kind == "positions" and specs["position_ids"].offset == 5
+    (feeds,) = inputs.generate_inputs(model, shapes=shapes)
+    np.testing.assert_array_equal(feeds["position_ids"], [[5, 6, 7], [5, 6, 7]])
+    present, mask = run(ir.to_proto(model), feeds)
+    assert present.shape == (2, 1, 8, 8) and mask.shape == (2, 8)
+    default = {spec.name: spec for spec in inputs.input_specs(model)}  # defaults: past 16, current 16
+    assert default["attention_mask"].shape == (inputs.DEFAULT_BATCH, 2 * inputs.DEFAULT_DIM)
+    assert default["position_ids"].offset == inputs.DEFAULT_DIM
+
+
+def test_positions_stay_inside_their_table():
+    model = _kv_cache_decoder()
+    shapes = inputs.parse_shape_options(["past_sequence_length:62", "sequence_length:4"])
+    (feeds,) = inputs.generate_inputs(model, shapes=shapes)
+    assert feeds["position_ids"].max() == 63  # the position table has 64 rows
+
+
+@pytest.mark.parametrize("placeholder", [0, -1])
+def test_fixed_zero_or_negative_dims_are_treated_as_dynamic(placeholder):
+    proto = make_model(
+        [helper.make_node("Relu", ["x"], ["y"])], [tensor("x", [1, 3, 4])], [tensor("y", [1, 3, 4])]
+    )
+    proto.graph.input[0].type.tensor_type.shape.dim[1].dim_value = placeholder  # as some exporters write
+    (spec,) = inputs.input_specs(ir.serde.deserialize_model(proto))
+    assert spec.shape == (1, inputs.DEFAULT_DIM, 4)
+    assert min(spec.shape) > 0
+
+
+def test_rejected_generated_inputs_name_the_guessed_input_the_failing_node_reads():
+    # Pad by an amount read from an integer input: generated as 0/1, it is a guess.
+    model = ir.serde.deserialize_model(
+        make_model(
+            [
+                helper.make_node("Concat", ["pads", "pads"], ["both"], axis=0),
+                helper.make_node("Pad", ["x", "both"], ["y"], name="pad_node"),
+                helper.make_node("Identity", ["flag"], ["flag_out"]),
+            ],
+            [tensor("x", [4]), tensor("pads", [1], TensorProto.INT64), tensor("flag", [1], TensorProto.BOOL)],
+            [tensor("y", [None]), tensor("flag_out", [1], TensorProto.BOOL)],
+        )
+    )
+    specs = inputs.input_specs(model)
+    message = "Non-zero status code returned while running Pad node. Name:'pad_node' Status Message: bad pads"
+    error = inputs.rejected_inputs_error(model, message, specs)
+    assert error.exit_code == errors.ExitCode.USAGE
+    assert "pads (int [1])" in error.message and "flag" not in error.message
+    assert "--inputs" in error.message and "\n" not in error.message
+    unknown_node = inputs.rejected_inputs_error(model, "something failed", specs)
+    assert "pads (int [1])" in unknown_node.message and "flag (bool [1])" in unknown_node.message
+    given = inputs.rejected_inputs_error(model, message, None)
+    assert given.message == f"the FP32 model rejects the inputs: {message}"

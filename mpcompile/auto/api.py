@@ -36,6 +36,8 @@ from mpcompile.auto.reasons import AUTO_RANGE, AUTO_SENSITIVITY
 from mpcompile.auto.search import Search
 from mpcompile.auto.trace import TRACE_KEY, TRACE_VERSION, SearchStep, jsonable
 from mpcompile.converter import ConvertOptions, ConvertResult, to_ir_model
+from mpcompile.evaluate.ort_session import first_line, is_onnxruntime_error
+from mpcompile.inputs import rejected_inputs_error
 from mpcompile.plan import Decision, Reason, read_decision, stamp_decision
 from mpcompile.policy import op_classes
 from mpcompile.precision import Precision, low_precision_format
@@ -153,14 +155,19 @@ def auto_convert(
         work = ir.from_proto(optimize_model(work, options.optimize, target))
         convert_options = {**convert_options, "optimize": None}
     renamed = name_nodes(work)
-    feeds, label = resolve_feeds(work, inputs, shapes=shapes, seed=seed)
+    feeds, label, specs = resolve_feeds(work, inputs, shapes=shapes, seed=seed)
     evaluator = Evaluator(work, feeds, criterion, convert_options, budget, switchboard=switchboard)
 
     baseline = evaluator.baseline()
     if baseline.already_converted:
         raise errors.AlreadyLowPrecisionError(f"{baseline.notes[-1]}; nothing to do")
     nodes = main_nodes(work)
-    reference = evaluator.run_reference()
+    try:
+        reference = evaluator.run_reference()
+    except Exception as exc:
+        if not is_onnxruntime_error(exc):
+            raise
+        raise rejected_inputs_error(work, first_line(exc), specs) from None
     evaluator.set_flops(node_flops(work, feeds[0], reference[0]))
     values: dict[str, list] = {}
     for batch_feeds, batch_values in zip(feeds, reference, strict=True):

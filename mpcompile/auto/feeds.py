@@ -8,6 +8,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from mpcompile import inputs as inputs_module
+from mpcompile.inputs import InputSpec
+
 Feeds = dict[str, np.ndarray]
 GENERATED = "generated"
 InputsLike = str | os.PathLike | Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]] | None
@@ -19,17 +22,16 @@ def resolve_feeds(
     *,
     shapes: Mapping[str, Sequence[int]] | None = None,
     seed: int = 0,
-) -> tuple[list[Feeds], str]:
-    """Batches of checked feeds in the model's dtypes, and a label saying where they came from.
+) -> tuple[list[Feeds], str, list[InputSpec] | None]:
+    """Batches of checked feeds in the model's dtypes, a label saying where they came from, and
+    how they were generated (None for the user's own).
 
     ``inputs``: None or ``"generated"`` (seeded, from the signature: ``mpcompile.inputs``), a
     path to an ``.npz`` file or a folder of them, one feed dict, or a list of feed dicts.
     """
-    from mpcompile import inputs as inputs_module
-
     if inputs is not None and not (isinstance(inputs, str) and inputs == GENERATED):
-        return inputs_module.given_inputs(model, inputs, given_label="given arrays")
-    batches = inputs_module.generate_inputs(model, shapes=shapes, seed=seed)
-    return [
-        inputs_module.cast_feeds(model, batch) for batch in batches
-    ], f"generated (mpcompile.inputs, seed {seed})"
+        feeds, label = inputs_module.given_inputs(model, inputs, given_label="given arrays")
+        return feeds, label, None
+    specs = inputs_module.input_specs(model, shapes)
+    batch = inputs_module.generate_from_specs(specs, seed=seed)
+    return [inputs_module.cast_feeds(model, batch)], f"generated (mpcompile.inputs, seed {seed})", specs

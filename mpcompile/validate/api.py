@@ -122,7 +122,10 @@ def validate(
     except Exception as exc:
         if not is_onnxruntime_error(exc):
             raise
-        raise model_inputs.InputsError(f"the original model rejects the inputs: {first_line(exc)}") from None
+        specs = None if inputs is not None else model_inputs.input_specs(original_ir, shapes)
+        raise model_inputs.rejected_inputs_error(
+            original_ir, first_line(exc), specs, what="the original model"
+        ) from None
 
     result = ValidationResult(
         original=_describe(original),
