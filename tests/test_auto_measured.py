@@ -409,3 +409,39 @@ def test_cast_of_other_integers_is_kept_fp32_by_a_range_rule(low, high):
     assert decisions["ids_to_float"][:2] == ("fp32", AUTO_RANGE)
     assert "beyond a 0/1 mask" in result.range_blocked["ids_to_float"]
     assert result.passed
+
+
+def test_measured_ops_stay_blocked_inside_subgraphs_where_nothing_is_measured():
+    """--auto measures main-graph values only (the reference run cannot expose a branch's
+    intermediates), so an Exp inside an If branch keeps the static block list's FP32, while the
+    same op in the main graph is a measured candidate (a merged decoder's whole body is in Ifs)."""
+    branch_nodes = [
+        helper.make_node("MatMul", ["h", "w_branch"], ["b1"], name="branch_fc"),
+        helper.make_node("Exp", ["b1"], ["b_out"], name="branch_exp"),
+    ]
+    branch = helper.make_graph(
+        branch_nodes, "then", [], [value_info("b_out", [4, 8])], [weight("w_branch", [8, 8])]
+    )
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["h"], ["o_out"], name="else_identity")],
+        "else",
+        [],
+        [value_info("o_out", [4, 8])],
+    )
+    model = make_model(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+            helper.make_node("Exp", ["h"], ["e"], name="main_exp"),
+            helper.make_node("If", ["cond"], ["m"], name="branch", then_branch=branch, else_branch=other),
+            helper.make_node("Add", ["m", "e"], ["s"], name="add"),
+            helper.make_node("MatMul", ["s", "w2"], ["y"], name="fc2"),
+        ],
+        [value_info("x", [4, 8]), value_info("cond", [], onnx.TensorProto.BOOL)],
+        [value_info("y", [4, 4])],
+        [weight("w1", [8, 8], seed=1, scale=0.1), weight("w2", [8, 4], seed=2)],
+    )
+    result = mpcompile.convert(model, measured_ops=measured_op_names())
+    decisions = {row.name: row for row in result.decisions()}  # every graph
+    assert decisions["main_exp"].rule == "auto.measured[Exp]"
+    assert decisions["branch_exp"].precision == "fp32" and decisions["branch_exp"].rule == "policy.block[Exp]"
+    assert decisions["branch_fc"].precision == "fp16"

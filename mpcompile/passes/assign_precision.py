@@ -57,7 +57,10 @@ class AssignPrecisionPass(ConversionPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         functions = {(function.domain, function.name) for function in model.functions.values()}
         for graph, opset in self.context.graphs_of(model):
-            _GraphPainter(self.context, graph, opset, functions, model.opset_imports).paint()
+            # --auto measures values of the main graph only: its measured ops and Casts stay as the
+            # static lists say inside subgraphs and functions.
+            measured = graph is model.graph
+            _GraphPainter(self.context, graph, opset, functions, model.opset_imports, measured).paint()
         unknown = Counter(
             f"{node.domain or 'ai.onnx'}::{node.op_type}"
             for node, decision in self.context.plan.items()
@@ -84,8 +87,10 @@ class _GraphPainter:
         opset: int,
         functions: set[tuple[str, str]],
         opset_imports: Mapping[str, int],
+        measured: bool = True,
     ):
         self.context = context
+        self.measured = measured
         self.graph = graph
         self.opset = opset
         self.opset_imports = opset_imports
@@ -153,7 +158,7 @@ class _GraphPainter:
         if pattern is not None:
             info.fixed = self._fixed(fp32, Reason.USER_BLOCK_NODE, f"user.block_nodes[{pattern}]")
             return info
-        classified = self.context.policy.classify(node.domain, node.op_type)
+        classified = self.context.policy.classify(node.domain, node.op_type, measured=self.measured)
         info.op_class, info.rule, info.by_user = classified.op_class, classified.rule, classified.by_user
         blocking_attribute = _blocking_attribute(node)
         if blocking_attribute and not classified.by_user:
@@ -220,7 +225,7 @@ class _GraphPainter:
             if node.domain == "" and node.op_type == "Softmax":
                 softmaxes.append(node)
                 continue
-            classified = self.context.policy.classify(node.domain, node.op_type)
+            classified = self.context.policy.classify(node.domain, node.op_type, measured=self.measured)
             if depth >= MASK_SEARCH_DEPTH or classified.op_class not in (
                 OpClass.FOLLOW,
                 OpClass.PASS_THROUGH,
@@ -360,7 +365,7 @@ class _GraphPainter:
         """Nothing FP32 flows in: only weights, or (``measured_casts``) a Cast from integers."""
         inputs = [info.node.inputs[index] for index in info.typing.float_inputs]
         if not inputs:
-            return self.context.measured_casts and _casts_to_float(info.node)
+            return self.measured and self.context.measured_casts and _casts_to_float(info.node)
         return all(_is_weight(value) for value in inputs)
 
     def _reach(self, seeds: list[_NodeInfo], step) -> set[int]:

@@ -95,8 +95,9 @@ class Policy:
             measured_ops=self.measured_ops | other.measured_ops,
         )
 
-    def classify(self, domain: str, op_type: str) -> ClassifiedOp:
-        """The class of an op under this policy, with the rule that decided it."""
+    def classify(self, domain: str, op_type: str, *, measured: bool = True) -> ClassifiedOp:
+        """The class of an op under this policy, with the rule that decided it; ``measured``:
+        whether ``measured_ops`` apply (they do only where --auto measured the values)."""
         key = ("" if domain == "ai.onnx" else domain, op_type)
         if key in self.block_ops:
             return ClassifiedOp(OpClass.BLOCK, f"user.block_ops[{op_type}]", by_user=True)
@@ -111,7 +112,7 @@ class Policy:
             (OpClass.BLOCK, op_classes.BLOCK),
         ):
             if key in members:
-                if op_class == OpClass.BLOCK and key in self.measured_ops:
+                if op_class == OpClass.BLOCK and measured and key in self.measured_ops:
                     return ClassifiedOp(OpClass.FOLLOW, f"auto.measured[{op_type}]")
                 return ClassifiedOp(op_class, f"policy.{op_class.value}[{op_type}]")
         return ClassifiedOp(OpClass.UNLISTED, f"policy.unlisted[{op_type}]")
