@@ -269,3 +269,26 @@ def test_flops_of_fused_graphs_come_from_the_reference_run():
     print(sorted(fused), result.fp16_flop_share)
     assert "Attention" in fused
     assert result.passed and result.fp16_flop_share > 0.99
+
+
+def test_inputs_of_two_sizes_are_both_searched_and_the_answer_holds_at_both():
+    """Dynamic dims stay dynamic: batches of two different sequence lengths (and batch sizes)
+    run through the reference, the switchboard and the confirmation, and the answer meets the
+    tolerance FP16-faithfully at both sizes."""
+    import models
+
+    original = models.ZOO["bert_encoder"]()
+    model = ir.from_proto(original)
+    batches = [
+        generate_inputs(model, seed=0, shapes={"batch": [1], "sequence": [8]})[0],
+        generate_inputs(model, seed=1, shapes={"batch": [3], "sequence": [24]})[0],
+    ]
+    result = auto_convert(original, inputs=batches)
+    assert result.passed and result.sessions <= 3
+    for feeds in batches:
+        want = faithful.run_reference(original, feeds)
+        got = faithful.run(result.model, cast_feeds(ir.from_proto(result.model), feeds))
+        for name, reference in want.items():
+            assert got[name].shape == reference.shape
+            error = np.abs(got[name].astype(np.float64) - reference)
+            assert (error <= ATOL + RTOL * np.abs(reference)).all(), name

@@ -297,3 +297,41 @@ def test_untyped_contrib_op_outputs_are_rounded():
         expected_y = (gelu(got["g1"]).astype(np.float32) * 1000).astype(np.float16)
     assert got["y"].dtype == np.float16 and np.isposinf(got["y"][-1])  # 80 * 1000 overflows FP16
     np.testing.assert_allclose(got["y"].astype(np.float32), expected_y.astype(np.float32), rtol=2**-9)
+
+
+def _traced_size_value_info_model() -> onnx.ModelProto:
+    """x[1, 96, h, w] -> GlobalAveragePool -> Relu -> Mul(·, x) -> Relu -> Relu, with value_info
+    declaring every intermediate [1, 96, 1, 1]: right for the pooled values, right for the Mul
+    only at the 1x1 size an exporter traced. ONNX Runtime plans buffer reuse from such shapes."""
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+        helper.make_node("Relu", ["p"], ["r"]),
+        helper.make_node("Mul", ["r", "x"], ["m"]),
+        helper.make_node("Relu", ["m"], ["q"]),
+        helper.make_node("Relu", ["q"], ["y"]),
+    ]
+    model = make_model(nodes, [tensor("x", [1, 96, "h", "w"])], [tensor("y", [1, 96, "h", "w"])])
+    model.graph.value_info.extend(tensor(name, [1, 96, 1, 1]) for name in ["p", "r", "m", "q"])
+    return model
+
+
+def test_value_shapes_declared_for_one_input_size_do_not_constrain_another():
+    import onnxruntime as ort
+
+    model = _traced_size_value_info_model()
+    x = np.random.default_rng(0).standard_normal((1, 96, 2, 2)).astype(np.float32)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    as_exported = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    with pytest.raises(Exception, match="re-use buffer"):  # what the declared shapes cause
+        as_exported.run(None, {"x": x})
+    prepared = faithful.prepared_copy(model)
+    shapes = {value.name: value.shape for node in prepared.graph for value in node.outputs}
+    assert shapes["p"] == ir.Shape([1, 96, 1, 1]) and shapes["m"] != ir.Shape([1, 96, 1, 1])
+    proto = ir.to_proto(prepared)
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    for size in (1, 2, 3):
+        x = np.random.default_rng(size).standard_normal((1, 96, size, size)).astype(np.float32)
+        (y,) = session.run(None, {"x": x})
+        want = np.maximum(np.maximum(x.mean(axis=(2, 3), keepdims=True), 0) * x, 0)
+        np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)

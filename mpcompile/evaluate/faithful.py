@@ -132,11 +132,12 @@ def check_faithful_model(model: ir.Model) -> None:
 
 
 def prepared_copy(model: ModelLike) -> ir.Model:
-    """A private copy with local functions inlined and types inferred."""
+    """A private copy with local functions inlined, exporter value shapes dropped and types inferred."""
     copy = to_ir_model(model, copy=True)
     ir.external_data.load_to_model(copy)
     if copy.functions:
         onnx_ir.passes.common.InlinePass()(copy)
+    forget_intermediate_shapes(copy)
     # Inference failing (an inconsistent model) leaves types as declared; ORT then reports the problem.
     shape_logger = logging.getLogger(onnx_ir.passes.common.ShapeInferencePass.__module__)
     level = shape_logger.level
@@ -147,6 +148,22 @@ def prepared_copy(model: ModelLike) -> ir.Model:
         shape_logger.setLevel(level)
     copy.ir_version = io.output_ir_version(copy)  # what the installed ORT loads
     return copy
+
+
+def forget_intermediate_shapes(model: ir.Model) -> None:
+    """Drop the declared shapes of values between nodes (dtypes stay), in place.
+
+    Exporters write value shapes that hold only for the input size they traced, or reuse one
+    dim_param for dims that differ; ONNX Runtime plans buffer reuse from declared shapes and
+    then fails on another input size ("Shape mismatch attempting to re-use buffer"). Shape
+    inference then records what holds for every input size.
+    """
+    for graph in model_graphs(model):
+        outputs = {id(value) for value in graph.outputs}
+        for node in graph:
+            for value in node.outputs:
+                if id(value) not in outputs:
+                    value.shape = None
 
 
 def _mark_low_precision_outputs(model: ir.Model) -> dict[ir.Value, ir.DataType]:
