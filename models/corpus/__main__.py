@@ -1,0 +1,58 @@
+"""``python -m models.corpus build|list|plan``: build the exporter corpus, list a built one, or the plan."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from models.corpus.manifest import DEFAULT_OUT, FOLDER_VARIABLE, load_manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m models.corpus", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build", help="build the missing or stale entries (needs the [corpus] extra)")
+    build.add_argument(
+        "--out", default=None, help=f"output folder (default: ${FOLDER_VARIABLE} or {DEFAULT_OUT})"
+    )
+    build.add_argument("--only", nargs="+", metavar="NAME", help="jobs, entries or architectures to build")
+    build.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    build.add_argument("--force", action="store_true", help="rebuild even the up-to-date jobs")
+    listing = commands.add_parser("list", help="list the entries of a built corpus")
+    listing.add_argument(
+        "--out", default=None, help=f"corpus folder (default: ${FOLDER_VARIABLE} or {DEFAULT_OUT})"
+    )
+    listing.add_argument("--status", choices=("ok", "export-failed", "run-failed"), help="only this status")
+    commands.add_parser("plan", help="list the jobs and the entries they will build (imports no torch)")
+    args = parser.parse_args(argv)
+
+    if args.command == "plan":
+        from models.corpus.plan import JOBS
+
+        for job in JOBS:
+            for entry in job.entries():
+                print(f"{entry.name:42} {job.exporter:11} {entry.variant:24} job={job.name}")
+        return 0
+    if args.command == "list":
+        from models.corpus.builder import describe
+
+        try:
+            entries = load_manifest(args.out, status=args.status)
+        except FileNotFoundError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        for line in describe(entries):
+            print(line)
+        return 0
+    from models.corpus.builder import build as build_corpus
+
+    try:
+        entries = build_corpus(args.out, only=args.only, jobs=args.jobs, force=args.force)
+    except KeyError as error:
+        print(f"error: {error.args[0]}", file=sys.stderr)
+        return 2
+    return 0 if entries else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

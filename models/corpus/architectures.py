@@ -1,0 +1,494 @@
+"""The corpus architectures: small seeded configurations of real model families.
+
+Pure data (no torch): ``ARCHITECTURES`` maps a short name to an :class:`Architecture` that says
+which ``transformers`` (or ``torchvision``) class to build, with which tiny configuration, what
+kind of inputs it takes and which optimum task exports it. ``instantiate`` (in the build process
+only) imports the library and builds the model with seeded weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# Input kinds, which decide how inputs.py makes feeds and exporters.py wraps the model.
+TEXT_ENCODER = "text-encoder"
+CAUSAL_LM = "causal-lm"
+SEQ2SEQ = "seq2seq"
+SPEECH_SEQ2SEQ = "speech-seq2seq"
+VISION = "vision"
+TEXT_VISION = "text-vision"
+AUDIO = "audio"
+DETECTION = "detection"
+
+_TEXT = {"vocab_size": 512, "max_position_embeddings": 128}
+_LLM = {
+    **_TEXT,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "tie_word_embeddings": False,
+}
+_BERT = {
+    **_TEXT,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One model family at a tiny size."""
+
+    name: str
+    library: str  # "transformers" | "torchvision"
+    model_class: str  # e.g. "LlamaForCausalLM", or a torchvision builder name
+    config_class: str  # e.g. "LlamaConfig"; "" for torchvision
+    config: Mapping[str, Any]
+    kind: str
+    optimum_task: str | None = None  # None: optimum does not export it
+    families: tuple[str, ...] = ()
+    image_size: int = 0  # the configured image size (0: no images)
+    dynamic_image: bool = False  # height and width may vary at run time
+    audio_frames: int = 0  # fixed mel frames (Whisper), 0 when the length may vary
+    attn_implementation: str | None = None  # forced attention implementation, if any
+    seed: int = 0
+    notes: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def vocab_size(self) -> int:
+        """Token vocabulary (the text tower's for CLIP)."""
+        if "text_config" in self.config:
+            return int(self.config["text_config"]["vocab_size"])
+        return int(self.config.get("vocab_size", 0))
+
+
+def _llm(name: str, model_class: str, config_class: str, **config: Any) -> Architecture:
+    families = ("llm", "decoder-only")
+    if name not in ("gpt2",):
+        families += ("rmsnorm", "rope")
+    return Architecture(
+        name=name,
+        library="transformers",
+        model_class=model_class,
+        config_class=config_class,
+        config={**_LLM, **config},
+        kind=CAUSAL_LM,
+        optimum_task="text-generation",
+        families=families,
+    )
+
+
+_ARCHITECTURES: tuple[Architecture, ...] = (
+    Architecture(
+        "bert",
+        "transformers",
+        "BertModel",
+        "BertConfig",
+        {**_BERT, "type_vocab_size": 2},
+        TEXT_ENCODER,
+        "feature-extraction",
+        ("encoder", "layernorm"),
+    ),
+    Architecture(
+        "distilbert",
+        "transformers",
+        "DistilBertModel",
+        "DistilBertConfig",
+        {**_TEXT, "dim": 64, "hidden_dim": 128, "n_layers": 2, "n_heads": 4},
+        TEXT_ENCODER,
+        "feature-extraction",
+        ("encoder", "layernorm"),
+    ),
+    Architecture(
+        "roberta",
+        "transformers",
+        "RobertaModel",
+        "RobertaConfig",
+        {**_BERT, "max_position_embeddings": 130, "type_vocab_size": 1, "pad_token_id": 1},
+        TEXT_ENCODER,
+        "feature-extraction",
+        ("encoder", "layernorm"),
+    ),
+    Architecture(
+        "deberta-v2",
+        "transformers",
+        "DebertaV2Model",
+        "DebertaV2Config",
+        {
+            **_BERT,
+            "type_vocab_size": 2,
+            "relative_attention": True,
+            "position_buckets": 32,
+            "max_relative_positions": 64,
+            "pos_att_type": ["p2c", "c2p"],
+            "position_biased_input": False,
+        },
+        TEXT_ENCODER,
+        "feature-extraction",
+        ("encoder", "layernorm", "relative-position"),
+    ),
+    _llm(
+        "gpt2",
+        "GPT2LMHeadModel",
+        "GPT2Config",
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=128,
+        n_inner=128,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
+    _llm("llama", "LlamaForCausalLM", "LlamaConfig"),
+    _llm("llama-8layer", "LlamaForCausalLM", "LlamaConfig", num_hidden_layers=8),
+    _llm("qwen2", "Qwen2ForCausalLM", "Qwen2Config"),
+    _llm("mistral", "MistralForCausalLM", "MistralConfig", sliding_window=None),
+    _llm("phi3", "Phi3ForCausalLM", "Phi3Config", num_key_value_heads=4),
+    _llm("gemma", "GemmaForCausalLM", "GemmaConfig", head_dim=16, num_key_value_heads=1),
+    _llm(
+        "gemma2",
+        "Gemma2ForCausalLM",
+        "Gemma2Config",
+        head_dim=16,
+        sliding_window=16,
+        query_pre_attn_scalar=16,
+    ),
+    _llm(
+        "gemma3",
+        "Gemma3ForCausalLM",
+        "Gemma3TextConfig",
+        head_dim=16,
+        sliding_window=16,
+        query_pre_attn_scalar=16,
+        rope_scaling=None,
+    ),
+    Architecture(
+        "t5",
+        "transformers",
+        "T5ForConditionalGeneration",
+        "T5Config",
+        {
+            "vocab_size": 512,
+            "d_model": 64,
+            "d_kv": 16,
+            "d_ff": 128,
+            "num_layers": 2,
+            "num_decoder_layers": 2,
+            "num_heads": 4,
+            "relative_attention_num_buckets": 16,
+            "decoder_start_token_id": 0,
+            "pad_token_id": 0,
+            "eos_token_id": 1,
+        },
+        SEQ2SEQ,
+        "text2text-generation",
+        ("seq2seq", "rmsnorm", "relative-position"),
+    ),
+    Architecture(
+        "bart",
+        "transformers",
+        "BartForConditionalGeneration",
+        "BartConfig",
+        {
+            **_TEXT,
+            "d_model": 64,
+            "encoder_layers": 2,
+            "decoder_layers": 2,
+            "encoder_attention_heads": 4,
+            "decoder_attention_heads": 4,
+            "encoder_ffn_dim": 128,
+            "decoder_ffn_dim": 128,
+            "pad_token_id": 1,
+            "bos_token_id": 0,
+            "eos_token_id": 2,
+            "decoder_start_token_id": 2,
+            "forced_eos_token_id": 2,
+        },
+        SEQ2SEQ,
+        "text2text-generation",
+        ("seq2seq", "layernorm"),
+    ),
+    Architecture(
+        "whisper",
+        "transformers",
+        "WhisperForConditionalGeneration",
+        "WhisperConfig",
+        {
+            "vocab_size": 512,
+            "num_mel_bins": 80,
+            "d_model": 64,
+            "encoder_layers": 2,
+            "decoder_layers": 2,
+            "encoder_attention_heads": 4,
+            "decoder_attention_heads": 4,
+            "encoder_ffn_dim": 128,
+            "decoder_ffn_dim": 128,
+            "max_source_positions": 50,
+            "max_target_positions": 64,
+            "pad_token_id": 0,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "decoder_start_token_id": 1,
+            "suppress_tokens": [],
+            "begin_suppress_tokens": [],
+        },
+        SPEECH_SEQ2SEQ,
+        "automatic-speech-recognition",
+        ("seq2seq", "audio", "layernorm"),
+        audio_frames=100,
+    ),
+    Architecture(
+        "vit",
+        "transformers",
+        "ViTForImageClassification",
+        "ViTConfig",
+        {
+            "image_size": 32,
+            "patch_size": 8,
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 128,
+            "num_labels": 10,
+        },
+        VISION,
+        "image-classification",
+        ("vision", "transformer", "layernorm"),
+        image_size=32,
+    ),
+    Architecture(
+        "clip",
+        "transformers",
+        "CLIPModel",
+        "CLIPConfig",
+        {
+            "text_config": {
+                "vocab_size": 512,
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "max_position_embeddings": 32,
+                "pad_token_id": 1,
+                "bos_token_id": 0,
+                "eos_token_id": 2,
+            },
+            "vision_config": {
+                "image_size": 32,
+                "patch_size": 8,
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+            },
+            "projection_dim": 32,
+        },
+        TEXT_VISION,
+        "zero-shot-image-classification",
+        ("vision", "text", "transformer", "layernorm"),
+        image_size=32,
+    ),
+    Architecture(
+        "convnext",
+        "transformers",
+        "ConvNextForImageClassification",
+        "ConvNextConfig",
+        {"hidden_sizes": [16, 32, 48, 64], "depths": [1, 1, 1, 1], "num_labels": 10, "image_size": 64},
+        VISION,
+        "image-classification",
+        ("vision", "cnn", "layernorm"),
+        image_size=64,
+        dynamic_image=True,
+    ),
+    Architecture(
+        "swin",
+        "transformers",
+        "SwinForImageClassification",
+        "SwinConfig",
+        {
+            "image_size": 64,
+            "patch_size": 4,
+            "embed_dim": 16,
+            "depths": [1, 1],
+            "num_heads": [2, 4],
+            "window_size": 4,
+            "num_labels": 10,
+        },
+        VISION,
+        "image-classification",
+        ("vision", "transformer", "layernorm"),
+        image_size=64,
+    ),
+    Architecture(
+        "segformer",
+        "transformers",
+        "SegformerForSemanticSegmentation",
+        "SegformerConfig",
+        {
+            "num_encoder_blocks": 4,
+            "depths": [1, 1, 1, 1],
+            "sr_ratios": [8, 4, 2, 1],
+            "hidden_sizes": [16, 32, 48, 64],
+            "num_attention_heads": [1, 2, 2, 4],
+            "decoder_hidden_size": 32,
+            "num_labels": 5,
+            "image_size": 64,
+        },
+        VISION,
+        "semantic-segmentation",
+        ("vision", "transformer", "layernorm", "segmentation"),
+        image_size=64,
+        dynamic_image=True,
+    ),
+    Architecture(
+        "wav2vec2",
+        "transformers",
+        "Wav2Vec2ForCTC",
+        "Wav2Vec2Config",
+        {
+            "vocab_size": 32,
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 128,
+            "conv_dim": [32, 32, 32],
+            "conv_stride": [5, 2, 2],
+            "conv_kernel": [10, 3, 3],
+            "num_conv_pos_embeddings": 16,
+            "num_conv_pos_embedding_groups": 4,
+            "pad_token_id": 0,
+        },
+        AUDIO,
+        "automatic-speech-recognition",
+        ("audio", "transformer", "layernorm", "groupnorm"),
+    ),
+    Architecture(
+        "detr",
+        "transformers",
+        "DetrForObjectDetection",
+        "DetrConfig",
+        {
+            "use_timm_backbone": False,
+            "use_pretrained_backbone": False,
+            "backbone": None,
+            "backbone_config": {
+                "model_type": "resnet",
+                "embedding_size": 16,
+                "hidden_sizes": [16, 32, 48, 64],
+                "depths": [1, 1, 1, 1],
+                "layer_type": "basic",
+                "out_features": ["stage4"],
+            },
+            "d_model": 64,
+            "encoder_layers": 1,
+            "decoder_layers": 1,
+            "encoder_attention_heads": 4,
+            "decoder_attention_heads": 4,
+            "encoder_ffn_dim": 128,
+            "decoder_ffn_dim": 128,
+            "num_queries": 10,
+            "num_labels": 5,
+        },
+        DETECTION,
+        "object-detection",
+        ("vision", "detection", "transformer", "cnn", "layernorm"),
+        image_size=64,
+        dynamic_image=True,
+    ),
+    Architecture(
+        "resnet18",
+        "torchvision",
+        "resnet18",
+        "",
+        {"num_classes": 10},
+        VISION,
+        families=("vision", "cnn", "torchvision", "batchnorm"),
+        image_size=64,
+        dynamic_image=True,
+    ),
+    Architecture(
+        "mobilenet_v2",
+        "torchvision",
+        "mobilenet_v2",
+        "",
+        {"num_classes": 10, "width_mult": 0.5},
+        VISION,
+        families=("vision", "cnn", "torchvision", "batchnorm"),
+        image_size=64,
+        dynamic_image=True,
+    ),
+    Architecture(
+        "efficientnet_b0",
+        "torchvision",
+        "efficientnet_b0",
+        "",
+        {"num_classes": 10},
+        VISION,
+        families=("vision", "cnn", "torchvision", "batchnorm"),
+        image_size=64,
+        dynamic_image=True,
+    ),
+)
+
+ARCHITECTURES: dict[str, Architecture] = {arch.name: arch for arch in _ARCHITECTURES}
+
+
+def instantiate(arch: Architecture) -> Any:
+    """Build ``arch`` with seeded weights, in eval mode (imports torch and the model library)."""
+    import torch
+
+    torch.manual_seed(arch.seed)
+    if arch.library == "torchvision":
+        import torchvision
+
+        model = getattr(torchvision.models, arch.model_class)(weights=None, **arch.config)
+        _randomise_batchnorm_statistics(model, arch.seed)
+        return model.eval()
+    return instantiate_from_config(arch, make_config(arch)).eval()
+
+
+def make_config(arch: Architecture) -> Any:
+    """The ``transformers`` configuration object of ``arch``."""
+    import transformers
+
+    config_class = getattr(transformers, arch.config_class)
+    options = dict(arch.config)
+    if arch.config_class == "DetrConfig":
+        backbone = dict(options.pop("backbone_config"))
+        backbone_class = transformers.CONFIG_MAPPING[backbone.pop("model_type")]
+        options["backbone_config"] = backbone_class(**backbone)
+    config = config_class(**options)
+    if arch.attn_implementation:
+        config._attn_implementation = arch.attn_implementation
+    return config
+
+
+def instantiate_from_config(arch: Architecture, config: Any) -> Any:
+    """The ``transformers`` model of ``arch`` built from ``config``, seeded."""
+    import torch
+    import transformers
+
+    torch.manual_seed(arch.seed)
+    return getattr(transformers, arch.model_class)(config)
+
+
+def _randomise_batchnorm_statistics(model: Any, seed: int) -> None:
+    """Give BatchNorm layers trained-looking running statistics (fresh ones are 0 and 1)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed + 1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            with torch.no_grad():
+                module.running_mean.normal_(0.0, 0.1, generator=generator)
+                module.running_var.uniform_(0.5, 2.0, generator=generator)
