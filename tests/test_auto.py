@@ -15,6 +15,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 
+import mpcompile
 from models.sensitive import PLANTED, SENSITIVE
 from mpcompile.auto import AUTO_RANGE, AUTO_SENSITIVITY, TRACE_KEY, RangeRules, auto_convert, read_trace
 from mpcompile.auto.trace import TRACE_COLUMNS, trace_rows
@@ -292,3 +293,32 @@ def test_inputs_of_two_sizes_are_both_searched_and_the_answer_holds_at_both():
             assert got[name].shape == reference.shape
             error = np.abs(got[name].astype(np.float64) - reference)
             assert (error <= ATOL + RTOL * np.abs(reference)).all(), name
+
+
+def test_answer_has_at_least_plain_converts_share_where_plain_convert_passes():
+    """Values of ~1e-8 flush to zero in FP16, so the underflow rule keeps both MatMuls FP32 up
+    front; yet the outputs (~1e-8) are far inside atol = 1e-2 and plain convert, with both in
+    FP16, passes. The underflow findings are given back (phase "plain"): the answer is all FP16."""
+    from onnx import helper
+
+    from tests.builders import make_model, value_info, weight
+
+    original = make_model(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+            helper.make_node("MatMul", ["h", "w2"], ["y"], name="fc2"),
+        ],
+        [value_info("x", [4, 8])],
+        [value_info("y", [4, 4])],
+        [weight("w1", [8, 8], seed=1, scale=1e-8), weight("w2", [8, 4], seed=2)],
+    )
+    plain = mpcompile.convert(original)
+    _assert_within_tolerance(original, plain.model)  # plain convert passes
+    result = auto_convert(original)
+    phases = [step.phase for step in result.trace]
+    assert "plain" in phases, phases
+    assert result.passed and result.fp16_flop_share == pytest.approx(1.0)
+    assert not result.range_blocked
+    decisions = decisions_by_name(result.model)
+    assert decisions["fc1"][0] == decisions["fc2"][0] == "fp16"
+    _assert_within_tolerance(original, result.model)

@@ -255,10 +255,10 @@ class _FakeEvaluator:
         self.flops: dict[str, int] = {}
         self.seen: dict[frozenset, object] = {}
 
-    def is_cached(self, blocked):
+    def is_cached(self, blocked, static=False):
         return blocked in self.seen
 
-    def probe(self, blocked, intermediates=False):
+    def probe(self, blocked, intermediates=False, static=False):
         from mpcompile.auto.criteria import CheckResult
         from mpcompile.auto.evaluator import BudgetExhausted, Probe
 

@@ -183,6 +183,7 @@ def auto_convert(
     search = Search(
         evaluator, nodes, frozenset(findings), candidates,
         fmt=low_precision_format(baseline.precision), relative_budget=relative_budget,
+        relaxable=frozenset(name for name, finding in findings.items() if finding.rule == "underflow"),
     )  # fmt: skip
     search.record_reference()
     outcome = search.run(
@@ -190,8 +191,8 @@ def auto_convert(
     )
     best = outcome.best
 
-    final = evaluator.convert(best.blocked, verify=True)
-    range_why = {name: finding.describe() for name, finding in findings.items()}
+    final = evaluator.convert(best.blocked, verify=True, static=best.static)
+    range_why = {name: finding.describe() for name, finding in findings.items() if name in best.blocked}
     _stamp(final, range_why, AUTO_RANGE)
     _stamp(final, outcome.blocked_why, AUTO_SENSITIVITY)
     notes = list(outcome.notes)
@@ -215,8 +216,8 @@ def auto_convert(
         inputs=label,
         seconds=time.perf_counter() - started,
         notes=notes,
-        measured_ops=tuple(options.measured_ops),
-        measured_casts=options.measured_casts,
+        measured_ops=() if best.static else tuple(options.measured_ops),
+        measured_casts=options.measured_casts and not best.static,
     )
     final.model.metadata_props[TRACE_KEY] = json.dumps(result.to_dict(), sort_keys=True)
     final.notes.extend(notes)

@@ -32,6 +32,7 @@ from mpcompile.graphs import model_graphs
 
 LOW_DTYPES = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 Feeds = dict[str, np.ndarray]
+ProbeKey = tuple[frozenset[str], bool]  # (nodes kept FP32, static block list)
 
 
 class BudgetExhausted(Exception):
@@ -50,6 +51,11 @@ class Probe:
     evaluated: bool  # False: not run (exact FP32, or the model of an earlier candidate)
     intermediates: list[dict[str, np.ndarray]] | None = None
     on_switchboard: bool = False  # run on the shared switchboard session, not its own yet
+    static: bool = False  # converted with the static block list (plain convert's), not measured ops
+
+    @property
+    def key(self) -> ProbeKey:
+        return (self.blocked, self.static)
 
     @property
     def passed(self) -> bool:
@@ -86,7 +92,8 @@ class Evaluator:
         self._use_switchboard = switchboard
         self.reference_outputs: list[dict[str, np.ndarray]] = []
         self._output_names = [value.name for value in model.graph.outputs]
-        self._probes: dict[frozenset[str], Probe] = {}
+        self._probes: dict[ProbeKey, Probe] = {}
+        self._static_share: float | None = None
 
     @property
     def remaining(self) -> int:
@@ -120,11 +127,23 @@ class Evaluator:
         self.low_dtype = low_precision_format(result.precision).dtype
         return result
 
-    def convert(self, blocked: frozenset[str], *, verify: bool = False) -> ConvertResult:
-        """Convert with ``blocked`` kept FP32; ``verify``: the final conversion (checked, dumped)."""
+    def convert(
+        self, blocked: frozenset[str], *, verify: bool = False, static: bool = False
+    ) -> ConvertResult:
+        """Convert with ``blocked`` kept FP32; ``verify``: the final conversion (checked, dumped);
+        ``static``: with the core's static block list, as plain convert (no measured ops or Casts)."""
         patterns = self.user_block_nodes + tuple(re.escape(name) for name in sorted(blocked))
         dump_dir = self.dump_dir if verify else None
-        return convert(self.model, block_nodes=patterns, verify=verify, dump_dir=dump_dir, **self.options)
+        options = {**self.options, "measured_ops": (), "measured_casts": False} if static else self.options
+        return convert(self.model, block_nodes=patterns, verify=verify, dump_dir=dump_dir, **options)
+
+    def static_share(self) -> float:
+        """The low-precision FLOP share of plain convert (the static block list; no evaluation)."""
+        if self._static_share is None:
+            self._static_share = self.flop_share(
+                low_precision_nodes(self.convert(frozenset(), static=True).model)
+            )
+        return self._static_share
 
     def set_flops(self, flops: Mapping[str, int]) -> None:
         """FLOPs per node (known once the reference run has given every value's shape)."""
@@ -136,20 +155,23 @@ class Evaluator:
             return 0.0
         return sum(self.flops.get(name, 0) for name in low) / self.total_flops
 
-    def probe(self, blocked: frozenset[str], *, intermediates: bool = False) -> Probe:
-        """Convert with ``blocked`` kept FP32 and check it (cached; may raise BudgetExhausted)."""
-        cached = self._probes.get(blocked)
+    def probe(self, blocked: frozenset[str], *, intermediates: bool = False, static: bool = False) -> Probe:
+        """Convert with ``blocked`` kept FP32 (``static``: see ``convert``) and check it (cached;
+        may raise BudgetExhausted)."""
+        cached = self._probes.get((blocked, static))
         if cached is not None and (cached.intermediates is not None or not intermediates):
             return cached
-        result = self.convert(blocked)
+        result = self.convert(blocked, static=static)
         low = low_precision_nodes(result.model)
         share = self.flop_share(low)
         twin = None if intermediates else self._same_conversion(low)
         if not low and not _has_low_tensors(result.model):
-            probe = Probe(blocked, result, low, share, CheckResult(True, 0.0, "", ""), evaluated=False)
+            probe = Probe(
+                blocked, result, low, share, CheckResult(True, 0.0, "", ""), evaluated=False, static=static
+            )
         elif twin is not None:  # the core painted the same nodes low: the same model, not run again
             probe = dataclasses.replace(
-                twin, blocked=blocked, result=result, evaluated=False, intermediates=None
+                twin, blocked=blocked, result=result, evaluated=False, intermediates=None, static=static
             )
         else:
             settings = None if intermediates else self._settings(result.model)
@@ -160,9 +182,9 @@ class Evaluator:
                 outputs = self._run_faithful(result.model, intermediates)
             probe = Probe(
                 blocked, result, low, share, self._check(outputs), True,
-                outputs if intermediates else None, on_switchboard=settings is not None,
+                outputs if intermediates else None, on_switchboard=settings is not None, static=static,
             )  # fmt: skip
-        self._probes[blocked] = probe
+        self._probes[(blocked, static)] = probe
         return probe
 
     def _same_conversion(self, low: frozenset[str]) -> Probe | None:
@@ -183,7 +205,7 @@ class Evaluator:
             return probe
         outputs = self._run_faithful(probe.result.model, False, budgeted=False)
         confirmed = dataclasses.replace(probe, check=self._check(outputs), on_switchboard=False)
-        self._probes[probe.blocked] = confirmed
+        self._probes[probe.key] = confirmed
         return confirmed
 
     def _check(self, outputs: Sequence[Mapping[str, np.ndarray]]) -> CheckResult:
@@ -205,8 +227,8 @@ class Evaluator:
         board = self._board()
         return None if board is None else board.settings(converted)
 
-    def is_cached(self, blocked: frozenset[str]) -> bool:
-        return blocked in self._probes
+    def is_cached(self, blocked: frozenset[str], static: bool = False) -> bool:
+        return (blocked, static) in self._probes
 
     def probes(self) -> list[Probe]:
         return list(self._probes.values())

@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from mpcompile.auto.evaluator import BudgetExhausted, Evaluator, Probe
+from mpcompile.auto.evaluator import BudgetExhausted, Evaluator, Probe, low_precision_nodes
 from mpcompile.auto.graph import connected_regions, main_nodes
 from mpcompile.auto.sensitivity import BlameItem, NodeSensitivity, blame_items, measure
 from mpcompile.auto.trace import KEPT, MEASURED, REVERTED, SearchStep
@@ -62,12 +62,15 @@ class Search:
         *,
         fmt: LowPrecisionFormat | None = None,
         relative_budget: float = math.inf,
+        relaxable: frozenset[str] = frozenset(),
     ):
         self.evaluator = evaluator
         self.fmt = fmt
         self.relative_budget = relative_budget  # Criterion.relative_budget of the reference outputs
         self.nodes = dict(nodes)
         self.range_blocked = range_blocked
+        self.relaxable = relaxable  # range findings the check measures (underflow), see _no_less_than_plain
+        self.necessary: frozenset[str] = frozenset()  # nodes whose own error exceeds the budget
         self.candidates = tuple(candidates)  # nodes the policy alone puts in low precision
         self.steps: list[SearchStep] = []
         self.notes: list[str] = []
@@ -84,13 +87,19 @@ class Search:
         )  # fmt: skip
 
     def _try(
-        self, phase: str, tried: str, blocked: frozenset[str], *, intermediates: bool = False
+        self,
+        phase: str,
+        tried: str,
+        blocked: frozenset[str],
+        *,
+        intermediates: bool = False,
+        static: bool = False,
     ) -> Probe | None:
         """Probe a candidate and record the step; None when the budget is spent."""
         before = self.evaluator.evaluations
-        known = self.evaluator.is_cached(blocked)
+        known = self.evaluator.is_cached(blocked, static)
         try:
-            probe = self.evaluator.probe(blocked, intermediates=intermediates)
+            probe = self.evaluator.probe(blocked, intermediates=intermediates, static=static)
         except BudgetExhausted:
             if not self.exhausted:
                 self.notes.append(
@@ -162,6 +171,49 @@ class Search:
     # ---- the search -----------------------------------------------------------------
 
     def run(self, reference: Sequence[Mapping[str, np.ndarray]]) -> SearchOutcome:
+        """The search, then the guarantee that the answer has at least plain convert's
+        low-precision FLOP share wherever plain convert passes (``_no_less_than_plain``)."""
+        return self._no_less_than_plain(self._search(reference))
+
+    def _no_less_than_plain(self, outcome: SearchOutcome) -> SearchOutcome:
+        """Phase "plain": when the answer keeps more compute FP32 than plain convert does, try
+        (1) the answer with the measured range findings (``relaxable``: underflow, whose effect
+        the check measures) on nodes plain convert puts in low precision given back, then
+        (2) plain convert itself, unless a guard or prediction (overflow headroom, deep
+        reductions, cancellation, ...) holds for one of its low-precision nodes or one of them
+        alone introduces more error than the tolerance allows (``necessary``); the first that
+        passes with a larger share is the answer. At most two evaluations, only when the answer
+        has the smaller share."""
+        best = outcome.best
+        if self.exhausted or (best.passed and best.fp16_flop_share >= self.evaluator.static_share()):
+            return outcome
+        plain_low = low_precision_nodes(self.evaluator.convert(frozenset(), static=True).model)
+        relaxed = self.relaxable & plain_low & best.blocked
+        tries = []
+        if relaxed and best.passed:
+            tries.append(
+                (
+                    f"{len(relaxed)} node(s) kept FP32 for underflow back in low precision",
+                    best.blocked - relaxed,
+                    False,
+                )
+            )
+        if not (self.range_blocked - self.relaxable) & plain_low and not self.necessary & plain_low:
+            tries.append(("plain convert (the static block list, no measured ops)", frozenset(), True))
+        for tried, blocked, static in tries:
+            probe = self._try("plain", tried, frozenset(blocked), static=static)
+            if probe is None:
+                break
+            if probe.passed and (not best.passed or probe.fp16_flop_share > best.fp16_flop_share):
+                confirmed = self._confirmed(probe)
+                if confirmed.passed:
+                    why = {
+                        name: text for name, text in outcome.blocked_why.items() if name in confirmed.blocked
+                    }
+                    return dataclasses.replace(outcome, best=confirmed, blocked_why=why)
+        return outcome
+
+    def _search(self, reference: Sequence[Mapping[str, np.ndarray]]) -> SearchOutcome:
         initial = self._try(
             "initial", "every eligible node in low precision (range rules applied)", self.range_blocked,
             intermediates=True,
@@ -186,6 +238,7 @@ class Search:
         # Items that alone introduce more error than the tolerance allows are needed (to first
         # order errors add up, they do not cancel): all of them go FP32 in one step, and stay.
         necessary = [item for item in items if (item.exact or 0.0) > self.relative_budget]
+        self.necessary = frozenset(item.node for item in necessary)
         items = [item for item in items if item not in necessary]
         base = self.range_blocked | {m for item in necessary for m in item.members}
         if necessary:
@@ -335,7 +388,7 @@ class Search:
         passing = [p for p in self.evaluator.probes() if p.passed]
         for probe in sorted(passing, key=lambda p: (-p.fp16_flop_share, len(p.blocked))):
             if self._confirmed(probe).passed:
-                return self.evaluator.probe(probe.blocked)
+                return self.evaluator.probe(probe.blocked, static=probe.static)
         return self.evaluator.probe_exact_fp32(self.candidates)
 
     def _confirmed(self, probe: Probe) -> Probe:

@@ -28,7 +28,7 @@ class SearchStep:
     """One candidate the search looked at."""
 
     index: int
-    phase: str  # "reference" | "initial" | "regions" | "nodes" | "prune"
+    phase: str  # "reference" | "initial" | "regions" | "nodes" | "prune" | "plain" | "confirm"
     tried: str  # what the candidate keeps FP32, in words
     blocked: list[str]  # nodes the search keeps FP32 in this candidate (range rules' excluded)
     error: float | None
