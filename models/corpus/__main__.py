@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         entries = build_corpus(args.out, only=args.only, jobs=args.jobs, force=args.force)
-    except KeyError as error:
+    except (KeyError, RuntimeError) as error:
         print(f"error: {error.args[0]}", file=sys.stderr)
         return 2
     return 0 if entries else 1

@@ -42,6 +42,10 @@ _BERT = {
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
 }
+_FIXED_IMAGE = (
+    "fixed 32x32 images (learned position embeddings; optimum's graph still declares height and width "
+    "dynamic): the samples vary the batch"
+)
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class Architecture:
     families: tuple[str, ...] = ()
     image_size: int = 0  # the configured image size (0: no images)
     dynamic_image: bool = False  # height and width may vary at run time
+    image_sizes: tuple[tuple[int, int], ...] = ()  # (height, width) per input profile, when not the default
     audio_frames: int = 0  # fixed mel frames (Whisper), 0 when the length may vary
     attn_implementation: str | None = None  # forced attention implementation, if any
     seed: int = 0
@@ -74,14 +79,17 @@ class Architecture:
 
 def _llm(name: str, model_class: str, config_class: str, **config: Any) -> Architecture:
     families = ("llm", "decoder-only")
-    if name not in ("gpt2",):
+    merged = {**_LLM, **config}
+    if name != "gpt2":
         families += ("rmsnorm", "rope")
+        if merged["num_key_value_heads"] < merged["num_attention_heads"]:
+            families += ("gqa",)  # grouped-query attention: fewer key/value heads than query heads
     return Architecture(
         name=name,
         library="transformers",
         model_class=model_class,
         config_class=config_class,
-        config={**_LLM, **config},
+        config=merged,
         kind=CAUSAL_LM,
         optimum_task="text-generation",
         families=families,
@@ -246,6 +254,7 @@ _ARCHITECTURES: tuple[Architecture, ...] = (
         "automatic-speech-recognition",
         ("seq2seq", "audio", "layernorm"),
         audio_frames=100,
+        notes="the encoder takes exactly 2 x max_source_positions = 100 mel frames: the samples vary the batch",
     ),
     Architecture(
         "vit",
@@ -265,6 +274,7 @@ _ARCHITECTURES: tuple[Architecture, ...] = (
         "image-classification",
         ("vision", "transformer", "layernorm"),
         image_size=32,
+        notes=_FIXED_IMAGE,
     ),
     Architecture(
         "clip",
@@ -297,6 +307,7 @@ _ARCHITECTURES: tuple[Architecture, ...] = (
         "zero-shot-image-classification",
         ("vision", "text", "transformer", "layernorm"),
         image_size=32,
+        notes=_FIXED_IMAGE,
     ),
     Architecture(
         "convnext",
@@ -328,6 +339,9 @@ _ARCHITECTURES: tuple[Architecture, ...] = (
         "image-classification",
         ("vision", "transformer", "layernorm"),
         image_size=64,
+        dynamic_image=True,
+        image_sizes=((64, 64), (96, 64)),
+        notes="height and width must be multiples of 32 (patch 4 x window 4 x 2 stages)",
     ),
     Architecture(
         "segformer",

@@ -34,9 +34,8 @@ BUILD_SOURCES = (
     "exporters.py",
     "inputs.py",
     "masks.py",
-    "plan.py",
     "verify.py",
-)
+)  # plan.py only lists the jobs: a job's key takes its own definition and planned entries instead
 VERSIONED_PACKAGES = (
     "torch",
     "torchvision",
@@ -76,10 +75,11 @@ def sources_digest() -> str:
 
 
 def job_key(job: Job, sources: str, versions: dict[str, str]) -> str:
-    """The build key of ``job``: sources, job, architecture configuration and package versions."""
+    """The build key of ``job``: build sources, the job and its entries, its architecture, package versions."""
     description = {
         "sources": sources,
         "job": dataclasses.asdict(job),
+        "entries": [dataclasses.asdict(entry) for entry in job.entries()],
         "architecture": dataclasses.asdict(job.arch),
         "versions": versions,
     }
@@ -111,7 +111,9 @@ def build(
     )
     started = time.perf_counter()
     if stale:
+        _require_build_packages(versions)
         _run_jobs(folder, stale, keys, max(1, jobs), log)
+    _remove_retired_jobs(folder)
     entries: list[Entry] = []
     missing = []
     for job in JOBS:
@@ -130,6 +132,28 @@ def build(
         shown = ", ".join(missing[:5]) + (f", ... ({len(missing)} in all)" if len(missing) > 5 else "")
         log(f"not built yet (build without --only to add them): {shown}")
     return entries
+
+
+def _remove_retired_jobs(folder: Path) -> None:
+    """Delete the job folders (those holding a build record) of jobs no longer in the plan."""
+    planned = {job.name for job in JOBS}
+    for record in folder.glob(f"*/{RECORD_NAME}"):
+        if record.parent.name not in planned:
+            shutil.rmtree(record.parent, ignore_errors=True)
+
+
+def _require_build_packages(versions: dict[str, str]) -> None:
+    """Fail early, with the fix, when this interpreter lacks what the workers import."""
+    absent = [
+        name
+        for name in ("torch", "torchvision", "transformers", "optimum-onnx", "onnxscript")
+        if versions[name] == "missing"
+    ]
+    if absent:
+        raise RuntimeError(
+            f"building the corpus needs {', '.join(absent)} (the [corpus] extra): run "
+            "`bash tools/corpus_env.sh` and build with `.venv-corpus/bin/python -m models.corpus build`"
+        )
 
 
 def _cached_record(folder: Path, job: Job, key: str) -> dict[str, Any] | None:
@@ -176,6 +200,22 @@ def _run_jobs(folder: Path, jobs: list[Job], keys: dict[str, str], workers: int,
 def _run_pool(folder: Path, jobs: list[Job], keys: dict[str, str], workers: int, log: Log) -> list[Job]:
     """One pool over ``jobs``; returns the jobs whose worker died before reporting."""
     context = multiprocessing.get_context("spawn")
+    # Spawned workers read the hash seed at start: a fixed one keeps set orders (optimum's
+    # merged-decoder initializer names among them) and so the exported bytes reproducible.
+    saved_seed = os.environ.get("PYTHONHASHSEED")
+    os.environ["PYTHONHASHSEED"] = "0"
+    try:
+        return _collect(folder, jobs, keys, workers, context, log)
+    finally:
+        if saved_seed is None:
+            os.environ.pop("PYTHONHASHSEED", None)
+        else:
+            os.environ["PYTHONHASHSEED"] = saved_seed
+
+
+def _collect(
+    folder: Path, jobs: list[Job], keys: dict[str, str], workers: int, context: Any, log: Log
+) -> list[Job]:
     crashed: list[Job] = []
     total = len(jobs)
     with concurrent.futures.ProcessPoolExecutor(

@@ -185,7 +185,13 @@ def decoder_ids(arch: Architecture, rng: np.random.Generator, batch: int, length
 
 def image_size(arch: Architecture, profile: Profile) -> tuple[int, int]:
     """The profile's (height, width) for a dynamic-size model, else the configured square."""
-    return profile.image if arch.dynamic_image else (arch.image_size, arch.image_size)
+    if not arch.dynamic_image:
+        return (arch.image_size, arch.image_size)
+    if arch.image_sizes:  # sizes of its own, one per profile (the export example: the configured square)
+        if profile not in PROFILES:
+            return (arch.image_size, arch.image_size)
+        return arch.image_sizes[PROFILES.index(profile) % len(arch.image_sizes)]
+    return profile.image
 
 
 def _rng(profile: Profile, stream: int) -> np.random.Generator:

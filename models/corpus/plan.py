@@ -123,8 +123,8 @@ JOBS: tuple[Job, ...] = (
     *_jobs("segformer", "ts", "opt"),
     *_jobs("detr", "ts", "opt"),
     *_jobs("wav2vec2", "ts", "opt"),
-    *_jobs("resnet18", "ts", "dyn"),
-    *_jobs("mobilenet_v2", "ts"),
+    *_jobs("resnet18", "ts"),
+    *_jobs("mobilenet_v2", "ts", "dyn"),
     *_jobs("efficientnet_b0", "ts"),
 )
 

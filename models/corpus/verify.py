@@ -126,7 +126,7 @@ def _verified_entry(
         input_names=tuple(value.name for value in session.get_inputs()),
         output_names=tuple(value.name for value in session.get_outputs()),
         input_shapes=tuple(shapes),
-        notes=inputs.sample_notes(planned.variant),
+        notes="; ".join(note for note in (job.arch.notes, inputs.sample_notes(planned.variant)) if note),
     )
 
 
