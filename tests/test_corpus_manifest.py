@@ -19,6 +19,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from models.corpus import manifest as corpus_manifest
+from models.corpus.listing import describe, markdown_table
 from models.corpus.manifest import Entry, load_feeds, load_manifest, save_feeds, write_manifest
 from models.corpus.plan import JOBS, select_jobs
 
@@ -118,6 +119,15 @@ def test_manifest_rows_round_trip(fake_corpus: Path) -> None:
         "key",
     }
     assert all(required <= set(row) for row in document["entries"])
+
+
+def test_listing_shows_status_and_shapes(fake_corpus: Path) -> None:
+    entries = load_manifest(fake_corpus)
+    lines = describe(entries)
+    assert any("fake-dynamo" in line and "export-failed: RuntimeError" in line for line in lines)
+    table = markdown_table(entries)
+    assert table[0].startswith("| entry |") and len(table) == 2 + len(entries)
+    assert "x 2x3" in table[3] and "x 3x5" in table[3]
 
 
 def test_reader_rejects_bad_manifests(tmp_path: Path, fake_corpus: Path) -> None:

@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default=None, help=f"corpus folder (default: ${FOLDER_VARIABLE} or {DEFAULT_OUT})"
     )
     listing.add_argument("--status", choices=("ok", "export-failed", "run-failed"), help="only this status")
+    listing.add_argument("--markdown", action="store_true", help="a Markdown table (as in docs/corpus.md)")
     commands.add_parser("plan", help="list the jobs and the entries they will build (imports no torch)")
     args = parser.parse_args(argv)
 
@@ -34,14 +35,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{entry.name:42} {job.exporter:11} {entry.variant:24} job={job.name}")
         return 0
     if args.command == "list":
-        from models.corpus.builder import describe
+        from models.corpus.listing import describe, markdown_table
 
         try:
             entries = load_manifest(args.out, status=args.status)
         except FileNotFoundError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-        for line in describe(entries):
+        for line in markdown_table(entries) if args.markdown else describe(entries):
             print(line)
         return 0
     from models.corpus.builder import build as build_corpus

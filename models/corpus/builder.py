@@ -21,7 +21,7 @@ import shutil
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -335,12 +335,3 @@ def one_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     text = f"{type(error).__name__}: {lines[0] if lines else ''}".strip()
     return text if len(text) <= _CAUSE_LIMIT else text[: _CAUSE_LIMIT - 3] + "..."
-
-
-def describe(entries: Iterable[Entry]) -> list[str]:
-    """One line per entry: name, exporter, variant, status (and cause)."""
-    return [
-        f"{entry.name:42} {entry.exporter:11} {entry.variant:24} {entry.status}"
-        + (f": {entry.cause}" if entry.cause else "")
-        for entry in entries
-    ]
