@@ -221,10 +221,12 @@ def _convert_ir(
     )
     low = low_precision_format(str(precision))
     target = get_target(target_name) if isinstance(target_name, str) else target_name
+    optimize_note = None
     if opts.optimize:
-        from mpcompile.optimize import optimize_model
+        from mpcompile.optimize import OPTIMIZE_METADATA_KEY, optimize_model
 
         model = ir.from_proto(optimize_model(model, opts.optimize, target))
+        optimize_note = model.metadata_props.get(OPTIMIZE_METADATA_KEY)
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
     # A model without an ai.onnx import (only ai.onnx.ml, say) has nothing that changes precision.
     if 0 < opset < low.min_opset:
@@ -241,6 +243,8 @@ def _convert_ir(
         serialized_once=serialized_once,
         measured_casts=opts.measured_casts,
     )
+    if optimize_note:
+        context.notes.append(f"--optimize {optimize_note}")
     note = already_low_precision(model)
     if note is not None:
         context.notes.append(note)

@@ -62,9 +62,8 @@ def _infer_shapes(model: ir.Model) -> bool:
     except Exception as exc:  # as ShapeInferencePass: leave the model as it is
         logger.warning("shape inference failed: %s; values stay untyped", exc)
         return False
-    inferred_types = _value_types(inferred_proto.graph)
     modified = False
-    for graph in model_graphs(model):
+    for graph, inferred_types in zip(model_graphs(model), _value_types(inferred_proto.graph), strict=True):
         values = [*graph.inputs, *(output for node in graph for output in node.outputs)]
         for value in values:
             proto = inferred_types.get(value.name or "")
@@ -121,19 +120,20 @@ def _call_without_weights(func, model: ir.Model):
         graph.inputs.extend(inputs_before)
 
 
-def _value_types(graph: onnx.GraphProto) -> dict[str, onnx.TypeProto]:
-    """Every value's inferred TypeProto by name, subgraphs included (ONNX names are unique
-    across nested scopes), read straight from the protobuf: deserializing the whole inferred
-    model again would cost more than the inference itself."""
+def _value_types(graph: onnx.GraphProto) -> list[dict[str, onnx.TypeProto]]:
+    """Each graph's inferred TypeProtos by value name, in ``model_graphs`` order (the graph, then its
+    subgraphs depth first), read straight from the protobuf: deserializing the whole inferred model
+    again would cost more than the inference itself. One table per graph, because sibling
+    subgraphs may reuse names for values of different types (optimum's merged decoders do)."""
     types: dict[str, onnx.TypeProto] = {}
     for info in (*graph.input, *graph.value_info, *graph.output):
         types.setdefault(info.name, info.type)
+    tables = [types]
     for node in graph.node:
         for attr in node.attribute:
             for subgraph in (attr.g,) if attr.HasField("g") else attr.graphs:
-                for name, type_proto in _value_types(subgraph).items():
-                    types.setdefault(name, type_proto)
-    return types
+                tables.extend(_value_types(subgraph))
+    return tables
 
 
 def _type_contrib_outputs(model: ir.Model) -> bool:
