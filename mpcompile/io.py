@@ -11,7 +11,9 @@ import contextlib
 import errno
 import os
 import pathlib
+import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 
@@ -22,10 +24,13 @@ from google.protobuf.message import DecodeError
 from mpcompile import errors
 from mpcompile.graphs import model_graphs
 from mpcompile.mapped_load import WireFormatError, load_mapped, write_embedded
+from mpcompile.proto_tensors import all_tensor_protos, tensor_nbytes
+from mpcompile.structure import check_declared_types, check_structure, check_value_info_against_inference
 
 # Files at least this large are loaded with their embedded weights mapped, not parsed.
 MAPPED_LOAD_MIN_BYTES = 64 * 2**20
 INPUT_EXTERNAL_DATA_KEY = "mpcompile.input_external_data"
+INPUT_FILES_KEY = "mpcompile.input_files"
 # Set in ``ir.Model.meta`` when ``load_model`` ran onnx shape inference on the file's protobuf.
 TYPES_INFERRED_KEY = "mpcompile.types_inferred"
 
@@ -54,6 +59,22 @@ def load_model(path: str | os.PathLike, *, infer_types: bool = False) -> ir.Mode
     graphs of many nodes.
     """
     path = pathlib.Path(path).absolute()  # external data resolves against this (primer P1)
+    proto = _parse_model_file(path)
+    return model_from_proto(proto, path.parent, infer_types=infer_types, model_file=path)
+
+
+def files_read(path: str | os.PathLike) -> tuple[pathlib.Path, ...]:
+    """The files loading the model at ``path`` reads: the model file, then each external-data
+    file (resolved, checked as ``load_model`` checks them), without building the IR."""
+    path = pathlib.Path(path).absolute()
+    proto = _parse_model_file(path)
+    own = path.resolve()
+    return (own, *sorted(check_external_data(proto, path.parent) - {own}))
+
+
+def _parse_model_file(path: pathlib.Path) -> onnx.ModelProto:
+    """The protobuf at ``path`` (large embedded weights mapped, see ``mapped_load``), or the
+    error saying why there is none."""
     if not path.exists():
         raise errors.InputNotFoundError(f"{path}: no such file")
     if not path.is_file():
@@ -73,7 +94,22 @@ def load_model(path: str | os.PathLike, *, infer_types: bool = False) -> ir.Mode
             raise errors.NotOnnxError(f"{path}: not a valid ONNX protobuf ({_first_line(exc)})") from None
     if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
         raise errors.NotOnnxError(f"{path}: not an ONNX model (no graph)")
-    data_files = check_external_data(proto, path.parent)
+    return proto
+
+
+def model_from_proto(
+    proto: onnx.ModelProto,
+    base_dir: pathlib.Path,
+    *,
+    infer_types: bool = False,
+    model_file: pathlib.Path | None = None,
+) -> ir.Model:
+    """The IR of a parsed model after every input check: its external data (resolved against
+    ``base_dir``, which it may not leave), its structure (``mpcompile.structure``) and its opsets.
+    ``model_file`` is the file ``proto`` was read from, if any; the model records the files it
+    reads (``input_files``)."""
+    data_files = check_external_data(proto, base_dir)  # first: it guards what may be opened
+    check_structure(proto)
     check_opsets(proto)
     inferred = False
     if infer_types:
@@ -81,9 +117,22 @@ def load_model(path: str | os.PathLike, *, infer_types: bool = False) -> ir.Mode
     model = ir.serde.deserialize_model(proto)
     if inferred:
         model.meta[TYPES_INFERRED_KEY] = True
-    ir.external_data.set_base_dir(model.graph, str(path.parent))
-    model.meta[INPUT_EXTERNAL_DATA_KEY] = bool(data_files - {path.name})
+    elif infer_types:
+        check_declared_types(model)
+    base = str(base_dir.absolute())
+    ir.external_data.set_base_dir(model.graph, base)
+    for function in model.functions.values():  # set_base_dir leaves function bodies out
+        ir.external_data.set_base_dir(function.graph, base)
+    own = {model_file.resolve()} if model_file is not None else set()
+    model.meta[INPUT_FILES_KEY] = tuple(str(p) for p in [*own, *sorted(data_files - own)])
+    model.meta[INPUT_EXTERNAL_DATA_KEY] = bool(data_files - own)
     return model
+
+
+def input_files(model: ir.Model) -> tuple[pathlib.Path, ...]:
+    """The files ``load_model`` (or ``model_from_proto``) read the model from: the model file and
+    every external data file, resolved."""
+    return tuple(pathlib.Path(name) for name in model.meta.get(INPUT_FILES_KEY, ()))
 
 
 def _with_inferred_types(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
@@ -94,6 +143,7 @@ def _with_inferred_types(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]
     try:
         inferred = infer_shapes(proto)
     except Exception:  # any failure leaves the model to InferTypesPass
+        check_value_info_against_inference(proto, infer_shapes)  # unless value_info caused it
         return proto, False
     return inferred, True
 
@@ -131,43 +181,107 @@ def input_had_external_data(model: ir.Model) -> bool:
     return bool(model.meta.get(INPUT_EXTERNAL_DATA_KEY, has_external_tensors(model)))
 
 
-def check_external_data(proto: onnx.ModelProto, base_dir: pathlib.Path) -> set[str]:
-    """Refuse external-data locations that escape ``base_dir`` or do not exist; returns the
-    locations used."""
+def check_external_data(proto: onnx.ModelProto, base_dir: pathlib.Path) -> set[pathlib.Path]:
+    """Refuse external data that is malformed, missing, outside ``base_dir`` or not the size its
+    tensor needs, for every tensor the model holds (see ``all_tensor_protos``); returns the data
+    files, resolved. Nothing outside ``base_dir`` is ever opened."""
     base = base_dir.resolve()
-    file_sizes: dict[str, int] = {}  # by location: each file is resolved and checked once
-    for tensor in _all_tensor_protos(proto):
+    files: dict[str, tuple[pathlib.Path, int]] = {}  # by location: each file is checked once
+    for tensor, label in all_tensor_protos(proto):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
-        info = {entry.key: entry.value for entry in tensor.external_data}
-        location = info.get("location", "")
-        if not location:
-            raise errors.ExternalDataError(f"tensor {tensor.name!r}: external data without a location")
-        if location not in file_sizes:
-            file_sizes[location] = _checked_data_file_size(tensor, location, base)
-        offset = int(info.get("offset", 0) or 0)
-        length = info.get("length")
-        if length is not None and offset + int(length) > file_sizes[location]:
-            raise errors.ExternalDataError(
-                f"tensor {tensor.name!r}: external data file {location!r} is shorter than offset+length"
-            )
-    return set(file_sizes)
+        location, offset, length = _external_data_fields(tensor, label)
+        if location not in files:
+            files[location] = _checked_data_file(label, location, base)
+        _check_data_extent(tensor, label, location, offset, length, files[location][1])
+    return {path for path, _ in files.values()}
 
 
-def _checked_data_file_size(tensor: onnx.TensorProto, location: str, base: pathlib.Path) -> int:
-    """The size of the external data file at ``location``, once it is known to lie inside ``base``."""
-    if os.path.isabs(location) or pathlib.PurePath(location).drive:
+def _external_data_fields(tensor: onnx.TensorProto, label: str) -> tuple[str, int, int | None]:
+    """(location, offset, length) of an external tensor, each well-formed, or ExternalDataError."""
+    fields: dict[str, str] = {}
+    for entry in tensor.external_data:
+        if entry.key in fields:
+            raise errors.ExternalDataError(f"{label}: external data key {entry.key!r} given twice")
+        fields[entry.key] = entry.value
+    location = fields.get("location", "")
+    if not location:
+        raise errors.ExternalDataError(f"{label}: external data without a location")
+    numbers: dict[str, int] = {}
+    for key in ("offset", "length"):
+        if key in fields:
+            if not _DECIMAL.fullmatch(fields[key]):
+                raise errors.ExternalDataError(
+                    f"{label}: external data {key} {_shown(fields[key])} is not a non-negative integer"
+                )
+            numbers[key] = int(fields[key])
+    return location, numbers.get("offset", 0), numbers.get("length")
+
+
+# Digits only: int() alone would also take " 12", "+12", "1_2" and non-ASCII digits.
+_DECIMAL = re.compile(r"[0-9]{1,20}")
+# Longer locations or path components are refused before the file system sees them.
+MAX_LOCATION_CHARS = 4096
+MAX_LOCATION_COMPONENT_CHARS = 255
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
+def _checked_data_file(label: str, location: str, base: pathlib.Path) -> tuple[pathlib.Path, int]:
+    """The resolved external data file at ``location`` and its size, once it is known to be a
+    regular file inside ``base``."""
+    shown = _shown(location)
+    if "\0" in location:
         raise errors.ExternalDataError(
-            f"tensor {tensor.name!r}: external data location {location!r} is absolute; refused"
+            f"{label}: external data location {shown} contains a NUL byte; refused"
         )
-    target = (base / location).resolve()
+    parts = pathlib.PurePath(location).parts
+    if len(location) > MAX_LOCATION_CHARS or any(len(p) > MAX_LOCATION_COMPONENT_CHARS for p in parts):
+        raise errors.ExternalDataError(f"{label}: external data location {shown} is too long; refused")
+    if os.path.isabs(location) or pathlib.PurePath(location).drive:
+        raise errors.ExternalDataError(f"{label}: external data location {shown} is absolute; refused")
+    if os.path.normpath(location).split(os.sep)[0] == os.pardir:  # refused before any lookup
+        raise errors.ExternalDataError(
+            f"{label}: external data location {shown} escapes the model's folder; refused"
+        )
+    try:
+        target = (base / location).resolve()
+    except (RuntimeError, OSError) as exc:  # RuntimeError: a symlink loop (Python 3.11)
+        raise errors.ExternalDataError(
+            f"{label}: external data location {shown} cannot be resolved ({_first_line(exc)}); refused"
+        ) from None
     if not target.is_relative_to(base):
         raise errors.ExternalDataError(
-            f"tensor {tensor.name!r}: external data location {location!r} escapes the model's folder; refused"
+            f"{label}: external data location {shown} escapes the model's folder; refused"
         )
-    if not target.is_file():
-        raise errors.ExternalDataError(f"tensor {tensor.name!r}: external data file {location!r} not found")
-    return target.stat().st_size
+    try:
+        status = target.stat()
+    except OSError:
+        raise errors.ExternalDataError(f"{label}: external data file {shown} not found") from None
+    if not stat.S_ISREG(status.st_mode):
+        raise errors.ExternalDataError(f"{label}: external data file {shown} is not a regular file")
+    return target, status.st_size
+
+
+def _check_data_extent(
+    tensor: onnx.TensorProto, label: str, location: str, offset: int, length: int | None, file_size: int
+) -> None:
+    """The tensor's bytes lie inside the file, and ``length`` (when given) is what dtype x dims need."""
+    shown = _shown(location)
+    if tensor.data_type == onnx.TensorProto.STRING:
+        raise errors.ExternalDataError(f"{label}: a string tensor cannot be external data")
+    needed = tensor_nbytes(tensor)
+    if needed is not None and length is not None and length != needed:
+        raise errors.ExternalDataError(
+            f"{label}: external data length {length} does not match the tensor's {needed} bytes (dtype x dims)"
+        )
+    extent = length if needed is None else needed
+    if extent is not None and offset + extent > file_size:
+        raise errors.ExternalDataError(
+            f"{label}: external data file {shown} is shorter than offset+length ({file_size} < {offset + extent})"
+        )
 
 
 def check_opsets(proto: onnx.ModelProto) -> None:
@@ -184,10 +298,6 @@ def check_opsets(proto: onnx.ModelProto) -> None:
                     f"ai.onnx opset {opset.version} is newer than the installed onnx knows ({max_opset()}); "
                     "upgrade the onnx package"
                 )
-
-
-def _all_tensor_protos(proto: onnx.ModelProto):
-    yield from onnx.external_data_helper._get_all_tensors(proto)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -220,6 +330,14 @@ def weight_bytes(model: ir.Model) -> int:
     return total
 
 
+def saves_external_data(model: ir.Model, external_data: bool | None) -> bool:
+    """Whether ``save_model`` writes the weights to an external data file: when asked, when the
+    input had external data, or when they near the 2 GiB protobuf limit."""
+    if external_data is not None:
+        return external_data
+    return input_had_external_data(model) or weight_bytes(model) >= TWO_GIB - 2**24
+
+
 def save_model(
     model: ir.Model,
     path: str | os.PathLike,
@@ -239,8 +357,7 @@ def save_model(
         raise errors.OutputNotWritableError(f"{path}: output path is a folder")
     if not os.access(path.parent, os.W_OK):
         raise errors.OutputNotWritableError(f"{path.parent}: output folder is not writable")
-    if external_data is None:
-        external_data = input_had_external_data(model) or weight_bytes(model) >= TWO_GIB - 2**24
+    external_data = saves_external_data(model, external_data)
     model.ir_version = output_ir_version(model)
     data_name = path.name + ".data"
     data_path = path.with_name(data_name)

@@ -16,6 +16,8 @@ import pathlib
 
 import onnx
 
+from mpcompile.proto_tensors import all_tensor_protos
+
 MODEL_GRAPH = 7  # ModelProto.graph
 GRAPH_INITIALIZER = 5  # GraphProto.initializer
 TENSOR_RAW_DATA = 9  # TensorProto.raw_data
@@ -203,9 +205,7 @@ def write_embedded(small_model: bytes, data_path: str | os.PathLike, data_name: 
     proto = onnx.ModelProto()
     proto.ParseFromString(small_model)
     external = sum(
-        1
-        for t in onnx.external_data_helper._get_all_tensors(proto)
-        if t.data_location == onnx.TensorProto.EXTERNAL
+        1 for tensor, _ in all_tensor_protos(proto) if tensor.data_location == onnx.TensorProto.EXTERNAL
     )
     if external != embedded:
         raise WireFormatError("weights outside the main graph's initializers are external")

@@ -26,7 +26,9 @@ class VerifyPass(ConversionPass):
         for graph, opset in self.context.graphs_of(model):
             _check_topological(graph)
             for node in graph:
-                _check_type_variables(node, opset, model.opset_imports)
+                conflict = type_variable_conflict(node, opset, model.opset_imports)
+                if conflict is not None:
+                    raise ir.passes.InvariantError(conflict)
         if self.io_signature is not None and self.context.keep_io_types:
             now = io_signature(model)
             if now != self.io_signature:
@@ -54,10 +56,11 @@ def _check_topological(graph: ir.Graph) -> None:
         seen.add(id(node))
 
 
-def _check_type_variables(node: ir.Node, opset: int, opset_imports: dict[str, int]) -> None:
+def type_variable_conflict(node: ir.Node, opset: int, opset_imports: dict[str, int]) -> str | None:
+    """Why the node's inputs/outputs bound to one schema type variable do not share a dtype, or None."""
     schema = op_types.get_schema(node.domain, node.op_type, node_opset(node, opset, opset_imports))
     if schema is None:
-        return
+        return None
     constraints = {c.type_param_str for c in schema.type_constraints}
     bound: dict[str, ir.DataType] = {}
     for params, values in ((schema.inputs, node.inputs), (schema.outputs, node.outputs)):
@@ -74,6 +77,5 @@ def _check_type_variables(node: ir.Node, opset: int, opset_imports: dict[str, in
                 continue
             previous = bound.setdefault(formal, value.dtype)
             if previous != value.dtype:
-                raise ir.passes.InvariantError(
-                    f"node {node.name!r} ({node.op_type}): type {formal} bound to both {previous.name} and {value.dtype.name}"
-                )
+                return f"node {node.name!r} ({node.op_type}): type {formal} bound to both {previous.name} and {value.dtype.name}"
+    return None

@@ -1,0 +1,357 @@
+"""Structural checks of a parsed ONNX model, before it becomes IR.
+
+``onnx.checker`` misses some of these, and onnx-ir and the passes would otherwise meet them as
+internal errors: cycles and self-loops, nodes out of topological order, a value defined twice (two
+producers, a node output that is a graph input or an initializer), reads of undefined values,
+graph outputs nothing produces, unknown or UNDEFINED dtypes, negative dims, tensors whose data
+does not fit their dims, and value_info that contradicts an initializer, a graph input/output or
+the type inferred for its value. Each is refused with one line naming the node or value.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import onnx
+import onnx_ir as ir
+
+from mpcompile import errors
+from mpcompile.graphs import all_graphs, model_graphs
+from mpcompile.proto_tensors import all_tensor_protos, tensor_nbytes, typed_field_entries
+
+GraphLike = onnx.GraphProto | onnx.FunctionProto
+# Names visible in a graph: its own definitions, then those of each enclosing graph.
+Scopes = tuple[dict[str, str], ...]
+# The location given to the stand-ins of weights in check_ir_structure; never opened.
+STAND_IN_LOCATION = "mpcompile-structure-check"
+KNOWN_DTYPES = frozenset(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
+
+
+def check_structure(model: onnx.ModelProto) -> None:
+    """Raise ``InvalidModelError`` (one line naming the node or value) for a malformed model, or
+    one holding sparse tensors (onnx-ir 1.1 cannot)."""
+    for tensor, label in all_tensor_protos(model):
+        _check_tensor(tensor, label)
+    _refuse_sparse_tensors(model)
+    seen: set[tuple[str, str, str]] = set()
+    for function in model.functions:
+        key = (function.domain, function.name, function.overload)
+        if key in seen:
+            raise _invalid(f"function {function.domain}::{function.name} is defined twice")
+        seen.add(key)
+        _check_graph(function, (), f" in function {function.name!r}", main=False)
+    _check_graph(model.graph, (), "", main=True)
+
+
+def _refuse_sparse_tensors(model: onnx.ModelProto) -> None:
+    for graph in (*_graphs(model.graph), *(g for function in model.functions for g in _graphs(function))):
+        if isinstance(graph, onnx.GraphProto) and graph.sparse_initializer:
+            name = graph.sparse_initializer[0].values.name
+            raise _invalid(f"sparse initializer {name!r}: sparse tensors are not supported; store it dense")
+        for index, node in enumerate(graph.node):
+            for attribute in node.attribute:
+                if attribute.HasField("sparse_tensor") or attribute.sparse_tensors:
+                    raise _invalid(
+                        f"attribute {attribute.name!r} of node {_node_label(node, index)}: sparse tensors "
+                        "are not supported; store it dense"
+                    )
+
+
+def check_ir_structure(model: ir.Model) -> None:
+    """``check_structure`` for an in-memory IR model (one of ours: not modified), serialized with
+    each initializer described as external data, so no weight is copied."""
+    light = model.clone()  # new values sharing the tensors: replacing const_value here is harmless
+    for graph in (*model_graphs(light), *(function.graph for function in light.functions.values())):
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if tensor is not None and not isinstance(tensor, ir.StringTensor):
+                value.const_value = ir.ExternalTensor(
+                    STAND_IN_LOCATION, 0, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=value.name
+                )
+    check_structure(ir.to_proto(light))
+
+
+def check_declared_types(model: ir.Model) -> None:
+    """For a model onnx could not type: refuse a node whose declared input and output dtypes
+    contradict its schema (two dtypes bound to one type variable), which VerifyPass would
+    otherwise meet as an internal error after converting."""
+    from mpcompile.passes.verify import type_variable_conflict  # the passes import mpcompile.io
+
+    for graph, opset in all_graphs(model):
+        for node in graph:
+            conflict = type_variable_conflict(node, opset, model.opset_imports)
+            if conflict is not None:
+                raise _invalid(f"{conflict}, as the model declares them")
+
+
+def check_value_info_against_inference(
+    model: onnx.ModelProto, infer: Callable[[onnx.ModelProto], onnx.ModelProto]
+) -> None:
+    """For a model whose shape inference failed: when inference without the declared value_info
+    succeeds, refuse the first value_info whose type differs from the one inferred for its value."""
+    if not any(graph.value_info for graph in _graphs(model.graph)):
+        return
+    stripped = copy.deepcopy(model)
+    for graph in _graphs(stripped.graph):
+        del graph.value_info[:]
+    try:
+        inferred = infer(stripped)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError, ValueError):
+        return  # the failure is not the value_info's
+    # Graph by graph: sibling subgraphs may use one name for values of different types.
+    for graph, inferred_graph in zip(_graphs(model.graph), _graphs(inferred.graph), strict=True):
+        found_types = {info.name: info.type for info in (*inferred_graph.value_info, *inferred_graph.output)}
+        for info in graph.value_info:
+            found = found_types.get(info.name)
+            if (
+                found is not None
+                and _type_key(found) is not None
+                and _type_key(found) != _type_key(info.type)
+            ):
+                raise _invalid(
+                    f"value {info.name!r}: value_info declares {_type_text(info.type)} but its producer "
+                    f"outputs {_type_text(found)}"
+                )
+
+
+def _check_graph(graph: GraphLike, outer: Scopes, where: str, main: bool) -> None:
+    """Names defined once and before use, node by node, subgraphs with this graph in scope."""
+    defined: dict[str, str] = {}
+    scopes = (defined, *outer)
+
+    def define(name: str, what: str) -> None:
+        if not name:
+            raise _invalid(f"{what}{where} has an empty name")
+        previous = next((scope[name] for scope in scopes if name in scope), None)
+        if previous is not None:
+            raise _invalid(f"value {name!r}{where} is defined twice: by {previous} and by {what}")
+        defined[name] = what
+
+    declared: dict[str, onnx.TypeProto] = {}
+    if isinstance(graph, onnx.FunctionProto):
+        for name in graph.input:
+            define(name, "a function input")
+    else:
+        _define_inputs_and_initializers(graph, define, declared, where, main)
+    producers: dict[str, int] = {}
+    for index, node in enumerate(graph.node):
+        for name in node.output:
+            producers.setdefault(name, index)
+    for index, node in enumerate(graph.node):
+        label = _node_label(node, index)
+        if not node.op_type:
+            raise _invalid(f"node {label}{where} has no op_type")
+        for name in node.input:
+            if name and not any(name in scope for scope in scopes):
+                raise _read_error(graph, index, name, producers, where)
+        for attribute in node.attribute:
+            nested = [attribute.g] if attribute.HasField("g") else []
+            for subgraph in [*nested, *attribute.graphs]:
+                inner = f" in subgraph {subgraph.name or attribute.name!r} of node {label}{where}"
+                _check_graph(subgraph, scopes, inner, main=False)
+        for name in node.output:
+            if name:
+                define(name, f"node {label}")
+    outputs = graph.output if isinstance(graph, onnx.FunctionProto) else [info.name for info in graph.output]
+    for position, name in enumerate(outputs):
+        if not name:
+            raise _invalid(f"graph output #{position}{where} has an empty name")
+        if not any(name in scope for scope in scopes):
+            raise _invalid(f"graph output {name!r}{where} is not produced by any node, input or initializer")
+    if isinstance(graph, onnx.GraphProto):
+        for info in graph.output:
+            _check_declared_type(info, "graph output", where, required=main)
+            _check_agrees(info, declared.get(info.name), "graph output", where)
+            declared.setdefault(info.name, info.type)
+        for info in graph.value_info:
+            _check_declared_type(info, "value_info of", where, required=False)
+            _check_agrees(info, declared.get(info.name), "value_info of", where)
+
+
+def _define_inputs_and_initializers(
+    graph: onnx.GraphProto,
+    define: Callable[[str, str], None],
+    declared: dict[str, onnx.TypeProto],
+    where: str,
+    main: bool,
+) -> None:
+    """Graph inputs, then initializers (one may give an input its default value)."""
+    for info in graph.input:
+        _check_declared_type(info, "graph input", where, required=main)
+        define(info.name, "a graph input")
+        declared[info.name] = info.type
+    defaults: set[str] = set()
+    for tensor in (*graph.initializer, *(sparse.values for sparse in graph.sparse_initializer)):
+        typed = onnx.helper.make_tensor_type_proto(tensor.data_type, list(tensor.dims))
+        if tensor.name in declared and tensor.name not in defaults:
+            _check_agrees_with_initializer(declared[tensor.name], tensor, "graph input", where)
+            defaults.add(tensor.name)
+            continue
+        define(tensor.name, "an initializer")
+        declared[tensor.name] = typed
+        defaults.add(tensor.name)
+
+
+def _read_error(graph: GraphLike, index: int, name: str, producers: dict[str, int], where: str) -> Exception:
+    """Why node ``index`` cannot read ``name``: undefined, a cycle, or nodes out of order."""
+    node = graph.node[index]
+    label = _node_label(node, index)
+    producer = producers.get(name)
+    if producer is None:
+        return _invalid(
+            f"node {label}{where} reads {name!r}, which no node, graph input or initializer defines"
+        )
+    if producer == index:
+        return _invalid(f"node {label}{where} reads its own output {name!r}: the graph has a cycle")
+    producer_label = _node_label(graph.node[producer], producer)
+    if _depends_on(graph, producer, index, producers):
+        return _invalid(
+            f"node {label}{where} reads {name!r} from node {producer_label}, which depends on an output "
+            f"of node {label}: the graph has a cycle"
+        )
+    return _invalid(
+        f"node {label}{where} reads {name!r} before node {producer_label} produces it: nodes must be in "
+        "topological order"
+    )
+
+
+def _depends_on(graph: GraphLike, start: int, target: int, producers: dict[str, int]) -> bool:
+    """Whether node ``start`` reads, directly or not, an output of node ``target``."""
+    pending, seen = [start], {start}
+    while pending:
+        for name in graph.node[pending.pop()].input:
+            producer = producers.get(name)
+            if producer == target:
+                return True
+            if producer is not None and producer not in seen:
+                seen.add(producer)
+                pending.append(producer)
+    return False
+
+
+def _check_tensor(tensor: onnx.TensorProto, label: str) -> None:
+    """A known dtype, no negative dims, and (when embedded) data that fits the dims."""
+    _check_dtype(tensor.data_type, label)
+    if any(dim < 0 for dim in tensor.dims):
+        raise _invalid(f"{label} has a negative dimension in {list(tensor.dims)}")
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return  # io.check_external_data checks the file's extent
+    if tensor.HasField("raw_data"):
+        needed = tensor_nbytes(tensor)
+        if tensor.data_type == onnx.TensorProto.STRING:
+            raise _invalid(f"{label}: a string tensor cannot hold raw_data")
+        if needed is not None and len(tensor.raw_data) != needed:
+            raise _invalid(
+                f"{label} holds {len(tensor.raw_data)} bytes but its dtype and dims {list(tensor.dims)} "
+                f"need {needed}"
+            )
+        return
+    entries = typed_field_entries(tensor)
+    field = onnx.helper.tensor_dtype_to_field(tensor.data_type)
+    held = len(getattr(tensor, field))
+    if entries is not None and held != entries:
+        raise _invalid(f"{label} holds {held} values but its dims {list(tensor.dims)} need {entries}")
+
+
+def _check_dtype(dtype: int, label: str) -> None:
+    if dtype == onnx.TensorProto.UNDEFINED:
+        raise _invalid(f"{label} has dtype UNDEFINED")
+    if dtype not in KNOWN_DTYPES:
+        raise _invalid(f"{label} has an unknown dtype ({dtype})")
+
+
+def _check_declared_type(info: onnx.ValueInfoProto, what: str, where: str, required: bool) -> None:
+    label = f"{what} {info.name!r}{where}"
+    if not info.HasField("type") or info.type.WhichOneof("value") is None:
+        if required:
+            raise _invalid(f"{label} has no type")
+        return
+    _check_type(info.type, label)
+
+
+def _check_type(type_proto: onnx.TypeProto, label: str) -> None:
+    """Every element type in a (possibly nested) type is a known dtype."""
+    kind = type_proto.WhichOneof("value")
+    if kind in ("tensor_type", "sparse_tensor_type"):
+        _check_dtype(getattr(type_proto, kind).elem_type, label)
+    elif kind in ("sequence_type", "optional_type"):
+        inner = getattr(type_proto, kind)
+        if inner.HasField("elem_type"):
+            _check_type(inner.elem_type, label)
+    elif kind == "map_type":
+        _check_dtype(type_proto.map_type.key_type, label)
+        _check_type(type_proto.map_type.value_type, label)
+
+
+def _check_agrees(info: onnx.ValueInfoProto, other: onnx.TypeProto | None, what: str, where: str) -> None:
+    """A second declaration of a value's type (value_info, graph output) matches the first."""
+    if other is None or not info.HasField("type"):
+        return
+    mine, theirs = _type_key(info.type), _type_key(other)
+    if mine is not None and theirs is not None and mine != theirs:
+        raise _invalid(
+            f"{what} {info.name!r}{where} declares {_type_text(info.type)}, but the value is "
+            f"{_type_text(other)}"
+        )
+
+
+def _check_agrees_with_initializer(
+    declared: onnx.TypeProto, tensor: onnx.TensorProto, what: str, where: str
+) -> None:
+    key = _type_key(declared)
+    if key is not None and key != ("tensor_type", tensor.data_type):
+        raise _invalid(
+            f"{what} {tensor.name!r}{where} declares {_type_text(declared)}, but its initializer is "
+            f"{onnx.TensorProto.DataType.Name(tensor.data_type).lower()}"
+        )
+
+
+def _type_key(type_proto: onnx.TypeProto) -> tuple | None:
+    """The kind and element types of a type (shapes left out), None where unknown."""
+    kind = type_proto.WhichOneof("value")
+    if kind in ("tensor_type", "sparse_tensor_type"):
+        elem = getattr(type_proto, kind).elem_type
+        return (kind, elem) if elem else None
+    if kind in ("sequence_type", "optional_type"):
+        inner = getattr(type_proto, kind)
+        return (kind, _type_key(inner.elem_type)) if inner.HasField("elem_type") else None
+    if kind == "map_type":
+        return (kind, type_proto.map_type.key_type, _type_key(type_proto.map_type.value_type))
+    return None
+
+
+def _type_text(type_proto: onnx.TypeProto) -> str:
+    """A type as ONNX spells it (``tensor(float)``, ``seq(tensor(int64))``)."""
+    kind = type_proto.WhichOneof("value")
+    if kind in ("tensor_type", "sparse_tensor_type"):
+        elem = getattr(type_proto, kind).elem_type
+        name = onnx.TensorProto.DataType.Name(elem).lower() if elem in KNOWN_DTYPES else str(elem)
+        return f"{'tensor' if kind == 'tensor_type' else 'sparse_tensor'}({name})"
+    if kind in ("sequence_type", "optional_type"):
+        inner = getattr(type_proto, kind)
+        text = _type_text(inner.elem_type) if inner.HasField("elem_type") else "?"
+        return f"{'seq' if kind == 'sequence_type' else 'optional'}({text})"
+    if kind == "map_type":
+        key = onnx.TensorProto.DataType.Name(type_proto.map_type.key_type).lower()
+        return f"map({key}, {_type_text(type_proto.map_type.value_type)})"
+    return "no type"
+
+
+def _graphs(graph: GraphLike) -> list[GraphLike]:
+    """``graph`` and every subgraph in it, at any depth."""
+    found = [graph]
+    for node in graph.node:
+        for attribute in node.attribute:
+            nested = [attribute.g] if attribute.HasField("g") else []
+            for subgraph in [*nested, *attribute.graphs]:
+                found.extend(_graphs(subgraph))
+    return found
+
+
+def _node_label(node: onnx.NodeProto, index: int) -> str:
+    return repr(node.name) if node.name else f"#{index} ({node.op_type or 'no op_type'})"
+
+
+def _invalid(message: str) -> errors.InvalidModelError:
+    return errors.InvalidModelError(message)
