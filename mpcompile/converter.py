@@ -12,15 +12,17 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from mpcompile import errors, io, targets
+from mpcompile import errors, io, overwrite_guard, targets
 from mpcompile.casts import CastFactory, NameAuthority
 from mpcompile.context import ConversionContext, ConvertStats
 from mpcompile.gc_pause import with_cyclic_gc_paused
 from mpcompile.graphs import all_graphs, model_graphs
+from mpcompile.ort_loadable import make_node_names_unique, refuse_unloadable
 from mpcompile.pipeline import Pipeline
 from mpcompile.plan import MODEL_VERSION_KEY, PrecisionPlan, read_decision
 from mpcompile.policy import Policy, load_policy_file, op_classes
 from mpcompile.precision import Precision, low_precision_format
+from mpcompile.structure import check_ir_structure
 from mpcompile.targets import get_target
 from mpcompile.targets.base import Target
 
@@ -48,6 +50,9 @@ class ConvertOptions:
     measured_casts: bool = False
     policy: str | os.PathLike | None = None  # TOML file with the same fields
     allow_qdq: bool = False
+    # Convert ops no schema, ONNX Runtime kernel or local function defines (kept FP32); otherwise
+    # refused, since ONNX Runtime loads such a model only with the op's library (ort_loadable).
+    allow_custom_ops: bool = False
     optimize: str | None = None  # run ORT's graph optimisation first: basic | extended | transformer
     verify: bool = True  # run onnx.checker (full) on the result
     check_invariants: bool = False  # check our invariants after every pass (debugging)
@@ -163,13 +168,12 @@ def convert_file(
     """
     opts = ConvertOptions.build(**options)
     source, target = pathlib.Path(input_path).absolute(), pathlib.Path(output_path).absolute()
-    if source.exists() and target.exists() and os.path.samefile(source, target) and not overwrite:
-        raise errors.OutputIsInputError(f"{target}: output path is the input; pass --overwrite to replace it")
-    if source == target and not overwrite:
-        raise errors.OutputIsInputError(f"{target}: output path is the input; pass --overwrite to replace it")
     model = io.load_model(source, infer_types=True)
-    if overwrite and source == target:
-        ir.external_data.load_to_model(model)  # the source file is about to be replaced
+    read = overwrite_guard.model_files(io.input_files(model))
+    written = overwrite_guard.output_files(target, external_data=io.saves_external_data(model, external_data))
+    replaces_input = overwrite and overwrite_guard.same_file(source, target)
+    if overwrite_guard.refuse_overwriting_inputs(read, written, may_replace=read if replaces_input else ()):
+        ir.external_data.load_to_model(model)  # files it reads from are about to be replaced
     # The model was loaded here and is written once, so converted weights may drop their FP32 bytes.
     result = _convert_ir(model, opts, on_pass_start=on_pass_start, serialized_once=True)
     if result.already_converted:
@@ -187,11 +191,13 @@ def convert_file(
 
 def to_ir_model(model: ModelLike) -> tuple[ir.Model, str]:
     """A working ``ir.Model`` for any accepted input, and its kind (proto, ir or path); never the caller's object."""
-    if isinstance(model, onnx.ModelProto):
-        io.check_opsets(model)
-        return ir.serde.deserialize_model(model), "proto"
+    if isinstance(model, onnx.ModelProto):  # external data resolves against the working folder
+        small = model.ByteSize() < io.MAPPED_LOAD_MIN_BYTES  # larger ones are typed by InferTypesPass
+        return io.model_from_proto(model, pathlib.Path.cwd(), infer_types=small), "proto"
     if isinstance(model, ir.Model):
-        return model.clone(), "ir"
+        clone = model.clone()
+        check_ir_structure(clone)
+        return clone, "ir"
     if isinstance(model, (str, os.PathLike)):
         return io.load_model(model, infer_types=True), "path"
     raise TypeError(
@@ -251,6 +257,10 @@ def _convert_ir(
         return ConvertResult(
             model, context.plan, context.stats, context.notes, low.precision.value, target.name, True
         )
+    refuse_unloadable(model, allow_custom_ops=opts.allow_custom_ops)
+    renamed = make_node_names_unique(model)
+    if renamed is not None:
+        context.notes.append(renamed)
     if _is_qdq(model) and not opts.allow_qdq:
         raise errors.QdqModelError(
             "model is QDQ-quantized (QuantizeLinear/DequantizeLinear); pass --allow-qdq to convert only its float parts"

@@ -217,7 +217,7 @@ def test_untyped_contrib_op_is_kept_fp32_and_reported():
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom.domain", 1)]
     )
-    result = mpcompile.convert(model, verify=False)
+    result = mpcompile.convert(model, verify=False, allow_custom_ops=True)  # refused without it
     got = decisions(result)
     assert got["mystery"] == ("fp32", Reason.UNKNOWN_OP)
     assert got["mm"][0] == "fp16"

@@ -164,7 +164,7 @@ def run_auto_from_cli(
 ) -> Any:
     """Run ``auto_convert`` on ``model``, save the result atomically at ``output`` and print it
     (``report_path``: also write ``mpcompile report``'s audit of the result there)."""
-    from mpcompile import errors, io
+    from mpcompile import io, overwrite_guard
     from mpcompile.auto import auto_convert
     from mpcompile.inputs import parse_shape_options
 
@@ -173,9 +173,11 @@ def run_auto_from_cli(
         from mpcompile.report import format_for_path
 
         format_for_path(report_path)  # fail on a bad extension before the search
-    same = source == target or (source.exists() and target.exists() and os.path.samefile(source, target))
-    if same and not overwrite:
-        raise errors.OutputIsInputError(f"{target}: output path is the input; pass --overwrite to replace it")
+    # auto_convert reads every weight into memory first, so --overwrite may replace the input's files.
+    read = overwrite_guard.model_files(io.files_read(source))
+    written = overwrite_guard.output_files(target, external_data=external_data is not False)
+    replaces_input = overwrite and overwrite_guard.same_file(source, target)
+    overwrite_guard.refuse_overwriting_inputs(read, written, may_replace=read if replaces_input else ())
     result = auto_convert(
         source,
         inputs=settings.inputs,

@@ -42,6 +42,11 @@ def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Pat
 @node_selection_options
 @click.option("--allow-qdq", is_flag=True, help="Convert the float parts of a QDQ-quantized model.")
 @click.option(
+    "--allow-custom-ops",
+    is_flag=True,
+    help="Convert a model with ops only a custom-op library defines (they stay FP32).",
+)
+@click.option(
     "--training",
     is_flag=True,
     help="MODEL is an ORT training-artifact folder (training/eval/optimizer models, checkpoint); -o is the output folder.",
@@ -85,6 +90,7 @@ def convert_command(
     block_nodes: tuple[str, ...],
     policy: pathlib.Path | None,
     allow_qdq: bool,
+    allow_custom_ops: bool,
     training: bool,
     overwrite: bool,
     external_data: bool | None,
@@ -115,6 +121,10 @@ def convert_command(
         from mpcompile.report import format_for_path
 
         format_for_path(report_path)  # fail on a bad extension before converting
+        from mpcompile import overwrite_guard
+
+        output_files = overwrite_guard.output_files(output, external_data=True)
+        overwrite_guard.refuse_writing_over(report_path, overwrite_guard.REPORT, [model], output_files)
     options = {
         "precision": precision,
         "target": target,
@@ -125,6 +135,7 @@ def convert_command(
         "block_nodes": block_nodes,
         "policy": policy,
         "allow_qdq": allow_qdq,
+        "allow_custom_ops": allow_custom_ops,
         "check_invariants": check_invariants,
         "dump_dir": dump_dir,
     }

@@ -71,6 +71,11 @@ def report_command(
     from mpcompile.report.view import ReportView
 
     view = ReportView(ops=ops, precisions=precisions, top=top, sort=sort)
+    if output:
+        from mpcompile import overwrite_guard
+
+        audited = [path for path in (model, original) if path]
+        overwrite_guard.refuse_writing_over(output, overwrite_guard.REPORT, audited)
     if fmt is None:
         fmt = format_for_path(output) if output else "table"
     audit = build_report(model, original=original, shapes=shapes, numerics=numerics, inputs=inputs)

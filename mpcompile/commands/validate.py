@@ -139,6 +139,10 @@ def validate_and_report(
     from mpcompile import inputs as model_inputs
     from mpcompile.validate import api, render, tolerances
 
+    if save is not None:
+        from mpcompile import overwrite_guard
+
+        overwrite_guard.refuse_writing_over(save, overwrite_guard.RESULTS, [original, converted])
     result = api.validate(
         original,
         converted,

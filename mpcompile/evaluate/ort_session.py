@@ -30,12 +30,12 @@ def import_onnxruntime() -> ModuleType:
 def to_ir_model(model: ModelLike, *, copy: bool = True) -> ir.Model:
     """An ``ir.Model`` for any accepted model kind; a copy unless ``copy=False``.
 
-    Paths are loaded with every safety check of ``mpcompile.io.load_model``.
+    Paths and protos get every input check of ``mpcompile.io.load_model``.
     """
     if isinstance(model, ir.Model):
         return model.clone() if copy else model
-    if isinstance(model, onnx.ModelProto):
-        return ir.serde.deserialize_model(model)
+    if isinstance(model, onnx.ModelProto):  # external data resolves against the working folder
+        return io.model_from_proto(model, pathlib.Path.cwd())
     if isinstance(model, (str, os.PathLike)):
         return io.load_model(pathlib.Path(model))
     raise TypeError(f"expected an onnx.ModelProto, ir.Model or path, got {type(model).__name__}")

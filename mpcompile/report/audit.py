@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pathlib
 from typing import Any
 
 import onnx
@@ -116,16 +117,16 @@ def precision_of_dtype(dtype: ir.DataType | None) -> str:
 def load_for_audit(model: ModelLike) -> ir.Model:
     """A private copy of the model that the audit may annotate with shapes.
 
-    Paths go through ``mpcompile.io.load_model`` (all input checks, weights stay mapped);
+    Paths and protos get every input check of ``mpcompile.io.load_model`` (weights stay mapped);
     an ``ir.Model`` is cloned (tensors shared, the caller's model is never touched).
     """
     if isinstance(model, ir.Model):
         return model.clone()
-    if isinstance(model, onnx.ModelProto):
-        return ir.from_proto(model)
-    from mpcompile.io import load_model
+    from mpcompile import io
 
-    return load_model(model)
+    if isinstance(model, onnx.ModelProto):  # external data resolves against the working folder
+        return io.model_from_proto(model, pathlib.Path.cwd())
+    return io.load_model(model)
 
 
 def audit_model(

@@ -16,7 +16,7 @@ import shutil
 import onnx
 import onnx_ir as ir
 
-from mpcompile import __version__, errors, io
+from mpcompile import __version__, errors, io, overwrite_guard
 from mpcompile.passes.loss_scaling import ACCUMULATION_BUFFER_SUFFIX, LOSS_SCALE_INPUT, LossScalingPass
 from mpcompile.plan import MODEL_PRECISION_KEY, MODEL_VERSION_KEY, PRECISION_KEY
 from mpcompile.precision import Precision, low_precision_format
@@ -144,6 +144,7 @@ def convert_artifacts(
         raise errors.OutputIsInputError(f"{destination}: the output folder is the input folder")
     if destination.exists() and any(destination.iterdir()) and not overwrite:
         raise errors.OutputNotWritableError(f"{destination}: output folder is not empty (use --overwrite)")
+    _refuse_writing_over_sources(paths, destination)
     destination.mkdir(parents=True, exist_ok=True)
     stats: dict[str, dict[str, int]] = {}
 
@@ -166,6 +167,24 @@ def convert_artifacts(
     else:
         shutil.copyfile(paths.checkpoint, destination / paths.checkpoint.name)
     return stats
+
+
+def _refuse_writing_over_sources(paths: ArtifactPaths, destination: pathlib.Path) -> None:
+    """No file the conversion writes in ``destination`` may be a source file (a hardlink or
+    symlink to one, in a copied folder): ``OutputIsInputError``."""
+    read: dict[pathlib.Path, str] = {}
+    written: dict[pathlib.Path, str] = {}
+    for model in (paths.training_model, paths.eval_model):
+        if model is not None:
+            read.update(overwrite_guard.model_files(io.files_read(model)))
+            written.update(overwrite_guard.output_files(destination / model.name, external_data=True))
+    copied = [paths.checkpoint] if paths.checkpoint.is_file() else sorted(paths.checkpoint.rglob("*"))
+    if paths.optimizer_model is not None:
+        copied.append(paths.optimizer_model)
+    for source in copied:
+        read[source] = "the source file"
+        written[destination / source.relative_to(paths.directory)] = "the copy"
+    overwrite_guard.refuse_overwriting_inputs(read, written)
 
 
 def save_checked(model: ir.Model, path: pathlib.Path) -> None:
