@@ -538,13 +538,22 @@ def test_annotate_types_without_the_private_steps_leaves_the_model(monkeypatch):
     assert annotated is model and complete is False
 
 
-def test_annotate_types_keeps_declared_output_types():
+def test_annotate_types_keeps_types_not_shapes():
+    """Shapes merged by symbolic inference ('past + sequence' as 'sequence') would make ORT reuse
+    buffers of the wrong size; only element types are kept, and outputs stay as declared."""
     model = rms_decoder()
+    annotated, complete = annotate_types(model)
+    assert complete
+    assert annotated.graph.output[0] == model.graph.output[0]
+    assert annotated.graph.value_info and all(
+        info.type.tensor_type.elem_type == TensorProto.FLOAT and not info.type.tensor_type.HasField("shape")
+        for info in annotated.graph.value_info
+    )
     guessed = onnx.ModelProto()
     guessed.CopyFrom(model)
     guessed.graph.output[0].type.tensor_type.elem_type = 0
     guessed.graph.value_info.append(helper.make_tensor_value_info("untyped", 0, None))
-    symbolic_types._keep_declared_outputs(guessed, model)
+    symbolic_types._keep_declarations_and_types_only(guessed, model)
     assert guessed.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
     assert "untyped" not in {info.name for info in guessed.graph.value_info}
 

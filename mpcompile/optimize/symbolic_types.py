@@ -27,13 +27,15 @@ _INFERENCE_ERRORS = (
 
 
 def annotate_types(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
-    """Record value types and shapes, contrib ops included, with ORT's symbolic shape inference.
+    """Record value types, contrib ops included, with ORT's symbolic shape inference.
 
     onnx's own inference has no schemas for the fused ``com.microsoft`` ops, so without this their
-    outputs would be untyped and the precision assignment would keep them FP32. Returns the
-    annotated model and whether every value was inferred; a partial result is kept. Graph outputs
-    keep their declared types. Without onnxruntime's inference steps (another version), the model
-    comes back unchanged and incomplete.
+    outputs would be untyped and the precision assignment would keep them FP32. Only element types
+    are kept: with ``auto_merge`` the inference merges symbolic dims that differ (a KV cache's
+    ``past + sequence`` taken for ``sequence``), and ORT plans buffer reuse from declared shapes
+    ("Shape mismatch attempting to re-use buffer"). Graph outputs keep their declarations. Returns
+    the annotated model and whether every value was inferred; a partial result is kept. Without
+    onnxruntime's inference steps (another version), the model comes back unchanged and incomplete.
     """
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
@@ -52,19 +54,22 @@ def annotate_types(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
     except _INFERENCE_ERRORS:
         return model, False
     annotated = inference.out_mp_
-    _keep_declared_outputs(annotated, model)
+    _keep_declarations_and_types_only(annotated, model)
     return annotated, bool(complete)
 
 
-def _keep_declared_outputs(annotated: onnx.ModelProto, original: onnx.ModelProto) -> None:
-    """A partial inference can replace a typed graph output by an untyped guess: put the declared one
-    back, and drop value infos without an element type."""
-    declared = {output.name: output for output in original.graph.output}
-    for output in annotated.graph.output:
-        before = declared.get(output.name)
-        if before is not None and _elem_type(output) != _elem_type(before):
-            output.CopyFrom(before)
-    typed = [info for info in annotated.graph.value_info if _elem_type(info) != 0]
+def _keep_declarations_and_types_only(annotated: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """Graph outputs as declared in ``original``; inferred value infos reduced to their element
+    type (untyped ones dropped)."""
+    del annotated.graph.output[:]
+    annotated.graph.output.extend(original.graph.output)
+    typed = []
+    for info in annotated.graph.value_info:
+        if _elem_type(info) == 0:
+            continue
+        if _elem_type(info) is not None:
+            info.type.tensor_type.ClearField("shape")
+        typed.append(info)
     del annotated.graph.value_info[:]
     annotated.graph.value_info.extend(typed)
 
