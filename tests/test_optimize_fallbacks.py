@@ -325,6 +325,78 @@ def test_sibling_branches_reusing_value_names_convert_from_memory():
         assert_close(run(model, feeds), run(converted, feeds), **FP16)
 
 
+# --- ORT's fused LLM ops go FP16 where the target has FP16 kernels -------------------------------
+
+
+def _fused_llm_block() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Rotary embeddings, grouped-query and multi-head attention as ORT's fused contrib ops."""
+    heads, kv_heads, head_size, batch, seq = 4, 2, 16, 2, 5
+    ms = "com.microsoft"
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["q"]),
+        helper.make_node("MatMul", ["x", "wk"], ["k"]),
+        helper.make_node("MatMul", ["x", "wv"], ["v"]),
+        helper.make_node("RotaryEmbedding", ["q", "pos", "cos", "sin"], ["qr"], domain=ms, num_heads=heads),
+        helper.make_node(
+            "RotaryEmbedding", ["k", "pos", "cos", "sin"], ["kr"], domain=ms, num_heads=kv_heads
+        ),
+        helper.make_node(
+            "GroupQueryAttention",
+            ["qr", "kr", "v", "", "", "seqlens", "total"],
+            ["attention", "present_key", "present_value"],
+            domain=ms,
+            num_heads=heads,
+            kv_num_heads=kv_heads,
+        ),
+        helper.make_node("MultiHeadAttention", ["attention"] * 3, ["mixed"], domain=ms, num_heads=heads),
+        helper.make_node("MatMul", ["mixed", "wo"], ["y"]),
+    ]
+    angles = np.arange(64)[:, None] / 10000 ** (np.arange(0, head_size, 2) / head_size)[None]
+    initializers = [
+        weight("wq", [HIDDEN, heads * head_size], seed=1, scale=0.1),
+        weight("wk", [HIDDEN, kv_heads * head_size], seed=2, scale=0.1),
+        weight("wv", [HIDDEN, kv_heads * head_size], seed=3, scale=0.1),
+        weight("wo", [heads * head_size, HIDDEN], seed=4, scale=0.1),
+        numpy_helper.from_array(np.cos(angles).astype(np.float32), "cos"),
+        numpy_helper.from_array(np.sin(angles).astype(np.float32), "sin"),
+    ]
+    inputs = [
+        value_info("x", ["batch", "seq", HIDDEN]),
+        value_info("pos", ["batch", "seq"], TensorProto.INT64),
+        value_info("seqlens", ["batch"], TensorProto.INT32),
+        value_info("total", [], TensorProto.INT32),
+    ]
+    graph = helper.make_graph(nodes, "llm", inputs, [value_info("y", ["batch", "seq", HIDDEN])], initializers)
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ms, 1)], ir_version=8
+    )
+    feeds = {
+        **_feeds(batch, seq),
+        "pos": np.tile(np.arange(seq, dtype=np.int64), (batch, 1)),
+        "seqlens": np.full((batch,), seq - 1, np.int32),
+        "total": np.array(seq, np.int32),
+    }
+    return model, feeds
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("cuda", {"RotaryEmbedding": "fp16", "GroupQueryAttention": "fp16", "MultiHeadAttention": "fp16"}),
+        ("cpu", {"MultiHeadAttention": "fp32"}),
+    ],
+)
+def test_fused_llm_ops_take_the_target_kernels_precision(target, expected):
+    """CUDA has FP16 kernels for all three; ORT's CPU EP has none for MultiHeadAttention (the
+    others then follow their FP32 neighbours there)."""
+    model, feeds = _fused_llm_block()
+    result = mpcompile.convert(model, target=target, optimize="transformer")
+    onnx.checker.check_model(result.model, full_check=True)
+    precisions = {row.op_type: row.precision for row in result.decisions() if row.op_type in expected}
+    assert precisions == expected
+    assert_close(run(model, feeds), run(result.model, feeds), **FP16)
+
+
 # --- ORT's Python fusions breaking on shared subexpressions -------------------------------------
 
 
