@@ -121,9 +121,12 @@ def check_candidate(candidate: onnx.ModelProto, context: CheckContext) -> CheckR
     if checker_failure:
         return CheckResult([Problem(f"fails onnx.checker: {checker_failure}")], [])
     if target_only:
+        ops = ", ".join(sorted(target_only))
         note = (
-            f"not loaded in onnxruntime here: {', '.join(sorted(target_only))} run only on "
-            f"{context.target.provider}, which the installed onnxruntime lacks"
+            f"not loaded in onnxruntime here: {ops} run only on {context.target.provider}, "
+            "which the installed onnxruntime lacks"
+            if context.target.provider
+            else f"not loaded in onnxruntime here: {ops} have no {context.session_provider} kernel"
         )
         return CheckResult([], [note])
     return CheckResult(_load_problems(candidate, context), [])

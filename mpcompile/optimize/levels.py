@@ -48,6 +48,7 @@ OPTIMIZE_METADATA_KEY = "mpcompile.optimize"
 _MAX_ROUNDS = 6  # reruns of one rung with more fusions disabled
 _CSE = "CommonSubexpressionElimination"
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "DmlExecutionProvider")
+_TARGET_OF = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "DmlExecutionProvider": "dml"}
 
 ModelInput = str | os.PathLike | onnx.ModelProto | ir.Model
 
@@ -141,7 +142,7 @@ def optimize_model(
             input_ops=model_ops(reference),
             target=resolved,
             session_provider=provider,
-            session_target=resolved if provider == resolved.provider else get_target("cpu"),
+            session_target=resolved if provider == resolved.provider else get_target(_TARGET_OF[provider]),
             onnxruntime=onnxruntime,
             folder=folder,
         )
@@ -163,11 +164,20 @@ def optimize_model(
 class _Climber:
     """Tries the rungs below a level, top first, and keeps the first usable result."""
 
-    def __init__(self, onnxruntime, input_path, context, record, model_type, num_heads, hidden_size):
+    def __init__(
+        self,
+        onnxruntime,
+        input_path: str,
+        context: CheckContext,
+        record: OptimizeRecord,
+        model_type: str | None,
+        num_heads: int,
+        hidden_size: int,
+    ):
         self.onnxruntime = onnxruntime
         self.input_path = input_path
-        self.context: CheckContext = context
-        self.record: OptimizeRecord = record
+        self.context = context
+        self.record = record
         self.model_type = model_type
         self.num_heads, self.hidden_size = num_heads, hidden_size
         self._basic: dict[bool, onnx.ModelProto] = {}
