@@ -28,7 +28,8 @@ import operator
 import os
 import pathlib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TypeVar
 
 import ml_dtypes
 import numpy as np
@@ -39,6 +40,10 @@ from mpcompile.graphs import all_graphs
 
 DEFAULT_BATCH = 1
 DEFAULT_DIM = 16
+# Sizes tried, in order, for the free dimensions when the model rejects the default ones (image
+# models that need 32 pixels or more, audio front ends that need hundreds of samples).
+FREE_DIM_LADDER = (32, 64, 128, 256, 512, 1024, 4096)
+PAST_MARKER = "past"
 MASK_MARKER = "mask"
 POSITION_MARKER = "position"
 # Ops an index tensor passes through unchanged in value on its way to a Gather.
@@ -47,6 +52,7 @@ _INDEX_PRESERVING_OPS = frozenset(
 )
 
 Feeds = dict[str, np.ndarray]
+T = TypeVar("T")
 
 
 class InputsError(errors.MpcompileError):
@@ -99,14 +105,22 @@ def model_inputs(model: ir.Model) -> list[ir.Value]:
     return [value for value in model.graph.inputs if not value.is_initializer()]
 
 
-def input_specs(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = None) -> list[InputSpec]:
-    """Decide dtype, concrete shape and value kind of each input of ``model``."""
+def input_specs(
+    model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = None, *, free_dim: int = DEFAULT_DIM
+) -> list[InputSpec]:
+    """Decide dtype, concrete shape and value kind of each input of ``model``; ``free_dim``: the
+    size of dynamic dimensions nothing else decides (batch dimensions excepted)."""
     shapes = dict(shapes or {})
     inputs = model_inputs(model)
     input_names = {value.name for value in inputs}
     dim_values = {name: tuple(dims) for name, dims in shapes.items() if name not in input_names}
     symbols = _symbolic_dims(inputs)
-    defaults = _symbol_defaults(inputs)
+    defaults = _symbol_defaults(inputs, free_dim)
+    fixed_axes = _conv_channel_axes(inputs)
+    for (value, axis), size in fixed_axes.items():
+        dim = value.shape[axis]
+        if isinstance(dim, ir.SymbolicDim) and dim.value in defaults:
+            defaults[dim.value] = size
     for name, dims in dim_values.items():
         if name not in symbols:
             known = sorted(input_names | symbols)
@@ -116,9 +130,11 @@ def input_specs(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = No
         if len(dims) != 1:
             raise InputsError(f"--shape {name}: a symbolic dimension takes one value, got {len(dims)}")
     chosen = defaults | {name: dims[0] for name, dims in dim_values.items()}
+    _mask_spans_past(inputs, chosen, given=dim_values.keys())
     specs = []
     for value in inputs:
-        shape = _concrete_shape(value, shapes.get(value.name), chosen)
+        axes = {axis: size for (fixed, axis), size in fixed_axes.items() if fixed is value}
+        shape = _concrete_shape(value, shapes.get(value.name), chosen, free_dim, axes)
         dtype = _numpy_dtype(value)
         specs.append(_spec_for(model, value, dtype, shape))
     return _with_position_offsets(specs)
@@ -312,14 +328,14 @@ def _symbolic_dims(inputs: Iterable[ir.Value]) -> set[str]:
     return names
 
 
-def _symbol_defaults(inputs: Iterable[ir.Value]) -> dict[str, int]:
+def _symbol_defaults(inputs: Iterable[ir.Value], free_dim: int = DEFAULT_DIM) -> dict[str, int]:
     """One default per symbolic dimension name, so inputs sharing a symbol agree. Expressions
     of other symbols get no default of their own: they are evaluated from their symbols."""
     defaults: dict[str, int] = {}
     for value in inputs:
         for axis, dim in enumerate(value.shape or ()):
             if isinstance(dim, ir.SymbolicDim) and dim.value and _parse_expression(dim.value) is None:
-                default = DEFAULT_BATCH if axis == 0 else DEFAULT_DIM
+                default = DEFAULT_BATCH if axis == 0 else free_dim
                 defaults[dim.value] = min(defaults.get(dim.value, default), default)
     return defaults
 
@@ -377,7 +393,11 @@ def _symbolic_dim_value(name: str, dim_values: Mapping[str, int]) -> int | None:
 
 
 def _concrete_shape(
-    value: ir.Value, given: Sequence[int] | None, dim_values: Mapping[str, int]
+    value: ir.Value,
+    given: Sequence[int] | None,
+    dim_values: Mapping[str, int],
+    free_dim: int = DEFAULT_DIM,
+    fixed_axes: Mapping[int, int] | None = None,
 ) -> tuple[int, ...]:
     declared = value.shape
     if given is not None:
@@ -405,9 +425,70 @@ def _concrete_shape(
         elif isinstance(dim, ir.SymbolicDim) and dim.value:
             size = _symbolic_dim_value(dim.value, dim_values)  # 0 only where --shape says so
         if size is None or size < 0:
-            size = DEFAULT_BATCH if axis == 0 else DEFAULT_DIM
+            size = (fixed_axes or {}).get(axis) or (DEFAULT_BATCH if axis == 0 else free_dim)
         shape.append(size)
     return tuple(shape)
+
+
+def _conv_channel_axes(inputs: Iterable[ir.Value]) -> dict[tuple[ir.Value, int], int]:
+    """Channel dims the model fixes without declaring them: an input read by a Conv (directly
+    or through a Cast) has as many channels at axis 1 as the weight's input channels times the
+    group count (an image model's ``num_channels`` is 3)."""
+    fixed: dict[tuple[ir.Value, int], int] = {}
+    for value in inputs:
+        if value.shape is None or len(value.shape) < 3 or isinstance(value.shape[1], int):
+            continue
+        readers = [use.node for use in value.uses() if use.idx == 0]
+        readers += [
+            use.node
+            for node in readers
+            if node.op_type in ("Cast", "Identity")
+            for use in node.outputs[0].uses()
+            if use.idx == 0
+        ]
+        for node in readers:
+            weight = node.inputs[1] if node.op_type == "Conv" and len(node.inputs) > 1 else None
+            if weight is None or weight.shape is None or len(weight.shape) < 2:
+                continue
+            group = node.attributes.get("group")
+            channels = weight.shape[1]
+            if isinstance(channels, int) and channels > 0:
+                fixed[(value, 1)] = channels * (group.as_int() if group is not None else 1)
+                break
+    return fixed
+
+
+def _mask_spans_past(inputs: Sequence[ir.Value], chosen: dict[str, int], given: Iterable[str]) -> None:
+    """A KV-cache decoder's attention mask covers the past and the current tokens. Exporters
+    name its length either ``past + sequence`` (an expression, evaluated anyway) or a symbol
+    of its own; such a symbol is set to past + current, in place (unless ``--shape`` sets it)."""
+    past = [
+        value
+        for value in inputs
+        if PAST_MARKER in value.name.lower() and value.shape is not None and len(value.shape) == 4
+    ]
+    ids = [value for value in inputs if value.name.endswith("input_ids") and value.shape is not None]
+    if not past or not ids:
+        return
+    past_dim, current_dim = past[0].shape[2], ids[0].shape[-1]
+    if not (isinstance(past_dim, ir.SymbolicDim) and isinstance(current_dim, ir.SymbolicDim)):
+        return
+    past_length = chosen.get(past_dim.value or "")
+    current_length = chosen.get(current_dim.value or "")
+    if past_length is None or current_length is None:
+        return
+    given = set(given)
+    for value in inputs:
+        if MASK_MARKER not in value.name.lower() or value.shape is None or len(value.shape) != 2:
+            continue
+        length = value.shape[1]
+        if not isinstance(length, ir.SymbolicDim) or not length.value or length.value in given:
+            continue
+        shared = any(
+            other is not value and any(dim == length for dim in other.shape or ()) for other in inputs
+        )
+        if not shared and _parse_expression(length.value) is None:
+            chosen[length.value] = past_length + current_length
 
 
 def _numpy_dtype(value: ir.Value) -> np.dtype:
@@ -419,6 +500,48 @@ def _numpy_dtype(value: ir.Value) -> np.dtype:
         return np.dtype(value.dtype.numpy())
     except (TypeError, ValueError):
         raise InputsError(f"input {value.name!r}: element type {value.dtype.name} is not supported") from None
+
+
+def run_accepting_inputs(
+    model: ir.Model,
+    run: Callable[[list[Feeds]], T],
+    feeds: list[Feeds],
+    specs: Sequence[InputSpec] | None,
+    *,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+    what: str = "the FP32 model",
+) -> tuple[T, list[Feeds], int | None]:
+    """``run(feeds)``, with the free dimensions of generated inputs grown through
+    ``FREE_DIM_LADDER`` while the model rejects them (``run`` raising ONNX Runtime's error): an
+    image model may need 32 pixels, an audio front end hundreds of samples. ``specs``: how
+    ``feeds`` were generated, or None for the user's own (run once). Returns the result, the
+    feeds it ran on and the free dimension used (None: as given). When nothing runs, raises the
+    one-line ``rejected_inputs_error`` for the first rejection."""
+    from mpcompile.evaluate.ort_session import first_line, is_onnxruntime_error
+
+    try:
+        return run(feeds), feeds, None
+    except Exception as exc:
+        if not is_onnxruntime_error(exc):
+            raise
+        rejection = first_line(exc)
+    tried = [] if specs is None else [[spec.shape for spec in specs]]
+    for size in FREE_DIM_LADDER if specs is not None else ():
+        larger = input_specs(model, shapes, free_dim=size)
+        if [spec.shape for spec in larger] in tried:
+            continue
+        tried.append([spec.shape for spec in larger])
+        batches = [
+            cast_feeds(model, generate_from_specs(larger, seed=seed, batch_index=index))
+            for index in range(len(feeds))
+        ]
+        try:
+            return run(batches), batches, size
+        except Exception as exc:
+            if not is_onnxruntime_error(exc):
+                raise
+    raise rejected_inputs_error(model, rejection, specs, what=what)
 
 
 _ORT_NODE_NAME = re.compile(r"Name:'([^']*)'")

@@ -6,6 +6,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 from builders import run
+from builders import run as run_model
 from onnx import TensorProto, helper, numpy_helper
 from test_validate_models import FP16, make_model, tensor
 
@@ -226,3 +227,78 @@ def test_rejected_generated_inputs_name_the_guessed_input_the_failing_node_reads
     assert "pads (int [1])" in unknown_node.message and "flag (bool [1])" in unknown_node.message
     given = inputs.rejected_inputs_error(model, message, None)
     assert given.message == f"the FP32 model rejects the inputs: {message}"
+
+
+def test_a_mask_length_of_its_own_spans_past_and_current_tokens():
+    """TorchScript and dynamo exports name the mask's length with a symbol of its own
+    (``total_sequence``, ``s81``): with past inputs, it is past + current."""
+    proto = ir.to_proto(_kv_cache_decoder())
+    proto.graph.input[1].type.tensor_type.shape.dim[1].dim_param = "s81"
+    proto.graph.output[1].type.tensor_type.shape.dim[1].dim_param = "s81"
+    model = ir.serde.deserialize_model(proto)
+    shapes = inputs.parse_shape_options(["past_sequence_length:5", "sequence_length:3"])
+    specs = {spec.name: spec for spec in inputs.input_specs(model, shapes)}
+    assert specs["attention_mask"].shape == (inputs.DEFAULT_BATCH, 8)
+    assert specs["position_ids"].offset == 5
+    pinned = {spec.name: spec for spec in inputs.input_specs(model, {**shapes, "s81": (6,)})}
+    assert pinned["attention_mask"].shape == (inputs.DEFAULT_BATCH, 6)  # --shape wins
+
+
+def _strided_image_model(kernel: int = 20) -> ir.Model:
+    """pixel_values[batch, num_channels, height, width] -> Conv(3 -> 4, kernel 20): the channel
+    count is the weight's, and 16 pixels are too few for the kernel."""
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((4, 3, kernel, kernel)).astype(np.float32), "w")
+    return ir.serde.deserialize_model(
+        make_model(
+            [helper.make_node("Conv", ["pixel_values", "w"], ["y"], name="conv")],
+            [tensor("pixel_values", ["batch", "num_channels", "height", "width"])],
+            [tensor("y", ["batch", 4, None, None])],
+            [weight],
+        )
+    )
+
+
+def test_conv_fixes_the_channel_count_and_rejected_sizes_grow_through_the_ladder():
+    model = _strided_image_model()
+    (spec,) = inputs.input_specs(model)
+    assert spec.shape == (inputs.DEFAULT_BATCH, 3, inputs.DEFAULT_DIM, inputs.DEFAULT_DIM)
+    proto = ir.to_proto(model)
+    tried = []
+
+    def run(batches):
+        tried.append(batches[0]["pixel_values"].shape)
+        return [run_model(proto, batch) for batch in batches]
+
+    specs = inputs.input_specs(model)
+    feeds = [inputs.generate_from_specs(specs)]
+    (outputs,), used, size = inputs.run_accepting_inputs(model, run, feeds, specs)
+    assert size == 32 and used[0]["pixel_values"].shape == (1, 3, 32, 32)
+    assert tried == [(1, 3, 16, 16), (1, 3, 32, 32)]
+    assert outputs[0].shape == (1, 4, 13, 13)
+    with pytest.raises(inputs.InputsError, match="rejects the inputs"):  # the user's own: run once
+        inputs.run_accepting_inputs(model, run, feeds, None)
+
+
+def test_no_size_of_the_ladder_runs_gives_the_one_line_error():
+    """x[batch, sequence] reshaped to 7 elements: no generated size runs."""
+    model = ir.serde.deserialize_model(
+        make_model(
+            [helper.make_node("Reshape", ["x", "seven"], ["y"], name="reshape")],
+            [tensor("x", ["batch", "sequence"])],
+            [tensor("y", [7])],
+            [numpy_helper.from_array(np.array([7], np.int64), "seven")],
+        )
+    )
+    proto = ir.to_proto(model)
+    specs = inputs.input_specs(model)
+    tried = []
+
+    def run(batches):
+        tried.append(batches[0]["x"].shape)
+        return [run_model(proto, batch) for batch in batches]
+
+    with pytest.raises(inputs.InputsError, match="rejects the generated inputs") as caught:
+        inputs.run_accepting_inputs(model, run, [inputs.generate_from_specs(specs)], specs)
+    assert "\n" not in caught.value.message and "--inputs" in caught.value.message
+    assert tried == [(1, inputs.DEFAULT_DIM)] + [(1, size) for size in inputs.FREE_DIM_LADDER]

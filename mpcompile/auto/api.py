@@ -36,8 +36,7 @@ from mpcompile.auto.reasons import AUTO_RANGE, AUTO_SENSITIVITY
 from mpcompile.auto.search import Search
 from mpcompile.auto.trace import TRACE_KEY, TRACE_VERSION, SearchStep, jsonable
 from mpcompile.converter import ConvertOptions, ConvertResult, to_ir_model
-from mpcompile.evaluate.ort_session import first_line, is_onnxruntime_error
-from mpcompile.inputs import rejected_inputs_error
+from mpcompile.inputs import DEFAULT_DIM, InputSpec, run_accepting_inputs
 from mpcompile.plan import Decision, Reason, read_decision, stamp_decision
 from mpcompile.policy import op_classes
 from mpcompile.precision import Precision, low_precision_format
@@ -162,12 +161,8 @@ def auto_convert(
     if baseline.already_converted:
         raise errors.AlreadyLowPrecisionError(f"{baseline.notes[-1]}; nothing to do")
     nodes = main_nodes(work)
-    try:
-        reference = evaluator.run_reference()
-    except Exception as exc:
-        if not is_onnxruntime_error(exc):
-            raise
-        raise rejected_inputs_error(work, first_line(exc), specs) from None
+    reference, label = _reference_run(evaluator, work, label, specs, shapes, seed)
+    feeds = evaluator.feeds
     evaluator.set_flops(node_flops(work, feeds[0], reference[0]))
     values: dict[str, list] = {}
     for batch_feeds, batch_values in zip(feeds, reference, strict=True):
@@ -225,6 +220,28 @@ def auto_convert(
         result.model = ir.to_proto(final.model)
         final.model = result.model
     return result
+
+
+def _reference_run(
+    evaluator: Evaluator,
+    model: ir.Model,
+    label: str,
+    specs: list[InputSpec] | None,
+    shapes: Mapping[str, Sequence[int]] | None,
+    seed: int,
+) -> tuple[list[dict[str, Any]], str]:
+    """The reference run and the inputs' label; generated inputs the model rejects grow their
+    free dimensions on the same session (``inputs.run_accepting_inputs``)."""
+
+    def run(feeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if feeds is not evaluator.feeds:
+            evaluator.use_feeds(feeds)
+        return evaluator.run_reference()
+
+    reference, _, size = run_accepting_inputs(model, run, evaluator.feeds, specs, shapes=shapes, seed=seed)
+    if size is not None:
+        label = f"{label}; free dynamic dims {size}, as the model rejects {DEFAULT_DIM}"
+    return reference, label
 
 
 def measured_op_names() -> tuple[str, ...]:

@@ -119,6 +119,13 @@ class Evaluator:
         self.reference_outputs = [{name: batch[name] for name in self._output_names} for batch in values]
         return values
 
+    def use_feeds(self, feeds: Sequence[Feeds]) -> None:
+        """Replace the inputs after a reference run the model rejected (that run is not counted;
+        no candidate has run yet)."""
+        assert not self.reference_outputs and not self._probes, "inputs change only before the search"
+        self.feeds = list(feeds)
+        self.evaluations -= 1
+
     def baseline(self) -> ConvertResult:
         """The conversion with nothing extra kept FP32 (no evaluation): which nodes go low at all."""
         from mpcompile.precision import low_precision_format

@@ -15,9 +15,7 @@ from mpcompile import errors
 from mpcompile import inputs as model_inputs
 from mpcompile.evaluate.ort_session import (
     ModelLike,
-    first_line,
     import_onnxruntime,
-    is_onnxruntime_error,
     to_ir_model,
 )
 from mpcompile.graphs import model_graphs
@@ -98,12 +96,29 @@ def validate(
     output_names = [value.name for value in original_ir.graph.outputs]
     rtol_t.check_names(output_names, "--rtol")
     atol_t.check_names(output_names, "--atol")
-    feeds, inputs_info = _prepare_inputs(original_ir, inputs, shapes, seed, batches)
+    feeds, inputs_info, specs = _prepare_inputs(original_ir, inputs, shapes, seed, batches)
+    original_source = _session_source(original)
+    reference_runner = OrtRunner("original", original_source, CPU)
+    reference_runner.activate()
+    references, feeds, free_dim = model_inputs.run_accepting_inputs(
+        original_ir,
+        lambda batches: [reference_runner.infer(batch) for batch in batches],
+        feeds,
+        specs,
+        shapes=shapes,
+        seed=seed,
+        what="the original model",
+    )
+    if free_dim is not None:
+        inputs_info.update(
+            _inputs_info(feeds, model_inputs.input_specs(original_ir, shapes, free_dim=free_dim))
+        )
+        inputs_info["free_dim"] = free_dim
 
     requested = parse_ep_option([eps] if isinstance(eps, str) else eps)
     chosen, skipped = choose_eps(requested)
     context = _Context(
-        original=_session_source(original),
+        original=original_source,
         converted=_session_source(converted),
         converted_model=converted,
         feeds=feeds,
@@ -115,17 +130,7 @@ def validate(
         warmup=warmup,
         log=log,
     )
-    reference_runner = OrtRunner("original", context.original, CPU)
-    reference_runner.activate()
-    try:
-        context.references = [reference_runner.infer(batch) for batch in feeds]
-    except Exception as exc:
-        if not is_onnxruntime_error(exc):
-            raise
-        specs = None if inputs is not None else model_inputs.input_specs(original_ir, shapes)
-        raise model_inputs.rejected_inputs_error(
-            original_ir, first_line(exc), specs, what="the original model"
-        ) from None
+    context.references = references
 
     result = ValidationResult(
         original=_describe(original),
@@ -288,17 +293,23 @@ def _prepare_inputs(
     shapes: Mapping[str, Sequence[int]] | None,
     seed: int,
     batches: int,
-) -> tuple[list[Feeds], dict]:
+) -> tuple[list[Feeds], dict, list[model_inputs.InputSpec] | None]:
+    """The feeds, their description for the result, and how they were generated (None: given)."""
     if inputs is None:
         specs = model_inputs.input_specs(model, shapes)
         feeds = [model_inputs.generate_from_specs(specs, seed=seed, batch_index=i) for i in range(batches)]
-        info = {"source": "generated", "seed": seed, "specs": [spec.to_dict() for spec in specs]}
-    else:
-        feeds, source = model_inputs.given_inputs(model, inputs)
-        info = {"source": source, "seed": None, "specs": None}
-    info["batches"] = len(feeds)
-    info["shapes"] = {name: list(np.shape(array)) for name, array in feeds[0].items()}
-    return feeds, info
+        info = {"source": "generated", "seed": seed, **_inputs_info(feeds, specs)}
+        return feeds, info, specs
+    feeds, source = model_inputs.given_inputs(model, inputs)
+    return feeds, {"source": source, "seed": None, **_inputs_info(feeds, None)}, None
+
+
+def _inputs_info(feeds: list[Feeds], specs: list[model_inputs.InputSpec] | None) -> dict:
+    return {
+        "specs": None if specs is None else [spec.to_dict() for spec in specs],
+        "batches": len(feeds),
+        "shapes": {name: list(np.shape(array)) for name, array in feeds[0].items()},
+    }
 
 
 def _session_source(model: ModelLike) -> bytes | str:
