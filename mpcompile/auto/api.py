@@ -168,7 +168,8 @@ def auto_convert(
     for batch_feeds, batch_values in zip(feeds, reference, strict=True):
         for name, array in [*batch_feeds.items(), *batch_values.items()]:
             values.setdefault(name, []).append(array)
-    candidates = [name for name in nodes if name in low_precision_nodes(baseline.model)]
+    baseline_low = low_precision_nodes(baseline.model)
+    candidates = [name for name in nodes if name in baseline_low]
     relative_budget = criterion.relative_budget(evaluator.reference_outputs)
     findings = find_unsafe_nodes(
         nodes, candidates, values, low_precision_format(baseline.precision), rules or RangeRules(),
