@@ -335,3 +335,28 @@ def test_value_shapes_declared_for_one_input_size_do_not_constrain_another():
         (y,) = session.run(None, {"x": x})
         want = np.maximum(np.maximum(x.mean(axis=(2, 3), keepdims=True), 0) * x, 0)
         np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
+
+
+def test_optional_outputs_left_out_are_not_rounded():
+    """A fused node with an optional output left out (``""``, as ORT's SkipLayerNormalization
+    writes it) stores nothing there: no rounding Cast may read it."""
+    scale = numpy_helper.from_array(np.ones(8, np.float16), "scale")
+    bias = numpy_helper.from_array(np.zeros(8, np.float16), "bias")
+    model = make_model(
+        [
+            helper.make_node("Cast", ["x"], ["x16"], to=FP16),
+            helper.make_node("LayerNormalization", ["x16", "scale", "bias"], ["y16", "", "inv_std"], axis=-1),
+            helper.make_node("Cast", ["y16"], ["y"], to=FP32),
+        ],
+        [tensor("x", [2, 8])],
+        [tensor("y", [2, 8]), tensor("inv_std", [2, 1])],
+        [scale, bias],
+    )
+    x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    evaluation, _ = faithful.build_faithful_model(model)
+    for node in evaluation.graph:
+        assert all(value is None or value.name for value in node.inputs), node
+    got = faithful.run(model, {"x": x})
+    x16 = x.astype(np.float16).astype(np.float32)
+    want = (x16 - x16.mean(-1, keepdims=True)) / np.sqrt(x16.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(got["y"], want.astype(np.float16).astype(np.float32), rtol=2e-3, atol=2e-3)

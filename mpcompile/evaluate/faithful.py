@@ -172,6 +172,8 @@ def _mark_low_precision_outputs(model: ir.Model) -> dict[ir.Value, ir.DataType]:
     for graph in model_graphs(model):
         for node in graph:  # topological order, so guesses for untyped inputs are known
             for value in node.outputs:
+                if not value.name:  # an optional output left out: nothing is stored
+                    continue
                 dtype = value.dtype if value.dtype is not None else _guess_unknown_dtype(node, low)
                 if dtype in LOW_PRECISION and isinstance(value.type, (ir.TensorType, type(None))):
                     low[value] = dtype
