@@ -256,8 +256,8 @@ def _checked_data_file(label: str, location: str, base: pathlib.Path) -> tuple[p
         raise errors.ExternalDataError(
             f"{label}: external data location {shown} escapes the model's folder; refused"
         )
-    try:
-        status = target.stat()
+    try:  # the path as written, as the OS will open it ("sub/../w.bin" needs sub to exist)
+        status = (base / location).stat()
     except OSError:
         raise errors.ExternalDataError(f"{label}: external data file {shown} not found") from None
     if not stat.S_ISREG(status.st_mode):

@@ -2,6 +2,7 @@
 
 - Complex tensors: ONNX Runtime has no complex tensor type, so such a model (and its
   conversion) never loads: refused.
+- ai.onnx ops ONNX does not define: refused (the checker would refuse the output).
 - Ops that neither ONNX, ONNX Runtime's kernels nor a model-local function define (a custom
   domain): ONNX Runtime loads the model only with that op's library registered, so the
   conversion is refused unless ``allow_custom_ops`` (the op then stays FP32, listed in a note).
@@ -27,7 +28,8 @@ NOTE_NAMES_SHOWN = 3
 
 
 def refuse_unloadable(model: ir.Model, *, allow_custom_ops: bool = False) -> None:
-    """Raise ``InvalidModelError`` for complex tensors, and for custom-domain ops unless allowed."""
+    """Raise ``InvalidModelError`` for complex tensors, ai.onnx ops ONNX does not define, and
+    custom-domain ops unless allowed."""
     functions = {(function.domain, function.name) for function in model.functions.values()}
     for graph, _ in all_graphs(model, every_function=True):
         for value in (*graph.inputs, *graph.outputs, *graph.initializers.values()):
@@ -38,19 +40,26 @@ def refuse_unloadable(model: ir.Model, *, allow_custom_ops: bool = False) -> Non
                 _refuse_complex(value.dtype, f"value {value.name!r}")
             for attribute in node.attributes.values():
                 _refuse_complex(_attribute_dtype(node, attribute), f"attribute {attribute.name!r} of {label}")
-            if allow_custom_ops or (node.domain, node.op_type) in functions or is_known_op(node):
+            if (node.domain, node.op_type) in functions or is_known_op(node):
+                continue
+            if node.domain in ("", "ai.onnx"):
+                raise errors.InvalidModelError(f"{label}: {node.op_type} is not an ONNX operator")
+            if allow_custom_ops:
                 continue
             raise errors.InvalidModelError(
-                f"{label} is {node.domain or 'ai.onnx'}::{node.op_type}, an op that neither ONNX, ONNX Runtime "
+                f"{label} is {node.domain}::{node.op_type}, an op that neither ONNX, ONNX Runtime "
                 f"nor a local function defines, so ONNX Runtime cannot load the model without that op's "
                 f"library; pass {CUSTOM_OPS_FLAG} to convert it anyway (the op stays FP32)"
             )
 
 
 def is_known_op(node: ir.Node) -> bool:
-    """Whether ONNX has a schema or ONNX Runtime a kernel for the node's (domain, op)."""
+    """Whether ONNX has a schema for the node's (domain, op), or, outside ai.onnx (where the
+    checker wants a schema), ONNX Runtime a kernel."""
     domain = "" if node.domain == "ai.onnx" else node.domain
-    return onnx.defs.has(node.op_type, domain) or (normalize_domain(domain), node.op_type) in _ort_ops()
+    if onnx.defs.has(node.op_type, domain):
+        return True
+    return bool(domain) and (normalize_domain(domain), node.op_type) in _ort_ops()
 
 
 @functools.lru_cache(maxsize=1)

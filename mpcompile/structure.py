@@ -25,6 +25,8 @@ GraphLike = onnx.GraphProto | onnx.FunctionProto
 Scopes = tuple[dict[str, str], ...]
 # The location given to the stand-ins of weights in check_ir_structure; never opened.
 STAND_IN_LOCATION = "mpcompile-structure-check"
+# ai.onnx attributes holding a dtype (Cast's to, RandomNormal's dtype, QuantizeLinear's output_dtype, ...)
+DTYPE_ATTRIBUTES = frozenset({"to", "dtype", "output_dtype"})
 KNOWN_DTYPES = frozenset(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
 
 
@@ -40,8 +42,8 @@ def check_structure(model: onnx.ModelProto) -> None:
         if key in seen:
             raise _invalid(f"function {function.domain}::{function.name} is defined twice")
         seen.add(key)
-        _check_graph(function, (), f" in function {function.name!r}", main=False)
-    _check_graph(model.graph, (), "", main=True)
+        _check_graph(function, (), f" in function {function.name!r}", main=False, opsets=_opsets(function))
+    _check_graph(model.graph, (), "", main=True, opsets=_opsets(model))
 
 
 def _refuse_sparse_tensors(model: onnx.ModelProto) -> None:
@@ -115,7 +117,7 @@ def check_value_info_against_inference(
                 )
 
 
-def _check_graph(graph: GraphLike, outer: Scopes, where: str, main: bool) -> None:
+def _check_graph(graph: GraphLike, outer: Scopes, where: str, main: bool, opsets: dict[str, int]) -> None:
     """Names defined once and before use, node by node, subgraphs with this graph in scope."""
     defined: dict[str, str] = {}
     scopes = (defined, *outer)
@@ -142,14 +144,17 @@ def _check_graph(graph: GraphLike, outer: Scopes, where: str, main: bool) -> Non
         label = _node_label(node, index)
         if not node.op_type:
             raise _invalid(f"node {label}{where} has no op_type")
+        _check_arity(node, f"node {label}{where}", opsets)
         for name in node.input:
             if name and not any(name in scope for scope in scopes):
                 raise _read_error(graph, index, name, producers, where)
         for attribute in node.attribute:
+            if _holds_dtype(node, attribute):
+                _check_dtype(attribute.i, f"attribute {attribute.name!r} of node {label}{where}")
             nested = [attribute.g] if attribute.HasField("g") else []
             for subgraph in [*nested, *attribute.graphs]:
                 inner = f" in subgraph {subgraph.name or attribute.name!r} of node {label}{where}"
-                _check_graph(subgraph, scopes, inner, main=False)
+                _check_graph(subgraph, scopes, inner, main=False, opsets=opsets)
         for name in node.output:
             if name:
                 define(name, f"node {label}")
@@ -191,6 +196,46 @@ def _define_inputs_and_initializers(
         define(tensor.name, "an initializer")
         declared[tensor.name] = typed
         defaults.add(tensor.name)
+
+
+def _opsets(owner: onnx.ModelProto | onnx.FunctionProto) -> dict[str, int]:
+    opsets = {entry.domain: entry.version for entry in owner.opset_import}
+    if "ai.onnx" in opsets:
+        opsets.setdefault("", opsets["ai.onnx"])
+    return opsets
+
+
+def _check_arity(node: onnx.NodeProto, label: str, opsets: dict[str, int]) -> None:
+    """For ops onnx has a schema for: as many inputs and outputs as the schema allows, and a name
+    for every input or output it requires (the passes assume both)."""
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    if domain not in opsets:
+        return  # the checker reports the missing opset import
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opsets[domain], domain)
+    except onnx.defs.SchemaError:
+        return  # unknown ops are ort_loadable's and the checker's to refuse
+    for kind, names, formals, low, high in (
+        ("inputs", node.input, schema.inputs, schema.min_input, schema.max_input),
+        ("outputs", node.output, schema.outputs, schema.min_output, schema.max_output),
+    ):
+        if not low <= len(names) <= high:
+            allowed = (
+                str(low) if low == high else f"at least {low}" if high > low + 1000 else f"{low} to {high}"
+            )
+            raise _invalid(f"{label} ({node.op_type}) has {len(names)} {kind}; its schema allows {allowed}")
+        for index, name in enumerate(names):
+            formal = formals[min(index, len(formals) - 1)] if formals else None
+            if not name and formal is not None and formal.option == formal.option.Single:
+                raise _invalid(f"{label} ({node.op_type}): {kind[:-1]} {index} ({formal.name}) needs a name")
+
+
+def _holds_dtype(node: onnx.NodeProto, attribute: onnx.AttributeProto) -> bool:
+    return (
+        attribute.name in DTYPE_ATTRIBUTES
+        and attribute.type == onnx.AttributeProto.INT
+        and node.domain in ("", "ai.onnx")
+    )
 
 
 def _read_error(graph: GraphLike, index: int, name: str, producers: dict[str, int], where: str) -> Exception:

@@ -267,3 +267,18 @@ def test_local_function_bodies_are_listed():
         ("function local::Scale", "Constant"),
         ("function local::Scale", "Mul"),
     ]
+
+
+def test_a_cast_to_string_has_no_cast_bytes():
+    """Strings have no fixed size: the audit leaves the Cast's bytes unknown (the structure
+    fuzzer met an internal error here)."""
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.STRING, name="to_string")],
+        "strings",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.STRING, [2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    (row,) = audit_model(model).nodes
+    assert row.op_type == "Cast" and row.cast_bytes is None

@@ -313,6 +313,8 @@ def cast_bytes(node: ir.Node) -> int | None:
         count = element_count(target)
     if count is None or source is None or source.dtype is None or target.dtype is None:
         return None
+    if ir.DataType.STRING in (source.dtype, target.dtype):  # no fixed size
+        return None
     return int(count * (source.dtype.itemsize + target.dtype.itemsize))
 
 
