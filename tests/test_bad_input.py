@@ -13,6 +13,8 @@ import os
 import pathlib
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -158,10 +160,13 @@ def opened_paths():
 
 
 _AUDIT_SINKS: list[list[str]] = []
+_UNAUDITED_THREADS: set[int] = set()  # the tests' own watchers (see fifo_tripwire)
 
 
 def _audit(event: str, args: tuple) -> None:
     if event == "open" and _AUDIT_SINKS and isinstance(args[0], (str, bytes, os.PathLike)):
+        if threading.get_ident() in _UNAUDITED_THREADS:
+            return
         for sink in _AUDIT_SINKS:
             sink.append(os.fsdecode(args[0]))
 
@@ -262,14 +267,26 @@ def custom_op_model() -> onnx.ModelProto:
     return model
 
 
-def test_unknown_custom_domain_op_is_kept_fp32_and_reported(run_cli, tmp_path: pathlib.Path) -> None:
+def test_unknown_custom_domain_op_is_refused_without_allow_custom_ops(
+    run_cli, tmp_path: pathlib.Path
+) -> None:
+    """ONNX Runtime loads neither the input nor its conversion without the op's library."""
+    source = save(custom_op_model(), tmp_path / "custom.onnx")
+    refused_without_side_effects(
+        run_cli, tmp_path, source, ExitCode.INVALID_MODEL, "com.example::Scramble", "--allow-custom-ops"
+    )
+
+
+def test_unknown_custom_domain_op_with_allow_custom_ops_is_kept_fp32_and_reported(
+    run_cli, tmp_path: pathlib.Path
+) -> None:
     from mpcompile.plan import read_decision
     from mpcompile.precision import Precision
 
     source = save(custom_op_model(), tmp_path / "custom.onnx")
     before = source.read_bytes()
     output = tmp_path / "out.onnx"
-    result = run_cli("convert", source, "-o", output)
+    result = run_cli("convert", source, "-o", output, "--allow-custom-ops")
     assert result.exit_code == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert "Scramble" in result.stdout + result.stderr, "the unknown op must be reported"
@@ -510,3 +527,820 @@ def test_overwrite_a_model_with_external_data(run_cli, tmp_path: pathlib.Path) -
     got = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     # CPU EP (understates FP16 error); 256-term dot products of |x| <= 1 and weights of 1.
     np.testing.assert_allclose(got, want, rtol=1e-2, atol=0.5)
+
+
+# --------------------------------------------------------------------------- output over input (issue 16)
+
+
+def external_weights_model(folder: pathlib.Path, location: str = "model.onnx.data") -> pathlib.Path:
+    """``folder``/model.onnx, its 256x256 weight in the external file ``location``."""
+    source = folder / "model.onnx"
+    onnx.save(wide_model(), str(source), save_as_external_data=True, location=location, size_threshold=1024)
+    return source
+
+
+def _named_output_data(folder: pathlib.Path) -> tuple[pathlib.Path, list[str]]:
+    """The input itself names out.onnx.data, the output's external-data file."""
+    return external_weights_model(folder, "out.onnx.data"), []
+
+
+def _hardlinked_output_data(folder: pathlib.Path) -> tuple[pathlib.Path, list[str]]:
+    source = external_weights_model(folder)
+    os.link(folder / "model.onnx.data", folder / "out.onnx.data")
+    return source, []
+
+
+def _symlinked_output_data(folder: pathlib.Path) -> tuple[pathlib.Path, list[str]]:
+    source = external_weights_model(folder)
+    (folder / "out.onnx.data").symlink_to(folder / "model.onnx.data")
+    return source, []
+
+
+DATA_LOSS_SETUPS = {
+    "input-names-out.onnx.data": _named_output_data,
+    "out.onnx.data-hardlinked-to-the-input-weights": _hardlinked_output_data,
+    "out.onnx.data-symlinked-to-the-input-weights": _symlinked_output_data,
+}
+
+
+@pytest.mark.parametrize(
+    "flags", [(), ("--external-data",), ("--overwrite",)], ids=["plain", "external", "overwrite"]
+)
+@pytest.mark.parametrize("setup", sorted(DATA_LOSS_SETUPS))
+def test_output_weights_never_replace_the_input_weights(
+    run_cli, tmp_path: pathlib.Path, setup, flags
+) -> None:
+    """Issue 16: the output's .data file is the input's weights file (by name, hardlink or
+    symlink); --overwrite does not allow it, since the input model stays and needs them."""
+    source, _ = DATA_LOSS_SETUPS[setup](tmp_path)
+    result = refused_without_side_effects(
+        run_cli,
+        tmp_path,
+        source,
+        ExitCode.OUTPUT_IS_INPUT,
+        "out.onnx.data",
+        "external-data",
+        extra_args=flags,
+    )
+    assert str(tmp_path) in result.stderr
+
+
+def test_output_weights_never_replace_the_input_weights_under_auto(run_cli, tmp_path: pathlib.Path) -> None:
+    source, _ = _named_output_data(tmp_path)
+    refused_without_side_effects(
+        run_cli, tmp_path, source, ExitCode.OUTPUT_IS_INPUT, "out.onnx.data", extra_args=("--auto",)
+    )
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["plain", "overwrite"])
+def test_output_model_is_the_input_weights_file(run_cli, tmp_path: pathlib.Path, overwrite: bool) -> None:
+    source = external_weights_model(tmp_path)
+    before = folder_state(tmp_path)
+    flags = ["--overwrite"] if overwrite else []
+    result = run_cli("convert", source, "-o", tmp_path / "model.onnx.data", *flags)
+    assert_refused(result, ExitCode.OUTPUT_IS_INPUT, "model.onnx.data", "external-data")
+    assert folder_state(tmp_path) == before
+
+
+def test_output_hardlinked_to_the_input_is_refused(run_cli, tmp_path: pathlib.Path) -> None:
+    source = save(tiny_fp32_model(), tmp_path / "model.onnx")
+    os.link(source, tmp_path / "out.onnx")
+    refused_without_side_effects(run_cli, tmp_path, source, ExitCode.OUTPUT_IS_INPUT, "--overwrite")
+
+
+def test_overwrite_through_a_symlink_reads_the_weights_first(run_cli, tmp_path: pathlib.Path) -> None:
+    """--overwrite where -o is a symlink to the input: the input's weights are read before the
+    files are replaced, so the result computes the same function."""
+    import onnxruntime as ort
+
+    source = external_weights_model(tmp_path)
+    alias = tmp_path / "alias.onnx"
+    alias.symlink_to(source)
+    x = np.random.default_rng(4).uniform(-1, 1, (2, 256)).astype(np.float32)
+    want = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    result = run_cli("convert", source, "-o", alias, "--overwrite")
+    assert result.exit_code == 0, result.stderr
+    onnx.checker.check_model(str(alias), full_check=True)
+    got = ort.InferenceSession(str(alias), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    # CPU EP (understates FP16 error); 256-term dot products of |x| <= 1 and weights of 1.
+    np.testing.assert_allclose(got, want, rtol=1e-2, atol=0.5)
+
+
+def _report_over(folder: pathlib.Path, target: str) -> list[str]:
+    """convert --report report.html, where report.html is a symlink to ``target``."""
+    source = external_weights_model(folder)
+    (folder / "report.html").symlink_to(folder / target)
+    return ["convert", str(source), "-o", str(folder / "out.onnx"), "--report", str(folder / "report.html")]
+
+
+REPORT_OVER_MODEL_COMMANDS = {
+    "convert --report over the input model": lambda folder: _report_over(folder, "model.onnx"),
+    "convert --report over the input weights": lambda folder: _report_over(folder, "model.onnx.data"),
+    "report -o over the model": lambda folder: [
+        "report",
+        str(external_weights_model(folder)),
+        "--format",
+        "json",
+        "-o",
+        str(folder / "model.onnx"),
+    ],
+    "report -o over the --compare weights": lambda folder: [
+        "report",
+        str(save(tiny_fp32_model(), folder / "other.onnx")),
+        "--compare",
+        str(external_weights_model(folder)),
+        "--format",
+        "json",
+        "-o",
+        str(folder / "model.onnx.data"),
+    ],
+    "validate --save over the converted model": lambda folder: [
+        "validate",
+        str(external_weights_model(folder)),
+        str(save(tiny_fp32_model(), folder / "converted.onnx")),
+        "--save",
+        str(folder / "converted.onnx"),
+    ],
+}
+
+
+@pytest.mark.parametrize("case", sorted(REPORT_OVER_MODEL_COMMANDS))
+def test_reports_and_results_never_replace_a_model(run_cli, tmp_path: pathlib.Path, case: str) -> None:
+    argv = REPORT_OVER_MODEL_COMMANDS[case](tmp_path)
+    before = folder_state(tmp_path)
+    assert_refused(run_cli(*argv), ExitCode.OUTPUT_IS_INPUT, argv[-1])
+    assert folder_state(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- external data in every tensor (issue 16)
+
+W_SHAPE = [4, 3]  # the tiny model's weight: 48 bytes of FP32
+
+
+def external_tensor(
+    name: str, location: str, fields: dict[str, str | None] | None = None
+) -> onnx.TensorProto:
+    """A [4, 3] FP32 tensor whose bytes live at ``location`` (``fields`` add or replace entries;
+    None leaves one out)."""
+    tensor = onnx.TensorProto(name=name, data_type=TensorProto.FLOAT, dims=W_SHAPE)
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in {"location": location, "offset": "0", "length": "48", **(fields or {})}.items():
+        if value is None:  # left out
+            continue
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
+def sparse_external(location: str, part: str) -> onnx.SparseTensorProto:
+    """A sparse [4, 3] tensor with 12 stored values; ``part`` (values or indices) is external."""
+    values = numpy_helper.from_array(np.ones(12, np.float32), "S")
+    indices = numpy_helper.from_array(np.arange(12, dtype=np.int64), "S_indices")
+    if part == "values":
+        values = external_tensor("S", location)
+        values.ClearField("dims")
+        values.dims.extend([12])
+    else:
+        indices = external_tensor("S_indices", location, {"length": "96"})
+        indices.data_type = TensorProto.INT64
+        indices.ClearField("dims")
+        indices.dims.extend([12])
+    return helper.make_sparse_tensor(values, indices, W_SHAPE)
+
+
+def weight_from(
+    node: onnx.NodeProto, extra_inputs=(), initializers=(), functions=(), opsets=()
+) -> onnx.ModelProto:
+    """y = x @ W where W is made by ``node`` (whose output is W_made)."""
+    nodes = [node, helper.make_node("MatMul", ["x", "W_made"], ["y"], name="matmul")]
+    graph = helper.make_graph(
+        nodes,
+        "holder",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]), *extra_inputs],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        list(initializers),
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), *opsets], ir_version=8, functions=list(functions)
+    )
+    return model
+
+
+def branch(name: str, body: list[onnx.NodeProto], initializers=()) -> onnx.GraphProto:
+    return helper.make_graph(
+        body,
+        name,
+        [],
+        [helper.make_tensor_value_info(f"{name}_w", TensorProto.FLOAT, W_SHAPE)],
+        list(initializers),
+    )
+
+
+def if_node(then_graph: onnx.GraphProto) -> onnx.NodeProto:
+    ones = numpy_helper.from_array(np.ones(W_SHAPE, np.float32), "ones")
+    else_graph = branch("else", [helper.make_node("Constant", [], ["else_w"], value=ones, name="else_c")])
+    return helper.make_node(
+        "If", ["flag"], ["W_made"], then_branch=then_graph, else_branch=else_graph, name="if"
+    )
+
+
+FLAG = helper.make_tensor_value_info("flag", TensorProto.BOOL, [])
+
+
+def _constant(location: str) -> onnx.ModelProto:
+    return weight_from(
+        helper.make_node("Constant", [], ["W_made"], value=external_tensor("c", location), name="c")
+    )
+
+
+def _sparse_constant(part: str) -> Callable[[str], onnx.ModelProto]:
+    def build(location: str) -> onnx.ModelProto:
+        node = helper.make_node(
+            "Constant", [], ["W_made"], sparse_value=sparse_external(location, part), name="c"
+        )
+        return weight_from(node)
+
+    return build
+
+
+def _subgraph_initializer(location: str) -> onnx.ModelProto:
+    then = branch(
+        "then",
+        [helper.make_node("Identity", ["Wt"], ["then_w"], name="then_id")],
+        [external_tensor("Wt", location)],
+    )
+    return weight_from(if_node(then), [FLAG])
+
+
+def _subgraph_constant(location: str) -> onnx.ModelProto:
+    constant = helper.make_node(
+        "Constant", [], ["then_w"], value=external_tensor("c", location), name="then_c"
+    )
+    return weight_from(if_node(branch("then", [constant])), [FLAG])
+
+
+def _nested_subgraph_constant(location: str) -> onnx.ModelProto:
+    constant = helper.make_node(
+        "Constant", [], ["then_w"], value=external_tensor("c", location), name="deep_c"
+    )
+    inner = if_node(branch("then", [constant]))
+    inner.output[0] = "outer_then_w"
+    for attribute in inner.attribute:  # rename the inner branches' outputs away from the outer ones
+        attribute.g.name = f"inner_{attribute.g.name}"
+    outer = branch("then", [inner])
+    outer.output[0].name = "outer_then_w"
+    return weight_from(if_node(outer), [FLAG])
+
+
+def _function_constant(location: str) -> onnx.ModelProto:
+    body = [helper.make_node("Constant", [], ["w"], value=external_tensor("c", location), name="fc")]
+    function = helper.make_function("local", "MakeW", [], ["w"], body, [helper.make_opsetid("", 17)])
+    node = helper.make_node("MakeW", [], ["W_made"], domain="local", name="call")
+    return weight_from(node, functions=[function], opsets=[helper.make_opsetid("local", 1)])
+
+
+def _function_attribute_default(location: str) -> onnx.ModelProto:
+    body = [helper.make_node("Constant", [], ["w"], name="fc")]
+    body[0].attribute.append(
+        onnx.AttributeProto(name="value", ref_attr_name="init", type=onnx.AttributeProto.TENSOR)
+    )
+    function = helper.make_function("local", "MakeW", [], ["w"], body, [helper.make_opsetid("", 17)])
+    function.attribute_proto.append(helper.make_attribute("init", external_tensor("d", location)))
+    node = helper.make_node("MakeW", [], ["W_made"], domain="local", name="call")
+    return weight_from(node, functions=[function], opsets=[helper.make_opsetid("local", 1)])
+
+
+def _sparse_initializer(part: str) -> Callable[[str], onnx.ModelProto]:
+    def build(location: str) -> onnx.ModelProto:
+        model = weight_from(helper.make_node("Identity", ["S"], ["W_made"], name="id"))
+        model.graph.sparse_initializer.append(sparse_external(location, part))
+        return model
+
+    return build
+
+
+def _initializer(location: str) -> onnx.ModelProto:
+    return weight_from(
+        helper.make_node("Identity", ["W"], ["W_made"], name="id"),
+        initializers=[external_tensor("W", location)],
+    )
+
+
+TENSOR_PLACES: dict[str, Callable[[str], onnx.ModelProto]] = {
+    "main-graph initializer": _initializer,
+    "Constant value": _constant,
+    "Constant sparse_value values": _sparse_constant("values"),
+    "Constant sparse_value indices": _sparse_constant("indices"),
+    "sparse initializer values": _sparse_initializer("values"),
+    "sparse initializer indices": _sparse_initializer("indices"),
+    "If-branch initializer": _subgraph_initializer,
+    "If-branch Constant": _subgraph_constant,
+    "Constant two subgraphs deep": _nested_subgraph_constant,
+    "local function Constant": _function_constant,
+    "local function attribute default": _function_attribute_default,
+}
+
+
+@contextlib.contextmanager
+def fifo_tripwire(path: pathlib.Path):
+    """A FIFO at ``path``: opening it to read would block for good. A watcher unblocks such a
+    reader (and records it) by opening the write end, which only succeeds while one waits."""
+    os.mkfifo(path)
+    tripped: list[bool] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        _UNAUDITED_THREADS.add(threading.get_ident())
+        while not done.wait(0.02):
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # ENXIO: nobody has it open for reading
+                continue
+            tripped.append(True)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield tripped
+    finally:
+        done.set()
+        watcher.join()
+
+
+def test_fifo_tripwire_catches_a_reader(tmp_path: pathlib.Path) -> None:
+    """Guards the test below: a read of the FIFO is unblocked and recorded."""
+    with fifo_tripwire(tmp_path / "secret.bin") as tripped, open(tmp_path / "secret.bin", "rb") as handle:
+        assert handle.read() == b""
+    assert tripped
+
+
+@pytest.mark.parametrize("command", ["convert", "report"])
+@pytest.mark.parametrize("place", sorted(TENSOR_PLACES))
+def test_external_data_outside_the_folder_is_never_opened(
+    run_cli, tmp_path: pathlib.Path, place: str, command: str
+) -> None:
+    """Wherever the tensor lives, a location outside the model's folder is refused (exit 5) and
+    never opened: the outside file is a FIFO that would block the reader, and Python's audit
+    hook records every open."""
+    folder, outside = tmp_path / "model", tmp_path / "outside"
+    folder.mkdir()
+    outside.mkdir()
+    source = save(TENSOR_PLACES[place]("../outside/secret.bin"), folder / "model.onnx")
+    before = folder_state(folder)
+    with fifo_tripwire(outside / "secret.bin") as tripped, opened_paths() as opened:
+        argv = ["convert", source, "-o", folder / "out.onnx"] if command == "convert" else ["report", source]
+        result = run_cli(*argv)
+    assert_refused(result, ExitCode.EXTERNAL_DATA, "../outside/secret.bin", "escapes")
+    assert folder_state(folder) == before
+    assert not tripped, "the FIFO outside the model's folder was opened"
+    assert not [path for path in opened if path.startswith(str(outside))]
+
+
+@pytest.mark.parametrize("place", sorted(TENSOR_PLACES))
+def test_external_data_inside_the_folder_is_accepted_in_every_place(
+    tmp_path: pathlib.Path, place: str
+) -> None:
+    """The control for the test above: the same models with the weights beside them load."""
+    from mpcompile.errors import InvalidModelError
+    from mpcompile.io import load_model
+
+    (tmp_path / "w.bin").write_bytes(np.ones(24, np.float32).tobytes())
+    source = save(TENSOR_PLACES[place]("w.bin"), tmp_path / "model.onnx")
+    if "sparse" in place:  # onnx-ir 1.1 holds no sparse tensors: refused once the location passed
+        with pytest.raises(InvalidModelError, match="sparse tensors are not supported"):
+            load_model(source)
+        return
+    model = load_model(source)
+    assert str((tmp_path / "w.bin").resolve()) in model.meta["mpcompile.input_files"]
+
+
+# --------------------------------------------------------------------------- malformed external data (issue 16)
+
+
+def _with_fields(fields: dict[str, str], data: bytes = b"\0" * 64) -> Callable[[pathlib.Path], pathlib.Path]:
+    """The tiny model with W in weights.bin (``data``), its external_data entries ``fields``."""
+
+    def build(folder: pathlib.Path) -> pathlib.Path:
+        model = tiny_fp32_model()
+        weight = external_tensor("W", "weights.bin", fields)
+        model.graph.initializer[0].CopyFrom(weight)
+        (folder / "weights.bin").write_bytes(data)
+        return save(model, folder / "model.onnx")
+
+    return build
+
+
+def _duplicate_location(folder: pathlib.Path) -> pathlib.Path:
+    source = _with_fields({})(folder)
+    model = onnx.load(str(source), load_external_data=False)
+    entry = model.graph.initializer[0].external_data.add()
+    entry.key, entry.value = "location", "../secret.bin"
+    return save(model, source)
+
+
+def _located(location: str, prepare: Callable[[pathlib.Path], None] | None = None):
+    def build(folder: pathlib.Path) -> pathlib.Path:
+        if prepare is not None:
+            prepare(folder)
+        return external_model(folder, location)
+
+    return build
+
+
+def _symlink_loop(folder: pathlib.Path) -> None:
+    (folder / "loop_a").symlink_to("loop_b")
+    (folder / "loop_b").symlink_to("loop_a")
+
+
+def _inside_fifo(folder: pathlib.Path) -> None:
+    os.mkfifo(folder / "pipe.bin")
+
+
+EXTERNAL_DATA_CASES: dict[str, tuple[Callable[[pathlib.Path], pathlib.Path], tuple[str, ...]]] = {
+    "offset negative": (_with_fields({"offset": "-1"}), ("offset", "'-1'")),
+    "offset float": (_with_fields({"offset": "0.0"}), ("offset", "'0.0'")),
+    "offset exponent": (_with_fields({"offset": "1e1"}), ("offset",)),
+    "offset space-padded": (_with_fields({"offset": " 0"}), ("offset", "' 0'")),
+    "offset with a sign": (_with_fields({"offset": "+0"}), ("offset",)),
+    "offset with an underscore": (_with_fields({"offset": "0_0"}), ("offset",)),
+    "offset in non-ASCII digits": (_with_fields({"offset": "\u0660"}), ("offset",)),
+    "offset empty": (_with_fields({"offset": ""}), ("offset",)),
+    "offset past the end": (_with_fields({"offset": "32"}), ("shorter",)),
+    "length non-integer": (_with_fields({"length": "forty-eight"}), ("length",)),
+    "length negative": (_with_fields({"length": "-48"}), ("length",)),
+    "length space-padded": (_with_fields({"length": "48 "}), ("length",)),
+    "length zero": (_with_fields({"length": "0"}), ("length 0", "48 bytes")),
+    "length smaller than the tensor": (_with_fields({"length": "47"}), ("length 47",)),
+    "length larger than the tensor": (_with_fields({"length": "52"}), ("length 52",)),
+    "data file empty, no length": (_with_fields({"length": None}, b""), ("shorter",)),
+    "data file shorter than dtype x dims, no length": (
+        _with_fields({"length": None}, b"\0" * 40),
+        ("shorter",),
+    ),
+    "key given twice": (_duplicate_location, ("location", "twice")),
+    "no location": (_with_fields({"location": ""}), ("without a location",)),
+    "location with a NUL byte": (_located("weights\0.bin"), ("NUL",)),
+    "location over-long component": (_located("w" * 300 + ".bin"), ("too long",)),
+    "location over-long path": (_located("/".join(["d" * 200] * 30)), ("too long",)),
+    "location a symlink loop": (_located("loop_a", _symlink_loop), ("loop_a", "cannot be resolved")),
+    "location a folder": (_located("sub", lambda folder: (folder / "sub").mkdir()), ("not a regular file",)),
+    "location a FIFO": (_located("pipe.bin", _inside_fifo), ("not a regular file",)),
+    "location the model folder itself": (_located("."), ("not a regular file",)),
+    "location through a missing folder": (
+        _located("sub/../weights.bin", lambda folder: (folder / "weights.bin").write_bytes(b"\0" * 64)),
+        ("not found",),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXTERNAL_DATA_CASES))
+def test_malformed_external_data_is_refused(run_cli, tmp_path: pathlib.Path, case: str) -> None:
+    build, mentions = EXTERNAL_DATA_CASES[case]
+    folder = tmp_path / "model"
+    folder.mkdir()
+    source = build(folder)
+    opened: list[str] = []
+    refused_without_side_effects(run_cli, folder, source, ExitCode.EXTERNAL_DATA, *mentions, opened=opened)
+    assert not [
+        path for path in opened if not path.startswith(str(folder)) and path.startswith(str(tmp_path))
+    ]
+
+
+# --------------------------------------------------------------------------- malformed graphs (issue 16)
+
+
+def mutated(change: Callable[[onnx.ModelProto], None], base: Callable[[], onnx.ModelProto] = tiny_fp32_model):
+    """A builder: ``base()`` changed in place by ``change``."""
+
+    def build() -> onnx.ModelProto:
+        model = base()
+        change(model)
+        return model
+
+    return build
+
+
+def if_model() -> onnx.ModelProto:
+    """y = If(flag, then: Relu(x @ W + b) path's h, else: Neg(h)) on the tiny model's h."""
+    model = tiny_fp32_model()
+    then = helper.make_graph(
+        [helper.make_node("Relu", ["a"], ["t"], name="then_relu")],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2, 3])],
+    )
+    otherwise = helper.make_graph(
+        [helper.make_node("Neg", ["a"], ["e"], name="else_neg")],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, [2, 3])],
+    )
+    model.graph.node[2].CopyFrom(
+        helper.make_node("If", ["flag"], ["y"], then_branch=then, else_branch=otherwise, name="if")
+    )
+    model.graph.input.append(helper.make_tensor_value_info("flag", TensorProto.BOOL, []))
+    return model
+
+
+def function_model() -> onnx.ModelProto:
+    """The tiny model with Relu moved into a local function ``local::MyRelu``."""
+    model = tiny_fp32_model()
+    body = [helper.make_node("Relu", ["i"], ["o"], name="inner_relu")]
+    function = helper.make_function("local", "MyRelu", ["i"], ["o"], body, [helper.make_opsetid("", 17)])
+    model.functions.append(function)
+    model.opset_import.append(helper.make_opsetid("local", 1))
+    model.graph.node[2].CopyFrom(helper.make_node("MyRelu", ["a"], ["y"], domain="local", name="relu"))
+    return model
+
+
+def _set(path: str, value) -> Callable[[onnx.ModelProto], None]:
+    """A change setting the attribute ``path`` (dots, [index]) of the model to ``value``."""
+
+    def change(model: onnx.ModelProto) -> None:
+        *parents, last = path.split(".")
+        target = model
+        for part in parents:
+            name, _, index = part.partition("[")
+            target = getattr(target, name)
+            if index:
+                target = target[int(index.rstrip("]"))]
+        getattr(target, last).__class__  # noqa: B018 (fails early on a typo)
+        if isinstance(value, list):
+            field = getattr(target, last)
+            del field[:]
+            field.extend(value)
+        else:
+            setattr(target, last, value)
+
+    return change
+
+
+def _append_value_info(info: onnx.ValueInfoProto) -> Callable[[onnx.ModelProto], None]:
+    return lambda model: model.graph.value_info.append(info)
+
+
+def _complex_output(model: onnx.ModelProto) -> None:
+    model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.COMPLEX64, [1]))
+    model.graph.initializer.append(helper.make_tensor("z", TensorProto.COMPLEX64, [1], [1 + 2j]))
+
+
+def _complex_constant(model: onnx.ModelProto) -> None:
+    value = helper.make_tensor("zc", TensorProto.COMPLEX128, [1], [1j])
+    model.graph.node.append(helper.make_node("Constant", [], ["z"], value=value, name="complex_constant"))
+    model.graph.node.append(helper.make_node("Shape", ["z"], ["z_shape"], name="shape"))
+    model.graph.output.append(helper.make_tensor_value_info("z_shape", TensorProto.INT64, [1]))
+
+
+def _cast_to_complex(model: onnx.ModelProto) -> None:
+    model.graph.node.append(
+        helper.make_node("Cast", ["y"], ["z"], to=TensorProto.COMPLEX64, name="to_complex")
+    )
+    model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.COMPLEX64, [2, 3]))
+
+
+def _duplicate_function(model: onnx.ModelProto) -> None:
+    model.functions.append(model.functions[0])
+
+
+def _then_branch(model: onnx.ModelProto) -> onnx.GraphProto:
+    return next(attribute.g for attribute in model.graph.node[2].attribute if attribute.name == "then_branch")
+
+
+def _subgraph_shadows_outer(model: onnx.ModelProto) -> None:
+    _then_branch(model).node[0].output[0] = "h"
+    _then_branch(model).output[0].name = "h"
+
+
+def _subgraph_produces_twice(model: onnx.ModelProto) -> None:
+    branch = _then_branch(model)
+    branch.node.append(helper.make_node("Relu", ["a"], ["t"], name="then_relu_again"))
+
+
+def _subgraph_reads_undefined(model: onnx.ModelProto) -> None:
+    _then_branch(model).node[0].input[0] = "nowhere"
+
+
+def _subgraph_self_loop(model: onnx.ModelProto) -> None:
+    _then_branch(model).node[0].input[0] = "t"
+
+
+def _unsorted(model: onnx.ModelProto) -> None:
+    nodes = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend([nodes[1], nodes[0], nodes[2]])
+
+
+def _three_node_cycle(model: onnx.ModelProto) -> None:
+    model.graph.node[0].input[0] = "y"
+    model.graph.node[0].input[1] = "W"
+
+
+STRUCTURE_CASES: dict[str, tuple[Callable[[], onnx.ModelProto], tuple[str, ...]]] = {
+    "self-loop": (mutated(_set("graph.node[2].input", ["y"])), ("'relu'", "its own output", "cycle")),
+    "cycle": (mutated(_three_node_cycle), ("'matmul'", "cycle")),
+    "nodes out of order": (mutated(_unsorted), ("'add'", "topological order")),
+    "read of an undefined value": (mutated(_set("graph.node[1].input", ["nowhere", "b"])), ("'nowhere'",)),
+    "two producers of one value": (mutated(_set("graph.node[1].output", ["h"])), ("'h'", "defined twice")),
+    "node output is a graph input": (mutated(_set("graph.node[0].output", ["x"])), ("'x'", "graph input")),
+    "node output is an initializer": (mutated(_set("graph.node[0].output", ["b"])), ("'b'", "initializer")),
+    "duplicate graph input": (
+        mutated(lambda m: m.graph.input.append(m.graph.input[0])),
+        ("'x'", "defined twice"),
+    ),
+    "duplicate initializer": (
+        mutated(lambda m: m.graph.initializer.append(m.graph.initializer[1])),
+        ("'b'", "defined twice"),
+    ),
+    "graph output nothing produces": (
+        mutated(_set("graph.output[0].name", "nowhere")),
+        ("'nowhere'", "not produced"),
+    ),
+    "required output without a name": (mutated(_set("graph.node[2].output", [""])), ("'relu'", "output 0")),
+    "graph output with an empty name": (mutated(_set("graph.output[0].name", "")), ("empty name",)),
+    "node with fewer inputs than its schema allows": (
+        mutated(lambda m: m.graph.node[2].ClearField("input")),
+        ("'relu'", "0 inputs", "allows 1"),
+    ),
+    "node with more outputs than its schema allows": (
+        mutated(lambda m: m.graph.node[2].output.append("extra")),
+        ("'relu'", "2 outputs"),
+    ),
+    "required input without a name": (mutated(_set("graph.node[1].input", ["h", ""])), ("'add'", "input 1")),
+    "node without op_type": (mutated(_set("graph.node[1].op_type", "")), ("'add'", "op_type")),
+    "graph input without a type": (
+        mutated(lambda m: m.graph.input[0].ClearField("type")),
+        ("'x'", "no type"),
+    ),
+    "negative initializer dim": (mutated(_set("graph.initializer[0].dims", [-4, 3])), ("'W'", "negative")),
+    "initializer raw_data shorter than its dims": (
+        mutated(_set("graph.initializer[0].dims", [5, 3])),
+        ("'W'", "48 bytes", "need 60"),
+    ),
+    "initializer float_data not matching its dims": (
+        mutated(
+            lambda m: m.graph.initializer[1].CopyFrom(
+                onnx.TensorProto(name="b", data_type=TensorProto.FLOAT, dims=[4], float_data=[1, 2, 3])
+            )
+        ),
+        ("'b'", "3 values"),
+    ),
+    "UNDEFINED input dtype": (
+        mutated(_set("graph.input[0].type.tensor_type.elem_type", 0)),
+        ("'x'", "UNDEFINED"),
+    ),
+    "unknown input dtype": (
+        mutated(_set("graph.input[0].type.tensor_type.elem_type", 99)),
+        ("'x'", "unknown"),
+    ),
+    "UNDEFINED initializer dtype": (mutated(_set("graph.initializer[1].data_type", 0)), ("'b'", "UNDEFINED")),
+    "unknown initializer dtype": (mutated(_set("graph.initializer[1].data_type", 99)), ("'b'", "unknown")),
+    "UNDEFINED value_info dtype": (
+        mutated(_append_value_info(helper.make_tensor_value_info("h", 0, [2, 3]))),
+        ("'h'", "UNDEFINED"),
+    ),
+    "unknown value_info dtype": (
+        mutated(_append_value_info(helper.make_tensor_value_info("h", 99, [2, 3]))),
+        ("'h'", "unknown"),
+    ),
+    "value_info dtype other than the producer's": (
+        mutated(_append_value_info(helper.make_tensor_value_info("h", TensorProto.INT64, [2, 3]))),
+        ("'h'", "tensor(int64)", "tensor(float)"),
+    ),
+    "value_info a sequence where a tensor is produced": (
+        mutated(_append_value_info(helper.make_tensor_sequence_value_info("h", TensorProto.FLOAT, [2, 3]))),
+        ("'h'", "seq(tensor(float))"),
+    ),
+    "value_info contradicting the initializer": (
+        mutated(_append_value_info(helper.make_tensor_value_info("W", TensorProto.INT64, [4, 3]))),
+        ("'W'", "tensor(int64)", "tensor(float)"),
+    ),
+    "graph output contradicting the graph input it passes": (
+        mutated(
+            lambda m: m.graph.output.append(helper.make_tensor_value_info("x", TensorProto.INT64, [2, 4]))
+        ),
+        ("'x'", "tensor(int64)"),
+    ),
+    "complex graph output": (mutated(_complex_output), ("'z'", "complex64")),
+    "complex Constant": (mutated(_complex_constant), ("complex128",)),
+    "Cast to complex": (mutated(_cast_to_complex), ("'z'", "complex64")),
+    "Cast to UNDEFINED": (
+        mutated(
+            lambda m: m.graph.node.append(helper.make_node("Cast", ["y"], ["z"], to=0, name="to_nothing"))
+        ),
+        ("'to'", "'to_nothing'", "UNDEFINED"),
+    ),
+    "ai.onnx op that ONNX does not define": (
+        mutated(_set("graph.node[2].op_type", "Relux")),
+        ("'relu'", "Relux", "not an ONNX operator"),
+    ),
+    "subgraph value shadowing an outer one": (
+        mutated(_subgraph_shadows_outer, if_model),
+        ("'h'", "defined twice"),
+    ),
+    "subgraph producing a value twice": (
+        mutated(_subgraph_produces_twice, if_model),
+        ("'t'", "defined twice"),
+    ),
+    "subgraph reading an undefined value": (
+        mutated(_subgraph_reads_undefined, if_model),
+        ("'nowhere'", "'then'"),
+    ),
+    "subgraph self-loop": (mutated(_subgraph_self_loop, if_model), ("'then_relu'", "cycle")),
+    "function body reading an undefined value": (
+        mutated(_set("functions[0].node[0].input", ["nowhere"]), function_model),
+        ("'nowhere'", "MyRelu"),
+    ),
+    "function output nothing produces": (
+        mutated(_set("functions[0].output", ["missing"]), function_model),
+        ("'missing'", "not produced"),
+    ),
+    "function defined twice": (mutated(_duplicate_function, function_model), ("MyRelu", "twice")),
+}
+
+
+def _run_on(command: str, source: pathlib.Path, folder: pathlib.Path) -> list:
+    if command == "convert":
+        return ["convert", source, "-o", folder / "out.onnx"]
+    if command == "report":
+        return ["report", source]
+    return ["validate", source, source, "--runs", "0"]
+
+
+# Refused by convert only: an audit needs neither ORT nor inferred types, and validate's own
+# refusal of these (ONNX Runtime cannot load them) is one line that names no value.
+CONVERT_ONLY_CASES = {
+    "complex graph output",
+    "complex Constant",
+    "Cast to complex",
+    "ai.onnx op that ONNX does not define",
+    "value_info dtype other than the producer's",
+    "value_info a sequence where a tensor is produced",
+}
+
+
+@pytest.mark.parametrize(
+    ("case", "command"),
+    [
+        (case, command)
+        for case in sorted(STRUCTURE_CASES)
+        for command in ("convert", "report", "validate")
+        if command == "convert" or case not in CONVERT_ONLY_CASES
+    ],
+)
+def test_malformed_graph_is_refused_in_one_line(
+    run_cli, tmp_path: pathlib.Path, case: str, command: str
+) -> None:
+    """Issue 16: each malformed graph is INVALID_MODEL with one line naming the node or value, for
+    every command that reads models; nothing is written and nothing changes."""
+    build, mentions = STRUCTURE_CASES[case]
+    folder = tmp_path / "model"
+    folder.mkdir()
+    source = save(build(), folder / "model.onnx")
+    before = folder_state(folder)
+    with opened_paths() as opened:
+        result = run_cli(*_run_on(command, source, folder))
+    assert_refused(result, ExitCode.INVALID_MODEL, *mentions)
+    assert folder_state(folder) == before
+    assert not [
+        path for path in opened if path.startswith(str(tmp_path)) and not path.startswith(str(folder))
+    ]
+
+
+def test_the_unmutated_models_of_the_structure_cases_convert(run_cli, tmp_path: pathlib.Path) -> None:
+    """The control for the cases above: their base models convert, pass the checker and load in ORT."""
+    import onnxruntime as ort
+
+    for base in (tiny_fp32_model, if_model, function_model):
+        source = save(base(), tmp_path / f"{base.__name__}.onnx")
+        output = tmp_path / f"{base.__name__}.fp16.onnx"
+        result = run_cli("convert", source, "-o", output)
+        assert result.exit_code == 0, result.stderr
+        onnx.checker.check_model(str(output), full_check=True)
+        ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+
+
+def test_duplicate_node_names_are_made_unique_with_a_note(run_cli, tmp_path: pathlib.Path) -> None:
+    """ORT refuses "two nodes with same node name"; the names do not matter to the computation, so
+    the output gets unique ones and a note says which changed."""
+    import onnxruntime as ort
+
+    model = tiny_fp32_model()
+    for node in model.graph.node:
+        node.name = "layer"
+    source = save(model, tmp_path / "model.onnx")
+    before = source.read_bytes()
+    output = tmp_path / "out.onnx"
+    result = run_cli("convert", source, "-o", output)
+    assert result.exit_code == 0, result.stderr
+    assert "made unique" in result.stdout and "'layer' -> 'layer_1'" in result.stdout
+    assert source.read_bytes() == before
+    converted = onnx.load(str(output))
+    names = [node.name for node in converted.graph.node]
+    assert len(names) == len(set(names)) and "layer" in names
+    onnx.checker.check_model(converted, full_check=True)
+    x = np.random.default_rng(5).standard_normal((2, 4)).astype(np.float32)
+    weight, bias = (numpy_helper.to_array(tensor) for tensor in model.graph.initializer)
+    want = np.maximum(x @ weight + bias, 0)  # ORT refuses the input itself, so numpy computes it
+    got = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    # CPU EP (understates FP16 error): a 4-term dot product of standard normals, rtol 1e-2.
+    np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2)
