@@ -15,9 +15,17 @@ and a target (with the cpu target, sometimes BF16). Properties:
    limit is involved;
 4. converting the output again changes nothing, and converting twice gives identical bytes.
 
+A second test mutates the structure of such graphs (see "structure mutations" below): conversion
+and the report audit raise nothing but ``MpcompileError``, every output passes the full checker
+and loads in ORT, the inputs stay byte-identical and nothing outside the model's folder is opened.
+CI runs 60 derandomized mutated models (about 5 s).
+
 CI runs 150 fixed, derandomized examples (about 30 s). A longer run:
 
     MPCOMPILE_FUZZ_EXAMPLES=2000 MPCOMPILE_FUZZ_RANDOM=1 python -m pytest -q tests/test_fuzz.py
+
+(the same variables set the number of mutated models; add ``-k structure
+--hypothesis-show-statistics`` for the mutation fuzzer alone with its outcome counts).
 
 Measured on ORT's CPU EP, which runs FP16 nodes without an FP16 kernel in FP32 (its own Casts),
 so CPU understates FP16 error; the bound is an upper bound either way.
@@ -28,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import pathlib
 from collections.abc import Callable
 
 import numpy as np
@@ -489,6 +498,231 @@ def test_builder_makes_every_step_valid() -> None:
         feeds = {"x": np.linspace(-1, 1, 16, dtype=np.float32).reshape(SHAPE), "flag": np.array(True)}
         (value,) = run_ort(model, feeds)
         assert np.all(np.abs(value) <= out.magnitude * (1 + 1e-5)), step
+
+
+# --------------------------------------------------------------------------- structure mutations
+#
+# The same random graphs, then one to three mutations of their structure: nodes dropped,
+# duplicated, moved or renamed, node inputs dropped or emptied, Casts retargeted, values renamed
+# (every use, only the definition, or one use),
+# graph inputs/outputs/initializers dropped, dtypes and dims changed, value_info added, ops moved
+# to an unknown domain, and weights moved to external data with perturbed location/offset/length.
+# Property: convert_file and the report audit raise nothing but MpcompileError; every output
+# passes the full checker and loads in ORT; the input files are unchanged; the FIFO beside the
+# model's folder (where "../outside.bin" points) is never opened.
+
+MUTATION_EXAMPLES = int(os.environ.get("MPCOMPILE_FUZZ_EXAMPLES", "60"))
+MUTATIONS = (
+    "drop_node",
+    "duplicate_node",
+    "move_node",
+    "rename_value",
+    "rename_node",
+    "drop_graph_value",
+    "retype",
+    "redim",
+    "add_value_info",
+    "unknown_domain",
+    "external_data",
+    "drop_node_input",
+    "cast_to",
+)
+ODD_DTYPES = (0, 99, TensorProto.INT64, TensorProto.FLOAT16, TensorProto.COMPLEX64, TensorProto.STRING)
+ODD_LOCATIONS = ("../outside.bin", "/etc/passwd", "missing.bin", "w.bin\0x", "sub/../w.bin", ".", "w" * 300)
+ODD_NUMBERS = ("-1", "1.5", " 0", "+4", "abc", "", "99999999999")
+
+
+def _subgraphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    found = [graph]
+    for node in graph.node:
+        for attribute in node.attribute:
+            for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                found.extend(_subgraphs(subgraph))
+    return found
+
+
+def _names(graph: onnx.GraphProto) -> list[str]:
+    names = [info.name for info in graph.input] + [tensor.name for tensor in graph.initializer]
+    names += [name for node in graph.node for name in (*node.input, *node.output) if name]
+    return sorted(set(names))
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str, where: str, pick: int) -> None:
+    """Rename value ``old``: everywhere, only where it is defined, or at one use."""
+    definitions = [*graph.input, *graph.initializer, *graph.output]
+    uses = [(node.input, i) for node in graph.node for i, name in enumerate(node.input) if name == old]
+    defines = [(node.output, i) for node in graph.node for i, name in enumerate(node.output) if name == old]
+    if where == "everywhere":
+        for item in definitions:
+            if item.name == old:
+                item.name = new
+        for field, index in uses + defines:
+            field[index] = new
+    elif where == "definition":
+        for item in (*graph.input, *graph.initializer):
+            if item.name == old:
+                item.name = new
+        for field, index in defines:
+            field[index] = new
+    elif uses:
+        field, index = uses[pick % len(uses)]
+        field[index] = new
+
+
+def _externalize(draw, graph: onnx.GraphProto, folder: pathlib.Path) -> None:
+    """Move one initializer's bytes to w.bin with drawn (often wrong) location/offset/length."""
+    candidates = [tensor for tensor in graph.initializer if tensor.raw_data]
+    if not candidates:
+        return
+    tensor = draw(st.sampled_from(candidates))
+    data = tensor.raw_data
+    pad = draw(st.integers(0, 8))
+    path = folder / "w.bin"
+    existing = path.read_bytes() if path.exists() else b""
+    offset = len(existing) + pad
+    path.write_bytes(existing + b"\0" * pad + data)
+    fields = {"location": "w.bin", "offset": str(offset), "length": str(len(data))}
+    key = draw(st.sampled_from(["none", "location", "offset", "length", "length_number", "drop_length"]))
+    if key == "location":
+        fields["location"] = draw(st.sampled_from(ODD_LOCATIONS))
+    elif key in ("offset", "length"):
+        fields[key] = draw(st.sampled_from(ODD_NUMBERS))
+    elif key == "length_number":
+        fields["length"] = str(len(data) + draw(st.sampled_from([-4, -1, 1, 4, -len(data)])))
+    elif key == "drop_length":
+        del fields["length"]
+        path.write_bytes(path.read_bytes()[: offset + draw(st.integers(0, len(data)))])
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for name, value in fields.items():
+        entry = tensor.external_data.add()
+        entry.key, entry.value = name, value
+
+
+def mutate(draw, model: onnx.ModelProto, folder: pathlib.Path) -> list[str]:
+    """Apply one to three drawn mutations to ``model`` in place; the names of those applied."""
+    applied = []
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(MUTATIONS))
+        graph = draw(st.sampled_from(_subgraphs(model.graph)))
+        nodes, names = graph.node, _names(graph)
+        pick = draw(st.integers(0, 2**16))
+        if kind == "drop_node" and nodes:
+            del nodes[pick % len(nodes)]
+        elif kind == "duplicate_node" and nodes:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(nodes[pick % len(nodes)])
+            if draw(st.booleans()):  # fresh outputs: a valid dead node; else a second producer
+                for index, name in enumerate(copy.output):
+                    copy.output[index] = f"{name}_copy"
+            nodes.insert(draw(st.integers(0, len(nodes))), copy)
+        elif kind == "move_node" and len(nodes) > 1:
+            moved = onnx.NodeProto()
+            moved.CopyFrom(nodes[pick % len(nodes)])
+            del nodes[pick % len(nodes)]
+            nodes.insert(draw(st.integers(0, len(nodes))), moved)
+        elif kind == "rename_value" and names:
+            old = names[pick % len(names)]
+            new = draw(st.sampled_from([f"{old}_renamed", *names]))
+            _rename(graph, old, new, draw(st.sampled_from(["everywhere", "definition", "use"])), pick)
+        elif kind == "rename_node" and nodes:
+            nodes[pick % len(nodes)].name = draw(st.sampled_from([node.name for node in nodes] + [""]))
+        elif kind == "drop_graph_value":
+            fields = [field for field in (graph.input, graph.output, graph.initializer) if len(field)]
+            if fields:
+                field = draw(st.sampled_from(fields))
+                del field[pick % len(field)]
+        elif kind == "retype":
+            typed = [*graph.input, *graph.output]
+            if typed and draw(st.booleans()):
+                typed[pick % len(typed)].type.tensor_type.elem_type = draw(st.sampled_from(ODD_DTYPES))
+            elif graph.initializer:
+                graph.initializer[pick % len(graph.initializer)].data_type = draw(st.sampled_from(ODD_DTYPES))
+        elif kind == "redim" and graph.initializer:
+            tensor = graph.initializer[pick % len(graph.initializer)]
+            dims = draw(st.lists(st.integers(-2, 9), max_size=3))
+            del tensor.dims[:]
+            tensor.dims.extend(dims)
+        elif kind == "add_value_info" and names:
+            dtype = draw(st.sampled_from((TensorProto.FLOAT, *ODD_DTYPES)))
+            name = names[pick % len(names)]
+            if draw(st.booleans()):
+                info = helper.make_tensor_value_info(name, dtype, SHAPE)
+            else:
+                info = helper.make_tensor_sequence_value_info(name, TensorProto.FLOAT, SHAPE)
+            graph.value_info.append(info)
+        elif kind == "unknown_domain" and nodes:
+            nodes[pick % len(nodes)].domain = "com.fuzz"
+            model.opset_import.append(helper.make_opsetid("com.fuzz", 1))
+        elif kind == "external_data":
+            _externalize(draw, graph, folder)
+        elif kind == "drop_node_input" and any(node.input for node in nodes):
+            node = draw(st.sampled_from([node for node in nodes if node.input]))
+            index = pick % len(node.input)
+            if draw(st.booleans()):
+                del node.input[index]
+            else:
+                node.input[index] = ""
+        elif kind == "cast_to" and any(node.op_type == "Cast" for node in nodes):
+            node = draw(st.sampled_from([node for node in nodes if node.op_type == "Cast"]))
+            node.attribute[0].i = draw(st.sampled_from(ODD_DTYPES))
+        else:
+            continue
+        applied.append(kind)
+    return applied
+
+
+def _files(folder: pathlib.Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
+
+
+@settings(
+    max_examples=MUTATION_EXAMPLES,
+    derandomize=DERANDOMIZE,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+@given(data=st.data())
+def test_structure_mutations_give_only_mpcompile_errors_or_valid_outputs(data: st.DataObject) -> None:
+    import tempfile
+
+    import onnxruntime as ort
+    from hypothesis import event
+
+    import mpcompile
+    from mpcompile.errors import MpcompileError
+    from mpcompile.report import build_report
+    from tests.test_bad_input import fifo_tripwire
+
+    model = data.draw(examples(), label="example").model
+    with tempfile.TemporaryDirectory(prefix="mpcompile-mutations-") as scratch:
+        folder = pathlib.Path(scratch) / "model"
+        folder.mkdir()
+        applied = mutate(data.draw, model, folder)
+        for kind in applied:
+            event(f"mutation {kind}")
+        source = folder / "model.onnx"
+        source.write_bytes(model.SerializeToString())
+        inputs = _files(folder)
+        output = pathlib.Path(scratch) / "out.onnx"
+        with fifo_tripwire(pathlib.Path(scratch) / "outside.bin") as tripped:
+            try:
+                mpcompile.convert_file(source, output)
+            except MpcompileError as exc:
+                event(f"convert refused: exit {int(exc.exit_code)} {exc.exit_code.name}")
+            else:
+                event("convert succeeded")
+                onnx.checker.check_model(str(output), full_check=True)
+                session_options = ort.SessionOptions()
+                session_options.log_severity_level = 3
+                ort.InferenceSession(str(output), session_options, providers=["CPUExecutionProvider"])
+            try:
+                build_report(str(source))
+            except MpcompileError as exc:
+                event(f"report refused: exit {int(exc.exit_code)}")
+        assert not tripped, f"a file outside the model's folder was opened ({applied})"
+        assert _files(folder) == inputs, f"the input files changed ({applied})"
 
 
 if __name__ == "__main__":  # pragma: no cover
