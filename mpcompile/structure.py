@@ -11,7 +11,8 @@ the type inferred for its value. Each is refused with one line naming the node o
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 
 import onnx
 import onnx_ir as ir
@@ -35,7 +36,6 @@ def check_structure(model: onnx.ModelProto) -> None:
     one holding sparse tensors (onnx-ir 1.1 cannot)."""
     for tensor, label in all_tensor_protos(model):
         _check_tensor(tensor, label)
-    _refuse_sparse_tensors(model)
     seen: set[tuple[str, str, str]] = set()
     for function in model.functions:
         key = (function.domain, function.name, function.overload)
@@ -44,20 +44,6 @@ def check_structure(model: onnx.ModelProto) -> None:
         seen.add(key)
         _check_graph(function, (), f" in function {function.name!r}", main=False, opsets=_opsets(function))
     _check_graph(model.graph, (), "", main=True, opsets=_opsets(model))
-
-
-def _refuse_sparse_tensors(model: onnx.ModelProto) -> None:
-    for graph in (*_graphs(model.graph), *(g for function in model.functions for g in _graphs(function))):
-        if isinstance(graph, onnx.GraphProto) and graph.sparse_initializer:
-            name = graph.sparse_initializer[0].values.name
-            raise _invalid(f"sparse initializer {name!r}: sparse tensors are not supported; store it dense")
-        for index, node in enumerate(graph.node):
-            for attribute in node.attribute:
-                if attribute.HasField("sparse_tensor") or attribute.sparse_tensors:
-                    raise _invalid(
-                        f"attribute {attribute.name!r} of node {_node_label(node, index)}: sparse tensors "
-                        "are not supported; store it dense"
-                    )
 
 
 def check_ir_structure(model: ir.Model) -> None:
@@ -119,15 +105,16 @@ def check_value_info_against_inference(
 
 def _check_graph(graph: GraphLike, outer: Scopes, where: str, main: bool, opsets: dict[str, int]) -> None:
     """Names defined once and before use, node by node, subgraphs with this graph in scope."""
-    defined: dict[str, str] = {}
+    defined: dict[str, str] = {}  # name -> what defines it ("" + index for a node, formatted lazily)
     scopes = (defined, *outer)
 
     def define(name: str, what: str) -> None:
         if not name:
-            raise _invalid(f"{what}{where} has an empty name")
+            raise _invalid(f"{_what(graph, what)}{where} has an empty name")
         previous = next((scope[name] for scope in scopes if name in scope), None)
         if previous is not None:
-            raise _invalid(f"value {name!r}{where} is defined twice: by {previous} and by {what}")
+            first, second = _what(graph, previous), _what(graph, what)
+            raise _invalid(f"value {name!r}{where} is defined twice: by {first} and by {second}")
         defined[name] = what
 
     declared: dict[str, onnx.TypeProto] = {}
@@ -136,28 +123,19 @@ def _check_graph(graph: GraphLike, outer: Scopes, where: str, main: bool, opsets
             define(name, "a function input")
     else:
         _define_inputs_and_initializers(graph, define, declared, where, main)
-    producers: dict[str, int] = {}
     for index, node in enumerate(graph.node):
-        for name in node.output:
-            producers.setdefault(name, index)
-    for index, node in enumerate(graph.node):
-        label = _node_label(node, index)
         if not node.op_type:
-            raise _invalid(f"node {label}{where} has no op_type")
-        _check_arity(node, f"node {label}{where}", opsets)
-        for name in node.input:
+            raise _invalid(f"node {_node_label(node, index)}{where} has no op_type")
+        inputs, outputs = node.input, node.output
+        _check_arity(node, index, inputs, outputs, where, opsets)
+        for name in inputs:
             if name and not any(name in scope for scope in scopes):
-                raise _read_error(graph, index, name, producers, where)
+                raise _read_error(graph, index, name, where)
         for attribute in node.attribute:
-            if _holds_dtype(node, attribute):
-                _check_dtype(attribute.i, f"attribute {attribute.name!r} of node {label}{where}")
-            nested = [attribute.g] if attribute.HasField("g") else []
-            for subgraph in [*nested, *attribute.graphs]:
-                inner = f" in subgraph {subgraph.name or attribute.name!r} of node {label}{where}"
-                _check_graph(subgraph, scopes, inner, main=False, opsets=opsets)
-        for name in node.output:
+            _check_attribute(graph, index, attribute, scopes, where, opsets)
+        for name in outputs:
             if name:
-                define(name, f"node {label}")
+                define(name, f"\0{index}")
     outputs = graph.output if isinstance(graph, onnx.FunctionProto) else [info.name for info in graph.output]
     for position, name in enumerate(outputs):
         if not name:
@@ -174,6 +152,44 @@ def _check_graph(graph: GraphLike, outer: Scopes, where: str, main: bool, opsets
             _check_agrees(info, declared.get(info.name), "value_info of", where)
 
 
+def _check_attribute(
+    graph: GraphLike,
+    index: int,
+    attribute: onnx.AttributeProto,
+    scopes: Scopes,
+    where: str,
+    opsets: dict[str, int],
+) -> None:
+    """A dtype attribute names a known dtype, no sparse tensor, and each subgraph checked in scope."""
+    node = graph.node[index]
+    kind = attribute.type
+    if (
+        kind == onnx.AttributeProto.INT
+        and attribute.name in DTYPE_ATTRIBUTES
+        and node.domain in ("", "ai.onnx")
+    ):
+        _check_dtype(attribute.i, f"attribute {attribute.name!r} of node {_node_label(node, index)}{where}")
+    elif kind in (onnx.AttributeProto.SPARSE_TENSOR, onnx.AttributeProto.SPARSE_TENSORS):
+        raise _invalid(
+            f"attribute {attribute.name!r} of node {_node_label(node, index)}{where}: sparse tensors are "
+            "not supported; store it dense"
+        )
+    elif kind in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+        for subgraph in [attribute.g] if kind == onnx.AttributeProto.GRAPH else attribute.graphs:
+            inner = (
+                f" in subgraph {subgraph.name or attribute.name!r} of node {_node_label(node, index)}{where}"
+            )
+            _check_graph(subgraph, scopes, inner, main=False, opsets=opsets)
+
+
+def _what(graph: GraphLike, what: str) -> str:
+    """What defines a value: a description, or ``\\0`` and the index of the node."""
+    if what.startswith("\0"):
+        index = int(what[1:])
+        return f"node {_node_label(graph.node[index], index)}"
+    return what
+
+
 def _define_inputs_and_initializers(
     graph: onnx.GraphProto,
     define: Callable[[str, str], None],
@@ -186,8 +202,13 @@ def _define_inputs_and_initializers(
         _check_declared_type(info, "graph input", where, required=main)
         define(info.name, "a graph input")
         declared[info.name] = info.type
+    if graph.sparse_initializer:
+        name = graph.sparse_initializer[0].values.name
+        raise _invalid(
+            f"sparse initializer {name!r}{where}: sparse tensors are not supported; store it dense"
+        )
     defaults: set[str] = set()
-    for tensor in (*graph.initializer, *(sparse.values for sparse in graph.sparse_initializer)):
+    for tensor in graph.initializer:
         typed = onnx.helper.make_tensor_type_proto(tensor.data_type, list(tensor.dims))
         if tensor.name in declared and tensor.name not in defaults:
             _check_agrees_with_initializer(declared[tensor.name], tensor, "graph input", where)
@@ -205,41 +226,60 @@ def _opsets(owner: onnx.ModelProto | onnx.FunctionProto) -> dict[str, int]:
     return opsets
 
 
-def _check_arity(node: onnx.NodeProto, label: str, opsets: dict[str, int]) -> None:
+def _check_arity(
+    node: onnx.NodeProto,
+    index: int,
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    where: str,
+    opsets: dict[str, int],
+) -> None:
     """For ops onnx has a schema for: as many inputs and outputs as the schema allows, and a name
     for every input or output it requires (the passes assume both)."""
     domain = "" if node.domain == "ai.onnx" else node.domain
     if domain not in opsets:
         return  # the checker reports the missing opset import
-    try:
-        schema = onnx.defs.get_schema(node.op_type, opsets[domain], domain)
-    except onnx.defs.SchemaError:
+    arity = _schema_arity(node.op_type, domain, opsets[domain])
+    if arity is None:
         return  # unknown ops are ort_loadable's and the checker's to refuse
-    for kind, names, formals, low, high in (
-        ("inputs", node.input, schema.inputs, schema.min_input, schema.max_input),
-        ("outputs", node.output, schema.outputs, schema.min_output, schema.max_output),
-    ):
+    for kind, names, (low, high, formals) in (("inputs", inputs, arity[0]), ("outputs", outputs, arity[1])):
         if not low <= len(names) <= high:
             allowed = (
                 str(low) if low == high else f"at least {low}" if high > low + 1000 else f"{low} to {high}"
             )
+            label = f"node {_node_label(node, index)}{where}"
             raise _invalid(f"{label} ({node.op_type}) has {len(names)} {kind}; its schema allows {allowed}")
-        for index, name in enumerate(names):
-            formal = formals[min(index, len(formals) - 1)] if formals else None
-            if not name and formal is not None and formal.option == formal.option.Single:
-                raise _invalid(f"{label} ({node.op_type}): {kind[:-1]} {index} ({formal.name}) needs a name")
+        if "" not in names:
+            continue
+        for position, name in enumerate(names):
+            formal, single = formals[min(position, len(formals) - 1)] if formals else ("", False)
+            if not name and single:
+                label = f"node {_node_label(node, index)}{where}"
+                raise _invalid(f"{label} ({node.op_type}): {kind[:-1]} {position} ({formal}) needs a name")
 
 
-def _holds_dtype(node: onnx.NodeProto, attribute: onnx.AttributeProto) -> bool:
-    return (
-        attribute.name in DTYPE_ATTRIBUTES
-        and attribute.type == onnx.AttributeProto.INT
-        and node.domain in ("", "ai.onnx")
-    )
+Arity = tuple[int, int, tuple[tuple[str, bool], ...]]  # min, max, (name, required) per formal
 
 
-def _read_error(graph: GraphLike, index: int, name: str, producers: dict[str, int], where: str) -> Exception:
+@functools.lru_cache(maxsize=4096)
+def _schema_arity(op_type: str, domain: str, opset: int) -> tuple[Arity, Arity] | None:
+    """The input and output arity of the schema onnx resolves, or None when it has none."""
+    try:
+        schema = onnx.defs.get_schema(op_type, opset, domain)
+    except onnx.defs.SchemaError:
+        return None
+    single = onnx.defs.OpSchema.FormalParameterOption.Single
+    inputs = tuple((formal.name, formal.option == single) for formal in schema.inputs)
+    outputs = tuple((formal.name, formal.option == single) for formal in schema.outputs)
+    return (schema.min_input, schema.max_input, inputs), (schema.min_output, schema.max_output, outputs)
+
+
+def _read_error(graph: GraphLike, index: int, name: str, where: str) -> Exception:
     """Why node ``index`` cannot read ``name``: undefined, a cycle, or nodes out of order."""
+    producers: dict[str, int] = {}
+    for position, other in enumerate(graph.node):
+        for output in other.output:
+            producers.setdefault(output, position)
     node = graph.node[index]
     label = _node_label(node, index)
     producer = producers.get(name)
