@@ -195,9 +195,8 @@ def to_ir_model(model: ModelLike) -> tuple[ir.Model, str]:
         small = model.ByteSize() < io.MAPPED_LOAD_MIN_BYTES  # larger ones are typed by InferTypesPass
         return io.model_from_proto(model, pathlib.Path.cwd(), infer_types=small), "proto"
     if isinstance(model, ir.Model):
-        clone = model.clone()
-        check_ir_structure(clone)
-        return clone, "ir"
+        check_ir_structure(model)
+        return model.clone(), "ir"
     if isinstance(model, (str, os.PathLike)):
         return io.load_model(model, infer_types=True), "path"
     raise TypeError(

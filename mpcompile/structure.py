@@ -49,6 +49,7 @@ def check_structure(model: onnx.ModelProto) -> None:
 def check_ir_structure(model: ir.Model) -> None:
     """``check_structure`` for an in-memory IR model (one of ours: not modified), serialized with
     each initializer described as external data, so no weight is copied."""
+    _check_ir_order(model)  # before cloning: clone() fails on nodes out of order
     light = model.clone()  # new values sharing the tensors: replacing const_value here is harmless
     for graph in (*model_graphs(light), *(function.graph for function in light.functions.values())):
         for value in graph.initializers.values():
@@ -58,6 +59,26 @@ def check_ir_structure(model: ir.Model) -> None:
                     STAND_IN_LOCATION, 0, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=value.name
                 )
     check_structure(ir.to_proto(light))
+
+
+def _check_ir_order(model: ir.Model) -> None:
+    """Every node of an IR model reads only values produced before it in its graph."""
+    for graph in (*model_graphs(model), *(function.graph for function in model.functions.values())):
+        seen: set[int] = set()
+        for node in graph:
+            for value in node.inputs:
+                producer = value.producer() if value is not None else None
+                if producer is None or producer.graph is not graph or id(producer) in seen:
+                    continue
+                read = (
+                    f"its own output {value.name!r}"
+                    if producer is node
+                    else f"{value.name!r} before node {producer.name!r} produces it"
+                )
+                raise _invalid(
+                    f"node {node.name!r} reads {read}: nodes must be in topological order, without cycles"
+                )
+            seen.add(id(node))
 
 
 def check_declared_types(model: ir.Model) -> None:

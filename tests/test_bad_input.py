@@ -1344,3 +1344,44 @@ def test_duplicate_node_names_are_made_unique_with_a_note(run_cli, tmp_path: pat
     got = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     # CPU EP (understates FP16 error): a 4-term dot product of standard normals, rtol 1e-2.
     np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2)
+
+
+def _ir_with_two_producers_of_h() -> ir.Model:
+    model = ir.from_proto(tiny_fp32_model())
+    model.graph.node(1).outputs[0].name = "h"  # Add's output, named like MatMul's
+    return model
+
+
+API_CASES = {
+    "cycle": (lambda: STRUCTURE_CASES["cycle"][0](), ("'matmul'", "cycle")),
+    "nodes out of order": (
+        lambda: STRUCTURE_CASES["nodes out of order"][0](),
+        ("'add'", "topological order"),
+    ),
+    "two producers of one value": (
+        lambda: STRUCTURE_CASES["two producers of one value"][0](),
+        ("'h'", "twice"),
+    ),
+}
+IR_CASES = {
+    "cycle": (lambda: ir.from_proto(STRUCTURE_CASES["cycle"][0]()), ("'matmul'", "cycles")),
+    "nodes out of order": (
+        lambda: ir.from_proto(STRUCTURE_CASES["nodes out of order"][0]()),
+        ("'add'", "topological order"),
+    ),
+    "two producers of one value": (_ir_with_two_producers_of_h, ("'h'", "twice")),
+}
+
+
+@pytest.mark.parametrize("kind", ["proto", "ir"])
+@pytest.mark.parametrize("case", sorted(API_CASES))
+def test_malformed_graph_is_refused_by_the_python_api(kind: str, case: str) -> None:
+    """convert() of a ModelProto or an onnx_ir.Model gets the same structural checks as a path."""
+    import mpcompile
+    from mpcompile.errors import InvalidModelError
+
+    build, mentions = (API_CASES if kind == "proto" else IR_CASES)[case]
+    with pytest.raises(InvalidModelError) as raised:
+        mpcompile.convert(build())
+    for mention in mentions:
+        assert mention.lower() in raised.value.message.lower()
