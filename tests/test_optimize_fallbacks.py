@@ -246,6 +246,60 @@ def test_merged_decoder_branches_are_optimised_and_stay_valid(target):
             assert_close(run(model, feeds), run(optimized, feeds), **TIGHT)
 
 
+def _layer_norm_branch(prefix: str, extra_output: onnx.NodeProto | None, constants: list) -> onnx.GraphProto:
+    """LayerNormalization -> MatMul -> GELU -> residual Add -> LayerNormalization; ORT fuses the
+    second into SkipLayerNormalization only where its shape inference runs through the graph."""
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "scale1", "bias1"], [f"{prefix}n1"], axis=-1),
+        helper.make_node("MatMul", [f"{prefix}n1", "w1"], [f"{prefix}h0"]),
+        # erf GELU: ORT fuses it first and appends the Gelu at the end of the graph
+        helper.make_node("Div", [f"{prefix}h0", "sqrt2"], [f"{prefix}g0"]),
+        helper.make_node("Erf", [f"{prefix}g0"], [f"{prefix}g1"]),
+        helper.make_node("Add", [f"{prefix}g1", "one"], [f"{prefix}g2"]),
+        helper.make_node("Mul", [f"{prefix}h0", f"{prefix}g2"], [f"{prefix}g3"]),
+        helper.make_node("Mul", [f"{prefix}g3", "half"], [f"{prefix}h1"]),
+        helper.make_node("Add", [f"{prefix}n1", f"{prefix}h1"], [f"{prefix}res"]),
+        helper.make_node("LayerNormalization", [f"{prefix}res", "scale2", "bias2"], [f"{prefix}n2"], axis=-1),
+        helper.make_node("MatMul", [f"{prefix}n2", "w2"], [f"{prefix}logits"]),
+        *([extra_output] if extra_output is not None else []),
+    ]
+    outputs = [value_info(f"{prefix}logits", ["batch", "seq", HIDDEN]), value_info(f"{prefix}cache", None)]
+    return helper.make_graph(nodes, prefix, [], outputs, constants)
+
+
+def test_merged_decoder_branches_returning_constants_or_outer_values_are_fused():
+    """optimum's with-past branch returns empty constants for the encoder KV cache; a graph output
+    that is an initializer (or an outer input passed through an Identity) stopped ORT's shape
+    inference from sorting the standalone branch, so its SkipLayerNormalization never fused."""
+    empty = numpy_helper.from_array(np.zeros((0, 4, 1, 16), np.float32), "with_cache")
+    then_branch = _layer_norm_branch("with_", None, [empty])
+    else_branch = _layer_norm_branch("no_", helper.make_node("Identity", ["past"], ["no_cache"]), [])
+    node = helper.make_node(
+        "If", ["use_cache_branch"], ["logits", "present"], then_branch=then_branch, else_branch=else_branch
+    )
+    initializers = [*_weights(), weight("bias1", [HIDDEN], seed=5), weight("bias2", [HIDDEN], seed=6)]
+    initializers += [
+        constant(name, np.float32(v)) for name, v in (("sqrt2", 2**0.5), ("one", 1), ("half", 0.5))
+    ]
+    inputs = [
+        value_info("x", ["batch", "seq", HIDDEN]),
+        value_info("past", [0, 4, 1, 16]),
+        value_info("use_cache_branch", [1], TensorProto.BOOL),
+    ]
+    outputs = [value_info("logits", ["batch", "seq", HIDDEN]), value_info("present", None)]
+    graph = helper.make_graph([node], "merged", inputs, outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    optimized = optimize_model(model, "transformer", "cuda")
+    onnx.checker.check_model(optimized, full_check=True)
+    for branch in optimized.graph.node[0].attribute:
+        assert collections.Counter(n.op_type for n in branch.g.node)["SkipLayerNormalization"] == 1, (
+            branch.name
+        )
+    for use_cache in (True, False):
+        feeds = _feeds(2, 3, past=np.zeros((0, 4, 1, 16), np.float32), use_cache_branch=np.array([use_cache]))
+        assert_close(run(model, feeds), run(optimized, feeds), **TIGHT)
+
+
 def test_merged_decoder_converts_fp16_for_cuda():
     model = merged_decoder()
     result = mpcompile.convert(model, target="cuda", optimize="transformer")

@@ -120,9 +120,9 @@ def optimize_bodies(
         raise ControlFlowLost("a node holds a list of graphs; left to ORT's own levels")
     for node, name, body in bodies:
         free = _free_values(body)
-        standalone = _standalone_model(work, body, free)
+        standalone, passed_through = _standalone_model(work, body, free)
         optimized = ir.from_proto(optimize(standalone))
-        node.attributes[name] = ir.AttrGraph(name, _spliced_body(body, optimized, free))
+        node.attributes[name] = ir.AttrGraph(name, _spliced_body(body, optimized, free, passed_through))
         _detach(body)
         for domain, version in optimized.opset_imports.items():
             work.opset_imports.setdefault(domain, version)
@@ -132,9 +132,40 @@ def optimize_bodies(
     return ir.to_proto(work)
 
 
-def _standalone_model(model: ir.Model, body: ir.Graph, free: list[ir.Value]) -> onnx.ModelProto:
-    """``body`` as a model of its own: outer values it reads become inputs, outer constants initializers."""
+def _standalone_model(
+    model: ir.Model, body: ir.Graph, free: list[ir.Value]
+) -> tuple[onnx.ModelProto, dict[int, str]]:
+    """``body`` as a model of its own: outer values it reads become inputs, outer constants initializers.
+
+    Body outputs that no node computes (an outer value or a constant passed on, maybe through an
+    Identity: a merged decoder's with-past branch returns empty constants for the encoder KV
+    cache) are left out, and returned by position with the name of the value they pass on: a graph
+    output that is a graph input or initializer makes ORT's shape inference skip sorting the
+    graph, so every fusion after the first one failed there.
+    """
     graph = ir.serde.serialize_graph(body)
+    sources = {value.name for value in free} | {tensor.name for tensor in graph.initializer}
+    producers = {output: node for node in graph.node for output in node.output}
+    passed_through: dict[int, str] = {}
+    for index, output in enumerate(graph.output):
+        producer = producers.get(output.name)
+        if output.name in sources:
+            passed_through[index] = output.name
+        elif producer is not None and producer.op_type == "Identity" and producer.input[0] in sources:
+            passed_through[index] = producer.input[0]
+    if passed_through:
+        dropped = {graph.output[index].name for index in passed_through}
+        kept_outputs = [output for index, output in enumerate(graph.output) if index not in passed_through]
+        kept_nodes = [
+            node for node in graph.node if not (node.op_type == "Identity" and node.output[0] in dropped)
+        ]
+        kept_constants = [
+            tensor for tensor in graph.initializer if tensor.name not in passed_through.values()
+        ]
+        del graph.output[:], graph.node[:], graph.initializer[:]
+        graph.output.extend(kept_outputs)
+        graph.node.extend(kept_nodes)
+        graph.initializer.extend(kept_constants)
     for value in free:
         if value.is_initializer() and not value.is_graph_input() and value.const_value is not None:
             tensor = ir.serde.serialize_tensor(value.const_value)
@@ -145,19 +176,23 @@ def _standalone_model(model: ir.Model, body: ir.Graph, free: list[ir.Value]) -> 
     opsets = [onnx.helper.make_opsetid(domain, version) for domain, version in model.opset_imports.items()]
     standalone = onnx.helper.make_model(graph, opset_imports=opsets)
     standalone.ir_version = model.ir_version
-    return standalone
+    return standalone, passed_through
 
 
-def _spliced_body(old: ir.Graph, optimized: ir.Model, free: list[ir.Value]) -> ir.Graph:
+def _spliced_body(
+    old: ir.Graph, optimized: ir.Model, free: list[ir.Value], passed_through: dict[int, str]
+) -> ir.Graph:
     """The optimised standalone graph as a body again: references to the outer values, its own
-    formal inputs and outputs (checked against ``old``), initializers that are not outer ones."""
+    formal inputs and outputs (checked against ``old``, pass-through outputs put back as
+    Identities), initializers that are not outer ones."""
     graph = optimized.graph
     outer = {value.name: value for value in free}
     formal_names = [value.name for value in old.inputs]
     inputs = {value.name: value for value in graph.inputs}
     if any(name not in inputs for name in formal_names):
         raise ControlFlowLost(f"the optimiser removed an input of body {old.name!r}")
-    if [value.name for value in graph.outputs] != [value.name for value in old.outputs]:
+    expected = [value.name for index, value in enumerate(old.outputs) if index not in passed_through]
+    if [value.name for value in graph.outputs] != expected:
         raise ControlFlowLost(f"the optimiser changed the outputs of body {old.name!r}")
     formal = [inputs[name] for name in formal_names]
     replacements = [(value, outer[value.name]) for value in graph.inputs if value.name in outer]
@@ -184,6 +219,22 @@ def _spliced_body(old: ir.Graph, optimized: ir.Model, free: list[ir.Value]) -> i
     graph.outputs.clear()
     nodes = list(graph)
     graph.remove(nodes)
+    declared_outputs = list(old.outputs)
+    old.outputs.clear()  # the old body is dropped; its constants may be outputs of the new one
+    for index in sorted(passed_through):
+        declared, source = declared_outputs[index], passed_through[index]
+        if source in old.initializers:  # the body's own constant, returned as it was
+            constant = old.initializers.pop(source)
+            if not any(value is constant for value in initializers):
+                initializers.append(constant)
+            outputs.insert(index, constant)
+            continue
+        identity = ir.node("Identity", [outer[source]], name=f"{declared.name}_pass_through")
+        identity.outputs[0].name = declared.name
+        identity.outputs[0].type = declared.type
+        identity.outputs[0].shape = None if declared.shape is None else ir.Shape(declared.shape)
+        nodes.append(identity)
+        outputs.insert(index, identity.outputs[0])
     return ir.Graph(formal, outputs, nodes=nodes, initializers=initializers, name=old.name)
 
 
