@@ -3,9 +3,11 @@
 ``onnx.checker`` misses some of these, and onnx-ir and the passes would otherwise meet them as
 internal errors: cycles and self-loops, nodes out of topological order, a value defined twice (two
 producers, a node output that is a graph input or an initializer), reads of undefined values,
-graph outputs nothing produces, unknown or UNDEFINED dtypes, negative dims, tensors whose data
-does not fit their dims, and value_info that contradicts an initializer, a graph input/output or
-the type inferred for its value. Each is refused with one line naming the node or value.
+graph outputs nothing produces, empty names, input/output counts outside an op's schema, unknown
+or UNDEFINED dtypes (also in dtype attributes such as Cast's ``to``), negative dims, tensors whose
+data does not fit their dims, sparse tensors (onnx-ir cannot hold them), and value_info or declared
+dtypes that contradict an initializer, a graph input/output, the inferred type or a node's schema.
+Each is refused (``InvalidModelError``, exit 12) with one line naming the node or value.
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ def check_structure(model: onnx.ModelProto) -> None:
 
 
 def check_ir_structure(model: ir.Model) -> None:
-    """``check_structure`` for an in-memory IR model (one of ours: not modified), serialized with
-    each initializer described as external data, so no weight is copied."""
+    """``check_structure`` for an in-memory IR model (not modified): a copy is serialized with each
+    initializer described as external data, so no weight is copied."""
     _check_ir_order(model)  # before cloning: clone() fails on nodes out of order
     light = model.clone()  # new values sharing the tensors: replacing const_value here is harmless
     for graph in (*model_graphs(light), *(function.graph for function in light.functions.values())):

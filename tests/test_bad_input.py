@@ -1385,3 +1385,24 @@ def test_malformed_graph_is_refused_by_the_python_api(kind: str, case: str) -> N
         mpcompile.convert(build())
     for mention in mentions:
         assert mention.lower() in raised.value.message.lower()
+
+
+@pytest.mark.parametrize("link", ["hardlink", "symlink"])
+def test_training_conversion_never_writes_over_a_source_file(
+    run_cli, tmp_path: pathlib.Path, link: str
+) -> None:
+    """convert --training into a folder whose checkpoint is a link to the source's (a copied
+    artifact folder): refused before anything is written, even with --overwrite."""
+    source, destination = tmp_path / "artifacts", tmp_path / "converted"
+    source.mkdir()
+    destination.mkdir()
+    save(tiny_fp32_model(), source / "training_model.onnx")
+    (source / "checkpoint").write_bytes(b"optimizer state")
+    if link == "hardlink":
+        os.link(source / "checkpoint", destination / "checkpoint")
+    else:
+        (destination / "checkpoint").symlink_to(source / "checkpoint")
+    before = folder_state(tmp_path)
+    result = run_cli("convert", "--training", source, "-o", destination, "--overwrite")
+    assert_refused(result, ExitCode.OUTPUT_IS_INPUT, "checkpoint")
+    assert folder_state(tmp_path) == before
