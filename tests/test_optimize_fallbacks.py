@@ -511,6 +511,27 @@ def test_transformer_optimiser_failing_everywhere_falls_back_to_extended(monkeyp
     )  # with and without common-subexpression elimination
 
 
+def test_refused_fused_ops_skip_the_rerun_without_shared_subexpressions(monkeypatch):
+    """A fused op no switch removes (T5's RelativePositionBias for cpu) fails the same way without
+    common-subexpression elimination: that rung is skipped, the next optimiser tried."""
+    real_check = levels.check_candidate
+
+    def refuse_skip_norms(candidate, context):
+        if any(node.op_type == "SkipSimplifiedLayerNormalization" for node in candidate.graph.node):
+            return checks.CheckResult(
+                [checks.Problem("refused", ("com.microsoft", "RelativePositionBias"))], []
+            )
+        return real_check(candidate, context)
+
+    monkeypatch.setattr(levels, "check_candidate", refuse_skip_norms)
+    optimized = optimize_model(rms_decoder(), "transformer", "cpu", model_type="gpt2")
+    note = _note(optimized)
+    print(note)
+    assert "after: transformer (model type gpt2): refused; transformer (model type gpt2)" not in note
+    assert "without common-subexpression elimination" not in note
+    assert "fell back to extended after: transformer (model type gpt2): refused" in note
+
+
 def test_nothing_usable_returns_the_model_unoptimised(monkeypatch):
     monkeypatch.setattr(
         levels,

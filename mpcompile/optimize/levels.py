@@ -181,15 +181,30 @@ class _Climber:
         self.model_type = model_type
         self.num_heads, self.hidden_size = num_heads, hidden_size
         self._basic: dict[bool, onnx.ModelProto] = {}
+        self._refused_fused_ops = False  # the last rung failed on fused ops no fusion switch removes
 
     def run(self, level: str) -> onnx.ModelProto:
+        previous: Rung | None = None
         for rung in self._rungs(level):
+            if self._same_fusions_refused(previous, rung):
+                continue
+            previous = rung
             result = self._climb(rung)
             if result is not None:
                 self.record.applied = rung
                 return result
         self.record.applied = Rung("none")
         return onnx.load_model(self.input_path, load_external_data=True)
+
+    def _same_fusions_refused(self, previous: Rung | None, rung: Rung) -> bool:
+        """Rerunning without common-subexpression elimination helps when ORT's optimiser broke the
+        graph, not when the same optimiser's fused ops were refused (T5's CUDA-only ops for cpu)."""
+        return (
+            previous is not None
+            and rung.level == previous.level == "transformer"
+            and rung.model_type == previous.model_type
+            and self._refused_fused_ops
+        )
 
     def _rungs(self, level: str) -> list[Rung]:
         rungs: list[Rung] = []
@@ -209,6 +224,7 @@ class _Climber:
         """The rung's result, rerun with the blamed fusions off until it passes; None if it cannot."""
         session_disabled: list[str] = []
         flags: set[str] = set()
+        self._refused_fused_ops = False
         for _ in range(_MAX_ROUNDS):
             try:
                 candidate = self._produce(rung, session_disabled, frozenset(flags))
@@ -228,6 +244,7 @@ class _Climber:
                 return candidate
             fixes = _fixes(check.problems, rung, session_disabled, flags)
             if not fixes:
+                self._refused_fused_ops = all(problem.op is not None for problem in check.problems)
                 reasons = "; ".join(problem.description for problem in check.problems[:3])
                 self.record.fallbacks.append(f"{rung.describe()}: {reasons}")
                 return None
