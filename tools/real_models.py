@@ -32,6 +32,7 @@ import math
 import os
 import pathlib
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -96,6 +97,11 @@ class Row:
     casts_added: int | None = None
     seconds: float = 0.0
     auto_passed: bool | None = None  # what --auto reported for itself
+    gpu_only: str = ""  # ops of a --target cuda output that only a CUDA build of ORT can run
+
+    @property
+    def target_cuda(self) -> bool:
+        return self.mode in MODES and "cpu" not in MODES[self.mode]
 
     @property
     def converted(self) -> bool:
@@ -103,8 +109,9 @@ class Row:
 
     @property
     def valid(self) -> bool:
-        """Converted, and the output passes the checker and runs on both samples."""
-        return self.converted and bool(self.checker) and bool(self.ort_runs)
+        """Converted, and the output passes the checker and runs on both samples (or, for
+        --target cuda, holds fused ops only ORT's CUDA provider has: not runnable here)."""
+        return self.converted and bool(self.checker) and (bool(self.ort_runs) or bool(self.gpu_only))
 
 
 @dataclasses.dataclass
@@ -244,6 +251,8 @@ def _check_output(
         row.checker, row.error = False, f"checker: {_first_line(exc)}"
     proto = onnx.load(str(output))
     row.casts_added = _count_casts(proto) - reference.casts
+    if row.checker:  # the audit needs a valid graph (peers' outputs may be out of topological order)
+        row.low_flop_share = low_compute_share(proto, samples[0])
     try:
         session = _ort_session(str(output))
         declared = {value.name: value.type for value in session.get_inputs()}
@@ -256,6 +265,7 @@ def _check_output(
     except Exception as exc:  # ORT's own error types; the row records them
         row.ort_runs = False
         row.error = row.error or f"onnxruntime: {_first_line(exc)}"
+        row.gpu_only = _gpu_only_ops(proto, str(exc)) if row.target_cuda else ""
         return
     row.cosine_ort = _min_cosine(reference.ort, got)
     row.new_nonfinite = sum(_new_nonfinite(ref, out) for ref, out in zip(reference.ort, got, strict=True))
@@ -276,8 +286,33 @@ def _check_output(
         [{name: batch[name] for name in names} for batch in rounded],
     )
     row.tolerance_error = check.error / criterion.limit if criterion.limit else check.error
-    if row.checker:  # the audit needs a valid graph (peers' outputs may be out of topological order)
-        row.low_flop_share = low_compute_share(proto, samples[0])
+
+
+_NO_KERNEL = re.compile(r"Could not find an implementation for (\w+)\(")
+
+
+def _gpu_only_ops(model: onnx.ModelProto, message: str) -> str:
+    """The op ORT's CPU provider has no kernel for, when the CUDA kernel tables have one (a
+    legitimate fusion for --target cuda that a CPU-only onnxruntime cannot load), else ""."""
+    import onnx_ir as ir
+
+    from mpcompile.targets import get_target
+
+    match = _NO_KERNEL.search(message)
+    if match is None:
+        return ""
+    op = match.group(1)
+    domains = {node.domain for node in _all_nodes(model) if node.op_type == op}
+    opsets = {entry.domain: entry.version for entry in model.opset_import}
+    cuda, cpu = get_target("cuda"), get_target("cpu")
+    for domain in domains:
+        opset = opsets.get(domain, 1)
+        floats = (ir.DataType.FLOAT, ir.DataType.FLOAT16)
+        if any(cuda.supports(domain, op, opset, t) for t in floats) and not any(
+            cpu.supports(domain, op, opset, t) for t in floats
+        ):
+            return op
+    return ""
 
 
 def _ort_session(path: str):
@@ -367,17 +402,19 @@ def low_compute_share(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -
     return low / total if total else 0.0
 
 
-def _count_casts(model: onnx.ModelProto) -> int:
-    count = 0
+def _all_nodes(model: onnx.ModelProto) -> Iterable[onnx.NodeProto]:
     pending = [model.graph, *(function for function in model.functions)]
     while pending:
         graph = pending.pop()
         for node in graph.node:
-            count += node.op_type == "Cast" and node.domain in ("", "ai.onnx")
+            yield node
             for attribute in node.attribute:
                 pending.extend([attribute.g] if attribute.HasField("g") else [])
                 pending.extend(attribute.graphs)
-    return count
+
+
+def _count_casts(model: onnx.ModelProto) -> int:
+    return sum(node.op_type == "Cast" and node.domain in ("", "ai.onnx") for node in _all_nodes(model))
 
 
 def _auto_record(path: pathlib.Path) -> dict[str, Any]:
@@ -515,6 +552,12 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
 
 
+def _runs(row: Row) -> str:
+    if row.gpu_only and not row.ort_runs:
+        return f"CUDA only ({row.gpu_only})"
+    return _yes(row.ort_runs)
+
+
 def _yes(value: bool | None) -> str:
     return "-" if value is None else ("yes" if value else "**no**")
 
@@ -535,7 +578,7 @@ def markdown_table(rows: Sequence[Row]) -> str:
             row.mode,
             _result(row),
             _yes(row.checker),
-            _yes(row.ort_runs),
+            _runs(row),
             _cosine(row.cosine_ort),
             _cosine(row.cosine_faithful),
             _fmt(row.tolerance_error),
@@ -637,6 +680,21 @@ def document(
         "## Failures and their causes",
         "",
         *(failure_lines(rows) or ["None."]),
+        "",
+        "## Outputs only a CUDA build of onnxruntime can run",
+        "",
+        "For `--target cuda`, ORT's fusions may create ops that only its CUDA provider has (T5's",
+        "`RelativePositionBias`). They pass the full checker, but this CPU-only onnxruntime cannot load",
+        "them, so they were not run: their accuracy is unmeasured until a GPU runs them.",
+        "",
+        *(
+            [
+                f"- `{row.model}` [{row.mode}]: {row.gpu_only}"
+                for row in rows
+                if row.gpu_only and not row.ort_runs
+            ]
+            or ["None."]
+        ),
         "",
     ]
     if skipped:
