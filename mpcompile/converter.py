@@ -139,7 +139,20 @@ def convert(model: ModelLike, **options: Any) -> ConvertResult:
     """
     opts = ConvertOptions.build(**options)
     ir_model, kind = to_ir_model(model)
-    result = _convert_ir(ir_model, opts)
+    return _finish(model, kind, _convert_ir(ir_model, opts), opts)
+
+
+@with_cyclic_gc_paused
+def convert_checked_ir(model: ir.Model, **options: Any) -> ConvertResult:
+    """``convert`` for an ``ir.Model`` that already passed the input checks (it came from
+    ``to_ir_model`` or ``io.load_model``), without checking it again: the --auto search
+    converts one such model once per candidate. ``model`` is not modified."""
+    opts = ConvertOptions.build(**options)
+    return _finish(model, "ir", _convert_ir(model.clone(), opts), opts)
+
+
+def _finish(model: ModelLike, kind: str, result: ConvertResult, opts: ConvertOptions) -> ConvertResult:
+    """The result in the caller's kind of model, checked by the full checker when asked."""
     if kind == "proto" and not result.already_converted:
         proto = ir.to_proto(result.model)
         if opts.verify:

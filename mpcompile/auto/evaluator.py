@@ -27,7 +27,7 @@ import onnx_ir as ir
 from mpcompile.auto.criteria import CheckResult, Criterion
 from mpcompile.auto.graph import main_nodes
 from mpcompile.auto.switchboard import Switchboard
-from mpcompile.converter import ConvertResult, convert
+from mpcompile.converter import ConvertResult, convert_checked_ir
 from mpcompile.graphs import model_graphs
 
 LOW_DTYPES = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
@@ -142,7 +142,9 @@ class Evaluator:
         patterns = self.user_block_nodes + tuple(re.escape(name) for name in sorted(blocked))
         dump_dir = self.dump_dir if verify else None
         options = {**self.options, "measured_ops": (), "measured_casts": False} if static else self.options
-        return convert(self.model, block_nodes=patterns, verify=verify, dump_dir=dump_dir, **options)
+        return convert_checked_ir(
+            self.model, block_nodes=patterns, verify=verify, dump_dir=dump_dir, **options
+        )
 
     def static_share(self) -> float:
         """The low-precision FLOP share of plain convert (the static block list; no evaluation)."""
