@@ -181,11 +181,15 @@ def convert_file(
     """
     opts = ConvertOptions.build(**options)
     source, target = pathlib.Path(input_path).absolute(), pathlib.Path(output_path).absolute()
-    model = io.load_model(source, infer_types=True)
+    model = io.load_model(source, infer_types=True, check_links=False)
     read = overwrite_guard.model_files(io.input_files(model))
     written = overwrite_guard.output_files(target, external_data=io.saves_external_data(model, external_data))
     replaces_input = overwrite and overwrite_guard.same_file(source, target)
-    if overwrite_guard.refuse_overwriting_inputs(read, written, may_replace=read if replaces_input else ()):
+    refuses_overwrite = overwrite_guard.refuse_overwriting_inputs(
+        read, written, may_replace=read if replaces_input else ()
+    )
+    io.refuse_hard_linked_data(io.input_files(model)[1:])
+    if refuses_overwrite:
         ir.external_data.load_to_model(model)  # files it reads from are about to be replaced
     # The model was loaded here and is written once, so converted weights may drop their FP32 bytes.
     result = _convert_ir(model, opts, on_pass_start=on_pass_start, serialized_once=True)

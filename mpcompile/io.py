@@ -7,7 +7,6 @@ folder) and the opset range. Saving is atomic: the output appears complete or no
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import pathlib
@@ -15,7 +14,7 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import onnx
 import onnx_ir as ir
@@ -50,17 +49,20 @@ def max_opset() -> int:
     return onnx.defs.onnx_opset_version()
 
 
-def load_model(path: str | os.PathLike, *, infer_types: bool = False) -> ir.Model:
+def load_model(path: str | os.PathLike, *, infer_types: bool = False, check_links: bool = True) -> ir.Model:
     """Load a model from disk with every input check; weights stay lazily mapped.
 
     ``infer_types`` runs onnx shape inference on the protobuf before it becomes IR (and marks
     the model with ``TYPES_INFERRED_KEY``): the parsed protobuf is at hand here, whereas
     inferring later means serializing the IR again, which costs more than the inference on
-    graphs of many nodes.
+    graphs of many nodes. ``check_links=False`` leaves ``refuse_hard_linked_data`` to the caller
+    (``convert_file`` first refuses outputs that are inputs, hard links included).
     """
     path = pathlib.Path(path).absolute()  # external data resolves against this (primer P1)
     proto = _parse_model_file(path)
-    return model_from_proto(proto, path.parent, infer_types=infer_types, model_file=path)
+    return model_from_proto(
+        proto, path.parent, infer_types=infer_types, model_file=path, check_links=check_links
+    )
 
 
 def files_read(path: str | os.PathLike) -> tuple[pathlib.Path, ...]:
@@ -103,12 +105,15 @@ def model_from_proto(
     *,
     infer_types: bool = False,
     model_file: pathlib.Path | None = None,
+    check_links: bool = True,
 ) -> ir.Model:
     """The IR of a parsed model after every input check: its external data (resolved against
     ``base_dir``, which it may not leave), its structure (``mpcompile.structure``) and its opsets.
     ``model_file`` is the file ``proto`` was read from, if any; the model records the files it
     reads (``input_files``)."""
     data_files = check_external_data(proto, base_dir)  # first: it guards what may be opened
+    if check_links:
+        refuse_hard_linked_data(data_files, model_file.resolve() if model_file is not None else None)
     check_structure(proto)
     check_opsets(proto)
     inferred = False
@@ -265,6 +270,20 @@ def _checked_data_file(label: str, location: str, base: pathlib.Path) -> tuple[p
     return target, status.st_size
 
 
+def refuse_hard_linked_data(files: Iterable[pathlib.Path], model_file: pathlib.Path | None = None) -> None:
+    """Refuse external data files with more than one hard link: onnx and onnx-ir will not read
+    them (their guard against hard-link attacks), which would fail mid-conversion."""
+    for file in files:
+        if file == model_file:
+            continue
+        links = file.stat().st_nlink
+        if links > 1:
+            raise errors.ExternalDataError(
+                f"external data file {file} has {links} hard links; onnx refuses to read such files: "
+                "give the model a copy of its own"
+            )
+
+
 def _check_data_extent(
     tensor: onnx.TensorProto, label: str, location: str, offset: int, length: int | None, file_size: int
 ) -> None:
@@ -347,8 +366,10 @@ def save_model(
 ) -> None:
     """Save atomically; external data when asked, when the input had it, or when over 2 GiB.
 
-    ``verify`` is called on the complete temporary file before it is moved into place.
-    On failure nothing new is left behind at ``path`` (nor a data file that did not exist).
+    Model and data file are written into a temporary folder beside ``path``; ``verify`` is
+    called on the complete temporary model, then both are moved into place (the data file
+    first) with the mode a plain ``open`` gives. On failure nothing is left behind and an
+    existing output, model and data file, is untouched.
     """
     path = pathlib.Path(path).absolute()
     if not path.parent.is_dir():
@@ -360,33 +381,30 @@ def save_model(
     external_data = saves_external_data(model, external_data)
     model.ir_version = output_ir_version(model)
     data_name = path.name + ".data"
-    data_path = path.with_name(data_name)
-    data_existed = data_path.exists()
-    try:
-        fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:  # everything is written here first, beside the output, then moved into place
+        folder = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     except OSError as exc:
         raise _user_error(exc, path) from None
-    os.close(fd)
+    temp_model, temp_data = folder / path.name, folder / data_name
     try:
         if external_data:
             ir.save(
-                model, temp_name, external_data=data_name, size_threshold_bytes=EXTERNAL_DATA_THRESHOLD_BYTES
+                model, temp_model, external_data=data_name, size_threshold_bytes=EXTERNAL_DATA_THRESHOLD_BYTES
             )
         else:
-            _save_embedded(model, temp_name)
+            _save_embedded(model, str(temp_model))
         if verify is not None:
-            verify(temp_name)
-        set_default_permissions(temp_name)
-        os.replace(temp_name, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_name)
-        if external_data and not data_existed:
-            with contextlib.suppress(OSError):
-                os.unlink(data_path)
-        if isinstance(exc, OSError):
-            raise _user_error(exc, path) from None
-        raise
+            verify(str(temp_model))
+        for written in (temp_data, temp_model):
+            if written.exists():
+                set_default_permissions(written)
+        if temp_data.exists():  # the data first: the model that names it is moved last
+            os.replace(temp_data, path.with_name(data_name))
+        os.replace(temp_model, path)
+    except OSError as exc:
+        raise _user_error(exc, path) from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _user_error(exc: OSError, path: pathlib.Path) -> BaseException:

@@ -1406,3 +1406,50 @@ def test_training_conversion_never_writes_over_a_source_file(
     result = run_cli("convert", "--training", source, "-o", destination, "--overwrite")
     assert_refused(result, ExitCode.OUTPUT_IS_INPUT, "checkpoint")
     assert folder_state(tmp_path) == before
+
+
+def test_input_weights_with_several_hard_links_are_refused_before_reading(
+    run_cli, tmp_path: pathlib.Path
+) -> None:
+    """onnx and onnx-ir refuse to read an external data file with more than one hard link (a
+    hard-link attack guard): that failed mid-conversion as an internal error (exit 70)."""
+    source = external_weights_model(tmp_path)
+    os.link(tmp_path / "model.onnx.data", tmp_path / "elsewhere.bin")
+    refused_without_side_effects(run_cli, tmp_path, source, ExitCode.EXTERNAL_DATA, "hard links")
+    assert run_cli("report", source).exit_code == int(ExitCode.EXTERNAL_DATA)
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["new-output", "overwrite"])
+def test_external_data_output_gets_the_usual_file_mode(
+    run_cli, tmp_path: pathlib.Path, overwrite: bool
+) -> None:
+    source = external_weights_model(tmp_path)
+    output = source if overwrite else tmp_path / "out.onnx"
+    flags = ("--overwrite",) if overwrite else ()
+    assert run_cli("convert", source, "-o", output, "--external-data", *flags).exit_code == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    for written in (output, output.with_name(output.name + ".data")):
+        assert written.stat().st_mode & 0o777 == 0o666 & ~umask, written
+
+
+def test_a_failed_save_leaves_an_existing_output_and_its_data_untouched(
+    tmp_path: pathlib.Path, monkeypatch
+) -> None:
+    """The data file is written beside the model in a temporary folder too: a conversion that
+    fails its final check must not leave a previous out.onnx pointing at new weights."""
+    import mpcompile
+    from mpcompile import converter, errors
+
+    source = external_weights_model(tmp_path)
+    output = tmp_path / "out.onnx"
+    mpcompile.convert_file(source, output, external_data=True)
+    before = folder_state(tmp_path)
+
+    def failing_check(*_args, **_kwargs):
+        raise errors.InvalidModelError("the check failed")
+
+    monkeypatch.setattr(converter, "_check", failing_check)
+    with pytest.raises(errors.InvalidModelError):
+        mpcompile.convert_file(source, output, external_data=True, block_ops=["MatMul"])
+    assert folder_state(tmp_path) == before
