@@ -11,10 +11,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "convert": "mpcompile.converter",
-    "convert_file": "mpcompile.converter",
-    "ConvertResult": "mpcompile.converter",
-    "ConvertOptions": "mpcompile.converter",
+    "convert": "mpcompile.core.converter",
+    "convert_file": "mpcompile.core.converter",
+    "ConvertResult": "mpcompile.core.converter",
+    "ConvertOptions": "mpcompile.core.converter",
     "validate": "mpcompile.validate",
     "ValidationResult": "mpcompile.validate",
     "build_report": "mpcompile.report",

@@ -86,7 +86,7 @@ def decisions_by_name(model) -> dict[str, tuple[str, str, str]]:
     out; ``model`` is an ``onnx.ModelProto`` or an ``onnx_ir.Model``."""
     import onnx_ir as ir
 
-    from mpcompile.plan import read_decision
+    from mpcompile.core.plan import read_decision
 
     graph = (ir.from_proto(model) if isinstance(model, onnx.ModelProto) else model).graph
     return {

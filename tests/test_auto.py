@@ -20,7 +20,7 @@ from models.sensitive import PLANTED, SENSITIVE
 from mpcompile.auto import AUTO_RANGE, AUTO_SENSITIVITY, TRACE_KEY, RangeRules, auto_convert, read_trace
 from mpcompile.auto.trace import TRACE_COLUMNS, trace_rows
 from mpcompile.evaluate import faithful
-from mpcompile.inputs import cast_feeds, generate_inputs
+from mpcompile.evaluate.inputs import cast_feeds, generate_inputs
 from tests.builders import decisions_by_name
 
 RTOL = ATOL = 1e-2  # the default FP16 tolerance of --auto

@@ -17,7 +17,7 @@ from models.sensitive import SENSITIVE
 from mpcompile.auto import read_trace
 from mpcompile.commands.auto_options import auto_options, auto_settings, run_auto_from_cli
 from mpcompile.errors import MpcompileError
-from mpcompile.inputs import generate_inputs
+from mpcompile.evaluate.inputs import generate_inputs
 
 
 @click.command("convert")

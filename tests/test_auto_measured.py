@@ -25,7 +25,7 @@ from mpcompile.auto.api import measured_op_names
 from mpcompile.commands.auto_options import auto_options, auto_settings, run_auto_from_cli
 from mpcompile.errors import PolicyError
 from mpcompile.evaluate import faithful
-from mpcompile.inputs import cast_feeds, generate_inputs
+from mpcompile.evaluate.inputs import cast_feeds, generate_inputs
 from mpcompile.policy import OpClass, Policy, op_classes
 from mpcompile.policy.policy import ClassifiedOp
 from tests.builders import constant, decisions_by_name, make_model, value_info, weight

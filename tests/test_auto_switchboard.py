@@ -27,9 +27,9 @@ from mpcompile.auto.api import measured_op_names
 from mpcompile.auto.evaluator import low_precision_nodes
 from mpcompile.auto.graph import name_nodes
 from mpcompile.auto.switchboard import Switchboard
-from mpcompile.converter import convert
+from mpcompile.core.converter import convert
 from mpcompile.evaluate.faithful import FaithfulSession, ReferenceSession
-from mpcompile.inputs import cast_feeds, generate_inputs
+from mpcompile.evaluate.inputs import cast_feeds, generate_inputs
 from tests.builders import constant, make_model, value_info, weight
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is needed to evaluate models")

@@ -20,7 +20,7 @@ from mpcompile.auto.range_rules import (
     value_stats,
 )
 from mpcompile.auto.sensitivity import NodeSensitivity, blame_items, measure
-from mpcompile.precision import FP16
+from mpcompile.core.precision import FP16
 from tests.builders import constant, make_model, value_info
 
 

@@ -280,8 +280,8 @@ def test_unknown_custom_domain_op_is_refused_without_allow_custom_ops(
 def test_unknown_custom_domain_op_with_allow_custom_ops_is_kept_fp32_and_reported(
     run_cli, tmp_path: pathlib.Path
 ) -> None:
-    from mpcompile.plan import read_decision
-    from mpcompile.precision import Precision
+    from mpcompile.core.plan import read_decision
+    from mpcompile.core.precision import Precision
 
     source = save(custom_op_model(), tmp_path / "custom.onnx")
     before = source.read_bytes()
@@ -902,7 +902,7 @@ def test_external_data_inside_the_folder_is_accepted_in_every_place(
 ) -> None:
     """The control for the test above: the same models with the weights beside them load."""
     from mpcompile.errors import InvalidModelError
-    from mpcompile.io import load_model
+    from mpcompile.io.model_io import load_model
 
     (tmp_path / "w.bin").write_bytes(np.ones(24, np.float32).tobytes())
     source = save(TENSOR_PLACES[place]("w.bin"), tmp_path / "model.onnx")
@@ -1439,7 +1439,8 @@ def test_a_failed_save_leaves_an_existing_output_and_its_data_untouched(
     """The data file is written beside the model in a temporary folder too: a conversion that
     fails its final check must not leave a previous out.onnx pointing at new weights."""
     import mpcompile
-    from mpcompile import converter, errors
+    from mpcompile import errors
+    from mpcompile.core import converter
 
     source = external_weights_model(tmp_path)
     output = tmp_path / "out.onnx"

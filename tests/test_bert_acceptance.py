@@ -7,7 +7,7 @@ import onnx_ir as ir
 
 import models
 import mpcompile
-from mpcompile.plan import read_decision
+from mpcompile.core.plan import read_decision
 
 # Tiny encoder (2 layers): the FP16 region runs from the embedding lookups (they read only
 # weights) to the pooler Gemm. Boundaries: attention mask -> fp16, last_hidden_state -> fp32,

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 
 import mpcompile
 from mpcompile import errors
-from mpcompile.plan import Reason
+from mpcompile.core.plan import Reason
 from tests.builders import FLOAT, assert_close, make_model, metadata, node_by_name, run, value_info, weight
 
 

@@ -9,9 +9,10 @@ from onnx import TensorProto, helper
 
 import models
 import mpcompile
-from mpcompile import io, op_types
-from mpcompile.graphs import model_graphs
+from mpcompile.io import model_io
+from mpcompile.irtools.graphs import model_graphs
 from mpcompile.passes import infer_types
+from mpcompile.policy import op_types
 from tests.builders import make_model, value_info
 
 ZOO_NAMES = sorted(models.ZOO)
@@ -58,8 +59,8 @@ def test_typing_cache_tells_casts_apart_by_target_type():
 def test_types_inferred_at_load_skip_the_pass_and_convert_identically(tmp_path, monkeypatch):
     path = tmp_path / "bert.onnx"
     onnx.save(models.ZOO["bert_encoder"](), path)
-    loaded = io.load_model(path, infer_types=True)
-    assert loaded.meta.get(io.TYPES_INFERRED_KEY)
+    loaded = model_io.load_model(path, infer_types=True)
+    assert loaded.meta.get(model_io.TYPES_INFERRED_KEY)
     assert all(value.dtype is not None for node in loaded.graph for value in node.outputs)
 
     def must_not_run(model):
@@ -75,15 +76,15 @@ def test_types_inferred_at_load_skip_the_pass_and_convert_identically(tmp_path, 
 def test_load_without_inference_leaves_intermediates_untyped(tmp_path):
     path = tmp_path / "bert.onnx"
     onnx.save(models.ZOO["bert_encoder"](), path)
-    loaded = io.load_model(path)
-    assert not loaded.meta.get(io.TYPES_INFERRED_KEY)
+    loaded = model_io.load_model(path)
+    assert not loaded.meta.get(model_io.TYPES_INFERRED_KEY)
     assert any(value.dtype is None for node in loaded.graph for value in node.outputs)
 
 
 def test_cyclic_gc_is_paused_during_conversion_and_restored_after(monkeypatch):
     import gc
 
-    from mpcompile.gc_pause import cyclic_gc_paused
+    from mpcompile.core.gc_pause import cyclic_gc_paused
     from mpcompile.passes.assign_precision import AssignPrecisionPass
 
     seen: list[bool] = []
@@ -118,8 +119,8 @@ def test_cyclic_gc_is_restored_when_conversion_fails():
 def test_shared_maps_scan_external_weights_like_onnx_ir_loads_them(tmp_path):
     import numpy as np
 
-    from mpcompile.precision import low_precision_format
-    from mpcompile.ranges import SharedMaps, measure
+    from mpcompile.core.precision import low_precision_format
+    from mpcompile.core.ranges import SharedMaps, measure
 
     low = low_precision_format("fp16")
     rng = np.random.default_rng(0)
@@ -152,8 +153,8 @@ def test_shared_maps_scan_external_weights_like_onnx_ir_loads_them(tmp_path):
 
 
 def test_shared_maps_leave_truncated_tensors_to_onnx_ir(tmp_path):
-    from mpcompile.precision import low_precision_format
-    from mpcompile.ranges import SharedMaps
+    from mpcompile.core.precision import low_precision_format
+    from mpcompile.core.ranges import SharedMaps
 
     (tmp_path / "weights.bin").write_bytes(b"\0" * 64)
     short = ir.ExternalTensor(

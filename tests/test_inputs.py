@@ -10,7 +10,8 @@ from builders import run as run_model
 from onnx import TensorProto, helper, numpy_helper
 from test_validate_models import FP16, make_model, tensor
 
-from mpcompile import errors, inputs
+from mpcompile import errors
+from mpcompile.evaluate import inputs
 
 VOCAB = 50
 

@@ -1,4 +1,4 @@
-"""Loading with embedded weights mapped from the file (mpcompile.mapped_load) gives the same model."""
+"""Loading with embedded weights mapped from the file (mpcompile.io.mapped_load) gives the same model."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 import models
 import mpcompile
-from mpcompile import io
-from mpcompile.mapped_load import MIN_MAPPED_BYTES, load_mapped
+from mpcompile.io import model_io
+from mpcompile.io.mapped_load import MIN_MAPPED_BYTES, load_mapped
 from tests.builders import run
 
 
@@ -35,7 +35,7 @@ def test_mapped_weights_equal_parsed_weights(tmp_path, name):
 
 
 def test_convert_file_with_mapped_weights_writes_an_embedded_model(tmp_path, monkeypatch):
-    monkeypatch.setattr(io, "MAPPED_LOAD_MIN_BYTES", 0)  # take the mapped path for a small model
+    monkeypatch.setattr(model_io, "MAPPED_LOAD_MIN_BYTES", 0)  # take the mapped path for a small model
     source, output = tmp_path / "encoder.onnx", tmp_path / "encoder.fp16.onnx"
     original = models.build("bert_encoder")
     onnx.save(original, source)

@@ -23,7 +23,7 @@ from models import corpus
 
 ort = pytest.importorskip("onnxruntime", reason="--optimize runs onnxruntime")
 
-from mpcompile.optimize import OPTIMIZE_METADATA_KEY, optimize_model  # noqa: E402
+from mpcompile.targets.optimize import OPTIMIZE_METADATA_KEY, optimize_model  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -19,12 +19,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import mpcompile
-from mpcompile import io
+from mpcompile.io import model_io
 from tests.builders import assert_close, constant, run, value_info, weight
 
 ort = pytest.importorskip("onnxruntime", reason="--optimize runs onnxruntime")
 
-from mpcompile.optimize import (  # noqa: E402  (needs onnxruntime)  # noqa: E402
+from mpcompile.targets.optimize import (  # noqa: E402  (needs onnxruntime)  # noqa: E402
     OPTIMIZE_METADATA_KEY,
     annotate_types,
     checks,
@@ -34,8 +34,8 @@ from mpcompile.optimize import (  # noqa: E402  (needs onnxruntime)  # noqa: E40
     split_multi_axis_unsqueeze,
     symbolic_types,
 )
-from mpcompile.optimize.control_flow import _share_identical_initializers  # noqa: E402
-from mpcompile.optimize.quiet import logging_disabled  # noqa: E402
+from mpcompile.targets.optimize.control_flow import _share_identical_initializers  # noqa: E402
+from mpcompile.targets.optimize.quiet import logging_disabled  # noqa: E402
 
 HIDDEN = 64
 TIGHT = {"rtol": 1e-5, "atol": 1e-5}
@@ -331,7 +331,7 @@ def test_identical_weights_created_in_both_branches_are_stored_once():
         [value_info("y", [512])],
     )
     model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
-    from mpcompile.casts import NameAuthority
+    from mpcompile.core.casts import NameAuthority
 
     _share_identical_initializers(model.graph.node(0), NameAuthority(model))
     proto = ir.to_proto(model)
@@ -626,7 +626,7 @@ def test_external_data_is_carried_to_onnxruntime(tmp_path, level):
     onnx.save_model(
         saved, str(path), save_as_external_data=True, location="model.onnx.data", size_threshold=1024
     )
-    loaded = io.load_model(path)
+    loaded = model_io.load_model(path)
     assert any(
         isinstance(value.const_value, ir.ExternalTensor) for value in loaded.graph.initializers.values()
     )

@@ -6,8 +6,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from mpcompile.precision import BF16, FP16
-from mpcompile.ranges import _measure_array
+from mpcompile.core.precision import BF16, FP16
+from mpcompile.core.ranges import _measure_array
 
 
 def test_fp16_counts_match_numpy_rounding():

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 import models
 import mpcompile
 from models import regressions
-from mpcompile.plan import Reason
+from mpcompile.core.plan import Reason
 from tests.builders import assert_close, initializer, make_model, run, value_info, weight
 
 

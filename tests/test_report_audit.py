@@ -9,8 +9,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from mpcompile import errors
+from mpcompile.analysis.shapes import DEFAULT_BATCH, DEFAULT_DIM
 from mpcompile.report import ReportOptionError, audit_model, build_report
-from mpcompile.report.shapes import DEFAULT_BATCH, DEFAULT_DIM
 from mpcompile.report.summary import summarize
 from tests.test_report_builders import mixed_model, model_of, tensor, weight
 

@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from mpcompile.plan import Decision, stamp_decision
-from mpcompile.precision import Precision
+from mpcompile.core.plan import Decision, stamp_decision
+from mpcompile.core.precision import Precision
 
 OPSET = 17
 

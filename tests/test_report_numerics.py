@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from mpcompile.precision import BF16, FP16
+from mpcompile.core.precision import BF16, FP16
 from mpcompile.report import build_report
 from mpcompile.report.numerics import normalized_error, range_stats
 from tests.test_report_builders import planted_model

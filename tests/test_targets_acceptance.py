@@ -19,7 +19,7 @@ from onnx import helper
 import models
 import mpcompile
 from mpcompile import errors
-from mpcompile.plan import Reason
+from mpcompile.core.plan import Reason
 from mpcompile.targets import get_target
 from tests.builders import assert_close, make_model, value_info, weight
 

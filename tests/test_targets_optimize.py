@@ -1,4 +1,4 @@
-"""``mpcompile.optimize``: ORT graph optimisation before conversion (``convert --optimize``).
+"""``mpcompile.targets.optimize``: ORT graph optimisation before conversion (``convert --optimize``).
 
 Numbers are compared on ORT's CPU EP with the FP32 model: optimisation alone must keep the
 function (tolerance 1e-4); optimisation followed by an FP16 conversion is compared within FP16
@@ -22,7 +22,7 @@ from tests.builders import assert_close, make_model, value_info
 
 ort = pytest.importorskip("onnxruntime", reason="--optimize runs onnxruntime")
 
-from mpcompile.optimize import (  # noqa: E402  (needs onnxruntime)
+from mpcompile.targets.optimize import (  # noqa: E402  (needs onnxruntime)
     OPTIMIZE_METADATA_KEY,
     OptimizeLevelError,
     optimize_model,

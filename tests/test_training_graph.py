@@ -16,10 +16,10 @@ from onnx import TensorProto
 from onnx import helper as oh
 from onnx import numpy_helper as nh
 
+from mpcompile.core.plan import Reason, read_decision
+from mpcompile.core.precision import Precision
 from mpcompile.errors import AlreadyLowPrecisionError, OutputNotWritableError, TrainingError
 from mpcompile.passes.loss_scaling import ALL_FINITE_OUTPUT, LOSS_SCALE_INPUT, LossScalingPass
-from mpcompile.plan import Reason, read_decision
-from mpcompile.precision import Precision
 from mpcompile.training import reference
 from mpcompile.training.artifacts import TrainingGraphLayout, check_training_model, convert_training_graph
 

@@ -391,8 +391,8 @@ def low_compute_share(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -
     """Share of the MatMul/Gemm/Conv FLOPs (fused forms included, every graph) in FP16/BF16."""
     import onnx_ir as ir
 
-    from mpcompile.report.audit import audit_model
-    from mpcompile.report.shapes import ShapeSpec
+    from mpcompile.analysis.audit import audit_model
+    from mpcompile.analysis.shapes import ShapeSpec
 
     spec = ShapeSpec(feed_shapes={name: tuple(np.shape(array)) for name, array in feeds.items()})
     audit = audit_model(ir.from_proto(model), shapes=spec)

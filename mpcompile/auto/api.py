@@ -35,11 +35,11 @@ from mpcompile.auto.range_rules import RangeRules, find_unsafe_nodes
 from mpcompile.auto.reasons import AUTO_RANGE, AUTO_SENSITIVITY
 from mpcompile.auto.search import Search
 from mpcompile.auto.trace import TRACE_KEY, TRACE_VERSION, SearchStep, jsonable
-from mpcompile.converter import ConvertOptions, ConvertResult, to_ir_model
-from mpcompile.inputs import DEFAULT_DIM, InputSpec, run_accepting_inputs
-from mpcompile.plan import Decision, Reason, read_decision, stamp_decision
+from mpcompile.core.converter import ConvertOptions, ConvertResult, to_ir_model
+from mpcompile.core.plan import Decision, Reason, read_decision, stamp_decision
+from mpcompile.core.precision import Precision, low_precision_format
+from mpcompile.evaluate.inputs import DEFAULT_DIM, InputSpec, run_accepting_inputs
 from mpcompile.policy import op_classes
-from mpcompile.precision import Precision, low_precision_format
 
 MIN_BUDGET = 2  # the reference run and one candidate
 
@@ -147,8 +147,8 @@ def auto_convert(
         )
     work, kind = _working_copy(model)
     if options.optimize:  # optimise once up front, so every candidate shares the optimised graph's names
-        from mpcompile.optimize import optimize_model
         from mpcompile.targets import get_target
+        from mpcompile.targets.optimize import optimize_model
 
         target = get_target(options.target) if isinstance(options.target, str) else options.target
         work = ir.from_proto(optimize_model(work, options.optimize, target))

@@ -27,8 +27,8 @@ import onnx_ir as ir
 from mpcompile.auto.criteria import CheckResult, Criterion
 from mpcompile.auto.graph import main_nodes
 from mpcompile.auto.switchboard import Switchboard
-from mpcompile.converter import ConvertResult, convert_checked_ir
-from mpcompile.graphs import model_graphs
+from mpcompile.core.converter import ConvertResult, convert_checked_ir
+from mpcompile.irtools.graphs import model_graphs
 
 LOW_DTYPES = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 Feeds = dict[str, np.ndarray]
@@ -128,7 +128,7 @@ class Evaluator:
 
     def baseline(self) -> ConvertResult:
         """The conversion with nothing extra kept FP32 (no evaluation): which nodes go low at all."""
-        from mpcompile.precision import low_precision_format
+        from mpcompile.core.precision import low_precision_format
 
         result = self.convert(frozenset())
         self.low_dtype = low_precision_format(result.precision).dtype
@@ -260,7 +260,7 @@ class Evaluator:
         self, model: ir.Model, intermediates: bool, *, budgeted: bool = True
     ) -> list[dict[str, np.ndarray]]:
         from mpcompile.evaluate.faithful import FaithfulSession
-        from mpcompile.inputs import cast_feeds
+        from mpcompile.evaluate.inputs import cast_feeds
 
         if budgeted:
             self._spend()
@@ -273,7 +273,7 @@ class Evaluator:
 
 def low_precision_nodes(model: ir.Model) -> frozenset[str]:
     """Names of the main-graph nodes whose stamped decision is FP16/BF16 (inserted Casts excluded)."""
-    from mpcompile.plan import Reason, read_decision
+    from mpcompile.core.plan import Reason, read_decision
 
     low = set()
     for name, node in main_nodes(model).items():

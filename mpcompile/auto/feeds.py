@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from mpcompile import inputs as inputs_module
-from mpcompile.inputs import InputSpec
+from mpcompile.evaluate import inputs as inputs_module
+from mpcompile.evaluate.inputs import InputSpec
 
 Feeds = dict[str, np.ndarray]
 GENERATED = "generated"
@@ -26,7 +26,7 @@ def resolve_feeds(
     """Batches of checked feeds in the model's dtypes, a label saying where they came from, and
     how they were generated (None for the user's own).
 
-    ``inputs``: None or ``"generated"`` (seeded, from the signature: ``mpcompile.inputs``), a
+    ``inputs``: None or ``"generated"`` (seeded, from the signature: ``mpcompile.evaluate.inputs``), a
     path to an ``.npz`` file or a folder of them, one feed dict, or a list of feed dicts.
     """
     if inputs is not None and not (isinstance(inputs, str) and inputs == GENERATED):
@@ -34,4 +34,8 @@ def resolve_feeds(
         return feeds, label, None
     specs = inputs_module.input_specs(model, shapes)
     batch = inputs_module.generate_from_specs(specs, seed=seed)
-    return [inputs_module.cast_feeds(model, batch)], f"generated (mpcompile.inputs, seed {seed})", specs
+    return (
+        [inputs_module.cast_feeds(model, batch)],
+        inputs_module.generated_label(seed),
+        specs,
+    )

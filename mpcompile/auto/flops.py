@@ -17,8 +17,8 @@ def node_flops(
     shapes are used where shape inference cannot tell (ops it does not know, such as the
     com.microsoft fusions of ``--optimize transformer``, and everything after them).
     """
-    from mpcompile.report.audit import MAIN_GRAPH, audit_model
-    from mpcompile.report.shapes import ShapeSpec
+    from mpcompile.analysis.audit import MAIN_GRAPH, audit_model
+    from mpcompile.analysis.shapes import ShapeSpec
 
     spec = ShapeSpec(feed_shapes={name: tuple(np.shape(array)) for name, array in feeds.items()})
     if values:
@@ -38,10 +38,10 @@ def fp16_flop_share(model, feeds: Mapping[str, np.ndarray]) -> float:
     """Share of estimated FLOPs in low-precision nodes of any converted model (ours or another tool's).
 
     Precision comes from mpcompile's stamped decisions, else from the node's dtypes
-    (``mpcompile.report.audit``); inserted Casts count 0 FLOPs.
+    (``mpcompile.analysis.audit``); inserted Casts count 0 FLOPs.
     """
-    from mpcompile.report.audit import audit_model
-    from mpcompile.report.shapes import ShapeSpec
+    from mpcompile.analysis.audit import audit_model
+    from mpcompile.analysis.shapes import ShapeSpec
 
     spec = ShapeSpec(feed_shapes={name: tuple(np.shape(array)) for name, array in feeds.items()})
     audit = audit_model(model, shapes=spec)

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import onnx_ir as ir
 
-from mpcompile.graphs import all_graphs
+from mpcompile.irtools.graphs import all_graphs
 
 
 def name_nodes(model: ir.Model) -> int:

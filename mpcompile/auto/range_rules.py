@@ -49,8 +49,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from mpcompile.precision import LowPrecisionFormat
-from mpcompile.ranges import constant_tensor
+from mpcompile.core.precision import LowPrecisionFormat
+from mpcompile.core.ranges import constant_tensor
 
 OVERFLOW_FRACTION = 0.5
 UNDERFLOW_MASS = 1e-2

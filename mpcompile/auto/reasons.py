@@ -1,4 +1,4 @@
-"""Reason codes stamped by ``--auto`` (alongside those of ``mpcompile.plan.Reason``).
+"""Reason codes stamped by ``--auto`` (alongside those of ``mpcompile.core.plan.Reason``).
 
 Nodes the automatic search keeps in FP32 carry one of these in ``mpcompile.reason``; the
 ``mpcompile.rule`` says which measurement decided it.
@@ -6,7 +6,7 @@ Nodes the automatic search keeps in FP32 carry one of these in ``mpcompile.reaso
 
 from __future__ import annotations
 
-from mpcompile.plan import Reason
+from mpcompile.core.plan import Reason
 
 AUTO_RANGE = Reason.AUTO_RANGE
 AUTO_SENSITIVITY = Reason.AUTO_SENSITIVITY

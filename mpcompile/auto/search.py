@@ -38,7 +38,7 @@ from mpcompile.auto.evaluator import BudgetExhausted, Evaluator, Probe, low_prec
 from mpcompile.auto.graph import connected_regions, main_nodes
 from mpcompile.auto.sensitivity import BlameItem, NodeSensitivity, blame_items, measure
 from mpcompile.auto.trace import KEPT, MEASURED, REVERTED, SearchStep
-from mpcompile.precision import LowPrecisionFormat
+from mpcompile.core.precision import LowPrecisionFormat
 
 GLOBAL_ITEMS = 4  # with several regions, galloping over all items first tries up to this many
 

@@ -35,8 +35,8 @@ import numpy as np
 import onnx_ir as ir
 
 from mpcompile.auto.graph import producers
-from mpcompile.precision import LowPrecisionFormat
-from mpcompile.ranges import constant_tensor
+from mpcompile.core.precision import LowPrecisionFormat
+from mpcompile.core.ranges import constant_tensor
 
 EXACT_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Sum", "Relu", "MatMul"})
 # Ops whose outputs are some of their inputs' values, moved: they add no rounding of their own.

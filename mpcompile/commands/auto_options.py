@@ -164,9 +164,9 @@ def run_auto_from_cli(
 ) -> Any:
     """Run ``auto_convert`` on ``model``, save the result atomically at ``output`` and print it
     (``report_path``: also write ``mpcompile report``'s audit of the result there)."""
-    from mpcompile import io, overwrite_guard
     from mpcompile.auto import auto_convert
-    from mpcompile.inputs import parse_shape_options
+    from mpcompile.evaluate.inputs import parse_shape_options
+    from mpcompile.io import model_io, overwrite_guard
 
     source, target = pathlib.Path(model).absolute(), pathlib.Path(output).absolute()
     if report_path is not None:
@@ -174,7 +174,7 @@ def run_auto_from_cli(
 
         format_for_path(report_path)  # fail on a bad extension before the search
     # auto_convert reads every weight into memory first, so --overwrite may replace the input's files.
-    read = overwrite_guard.model_files(io.files_read(source))
+    read = overwrite_guard.model_files(model_io.files_read(source))
     written = overwrite_guard.output_files(target, external_data=external_data is not False)
     replaces_input = overwrite and overwrite_guard.same_file(source, target)
     overwrite_guard.refuse_overwriting_inputs(read, written, may_replace=read if replaces_input else ())
@@ -190,7 +190,7 @@ def run_auto_from_cli(
         **convert_options,
     )
     verify = None if convert_options.get("verify") is False else _check_saved
-    io.save_model(result.model, target, external_data=external_data, verify=verify)
+    model_io.save_model(result.model, target, external_data=external_data, verify=verify)
     if report_path is not None:
         from mpcompile.report import write_report
 

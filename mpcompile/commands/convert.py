@@ -8,9 +8,9 @@ import sys
 
 import click
 
-from mpcompile.choices import DEFAULT_TARGET, OPTIMIZE_LEVELS, PRECISIONS, TARGET_NAMES
 from mpcompile.commands.auto_options import auto_options, auto_settings, run_auto_from_cli
 from mpcompile.commands.conversion_options import node_selection_options, precision_option, target_option
+from mpcompile.core.choices import DEFAULT_TARGET, OPTIMIZE_LEVELS, PRECISIONS, TARGET_NAMES
 
 
 def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Path:
@@ -121,7 +121,7 @@ def convert_command(
         from mpcompile.report import format_for_path
 
         format_for_path(report_path)  # fail on a bad extension before converting
-        from mpcompile import overwrite_guard
+        from mpcompile.io import overwrite_guard
 
         output_files = overwrite_guard.output_files(output, external_data=True)
         overwrite_guard.refuse_writing_over(report_path, overwrite_guard.REPORT, [model], output_files)
@@ -157,7 +157,7 @@ def convert_command(
 
             validate_or_raise(model, output)
         return
-    from mpcompile.converter import convert_file
+    from mpcompile.core.converter import convert_file
 
     with _progress(quiet or as_json) as on_pass_start:
         result = convert_file(

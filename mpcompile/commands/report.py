@@ -72,7 +72,7 @@ def report_command(
 
     view = ReportView(ops=ops, precisions=precisions, top=top, sort=sort)
     if output:
-        from mpcompile import overwrite_guard
+        from mpcompile.io import overwrite_guard
 
         audited = [path for path in (model, original) if path]
         overwrite_guard.refuse_writing_over(output, overwrite_guard.REPORT, audited)

@@ -136,11 +136,11 @@ def validate_and_report(
     """Validate, print tables (or JSON), optionally save JSON; the exit code. Used by ``convert --validate``."""
     from rich.console import Console
 
-    from mpcompile import inputs as model_inputs
+    from mpcompile.evaluate import inputs as model_inputs
     from mpcompile.validate import api, render, tolerances
 
     if save is not None:
-        from mpcompile import overwrite_guard
+        from mpcompile.io import overwrite_guard
 
         overwrite_guard.refuse_writing_over(save, overwrite_guard.RESULTS, [original, converted])
     result = api.validate(

@@ -31,9 +31,9 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common
 
-from mpcompile import io
 from mpcompile.evaluate.ort_session import ModelLike, make_session, serialize_for_session, to_ir_model
-from mpcompile.graphs import model_graphs
+from mpcompile.io import model_io
+from mpcompile.irtools.graphs import model_graphs
 
 LOW_PRECISION = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 ROUNDING_TAG = "mpcompile.evaluate.rounding"  # metadata key marking the Casts this module inserts
@@ -146,7 +146,7 @@ def prepared_copy(model: ModelLike) -> ir.Model:
         onnx_ir.passes.common.ShapeInferencePass()(copy)
     finally:
         shape_logger.setLevel(level)
-    copy.ir_version = io.output_ir_version(copy)  # what the installed ORT loads
+    copy.ir_version = model_io.output_ir_version(copy)  # what the installed ORT loads
     return copy
 
 

@@ -10,7 +10,8 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from mpcompile import errors, io
+from mpcompile import errors
+from mpcompile.io import model_io
 
 ModelLike = onnx.ModelProto | ir.Model | str | os.PathLike
 
@@ -30,14 +31,14 @@ def import_onnxruntime() -> ModuleType:
 def to_ir_model(model: ModelLike, *, copy: bool = True) -> ir.Model:
     """An ``ir.Model`` for any accepted model kind; a copy unless ``copy=False``.
 
-    Paths and protos get every input check of ``mpcompile.io.load_model``.
+    Paths and protos get every input check of ``mpcompile.io.model_io.load_model``.
     """
     if isinstance(model, ir.Model):
         return model.clone() if copy else model
     if isinstance(model, onnx.ModelProto):  # external data resolves against the working folder
-        return io.model_from_proto(model, pathlib.Path.cwd())
+        return model_io.model_from_proto(model, pathlib.Path.cwd())
     if isinstance(model, (str, os.PathLike)):
-        return io.load_model(pathlib.Path(model))
+        return model_io.load_model(pathlib.Path(model))
     raise TypeError(f"expected an onnx.ModelProto, ir.Model or path, got {type(model).__name__}")
 
 

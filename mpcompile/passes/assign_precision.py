@@ -13,7 +13,7 @@ docs/precision-policy.md) paints each graph TF-AMP style:
 6. Constant nodes take their consumers' precision.
 
 Edges are float-data edges only: a value that the producer outputs and the consumer
-reads through its primary type variable (see ``mpcompile.op_types``).
+reads through its primary type variable (see ``mpcompile.policy.op_types``).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from collections.abc import Iterable, Mapping
 
 import onnx_ir as ir
 
-from mpcompile import op_types, ranges
-from mpcompile.context import ConversionContext
-from mpcompile.graphs import TYPED_FUNCTION_KEY, node_opset
+from mpcompile.core import ranges
+from mpcompile.core.context import ConversionContext
+from mpcompile.core.plan import Decision, Reason
+from mpcompile.core.precision import Precision
+from mpcompile.irtools.graphs import TYPED_FUNCTION_KEY, node_opset
 from mpcompile.passes.base import ConversionPass
-from mpcompile.plan import Decision, Reason
-from mpcompile.policy import OpClass, op_classes
-from mpcompile.precision import Precision
+from mpcompile.policy import OpClass, op_classes, op_types
 
 # How far a huge negative constant may travel through element-wise ops to a Softmax
 # and still count as an attention mask that can be clamped to the low-precision limit.

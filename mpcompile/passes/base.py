@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from mpcompile.context import ConversionContext
+from mpcompile.core.context import ConversionContext
 
 
 class ConversionPass(ir.passes.InPlacePass):

@@ -12,12 +12,12 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from mpcompile.casts import SUFFIX, NameAuthority
-from mpcompile.context import ConversionContext
+from mpcompile.core.casts import SUFFIX, NameAuthority
+from mpcompile.core.context import ConversionContext
+from mpcompile.core.plan import Decision, Reason, stamp_decision
+from mpcompile.core.precision import LowPrecisionFormat
+from mpcompile.irtools.values import set_dtype
 from mpcompile.passes.base import ConversionPass
-from mpcompile.plan import Decision, Reason, stamp_decision
-from mpcompile.precision import LowPrecisionFormat
-from mpcompile.values import set_dtype
 
 FLOAT = ir.DataType.FLOAT
 # Tensors up to this size keep their converted copy in memory once made (serializing

@@ -8,11 +8,11 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common
 
-from mpcompile import op_types
-from mpcompile.graphs import TYPED_FUNCTION_KEY, ai_onnx_opset, model_graphs
-from mpcompile.io import TYPES_INFERRED_KEY, infer_shapes
+from mpcompile.io.model_io import TYPES_INFERRED_KEY, infer_shapes
+from mpcompile.irtools.graphs import TYPED_FUNCTION_KEY, ai_onnx_opset, model_graphs
+from mpcompile.irtools.values import set_dtype
 from mpcompile.passes.base import ConversionPass
-from mpcompile.values import set_dtype
+from mpcompile.policy import op_types
 
 logger = logging.getLogger(__name__)
 

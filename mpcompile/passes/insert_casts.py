@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from mpcompile.casts import SUFFIX, CastFactory
-from mpcompile.context import ConversionContext
+from mpcompile.core.casts import SUFFIX, CastFactory
+from mpcompile.core.context import ConversionContext
 from mpcompile.passes.base import ConversionPass
 
 

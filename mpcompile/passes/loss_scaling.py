@@ -20,10 +20,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from mpcompile.casts import CastFactory, NameAuthority
+from mpcompile.core.casts import CastFactory, NameAuthority
+from mpcompile.core.plan import Decision, Reason, stamp_decision
+from mpcompile.core.precision import Precision
 from mpcompile.errors import TrainingError
-from mpcompile.plan import Decision, Reason, stamp_decision
-from mpcompile.precision import Precision
 
 LOSS_SCALE_INPUT = "loss_scale"
 ALL_FINITE_OUTPUT = "all_finite"

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from mpcompile import op_types
-from mpcompile.graphs import node_opset
+from mpcompile.irtools.graphs import node_opset
+from mpcompile.irtools.values import set_dtype
 from mpcompile.passes.base import ConversionPass
-from mpcompile.values import set_dtype
+from mpcompile.policy import op_types
 
 FLOAT = ir.DataType.FLOAT
 # Ops whose output dtype comes from a `dtype` attribute (default FLOAT, or the input's

@@ -5,8 +5,8 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from mpcompile import __version__
+from mpcompile.core.plan import MODEL_PRECISION_KEY, MODEL_TARGET_KEY, MODEL_VERSION_KEY, stamp_decision
 from mpcompile.passes.base import ConversionPass
-from mpcompile.plan import MODEL_PRECISION_KEY, MODEL_TARGET_KEY, MODEL_VERSION_KEY, stamp_decision
 
 
 class StampDecisionsPass(ConversionPass):

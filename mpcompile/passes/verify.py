@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from mpcompile import op_types
-from mpcompile.context import ConversionContext
-from mpcompile.graphs import node_opset
+from mpcompile.core.context import ConversionContext
+from mpcompile.irtools.graphs import node_opset
 from mpcompile.passes.base import ConversionPass
+from mpcompile.policy import op_types
 
 
 class VerifyPass(ConversionPass):

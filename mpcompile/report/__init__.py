@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 import pathlib
 
-from mpcompile.report.audit import ModelAudit, ModelLike, NodeAudit, audit_model
-from mpcompile.report.shapes import ReportOptionError, ShapeSpec
+from mpcompile.analysis.audit import ModelAudit, ModelLike, NodeAudit, audit_model
+from mpcompile.analysis.shapes import ReportOptionError, ShapeSpec
 from mpcompile.report.view import ReportView
 
 __all__ = [
@@ -47,7 +47,7 @@ def build_report(
     """Audit ``model``; with ``original``, add before/after columns; with ``numerics``, run both.
 
     ``model``/``original``: path, ``onnx.ModelProto`` or ``ir.Model`` (never modified).
-    ``shapes``: ``["input:1x128", "seq=256"]`` for symbolic dims (see ``mpcompile.report.shapes``).
+    ``shapes``: ``["input:1x128", "seq=256"]`` for symbolic dims (see ``mpcompile.analysis.shapes``).
     ``inputs``: an .npz of feeds for ``numerics``; generated when None.
     """
     spec = shapes if isinstance(shapes, ShapeSpec) else ShapeSpec.parse(shapes)
@@ -140,7 +140,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     import tempfile
 
     from mpcompile.errors import DiskFullError, OutputNotWritableError
-    from mpcompile.io import set_default_permissions
+    from mpcompile.io.model_io import set_default_permissions
 
     target = pathlib.Path(path).absolute()
     if not target.parent.is_dir():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mpcompile.report.audit import ModelAudit, NodeAudit
+from mpcompile.analysis.audit import ModelAudit, NodeAudit
 from mpcompile.report.summary import summarize
 
 STATUS_MATCHED = "matched"

@@ -6,7 +6,7 @@ import csv
 import io
 import math
 
-from mpcompile.report.audit import ModelAudit, NodeAudit
+from mpcompile.analysis.audit import ModelAudit, NodeAudit
 from mpcompile.report.view import ReportView
 
 COLUMNS = (

@@ -10,7 +10,7 @@ import html
 import math
 from typing import Any
 
-from mpcompile.report.audit import ModelAudit, NodeAudit
+from mpcompile.analysis.audit import ModelAudit, NodeAudit
 from mpcompile.report.summary import summarize
 from mpcompile.report.view import (
     ReportView,

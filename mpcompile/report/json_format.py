@@ -12,8 +12,8 @@ import math
 import pathlib
 from typing import Any
 
-from mpcompile.report.audit import ModelAudit, NodeAudit
-from mpcompile.report.shapes import DEFAULT_BATCH, DEFAULT_DIM
+from mpcompile.analysis.audit import ModelAudit, NodeAudit
+from mpcompile.analysis.shapes import DEFAULT_BATCH, DEFAULT_DIM
 from mpcompile.report.summary import summarize
 from mpcompile.report.view import ReportView
 

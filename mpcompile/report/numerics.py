@@ -29,9 +29,9 @@ import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
+from mpcompile.analysis.audit import ModelAudit, NodeAudit
+from mpcompile.core.precision import LowPrecisionFormat, low_precision_format
 from mpcompile.errors import ExitCode, MpcompileError
-from mpcompile.precision import LowPrecisionFormat, low_precision_format
-from mpcompile.report.audit import ModelAudit, NodeAudit
 from mpcompile.report.compare import match_key
 
 INPUT_SEED = 0
@@ -53,14 +53,14 @@ class NumericsError(MpcompileError):
 
 def load_feeds(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The first batch of feeds in an .npz file (or folder of them), by input name."""
-    from mpcompile import inputs
+    from mpcompile.evaluate import inputs
 
     return inputs.load_inputs(path)[0]
 
 
 def feeds_for(model: ir.Model, feeds: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
     """Checked feeds for ``model``, generated (seeded) when none are given."""
-    from mpcompile import inputs
+    from mpcompile.evaluate import inputs
 
     if feeds is None:
         return inputs.generate_inputs(model, seed=INPUT_SEED)[0]
@@ -276,9 +276,11 @@ def _numerics_summary(
                 "The audited model already computes in low precision: its ranges are not FP32 ranges "
                 "(a value that overflowed is inf, not counted). Give the FP32 original with --compare."
             )
+    from mpcompile.evaluate.inputs import generated_label
+
     return {
         "low_precision": fmt.precision.value,
-        "inputs": str(inputs) if inputs else f"generated (mpcompile.inputs, seed {INPUT_SEED})",
+        "inputs": str(inputs) if inputs else generated_label(INPUT_SEED),
         "reference": "original" if has_original else "audited model",
         "evaluation": EVALUATION if has_original else None,
         "overflow_nodes": [_ref(n) for n in overflow],

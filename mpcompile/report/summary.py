@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mpcompile.report.audit import ModelAudit, NodeAudit
+from mpcompile.analysis.audit import ModelAudit, NodeAudit
 
 TOP_FP32 = 10
 

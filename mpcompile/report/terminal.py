@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mpcompile.report.audit import ModelAudit, NodeAudit
+from mpcompile.analysis.audit import ModelAudit, NodeAudit
 from mpcompile.report.summary import summarize
 from mpcompile.report.view import (
     ReportView,

@@ -10,8 +10,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from mpcompile.report.audit import NodeAudit
-from mpcompile.report.shapes import ReportOptionError
+from mpcompile.analysis.audit import NodeAudit
+from mpcompile.analysis.shapes import ReportOptionError
 
 
 def _numeric(node: NodeAudit, key: str) -> float:

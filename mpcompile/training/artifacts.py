@@ -16,10 +16,11 @@ import shutil
 import onnx
 import onnx_ir as ir
 
-from mpcompile import __version__, errors, io, overwrite_guard
+from mpcompile import __version__, errors
+from mpcompile.core.plan import MODEL_PRECISION_KEY, MODEL_VERSION_KEY, PRECISION_KEY
+from mpcompile.core.precision import Precision, low_precision_format
+from mpcompile.io import model_io, overwrite_guard
 from mpcompile.passes.loss_scaling import ACCUMULATION_BUFFER_SUFFIX, LOSS_SCALE_INPUT, LossScalingPass
-from mpcompile.plan import MODEL_PRECISION_KEY, MODEL_VERSION_KEY, PRECISION_KEY
-from mpcompile.precision import Precision, low_precision_format
 from mpcompile.training import op_rules
 from mpcompile.training.graph_precision import apply_training_precision, plan_training_precision
 
@@ -148,14 +149,14 @@ def convert_artifacts(
     destination.mkdir(parents=True, exist_ok=True)
     stats: dict[str, dict[str, int]] = {}
 
-    training = io.load_model(paths.training_model)
+    training = model_io.load_model(paths.training_model)
     TrainingGraphLayout.of(training.graph)  # refuse anything that is not a training graph
     stats["training"] = convert_training_graph(
         training, precision, loss_scaling=True, block_ops=block_ops, block_nodes=block_nodes
     )
     save_checked(training, destination / paths.training_model.name)
     if paths.eval_model is not None:
-        evaluation = io.load_model(paths.eval_model)
+        evaluation = model_io.load_model(paths.eval_model)
         stats["eval"] = convert_training_graph(
             evaluation, precision, loss_scaling=False, block_ops=block_ops, block_nodes=block_nodes
         )
@@ -176,7 +177,7 @@ def _refuse_writing_over_sources(paths: ArtifactPaths, destination: pathlib.Path
     written: dict[pathlib.Path, str] = {}
     for model in (paths.training_model, paths.eval_model):
         if model is not None:
-            read.update(overwrite_guard.model_files(io.files_read(model)))
+            read.update(overwrite_guard.model_files(model_io.files_read(model)))
             written.update(overwrite_guard.output_files(destination / model.name, external_data=True))
     copied = [paths.checkpoint] if paths.checkpoint.is_file() else sorted(paths.checkpoint.rglob("*"))
     if paths.optimizer_model is not None:
@@ -190,7 +191,7 @@ def _refuse_writing_over_sources(paths: ArtifactPaths, destination: pathlib.Path
 def save_checked(model: ir.Model, path: pathlib.Path) -> None:
     """Check a training-side model with the onnx checker, then save it atomically."""
     check_training_model(ir.to_proto(model))
-    io.save_model(model, path)
+    model_io.save_model(model, path)
 
 
 def check_training_model(proto: onnx.ModelProto) -> None:
@@ -208,7 +209,7 @@ def check_training_model(proto: onnx.ModelProto) -> None:
             moved = True
     if moved and not any(o.domain == "com.microsoft" for o in copy.opset_import):
         copy.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
-    copy.ir_version = min(copy.ir_version, io.MAX_IR_VERSION)
+    copy.ir_version = min(copy.ir_version, model_io.MAX_IR_VERSION)
     onnx.checker.check_model(copy, full_check=True)
 
 

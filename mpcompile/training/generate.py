@@ -18,10 +18,11 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from mpcompile import errors, io
+from mpcompile import errors
+from mpcompile.core.plan import MODEL_PRECISION_KEY, Decision, Reason, read_decision, stamp_decision
+from mpcompile.core.precision import Precision
+from mpcompile.io import model_io
 from mpcompile.passes.loss_scaling import LossScalingPass
-from mpcompile.plan import MODEL_PRECISION_KEY, Decision, Reason, read_decision, stamp_decision
-from mpcompile.precision import Precision
 from mpcompile.training import op_rules
 from mpcompile.training.artifacts import ArtifactPaths, save_checked
 
@@ -43,7 +44,7 @@ def convert_forward_for_training(
 
     Returns the converted model (a new one) and counts for reporting.
     """
-    from mpcompile.converter import convert
+    from mpcompile.core.converter import convert
 
     graph = model.graph
     missing = [name for name in parameters if name not in graph.initializers]
@@ -134,7 +135,7 @@ def generate_training_artifacts(
     ``core_options`` go to the forward conversion (``mpcompile.convert`` options except
     ``precision`` and ``keep_io_types``, which the training policy fixes)."""
     artifacts_api = _artifacts_api()
-    model = io.load_model(model_path)
+    model = model_io.load_model(model_path)
     ir.external_data.load_to_model(model)
     float_initializers = [
         name for name, value in model.graph.initializers.items() if value.dtype == ir.DataType.FLOAT
@@ -165,7 +166,7 @@ def generate_training_artifacts(
     else:
         expose_layer_norm_statistics(model)
     proto = ir.to_proto(model)
-    proto.ir_version = min(proto.ir_version, io.MAX_IR_VERSION)
+    proto.ir_version = min(proto.ir_version, model_io.MAX_IR_VERSION)
     try:
         artifacts_api.generate_artifacts(
             proto,
@@ -189,7 +190,7 @@ def generate_training_artifacts(
         for path, scale in ((paths.training_model, loss_scaling), (paths.eval_model, False)):
             if path is None:
                 continue
-            generated = io.load_model(path)
+            generated = model_io.load_model(path)
             stamp_generated_graph(generated, forward_decisions)
             if scale:
                 LossScalingPass()(generated)

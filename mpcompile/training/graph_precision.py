@@ -16,11 +16,11 @@ from collections.abc import Iterable
 
 import onnx_ir as ir
 
-from mpcompile.casts import CastFactory, NameAuthority
-from mpcompile.plan import Decision, PrecisionPlan, Reason, stamp_decision
-from mpcompile.precision import Precision
+from mpcompile.core.casts import CastFactory, NameAuthority
+from mpcompile.core.plan import Decision, PrecisionPlan, Reason, stamp_decision
+from mpcompile.core.precision import Precision
+from mpcompile.irtools.values import set_dtype
 from mpcompile.training import op_rules
-from mpcompile.values import set_dtype
 
 
 def plan_training_precision(

@@ -12,13 +12,13 @@ import onnx
 import onnx_ir as ir
 
 from mpcompile import errors
-from mpcompile import inputs as model_inputs
+from mpcompile.evaluate import inputs as model_inputs
 from mpcompile.evaluate.ort_session import (
     ModelLike,
     import_onnxruntime,
     to_ir_model,
 )
-from mpcompile.graphs import model_graphs
+from mpcompile.irtools.graphs import model_graphs
 from mpcompile.validate import latency as latency_module
 from mpcompile.validate.compare import OutputComparison, compare_output
 from mpcompile.validate.results import (

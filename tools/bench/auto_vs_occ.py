@@ -1,6 +1,6 @@
 """Compare ``mpcompile`` ``--auto`` with onnxconverter-common's ``auto_convert_mixed_precision``.
 
-Both run on the same models, the same inputs (``mpcompile.inputs``, seed 0) and the same
+Both run on the same models, the same inputs (``mpcompile.evaluate.inputs``, seed 0) and the same
 tolerance (``|y - y_fp32| <= atol + rtol·|y_fp32|``, numpy.allclose's rule, which both use),
 in one process. Printed per model and tool: evaluations (ONNX Runtime session builds, counted
 by wrapping ``onnxruntime.InferenceSession``) and model runs (occ runs each session once; ours
@@ -95,7 +95,7 @@ def faithful_passes(
     model: onnx.ModelProto, original: onnx.ModelProto, feeds, rtol: float, atol: float
 ) -> bool:
     from mpcompile.evaluate import faithful
-    from mpcompile.inputs import cast_feeds
+    from mpcompile.evaluate.inputs import cast_feeds
 
     reference = faithful.run_reference(original, feeds)
     converted = ir.from_proto(model)
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from mpcompile.auto.flops import fp16_flop_share
-    from mpcompile.inputs import generate_inputs
+    from mpcompile.evaluate.inputs import generate_inputs
 
     rows = []
     for name in args.models:

@@ -8,7 +8,7 @@ import mmap
 import numpy as np
 import onnx_ir as ir
 
-from mpcompile.precision import LowPrecisionFormat
+from mpcompile.core.precision import LowPrecisionFormat
 
 
 @dataclasses.dataclass(frozen=True)

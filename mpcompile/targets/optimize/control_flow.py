@@ -25,8 +25,8 @@ from collections.abc import Callable
 import onnx
 import onnx_ir as ir
 
-from mpcompile.casts import NameAuthority
-from mpcompile.graphs import subgraphs
+from mpcompile.core.casts import NameAuthority
+from mpcompile.irtools.graphs import subgraphs
 
 HIDDEN_DOMAIN = "mpcompile.hidden"
 _HIDDEN_OP = "HiddenControlFlow"

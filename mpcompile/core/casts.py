@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from mpcompile.graphs import model_graphs
-from mpcompile.plan import Decision, Reason, stamp_decision
-from mpcompile.precision import Precision
-from mpcompile.values import set_dtype
+from mpcompile.core.plan import Decision, Reason, stamp_decision
+from mpcompile.core.precision import Precision
+from mpcompile.irtools.graphs import model_graphs
+from mpcompile.irtools.values import set_dtype
 
 SUFFIX = {
     ir.DataType.FLOAT: "fp32",

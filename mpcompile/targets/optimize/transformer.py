@@ -8,15 +8,15 @@ import pathlib
 import onnx
 
 from mpcompile import errors
-from mpcompile.optimize.checks import first_line
-from mpcompile.optimize.control_flow import (
+from mpcompile.targets.optimize.checks import first_line
+from mpcompile.targets.optimize.control_flow import (
     ControlFlowLost,
     has_control_flow,
     hide_control_flow,
     optimize_bodies,
     restore_control_flow,
 )
-from mpcompile.optimize.quiet import quiet
+from mpcompile.targets.optimize.quiet import quiet
 
 
 class FusionFailed(Exception):

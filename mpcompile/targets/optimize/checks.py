@@ -17,10 +17,10 @@ from collections.abc import Iterator
 import onnx
 import onnx_ir as ir
 
-from mpcompile.optimize.fusions import PYTHON_FUSION_FLAGS, SESSION_FUSIONS, op_key
-from mpcompile.optimize.lowering import is_standard_op
-from mpcompile.optimize.ort_session import load_in_session, near_protobuf_limit, ort_errors
 from mpcompile.targets.base import Target
+from mpcompile.targets.optimize.fusions import PYTHON_FUSION_FLAGS, SESSION_FUSIONS, op_key
+from mpcompile.targets.optimize.lowering import is_standard_op
+from mpcompile.targets.optimize.ort_session import load_in_session, near_protobuf_limit, ort_errors
 
 _FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 _MISSING_KERNEL = re.compile(r"implementation for (\w+)\(\d+\) node")

@@ -1,7 +1,7 @@
 """Collect the per-node precision audit of any ONNX model.
 
 For models mpcompile wrote, each node's precision, reason and rule come from the decision
-stamped into its metadata (``mpcompile.plan.read_decision``). For nodes without one (models
+stamped into its metadata (``mpcompile.core.plan.read_decision``). For nodes without one (models
 converted elsewhere, or FP32 originals) the precision is derived from the node's dtypes and
 the reason is ``unknown``.
 """
@@ -17,16 +17,22 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from mpcompile.graphs import model_graphs
-from mpcompile.plan import MODEL_PRECISION_KEY, MODEL_TARGET_KEY, MODEL_VERSION_KEY, Reason, read_decision
-from mpcompile.report import flops as flops_mod
-from mpcompile.report.shapes import (
+from mpcompile.analysis import flops as flops_mod
+from mpcompile.analysis.shapes import (
     ShapeSpec,
     element_count,
     infer_shapes,
     refine_shapes,
     resolve_input_shapes,
 )
+from mpcompile.core.plan import (
+    MODEL_PRECISION_KEY,
+    MODEL_TARGET_KEY,
+    MODEL_VERSION_KEY,
+    Reason,
+    read_decision,
+)
+from mpcompile.irtools.graphs import model_graphs
 
 MAIN_GRAPH = "main"
 CAST_OPS = frozenset({"Cast", "CastLike"})
@@ -117,16 +123,16 @@ def precision_of_dtype(dtype: ir.DataType | None) -> str:
 def load_for_audit(model: ModelLike) -> ir.Model:
     """A private copy of the model that the audit may annotate with shapes.
 
-    Paths and protos get every input check of ``mpcompile.io.load_model`` (weights stay mapped);
+    Paths and protos get every input check of ``mpcompile.io.model_io.load_model`` (weights stay mapped);
     an ``ir.Model`` is cloned (tensors shared, the caller's model is never touched).
     """
     if isinstance(model, ir.Model):
         return model.clone()
-    from mpcompile import io
+    from mpcompile.io import model_io
 
     if isinstance(model, onnx.ModelProto):  # external data resolves against the working folder
-        return io.model_from_proto(model, pathlib.Path.cwd())
-    return io.load_model(model)
+        return model_io.model_from_proto(model, pathlib.Path.cwd())
+    return model_io.load_model(model)
 
 
 def audit_model(

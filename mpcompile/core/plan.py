@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import onnx_ir as ir
 
-from mpcompile.precision import Precision
+from mpcompile.core.precision import Precision
 
 # Keys stamped into node.metadata_props and model.metadata_props.
 PRECISION_KEY = "mpcompile.precision"

@@ -26,7 +26,7 @@ from mpcompile.errors import ExitCode, MpcompileError
 # The same defaults as generated inputs (``mpcompile validate``), so a report and a validation
 # of the same model talk about the same shapes. Small on purpose: a default must fit models
 # with short maximum contexts; pass --shape for realistic FLOP totals.
-from mpcompile.inputs import DEFAULT_BATCH, DEFAULT_DIM
+from mpcompile.evaluate.inputs import DEFAULT_BATCH, DEFAULT_DIM
 
 
 class ReportOptionError(MpcompileError):

@@ -7,12 +7,12 @@ from collections import Counter
 
 import onnx_ir as ir
 
-from mpcompile.graphs import all_graphs
-from mpcompile.op_types import NodeTyping
-from mpcompile.plan import PrecisionPlan
+from mpcompile.core.plan import PrecisionPlan
+from mpcompile.core.precision import LowPrecisionFormat
+from mpcompile.core.ranges import ConstantRange, SharedMaps, constant_tensor, measure
+from mpcompile.irtools.graphs import all_graphs
 from mpcompile.policy import Policy
-from mpcompile.precision import LowPrecisionFormat
-from mpcompile.ranges import ConstantRange, SharedMaps, constant_tensor, measure
+from mpcompile.policy.op_types import NodeTyping
 from mpcompile.targets.base import Target
 
 
@@ -62,7 +62,7 @@ class ConversionContext:
     # Casts from integers/bool to float start low-precision paths (ConvertOptions.measured_casts).
     measured_casts: bool = False
     plan: PrecisionPlan = dataclasses.field(default_factory=PrecisionPlan)
-    # Typing of each node (by id) as the assignment saw it (see mpcompile.op_types).
+    # Typing of each node (by id) as the assignment saw it (see mpcompile.policy.op_types).
     typings: dict[int, NodeTyping | None] = dataclasses.field(default_factory=dict)
     # Per (node, input index): the dtype the input must have after conversion. Filled by
     # RetypeNodesPass before any value changes type, consumed by InsertCastsPass.

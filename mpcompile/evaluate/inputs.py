@@ -36,10 +36,13 @@ import numpy as np
 import onnx_ir as ir
 
 from mpcompile import errors
-from mpcompile.graphs import all_graphs
+from mpcompile.irtools.graphs import all_graphs
 
 DEFAULT_BATCH = 1
 DEFAULT_DIM = 16
+# Provenance label of generated inputs, saved in --auto records and numeric reports: a stable name,
+# not a module path (it predates the move of this module into mpcompile.evaluate).
+GENERATOR_LABEL = "mpcompile.inputs"
 # Sizes tried, in order, for the free dimensions when the model rejects the default ones (image
 # models that need 32 pixels or more, audio front ends that need hundreds of samples).
 FREE_DIM_LADDER = (32, 64, 128, 256, 512, 1024, 4096)
@@ -592,3 +595,8 @@ def _inputs_reaching(model: ir.Model, node_name: str) -> set[str]:
             elif value.name in graph_inputs:
                 found.add(value.name)
     return found
+
+
+def generated_label(seed: int) -> str:
+    """How generated inputs are described in saved records: ``generated (mpcompile.inputs, seed N)``."""
+    return f"generated ({GENERATOR_LABEL}, seed {seed})"

@@ -16,7 +16,7 @@ import pathlib
 
 import onnx
 
-from mpcompile.proto_tensors import all_tensor_protos
+from mpcompile.io.proto_tensors import all_tensor_protos
 
 MODEL_GRAPH = 7  # ModelProto.graph
 GRAPH_INITIALIZER = 5  # GraphProto.initializer

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx
 
-from mpcompile.optimize.quiet import logging_disabled
+from mpcompile.targets.optimize.quiet import logging_disabled
 
 _INT_MAX = 2**31 - 1
 # The steps of ``SymbolicShapeInference.infer_shapes`` (private, stable from onnxruntime 1.14 to

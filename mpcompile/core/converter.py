@@ -12,17 +12,18 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from mpcompile import errors, io, overwrite_guard, targets
-from mpcompile.casts import CastFactory, NameAuthority
-from mpcompile.context import ConversionContext, ConvertStats
-from mpcompile.gc_pause import with_cyclic_gc_paused
-from mpcompile.graphs import all_graphs, model_graphs
-from mpcompile.ort_loadable import make_node_names_unique, refuse_unloadable
-from mpcompile.pipeline import Pipeline
-from mpcompile.plan import MODEL_VERSION_KEY, PrecisionPlan, read_decision
+from mpcompile import errors, targets
+from mpcompile.core.casts import CastFactory, NameAuthority
+from mpcompile.core.context import ConversionContext, ConvertStats
+from mpcompile.core.gc_pause import with_cyclic_gc_paused
+from mpcompile.core.ort_loadable import make_node_names_unique, refuse_unloadable
+from mpcompile.core.pipeline import Pipeline
+from mpcompile.core.plan import MODEL_VERSION_KEY, PrecisionPlan, read_decision
+from mpcompile.core.precision import Precision, low_precision_format
+from mpcompile.io import model_io, overwrite_guard
+from mpcompile.io.structure import check_ir_structure
+from mpcompile.irtools.graphs import all_graphs, model_graphs
 from mpcompile.policy import Policy, load_policy_file, op_classes
-from mpcompile.precision import Precision, low_precision_format
-from mpcompile.structure import check_ir_structure
 from mpcompile.targets import get_target
 from mpcompile.targets.base import Target
 
@@ -145,7 +146,7 @@ def convert(model: ModelLike, **options: Any) -> ConvertResult:
 @with_cyclic_gc_paused
 def convert_checked_ir(model: ir.Model, **options: Any) -> ConvertResult:
     """``convert`` for an ``ir.Model`` that already passed the input checks (it came from
-    ``to_ir_model`` or ``io.load_model``), without checking it again: the --auto search
+    ``to_ir_model`` or ``model_io.load_model``), without checking it again: the --auto search
     converts one such model once per candidate. ``model`` is not modified."""
     opts = ConvertOptions.build(**options)
     return _finish(model, "ir", _convert_ir(model.clone(), opts), opts)
@@ -160,7 +161,11 @@ def _finish(model: ModelLike, kind: str, result: ConvertResult, opts: ConvertOpt
         result.model = proto
     elif kind == "proto":
         result.model = model
-    elif opts.verify and not result.already_converted and io.weight_bytes(result.model) < io.TWO_GIB // 2:
+    elif (
+        opts.verify
+        and not result.already_converted
+        and model_io.weight_bytes(result.model) < model_io.TWO_GIB // 2
+    ):
         _check(ir.to_proto(result.model), model)
     return result
 
@@ -181,14 +186,16 @@ def convert_file(
     """
     opts = ConvertOptions.build(**options)
     source, target = pathlib.Path(input_path).absolute(), pathlib.Path(output_path).absolute()
-    model = io.load_model(source, infer_types=True, check_links=False)
-    read = overwrite_guard.model_files(io.input_files(model))
-    written = overwrite_guard.output_files(target, external_data=io.saves_external_data(model, external_data))
+    model = model_io.load_model(source, infer_types=True, check_links=False)
+    read = overwrite_guard.model_files(model_io.input_files(model))
+    written = overwrite_guard.output_files(
+        target, external_data=model_io.saves_external_data(model, external_data)
+    )
     replaces_input = overwrite and overwrite_guard.same_file(source, target)
     refuses_overwrite = overwrite_guard.refuse_overwriting_inputs(
         read, written, may_replace=read if replaces_input else ()
     )
-    io.refuse_hard_linked_data(io.input_files(model)[1:])
+    model_io.refuse_hard_linked_data(model_io.input_files(model)[1:])
     if refuses_overwrite:
         ir.external_data.load_to_model(model)  # files it reads from are about to be replaced
     # The model was loaded here and is written once, so converted weights may drop their FP32 bytes.
@@ -197,7 +204,7 @@ def convert_file(
         raise errors.AlreadyLowPrecisionError(f"{source}: {result.notes[-1]}; nothing to do")
     if on_pass_start is not None:
         on_pass_start("saving and checking")
-    io.save_model(
+    model_io.save_model(
         result.model,
         target,
         external_data=external_data,
@@ -209,13 +216,13 @@ def convert_file(
 def to_ir_model(model: ModelLike) -> tuple[ir.Model, str]:
     """A working ``ir.Model`` for any accepted input, and its kind (proto, ir or path); never the caller's object."""
     if isinstance(model, onnx.ModelProto):  # external data resolves against the working folder
-        small = model.ByteSize() < io.MAPPED_LOAD_MIN_BYTES  # larger ones are typed by InferTypesPass
-        return io.model_from_proto(model, pathlib.Path.cwd(), infer_types=small), "proto"
+        small = model.ByteSize() < model_io.MAPPED_LOAD_MIN_BYTES  # larger ones are typed by InferTypesPass
+        return model_io.model_from_proto(model, pathlib.Path.cwd(), infer_types=small), "proto"
     if isinstance(model, ir.Model):
         check_ir_structure(model)
         return model.clone(), "ir"
     if isinstance(model, (str, os.PathLike)):
-        return io.load_model(model, infer_types=True), "path"
+        return model_io.load_model(model, infer_types=True), "path"
     raise TypeError(
         f"convert() takes an onnx.ModelProto, an onnx_ir.Model or a path, not {type(model).__name__}"
     )
@@ -245,7 +252,7 @@ def _convert_ir(
     target = get_target(target_name) if isinstance(target_name, str) else target_name
     optimize_note = None
     if opts.optimize:
-        from mpcompile.optimize import OPTIMIZE_METADATA_KEY, optimize_model
+        from mpcompile.targets.optimize import OPTIMIZE_METADATA_KEY, optimize_model
 
         model = ir.from_proto(optimize_model(model, opts.optimize, target))
         optimize_note = model.metadata_props.get(OPTIMIZE_METADATA_KEY)
@@ -284,18 +291,18 @@ def _convert_ir(
     pipeline = build_pipeline(context, model, check_invariants=opts.check_invariants, dump_dir=opts.dump_dir)
     pipeline.on_pass_start = on_pass_start
     context.stats.casts_before = count_casts(model)
-    context.stats.weight_bytes_before = io.weight_bytes(model)
+    context.stats.weight_bytes_before = model_io.weight_bytes(model)
     try:
         model = pipeline(model)
     finally:
         context.close()
     context.stats.casts_after = count_casts(model)
-    context.stats.weight_bytes_after = io.weight_bytes(model)
+    context.stats.weight_bytes_after = model_io.weight_bytes(model)
     context.stats.nodes_by_precision = Counter(
         decision.precision.value for node, decision in context.plan.items() if node.graph is not None
     )
     context.stats.pass_seconds = dict(pipeline.seconds)
-    model.ir_version = io.output_ir_version(model)
+    model.ir_version = model_io.output_ir_version(model)
     return ConvertResult(model, context.plan, context.stats, context.notes, low.precision.value, target.name)
 
 

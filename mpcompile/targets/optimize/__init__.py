@@ -23,12 +23,12 @@ it), ``checks``, ``lowering`` (ORT-internal ai.onnx ops -> standard ONNX), ``uns
 ``symbolic_types`` (typing the fused ops), ``quiet``.
 """
 
-from mpcompile.optimize.fusions import PYTHON_FUSION_FLAGS, SESSION_FUSIONS
-from mpcompile.optimize.levels import OPTIMIZE_METADATA_KEY, OptimizeLevelError, optimize_model
-from mpcompile.optimize.model_type import detect_model_type
-from mpcompile.optimize.ort_session import session_provider
-from mpcompile.optimize.symbolic_types import annotate_types
-from mpcompile.optimize.unsqueeze import split_multi_axis_unsqueeze
+from mpcompile.targets.optimize.fusions import PYTHON_FUSION_FLAGS, SESSION_FUSIONS
+from mpcompile.targets.optimize.levels import OPTIMIZE_METADATA_KEY, OptimizeLevelError, optimize_model
+from mpcompile.targets.optimize.model_type import detect_model_type
+from mpcompile.targets.optimize.ort_session import session_provider
+from mpcompile.targets.optimize.symbolic_types import annotate_types
+from mpcompile.targets.optimize.unsqueeze import split_multi_axis_unsqueeze
 
 __all__ = [
     "OPTIMIZE_METADATA_KEY",

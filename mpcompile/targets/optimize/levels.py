@@ -27,9 +27,10 @@ import onnx
 import onnx_ir as ir
 
 from mpcompile import errors
-from mpcompile.choices import OPTIMIZE_LEVELS
-from mpcompile.optimize import ort_session
-from mpcompile.optimize.checks import (
+from mpcompile.core.choices import OPTIMIZE_LEVELS
+from mpcompile.targets.base import Target, get_target
+from mpcompile.targets.optimize import ort_session
+from mpcompile.targets.optimize.checks import (
     CheckContext,
     Problem,
     check_candidate,
@@ -37,12 +38,11 @@ from mpcompile.optimize.checks import (
     io_signature,
     model_ops,
 )
-from mpcompile.optimize.lowering import lower_internal_ops
-from mpcompile.optimize.model_type import detect_model_type
-from mpcompile.optimize.symbolic_types import annotate_types
-from mpcompile.optimize.transformer import FusionFailed, FusionSettings, fuse_transformer
-from mpcompile.optimize.unsqueeze import split_multi_axis_unsqueeze
-from mpcompile.targets.base import Target, get_target
+from mpcompile.targets.optimize.lowering import lower_internal_ops
+from mpcompile.targets.optimize.model_type import detect_model_type
+from mpcompile.targets.optimize.symbolic_types import annotate_types
+from mpcompile.targets.optimize.transformer import FusionFailed, FusionSettings, fuse_transformer
+from mpcompile.targets.optimize.unsqueeze import split_multi_axis_unsqueeze
 
 OPTIMIZE_METADATA_KEY = "mpcompile.optimize"
 _MAX_ROUNDS = 6  # reruns of one rung with more fusions disabled

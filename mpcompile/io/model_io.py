@@ -21,10 +21,10 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from mpcompile import errors
-from mpcompile.graphs import model_graphs
-from mpcompile.mapped_load import WireFormatError, load_mapped, write_embedded
-from mpcompile.proto_tensors import all_tensor_protos, tensor_nbytes
-from mpcompile.structure import check_declared_types, check_structure, check_value_info_against_inference
+from mpcompile.io.mapped_load import WireFormatError, load_mapped, write_embedded
+from mpcompile.io.proto_tensors import all_tensor_protos, tensor_nbytes
+from mpcompile.io.structure import check_declared_types, check_structure, check_value_info_against_inference
+from mpcompile.irtools.graphs import model_graphs
 
 # Files at least this large are loaded with their embedded weights mapped, not parsed.
 MAPPED_LOAD_MIN_BYTES = 64 * 2**20
@@ -85,7 +85,7 @@ def _parse_model_file(path: pathlib.Path) -> onnx.ModelProto:
         raise errors.NotOnnxError(f"{path}: empty file, not an ONNX model")
     proto = None
     if path.stat().st_size >= MAPPED_LOAD_MIN_BYTES:
-        try:  # embedded weights mapped from the file, not parsed (see mpcompile.mapped_load)
+        try:  # embedded weights mapped from the file, not parsed (see mpcompile.io.mapped_load)
             proto = load_mapped(path)
         except (WireFormatError, DecodeError, RuntimeError, ValueError, OSError):
             proto = None  # the plain parse below reports what is wrong
@@ -108,7 +108,7 @@ def model_from_proto(
     check_links: bool = True,
 ) -> ir.Model:
     """The IR of a parsed model after every input check: its external data (resolved against
-    ``base_dir``, which it may not leave), its structure (``mpcompile.structure``) and its opsets.
+    ``base_dir``, which it may not leave), its structure (``mpcompile.io.structure``) and its opsets.
     ``model_file`` is the file ``proto`` was read from, if any; the model records the files it
     reads (``input_files``)."""
     data_files = check_external_data(proto, base_dir)  # first: it guards what may be opened

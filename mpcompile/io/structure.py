@@ -20,8 +20,8 @@ import onnx
 import onnx_ir as ir
 
 from mpcompile import errors
-from mpcompile.graphs import all_graphs, model_graphs
-from mpcompile.proto_tensors import all_tensor_protos, tensor_nbytes, typed_field_entries
+from mpcompile.io.proto_tensors import all_tensor_protos, tensor_nbytes, typed_field_entries
+from mpcompile.irtools.graphs import all_graphs, model_graphs
 
 GraphLike = onnx.GraphProto | onnx.FunctionProto
 # Names visible in a graph: its own definitions, then those of each enclosing graph.
@@ -87,7 +87,7 @@ def check_declared_types(model: ir.Model) -> None:
     """For a model onnx could not type: refuse a node whose declared input and output dtypes
     contradict its schema (two dtypes bound to one type variable), which VerifyPass would
     otherwise meet as an internal error after converting."""
-    from mpcompile.passes.verify import type_variable_conflict  # the passes import mpcompile.io
+    from mpcompile.passes.verify import type_variable_conflict  # the passes import mpcompile.io.model_io
 
     for graph, opset in all_graphs(model):
         for node in graph:

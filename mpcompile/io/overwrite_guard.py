@@ -21,7 +21,7 @@ OUTPUT_MODEL = "the output"
 OUTPUT_WEIGHTS = "the output's external-data file"
 REPORT = "the report"
 RESULTS = "the results file"
-DATA_SUFFIX = ".data"  # io.save_model writes OUT.onnx's external data to OUT.onnx.data
+DATA_SUFFIX = ".data"  # model_io.save_model writes OUT.onnx's external data to OUT.onnx.data
 
 Files = Mapping[pathlib.Path, str]  # path -> its role, as the message names it
 
@@ -72,11 +72,11 @@ def refuse_writing_over(
 ) -> None:
     """Refuse writing ``path`` (a report, a results file) over a file of ``models`` (each model
     file and its weights) or over one of ``others``."""
-    from mpcompile import io
+    from mpcompile.io import model_io
 
     protected = dict(others or {})
     for model in models:
-        protected.update(model_files(io.files_read(model)))
+        protected.update(model_files(model_io.files_read(model)))
     refuse_overwriting_inputs(protected, {pathlib.Path(path).absolute(): role})
 
 

@@ -1,0 +1,1 @@
+"""The conversion core: options, the precision plan, the pass pipeline and the public convert API."""

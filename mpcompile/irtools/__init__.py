@@ -1,0 +1,1 @@
+"""Small helpers over onnx-ir graphs and values, shared by every part of mpcompile."""
