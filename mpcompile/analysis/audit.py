@@ -29,6 +29,7 @@ from mpcompile.core.plan import (
     MODEL_PRECISION_KEY,
     MODEL_TARGET_KEY,
     MODEL_VERSION_KEY,
+    TRACE_KEY,
     Reason,
     read_decision,
 )
@@ -184,8 +185,6 @@ def audit_model(
 
 def _auto_record(model: ir.Model) -> dict[str, Any] | None:
     """The ``convert --auto`` search record (``mpcompile.auto`` metadata), or None."""
-    from mpcompile.auto import TRACE_KEY
-
     text = model.metadata_props.get(TRACE_KEY)
     if not text:
         return None

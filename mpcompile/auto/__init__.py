@@ -8,12 +8,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from mpcompile.auto.reasons import AUTO_RANGE, AUTO_SENSITIVITY
-
 DEFAULT_BUDGET = 16  # model evaluations (reference and candidate runs), the reference included
-TRACE_KEY = "mpcompile.auto"  # model metadata key of the saved search record
 
 _EXPORTS = {
+    "AUTO_RANGE": "mpcompile.auto.reasons",
+    "AUTO_SENSITIVITY": "mpcompile.auto.reasons",
+    "TRACE_KEY": "mpcompile.core.plan",  # model metadata key of the saved search record
     "AutoResult": "mpcompile.auto.api",
     "auto_convert": "mpcompile.auto.api",
     "Criterion": "mpcompile.auto.criteria",
@@ -23,7 +23,7 @@ _EXPORTS = {
     "read_trace": "mpcompile.auto.trace",
 }
 
-__all__ = ["AUTO_RANGE", "AUTO_SENSITIVITY", "DEFAULT_BUDGET", "TRACE_KEY", *_EXPORTS]
+__all__ = ["DEFAULT_BUDGET", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:

@@ -20,6 +20,7 @@ RULE_KEY = "mpcompile.rule"
 MODEL_VERSION_KEY = "mpcompile.version"
 MODEL_PRECISION_KEY = "mpcompile.low_precision"
 MODEL_TARGET_KEY = "mpcompile.target"
+TRACE_KEY = "mpcompile.auto"  # model metadata key of the saved --auto search record
 
 
 class Reason:
