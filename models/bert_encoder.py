@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from models._builder import FLOAT, INT64, GraphBuilder
+from models.builder import FLOAT, INT64, GraphBuilder
 
 # The additive-mask constant PyTorch exports of Hugging Face models use: torch.finfo(float32).min.
 FINFO_MIN_MASK = float(np.finfo(np.float32).min)  # -3.4028235e38

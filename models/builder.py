@@ -1,4 +1,10 @@
-"""A small deterministic graph builder over onnx-ir, shared by every model in the zoo.
+"""The one place test and benchmark models are built in code.
+
+``GraphBuilder`` (over onnx-ir) builds every model of the zoo; the protobuf helpers at the end
+(``make_model``, ``value_info``, ``weight``, ``constant``, ``tiny_fp32_model``) build the small
+hand-written graphs of the tests.
+
+GraphBuilder: a small deterministic graph builder.
 
 Nodes and values get readable, deterministic names (``<scope>/<OpType>_<n>``). Weights come
 from a numpy generator seeded by the builder seed and the weight's name, so a weight's values
@@ -17,6 +23,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_ir as ir
+from onnx import TensorProto, helper, numpy_helper
 
 FLOAT = ir.DataType.FLOAT
 INT64 = ir.DataType.INT64
@@ -177,3 +184,60 @@ class GraphBuilder:
     def model(self, opset: int, doc: str = "") -> onnx.ModelProto:
         """The graph as an ``onnx.ModelProto`` (weights embedded)."""
         return ir.to_proto(self.ir_model(opset, doc))
+
+
+# -- protobuf helpers for small hand-written test graphs ------------------------------------
+PROTO_FLOAT = TensorProto.FLOAT
+
+
+def value_info(
+    name: str, shape: Sequence[int | str] | None, elem_type: int = PROTO_FLOAT
+) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem_type, shape)
+
+
+def weight(
+    name: str, shape: Sequence[int], seed: int = 0, scale: float = 1.0, dtype: type = np.float32
+) -> onnx.TensorProto:
+    """A deterministic N(0, scale^2) initializer (FP32 unless ``dtype`` says otherwise)."""
+    array = np.random.default_rng(seed).standard_normal(shape).astype(np.float32) * scale
+    return numpy_helper.from_array(array.astype(dtype, copy=False), name)
+
+
+def constant(name: str, array) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def make_model(
+    nodes: Sequence[onnx.NodeProto],
+    inputs: Sequence[onnx.ValueInfoProto],
+    outputs: Sequence[onnx.ValueInfoProto],
+    initializers: Sequence[onnx.TensorProto] = (),
+    opset: int = 17,
+    ir_version: int = 8,
+    name: str = "test",
+) -> onnx.ModelProto:
+    graph = helper.make_graph(list(nodes), name, list(inputs), list(outputs), list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def tiny_fp32_model(opset: int = 17) -> onnx.ModelProto:
+    """y = Relu(x @ W + b): one MatMul for the allow list, small and deterministic."""
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W")
+    bias = numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b")
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["h"], name="matmul"),
+        helper.make_node("Add", ["h", "b"], ["a"], name="add"),
+        helper.make_node("Relu", ["a"], ["y"], name="relu"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [value_info("x", [2, 4])],
+        [value_info("y", [2, 3])],
+        [weight, bias],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from models._builder import BOOL, FLOAT, INT64, GraphBuilder
+from models.builder import BOOL, FLOAT, INT64, GraphBuilder
 
 
 def build(features: int = 8, loop_iterations: int = 3, opset: int = 17) -> onnx.ModelProto:

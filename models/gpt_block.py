@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from models._builder import FLOAT, INT64, GraphBuilder
+from models.builder import FLOAT, INT64, GraphBuilder
 
 MIN_OPSET = 17  # LayerNormalization
 

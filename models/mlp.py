@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx
 
-from models._builder import FLOAT, GraphBuilder
+from models.builder import FLOAT, GraphBuilder
 
 
 def build(

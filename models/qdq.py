@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from models._builder import FLOAT, GraphBuilder, normal_weights
+from models.builder import FLOAT, GraphBuilder, normal_weights
 
 MIN_OPSET = 13  # per-channel DequantizeLinear (axis attribute)
 

@@ -13,7 +13,7 @@ import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 
 from models import bert_encoder
-from models._builder import BOOL, FLOAT, GraphBuilder, normal_weights
+from models.builder import BOOL, FLOAT, GraphBuilder, normal_weights
 
 
 def existing_cast(features: int = 16, opset: int = 17) -> onnx.ModelProto:

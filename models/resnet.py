@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from models._builder import FLOAT, GraphBuilder, weight_rng
+from models.builder import FLOAT, GraphBuilder, weight_rng
 
 
 def _conv_bn(g: GraphBuilder, x: ir.Value, c_in: int, c_out: int, kernel: int, stride: int) -> ir.Value:

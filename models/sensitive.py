@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
-from models._builder import FLOAT, GraphBuilder
+from models.builder import FLOAT, GraphBuilder
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+
+from models.builder import tiny_fp32_model
 
 
 @dataclasses.dataclass
@@ -31,26 +31,7 @@ def run_cli(capsys: pytest.CaptureFixture[str]):
     return run
 
 
-def tiny_fp32_model(opset: int = 17) -> onnx.ModelProto:
-    """y = Relu(x @ W + b): one MatMul for the allow list, small and deterministic."""
-    rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W")
-    bias = numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b")
-    nodes = [
-        helper.make_node("MatMul", ["x", "W"], ["h"], name="matmul"),
-        helper.make_node("Add", ["h", "b"], ["a"], name="add"),
-        helper.make_node("Relu", ["a"], ["y"], name="relu"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
-        [weight, bias],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
-
-
 @pytest.fixture
 def tiny_model() -> onnx.ModelProto:
+    """y = Relu(x @ W + b) (``models.builder.tiny_fp32_model``)."""
     return tiny_fp32_model()

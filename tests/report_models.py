@@ -1,4 +1,4 @@
-"""Small graphs for the report tests (no tests here; imported by tests/test_report_*.py)."""
+"""Small stamped graphs for the report tests (built with ``models.builder``)."""
 
 from __future__ import annotations
 
@@ -6,29 +6,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from models.builder import make_model, value_info, weight
 from mpcompile.core.plan import Decision, stamp_decision
 from mpcompile.core.precision import Precision
 
 OPSET = 17
-
-
-def model_of(
-    nodes, inputs, outputs, initializers=(), opset: int = OPSET, name: str = "test"
-) -> onnx.ModelProto:
-    """A checked ModelProto from onnx.helper pieces."""
-    graph = helper.make_graph(nodes, name, inputs, outputs, list(initializers))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-def tensor(name: str, shape, elem=TensorProto.FLOAT):
-    return helper.make_tensor_value_info(name, elem, shape)
-
-
-def weight(name: str, shape, dtype=np.float32, seed: int = 0, scale: float = 0.3):
-    rng = np.random.default_rng(seed)
-    return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(dtype), name)
 
 
 def stamp(model: onnx.ModelProto, decisions: dict[str, tuple[str, str, str]]) -> onnx.ModelProto:
@@ -48,14 +30,16 @@ def mixed_model() -> onnx.ModelProto:
 
     FLOPs with batch=1, seq=128: MatMul 2*128*8*16 = 32768; Softmax 128*16 = 2048.
     """
-    w16 = weight("w", (8, 16), np.float16)
+    w16 = weight("w", (8, 16), scale=0.3, dtype=np.float16)
     nodes = [
         helper.make_node("Cast", ["x"], ["x16"], name="x_cast", to=TensorProto.FLOAT16),
         helper.make_node("MatMul", ["x16", "w"], ["h16"], name="proj"),
         helper.make_node("Cast", ["h16"], ["h"], name="h_cast", to=TensorProto.FLOAT),
         helper.make_node("Softmax", ["h"], ["y"], name="softmax", axis=-1),
     ]
-    model = model_of(nodes, [tensor("x", ["batch", "seq", 8])], [tensor("y", ["batch", "seq", 16])], [w16])
+    model = make_model(
+        nodes, [value_info("x", ["batch", "seq", 8])], [value_info("y", ["batch", "seq", 16])], [w16]
+    )
     return stamp(
         model,
         {
@@ -84,6 +68,6 @@ def planted_model(factor: float = 8e3) -> onnx.ModelProto:
         weight("w1", (16, 16), seed=1, scale=1.0),
         numpy_helper.from_array(np.array(factor, np.float32), "big"),
         numpy_helper.from_array(np.array(1e-4, np.float32), "small"),
-        weight("w2", (16, 4), seed=2),
+        weight("w2", (16, 4), seed=2, scale=0.3),
     ]
-    return model_of(nodes, [tensor("x", ["batch", 16])], [tensor("y", ["batch", 4])], inits)
+    return make_model(nodes, [value_info("x", ["batch", 16])], [value_info("y", ["batch", 4])], inits)

@@ -21,7 +21,7 @@ from mpcompile.auto import AUTO_RANGE, AUTO_SENSITIVITY, TRACE_KEY, RangeRules, 
 from mpcompile.auto.trace import TRACE_COLUMNS, trace_rows
 from mpcompile.evaluate import faithful
 from mpcompile.evaluate.inputs import cast_feeds, generate_inputs
-from tests.builders import decisions_by_name
+from tests.helpers import decisions_by_name
 
 RTOL = ATOL = 1e-2  # the default FP16 tolerance of --auto
 COMPUTE_OPS = {"MatMul", "Gemm", "Conv"}
@@ -301,7 +301,7 @@ def test_answer_has_at_least_plain_converts_share_where_plain_convert_passes():
     FP16, passes. The underflow findings are given back (phase "plain"): the answer is all FP16."""
     from onnx import helper
 
-    from tests.builders import make_model, value_info, weight
+    from models.builder import make_model, value_info, weight
 
     original = make_model(
         [

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from onnx import helper
 
 import mpcompile
+from models.builder import constant, make_model, value_info, weight
 from mpcompile.auto import AUTO_RANGE, auto_convert, read_trace
 from mpcompile.auto.api import measured_op_names
 from mpcompile.commands.auto_options import auto_options, auto_settings, run_auto_from_cli
@@ -28,7 +29,7 @@ from mpcompile.evaluate import faithful
 from mpcompile.evaluate.inputs import cast_feeds, generate_inputs
 from mpcompile.policy import OpClass, Policy, op_classes
 from mpcompile.policy.policy import ClassifiedOp
-from tests.builders import constant, decisions_by_name, make_model, value_info, weight
+from tests.helpers import decisions_by_name
 
 RTOL = ATOL = 1e-2
 

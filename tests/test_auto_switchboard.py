@@ -21,6 +21,7 @@ from onnx import TensorProto, helper
 from test_fuzz import DERANDOMIZE, EXAMPLES, examples, options
 
 import models
+from models.builder import constant, make_model, value_info, weight
 from models.sensitive import SENSITIVE
 from mpcompile.auto import RangeRules, auto_convert
 from mpcompile.auto.api import measured_op_names
@@ -30,7 +31,6 @@ from mpcompile.auto.switchboard import Switchboard
 from mpcompile.core.converter import convert
 from mpcompile.evaluate.faithful import FaithfulSession, ReferenceSession
 from mpcompile.evaluate.inputs import cast_feeds, generate_inputs
-from tests.builders import constant, make_model, value_info, weight
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is needed to evaluate models")
 

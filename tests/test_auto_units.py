@@ -10,6 +10,7 @@ import onnx_ir as ir
 import pytest
 from onnx import helper
 
+from models.builder import constant, make_model, value_info
 from mpcompile.auto.criteria import Criterion, CriterionError, make_criterion, parse_metric
 from mpcompile.auto.graph import connected_regions, main_nodes, name_nodes
 from mpcompile.auto.range_rules import (
@@ -21,7 +22,6 @@ from mpcompile.auto.range_rules import (
 )
 from mpcompile.auto.sensitivity import NodeSensitivity, blame_items, measure
 from mpcompile.core.precision import FP16
-from tests.builders import constant, make_model, value_info
 
 
 def _model(text: str) -> ir.Model:

@@ -22,8 +22,9 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from models.builder import tiny_fp32_model
 from mpcompile.errors import ExitCode
-from tests.conftest import CliRun, tiny_fp32_model
+from tests.conftest import CliRun
 
 # --------------------------------------------------------------------------- helpers
 

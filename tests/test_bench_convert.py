@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # runs the benchmark scripts end to end
+
 SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "bench" / "convert_bench.py"
 
 

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 
 import models
+
+pytestmark = pytest.mark.slow  # builds benchmark encoders
 
 SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "bench" / "make_encoder.py"
 

@@ -17,6 +17,8 @@ from onnx import TensorProto, helper
 
 from tools import conformance
 
+pytestmark = pytest.mark.slow  # ONNX's backend node-test suite: unpacks the onnx 1.22.0 wheel's node tests
+
 REQUIRED_RATE = 0.99
 
 

@@ -9,9 +9,11 @@ import pytest
 from onnx import TensorProto, helper
 
 import mpcompile
+from models.builder import PROTO_FLOAT as FLOAT
+from models.builder import make_model, value_info, weight
 from mpcompile import errors
 from mpcompile.core.plan import Reason
-from tests.builders import FLOAT, assert_close, make_model, metadata, node_by_name, run, value_info, weight
+from tests.helpers import assert_close, metadata, node_by_name, run
 
 
 def mlp_with_blocked_tail() -> onnx.ModelProto:

@@ -11,8 +11,9 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from test_validate_models import FP16, FP32, make_model, overflow_model, tensor
+from test_validate_models import FP16, FP32, overflow_model
 
+from models.builder import make_model, value_info
 from mpcompile.evaluate import faithful
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is needed to evaluate models")
@@ -70,7 +71,7 @@ def _chain_model(low: int, numpy_low) -> tuple[onnx.ModelProto, dict[str, np.nda
         else helper.make_tensor(name, BF16, value.shape, value.view(np.uint16).tobytes(), raw=True)
         for name, value in consts.items()
     ]
-    model = make_model(nodes, [tensor("x", [4, 64], low)], [tensor("y", [4, 64], low)], initializers)
+    model = make_model(nodes, [value_info("x", [4, 64], low)], [value_info("y", [4, 64], low)], initializers)
     return model, consts
 
 
@@ -123,7 +124,9 @@ def test_chain_matches_numpy_per_node_rounding(low, numpy_low):
 def test_rounding_matches_numpy_on_edge_values():
     """ORT's Cast FP32→FP16 inside the evaluation rounds like numpy: ties to even, overflow, subnormals."""
     model = make_model(
-        [helper.make_node("Cast", ["x"], ["y"], to=FP16)], [tensor("x", [12])], [tensor("y", [12], FP16)]
+        [helper.make_node("Cast", ["x"], ["y"], to=FP16)],
+        [value_info("x", [12])],
+        [value_info("y", [12], FP16)],
     )
     x = np.array(
         [
@@ -189,10 +192,10 @@ def test_input_model_is_not_modified():
 def test_if_branch_outputs_are_rounded():
     """Rounding also happens inside subgraphs."""
     then_graph = helper.make_graph(
-        [helper.make_node("Mul", ["x16", "four"], ["t"])], "then", [], [tensor("t", [1], FP16)]
+        [helper.make_node("Mul", ["x16", "four"], ["t"])], "then", [], [value_info("t", [1], FP16)]
     )
     else_graph = helper.make_graph(
-        [helper.make_node("Identity", ["x16"], ["e"])], "else", [], [tensor("e", [1], FP16)]
+        [helper.make_node("Identity", ["x16"], ["e"])], "else", [], [value_info("e", [1], FP16)]
     )
     model = make_model(
         [
@@ -200,8 +203,8 @@ def test_if_branch_outputs_are_rounded():
             helper.make_node("If", ["cond"], ["branch"], then_branch=then_graph, else_branch=else_graph),
             helper.make_node("Cast", ["branch"], ["y"], to=FP32),
         ],
-        [tensor("x", [1]), tensor("cond", [], TensorProto.BOOL)],
-        [tensor("y", [1])],
+        [value_info("x", [1]), value_info("cond", [], TensorProto.BOOL)],
+        [value_info("y", [1])],
         [numpy_helper.from_array(np.array([4], np.float16), "four")],
     )
     feeds = {"x": np.array([65504], np.float32), "cond": np.array(True)}
@@ -224,8 +227,8 @@ def test_constant_nodes_and_cast_targets_are_widened():
             ),
             helper.make_node("Add", ["p", "z"], ["y"]),
         ],
-        [tensor("x", [1]), tensor("shape", [1], TensorProto.INT64)],
-        [tensor("y", [1], FP16)],
+        [value_info("x", [1]), value_info("shape", [1], TensorProto.INT64)],
+        [value_info("y", [1], FP16)],
     )
     x = np.array([0.1], np.float32)
     got = faithful.run(model, {"x": x, "shape": np.array([1], np.int64)})["y"]
@@ -238,8 +241,8 @@ def test_constant_nodes_and_cast_targets_are_widened():
 def test_run_reference_exposes_fp32_intermediates():
     model = make_model(
         [helper.make_node("Mul", ["x", "w"], ["m"]), helper.make_node("Tanh", ["m"], ["y"])],
-        [tensor("x", [3])],
-        [tensor("y", [3])],
+        [value_info("x", [3])],
+        [value_info("y", [3])],
         [numpy_helper.from_array(np.array([1.0, 2.0, 3.0], np.float32), "w")],
     )
     x = np.array([0.5, -1.0, 2.0], np.float32)
@@ -271,8 +274,8 @@ def test_untyped_contrib_op_outputs_are_rounded():
                 helper.make_node("Mul", ["g2", "big"], ["y"]),
             ],
             "contrib",
-            [tensor("x", [8], FP16)],
-            [tensor("y", [8], FP16)],
+            [value_info("x", [8], FP16)],
+            [value_info("y", [8], FP16)],
             [numpy_helper.from_array(np.full(8, 1000.0, np.float16), "big")],
         ),
         opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
@@ -310,8 +313,8 @@ def _traced_size_value_info_model() -> onnx.ModelProto:
         helper.make_node("Relu", ["m"], ["q"]),
         helper.make_node("Relu", ["q"], ["y"]),
     ]
-    model = make_model(nodes, [tensor("x", [1, 96, "h", "w"])], [tensor("y", [1, 96, "h", "w"])])
-    model.graph.value_info.extend(tensor(name, [1, 96, 1, 1]) for name in ["p", "r", "m", "q"])
+    model = make_model(nodes, [value_info("x", [1, 96, "h", "w"])], [value_info("y", [1, 96, "h", "w"])])
+    model.graph.value_info.extend(value_info(name, [1, 96, 1, 1]) for name in ["p", "r", "m", "q"])
     return model
 
 
@@ -348,8 +351,8 @@ def test_optional_outputs_left_out_are_not_rounded():
             helper.make_node("LayerNormalization", ["x16", "scale", "bias"], ["y16", "", "inv_std"], axis=-1),
             helper.make_node("Cast", ["y16"], ["y"], to=FP32),
         ],
-        [tensor("x", [2, 8])],
-        [tensor("y", [2, 8]), tensor("inv_std", [2, 1])],
+        [value_info("x", [2, 8])],
+        [value_info("y", [2, 8]), value_info("inv_std", [2, 1])],
         [scale, bias],
     )
     x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)

@@ -9,11 +9,11 @@ from onnx import TensorProto, helper
 
 import models
 import mpcompile
+from models.builder import make_model, value_info
 from mpcompile.io import model_io
 from mpcompile.irtools.graphs import model_graphs
 from mpcompile.passes import infer_types
 from mpcompile.policy import op_types
-from tests.builders import make_model, value_info
 
 ZOO_NAMES = sorted(models.ZOO)
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import pytest
-from builders import run
-from builders import run as run_model
 from onnx import TensorProto, helper, numpy_helper
-from test_validate_models import FP16, make_model, tensor
+from test_validate_models import FP16
 
+from models.builder import make_model, value_info
 from mpcompile import errors
 from mpcompile.evaluate import inputs
+from tests.helpers import run
+from tests.helpers import run as run_model
 
 VOCAB = 50
 
@@ -33,16 +34,16 @@ def _encoder_like() -> ir.Model:
             helper.make_node("Identity", ["flags"], ["flags_out"]),
         ],
         [
-            tensor("input_ids", ["batch", "sequence"], TensorProto.INT64),
-            tensor("token_type_ids", ["batch", "sequence"], TensorProto.INT64),
-            tensor("attention_mask", ["batch", "sequence"], TensorProto.INT64),
-            tensor("image", ["n", 3, None], FP16),
-            tensor("flags", [2], TensorProto.BOOL),
+            value_info("input_ids", ["batch", "sequence"], TensorProto.INT64),
+            value_info("token_type_ids", ["batch", "sequence"], TensorProto.INT64),
+            value_info("attention_mask", ["batch", "sequence"], TensorProto.INT64),
+            value_info("image", ["n", 3, None], FP16),
+            value_info("flags", [2], TensorProto.BOOL),
         ],
         [
-            tensor("y", ["batch", "sequence", 8]),
-            tensor("image_out", ["n", 3, None], FP16),
-            tensor("flags_out", [2], TensorProto.BOOL),
+            value_info("y", ["batch", "sequence", 8]),
+            value_info("image_out", ["n", 3, None], FP16),
+            value_info("flags_out", [2], TensorProto.BOOL),
         ],
         [
             numpy_helper.from_array(rng.standard_normal((VOCAB, 8)).astype(np.float32), "embedding"),
@@ -151,16 +152,16 @@ def _kv_cache_decoder() -> ir.Model:
             helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
         ],
         [
-            tensor("input_ids", ["batch_size", "sequence_length"], TensorProto.INT64),
-            tensor(
+            value_info("input_ids", ["batch_size", "sequence_length"], TensorProto.INT64),
+            value_info(
                 "attention_mask", ["batch_size", "past_sequence_length + sequence_length"], TensorProto.INT64
             ),
-            tensor("position_ids", ["batch_size", "sequence_length"], TensorProto.INT64),
-            tensor("past_key", ["batch_size", 1, "past_sequence_length", 8]),
+            value_info("position_ids", ["batch_size", "sequence_length"], TensorProto.INT64),
+            value_info("past_key", ["batch_size", 1, "past_sequence_length", 8]),
         ],
         [
-            tensor("present_key", ["batch_size", 1, "past_sequence_length + sequence_length", 8]),
-            tensor("maskf", ["batch_size", "past_sequence_length + sequence_length"]),
+            value_info("present_key", ["batch_size", 1, "past_sequence_length + sequence_length", 8]),
+            value_info("maskf", ["batch_size", "past_sequence_length + sequence_length"]),
         ],
         [
             numpy_helper.from_array(rng.standard_normal((VOCAB, 8)).astype(np.float32), "embedding"),
@@ -197,7 +198,7 @@ def test_positions_stay_inside_their_table():
 @pytest.mark.parametrize("placeholder", [0, -1])
 def test_fixed_zero_or_negative_dims_are_treated_as_dynamic(placeholder):
     proto = make_model(
-        [helper.make_node("Relu", ["x"], ["y"])], [tensor("x", [1, 3, 4])], [tensor("y", [1, 3, 4])]
+        [helper.make_node("Relu", ["x"], ["y"])], [value_info("x", [1, 3, 4])], [value_info("y", [1, 3, 4])]
     )
     proto.graph.input[0].type.tensor_type.shape.dim[1].dim_value = placeholder  # as some exporters write
     (spec,) = inputs.input_specs(ir.serde.deserialize_model(proto))
@@ -214,8 +215,12 @@ def test_rejected_generated_inputs_name_the_guessed_input_the_failing_node_reads
                 helper.make_node("Pad", ["x", "both"], ["y"], name="pad_node"),
                 helper.make_node("Identity", ["flag"], ["flag_out"]),
             ],
-            [tensor("x", [4]), tensor("pads", [1], TensorProto.INT64), tensor("flag", [1], TensorProto.BOOL)],
-            [tensor("y", [None]), tensor("flag_out", [1], TensorProto.BOOL)],
+            [
+                value_info("x", [4]),
+                value_info("pads", [1], TensorProto.INT64),
+                value_info("flag", [1], TensorProto.BOOL),
+            ],
+            [value_info("y", [None]), value_info("flag_out", [1], TensorProto.BOOL)],
         )
     )
     specs = inputs.input_specs(model)
@@ -253,8 +258,8 @@ def _strided_image_model(kernel: int = 20) -> ir.Model:
     return ir.serde.deserialize_model(
         make_model(
             [helper.make_node("Conv", ["pixel_values", "w"], ["y"], name="conv")],
-            [tensor("pixel_values", ["batch", "num_channels", "height", "width"])],
-            [tensor("y", ["batch", 4, None, None])],
+            [value_info("pixel_values", ["batch", "num_channels", "height", "width"])],
+            [value_info("y", ["batch", 4, None, None])],
             [weight],
         )
     )
@@ -286,8 +291,8 @@ def test_no_size_of_the_ladder_runs_gives_the_one_line_error():
     model = ir.serde.deserialize_model(
         make_model(
             [helper.make_node("Reshape", ["x", "seven"], ["y"], name="reshape")],
-            [tensor("x", ["batch", "sequence"])],
-            [tensor("y", [7])],
+            [value_info("x", ["batch", "sequence"])],
+            [value_info("y", [7])],
             [numpy_helper.from_array(np.array([7], np.int64), "seven")],
         )
     )

@@ -13,6 +13,8 @@ import pytest
 
 from tools import large_model
 
+pytestmark = pytest.mark.slow  # builds and converts a model with external data, measuring peak memory
+
 CI_WEIGHT_BYTES = 300 * 2**20
 
 

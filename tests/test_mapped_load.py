@@ -11,7 +11,7 @@ import models
 import mpcompile
 from mpcompile.io import model_io
 from mpcompile.io.mapped_load import MIN_MAPPED_BYTES, load_mapped
-from tests.builders import run
+from tests.helpers import run
 
 
 @pytest.mark.parametrize(

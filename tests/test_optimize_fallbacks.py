@@ -19,8 +19,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import mpcompile
+from models.builder import constant, value_info, weight
 from mpcompile.io import model_io
-from tests.builders import assert_close, constant, run, value_info, weight
+from tests.helpers import assert_close, run
 
 ort = pytest.importorskip("onnxruntime", reason="--optimize runs onnxruntime")
 

@@ -15,8 +15,9 @@ from onnx import TensorProto, helper, numpy_helper
 import models
 import mpcompile
 from models import regressions
+from models.builder import make_model, value_info, weight
 from mpcompile.core.plan import Reason
-from tests.builders import assert_close, initializer, make_model, run, value_info, weight
+from tests.helpers import assert_close, initializer, run
 
 
 def convert_and_check(model: onnx.ModelProto, **options) -> mpcompile.ConvertResult:

@@ -8,11 +8,12 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from models.builder import make_model, value_info, weight
 from mpcompile import errors
 from mpcompile.analysis.shapes import DEFAULT_BATCH, DEFAULT_DIM
 from mpcompile.report import ReportOptionError, audit_model, build_report
 from mpcompile.report.summary import summarize
-from tests.test_report_builders import mixed_model, model_of, tensor, weight
+from tests.report_models import mixed_model
 
 
 def by_name(audit):
@@ -81,16 +82,16 @@ def test_flops_of_gemm_conv_conv_transpose_and_attention():
         helper.make_node("ConvTranspose", ["c", "tw"], ["t"], name="deconv", strides=[2, 2]),
     ]
     inits = [
-        weight("gw", (6, 5)),
-        weight("gb", (6,)),
-        weight("cw", (8, 2, 3, 3)),
-        weight("cb", (8,)),
-        weight("tw", (8, 3, 2, 2)),
+        weight("gw", (6, 5), scale=0.3),
+        weight("gb", (6,), scale=0.3),
+        weight("cw", (8, 2, 3, 3), scale=0.3),
+        weight("cb", (8,), scale=0.3),
+        weight("tw", (8, 3, 2, 2), scale=0.3),
     ]
-    model = model_of(
+    model = make_model(
         nodes,
-        [tensor("a", [4, 5]), tensor("img", [1, 4, 10, 10])],
-        [tensor("g", [4, 6]), tensor("t", [1, 3, 20, 20])],
+        [value_info("a", [4, 5]), value_info("img", [1, 4, 10, 10])],
+        [value_info("g", [4, 6]), value_info("t", [1, 3, 20, 20])],
         inits,
     )
     audit = by_name(audit_model(model))
@@ -100,10 +101,10 @@ def test_flops_of_gemm_conv_conv_transpose_and_attention():
     assert audit["conv"].weight_bytes == (8 * 2 * 9 + 8) * 4
 
     attention = helper.make_node("Attention", ["q", "k", "v"], ["o"], name="attn")
-    model = model_of(
+    model = make_model(
         [attention],
-        [tensor("q", [2, 4, 10, 8]), tensor("k", [2, 4, 12, 8]), tensor("v", [2, 4, 12, 6])],
-        [tensor("o", [2, 4, 10, 6])],
+        [value_info("q", [2, 4, 10, 8]), value_info("k", [2, 4, 12, 8]), value_info("v", [2, 4, 12, 6])],
+        [value_info("o", [2, 4, 10, 6])],
         opset=23,
     )
     assert by_name(audit_model(model))["attn"].flops == 2 * 2 * 10 * 12 * (4 * 8 + 4 * 6)
@@ -115,7 +116,7 @@ def test_unknown_flops_are_reported_not_guessed():
         helper.make_node("Cast", ["nz"], ["f"], name="to_float", to=TensorProto.FLOAT),
         helper.make_node("Relu", ["f"], ["y"], name="relu"),
     ]
-    audit = audit_model(model_of(nodes, [tensor("x", [3, 4])], [tensor("y", [2, "n"])]))
+    audit = audit_model(make_model(nodes, [value_info("x", [3, 4])], [value_info("y", [2, "n"])]))
     relu = by_name(audit)["relu"]
     assert relu.flops is None and relu.flops_method == "unknown"
     assert summarize(audit)["flops"]["unknown_nodes"] >= 1
@@ -125,7 +126,7 @@ def test_unknown_flops_are_reported_not_guessed():
 def test_derived_precision_for_models_converted_elsewhere():
     from onnxconverter_common import float16
 
-    from tests.test_report_builders import planted_model
+    from tests.report_models import planted_model
 
     converted = float16.convert_float_to_float16(planted_model(factor=10.0), keep_io_types=True)
     audit = audit_model(converted)
@@ -138,23 +139,23 @@ def test_derived_precision_for_models_converted_elsewhere():
 
 def test_subgraphs_are_walked_and_labelled():
     then_graph = helper.make_graph(
-        [helper.make_node("Neg", ["s"], ["t"], name="neg")], "then", [], [tensor("t", [2, 3])]
+        [helper.make_node("Neg", ["s"], ["t"], name="neg")], "then", [], [value_info("t", [2, 3])]
     )
     else_graph = helper.make_graph(
         [helper.make_node("MatMul", ["s", "w"], ["e"], name="inner_matmul")],
         "else",
         [],
-        [tensor("e", [2, 3])],
+        [value_info("e", [2, 3])],
     )
     nodes = [
         helper.make_node("Relu", ["x"], ["s"], name="relu"),
         helper.make_node("If", ["c"], ["y"], name="branch", then_branch=then_graph, else_branch=else_graph),
     ]
-    model = model_of(
+    model = make_model(
         nodes,
-        [tensor("x", [2, 3]), tensor("c", [], TensorProto.BOOL)],
-        [tensor("y", [2, 3])],
-        [weight("w", (3, 3))],
+        [value_info("x", [2, 3]), value_info("c", [], TensorProto.BOOL)],
+        [value_info("y", [2, 3])],
+        [weight("w", (3, 3), scale=0.3)],
     )
     audit = audit_model(model)
     graphs = {n.name: n.graph for n in audit.nodes}
@@ -189,21 +190,21 @@ def test_constant_nodes_count_as_weights():
         helper.make_node("Constant", [], ["c"], name="const", value=value),
         helper.make_node("Add", ["x", "c"], ["y"], name="add"),
     ]
-    audit = audit_model(model_of(nodes, [tensor("x", [4, 4])], [tensor("y", [4, 4])]))
+    audit = audit_model(make_model(nodes, [value_info("x", [4, 4])], [value_info("y", [4, 4])]))
     assert by_name(audit)["const"].weight_bytes == 64
     assert audit.weights_by_dtype == {"fp32": 64}
 
 
 def test_compare_marks_new_and_removed_nodes():
-    original = model_of(
+    original = make_model(
         [
             helper.make_node("MatMul", ["x", "w"], ["h"], name="proj"),
             helper.make_node("Identity", ["h"], ["h2"], name="dropped"),
             helper.make_node("Softmax", ["h2"], ["y"], name="softmax", axis=-1),
         ],
-        [tensor("x", ["batch", "seq", 8])],
-        [tensor("y", ["batch", "seq", 16])],
-        [weight("w", (8, 16))],
+        [value_info("x", ["batch", "seq", 8])],
+        [value_info("y", ["batch", "seq", 16])],
+        [weight("w", (8, 16), scale=0.3)],
     )
     audit = build_report(mixed_model(), original=original)
     status = {n.name: n.compare["status"] for n in audit.nodes}
@@ -218,7 +219,7 @@ def test_compare_marks_new_and_removed_nodes():
 def test_shapes_computed_from_shape_ops_are_folded():
     """Slice(positions, 0, Shape(x)[1]) defeats onnx inference; the report folds it to get FLOPs."""
     positions = numpy_helper.from_array(np.arange(64, dtype=np.int64).reshape(1, 64), "positions")
-    table = weight("table", (64, 8))
+    table = weight("table", (64, 8), scale=0.3)
     nodes = [
         helper.make_node("Shape", ["x"], ["seq_len"], name="shape", start=1, end=2),
         helper.make_node("Slice", ["positions", "zero", "seq_len", "one"], ["ids"], name="slice"),
@@ -231,7 +232,9 @@ def test_shapes_computed_from_shape_ops_are_folded():
         numpy_helper.from_array(np.array([0], np.int64), "zero"),
         numpy_helper.from_array(np.array([1], np.int64), "one"),
     ]
-    model = model_of(nodes, [tensor("x", ["batch", "seq", 8])], [tensor("y", ["batch", "seq", 8])], inits)
+    model = make_model(
+        nodes, [value_info("x", ["batch", "seq", 8])], [value_info("y", ["batch", "seq", 8])], inits
+    )
     audit = by_name(audit_model(model, shapes=["seq=10", "batch=2"]))
     assert audit["add"].flops == 2 * 10 * 8
 

@@ -8,7 +8,7 @@ import onnx
 
 from mpcompile.cli import main
 from mpcompile.errors import ExitCode
-from tests.test_report_builders import mixed_model, planted_model
+from tests.report_models import mixed_model, planted_model
 
 
 def write(tmp_path, model, name="m.onnx"):

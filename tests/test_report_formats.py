@@ -11,10 +11,11 @@ import jsonschema
 import pytest
 from onnx import helper
 
+from models.builder import make_model, value_info, weight
 from mpcompile.report import ReportView, build_report, format_for_path, render
 from mpcompile.report.csv_format import COLUMNS
 from mpcompile.report.json_format import load_schema
-from tests.test_report_builders import mixed_model, model_of, planted_model, tensor, weight
+from tests.report_models import mixed_model, planted_model
 
 EVIL = "<script>alert(1)</script>"
 
@@ -25,13 +26,13 @@ def evil_model():
         helper.make_node("MatMul", ["x", "w"], ["h"], name=EVIL),
         helper.make_node("Relu", ["h"], ['"><img src=x onerror=alert(2)>'], name="a&b\"c'd"),
     ]
-    model = model_of(
+    model = make_model(
         nodes,
-        [tensor("x", [2, 4])],
-        [tensor('"><img src=x onerror=alert(2)>', [2, 4])],
-        [weight("w", (4, 4))],
+        [value_info("x", [2, 4])],
+        [value_info('"><img src=x onerror=alert(2)>', [2, 4])],
+        [weight("w", (4, 4), scale=0.3)],
     )
-    from tests.test_report_builders import stamp
+    from tests.report_models import stamp
 
     return stamp(model, {EVIL: ("fp16", "allow", "</td><script>alert(3)</script>")})
 

@@ -73,7 +73,7 @@ def test_bert_encoder_blocked_ops_explain_the_fp32_flops():
 
 
 def test_mpcompile_converted_planted_model_numerics():
-    from tests.test_report_builders import planted_model
+    from tests.report_models import planted_model
 
     original = planted_model(factor=8e3)
     result = convert(original)

@@ -14,7 +14,7 @@ import pytest
 from mpcompile.core.precision import BF16, FP16
 from mpcompile.report import build_report
 from mpcompile.report.numerics import normalized_error, range_stats
-from tests.test_report_builders import planted_model
+from tests.report_models import planted_model
 
 pytest.importorskip("onnxruntime", reason="--numerics runs onnxruntime")
 

@@ -18,10 +18,11 @@ from onnx import helper
 
 import models
 import mpcompile
+from models.builder import make_model, value_info, weight
 from mpcompile import errors
 from mpcompile.core.plan import Reason
 from mpcompile.targets import get_target
-from tests.builders import assert_close, make_model, value_info, weight
+from tests.helpers import assert_close
 
 ort = pytest.importorskip("onnxruntime", reason="ORT is needed to run converted models")
 

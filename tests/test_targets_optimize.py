@@ -17,8 +17,9 @@ from onnx import helper
 
 import models
 import mpcompile
+from models.builder import make_model, value_info
 from mpcompile import errors
-from tests.builders import assert_close, make_model, value_info
+from tests.helpers import assert_close
 
 ort = pytest.importorskip("onnxruntime", reason="--optimize runs onnxruntime")
 

@@ -6,22 +6,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from models.builder import make_model, value_info
+
 OPSET = 17
 FP16 = TensorProto.FLOAT16
 FP32 = TensorProto.FLOAT
-
-
-def make_model(nodes, inputs, outputs, initializers=(), opset: int = OPSET) -> onnx.ModelProto:
-    """A checked model from onnx.helper pieces (IR version 10, what ORT loads)."""
-    graph = helper.make_graph(nodes, "test", inputs, outputs, list(initializers))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 10
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-def tensor(name: str, shape, elem_type=FP32):
-    return helper.make_tensor_value_info(name, elem_type, shape)
 
 
 def overflow_model(factor: float = 4.0) -> onnx.ModelProto:
@@ -32,8 +21,8 @@ def overflow_model(factor: float = 4.0) -> onnx.ModelProto:
             helper.make_node("Mul", ["x16", "factor"], ["p"]),
             helper.make_node("Cast", ["p"], ["y"], to=FP32),
         ],
-        [tensor("x", [1])],
-        [tensor("y", [1])],
+        [value_info("x", [1])],
+        [value_info("y", [1])],
         [numpy_helper.from_array(np.array([factor], np.float16), "factor")],
     )
 
@@ -42,8 +31,8 @@ def overflow_model_fp32(factor: float = 4.0) -> onnx.ModelProto:
     """The FP32 original of ``overflow_model``: y = x * factor."""
     return make_model(
         [helper.make_node("Mul", ["x", "factor"], ["y"])],
-        [tensor("x", [1])],
-        [tensor("y", [1])],
+        [value_info("x", [1])],
+        [value_info("y", [1])],
         [numpy_helper.from_array(np.array([factor], np.float32), "factor")],
     )
 
@@ -63,10 +52,10 @@ def mlp_fp32(seed: int = 0, hidden: int = 32, classes: int = 10, with_probs: boo
             helper.make_node("MatMul", ["r", "w2"], ["logits"]),
             *([helper.make_node("Sigmoid", ["logits"], ["probs"])] if with_probs else []),
         ],
-        [tensor("x", ["batch", 16])],
+        [value_info("x", ["batch", 16])],
         [
-            tensor("logits", ["batch", classes]),
-            *([tensor("probs", ["batch", classes])] if with_probs else []),
+            value_info("logits", ["batch", classes]),
+            *([value_info("probs", ["batch", classes])] if with_probs else []),
         ],
         [
             numpy_helper.from_array(w1, "w1"),

@@ -15,7 +15,7 @@ import pytest
 
 import models
 import mpcompile
-from tests.builders import run
+from tests.helpers import run
 
 # Tolerances relative to each output's largest magnitude (atol = REL_ATOL * max|fp32|),
 # plus rtol, per model. FP16 has an 11-bit significand (~4.9e-4 relative rounding).

@@ -1,4 +1,6 @@
-"""Small helpers to build test graphs in code and run them in ONNX Runtime."""
+"""Test helpers: run a model in ONNX Runtime, compare outputs, read back what a conversion stamped.
+
+Models are built with ``models.builder``."""
 
 from __future__ import annotations
 
@@ -6,38 +8,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
-
-FLOAT = TensorProto.FLOAT
-
-
-def value_info(name: str, shape: Sequence[int | str] | None, elem_type: int = FLOAT) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, elem_type, shape)
-
-
-def weight(name: str, shape: Sequence[int], seed: int = 0, scale: float = 1.0) -> onnx.TensorProto:
-    """A deterministic standard-normal FP32 initializer."""
-    array = np.random.default_rng(seed).standard_normal(shape).astype(np.float32) * scale
-    return numpy_helper.from_array(array, name)
-
-
-def constant(name: str, array) -> onnx.TensorProto:
-    return numpy_helper.from_array(np.asarray(array), name)
-
-
-def make_model(
-    nodes: Sequence[onnx.NodeProto],
-    inputs: Sequence[onnx.ValueInfoProto],
-    outputs: Sequence[onnx.ValueInfoProto],
-    initializers: Sequence[onnx.TensorProto] = (),
-    opset: int = 17,
-    ir_version: int = 8,
-    name: str = "test",
-) -> onnx.ModelProto:
-    graph = helper.make_graph(list(nodes), name, list(inputs), list(outputs), list(initializers))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
-    onnx.checker.check_model(model, full_check=True)
-    return model
 
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
