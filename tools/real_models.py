@@ -123,6 +123,17 @@ class Reference:
     casts: int
 
 
+@dataclasses.dataclass
+class Bench:
+    """One corpus entry being converted: its samples, FP32 reference and scratch folder."""
+
+    entry: corpus.Entry
+    work: pathlib.Path
+    sample_dir: pathlib.Path  # the samples as .npz files, for --auto --inputs
+    samples: Sequence[Mapping[str, np.ndarray]]
+    reference: Reference
+
+
 # ---- one model ------------------------------------------------------------------------
 
 
@@ -137,10 +148,9 @@ def run_entry(entry: corpus.Entry, modes: Sequence[str], peers: Sequence[str]) -
         sample_dir.mkdir()
         for index, path in enumerate(entry.input_paths):
             os.symlink(path, sample_dir / f"sample{index}.npz")
-        for mode in modes:
-            rows.append(_run_mode(entry, mode, work, sample_dir, samples, reference))
-        for peer in peers:
-            rows.append(_run_peer(entry, peer, work, samples, reference))
+        bench = Bench(entry, work, sample_dir, samples, reference)
+        rows += [_run_mode(bench, mode) for mode in modes]
+        rows += [_run_peer(bench, peer) for peer in peers]
     return rows
 
 
@@ -157,52 +167,39 @@ def _reference(model_path: pathlib.Path, samples: Sequence[Mapping[str, np.ndarr
     )
 
 
-def _run_mode(
-    entry: corpus.Entry,
-    mode: str,
-    work: pathlib.Path,
-    sample_dir: pathlib.Path,
-    samples: Sequence[Mapping[str, np.ndarray]],
-    reference: Reference,
-) -> Row:
+def _run_mode(bench: Bench, mode: str) -> Row:
     from mpcompile.cli import main
 
-    row = Row(entry.name, mode)
-    output = work / f"{mode}.onnx"
-    arguments = [str(sample_dir) if argument == SAMPLES else argument for argument in MODES[mode]]
+    row = Row(bench.entry.name, mode)
+    output = bench.work / f"{mode}.onnx"
+    arguments = [str(bench.sample_dir) if argument == SAMPLES else argument for argument in MODES[mode]]
     started = time.perf_counter()
     stderr = io.StringIO()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr):
-        row.exit_code = main(["convert", str(entry.model_path), "-o", str(output), *arguments])
+        row.exit_code = main(["convert", str(bench.entry.model_path), "-o", str(output), *arguments])
     row.seconds = time.perf_counter() - started
     if row.exit_code != 0:
         row.error = _last_error_line(stderr.getvalue())
         return row
     if mode.startswith("auto"):
         row.auto_passed = _auto_record(output).get("passed")
-    _check_output(row, output, samples, reference, _criterion(mode))
+    _check_output(row, output, bench, _criterion(mode))
     return row
 
 
-def _run_peer(
-    entry: corpus.Entry,
-    peer: str,
-    work: pathlib.Path,
-    samples: Sequence[Mapping[str, np.ndarray]],
-    reference: Reference,
-) -> Row:
-    row = Row(entry.name, peer)
-    output = work / f"{peer}.onnx"
+def _run_peer(bench: Bench, peer: str) -> Row:
+    row = Row(bench.entry.name, peer)
+    output = bench.work / f"{peer}.onnx"
     started = time.perf_counter()
     try:
-        converted = PEER_CONVERTERS[peer](onnx.load(str(entry.model_path)))
+        converted = PEER_CONVERTERS[peer](onnx.load(str(bench.entry.model_path)))
         onnx.save(converted, str(output))
     except Exception as exc:  # a peer's failure is a result to report, whatever its type
         row.error = f"{type(exc).__name__}: {_first_line(exc)}"
         return row
     finally:
         row.seconds = time.perf_counter() - started
-    _check_output(row, output, samples, reference, _criterion(peer))
+    _check_output(row, output, bench, _criterion(peer))
     return row
 
 
@@ -234,16 +231,11 @@ def _criterion(mode: str):
     return make_criterion(precision="bf16" if mode == "bf16" else "fp16")
 
 
-def _check_output(
-    row: Row,
-    output: pathlib.Path,
-    samples: Sequence[Mapping[str, np.ndarray]],
-    reference: Reference,
-    criterion,
-) -> None:
+def _check_output(row: Row, output: pathlib.Path, bench: Bench, criterion) -> None:
     """Fill the checks of ``row`` for the converted model at ``output``."""
     from mpcompile.evaluate import faithful
 
+    samples, reference = bench.samples, bench.reference
     try:
         onnx.checker.check_model(str(output), full_check=True)
         row.checker = True
