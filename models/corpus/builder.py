@@ -314,20 +314,7 @@ def _failed_rows(job: Job, key: str, status: str, cause: str) -> list[dict[str, 
 
 def failed_entry(job: Job, planned: PlannedEntry, key: str, status: str, cause: str) -> Entry:
     """The manifest entry of a graph that did not export or run."""
-    return Entry(
-        name=planned.name,
-        architecture=job.architecture,
-        exporter=job.exporter,
-        variant=planned.variant,
-        family=planned.families,
-        model=f"{job.name}/{planned.file}",
-        inputs=(),
-        opset=None,
-        status=status,
-        key=key,
-        cause=cause,
-        job=job.name,
-    )
+    return Entry(**job.identity(planned), inputs=(), opset=None, status=status, key=key, cause=cause)
 
 
 def one_line(error: BaseException) -> str:

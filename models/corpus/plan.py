@@ -62,6 +62,18 @@ class Job:
         """The architecture this job exports."""
         return ARCHITECTURES[self.architecture]
 
+    def identity(self, planned: PlannedEntry) -> dict[str, object]:
+        """The manifest fields naming one of this job's graphs: ``Entry(**job.identity(planned), ...)``."""
+        return {
+            "name": planned.name,
+            "architecture": self.architecture,
+            "exporter": self.exporter,
+            "variant": planned.variant,
+            "family": planned.families,
+            "model": f"{self.name}/{planned.file}",
+            "job": self.name,
+        }
+
     def entries(self) -> list[PlannedEntry]:
         """The graphs this job writes, with their entry names, variants and family tags."""
         arch = self.arch

@@ -112,17 +112,11 @@ def _verified_entry(
         input_files.append(relative)
     session = sessions.session(planned.file)
     return Entry(
-        name=planned.name,
-        architecture=job.architecture,
-        exporter=job.exporter,
-        variant=planned.variant,
-        family=planned.families,
-        model=f"{job.name}/{planned.file}",
+        **job.identity(planned),
         inputs=tuple(input_files),
         opset=_opset(folder / planned.file),
         status="ok",
         key=key,
-        job=job.name,
         input_names=tuple(value.name for value in session.get_inputs()),
         output_names=tuple(value.name for value in session.get_outputs()),
         input_shapes=tuple(shapes),
