@@ -1,7 +1,7 @@
 """Per-node sensitivity from one FP16-faithful run of the converted model, intermediates exposed.
 
 Each node output of the converted model is compared with the same output of the FP32 reference
-(``mpcompile.report.numerics.normalized_error``: max |error| / max |reference|, inf for new
+(``mpcompile.analysis.error_measures.normalized_error``: max |error| / max |reference|, inf for new
 NaN/Inf, worst over batches). The error a node **introduces** is its own error minus the
 largest error among the values it reads: rounding at that node, or amplification there of
 its inputs' rounding (cancellation, as in ``(x + 1000) - 1000``).
@@ -83,7 +83,7 @@ def measure(
     ``reference``: the FP32 run's values per batch (graph inputs included); ``candidate``: the
     converted model's. With ``fmt`` (the low-precision type), ``EXACT_OPS`` nodes get their
     introduced error computed directly (module docstring)."""
-    from mpcompile.report.numerics import normalized_error
+    from mpcompile.analysis.error_measures import normalized_error
 
     value_error: dict[str, float] = {}
     node_error: dict[str, float] = {}

@@ -87,7 +87,7 @@ def check_declared_types(model: ir.Model) -> None:
     """For a model onnx could not type: refuse a node whose declared input and output dtypes
     contradict its schema (two dtypes bound to one type variable), which VerifyPass would
     otherwise meet as an internal error after converting."""
-    from mpcompile.passes.verify import type_variable_conflict  # the passes import mpcompile.io.model_io
+    from mpcompile.policy.op_types import type_variable_conflict
 
     for graph, opset in all_graphs(model):
         for node in graph:

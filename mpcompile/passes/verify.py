@@ -5,9 +5,8 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from mpcompile.core.context import ConversionContext
-from mpcompile.irtools.graphs import node_opset
 from mpcompile.passes.base import ConversionPass
-from mpcompile.policy import op_types
+from mpcompile.policy.op_types import type_variable_conflict
 
 
 class VerifyPass(ConversionPass):
@@ -54,28 +53,3 @@ def _check_topological(graph: ir.Graph) -> None:
                     f"node {node.name!r} reads {value.name!r} before it is produced"
                 )
         seen.add(id(node))
-
-
-def type_variable_conflict(node: ir.Node, opset: int, opset_imports: dict[str, int]) -> str | None:
-    """Why the node's inputs/outputs bound to one schema type variable do not share a dtype, or None."""
-    schema = op_types.get_schema(node.domain, node.op_type, node_opset(node, opset, opset_imports))
-    if schema is None:
-        return None
-    constraints = {c.type_param_str for c in schema.type_constraints}
-    bound: dict[str, ir.DataType] = {}
-    for params, values in ((schema.inputs, node.inputs), (schema.outputs, node.outputs)):
-        for index, value in enumerate(values):
-            formal = op_types._formal_type(params, index)
-            if value is None or value.dtype is None or formal not in constraints:
-                continue
-            if (
-                params
-                and index >= len(params) - 1
-                and params[-1].option == params[-1].option.Variadic
-                and not params[-1].is_homogeneous
-            ):
-                continue
-            previous = bound.setdefault(formal, value.dtype)
-            if previous != value.dtype:
-                return f"node {node.name!r} ({node.op_type}): type {formal} bound to both {previous.name} and {value.dtype.name}"
-    return None

@@ -19,6 +19,7 @@ import functools
 import onnx
 import onnx_ir as ir
 
+from mpcompile.irtools.graphs import node_opset
 from mpcompile.policy import op_classes
 
 FLOAT = ir.DataType.FLOAT
@@ -108,6 +109,31 @@ def _formal_type(params, index: int) -> str | None:
         return params[index].type_str
     if params and params[-1].option == onnx.defs.OpSchema.FormalParameterOption.Variadic:
         return params[-1].type_str
+    return None
+
+
+def type_variable_conflict(node: ir.Node, opset: int, opset_imports: dict[str, int]) -> str | None:
+    """Why the node's inputs/outputs bound to one schema type variable do not share a dtype, or None."""
+    schema = get_schema(node.domain, node.op_type, node_opset(node, opset, opset_imports))
+    if schema is None:
+        return None
+    constraints = {c.type_param_str for c in schema.type_constraints}
+    bound: dict[str, ir.DataType] = {}
+    for params, values in ((schema.inputs, node.inputs), (schema.outputs, node.outputs)):
+        for index, value in enumerate(values):
+            formal = _formal_type(params, index)
+            if value is None or value.dtype is None or formal not in constraints:
+                continue
+            if (
+                params
+                and index >= len(params) - 1
+                and params[-1].option == params[-1].option.Variadic
+                and not params[-1].is_homogeneous
+            ):
+                continue
+            previous = bound.setdefault(formal, value.dtype)
+            if previous != value.dtype:
+                return f"node {node.name!r} ({node.op_type}): type {formal} bound to both {previous.name} and {value.dtype.name}"
     return None
 
 

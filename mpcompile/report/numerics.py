@@ -25,11 +25,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
 from mpcompile.analysis.audit import ModelAudit, NodeAudit
+from mpcompile.analysis.error_measures import is_float_array, normalized_error
 from mpcompile.core.precision import LowPrecisionFormat, low_precision_format
 from mpcompile.errors import ExitCode, MpcompileError
 from mpcompile.report.compare import match_key
@@ -42,7 +42,6 @@ EVALUATION = (
     "FP16-faithful CPU evaluation (mpcompile.evaluate.faithful): FP32 arithmetic, every FP16/BF16 "
     "node output rounded to its declared type; measured on CPU"
 )
-_FLOAT_DTYPES = (np.dtype(ml_dtypes.bfloat16),)
 
 
 class NumericsError(MpcompileError):
@@ -80,16 +79,12 @@ def _evaluate(kind: str, model: ir.Model, feeds: Mapping[str, np.ndarray]) -> di
         raise NumericsError(f"onnxruntime could not run the {kind} model: {_first_line(exc)}") from None
 
 
-def _is_float(array: np.ndarray) -> bool:
-    return isinstance(array, np.ndarray) and (array.dtype.kind == "f" or array.dtype in _FLOAT_DTYPES)
-
-
 # ---------------------------------------------------------------- measurements
 
 
 def range_stats(array: np.ndarray, fmt: LowPrecisionFormat) -> dict[str, float] | None:
     """FP32 max |x| and shares that overflow / become subnormal / flush to zero in ``fmt``."""
-    if not _is_float(array) or array.size == 0:
+    if not is_float_array(array) or array.size == 0:
         return None
     x = array.astype(np.float32, copy=False)
     finite = np.isfinite(x)
@@ -118,21 +113,6 @@ def _merge_ranges(stats: list[dict[str, float]]) -> dict[str, float] | None:
         "subnormal_share": max(s["subnormal_share"] for s in stats),
         "zero_share": max(s["zero_share"] for s in stats),
     }
-
-
-def normalized_error(got: np.ndarray, ref: np.ndarray) -> tuple[float, float] | None:
-    """(max abs error, max abs error / max |ref|); inf where got is not finite but ref is."""
-    if got.shape != ref.shape or not _is_float(ref) or not _is_float(got):
-        return None
-    g, r = got.astype(np.float64), ref.astype(np.float64)
-    if (np.isfinite(r) & ~np.isfinite(g)).any():
-        return math.inf, math.inf
-    finite = np.isfinite(r)
-    if not finite.any():
-        return 0.0, 0.0
-    err = float(np.max(np.abs(g[finite] - r[finite])))
-    scale = float(np.max(np.abs(r[finite])))
-    return err, (err / scale if scale > 0 else (0.0 if err == 0 else math.inf))
 
 
 def _low_precision_name(audit: ModelAudit) -> str:

@@ -1,0 +1,163 @@
+"""The import structure of ``mpcompile``: no import cycles, and the layers import only downwards.
+
+Every module under ``mpcompile/`` is parsed with ``ast`` (nothing is imported). Module-level imports
+(those run when the module is imported: also inside ``try``/``if`` at the top, but not under
+``if TYPE_CHECKING:``) make the graph that must be acyclic. The layering rules cover every
+import, function-level lazy ones included: a lazy import still couples the two modules.
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "mpcompile"
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {_module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(node: ast.AST, *, top_level: bool) -> list[ast.Import | ast.ImportFrom]:
+    """Import statements under ``node``; with ``top_level``, only those run at import time."""
+    found: list[ast.Import | ast.ImportFrom] = []
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.Import, ast.ImportFrom)):
+            found.append(child)
+        elif top_level and isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        elif top_level and isinstance(child, ast.If) and _is_type_checking(child.test):
+            found.extend(_imports(ast.Module(body=child.orelse, type_ignores=[]), top_level=True))
+        else:
+            found.extend(_imports(child, top_level=top_level))
+    return found
+
+
+def _targets(module: str, statement: ast.Import | ast.ImportFrom) -> set[str]:
+    """The mpcompile modules an import statement loads (the most specific module for each name)."""
+    if isinstance(statement, ast.Import):
+        names = [alias.name for alias in statement.names]
+    else:
+        base = statement.module or ""
+        if statement.level:
+            package = module if MODULES[module].name == "__init__.py" else module.rpartition(".")[0]
+            for _ in range(statement.level - 1):
+                package = package.rpartition(".")[0]
+            base = f"{package}.{base}" if base else package
+        names = [
+            f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base for alias in statement.names
+        ]
+    found = set()
+    for name in names:
+        while name and name not in MODULES:
+            name = name.rpartition(".")[0]
+        if name.startswith("mpcompile"):
+            found.add(name)
+    found.discard(module)
+    return found
+
+
+def _graph(*, top_level: bool) -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for module, path in MODULES.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        graph[module] = set()
+        for statement in _imports(tree, top_level=top_level):
+            graph[module] |= _targets(module, statement)
+    return graph
+
+
+MODULE_LEVEL = _graph(top_level=True)
+ALL_IMPORTS = _graph(top_level=False)
+
+
+def _layer(module: str) -> str:
+    """``mpcompile.core.plan`` -> ``core``; ``mpcompile.errors`` -> ``errors``; ``mpcompile`` -> ``""``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` (first module repeated at the end), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == 1:
+                return [*path[path.index(target) :], target]
+            if target not in state and (found := visit(target)):
+                return found
+        path.pop()
+        state[module] = 2
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (found := visit(module)):
+            return found
+    return None
+
+
+def test_the_parser_sees_the_package():
+    assert "mpcompile.cli" in MODULES and "mpcompile.core.plan" in MODULES
+    assert "mpcompile.core.plan" in MODULE_LEVEL["mpcompile.analysis.audit"]
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_module_level_imports_are_acyclic():
+    assert _cycle(MODULE_LEVEL) is None
+
+
+# layer -> layers it must not import from (any import, lazy ones included)
+FORBIDDEN = {
+    "io": {"core", "passes", "auto", "report", "validate", "evaluate", "analysis"},
+    "analysis": {"auto", "report"},
+    "auto": {"report"},  # the report renders --auto's trace; both share analysis/
+    "policy": {"passes", "auto", "report", "validate"},
+}
+# layers that import nothing from mpcompile but each other
+SELF_CONTAINED = {"irtools", "errors"}
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_layer_does_not_import_upwards(layer):
+    offending = sorted(
+        f"{module} -> {target}"
+        for module, targets in ALL_IMPORTS.items()
+        if _layer(module) == layer
+        for target in targets
+        if _layer(target) in FORBIDDEN[layer]
+    )
+    assert offending == []
+
+
+@pytest.mark.parametrize("layer", sorted(SELF_CONTAINED))
+def test_layer_is_self_contained(layer):
+    offending = sorted(
+        f"{module} -> {target}"
+        for module, targets in ALL_IMPORTS.items()
+        if _layer(module) == layer
+        for target in targets
+        if _layer(target) not in SELF_CONTAINED
+    )
+    assert offending == []
