@@ -8,8 +8,8 @@
    nodes must stay FP32 (``auto:sensitivity``), within a budget of evaluations.
 
 The answer is a normal mpcompile conversion: the core keeps the chosen nodes FP32 through
-``block_nodes``; their stamped reasons are then replaced by the ``auto:*`` codes, and the search
-trace is saved in the model metadata (``mpcompile.auto``, see docs/auto.md).
+``node_overrides`` (exact names), stamped with the ``auto:*`` reasons and rules given there, and
+the search trace is saved in the model metadata (``mpcompile.auto``, see docs/auto.md).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import onnx
@@ -35,8 +35,15 @@ from mpcompile.auto.range_rules import RangeRules, find_unsafe_nodes
 from mpcompile.auto.reasons import AUTO_RANGE, AUTO_SENSITIVITY
 from mpcompile.auto.search import Search
 from mpcompile.auto.trace import TRACE_KEY, TRACE_VERSION, SearchStep, jsonable
-from mpcompile.core.converter import ConvertOptions, ConvertResult, to_ir_model
-from mpcompile.core.plan import Decision, Reason, read_decision, stamp_decision
+from mpcompile.core.converter import (
+    ConvertOptions,
+    ConvertResult,
+    OpenedConversion,
+    open_conversion,
+    save_conversion,
+    to_ir_model,
+)
+from mpcompile.core.plan import Decision
 from mpcompile.core.precision import Precision, low_precision_format
 from mpcompile.evaluate.inputs import DEFAULT_DIM, InputSpec, run_accepting_inputs
 from mpcompile.policy import op_classes
@@ -134,6 +141,55 @@ def auto_convert(
     stay FP32); ``static_blocks`` turns both off. Other keyword arguments are
     ``mpcompile.convert`` options.
     """
+    return _auto_convert(
+        lambda: _working_copy(model), inputs=inputs, rtol=rtol, atol=atol, metric=metric, budget=budget,
+        shapes=shapes, seed=seed, rules=rules, static_blocks=static_blocks, switchboard=switchboard,
+        **convert_options,
+    )  # fmt: skip
+
+
+def auto_convert_file(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    external_data: bool | None = None,
+    **auto_options: Any,
+) -> AutoResult:
+    """``auto_convert`` of the model at ``input_path``, saved atomically at ``output_path``: the
+    same input checks, output-is-input guard and checked save as ``convert_file``. The search
+    reads every weight into memory first, so ``overwrite`` may replace the input's own files."""
+    opened: list[OpenedConversion] = []
+
+    def load() -> tuple[ir.Model, str]:
+        opened.append(
+            open_conversion(input_path, output_path, overwrite=overwrite, external_data=external_data)
+        )
+        ir.external_data.load_to_model(opened[0].model)  # every candidate is serialized for a session
+        return opened[0].model, "path"
+
+    result = _auto_convert(load, **auto_options)
+    verify = auto_options.get("verify", True) is not False
+    save_conversion(result.model, opened[0], external_data=external_data, verify=verify)
+    return result
+
+
+def _auto_convert(
+    load: Callable[[], tuple[ir.Model, str]],
+    *,
+    inputs: InputsLike = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    metric: str | None = None,
+    budget: int = DEFAULT_BUDGET,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+    rules: RangeRules | None = None,
+    static_blocks: bool = False,
+    switchboard: bool = True,
+    **convert_options: Any,
+) -> AutoResult:
+    """``auto_convert`` of the working copy ``load`` returns, with its kind (proto, ir or path)."""
     started = time.perf_counter()
     if not static_blocks and "measured_ops" not in convert_options:
         convert_options = {**convert_options, "measured_ops": measured_op_names()}
@@ -145,7 +201,7 @@ def auto_convert(
         raise CriterionError(
             f"--budget {budget}: at least {MIN_BUDGET} evaluations (reference and one candidate)"
         )
-    work, kind = _working_copy(model)
+    work, kind = load()
     if options.optimize:  # optimise once up front, so every candidate shares the optimised graph's names
         from mpcompile.targets import get_target
         from mpcompile.targets.optimize import optimize_model
@@ -187,10 +243,12 @@ def auto_convert(
     )
     best = outcome.best
 
-    final = evaluator.convert(best.blocked, verify=True, static=best.static)
     range_why = {name: finding.describe() for name, finding in findings.items() if name in best.blocked}
-    _stamp(final, range_why, AUTO_RANGE)
-    _stamp(final, outcome.blocked_why, AUTO_SENSITIVITY)
+    decisions = {
+        name: Decision(Precision.FP32, AUTO_SENSITIVITY, why) for name, why in outcome.blocked_why.items()
+    }
+    decisions.update((name, Decision(Precision.FP32, AUTO_RANGE, why)) for name, why in range_why.items())
+    final = evaluator.convert(best.blocked, verify=True, static=best.static, decisions=decisions)
     notes = list(outcome.notes)
     if renamed:
         notes.append(
@@ -255,19 +313,3 @@ def _working_copy(model: onnx.ModelProto | ir.Model | str | os.PathLike) -> tupl
     if kind == "path":
         ir.external_data.load_to_model(working)  # every candidate is serialized for a session
     return working, kind
-
-
-def _stamp(result: ConvertResult, why: Mapping[str, str], reason: str) -> None:
-    """Replace the ``user-block-node`` decision of the nodes the search blocked by ``reason``."""
-    nodes = main_nodes(result.model)
-    for name, rule in why.items():
-        node = nodes.get(name)
-        if node is None:
-            continue
-        current = read_decision(node)
-        if current is None or current.reason != Reason.USER_BLOCK_NODE:
-            continue
-        decision = Decision(Precision.FP32, reason, rule)
-        stamp_decision(node, decision)
-        if node in result.plan:
-            result.plan[node] = decision

@@ -17,7 +17,6 @@ initializer (candidates) and as a fed input (the switchboard).
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,13 +25,19 @@ import onnx_ir as ir
 
 from mpcompile.auto.criteria import CheckResult, Criterion
 from mpcompile.auto.graph import main_nodes
+from mpcompile.auto.reasons import AUTO_SENSITIVITY
 from mpcompile.auto.switchboard import Switchboard
 from mpcompile.core.converter import ConvertResult, convert_checked_ir
+from mpcompile.core.plan import Decision
+from mpcompile.core.precision import Precision
 from mpcompile.irtools.graphs import model_graphs
 
 LOW_DTYPES = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 Feeds = dict[str, np.ndarray]
 ProbeKey = tuple[frozenset[str], bool]  # (nodes kept FP32, static block list)
+# The decision of a node the search keeps FP32 for which no finding or sensitivity says why
+# (candidates, and the answer when no candidate could be checked).
+KEPT_BY_SEARCH = Decision(Precision.FP32, AUTO_SENSITIVITY, "kept FP32 by the search")
 
 
 class BudgetExhausted(Exception):
@@ -81,7 +86,6 @@ class Evaluator:
         self.options = dict(convert_options)
         self.options.pop("verify", None)
         self.dump_dir = self.options.pop("dump_dir", None)  # only the final conversion is dumped
-        self.user_block_nodes = tuple(self.options.pop("block_nodes", ()) or ())
         self.budget = budget
         self.flops: dict[str, int] = {}  # set_flops, once the reference run has given the shapes
         self.total_flops = 0
@@ -135,15 +139,23 @@ class Evaluator:
         return result
 
     def convert(
-        self, blocked: frozenset[str], *, verify: bool = False, static: bool = False
+        self,
+        blocked: frozenset[str],
+        *,
+        verify: bool = False,
+        static: bool = False,
+        decisions: Mapping[str, Decision] | None = None,
     ) -> ConvertResult:
-        """Convert with ``blocked`` kept FP32; ``verify``: the final conversion (checked, dumped);
-        ``static``: with the core's static block list, as plain convert (no measured ops or Casts)."""
-        patterns = self.user_block_nodes + tuple(re.escape(name) for name in sorted(blocked))
+        """Convert with ``blocked`` kept FP32 (``node_overrides``: exact names, with
+        ``decisions``' reason and rule where given, else ``KEPT_BY_SEARCH``); ``verify``: the final
+        conversion (checked, dumped); ``static``: with the core's static block list, as plain
+        convert (no measured ops or Casts). The user's ``block_nodes`` still win."""
+        decisions = decisions or {}
+        overrides = {name: decisions.get(name, KEPT_BY_SEARCH) for name in sorted(blocked)}
         dump_dir = self.dump_dir if verify else None
         options = {**self.options, "measured_ops": (), "measured_casts": False} if static else self.options
         return convert_checked_ir(
-            self.model, block_nodes=patterns, verify=verify, dump_dir=dump_dir, **options
+            self.model, node_overrides=overrides, verify=verify, dump_dir=dump_dir, **options
         )
 
     def static_share(self) -> float:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 from collections.abc import Callable
 from typing import Any
@@ -164,22 +163,19 @@ def run_auto_from_cli(
 ) -> Any:
     """Run ``auto_convert`` on ``model``, save the result atomically at ``output`` and print it
     (``report_path``: also write ``mpcompile report``'s audit of the result there)."""
-    from mpcompile.auto import auto_convert
+    from mpcompile.auto.api import auto_convert_file
     from mpcompile.evaluate.inputs import parse_shape_options
-    from mpcompile.io import model_io, overwrite_guard
 
-    source, target = pathlib.Path(model).absolute(), pathlib.Path(output).absolute()
     if report_path is not None:
         from mpcompile.report import format_for_path
 
         format_for_path(report_path)  # fail on a bad extension before the search
-    # auto_convert reads every weight into memory first, so --overwrite may replace the input's files.
-    read = overwrite_guard.model_files(model_io.files_read(source))
-    written = overwrite_guard.output_files(target, external_data=external_data is not False)
-    replaces_input = overwrite and overwrite_guard.same_file(source, target)
-    overwrite_guard.refuse_overwriting_inputs(read, written, may_replace=read if replaces_input else ())
-    result = auto_convert(
+    source, target = pathlib.Path(model).absolute(), pathlib.Path(output).absolute()
+    result = auto_convert_file(
         source,
+        target,
+        overwrite=overwrite,
+        external_data=external_data,
         inputs=settings.inputs,
         shapes=parse_shape_options(settings.shapes),
         rtol=settings.rtol,
@@ -189,8 +185,6 @@ def run_auto_from_cli(
         static_blocks=settings.static_blocks,
         **convert_options,
     )
-    verify = None if convert_options.get("verify") is False else _check_saved
-    model_io.save_model(result.model, target, external_data=external_data, verify=verify)
     if report_path is not None:
         from mpcompile.report import write_report
 
@@ -203,16 +197,6 @@ def run_auto_from_cli(
         print_summary(result.convert_result, model, output)
         print_auto_summary(result)
     return result
-
-
-def _check_saved(path: str | os.PathLike) -> None:
-    """Full ONNX check of the written file (the model was checked in memory already)."""
-    import onnx
-
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise AssertionError(f"mpcompile wrote an invalid model (a bug): {exc}") from exc
 
 
 def print_auto_summary(result: Any) -> None:

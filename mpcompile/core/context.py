@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Mapping
 
 import onnx_ir as ir
 
-from mpcompile.core.plan import PrecisionPlan
+from mpcompile.core.plan import Decision, PrecisionPlan
 from mpcompile.core.precision import LowPrecisionFormat
 from mpcompile.core.ranges import ConstantRange, SharedMaps, constant_tensor, measure
 from mpcompile.irtools.graphs import all_graphs
@@ -61,6 +62,8 @@ class ConversionContext:
     serialized_once: bool = False
     # Casts from integers/bool to float start low-precision paths (ConvertOptions.measured_casts).
     measured_casts: bool = False
+    # Decisions by exact node name (ConvertOptions.node_overrides).
+    node_overrides: Mapping[str, Decision] = dataclasses.field(default_factory=dict)
     plan: PrecisionPlan = dataclasses.field(default_factory=PrecisionPlan)
     # Typing of each node (by id) as the assignment saw it (see mpcompile.policy.op_types).
     typings: dict[int, NodeTyping | None] = dataclasses.field(default_factory=dict)

@@ -6,7 +6,7 @@ import dataclasses
 import os
 import pathlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import onnx
@@ -18,7 +18,7 @@ from mpcompile.core.context import ConversionContext, ConvertStats
 from mpcompile.core.gc_pause import with_cyclic_gc_paused
 from mpcompile.core.ort_loadable import make_node_names_unique, refuse_unloadable
 from mpcompile.core.pipeline import Pipeline
-from mpcompile.core.plan import MODEL_VERSION_KEY, PrecisionPlan, read_decision
+from mpcompile.core.plan import MODEL_VERSION_KEY, Decision, PrecisionPlan, read_decision
 from mpcompile.core.precision import Precision, low_precision_format
 from mpcompile.io import model_io, overwrite_guard
 from mpcompile.io.structure import check_ir_structure
@@ -42,6 +42,10 @@ class ConvertOptions:
     allow_ops: tuple[str, ...] = ()
     block_ops: tuple[str, ...] = ()
     block_nodes: tuple[str, ...] = ()
+    # Decisions for nodes by exact name (any graph), taken where a block_nodes pattern would be
+    # and stamped as given: --auto keeps its chosen nodes FP32 with its own reasons this way.
+    # User block_nodes still win.
+    node_overrides: Mapping[str, Decision] = dataclasses.field(default_factory=dict)
     # BLOCK-list ops to treat as follow ops (rule auto.measured[...]); set by --auto, whose
     # range rules and search measure them (op_classes.MEASURABLE). User block_ops still win.
     measured_ops: tuple[str, ...] = ()
@@ -59,12 +63,21 @@ class ConvertOptions:
     check_invariants: bool = False  # check our invariants after every pass (debugging)
     dump_dir: str | os.PathLike | None = None
 
+    def __post_init__(self) -> None:
+        low = sorted(
+            name for name, decision in self.node_overrides.items() if decision.precision != Precision.FP32
+        )
+        if low:  # an override skips the schema, kernel and range checks: only FP32 is safe
+            raise ValueError(f"node_overrides keep nodes FP32 only; not FP32: {low[:5]}")
+
     @classmethod
     def build(cls, **kwargs: Any) -> ConvertOptions:
         for key in ("allow_ops", "block_ops", "block_nodes", "measured_ops"):
             if key in kwargs and kwargs[key] is not None:
                 value = kwargs[key]
                 kwargs[key] = (value,) if isinstance(value, str) else tuple(value)
+        if kwargs.get("node_overrides") is None:
+            kwargs.pop("node_overrides", None)
         unknown = set(kwargs) - {field.name for field in dataclasses.fields(cls)}
         if unknown:
             raise TypeError(f"unknown conversion option(s): {sorted(unknown)}")
@@ -185,6 +198,39 @@ def convert_file(
     Raises ``AlreadyLowPrecisionError`` (and writes nothing) for an already converted model.
     """
     opts = ConvertOptions.build(**options)
+    opened = open_conversion(input_path, output_path, overwrite=overwrite, external_data=external_data)
+    if opened.replaces_inputs:
+        ir.external_data.load_to_model(opened.model)  # files it reads from are about to be replaced
+    # The model was loaded here and is written once, so converted weights may drop their FP32 bytes.
+    result = _convert_ir(opened.model, opts, on_pass_start=on_pass_start, serialized_once=True)
+    if result.already_converted:
+        raise errors.AlreadyLowPrecisionError(f"{opened.source}: {result.notes[-1]}; nothing to do")
+    if on_pass_start is not None:
+        on_pass_start("saving and checking")
+    save_conversion(result.model, opened, external_data=external_data, verify=opts.verify)
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenedConversion:
+    """A model loaded for a file-to-file conversion, with the input checks passed."""
+
+    model: ir.Model
+    source: pathlib.Path  # absolute
+    target: pathlib.Path  # absolute
+    replaces_inputs: bool  # saving replaces files the model reads (--overwrite of the input)
+
+
+def open_conversion(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    external_data: bool | None = None,
+) -> OpenedConversion:
+    """Load ``input_path`` for a conversion saved at ``output_path`` (``convert_file`` and
+    ``convert --auto``): the load checks, then the output-is-input guard (refused unless
+    ``overwrite`` replaces the input itself) and the refusal of hard-linked data files."""
     source, target = pathlib.Path(input_path).absolute(), pathlib.Path(output_path).absolute()
     model = model_io.load_model(source, infer_types=True, check_links=False)
     read = overwrite_guard.model_files(model_io.input_files(model))
@@ -196,21 +242,20 @@ def convert_file(
         read, written, may_replace=read if replaces_input else ()
     )
     model_io.refuse_hard_linked_data(model_io.input_files(model)[1:])
-    if refuses_overwrite:
-        ir.external_data.load_to_model(model)  # files it reads from are about to be replaced
-    # The model was loaded here and is written once, so converted weights may drop their FP32 bytes.
-    result = _convert_ir(model, opts, on_pass_start=on_pass_start, serialized_once=True)
-    if result.already_converted:
-        raise errors.AlreadyLowPrecisionError(f"{source}: {result.notes[-1]}; nothing to do")
-    if on_pass_start is not None:
-        on_pass_start("saving and checking")
+    return OpenedConversion(model, source, target, bool(refuses_overwrite))
+
+
+def save_conversion(
+    model: ir.Model, opened: OpenedConversion, *, external_data: bool | None = None, verify: bool = True
+) -> None:
+    """Save a conversion of ``opened`` atomically at its target; ``verify``: the full ONNX check
+    of the written file (an input that fails it too is the user's problem, see ``_check``)."""
     model_io.save_model(
-        result.model,
-        target,
+        model,
+        opened.target,
         external_data=external_data,
-        verify=(lambda path: _check(path, source)) if opts.verify else None,
+        verify=(lambda path: _check(path, opened.source)) if verify else None,
     )
-    return result
 
 
 def to_ir_model(model: ModelLike) -> tuple[ir.Model, str]:
@@ -271,6 +316,7 @@ def _convert_ir(
         allow_qdq=opts.allow_qdq,
         serialized_once=serialized_once,
         measured_casts=opts.measured_casts,
+        node_overrides=opts.node_overrides or {},
     )
     if optimize_note:
         context.notes.append(f"--optimize {optimize_note}")

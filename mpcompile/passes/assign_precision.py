@@ -158,6 +158,10 @@ class _GraphPainter:
         if pattern is not None:
             info.fixed = self._fixed(fp32, Reason.USER_BLOCK_NODE, f"user.block_nodes[{pattern}]")
             return info
+        override = self.context.node_overrides.get(node.name) if node.name else None
+        if override is not None:
+            info.fixed = override
+            return info
         classified = self.context.policy.classify(node.domain, node.op_type, measured=self.measured)
         info.op_class, info.rule, info.by_user = classified.op_class, classified.rule, classified.by_user
         blocking_attribute = _blocking_attribute(node)

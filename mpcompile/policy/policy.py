@@ -61,6 +61,14 @@ class Policy:
     block_nodes: tuple[str, ...] = ()  # exact names or regular expressions (full match)
     # BLOCK-list ops classed FOLLOW instead (rule auto.measured[...]): --auto measures them.
     measured_ops: frozenset[tuple[str, str]] = frozenset()
+    # block_nodes compiled once (Python's pattern cache holds only 512).
+    _node_patterns: tuple[tuple[str, re.Pattern[str]], ...] = dataclasses.field(
+        init=False, repr=False, compare=False, default=()
+    )
+
+    def __post_init__(self) -> None:
+        compiled = tuple((pattern, _compile_node_pattern(pattern)) for pattern in self.block_nodes)
+        object.__setattr__(self, "_node_patterns", compiled)
 
     @classmethod
     def from_options(
@@ -77,7 +85,7 @@ class Policy:
             names = ", ".join(sorted(op for _, op in both))
             raise PolicyError(f"ops both allowed and blocked: {names}")
         patterns = tuple(block_nodes)
-        for pattern in patterns:
+        for pattern in patterns:  # refused here, before measured_ops are checked
             _compile_node_pattern(pattern)
         measured = frozenset(_parse_op(op) for op in measured_ops)
         unmeasurable = measured - op_classes.MEASURABLE
@@ -119,8 +127,8 @@ class Policy:
 
     def node_blocked(self, node_name: str) -> str | None:
         """The --block-node pattern that matches ``node_name``, if any."""
-        for pattern in self.block_nodes:
-            if pattern == node_name or _compile_node_pattern(pattern).fullmatch(node_name or ""):
+        for pattern, compiled in self._node_patterns:
+            if pattern == node_name or compiled.fullmatch(node_name or ""):
                 return pattern
         return None
 
