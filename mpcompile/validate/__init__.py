@@ -3,37 +3,36 @@
 Layout follows Polygraphy: ``runners`` (uniform ``infer``), ``compare`` (per-output
 statistics), ``latency``, ``results`` (typed, JSON-serializable, truthy when passing),
 ``api.validate`` ties them together and ``render`` prints the tables.
+
+The names below load lazily, so importing this package is cheap: ``mpcompile/__init__.py``
+imports it at start-up (see there why) and the CLI must start without onnx or numpy.
+``mpcompile.validate`` itself, the attribute of the top-level package, is the function
+``validate``; this package is ``sys.modules["mpcompile.validate"]`` and what
+``from mpcompile.validate import ...`` reads.
 """
 
-import sys
-import types
+from __future__ import annotations
 
-from mpcompile.validate.api import validate
-from mpcompile.validate.compare import OutputComparison, compare_output
-from mpcompile.validate.latency import LatencyStats
-from mpcompile.validate.render import render_result
-from mpcompile.validate.results import SCHEMA, EpResult, ValidationResult
-from mpcompile.validate.tolerances import Tolerance
+import importlib
+from typing import Any
 
-__all__ = [
-    "SCHEMA",
-    "EpResult",
-    "LatencyStats",
-    "OutputComparison",
-    "Tolerance",
-    "ValidationResult",
-    "compare_output",
-    "render_result",
-    "validate",
-]
+_EXPORTS = {
+    "validate": "mpcompile.validate.api",
+    "OutputComparison": "mpcompile.validate.compare",
+    "compare_output": "mpcompile.validate.compare",
+    "LatencyStats": "mpcompile.validate.latency",
+    "render_result": "mpcompile.validate.render",
+    "SCHEMA": "mpcompile.validate.results",
+    "EpResult": "mpcompile.validate.results",
+    "ValidationResult": "mpcompile.validate.results",
+    "Tolerance": "mpcompile.validate.tolerances",
+}
+
+__all__ = sorted(_EXPORTS)
 
 
-class _CallableModule(types.ModuleType):
-    """``mpcompile.validate`` is both this package and the function ``validate``: whichever the
-    name resolves to (the package once any submodule is imported), calling it validates."""
-
-    def __call__(self, *args, **kwargs) -> ValidationResult:
-        return validate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mpcompile.validate' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
