@@ -80,8 +80,31 @@ def make_session(
 
 
 def is_onnxruntime_error(exc: BaseException) -> bool:
-    # onnxruntime's Fail, InvalidGraph, InvalidProtobuf, ... derive from Exception directly.
-    return type(exc).__module__.startswith("onnxruntime") or isinstance(exc, (RuntimeError, ValueError))
+    """True for an error onnxruntime raised, False for anything else (mpcompile's own bugs).
+
+    onnxruntime's own exception classes (``onnxruntime.capi.onnxruntime_pybind11_state``: Fail,
+    InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile, NotImplemented, RuntimeException,
+    EPFail, ...; they derive from ``Exception`` directly) always are. Any other exception is
+    onnxruntime's when it was raised under onnxruntime's Python code: walking its traceback from
+    where it was raised outwards, past third-party frames (onnx, numpy, the standard library, a
+    test's stand-in), the first frame that is onnxruntime's or mpcompile's decides. So a
+    ``ValueError`` that ``InferenceSession`` raises for a bad model is onnxruntime's, and a
+    ``ValueError`` from mpcompile code (even code that onnxruntime called back) is a bug, re-raised.
+    """
+    if type(exc).__module__.split(".")[0] == "onnxruntime":
+        return True
+    frames = []
+    traceback = exc.__traceback__
+    while traceback is not None:
+        frames.append(traceback.tb_frame)
+        traceback = traceback.tb_next
+    for frame in reversed(frames):
+        package = str(frame.f_globals.get("__name__", "")).split(".")[0]
+        if package == "onnxruntime":
+            return True
+        if package == "mpcompile":
+            return False
+    return False
 
 
 def first_line(exc: BaseException) -> str:

@@ -69,6 +69,7 @@ def feeds_for(model: ir.Model, feeds: Mapping[str, np.ndarray] | None) -> dict[s
 
 def _evaluate(kind: str, model: ir.Model, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     from mpcompile.evaluate import faithful
+    from mpcompile.evaluate.ort_session import is_onnxruntime_error
 
     run = faithful.run if kind == "converted" else faithful.run_reference
     try:
@@ -76,6 +77,8 @@ def _evaluate(kind: str, model: ir.Model, feeds: Mapping[str, np.ndarray]) -> di
     except MpcompileError:
         raise
     except Exception as exc:
+        if not is_onnxruntime_error(exc):
+            raise
         raise NumericsError(f"onnxruntime could not run the {kind} model: {_first_line(exc)}") from None
 
 

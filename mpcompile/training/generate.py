@@ -15,12 +15,12 @@ import pathlib
 from collections.abc import Sequence
 from typing import Any
 
-import onnx
 import onnx_ir as ir
 
 from mpcompile import errors
 from mpcompile.core.plan import MODEL_PRECISION_KEY, Decision, Reason, read_decision, stamp_decision
 from mpcompile.core.precision import Precision
+from mpcompile.evaluate.ort_session import is_onnxruntime_error
 from mpcompile.io import model_io
 from mpcompile.passes.loss_scaling import LossScalingPass
 from mpcompile.training import op_rules
@@ -176,7 +176,9 @@ def generate_training_artifacts(
             optimizer=getattr(artifacts_api.OptimType, OPTIMIZERS[optimizer]),
             artifact_directory=str(output_dir),
         )
-    except (RuntimeError, ValueError, onnx.checker.ValidationError) as exc:
+    except Exception as exc:  # onnx's checker, called by onnxruntime.training, counts as onnxruntime's
+        if not is_onnxruntime_error(exc):
+            raise
         raise errors.TrainingError(
             f"onnxruntime could not build the training graph: {_first_line(exc)}"
         ) from None

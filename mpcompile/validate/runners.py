@@ -18,7 +18,12 @@ import numpy as np
 
 from mpcompile import errors
 from mpcompile.evaluate.faithful import FaithfulSession
-from mpcompile.evaluate.ort_session import ModelLike, import_onnxruntime, make_session
+from mpcompile.evaluate.ort_session import (
+    ModelLike,
+    import_onnxruntime,
+    is_onnxruntime_error,
+    make_session,
+)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -116,6 +121,8 @@ class OrtRunner:
             with _quiet_onnxruntime():
                 session = make_session(self._model, providers)
         except Exception as exc:  # EP libraries failing to load raise assorted types
+            if not (isinstance(exc, errors.InvalidModelError) or is_onnxruntime_error(exc)):
+                raise
             raise EpLoadError(f"{self.provider} failed to load ({_first_line(exc)})") from None
         if self.provider not in session.get_providers():
             raise EpLoadError(

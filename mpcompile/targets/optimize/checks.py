@@ -17,10 +17,11 @@ from collections.abc import Iterator
 import onnx
 import onnx_ir as ir
 
+from mpcompile.evaluate.ort_session import is_onnxruntime_error
 from mpcompile.targets.base import Target
 from mpcompile.targets.optimize.fusions import PYTHON_FUSION_FLAGS, SESSION_FUSIONS, op_key
 from mpcompile.targets.optimize.lowering import is_standard_op
-from mpcompile.targets.optimize.ort_session import load_in_session, near_protobuf_limit, ort_errors
+from mpcompile.targets.optimize.ort_session import load_in_session, near_protobuf_limit
 
 _FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 _MISSING_KERNEL = re.compile(r"implementation for (\w+)\(\d+\) node")
@@ -153,7 +154,9 @@ def _checker_failure(model: onnx.ModelProto, folder: pathlib.Path) -> str:
 def _load_problems(model: onnx.ModelProto, context: CheckContext) -> list[Problem]:
     try:
         load_in_session(context.onnxruntime, model, context.folder, context.session_provider)
-    except ort_errors() as exc:
+    except Exception as exc:
+        if not is_onnxruntime_error(exc):
+            raise
         missing = _MISSING_KERNEL.search(str(exc))
         blamed = None
         if missing:

@@ -28,6 +28,7 @@ import onnx_ir as ir
 
 from mpcompile import errors
 from mpcompile.core.choices import OPTIMIZE_LEVELS
+from mpcompile.evaluate.ort_session import is_onnxruntime_error
 from mpcompile.targets.base import Target, get_target
 from mpcompile.targets.optimize import ort_session
 from mpcompile.targets.optimize.checks import (
@@ -231,7 +232,9 @@ class _Climber:
             except FusionFailed as exc:
                 self.record.fallbacks.append(f"{rung.describe()}: the transformer optimiser failed ({exc})")
                 return None
-            except ort_session.ort_errors() as exc:
+            except Exception as exc:
+                if not is_onnxruntime_error(exc):
+                    raise
                 self.record.fallbacks.append(f"{rung.describe()}: onnxruntime failed ({first_line(exc)})")
                 return None
             lowered = _lower(candidate)
@@ -285,7 +288,9 @@ class _Climber:
                 self.context.session_provider,
                 disabled,
             )
-        except ort_session.ort_errors() as exc:
+        except Exception as exc:
+            if not is_onnxruntime_error(exc):
+                raise
             if level == "basic" and not disabled:
                 # ORT cannot even load the model at its most basic level: the user's input.
                 raise errors.InvalidModelError(

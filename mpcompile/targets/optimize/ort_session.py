@@ -32,14 +32,6 @@ def import_onnxruntime():
     return onnxruntime
 
 
-def ort_errors() -> tuple[type[BaseException], ...]:
-    """The exception types ORT's sessions raise (its pybind error classes, and RuntimeError)."""
-    from onnxruntime.capi import onnxruntime_pybind11_state as state
-
-    found = [item for item in vars(state).values() if isinstance(item, type) and issubclass(item, Exception)]
-    return (*found, RuntimeError)
-
-
 def session_provider(target: Target, available: list[str]) -> str:
     """The execution provider to optimise with: the target's when available, else CPU.
 

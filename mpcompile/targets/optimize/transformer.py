@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 
 import onnx
 
 from mpcompile import errors
+from mpcompile.evaluate.ort_session import is_onnxruntime_error
 from mpcompile.targets.optimize.checks import first_line
 from mpcompile.targets.optimize.control_flow import (
     ControlFlowLost,
@@ -73,24 +73,10 @@ def _run_fusions(model: onnx.ModelProto, settings: FusionSettings) -> onnx.Model
                 use_gpu=settings.use_gpu,
             )
     except Exception as exc:
-        if not _raised_inside_onnxruntime(exc):
+        if not is_onnxruntime_error(exc):
             raise
         raise FusionFailed(f"{type(exc).__name__}: {first_line(exc)}") from exc
     return result.model
-
-
-def _raised_inside_onnxruntime(exc: BaseException) -> bool:
-    """True if the traceback passes through onnxruntime's own Python code (its optimiser failed),
-    as opposed to an error in what mpcompile handed it."""
-    import onnxruntime
-
-    package = pathlib.Path(onnxruntime.__file__).parent
-    traceback = exc.__traceback__
-    while traceback is not None:
-        if pathlib.Path(traceback.tb_frame.f_code.co_filename).is_relative_to(package):
-            return True
-        traceback = traceback.tb_next
-    return False
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
