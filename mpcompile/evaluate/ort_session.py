@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -110,3 +112,26 @@ def is_onnxruntime_error(exc: BaseException) -> bool:
 def first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0][:300] if lines else type(exc).__name__
+
+
+# onnxruntime's default logger severity: ORT has a setter but no getter, so the value in force is
+# tracked here for the changes mpcompile makes (2, warning, is ORT's own default at start-up).
+_ORT_DEFAULT_SEVERITY = 2
+_severity_stack: list[int] = []
+
+
+@contextlib.contextmanager
+def onnxruntime_log_severity(level: int) -> Iterator[None]:
+    """Set onnxruntime's default logger severity to ``level`` (4: fatal only) for the block, then
+    put back the one in force before: the enclosing block's when nested, else ORT's default.
+    (A severity set directly with ``onnxruntime.set_default_logger_severity`` cannot be read
+    back, as ORT has no getter; it is restored as ORT's default.)"""
+    ort = import_onnxruntime()
+    previous = _severity_stack[-1] if _severity_stack else _ORT_DEFAULT_SEVERITY
+    _severity_stack.append(level)
+    ort.set_default_logger_severity(level)
+    try:
+        yield
+    finally:
+        _severity_stack.pop()
+        ort.set_default_logger_severity(previous)

@@ -23,6 +23,7 @@ from mpcompile.evaluate.ort_session import (
     import_onnxruntime,
     is_onnxruntime_error,
     make_session,
+    onnxruntime_log_severity,
 )
 
 CPU = "CPUExecutionProvider"
@@ -186,15 +187,10 @@ class FaithfulRunner:
 @contextlib.contextmanager
 def _quiet_onnxruntime():
     """Silence onnxruntime's own log lines and warnings while a GPU EP tries to load; we report
-    a failure in one line ourselves. The default logger goes back to ORT's default (warning)."""
-    ort = import_onnxruntime()
-    ort.set_default_logger_severity(4)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        ort.set_default_logger_severity(2)
+    a failure in one line ourselves. The logger severity and warning filters are restored after."""
+    with onnxruntime_log_severity(4), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 @contextlib.contextmanager
