@@ -9,7 +9,10 @@ from mpcompile.targets.optimize.quiet import logging_disabled
 _INT_MAX = 2**31 - 1
 # The steps of ``SymbolicShapeInference.infer_shapes`` (private, stable from onnxruntime 1.14 to
 # 1.32): run one by one they leave a partial result when inference stops early, where the public
-# function writes ``sym_shape_infer_temp.onnx`` into the working folder and raises.
+# function writes ``sym_shape_infer_temp.onnx`` into the working folder and raises. Guarded by a
+# feature check (the steps, then the ``run_`` flag and the ``out_mp_`` result they use); the
+# fallback when any is missing: the model unchanged, reported incomplete, so contrib-op outputs
+# stay untyped and their nodes FP32 (tests/test_private_api_fallbacks.py).
 _PRIVATE_STEPS = ("_preprocess", "_infer_impl", "_update_output_from_vi")
 # What symbolic shape inference raises on graphs it cannot follow (its asserts, sympy's
 # ValueError/TypeError subclasses, onnx's inference errors); anything else propagates.
@@ -44,6 +47,8 @@ def annotate_types(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
     if not all(hasattr(SymbolicShapeInference, step) for step in _PRIVATE_STEPS):
         return model, False
     inference = SymbolicShapeInference(_INT_MAX, True, False, 0)
+    if not hasattr(inference, "run_"):
+        return model, False
     try:
         with logging_disabled():
             inference._preprocess(model)
@@ -53,7 +58,9 @@ def annotate_types(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
             inference._update_output_from_vi()
     except _INFERENCE_ERRORS:
         return model, False
-    annotated = inference.out_mp_
+    annotated = getattr(inference, "out_mp_", None)
+    if not isinstance(annotated, onnx.ModelProto):
+        return model, False
     _keep_declarations_and_types_only(annotated, model)
     return annotated, bool(complete)
 
