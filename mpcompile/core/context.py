@@ -1,4 +1,4 @@
-"""State shared by the passes of one conversion: options in, plan and statistics out."""
+"""The options of one conversion (frozen) and what its passes report: statistics and notes."""
 
 from __future__ import annotations
 
@@ -6,14 +6,9 @@ import dataclasses
 from collections import Counter
 from collections.abc import Mapping
 
-import onnx_ir as ir
-
-from mpcompile.core.plan import Decision, PrecisionPlan
+from mpcompile.core.plan import Decision
 from mpcompile.core.precision import LowPrecisionFormat
-from mpcompile.core.ranges import ConstantRange, SharedMaps, constant_tensor, measure
-from mpcompile.irtools.graphs import all_graphs
 from mpcompile.policy import Policy
-from mpcompile.policy.op_types import NodeTyping
 from mpcompile.targets.base import Target
 
 
@@ -48,9 +43,13 @@ class ConvertStats:
         return data
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ConversionContext:
-    """Options of one conversion and everything the passes hand each other."""
+    """The frozen options of one conversion, and the stats and notes its passes report into.
+
+    Passes hand each other nothing through the context: the precision plan
+    (``mpcompile.core.plan.PrecisionPlan``) is their only hand-off.
+    """
 
     low: LowPrecisionFormat
     target: Target
@@ -64,43 +63,5 @@ class ConversionContext:
     measured_casts: bool = False
     # Decisions by exact node name (ConvertOptions.node_overrides).
     node_overrides: Mapping[str, Decision] = dataclasses.field(default_factory=dict)
-    plan: PrecisionPlan = dataclasses.field(default_factory=PrecisionPlan)
-    # Typing of each node (by id) as the assignment saw it (see mpcompile.policy.op_types).
-    typings: dict[int, NodeTyping | None] = dataclasses.field(default_factory=dict)
-    # Per (node, input index): the dtype the input must have after conversion. Filled by
-    # RetypeNodesPass before any value changes type, consumed by InsertCastsPass.
-    required_input_dtypes: dict[tuple[int, int], ir.DataType] = dataclasses.field(default_factory=dict)
-    # dtypes of graph outputs before conversion, keyed by id(value).
-    original_output_dtypes: dict[int, ir.DataType] = dataclasses.field(default_factory=dict)
-    # Range scans of float constants, by id of the constant's value (each tensor is read once).
-    constant_ranges: dict[int, ConstantRange | None] = dataclasses.field(default_factory=dict)
-    # Additive attention masks (by id of the constant's value) -> the Softmax nodes they reach.
-    clampable_mask_constants: dict[int, list[ir.Node]] = dataclasses.field(default_factory=dict)
     stats: ConvertStats = dataclasses.field(default_factory=ConvertStats)
     notes: list[str] = dataclasses.field(default_factory=list)
-    # External-data files mapped once for the range scans; closed by ``close()``.
-    shared_maps: SharedMaps = dataclasses.field(default_factory=SharedMaps, repr=False)
-    _graphs: list[tuple[ir.Graph, int]] | None = dataclasses.field(default=None, repr=False)
-    _graphs_model: ir.Model | None = dataclasses.field(default=None, repr=False)
-
-    def graphs_of(self, model: ir.Model) -> list[tuple[ir.Graph, int]]:
-        """``graphs.all_graphs(model)``, listed once per conversion: finding subgraphs walks every
-        node, and the passes never add or remove one. Valid once InferTypesPass typed functions."""
-        if self._graphs is None or self._graphs_model is not model:
-            self._graphs = list(all_graphs(model))
-            self._graphs_model = model
-        return self._graphs
-
-    def constant_range(self, value: ir.Value) -> ConstantRange | None:
-        """The range of a float constant's values (scanned once per conversion), or None."""
-        key = id(value)
-        if key not in self.constant_ranges:
-            tensor = constant_tensor(value)
-            self.constant_ranges[key] = (
-                None if tensor is None else measure(tensor, self.low, self.shared_maps)
-            )
-        return self.constant_ranges[key]
-
-    def close(self) -> None:
-        """Release what the conversion held open (the range scans' file maps)."""
-        self.shared_maps.close()

@@ -13,13 +13,14 @@ import onnx
 import onnx_ir as ir
 
 from mpcompile import errors, targets
-from mpcompile.core.casts import CastFactory, NameAuthority
+from mpcompile.core.casts import NameAuthority
 from mpcompile.core.context import ConversionContext, ConvertStats
 from mpcompile.core.gc_pause import with_cyclic_gc_paused
 from mpcompile.core.ort_loadable import make_node_names_unique, refuse_unloadable
 from mpcompile.core.pipeline import Pipeline
 from mpcompile.core.plan import MODEL_VERSION_KEY, Decision, PrecisionPlan, read_decision
 from mpcompile.core.precision import Precision, low_precision_format
+from mpcompile.core.ranges import ConstantRanges
 from mpcompile.io import model_io, overwrite_guard
 from mpcompile.io.structure import check_ir_structure
 from mpcompile.irtools.graphs import all_graphs, model_graphs
@@ -324,7 +325,7 @@ def _convert_ir(
     if note is not None:
         context.notes.append(note)
         return ConvertResult(
-            model, context.plan, context.stats, context.notes, low.precision.value, target.name, True
+            model, PrecisionPlan(), context.stats, context.notes, low.precision.value, target.name, True
         )
     refuse_unloadable(model, allow_custom_ops=opts.allow_custom_ops)
     renamed = make_node_names_unique(model)
@@ -334,48 +335,54 @@ def _convert_ir(
         raise errors.QdqModelError(
             "model is QDQ-quantized (QuantizeLinear/DequantizeLinear); pass --allow-qdq to convert only its float parts"
         )
-    pipeline = build_pipeline(context, model, check_invariants=opts.check_invariants, dump_dir=opts.dump_dir)
+    plan = PrecisionPlan(ranges=ConstantRanges(low))  # range scans shared by the passes, once per value
+    pipeline = build_pipeline(
+        context, model, plan, check_invariants=opts.check_invariants, dump_dir=opts.dump_dir
+    )
     pipeline.on_pass_start = on_pass_start
     context.stats.casts_before = count_casts(model)
     context.stats.weight_bytes_before = model_io.weight_bytes(model)
     try:
         model = pipeline(model)
     finally:
-        context.close()
+        plan.close()
     context.stats.casts_after = count_casts(model)
     context.stats.weight_bytes_after = model_io.weight_bytes(model)
     context.stats.nodes_by_precision = Counter(
-        decision.precision.value for node, decision in context.plan.items() if node.graph is not None
+        decision.precision.value for node, decision in plan.items() if node.graph is not None
     )
     context.stats.pass_seconds = dict(pipeline.seconds)
     model.ir_version = model_io.output_ir_version(model)
-    return ConvertResult(model, context.plan, context.stats, context.notes, low.precision.value, target.name)
+    return ConvertResult(model, plan, context.stats, context.notes, low.precision.value, target.name)
 
 
 def build_pipeline(
-    context: ConversionContext, model: ir.Model, *, check_invariants: bool = False, dump_dir=None
+    context: ConversionContext,
+    model: ir.Model,
+    plan: PrecisionPlan | None = None,
+    *,
+    check_invariants: bool = False,
+    dump_dir=None,
 ) -> Pipeline:
-    """The conversion passes, in order (see docs/architecture.md)."""
+    """The conversion passes, in order (see docs/architecture.md): AssignPrecisionPass fills
+    ``plan``, the only thing the passes hand each other; ApplyPrecisionPass applies it."""
+    from mpcompile.passes.apply_precision import ApplyPrecisionPass
     from mpcompile.passes.assign_precision import AssignPrecisionPass
-    from mpcompile.passes.convert_constants import ConvertConstantsPass
     from mpcompile.passes.fold_casts import FoldCastsPass
     from mpcompile.passes.infer_types import InferTypesPass
-    from mpcompile.passes.insert_casts import InsertCastsPass
-    from mpcompile.passes.retype_nodes import RetypeNodesPass
     from mpcompile.passes.stamp_decisions import StampDecisionsPass
     from mpcompile.passes.verify import VerifyPass, io_signature
 
+    plan = PrecisionPlan() if plan is None else plan
     names = NameAuthority(model)
     verify = VerifyPass(context, io_signature(model))
     return Pipeline(
         [
             InferTypesPass(context),
-            AssignPrecisionPass(context),
-            RetypeNodesPass(context),
-            ConvertConstantsPass(context, names),
-            InsertCastsPass(context, CastFactory(names)),
+            AssignPrecisionPass(context, plan),
+            ApplyPrecisionPass(context, plan, names),
             FoldCastsPass(context),
-            StampDecisionsPass(context),
+            StampDecisionsPass(context, plan),
             verify,
         ],
         check_invariants=(lambda m: VerifyPass(context)(m)) if check_invariants else None,

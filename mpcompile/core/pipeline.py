@@ -14,7 +14,10 @@ logger = logging.getLogger(__name__)
 
 
 class Pipeline:
-    """Run passes in order; time each; optionally check invariants and dump the IR after each."""
+    """Run passes in order; time each; optionally check invariants and dump the IR after each.
+
+    A ``Sequential`` among the passes (ApplyPrecisionPass) is run step by step, so each of its
+    passes is timed, checked and dumped on its own."""
 
     def __init__(
         self,
@@ -24,7 +27,7 @@ class Pipeline:
         dump_dir: str | os.PathLike | None = None,
         on_pass_start: Callable[[str], None] | None = None,
     ):
-        self.passes = list(passes)
+        self.passes = list(_steps(passes))
         self.check_invariants = check_invariants
         self.dump_dir = pathlib.Path(dump_dir) if dump_dir else None
         self.on_pass_start = on_pass_start
@@ -48,3 +51,14 @@ class Pipeline:
                 text = ir.to_onnx_text(model, exclude_initializers=True)
                 (self.dump_dir / f"{step:02d}_{name}.txt").write_text(text)
         return model
+
+
+def _steps(passes: Sequence[ir.passes.PassBase]) -> list[ir.passes.PassBase]:
+    """``passes`` with every ``Sequential`` replaced by its own passes, in order."""
+    steps: list[ir.passes.PassBase] = []
+    for pass_ in passes:
+        if isinstance(pass_, ir.passes.Sequential):
+            steps.extend(_steps(pass_.passes))
+        else:
+            steps.append(pass_)
+    return steps

@@ -1,17 +1,23 @@
 """The precision plan: one decision per node, with the reason and the rule that made it.
 
-Analysis passes fill a ``PrecisionPlan``; rewrite passes read it; the plan is also
-stamped into each node's ``metadata_props`` so a saved model can be audited later.
+AssignPrecisionPass fills a ``PrecisionPlan`` (decisions, and the per-input dtypes and mask
+clamps they imply); ApplyPrecisionPass applies it; StampDecisionsPass stamps each decision into
+its node's ``metadata_props`` so a saved model can be audited later.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import onnx_ir as ir
 
-from mpcompile.core.precision import Precision
+from mpcompile.core.precision import LowPrecisionFormat, Precision
+
+if TYPE_CHECKING:
+    from mpcompile.core.ranges import ConstantRange, ConstantRanges
+    from mpcompile.policy.op_types import NodeTyping
 
 # Keys stamped into node.metadata_props and model.metadata_props.
 PRECISION_KEY = "mpcompile.precision"
@@ -70,33 +76,78 @@ class Decision:
 
 
 class PrecisionPlan:
-    """Maps nodes (by identity) to decisions; iteration follows insertion order."""
+    """The one hand-off from AssignPrecisionPass to ApplyPrecisionPass and StampDecisionsPass.
 
-    def __init__(self) -> None:
-        self._decisions: dict[int, tuple[ir.Node, Decision]] = {}
+    Per node (by identity; iteration follows insertion order): its ``Decision`` and the typing
+    the assignment saw (which inputs and outputs carry the float data, see
+    ``mpcompile.policy.typing_rules``), and the dtype each of its inputs must have once the plan is
+    applied. Per graph output: the dtype it keeps. Per constant: whether it is an attention mask
+    to clamp (``mpcompile.policy.mask_rules``). The graphs the plan covers, and the range scans of
+    constants (``ranges``, one scan per value per conversion).
+    """
+
+    def __init__(self, ranges: ConstantRanges | None = None) -> None:
+        self._decisions: dict[ir.Node, Decision] = {}
+        self._typings: dict[ir.Node, NodeTyping | None] = {}
+        self._input_dtypes: dict[ir.Node, tuple[ir.DataType | None, ...]] = {}
+        self.output_dtypes: dict[ir.Value, ir.DataType | None] = {}
+        self.clamped_masks: set[ir.Value] = set()
+        self.graphs: list[tuple[ir.Graph, int]] = []  # (graph, ai.onnx opset), as all_graphs lists them
+        self.ranges = ranges
+
+    # ---- decisions ----------------------------------------------------------------
 
     def __setitem__(self, node: ir.Node, decision: Decision) -> None:
-        self._decisions[id(node)] = (node, decision)
+        self._decisions[node] = decision
 
     def __getitem__(self, node: ir.Node) -> Decision:
-        return self._decisions[id(node)][1]
+        return self._decisions[node]
 
     def get(self, node: ir.Node) -> Decision | None:
-        entry = self._decisions.get(id(node))
-        return entry[1] if entry else None
+        return self._decisions.get(node)
 
     def __contains__(self, node: ir.Node) -> bool:
-        return id(node) in self._decisions
+        return node in self._decisions
 
     def __len__(self) -> int:
         return len(self._decisions)
 
     def items(self) -> Iterator[tuple[ir.Node, Decision]]:
-        yield from self._decisions.values()
+        yield from self._decisions.items()
 
     def is_low(self, node: ir.Node) -> bool:
-        decision = self.get(node)
+        decision = self._decisions.get(node)
         return decision is not None and decision.is_low
+
+    # ---- what applying the plan needs ---------------------------------------------------
+
+    def set_typing(self, node: ir.Node, typing: NodeTyping | None) -> None:
+        self._typings[node] = typing
+
+    def typing(self, node: ir.Node) -> NodeTyping | None:
+        """The typing the assignment saw for ``node`` (None: not typed, or not planned)."""
+        return self._typings.get(node)
+
+    def require_input_dtypes(self, node: ir.Node, dtypes: Iterable[ir.DataType | None]) -> None:
+        self._input_dtypes[node] = tuple(dtypes)
+
+    def required_input_dtype(self, node: ir.Node, index: int) -> ir.DataType | None:
+        """The dtype input ``index`` of ``node`` must have once the plan is applied (None: any)."""
+        dtypes = self._input_dtypes.get(node, ())
+        return dtypes[index] if index < len(dtypes) else None
+
+    def constant_range(self, value: ir.Value, low: LowPrecisionFormat) -> ConstantRange | None:
+        """``ranges.of(value)``; the cache is made on first use when the plan was built without one."""
+        if self.ranges is None:
+            from mpcompile.core.ranges import ConstantRanges
+
+            self.ranges = ConstantRanges(low)
+        return self.ranges.of(value)
+
+    def close(self) -> None:
+        """Release what the range scans hold open (their external-data file maps)."""
+        if self.ranges is not None:
+            self.ranges.close()
 
 
 def stamp_decision(node: ir.Node, decision: Decision) -> None:

@@ -131,3 +131,27 @@ def _measure_array(array: np.ndarray, low: LowPrecisionFormat) -> ConstantRange:
         flushed = int(np.count_nonzero(nonzero <= low.smallest_subnormal / 2))
         subnormal = int(nonzero.size) - flushed
     return ConstantRange(max_abs, overflowing, overflowing_positive, flushed, subnormal)
+
+
+class ConstantRanges:
+    """The range of every float constant a conversion asks about, scanned once per value.
+
+    Owned by the conversion's ``PrecisionPlan``: AssignPrecision's range rule and
+    ConvertConstants' statistics read the same scans. External-data files are mapped once for
+    all the scans (``SharedMaps``) and released by ``close()``.
+    """
+
+    def __init__(self, low: LowPrecisionFormat):
+        self.low = low
+        self._ranges: dict[ir.Value, ConstantRange | None] = {}
+        self._maps = SharedMaps()
+
+    def of(self, value: ir.Value) -> ConstantRange | None:
+        """The range of a float constant's values against ``low``, or None for a non-constant."""
+        if value not in self._ranges:
+            tensor = constant_tensor(value)
+            self._ranges[value] = None if tensor is None else measure(tensor, self.low, self._maps)
+        return self._ranges[value]
+
+    def close(self) -> None:
+        self._maps.close()

@@ -1,6 +1,6 @@
 """Decide each node's precision: the analysis half of the pipeline.
 
-Builds ``context.plan`` and mutates nothing. The algorithm (documented in
+Fills a ``PrecisionPlan`` and mutates nothing. The algorithm (documented in
 docs/precision-policy.md) paints each graph TF-AMP style:
 
 1. classify every node (allow / follow / pass-through / block, or fixed FP32 for a
@@ -26,10 +26,10 @@ import onnx_ir as ir
 
 from mpcompile.core import ranges
 from mpcompile.core.context import ConversionContext
-from mpcompile.core.plan import Decision, Reason
+from mpcompile.core.plan import Decision, PrecisionPlan, Reason
 from mpcompile.core.precision import Precision
-from mpcompile.irtools.graphs import TYPED_FUNCTION_KEY, node_opset
-from mpcompile.passes.base import ConversionPass
+from mpcompile.irtools.graphs import TYPED_FUNCTION_KEY, all_graphs, node_opset
+from mpcompile.passes.base import PlanPass
 from mpcompile.policy import OpClass, op_classes, op_types
 
 # How far a huge negative constant may travel through element-wise ops to a Softmax
@@ -51,19 +51,32 @@ class _NodeInfo:
     extended: bool = False  # went low in step 4b (no extra Cast)
 
 
-class AssignPrecisionPass(ConversionPass):
-    """Fill ``context.plan`` with a Decision for every node (analysis only)."""
+class AssignPrecisionPass(PlanPass):
+    """Fill the plan (analysis only): a Decision and the typing seen for every node, the dtype
+    every node input must have afterwards, the dtype each graph output keeps, and the attention
+    masks to clamp. ``plan``: the plan to fill (a new one when not given)."""
+
+    def __init__(self, context: ConversionContext, plan: PrecisionPlan | None = None):
+        super().__init__(context, PrecisionPlan() if plan is None else plan)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        plan = self.plan
+        plan.graphs = list(all_graphs(model))  # valid once InferTypesPass typed the functions
         functions = {(function.domain, function.name) for function in model.functions.values()}
-        for graph, opset in self.context.graphs_of(model):
+        masks: dict[ir.Value, list[ir.Node]] = {}  # clampable attention masks -> the Softmaxes they reach
+        for graph, opset in plan.graphs:
             # --auto measures values of the main graph only: its measured ops and Casts stay as the
             # static lists say inside subgraphs and functions.
             measured = graph is model.graph
-            _GraphPainter(self.context, graph, opset, functions, model.opset_imports, measured).paint()
+            _GraphPainter(
+                self.context, plan, masks, graph, opset, functions, model.opset_imports, measured
+            ).paint()
+        # A mask is clamped when one of its Softmaxes runs in low precision: its values will.
+        plan.clamped_masks = {value for value, softmaxes in masks.items() if any(map(plan.is_low, softmaxes))}
+        self._require_dtypes(model)
         unknown = Counter(
             f"{node.domain or 'ai.onnx'}::{node.op_type}"
-            for node, decision in self.context.plan.items()
+            for node, decision in plan.items()
             if decision.reason == Reason.UNKNOWN_OP
         )
         if unknown:
@@ -78,11 +91,41 @@ class AssignPrecisionPass(ConversionPass):
             )
         return ir.passes.PassResult(model, modified=False)
 
+    def _require_dtypes(self, model: ir.Model) -> None:
+        """Per node input, the dtype it must have once the plan is applied: the low-precision
+        type where a low-precision node reads float data, its present dtype elsewhere. Per
+        graph output, its present dtype (InsertCastsPass restores it where it must stay)."""
+        low = self.context.low.dtype
+        plan = self.plan
+        for graph, opset in plan.graphs:
+            for node in graph:
+                typing = None
+                if plan.is_low(node):
+                    typing = plan.typing(node) or op_types.node_typing(
+                        node, node_opset(node, opset, model.opset_imports), low
+                    )
+                    plan.set_typing(node, typing)
+                plan.require_input_dtypes(
+                    node,
+                    (
+                        None
+                        if value is None
+                        else low
+                        if typing is not None and index in typing.float_inputs
+                        else value.dtype
+                        for index, value in enumerate(node.inputs)
+                    ),
+                )
+            for value in graph.outputs:
+                plan.output_dtypes[value] = value.dtype
+
 
 class _GraphPainter:
     def __init__(
         self,
         context: ConversionContext,
+        plan: PrecisionPlan,
+        masks: dict[ir.Value, list[ir.Node]],
         graph: ir.Graph,
         opset: int,
         functions: set[tuple[str, str]],
@@ -90,6 +133,8 @@ class _GraphPainter:
         measured: bool = True,
     ):
         self.context = context
+        self.plan = plan
+        self.masks = masks
         self.measured = measured
         self.graph = graph
         self.opset = opset
@@ -208,7 +253,7 @@ class _GraphPainter:
     def _constant_range(self, value: ir.Value | None) -> ranges.ConstantRange | None:
         if value is None or value.dtype != ir.DataType.FLOAT:
             return None
-        return self.context.constant_range(value)
+        return self.plan.constant_range(value, self.context.low)
 
     def _is_clampable_mask(self, value: ir.Value, measured: ranges.ConstantRange) -> bool:
         """A constant whose only out-of-range values are huge negatives feeding a Softmax
@@ -216,7 +261,7 @@ class _GraphPainter:
         low-precision limit keeps the Softmax result (exp underflows to 0 either way)."""
         if measured.overflowing_positive:
             return False
-        if id(value) in self.context.clampable_mask_constants:
+        if value in self.masks:
             return True
         frontier = [(use.node, 0) for use in value.uses()]
         seen: set[int] = set()
@@ -260,7 +305,7 @@ class _GraphPainter:
                     return False
                 frontier.extend((use.node, depth + 1) for use in output.uses())
         if softmaxes:
-            self.context.clampable_mask_constants[id(value)] = softmaxes
+            self.masks[value] = softmaxes
         return bool(softmaxes)
 
     def _mark_qdq_paths(self) -> None:
@@ -478,11 +523,7 @@ class _GraphPainter:
                 for c in consumers
             ]
             measured = self._constant_range(info.node.outputs[0])
-            in_range = (
-                measured is None
-                or measured.in_range
-                or id(info.node.outputs[0]) in self.context.clampable_mask_constants
-            )
+            in_range = measured is None or measured.in_range or info.node.outputs[0] in self.masks
             info.low = (
                 bool(consumer_low)
                 and all(consumer_low)
@@ -493,8 +534,8 @@ class _GraphPainter:
     def _record(self) -> None:
         low = self.context.low.precision
         for info in self._infos():
-            self.context.plan[info.node] = self._decision(info, low)
-            self.context.typings[id(info.node)] = info.typing
+            self.plan[info.node] = self._decision(info, low)
+            self.plan.set_typing(info.node, info.typing)
 
     def _decision(self, info: _NodeInfo, low: Precision) -> Decision:
         if info.fixed is not None:

@@ -4,7 +4,9 @@ A constant read only by low-precision inputs is converted in place. One read by 
 low-precision and FP32 inputs keeps its FP32 original and gets one low-precision copy.
 Initializers that are also graph inputs are left alone (a Cast covers them, since the
 caller may feed them). Conversion is lazy: values are converted while the model is
-serialized, so external weights stream through memory one tensor at a time.
+serialized, so external weights stream through memory one tensor at a time. Which reads
+are low precision, and which attention masks to clamp, the plan says. Step 2 of
+ApplyPrecisionPass.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import onnx_ir as ir
 
 from mpcompile.core.casts import SUFFIX, NameAuthority
 from mpcompile.core.context import ConversionContext
-from mpcompile.core.plan import Decision, Reason, stamp_decision
+from mpcompile.core.plan import Decision, PrecisionPlan, Reason, stamp_decision
 from mpcompile.core.precision import LowPrecisionFormat
 from mpcompile.irtools.values import set_dtype
-from mpcompile.passes.base import ConversionPass
+from mpcompile.passes.base import PlanPass
 
 FLOAT = ir.DataType.FLOAT
 # Tensors up to this size keep their converted copy in memory once made (serializing
@@ -26,16 +28,16 @@ FLOAT = ir.DataType.FLOAT
 CACHE_LIMIT_BYTES = 2**20
 
 
-class ConvertConstantsPass(ConversionPass):
+class ConvertConstantsPass(PlanPass):
     """Give every low-precision read of a float constant a low-precision constant."""
 
-    def __init__(self, context: ConversionContext, names: NameAuthority):
-        super().__init__(context)
+    def __init__(self, context: ConversionContext, plan: PrecisionPlan, names: NameAuthority):
+        super().__init__(context, plan)
         self.names = names
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
-        for graph, _ in self.context.graphs_of(model):
+        for graph, _ in self.graphs(model):
             for value in list(graph.initializers.values()):
                 modified |= self._convert_initializer(graph, value)
             for node in list(graph):
@@ -45,16 +47,14 @@ class ConvertConstantsPass(ConversionPass):
 
     def _low_uses(self, value: ir.Value) -> tuple[list[ir.Usage], list[ir.Usage]]:
         low = self.context.low.dtype
-        required = self.context.required_input_dtypes
         low_uses, other_uses = [], []
         for use in value.uses():
-            (low_uses if required.get((id(use.node), use.idx)) == low else other_uses).append(use)
+            (low_uses if self.plan.required_input_dtype(use.node, use.idx) == low else other_uses).append(use)
         return low_uses, other_uses
 
     def _clamps(self, value: ir.Value) -> bool:
         """Clamp an attention mask whose Softmax runs in low precision: its values will be."""
-        softmaxes = self.context.clampable_mask_constants.get(id(value), ())
-        return any(self.context.plan.is_low(node) for node in softmaxes)
+        return value in self.plan.clamped_masks
 
     def _convert_initializer(self, graph: ir.Graph, value: ir.Value) -> bool:
         if value.dtype != FLOAT or value.const_value is None or value.is_graph_input():
@@ -128,16 +128,16 @@ class ConvertConstantsPass(ConversionPass):
         set_dtype(copy.outputs[0], self.context.low.dtype)
         copy.outputs[0].shape = output.shape
         graph.insert_after(node, copy)
-        self.context.plan[copy] = Decision(
+        self.plan[copy] = Decision(
             self.context.low.precision, Reason.CONSTANT, "low-precision copy of a shared constant"
         )
-        stamp_decision(copy, self.context.plan[copy])
+        stamp_decision(copy, self.plan[copy])
         for use in low_uses:
             use.node.replace_input_with(use.idx, copy.outputs[0])
         return True
 
     def _count_range(self, value: ir.Value, clamp: bool) -> None:
-        measured = self.context.constant_range(value)
+        measured = self.plan.constant_range(value, self.context.low)
         if measured is None:
             return
         stats = self.context.stats

@@ -38,7 +38,7 @@ class FoldCastsPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         folded = 0
-        graphs = self.context.graphs_of(model) if self.context is not None else all_graphs(model)
+        graphs = list(all_graphs(model))
         for graph, _ in graphs:
             folded += self._fold_graph(graph)
         if self.context is not None:

@@ -1,9 +1,10 @@
 """Insert the Casts the new types need: one per (value, target type, graph).
 
-Every node input whose value no longer has the dtype recorded in
-``context.required_input_dtypes`` reads a Cast instead. Graph outputs keep their
+Every node input whose value no longer has the dtype the plan requires for it
+(``PrecisionPlan.required_input_dtype``) reads a Cast instead. Graph outputs keep their
 original dtype and name (main graph with keep_io_types, and always for subgraphs,
-whose outputs are bound to the If/Loop/Scan node's declared types).
+whose outputs are bound to the If/Loop/Scan node's declared types): the plan's
+``output_dtypes``. Step 3 of ApplyPrecisionPass.
 """
 
 from __future__ import annotations
@@ -12,26 +13,27 @@ import onnx_ir as ir
 
 from mpcompile.core.casts import SUFFIX, CastFactory
 from mpcompile.core.context import ConversionContext
-from mpcompile.passes.base import ConversionPass
+from mpcompile.core.plan import PrecisionPlan
+from mpcompile.passes.base import PlanPass
 
 
-class InsertCastsPass(ConversionPass):
+class InsertCastsPass(PlanPass):
     """Reconcile every input and graph output with its required dtype."""
 
-    def __init__(self, context: ConversionContext, casts: CastFactory):
-        super().__init__(context)
+    def __init__(self, context: ConversionContext, plan: PrecisionPlan, casts: CastFactory):
+        super().__init__(context, plan)
         self.casts = casts
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         before = self.casts.created
-        required = self.context.required_input_dtypes
-        graphs = [graph for graph, _ in self.context.graphs_of(model)]
+        plan = self.plan
+        graphs = [graph for graph, _ in self.graphs(model)]
         for graph in graphs:
             for node in list(graph):
                 for index, value in enumerate(node.inputs):
                     if value is None:
                         continue
-                    wanted = required.get((id(node), index))
+                    wanted = plan.required_input_dtype(node, index)
                     if wanted is not None and value.dtype is not None and value.dtype != wanted:
                         node.replace_input_with(index, self.casts.cast(value, wanted, graph))
         for graph in graphs:
@@ -43,7 +45,7 @@ class InsertCastsPass(ConversionPass):
 
     def _restore_output_types(self, graph: ir.Graph) -> None:
         for position, value in enumerate(list(graph.outputs)):
-            original = self.context.original_output_dtypes.get(id(value))
+            original = self.plan.output_dtypes.get(value)
             if original is None or value.dtype == original:
                 continue
             cast_node = self.casts.make_cast_node(value, original)

@@ -1,8 +1,9 @@
 """Retype low-precision nodes: their converted outputs and dtype-carrying attributes.
 
-Before anything changes type, records for every node input the dtype it must have
-afterwards (``context.required_input_dtypes``); InsertCastsPass reconciles the graph
-against that record.
+Reads the plan only: the low-precision nodes and the typing the assignment saw for them (which
+outputs carry the float data). The dtype every input must have afterwards is in the plan too
+(AssignPrecisionPass recorded it before anything changed type); InsertCastsPass reconciles
+the graph against it. Step 1 of ApplyPrecisionPass.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import onnx_ir as ir
 
 from mpcompile.irtools.graphs import node_opset
 from mpcompile.irtools.values import set_dtype
-from mpcompile.passes.base import ConversionPass
+from mpcompile.passes.base import PlanPass
 from mpcompile.policy import op_types
 
 FLOAT = ir.DataType.FLOAT
@@ -33,35 +34,27 @@ OUTPUT_DATATYPE_OPS = frozenset({"BlackmanWindow", "HannWindow", "HammingWindow"
 LIKE_OPS = frozenset({"RandomNormalLike", "RandomUniformLike", "EyeLike", "Bernoulli"})
 
 
-class RetypeNodesPass(ConversionPass):
+class RetypeNodesPass(PlanPass):
     """Apply the plan's node decisions to value types and attributes."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         low = self.context.low.dtype
-        plan = self.context.plan
-        typings: dict[int, op_types.NodeTyping | None] = {}
-        for graph, opset in self.context.graphs_of(model):
+        plan = self.plan
+        graphs = self.graphs(model)
+        typings: dict[ir.Node, op_types.NodeTyping] = {}
+        for graph, opset in graphs:  # every typing first, before any value changes type
             for node in graph:
-                typing = None
-                if plan.is_low(node):  # typed by the assignment, before any value changed type
-                    typing = self.context.typings.get(id(node)) or op_types.node_typing(
+                if plan.is_low(node):
+                    typings[node] = plan.typing(node) or op_types.node_typing(
                         node, node_opset(node, opset, model.opset_imports), low
                     )
-                typings[id(node)] = typing
-                for index, value in enumerate(node.inputs):
-                    if value is None:
-                        continue
-                    converted = typing is not None and index in typing.float_inputs
-                    self.context.required_input_dtypes[(id(node), index)] = low if converted else value.dtype
-            for value in graph.outputs:
-                self.context.original_output_dtypes[id(value)] = value.dtype
         if not self.context.keep_io_types:
             self._lower_graph_inputs(model)
         modified = False
-        for graph, _ in self.context.graphs_of(model):
+        for graph, _ in graphs:
             for node in graph:
                 _freeze_like_dtype(node)
-                typing = typings.get(id(node))
+                typing = typings.get(node)
                 if typing is None:
                     continue
                 for index in typing.float_outputs:
@@ -77,7 +70,7 @@ class RetypeNodesPass(ConversionPass):
             if value.dtype != FLOAT or value.is_initializer():
                 continue
             uses = value.uses()
-            if uses and all(self.context.required_input_dtypes.get((id(u.node), u.idx)) == low for u in uses):
+            if uses and all(self.plan.required_input_dtype(u.node, u.idx) == low for u in uses):
                 set_dtype(value, low)
 
 

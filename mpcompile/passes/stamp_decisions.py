@@ -6,14 +6,14 @@ import onnx_ir as ir
 
 from mpcompile import __version__
 from mpcompile.core.plan import MODEL_PRECISION_KEY, MODEL_TARGET_KEY, MODEL_VERSION_KEY, stamp_decision
-from mpcompile.passes.base import ConversionPass
+from mpcompile.passes.base import PlanPass
 
 
-class StampDecisionsPass(ConversionPass):
+class StampDecisionsPass(PlanPass):
     """Make the plan auditable from the saved model alone (``mpcompile report`` reads it)."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        for node, decision in self.context.plan.items():
+        for node, decision in self.plan.items():
             if node.graph is not None:  # folded or removed nodes are gone
                 stamp_decision(node, decision)
         model.metadata_props[MODEL_VERSION_KEY] = __version__

@@ -5,6 +5,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from mpcompile.core.context import ConversionContext
+from mpcompile.irtools.graphs import all_graphs
 from mpcompile.passes.base import ConversionPass
 from mpcompile.policy.op_types import type_variable_conflict
 
@@ -22,7 +23,7 @@ class VerifyPass(ConversionPass):
         self.io_signature = io_signature
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        for graph, opset in self.context.graphs_of(model):
+        for graph, opset in all_graphs(model):
             _check_topological(graph)
             for node in graph:
                 conflict = type_variable_conflict(node, opset, model.opset_imports)
