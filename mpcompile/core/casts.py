@@ -6,7 +6,7 @@ import onnx_ir as ir
 
 from mpcompile.core.plan import Decision, Reason, stamp_decision
 from mpcompile.core.precision import Precision
-from mpcompile.irtools.graphs import model_graphs
+from mpcompile.irtools.names import NameAuthority
 from mpcompile.irtools.values import set_dtype
 
 SUFFIX = {
@@ -15,30 +15,6 @@ SUFFIX = {
     ir.DataType.BFLOAT16: "bf16",
     ir.DataType.DOUBLE: "fp64",
 }
-
-
-class NameAuthority:
-    """Hands out names not used anywhere in the model (all graphs and functions)."""
-
-    def __init__(self, model: ir.Model):
-        self._used: set[str] = set()
-        for graph in (*model_graphs(model), *model.functions.values()):
-            for value in getattr(graph, "inputs", ()):
-                self._used.add(value.name or "")
-            for value in getattr(graph, "initializers", {}).values():
-                self._used.add(value.name or "")
-            for node in graph:
-                self._used.add(node.name or "")
-                for value in node.outputs:
-                    self._used.add(value.name or "")
-
-    def unique(self, base: str) -> str:
-        name, counter = base, 1
-        while name in self._used:
-            name = f"{base}_{counter}"
-            counter += 1
-        self._used.add(name)
-        return name
 
 
 class CastFactory:

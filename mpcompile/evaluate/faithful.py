@@ -34,6 +34,7 @@ import onnx_ir.passes.common
 from mpcompile.evaluate.ort_session import ModelLike, make_session, serialize_for_session, to_ir_model
 from mpcompile.io import model_io
 from mpcompile.irtools.graphs import model_graphs
+from mpcompile.irtools.names import NameAuthority
 
 LOW_PRECISION = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 ROUNDING_TAG = "mpcompile.evaluate.rounding"  # metadata key marking the Casts this module inserts
@@ -111,8 +112,9 @@ def build_faithful_model(
     low_values = _mark_low_precision_outputs(evaluation)
     exposed = _expose_intermediates(evaluation, intermediates)
     declared.update(exposed)
+    names = NameAuthority(evaluation)
     for graph in model_graphs(evaluation):
-        _widen_graph(graph, low_values)
+        _widen_graph(graph, low_values, names)
     check_faithful_model(evaluation)
     return evaluation, declared
 
@@ -222,7 +224,7 @@ def _input_names(graph: ir.Graph) -> set[str]:
     return {value.name for value in graph.inputs if value.name}
 
 
-def _widen_graph(graph: ir.Graph, low_values: Mapping[ir.Value, ir.DataType]) -> None:
+def _widen_graph(graph: ir.Graph, low_values: Mapping[ir.Value, ir.DataType], names: NameAuthority) -> None:
     """Make all arithmetic of ``graph`` FP32 and round each low-precision node output."""
     for value in graph.inputs:
         _widen_value_type(value)
@@ -237,7 +239,7 @@ def _widen_graph(graph: ir.Graph, low_values: Mapping[ir.Value, ir.DataType]) ->
             dtype = low_values.get(value)
             _widen_value_type(value)
             if dtype is not None:
-                _insert_rounding(graph, node, value, dtype)
+                _insert_rounding(graph, node, value, dtype, names)
 
 
 def _widen_value_type(value: ir.Value) -> None:
@@ -268,7 +270,9 @@ def _widen_attributes(node: ir.Node) -> None:
                 node.attributes[name] = ir.AttrTensor(name, ir.tensor(tensor.numpy().astype(np.float32)))
 
 
-def _insert_rounding(graph: ir.Graph, node: ir.Node, value: ir.Value, dtype: ir.DataType) -> None:
+def _insert_rounding(
+    graph: ir.Graph, node: ir.Node, value: ir.Value, dtype: ir.DataType, names: NameAuthority
+) -> None:
     """value → Cast(to=dtype) → Cast(to=FLOAT); the rounded value takes over name and uses."""
     original_name = value.name
     narrow = ir.node("Cast", [value], {"to": dtype}, metadata_props={ROUNDING_TAG: "1"})
@@ -287,8 +291,8 @@ def _insert_rounding(graph: ir.Graph, node: ir.Node, value: ir.Value, dtype: ir.
             graph.outputs[index] = rounded
     graph.insert_after(node, [narrow, widen])
     if original_name:
-        value.name = f"{original_name}__unrounded"
-        narrow.outputs[0].name = f"{original_name}__{dtype.name.lower()}"
+        value.name = names.unique(f"{original_name}__unrounded")
+        narrow.outputs[0].name = names.unique(f"{original_name}__{dtype.name.lower()}")
         rounded.name = original_name
 
 

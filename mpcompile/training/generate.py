@@ -22,6 +22,7 @@ from mpcompile.core.plan import MODEL_PRECISION_KEY, Decision, Reason, read_deci
 from mpcompile.core.precision import Precision
 from mpcompile.evaluate.ort_session import is_onnxruntime_error
 from mpcompile.io import model_io
+from mpcompile.irtools.names import NameAuthority
 from mpcompile.passes.loss_scaling import LossScalingPass
 from mpcompile.training import op_rules
 from mpcompile.training.artifacts import ArtifactPaths, save_checked
@@ -85,6 +86,7 @@ def convert_forward_for_training(
 def expose_layer_norm_statistics(model: ir.Model) -> int:
     """Give every LayerNormalization named Mean/InvStdDev outputs (ORT 1.19.2's gradient needs them)."""
     added = 0
+    names = NameAuthority(model)
     for node in model.graph:
         if node.op_type != "LayerNormalization" or node.domain not in ("", "ai.onnx"):
             continue
@@ -97,9 +99,13 @@ def expose_layer_norm_statistics(model: ir.Model) -> int:
             attributes=dict(node.attributes),
             name=node.name,
             outputs=[
-                ir.Value(name=f"{base}.normalized", type=node.outputs[0].type, shape=node.outputs[0].shape),
-                ir.Value(name=f"{base}.mean"),
-                ir.Value(name=f"{base}.inv_std_dev"),
+                ir.Value(
+                    name=names.unique(f"{base}.normalized"),
+                    type=node.outputs[0].type,
+                    shape=node.outputs[0].shape,
+                ),
+                ir.Value(name=names.unique(f"{base}.mean")),
+                ir.Value(name=names.unique(f"{base}.inv_std_dev")),
             ],
             metadata_props=dict(node.metadata_props),
         )
@@ -109,7 +115,7 @@ def expose_layer_norm_statistics(model: ir.Model) -> int:
             position = next(i for i, out in enumerate(model.graph.outputs) if out is old)
             model.graph.outputs[position] = new_node.outputs[0]
             new_name = old.name
-            old.name = f"{new_name}.replaced"
+            old.name = names.unique(f"{new_name}.replaced")
             new_node.outputs[0].name = new_name
         old.replace_all_uses_with(new_node.outputs[0])
         model.graph.remove(node, safe=True)

@@ -16,9 +16,10 @@ from collections.abc import Iterable
 
 import onnx_ir as ir
 
-from mpcompile.core.casts import CastFactory, NameAuthority
+from mpcompile.core.casts import CastFactory
 from mpcompile.core.plan import Decision, PrecisionPlan, Reason, stamp_decision
 from mpcompile.core.precision import Precision
+from mpcompile.irtools.names import NameAuthority
 from mpcompile.irtools.values import set_dtype
 from mpcompile.training import op_rules
 

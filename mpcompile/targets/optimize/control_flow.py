@@ -25,8 +25,8 @@ from collections.abc import Callable
 import onnx
 import onnx_ir as ir
 
-from mpcompile.core.casts import NameAuthority
 from mpcompile.irtools.graphs import subgraphs
+from mpcompile.irtools.names import NameAuthority
 
 HIDDEN_DOMAIN = "mpcompile.hidden"
 _HIDDEN_OP = "HiddenControlFlow"
@@ -186,6 +186,7 @@ def _spliced_body(
     formal inputs and outputs (checked against ``old``, pass-through outputs put back as
     Identities), initializers that are not outer ones."""
     graph = optimized.graph
+    names = NameAuthority(optimized)
     outer = {value.name: value for value in free}
     formal_names = [value.name for value in old.inputs]
     inputs = {value.name: value for value in graph.inputs}
@@ -229,7 +230,7 @@ def _spliced_body(
                 initializers.append(constant)
             outputs.insert(index, constant)
             continue
-        identity = ir.node("Identity", [outer[source]], name=f"{declared.name}_pass_through")
+        identity = ir.node("Identity", [outer[source]], name=names.unique(f"{declared.name}_pass_through"))
         identity.outputs[0].name = declared.name
         identity.outputs[0].type = declared.type
         identity.outputs[0].shape = None if declared.shape is None else ir.Shape(declared.shape)

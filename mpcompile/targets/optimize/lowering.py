@@ -19,8 +19,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from mpcompile.core.casts import NameAuthority
 from mpcompile.irtools.graphs import ai_onnx_opset, model_graphs
+from mpcompile.irtools.names import NameAuthority
 
 _FLOAT = ir.DataType.FLOAT
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from mpcompile.core.casts import NameAuthority
 from mpcompile.irtools.graphs import model_graphs
+from mpcompile.irtools.names import NameAuthority
 
 
 def split_multi_axis_unsqueeze(model: ir.Model) -> ir.Model:
