@@ -44,11 +44,11 @@ NODE_FIELDS = (
 
 
 def _tool_version() -> str:
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         return version("mpcompile")
-    except Exception:
+    except PackageNotFoundError:  # running from a source tree that was never installed
         return "unknown"
 
 

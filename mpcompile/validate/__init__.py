@@ -8,7 +8,8 @@ The names below load lazily, so importing this package is cheap: ``mpcompile/__i
 imports it at start-up (see there why) and the CLI must start without onnx or numpy.
 ``mpcompile.validate`` itself, the attribute of the top-level package, is the function
 ``validate``; this package is ``sys.modules["mpcompile.validate"]`` and what
-``from mpcompile.validate import ...`` reads.
+``from mpcompile.validate import ...`` reads (``import mpcompile.validate as name`` binds the
+function, as it reads the attribute).
 """
 
 from __future__ import annotations
