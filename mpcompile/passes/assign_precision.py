@@ -12,6 +12,10 @@ docs/precision-policy.md) paints each graph TF-AMP style:
 5. pass-through nodes next to a low-precision region join it;
 6. Constant nodes take their consumers' precision.
 
+Step 1 is the policy's: ``mpcompile.policy.classification`` (the cascade, with every fixed
+decision's reason), over the op classes, typing, attention-mask and integer-cast rules of
+``mpcompile.policy``. This module is the painter: steps 2-6.
+
 Edges are float-data edges only: a value that the producer outputs and the consumer
 reads through its primary type variable (see ``mpcompile.policy.op_types``).
 """
@@ -30,12 +34,8 @@ from mpcompile.core.plan import Decision, PrecisionPlan, Reason
 from mpcompile.core.precision import Precision
 from mpcompile.irtools.graphs import TYPED_FUNCTION_KEY, all_graphs, node_opset
 from mpcompile.passes.base import PlanPass
-from mpcompile.policy import OpClass, op_classes, op_types
-
-# How far a huge negative constant may travel through element-wise ops to a Softmax
-# and still count as an attention mask that can be clamped to the low-precision limit.
-MASK_SEARCH_DEPTH = 6
-SOURCE_OPS = frozenset({("", "Constant"), ("", "ConstantOfShape")})
+from mpcompile.policy import OpClass, integer_casts, op_types
+from mpcompile.policy.classification import SOURCE_OPS, NodeRules
 
 
 @dataclasses.dataclass
@@ -134,21 +134,29 @@ class _GraphPainter:
     ):
         self.context = context
         self.plan = plan
-        self.masks = masks
         self.measured = measured
         self.graph = graph
-        self.opset = opset
-        self.opset_imports = opset_imports
-        self.functions = functions
-        self.low_dtype = context.low.dtype
-        self.infos: dict[int, _NodeInfo] = {}
+        self.rules = NodeRules(
+            low=context.low,
+            target=context.target,
+            policy=context.policy,
+            opset=opset,
+            opset_imports=opset_imports,
+            constant_range=lambda value: plan.constant_range(value, context.low),
+            functions=functions,
+            node_overrides=context.node_overrides,
+            measured=measured,
+            masks=masks,
+        )
+        self.masks = masks
+        self.infos: dict[ir.Node, _NodeInfo] = {}
         self.order: list[ir.Node] = list(graph)
 
     # ---- classification -------------------------------------------------------------
 
     def paint(self) -> None:
         for node in self.order:
-            self.infos[id(node)] = self._classify(node)
+            self.infos[node] = self._classify(node)
         self._mark_qdq_paths()
         candidates = [info for info in self._infos() if info.fixed is None]
         self._propagate_block(candidates)
@@ -159,154 +167,13 @@ class _GraphPainter:
         self._record()
 
     def _infos(self) -> Iterable[_NodeInfo]:
-        return (self.infos[id(node)] for node in self.order)
-
-    def _fixed(self, precision: Precision, reason: str, rule: str = "") -> Decision:
-        return Decision(precision, reason, rule)
+        return (self.infos[node] for node in self.order)
 
     def _classify(self, node: ir.Node) -> _NodeInfo:
-        key = (node.domain, node.op_type)
-        fp32 = Precision.FP32
-        if key in op_classes.CONTROL_FLOW:
-            return _NodeInfo(
-                node, None, fixed=self._fixed(fp32, Reason.CONTROL_FLOW, "subgraphs converted separately")
-            )
-        if key in self.functions:
-            return _NodeInfo(
-                node, None, fixed=self._fixed(fp32, Reason.FUNCTION_CALL, "model-local function")
-            )
-        if key in op_classes.QDQ_OPS:
-            return _NodeInfo(node, None, fixed=self._fixed(fp32, Reason.QDQ, "quantization op"))
-        typing = op_types.node_typing(node, node_opset(node, self.opset, self.opset_imports), self.low_dtype)
-        info = _NodeInfo(node, typing)
-        if typing is None:
-            if _touches_float(node):
-                info.fixed = self._fixed(
-                    fp32, Reason.UNKNOWN_OP, f"no schema for {node.domain or 'ai.onnx'}::{node.op_type}"
-                )
-            else:
-                info.fixed = self._fixed(Precision.NONE, Reason.NO_FLOAT)
-            return info
-        if any(
-            value is not None and value.name and value.dtype is None
-            for value in (*node.inputs, *node.outputs)
-        ):
-            info.fixed = self._fixed(fp32, Reason.UNTYPED, "input or output type unknown")
-            return info
-        if not typing.touches_float:
-            info.fixed = self._fixed(Precision.NONE, Reason.NO_FLOAT)
-            return info
-        if key in SOURCE_OPS:
-            info.op_class = OpClass.PASS_THROUGH  # decided by _decide_constants
-            return info
-        pattern = self.context.policy.node_blocked(node.name or "")
-        if pattern is not None:
-            info.fixed = self._fixed(fp32, Reason.USER_BLOCK_NODE, f"user.block_nodes[{pattern}]")
-            return info
-        override = self.context.node_overrides.get(node.name) if node.name else None
-        if override is not None:
-            info.fixed = override
-            return info
-        classified = self.context.policy.classify(node.domain, node.op_type, measured=self.measured)
-        info.op_class, info.rule, info.by_user = classified.op_class, classified.rule, classified.by_user
-        blocking_attribute = _blocking_attribute(node)
-        if blocking_attribute and not classified.by_user:
-            info.op_class, info.rule = (
-                OpClass.BLOCK,
-                f"policy.block_when_attribute[{node.op_type} {blocking_attribute}]",
-            )
-        if info.op_class == OpClass.UNLISTED:
-            info.fixed = self._fixed(fp32, Reason.UNLISTED, classified.rule)
-        elif info.op_class != OpClass.BLOCK:
-            info.fixed = self._eligibility(node, typing)
-        return info
-
-    def _eligibility(self, node: ir.Node, typing: op_types.NodeTyping) -> Decision | None:
-        """Why a candidate node cannot go low precision, or None if it can."""
-        fp32 = Precision.FP32
-        if not typing.low_allowed:
-            return self._fixed(
-                fp32,
-                Reason.SCHEMA,
-                f"{node.op_type}-{self.opset} type {typing.type_variable} has no {self.context.low.precision.value}",
-            )
-        domain_opset = node_opset(node, self.opset, self.opset_imports)
-        if not self.context.target.supports(node.domain, node.op_type, domain_opset, self.low_dtype):
-            provider = self.context.target.provider or self.context.target.name
-            return self._fixed(fp32, Reason.no_kernel(provider), f"target {self.context.target.name}")
-        for index in typing.float_inputs:
-            value = node.inputs[index]
-            measured = self._constant_range(value)
-            if (
-                measured is not None
-                and not measured.in_range
-                and not self._is_clampable_mask(value, measured)
-            ):
-                return self._fixed(
-                    fp32,
-                    Reason.RANGE,
-                    f"input {value.name!r} holds {measured.overflowing} value(s) beyond "
-                    f"{self.context.low.precision.value} range (max |x| {measured.max_abs:.3g})",
-                )
-        return None
-
-    def _constant_range(self, value: ir.Value | None) -> ranges.ConstantRange | None:
-        if value is None or value.dtype != ir.DataType.FLOAT:
-            return None
-        return self.plan.constant_range(value, self.context.low)
-
-    def _is_clampable_mask(self, value: ir.Value, measured: ranges.ConstantRange) -> bool:
-        """A constant whose only out-of-range values are huge negatives feeding a Softmax
-        through element-wise ops is an additive attention mask: clamping it to the
-        low-precision limit keeps the Softmax result (exp underflows to 0 either way)."""
-        if measured.overflowing_positive:
-            return False
-        if value in self.masks:
-            return True
-        frontier = [(use.node, 0) for use in value.uses()]
-        seen: set[int] = set()
-        softmaxes: list[ir.Node] = []
-        while frontier:
-            node, depth = frontier.pop()
-            if id(node) in seen:
-                continue
-            seen.add(id(node))
-            if node.domain == "" and node.op_type == "Softmax":
-                softmaxes.append(node)
-                continue
-            classified = self.context.policy.classify(node.domain, node.op_type, measured=self.measured)
-            if depth >= MASK_SEARCH_DEPTH or classified.op_class not in (
-                OpClass.FOLLOW,
-                OpClass.PASS_THROUGH,
-            ):
-                return False
-            if node.op_type not in (
-                "Add",
-                "Sub",
-                "Mul",
-                "Where",
-                "Cast",
-                "Expand",
-                "Reshape",
-                "Unsqueeze",
-                "Squeeze",
-                "Concat",
-                "Tile",
-                "Transpose",
-                "Slice",
-                "Identity",
-                "Min",
-                "Max",
-                "Gather",
-            ):
-                return False
-            for output in node.outputs:
-                if output.is_graph_output():
-                    return False
-                frontier.extend((use.node, depth + 1) for use in output.uses())
-        if softmaxes:
-            self.masks[value] = softmaxes
-        return bool(softmaxes)
+        verdict = self.rules.verdict(node)
+        return _NodeInfo(
+            node, verdict.typing, verdict.op_class, verdict.rule, verdict.decision, verdict.by_user
+        )
 
     def _mark_qdq_paths(self) -> None:
         """Nodes fed by DequantizeLinear or feeding QuantizeLinear form quantized paths."""
@@ -324,12 +191,12 @@ class _GraphPainter:
                 use.node.op_type == "QuantizeLinear" for value in node.outputs for use in value.uses()
             )
             if fed_by_dq or feeds_q:
-                info.fixed = self._fixed(Precision.FP32, Reason.QDQ, "quantized path kept as is")
+                info.fixed = Decision(Precision.FP32, Reason.QDQ, "quantized path kept as is")
 
     # ---- float-data edges -----------------------------------------------------------
 
     def _info_of(self, node: ir.Node | None) -> _NodeInfo | None:
-        return None if node is None else self.infos.get(id(node))
+        return None if node is None else self.infos.get(node)
 
     def _float_producers(self, info: _NodeInfo) -> list[_NodeInfo]:
         result = []
@@ -353,18 +220,18 @@ class _GraphPainter:
 
     def _propagate_block(self, candidates: list[_NodeInfo]) -> None:
         """Step 3: block flows forward through follow/pass-through nodes that lead to block/follow nodes."""
-        leads_to_block_or_follow: set[int] = set()
+        leads_to_block_or_follow: set[ir.Node] = set()
         queue = deque(info for info in candidates if info.op_class in (OpClass.BLOCK, OpClass.FOLLOW))
-        leads_to_block_or_follow.update(id(info.node) for info in queue)
+        leads_to_block_or_follow.update(info.node for info in queue)
         while queue:
             info = queue.popleft()
             for producer in self._float_producers(info):
                 if (
                     producer.fixed is None
                     and producer.op_class == OpClass.PASS_THROUGH
-                    and id(producer.node) not in leads_to_block_or_follow
+                    and producer.node not in leads_to_block_or_follow
                 ):
-                    leads_to_block_or_follow.add(id(producer.node))
+                    leads_to_block_or_follow.add(producer.node)
                     queue.append(producer)
         queue = deque(info for info in candidates if info.op_class == OpClass.BLOCK)
         while queue:
@@ -374,7 +241,7 @@ class _GraphPainter:
                     consumer.fixed is None
                     and consumer.op_class in (OpClass.FOLLOW, OpClass.PASS_THROUGH)
                     and not consumer.denied
-                    and id(consumer.node) in leads_to_block_or_follow
+                    and consumer.node in leads_to_block_or_follow
                     and (consumer.node.domain, consumer.node.op_type) not in SOURCE_OPS
                 ):
                     consumer.denied = True
@@ -401,11 +268,11 @@ class _GraphPainter:
         weight_fed = [info for info in candidates if self._paintable(info) and self._reads_only_weights(info)]
         for info in weight_fed:
             if not info.typing.float_inputs:
-                info.rule = f"{info.rule}; integer source (measured_casts)"
+                info.rule = f"{info.rule}; {integer_casts.INTEGER_SOURCE}"
         downstream = self._reach(seeds, self._float_consumers) | self._reach(
             weight_fed, self._float_consumers
         )
-        downstream.update(id(info.node) for info in weight_fed)
+        downstream.update(info.node for info in weight_fed)
         upstream = self._reach(seeds, self._float_producers)
         for key in downstream & upstream:
             self.infos[key].low = True
@@ -414,17 +281,19 @@ class _GraphPainter:
         """Nothing FP32 flows in: only weights, or (``measured_casts``) a Cast from integers."""
         inputs = [info.node.inputs[index] for index in info.typing.float_inputs]
         if not inputs:
-            return self.measured and self.context.measured_casts and _casts_to_float(info.node)
+            return integer_casts.starts_low_path(
+                info.node, measured_casts=self.context.measured_casts, measured=self.measured
+            )
         return all(_is_weight(value) for value in inputs)
 
-    def _reach(self, seeds: list[_NodeInfo], step) -> set[int]:
-        reached: set[int] = set()
+    def _reach(self, seeds: list[_NodeInfo], step) -> set[ir.Node]:
+        reached: set[ir.Node] = set()
         queue = deque(seeds)
         while queue:
             info = queue.popleft()
             for neighbour in step(info):
-                if self._paintable(neighbour) and id(neighbour.node) not in reached:
-                    reached.add(id(neighbour.node))
+                if self._paintable(neighbour) and neighbour.node not in reached:
+                    reached.add(neighbour.node)
                     queue.append(neighbour)
         return reached
 
@@ -463,7 +332,7 @@ class _GraphPainter:
         """Inputs of unsafe (blocked) ops stay computed in FP32, as TF-AMP keeps them."""
         for value in info.node.outputs:
             for use in value.uses():
-                reader = self.infos.get(id(use.node))
+                reader = self.infos.get(use.node)
                 if reader is not None and (
                     reader.denied or (reader.fixed is None and reader.op_class == OpClass.BLOCK)
                 ):
@@ -471,7 +340,7 @@ class _GraphPainter:
         return False
 
     def _reads_as_low(self, node: ir.Node, index: int) -> bool:
-        reader = self.infos.get(id(node))
+        reader = self.infos.get(node)
         return (
             reader is not None
             and reader.low
@@ -514,7 +383,7 @@ class _GraphPainter:
             if (info.node.domain, info.node.op_type) not in SOURCE_OPS or info.fixed is not None:
                 continue
             consumers = [
-                self.infos.get(id(use.node))
+                self.infos.get(use.node)
                 for index in info.typing.float_outputs
                 for use in info.node.outputs[index].uses()
             ]
@@ -522,7 +391,7 @@ class _GraphPainter:
                 c is not None and c.low and c.typing is not None and _reads_as_float(c, info.node)
                 for c in consumers
             ]
-            measured = self._constant_range(info.node.outputs[0])
+            measured = self.rules.float_constant_range(info.node.outputs[0])
             in_range = measured is None or measured.in_range or info.node.outputs[0] in self.masks
             info.low = (
                 bool(consumer_low)
@@ -569,37 +438,6 @@ def _reads_as_float(consumer: _NodeInfo, producer: ir.Node) -> bool:
     )
 
 
-def _casts_to_float(node: ir.Node) -> bool:
-    """A Cast (or CastLike) from a non-float type to FLOAT."""
-    source = node.inputs[0] if node.inputs else None
-    return (
-        node.domain == ""
-        and node.op_type in ("Cast", "CastLike")
-        and source is not None
-        and source.dtype is not None
-        and not source.dtype.is_floating_point()
-        and node.outputs[0].dtype == ir.DataType.FLOAT
-    )
-
-
 def _is_weight(value: ir.Value) -> bool:
     """A constant the conversion may convert (initializers that are also inputs can be fed)."""
     return ranges.constant_tensor(value) is not None and not value.is_graph_input()
-
-
-def _blocking_attribute(node: ir.Node) -> str | None:
-    """``name=value`` when an attribute value makes this op accumulate (see BLOCK_WHEN_ATTRIBUTE)."""
-    rule = op_classes.BLOCK_WHEN_ATTRIBUTE.get((node.domain, node.op_type))
-    if rule is None:
-        return None
-    name, values = rule
-    attr = node.attributes.get(name)
-    value = attr.as_string() if attr is not None and attr.type == ir.AttributeType.STRING else None
-    return f"{name}={value}" if value in values else None
-
-
-def _touches_float(node: ir.Node) -> bool:
-    return any(
-        value is not None and value.dtype is not None and value.dtype.is_floating_point()
-        for value in (*node.inputs, *node.outputs)
-    )

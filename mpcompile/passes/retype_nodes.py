@@ -1,6 +1,6 @@
 """Retype low-precision nodes: their converted outputs and dtype-carrying attributes.
 
-Reads the plan only: the low-precision nodes and the typing the assignment saw for them (which
+Which attributes carry a dtype is policy (``mpcompile.policy.dtype_attributes``). Reads the plan only: the low-precision nodes and the typing the assignment saw for them (which
 outputs carry the float data). The dtype every input must have afterwards is in the plan too
 (AssignPrecisionPass recorded it before anything changed type); InsertCastsPass reconciles
 the graph against it. Step 1 of ApplyPrecisionPass.
@@ -13,25 +13,9 @@ import onnx_ir as ir
 from mpcompile.irtools.graphs import node_opset
 from mpcompile.irtools.values import set_dtype
 from mpcompile.passes.base import PlanPass
-from mpcompile.policy import op_types
+from mpcompile.policy import dtype_attributes, op_types
 
 FLOAT = ir.DataType.FLOAT
-# Ops whose output dtype comes from a `dtype` attribute (default FLOAT, or the input's
-# type for the *Like ops when the attribute is absent).
-DTYPE_ATTRIBUTE_OPS = frozenset(
-    {
-        "RandomNormal",
-        "RandomUniform",
-        "RandomNormalLike",
-        "RandomUniformLike",
-        "EyeLike",
-        "Bernoulli",
-        "Multinomial",
-    }
-)
-# Ops whose float output type is an `output_datatype` attribute (default FLOAT).
-OUTPUT_DATATYPE_OPS = frozenset({"BlackmanWindow", "HannWindow", "HammingWindow", "MelWeightMatrix"})
-LIKE_OPS = frozenset({"RandomNormalLike", "RandomUniformLike", "EyeLike", "Bernoulli"})
 
 
 class RetypeNodesPass(PlanPass):
@@ -76,7 +60,7 @@ class RetypeNodesPass(PlanPass):
 
 def _freeze_like_dtype(node: ir.Node) -> None:
     """*Like ops without `dtype` copy their input's type; pin it so input changes can't leak."""
-    if node.domain != "" or node.op_type not in LIKE_OPS or "dtype" in node.attributes:
+    if node.domain != "" or node.op_type not in dtype_attributes.LIKE_OPS or "dtype" in node.attributes:
         return
     output_dtype = node.outputs[0].dtype
     if output_dtype is not None:
@@ -84,11 +68,7 @@ def _freeze_like_dtype(node: ir.Node) -> None:
 
 
 def _retype_attributes(node: ir.Node, typing: op_types.NodeTyping, low: ir.DataType) -> None:
-    if node.domain != "":
-        return
-    if node.op_type == "Cast" and 0 in typing.float_outputs:
-        node.attributes["to"] = ir.AttrInt64("to", low.value)
-    elif node.op_type in DTYPE_ATTRIBUTE_OPS and 0 in typing.float_outputs:
-        node.attributes["dtype"] = ir.AttrInt64("dtype", low.value)
-    elif node.op_type in OUTPUT_DATATYPE_OPS and 0 in typing.float_outputs:
-        node.attributes["output_datatype"] = ir.AttrInt64("output_datatype", low.value)
+    """The dtype-carrying attribute of a low-precision node's float output 0 (``dtype_attributes``)."""
+    name = dtype_attributes.dtype_attribute(node)
+    if name is not None and 0 in typing.float_outputs:
+        node.attributes[name] = ir.AttrInt64(name, low.value)

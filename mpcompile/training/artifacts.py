@@ -21,7 +21,7 @@ from mpcompile.core.plan import MODEL_PRECISION_KEY, MODEL_VERSION_KEY, PRECISIO
 from mpcompile.core.precision import Precision, low_precision_format
 from mpcompile.io import model_io, overwrite_guard
 from mpcompile.passes.loss_scaling import ACCUMULATION_BUFFER_SUFFIX, LOSS_SCALE_INPUT, LossScalingPass
-from mpcompile.training import op_rules
+from mpcompile.policy import training_ops
 from mpcompile.training.graph_precision import apply_training_precision, plan_training_precision
 
 TRAINING_MODEL = "training_model.onnx"
@@ -202,7 +202,7 @@ def check_training_model(proto: onnx.ModelProto) -> None:
     copy.CopyFrom(proto)
     moved = False
     for node in copy.graph.node:
-        if node.domain in ("", "ai.onnx") and node.op_type in op_rules.ORT_TRAINING_OPS_IN_ONNX_DOMAIN:
+        if node.domain in ("", "ai.onnx") and node.op_type in training_ops.ORT_TRAINING_OPS_IN_ONNX_DOMAIN:
             if onnx.defs.has(node.op_type):
                 continue
             node.domain = "com.microsoft"

@@ -24,7 +24,7 @@ from mpcompile.evaluate.ort_session import is_onnxruntime_error
 from mpcompile.io import model_io
 from mpcompile.irtools.names import NameAuthority
 from mpcompile.passes.loss_scaling import LossScalingPass
-from mpcompile.training import op_rules
+from mpcompile.policy import training_ops
 from mpcompile.training.artifacts import ArtifactPaths, save_checked
 
 GRADIENT_BUILDER_RULE = "ort-gradient-builder"
@@ -56,7 +56,7 @@ def convert_forward_for_training(
     # The core keeps graph inputs FP32 (keep_io_types) and casts each once, shared by its
     # low-precision uses: lifting the parameters to inputs gives exactly the master-weight layout.
     tensors = {name: graph.initializers[name].const_value for name in parameters}
-    core_options["block_ops"] = (*op_rules.FORWARD_BLOCK_OPS, *core_options.get("block_ops", ()))
+    core_options["block_ops"] = (*training_ops.FORWARD_BLOCK_OPS, *core_options.get("block_ops", ()))
     for name in parameters:
         graph.inputs.append(graph.initializers.pop(name))
     try:

@@ -1,7 +1,7 @@
 """Rewrite an ORT training (or eval) graph to mixed precision.
 
 The decision is separate from the mutation: ``plan_training_precision`` paints nodes using the
-rules in ``op_rules`` and returns a ``PrecisionPlan``; ``apply_training_precision`` retypes the
+rules in ``mpcompile.policy.training_ops`` and returns a ``PrecisionPlan``; ``apply_training_precision`` retypes the
 low-precision nodes and inserts one Cast per (value, type), right after the value's producer.
 
 What stays FP32, whatever the plan: graph inputs (user inputs, parameters = master weights,
@@ -21,7 +21,7 @@ from mpcompile.core.plan import Decision, PrecisionPlan, Reason, stamp_decision
 from mpcompile.core.precision import Precision
 from mpcompile.irtools.names import NameAuthority
 from mpcompile.irtools.values import set_dtype
-from mpcompile.training import op_rules
+from mpcompile.policy import training_ops
 
 
 def plan_training_precision(
@@ -37,14 +37,14 @@ def plan_training_precision(
     plan = PrecisionPlan()
     low_values: set[ir.Value] = set()
     for node in graph:
-        rule = op_rules.rule_for(node.domain, node.op_type)
+        rule = training_ops.rule_for(node.domain, node.op_type)
         name = node.name or ""
         decision: Decision
         if node.op_type in blocked_ops:
             decision = Decision(Precision.FP32, Reason.USER_BLOCK_OP, node.op_type)
         elif any(p.fullmatch(name) for p in node_patterns):
             decision = Decision(Precision.FP32, Reason.USER_BLOCK_NODE, name)
-        elif name.startswith(op_rules.LOSS_SUBGRAPH_NODE_PREFIX):
+        elif name.startswith(training_ops.LOSS_SUBGRAPH_NODE_PREFIX):
             decision = Decision(Precision.FP32, Reason.BLOCK, "training:loss-subgraph")
         elif rule is None:
             decision = Decision(Precision.FP32, Reason.BLOCK, f"training:{node.op_type}")
@@ -78,7 +78,7 @@ def apply_training_precision(model: ir.Model, plan: PrecisionPlan) -> int:
         stamp_decision(node, decision)
         if not decision.is_low:
             continue
-        rule = op_rules.rule_for(node.domain, node.op_type)
+        rule = training_ops.rule_for(node.domain, node.op_type)
         assert rule is not None
         low = decision.precision.dtype
         for index in rule.data_inputs(len(node.inputs)):
@@ -107,7 +107,7 @@ def apply_training_precision(model: ir.Model, plan: PrecisionPlan) -> int:
     return casts.count
 
 
-def _data_inputs_are_float(node: ir.Node, rule: op_rules.OpRule) -> bool:
+def _data_inputs_are_float(node: ir.Node, rule: training_ops.OpRule) -> bool:
     for index in rule.data_inputs(len(node.inputs)):
         value = node.inputs[index]
         if value is not None and value.dtype not in (None, ir.DataType.FLOAT):
@@ -116,7 +116,7 @@ def _data_inputs_are_float(node: ir.Node, rule: op_rules.OpRule) -> bool:
 
 
 def _is_data_input(node: ir.Node, index: int) -> bool:
-    rule = op_rules.rule_for(node.domain, node.op_type)
+    rule = training_ops.rule_for(node.domain, node.op_type)
     return rule is not None and index in rule.data_inputs(len(node.inputs))
 
 
