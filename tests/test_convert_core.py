@@ -132,6 +132,20 @@ def test_block_node_regex():
     assert got["mm1"][1] == got["mm2"][1] == Reason.USER_BLOCK_NODE
 
 
+def test_node_overrides_are_exact_names_stamped_as_given():
+    from mpcompile.core.plan import Decision, read_decision
+    from mpcompile.core.precision import Precision
+
+    kept = Decision(Precision.FP32, Reason.AUTO_SENSITIVITY, "kept by the test")
+    model = ir.from_proto(mlp_with_blocked_tail())
+    result = mpcompile.convert(model, node_overrides={"mm2": kept, "mm[0-9]": kept})
+    nodes = {node.name: node for node in result.model.graph}
+    assert read_decision(nodes["mm2"]) == kept and result.plan[nodes["mm2"]] == kept
+    assert read_decision(nodes["mm1"]).reason == Reason.ALLOW  # a name, not a pattern
+    with pytest.raises(ValueError, match="FP32 only"):
+        mpcompile.convert(mlp_with_blocked_tail(), node_overrides={"mm1": Decision(Precision.FP16, "x", "")})
+
+
 def test_policy_file(tmp_path):
     policy = tmp_path / "policy.toml"
     policy.write_text('block_ops = ["MatMul"]\nprecision = "bf16"\n')
