@@ -14,26 +14,21 @@ def _ops(text: str) -> list[str]:
     return [node.op_type for node in converted.graph]
 
 
-def test_lossless_round_trip_folds():
-    text = """
-g (float16[3] x) => (float16[3] y) {
-  a = Cast <to = 1> (x)
-  b = Cast <to = 10> (a)
+ROUND_TRIP = """
+g ({dtype}[3] x) => ({dtype}[3] y) {{
+  a = Cast <to = {wide}> (x)
+  b = Cast <to = {back}> (a)
   y = Relu(b)
-}
+}}
 """
-    assert _ops(text) == ["Relu"]
+
+
+def test_lossless_round_trip_folds():
+    assert _ops(ROUND_TRIP.format(dtype="float16", wide=1, back=10)) == ["Relu"]
 
 
 def test_rounding_round_trip_stays():
-    text = """
-g (float[3] x) => (float[3] y) {
-  a = Cast <to = 10> (x)
-  b = Cast <to = 1> (a)
-  y = Relu(b)
-}
-"""
-    assert _ops(text) == ["Cast", "Cast", "Relu"]
+    assert _ops(ROUND_TRIP.format(dtype="float", wide=10, back=1)) == ["Cast", "Cast", "Relu"]
 
 
 def test_identity_cast_folds_and_counts():

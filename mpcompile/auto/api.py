@@ -18,7 +18,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import onnx
@@ -111,7 +111,7 @@ class AutoResult:
 
 
 def auto_convert(
-    model: onnx.ModelProto | ir.Model | str | os.PathLike,
+    model: onnx.ModelProto | ir.Model | str | os.PathLike | OpenedConversion,
     *,
     inputs: InputsLike = None,
     rtol: float | None = None,
@@ -139,57 +139,9 @@ def auto_convert(
     ``block_ops``/``block_nodes``/policy files still win), and so are Casts from integers to
     float (``measured_casts``: the Cast of a 0/1 attention mask goes to FP16; other integers
     stay FP32); ``static_blocks`` turns both off. Other keyword arguments are
-    ``mpcompile.convert`` options.
+    ``mpcompile.convert`` options. ``model`` may also be an ``OpenedConversion``
+    (``auto_convert_file``): a model loaded and checked already, searched in place.
     """
-    return _auto_convert(
-        lambda: _working_copy(model), inputs=inputs, rtol=rtol, atol=atol, metric=metric, budget=budget,
-        shapes=shapes, seed=seed, rules=rules, static_blocks=static_blocks, switchboard=switchboard,
-        **convert_options,
-    )  # fmt: skip
-
-
-def auto_convert_file(
-    input_path: str | os.PathLike,
-    output_path: str | os.PathLike,
-    *,
-    overwrite: bool = False,
-    external_data: bool | None = None,
-    **auto_options: Any,
-) -> AutoResult:
-    """``auto_convert`` of the model at ``input_path``, saved atomically at ``output_path``: the
-    same input checks, output-is-input guard and checked save as ``convert_file``. The search
-    reads every weight into memory first, so ``overwrite`` may replace the input's own files."""
-    opened: list[OpenedConversion] = []
-
-    def load() -> tuple[ir.Model, str]:
-        opened.append(
-            open_conversion(input_path, output_path, overwrite=overwrite, external_data=external_data)
-        )
-        ir.external_data.load_to_model(opened[0].model)  # every candidate is serialized for a session
-        return opened[0].model, "path"
-
-    result = _auto_convert(load, **auto_options)
-    verify = auto_options.get("verify", True) is not False
-    save_conversion(result.model, opened[0], external_data=external_data, verify=verify)
-    return result
-
-
-def _auto_convert(
-    load: Callable[[], tuple[ir.Model, str]],
-    *,
-    inputs: InputsLike = None,
-    rtol: float | None = None,
-    atol: float | None = None,
-    metric: str | None = None,
-    budget: int = DEFAULT_BUDGET,
-    shapes: Mapping[str, Sequence[int]] | None = None,
-    seed: int = 0,
-    rules: RangeRules | None = None,
-    static_blocks: bool = False,
-    switchboard: bool = True,
-    **convert_options: Any,
-) -> AutoResult:
-    """``auto_convert`` of the working copy ``load`` returns, with its kind (proto, ir or path)."""
     started = time.perf_counter()
     if not static_blocks and "measured_ops" not in convert_options:
         convert_options = {**convert_options, "measured_ops": measured_op_names()}
@@ -201,7 +153,7 @@ def _auto_convert(
         raise CriterionError(
             f"--budget {budget}: at least {MIN_BUDGET} evaluations (reference and one candidate)"
         )
-    work, kind = load()
+    work, kind = _working_copy(model)
     if options.optimize:  # optimise once up front, so every candidate shares the optimised graph's names
         from mpcompile.targets import get_target
         from mpcompile.targets.optimize import optimize_model
@@ -281,6 +233,24 @@ def _auto_convert(
     return result
 
 
+def auto_convert_file(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    external_data: bool | None = None,
+    **auto_options: Any,
+) -> AutoResult:
+    """``auto_convert`` of the model at ``input_path``, saved atomically at ``output_path``: the
+    same input checks, output-is-input guard and checked save as ``convert_file``. The search
+    reads every weight into memory first, so ``overwrite`` may replace the input's own files."""
+    opened = open_conversion(input_path, output_path, overwrite=overwrite, external_data=external_data)
+    result = auto_convert(opened, **auto_options)
+    verify = auto_options.get("verify", True) is not False
+    save_conversion(result.model, opened, external_data=external_data, verify=verify)
+    return result
+
+
 def _reference_run(
     evaluator: Evaluator,
     model: ir.Model,
@@ -308,8 +278,13 @@ def measured_op_names() -> tuple[str, ...]:
     return tuple(sorted(f"{domain}::{op}" if domain else op for domain, op in op_classes.MEASURABLE))
 
 
-def _working_copy(model: onnx.ModelProto | ir.Model | str | os.PathLike) -> tuple[ir.Model, str]:
-    working, kind = to_ir_model(model)
+def _working_copy(
+    model: onnx.ModelProto | ir.Model | str | os.PathLike | OpenedConversion,
+) -> tuple[ir.Model, str]:
+    if isinstance(model, OpenedConversion):
+        working, kind = model.model, "path"
+    else:
+        working, kind = to_ir_model(model)
     if kind == "path":
         ir.external_data.load_to_model(working)  # every candidate is serialized for a session
     return working, kind

@@ -1,6 +1,6 @@
 """Graph facts the search needs: unique node names, float producers, connected low-precision regions.
 
-The search addresses nodes by name (``block_nodes``), so every node needs a unique one:
+The search addresses nodes by name (``node_overrides``), so every node needs a unique one:
 ``name_nodes`` names unnamed nodes ``auto/<OpType>_<index>`` (index in the main graph's order,
 or ``<graph>/<index>`` in subgraphs) and renames duplicates ``<name>__<index>``, on the private
 copy the search works on; the returned model keeps those names.
