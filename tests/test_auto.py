@@ -322,3 +322,21 @@ def test_answer_has_at_least_plain_converts_share_where_plain_convert_passes():
     decisions = decisions_by_name(result.model)
     assert decisions["fc1"][0] == decisions["fc2"][0] == "fp16"
     _assert_within_tolerance(original, result.model)
+
+
+def test_auto_convert_file_shares_convert_files_guard_and_checked_save(tmp_path):
+    from mpcompile.auto.api import auto_convert_file
+    from mpcompile.core.plan import MODEL_VERSION_KEY
+    from mpcompile.errors import OutputIsInputError
+
+    source = tmp_path / "model.onnx"
+    onnx.save(SENSITIVE[sorted(SENSITIVE)[0]](), source)
+    with pytest.raises(OutputIsInputError):
+        auto_convert_file(source, source)
+    result = auto_convert_file(source, tmp_path / "out.onnx", budget=4)
+    saved = onnx.load(tmp_path / "out.onnx")
+    metadata = {prop.key: prop.value for prop in saved.metadata_props}
+    assert MODEL_VERSION_KEY in metadata and json.loads(metadata[TRACE_KEY])["budget"] == 4
+    assert result.evaluations <= 4
+    auto_convert_file(source, source, overwrite=True, budget=2)  # replaces its own input
+    assert TRACE_KEY in {prop.key for prop in onnx.load(source).metadata_props}
