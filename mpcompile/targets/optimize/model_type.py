@@ -17,16 +17,17 @@ with T5's relative position bias). The signs read here, all graphs included:
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
 
 import onnx
+
+from mpcompile.targets.optimize.checks import all_nodes
 
 MODEL_TYPES = ("bert", "gpt2", "bart", "t5")
 
 
 def detect_model_type(model: onnx.ModelProto) -> str:
     """The ``model_type`` for ORT's transformer optimiser, one of ``MODEL_TYPES``."""
-    nodes = list(_all_nodes(model.graph))
+    nodes = list(all_nodes(model.graph))
     ops = collections.Counter(node.op_type for node in nodes if node.domain in ("", "ai.onnx"))
     names = [value.name for value in (*model.graph.input, *model.graph.output)]
     rotary = ops["Sin"] > 0 and ops["Cos"] > 0
@@ -81,13 +82,3 @@ def _is_square(node: onnx.NodeProto) -> bool:
     return (node.op_type == "Mul" and len(node.input) == 2 and node.input[0] == node.input[1]) or (
         node.op_type == "Pow"
     )
-
-
-def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            if attribute.HasField("g"):
-                yield from _all_nodes(attribute.g)
-            for subgraph in attribute.graphs:
-                yield from _all_nodes(subgraph)
