@@ -6,8 +6,8 @@ from __future__ import annotations
 import onnx_ir as ir
 from pass_support import MATMUL_EXP, by_name, planned
 
-from mpcompile.core.casts import NameAuthority
 from mpcompile.core.pipeline import Pipeline
+from mpcompile.irtools.names import NameAuthority
 from mpcompile.passes.apply_precision import ApplyPrecisionPass
 
 F16, F32 = ir.DataType.FLOAT16, ir.DataType.FLOAT

@@ -8,7 +8,7 @@ import onnx_ir as ir
 from pass_support import MATMUL_EXP, by_name, planned
 from test_pass_assign_precision import MASKED_SOFTMAX
 
-from mpcompile.core.casts import NameAuthority
+from mpcompile.irtools.names import NameAuthority
 from mpcompile.passes.convert_constants import ConvertConstantsPass
 
 F16, F32 = ir.DataType.FLOAT16, ir.DataType.FLOAT

@@ -6,7 +6,8 @@ from __future__ import annotations
 import onnx_ir as ir
 from pass_support import MATMUL_EXP, by_name, planned
 
-from mpcompile.core.casts import CastFactory, NameAuthority
+from mpcompile.core.casts import CastFactory
+from mpcompile.irtools.names import NameAuthority
 from mpcompile.passes.insert_casts import InsertCastsPass
 from mpcompile.passes.retype_nodes import RetypeNodesPass
 

@@ -33,8 +33,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from mpcompile.core.casts import NameAuthority
 from mpcompile.irtools.graphs import model_graphs
+from mpcompile.irtools.names import NameAuthority
 
 FLOAT = ir.DataType.FLOAT
 LOW_DTYPES = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)

@@ -13,7 +13,6 @@ import onnx
 import onnx_ir as ir
 
 from mpcompile import errors, targets
-from mpcompile.core.casts import NameAuthority
 from mpcompile.core.context import ConversionContext, ConvertStats
 from mpcompile.core.gc_pause import with_cyclic_gc_paused
 from mpcompile.core.ort_loadable import make_node_names_unique, refuse_unloadable
@@ -24,6 +23,7 @@ from mpcompile.core.ranges import ConstantRanges
 from mpcompile.io import model_io, overwrite_guard
 from mpcompile.io.structure import check_ir_structure
 from mpcompile.irtools.graphs import all_graphs, model_graphs
+from mpcompile.irtools.names import NameAuthority
 from mpcompile.policy import Policy, load_policy_file, op_classes
 from mpcompile.targets import get_target
 from mpcompile.targets.base import Target

@@ -18,8 +18,8 @@ import onnx
 import onnx_ir as ir
 
 from mpcompile import errors
-from mpcompile.core.casts import NameAuthority
 from mpcompile.irtools.graphs import all_graphs
+from mpcompile.irtools.names import NameAuthority
 from mpcompile.targets.kernel_table import normalize_domain, shipped_document
 
 COMPLEX_DTYPES = frozenset({ir.DataType.COMPLEX64, ir.DataType.COMPLEX128})

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from mpcompile.core.casts import CastFactory, NameAuthority
+from mpcompile.core.casts import CastFactory
 from mpcompile.core.context import ConversionContext
 from mpcompile.core.plan import PrecisionPlan
+from mpcompile.irtools.names import NameAuthority
 from mpcompile.passes.convert_constants import ConvertConstantsPass
 from mpcompile.passes.insert_casts import InsertCastsPass
 from mpcompile.passes.retype_nodes import RetypeNodesPass

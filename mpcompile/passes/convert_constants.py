@@ -14,10 +14,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from mpcompile.core.casts import SUFFIX, NameAuthority
+from mpcompile.core.casts import SUFFIX
 from mpcompile.core.context import ConversionContext
 from mpcompile.core.plan import Decision, PrecisionPlan, Reason, stamp_decision
 from mpcompile.core.precision import LowPrecisionFormat
+from mpcompile.irtools.names import NameAuthority
 from mpcompile.irtools.values import set_dtype
 from mpcompile.passes.base import PlanPass
 

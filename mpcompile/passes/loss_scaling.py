@@ -20,10 +20,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from mpcompile.core.casts import CastFactory, NameAuthority
+from mpcompile.core.casts import CastFactory
 from mpcompile.core.plan import Decision, Reason, stamp_decision
 from mpcompile.core.precision import Precision
 from mpcompile.errors import TrainingError
+from mpcompile.irtools.names import NameAuthority
 
 LOSS_SCALE_INPUT = "loss_scale"
 ALL_FINITE_OUTPUT = "all_finite"
