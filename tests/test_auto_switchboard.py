@@ -15,10 +15,10 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
-from test_fuzz import DERANDOMIZE, EXAMPLES, examples, options
+from test_fuzz import EXAMPLES, examples, fuzz_settings, options
 
 import models
 from models.builder import constant, make_model, value_info, weight
@@ -158,13 +158,7 @@ def test_unexpressible_candidates_and_models_are_refused():
     assert Switchboard.build(_working(branchy), ir.DataType.FLOAT16) is None
 
 
-@settings(
-    max_examples=max(1, EXAMPLES * 2 // 5),  # 60 in CI; MPCOMPILE_FUZZ_EXAMPLES scales it
-    derandomize=DERANDOMIZE,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    print_blob=True,
-)
+@fuzz_settings(max(1, EXAMPLES * 2 // 5))  # 60 in CI; MPCOMPILE_FUZZ_EXAMPLES scales it
 @given(data=st.data())
 def test_random_graphs_and_policies_match(data: st.DataObject) -> None:
     """The fuzzer's random graphs and policies (tests/test_fuzz.py): wherever the switchboard

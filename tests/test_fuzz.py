@@ -439,13 +439,18 @@ def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.nda
     return session.run(None, inputs)
 
 
-@settings(
-    max_examples=EXAMPLES,
-    derandomize=DERANDOMIZE,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    print_blob=True,
-)
+def fuzz_settings(max_examples: int):
+    """hypothesis settings of every fuzz test: derandomized unless MPCOMPILE_FUZZ_RANDOM is set."""
+    return settings(
+        max_examples=max_examples,
+        derandomize=DERANDOMIZE,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        print_blob=True,
+    )
+
+
+@fuzz_settings(EXAMPLES)
 @given(data=st.data())
 def test_random_graphs_convert_correctly(data: st.DataObject) -> None:
     import mpcompile
@@ -676,13 +681,7 @@ def _files(folder: pathlib.Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
 
 
-@settings(
-    max_examples=MUTATION_EXAMPLES,
-    derandomize=DERANDOMIZE,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    print_blob=True,
-)
+@fuzz_settings(MUTATION_EXAMPLES)
 @given(data=st.data())
 def test_structure_mutations_give_only_mpcompile_errors_or_valid_outputs(data: st.DataObject) -> None:
     import tempfile
