@@ -132,12 +132,11 @@ class GraphBuilder:
         inputs: Sequence[ir.Value | None],
         attributes: Mapping[str, Any] | None = None,
         *,
-        outputs: int = 1,
         name: str | None = None,
         domain: str = "",
     ) -> ir.Value:
-        """Append one node; returns its only output (use :meth:`op_multi` for several)."""
-        return self.op_multi(op_type, inputs, attributes, outputs=outputs, name=name, domain=domain)[0]
+        """Append one node with one output and return it (use :meth:`op_multi` for several)."""
+        return self.op_multi(op_type, inputs, attributes, name=name, domain=domain)[0]
 
     def op_multi(
         self,
