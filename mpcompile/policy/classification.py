@@ -161,8 +161,6 @@ class NodeRules:
 
     def is_clampable_mask(self, value: ir.Value, measured: ConstantRange) -> bool:
         """Whether ``value`` is an attention mask (``attention_mask``); found ones are remembered."""
-        if measured.overflowing_positive:
-            return False
         if value in self.masks:
             return True
         softmaxes = mask_softmaxes(value, measured, self._follows_low)
