@@ -18,6 +18,8 @@ _EXPORTS = {
     "convert_file": "mpcompile.core.converter",
     "ConvertResult": "mpcompile.core.converter",
     "ConvertOptions": "mpcompile.core.converter",
+    "convert_folder": "mpcompile.core.folder",
+    "FolderResult": "mpcompile.core.folder",
     "ValidationResult": "mpcompile.validate",
     "build_report": "mpcompile.report",
     "write_report": "mpcompile.report",

@@ -97,3 +97,9 @@ class ExecutionProviderError(MpcompileError):
 
 class TrainingError(MpcompileError):
     exit_code = ExitCode.TRAINING
+
+
+class UsageError(MpcompileError):
+    """Options that contradict the model, found after parsing (e.g. a graph input name no model has)."""
+
+    exit_code = ExitCode.USAGE

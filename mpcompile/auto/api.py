@@ -238,7 +238,7 @@ def auto_convert_file(
     output_path: str | os.PathLike,
     *,
     overwrite: bool = False,
-    external_data: bool | None = None,
+    external_data: bool | str | None = None,
     **auto_options: Any,
 ) -> AutoResult:
     """``auto_convert`` of the model at ``input_path``, saved atomically at ``output_path``: the

@@ -24,7 +24,7 @@ def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Pat
     "-o",
     "--output",
     type=click.Path(path_type=pathlib.Path),
-    help="Output path [default: MODEL.<precision>.onnx].",
+    help="Output path [default: MODEL.<precision>.onnx; for a folder MODEL, the folder MODEL.<precision>].",
 )
 @precision_option(PRECISIONS, help="Low-precision type.")
 @target_option(DEFAULT_TARGET, choices=TARGET_NAMES)
@@ -51,7 +51,11 @@ def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Pat
     is_flag=True,
     help="MODEL is an ORT training-artifact folder (training/eval/optimizer models, checkpoint); -o is the output folder.",
 )
-@click.option("--overwrite", is_flag=True, help="Allow the output path to be the input path.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Allow the output path to be the input path (for a folder MODEL: replace an existing output folder).",
+)
 @click.option(
     "--external-data/--no-external-data", default=None, help="Force weights into/out of a .data file."
 )
@@ -101,7 +105,12 @@ def convert_command(
     check_invariants: bool,
     dump_dir: pathlib.Path | None,
 ) -> None:
-    """Convert an FP32 ONNX MODEL to mixed precision."""
+    """Convert an FP32 ONNX MODEL to mixed precision.
+
+    MODEL may be an export folder (optimum's layout): every .onnx file in it is converted with the
+    same options into the output folder, other files are copied, and nothing is written unless
+    every model converts.
+    """
     if training:
         from mpcompile.commands.train_artifacts import convert_training_folder
 
@@ -116,6 +125,35 @@ def convert_command(
             quiet=quiet,
         )
         return
+    if model.is_dir():
+        from mpcompile.commands.convert_folder import convert_folder_from_cli
+
+        convert_folder_from_cli(
+            model,
+            output,
+            _conversion_options(
+                precision,
+                target,
+                optimize,
+                keep_io_types,
+                allow_ops,
+                block_ops,
+                block_nodes,
+                policy,
+                allow_qdq,
+                allow_custom_ops,
+                check_invariants,
+                dump_dir,
+            ),
+            auto=auto_settings(),
+            overwrite=overwrite,
+            external_data=external_data,
+            report_path=report_path,
+            run_validation=run_validation,
+            as_json=as_json,
+            quiet=quiet,
+        )
+        return
     output = output or default_output_path(model, precision)
     if report_path is not None:
         from mpcompile.report import format_for_path
@@ -125,20 +163,20 @@ def convert_command(
 
         output_files = overwrite_guard.output_files(output, external_data=True)
         overwrite_guard.refuse_writing_over(report_path, overwrite_guard.REPORT, [model], output_files)
-    options = {
-        "precision": precision,
-        "target": target,
-        "optimize": optimize,
-        "keep_io_types": keep_io_types,
-        "allow_ops": allow_ops,
-        "block_ops": block_ops,
-        "block_nodes": block_nodes,
-        "policy": policy,
-        "allow_qdq": allow_qdq,
-        "allow_custom_ops": allow_custom_ops,
-        "check_invariants": check_invariants,
-        "dump_dir": dump_dir,
-    }
+    options = _conversion_options(
+        precision,
+        target,
+        optimize,
+        keep_io_types,
+        allow_ops,
+        block_ops,
+        block_nodes,
+        policy,
+        allow_qdq,
+        allow_custom_ops,
+        check_invariants,
+        dump_dir,
+    )
     settings = auto_settings()
     if settings is not None:
         run_auto_from_cli(
@@ -180,6 +218,37 @@ def convert_command(
         from mpcompile.commands.validate import validate_or_raise
 
         validate_or_raise(model, output)
+
+
+def _conversion_options(
+    precision: str,
+    target: str,
+    optimize: str | None,
+    keep_io_types: bool,
+    allow_ops: tuple[str, ...],
+    block_ops: tuple[str, ...],
+    block_nodes: tuple[str, ...],
+    policy: pathlib.Path | None,
+    allow_qdq: bool,
+    allow_custom_ops: bool,
+    check_invariants: bool,
+    dump_dir: pathlib.Path | None,
+) -> dict[str, object]:
+    """The options of ``convert_file`` the command line gave."""
+    return {
+        "precision": precision,
+        "target": target,
+        "optimize": optimize,
+        "keep_io_types": keep_io_types,
+        "allow_ops": allow_ops,
+        "block_ops": block_ops,
+        "block_nodes": block_nodes,
+        "policy": policy,
+        "allow_qdq": allow_qdq,
+        "allow_custom_ops": allow_custom_ops,
+        "check_invariants": check_invariants,
+        "dump_dir": dump_dir,
+    }
 
 
 class _progress:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import pathlib
+
 import click
 
 # The names of mpcompile.report.view.SORTS, spelled out so that the CLI starts without importing
@@ -12,7 +16,7 @@ FORMAT_CHOICES = ("table", "json", "csv", "html")
 
 
 @click.command("report")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("model", type=click.Path(path_type=str))
 @click.option(
     "--format",
     "fmt",
@@ -20,12 +24,17 @@ FORMAT_CHOICES = ("table", "json", "csv", "html")
     default=None,
     help="Output format. Default: from the -o extension, else a table on the terminal.",
 )
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), help="Write the report here.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=str),
+    help="Write the report here (for a folder MODEL: a folder of reports, one per model).",
+)
 @click.option(
     "--compare",
     "original",
-    type=click.Path(dir_okay=False, path_type=str),
-    help="The FP32 original: before/after columns.",
+    type=click.Path(path_type=str),
+    help="The FP32 original (a folder for a folder MODEL): before/after columns.",
 )
 @click.option(
     "--shape",
@@ -66,11 +75,19 @@ def report_command(
     precisions: tuple[str, ...],
     top: int | None,
 ) -> None:
-    """Audit MODEL: precision, reason and rule of every node, FLOPs, weights and Casts."""
+    """Audit MODEL: precision, reason and rule of every node, FLOPs, weights and Casts.
+
+    MODEL may be a folder: each of its models is audited (see docs/folders.md).
+    """
     from mpcompile.report import build_report, format_for_path, render, write_text_atomic
     from mpcompile.report.view import ReportView
 
     view = ReportView(ops=ops, precisions=precisions, top=top, sort=sort)
+    if os.path.isdir(model):
+        report_folder(
+            model, fmt, output, original, shapes=shapes, numerics=numerics, inputs=inputs, view=view
+        )
+        return
     if output:
         from mpcompile.io import overwrite_guard
 
@@ -94,3 +111,78 @@ def report_command(
         print_report(audit, console, view)
     else:
         click.echo(render(audit, fmt, view), nl=False)
+
+
+EXTENSIONS = {"table": ".txt", "json": ".json", "csv": ".csv", "html": ".html"}
+
+
+def report_folder(
+    folder: str,
+    fmt: str | None,
+    output: str | None,
+    original: str | None,
+    *,
+    shapes: tuple[str, ...],
+    numerics: bool,
+    inputs: str | None,
+    view,
+) -> None:
+    """``report FOLDER``: each model's audit, in file order. On the terminal: one table per model
+    (or one JSON document with a ``files`` list); with ``-o OUT``: the folder OUT, one report per
+    model named after it (``decoder_model.onnx`` -> ``decoder_model.html``; format from ``--format``,
+    default html). ``--compare`` takes the FP32 folder, its models paired by name."""
+    from mpcompile import errors
+    from mpcompile.io.export_folder import model_paths, refuse_output_in_input
+    from mpcompile.report import build_report, render, write_text_atomic
+
+    if inputs is not None:
+        raise errors.UsageError(
+            "--inputs with a folder: each model needs its own inputs; report the files one by one"
+        )
+    models = model_paths(folder)
+    if not models:
+        raise errors.NotOnnxError(f"{folder}: no .onnx file in this folder (or its subfolders)")
+    originals: dict[str, pathlib.Path] = {}
+    if original is not None:
+        if not os.path.isdir(original):
+            raise errors.UsageError(
+                f"--compare {original}: not a folder; a folder MODEL is compared with a folder"
+            )
+        originals = model_paths(original)
+        missing = sorted(set(models) - set(originals))
+        if missing:
+            raise errors.InputNotFoundError(f"--compare {original}: no {', '.join(missing)} there")
+    fmt = fmt or ("html" if output else "table")
+    if output is None and fmt in ("csv", "html"):
+        raise errors.UsageError(f"--format {fmt} with a folder: give -o OUT_FOLDER for the reports")
+    if output is not None:
+        refuse_output_in_input(pathlib.Path(folder), pathlib.Path(output))
+        if os.path.exists(output) and not os.path.isdir(output):
+            raise errors.OutputNotWritableError(f"{output}: exists and is not a folder")
+    documents = []
+    for name, path in models.items():
+        audit = build_report(path, original=originals.get(name), shapes=shapes, numerics=numerics, name=name)
+        if output is not None:
+            target = pathlib.Path(output) / (name.removesuffix(".onnx") + EXTENSIONS[fmt])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(target, render(audit, fmt, view))
+            click.echo(f"wrote {fmt} report to {target}", err=True)
+        elif fmt == "table":
+            console = _console()
+            console.rule(name)
+            from mpcompile.report.terminal import print_report
+
+            print_report(audit, console, view)
+        else:
+            documents.append({"file": name, "report": json.loads(render(audit, "json", view))})
+    if output is None and fmt == "json":
+        click.echo(json.dumps({"folder": folder, "files": documents}, indent=2))
+
+
+def _console():
+    import sys
+
+    from rich.console import Console
+
+    # Piped output gets every column at full width; a terminal gets what fits.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 240)

@@ -19,8 +19,8 @@ class ValidationFailedError(MpcompileError):
 
 
 @click.command("validate")
-@click.argument("original", type=click.Path(dir_okay=False, path_type=pathlib.Path))
-@click.argument("converted", type=click.Path(dir_okay=False, path_type=pathlib.Path))
+@click.argument("original", type=click.Path(path_type=pathlib.Path))
+@click.argument("converted", type=click.Path(path_type=pathlib.Path))
 @click.option(
     "--ep",
     "eps",
@@ -84,9 +84,11 @@ def validate_command(
 ) -> None:
     """Compare CONVERTED against the FP32 ORIGINAL: accuracy per output and latency per EP.
 
-    Exit code 0 when every output is within tolerance on every EP that ran, 1 otherwise.
+    Both may be folders (from `convert FOLDER`): their models are paired by name and each pair
+    is validated. Exit code 0 when every output is within tolerance on every EP that ran, 1 otherwise.
     """
-    code = validate_and_report(
+    validate = validate_folders if original.is_dir() or converted.is_dir() else validate_and_report
+    code = validate(
         original,
         converted,
         eps=eps,
@@ -136,14 +138,55 @@ def validate_and_report(
     """Validate, print tables (or JSON), optionally save JSON; the exit code. Used by ``convert --validate``."""
     from rich.console import Console
 
-    from mpcompile.evaluate import inputs as model_inputs
-    from mpcompile.validate import api, render, tolerances
+    from mpcompile.validate import render
 
     if save is not None:
         from mpcompile.io import overwrite_guard
 
         overwrite_guard.refuse_writing_over(save, overwrite_guard.RESULTS, [original, converted])
-    result = api.validate(
+    result = _validate(
+        original,
+        converted,
+        eps=eps,
+        rtol=rtol,
+        atol=atol,
+        inputs=inputs,
+        shapes=shapes,
+        seed=seed,
+        batches=batches,
+        runs=runs,
+        warmup=warmup,
+        faithful=faithful,
+    )
+    if save is not None:
+        _write_json(pathlib.Path(save), result.to_json())
+    if as_json:
+        click.echo(result.to_json())
+    else:
+        render.render_result(result, Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160))
+    return ExitCode.OK if result.passed else ExitCode.VALIDATION_FAILED
+
+
+def _validate(
+    original: str | os.PathLike,
+    converted: str | os.PathLike,
+    *,
+    eps: Sequence[str] = (),
+    rtol: Sequence[str] = (),
+    atol: Sequence[str] = (),
+    inputs: str | os.PathLike | None = None,
+    shapes: Sequence[str] = (),
+    seed: int = 0,
+    batches: int = 1,
+    runs: int = 20,
+    warmup: int = 3,
+    faithful: bool | None = None,
+):
+    """``api.validate`` with the CLI's option strings parsed; progress lines on stderr."""
+    from mpcompile.evaluate import inputs as model_inputs
+    from mpcompile.validate import api, tolerances
+
+    return api.validate(
         original,
         converted,
         eps=list(eps) or None,
@@ -158,13 +201,74 @@ def validate_and_report(
         faithful=faithful,
         log=lambda line: click.echo(line, err=True),
     )
+
+
+def validate_folders(
+    original: str | os.PathLike,
+    converted: str | os.PathLike,
+    *,
+    inputs: str | os.PathLike | None = None,
+    as_json: bool = False,
+    save: str | os.PathLike | None = None,
+    **options,
+) -> ExitCode:
+    """``validate`` for two folders: the models are paired by relative path (a model on one side
+    only is an error), each pair is validated as ``validate_and_report`` does, and the verdicts
+    are summed up; one JSON document with a ``files`` list for ``--json``/``--save``."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from mpcompile import errors
+    from mpcompile.io.export_folder import model_paths
+    from mpcompile.validate import render
+
+    for path in (original, converted):
+        if not pathlib.Path(path).is_dir():
+            raise errors.UsageError(f"{path}: not a folder; validate two folders or two model files")
+    if inputs is not None:
+        raise errors.UsageError(
+            "--inputs with folders: each model needs its own inputs; validate the files one by one"
+        )
+    originals, candidates = model_paths(original), model_paths(converted)
+    missing, extra = sorted(set(originals) - set(candidates)), sorted(set(candidates) - set(originals))
+    if missing or extra:
+        parts = [f"missing in {converted}: {', '.join(missing)}"] if missing else []
+        parts += [f"not in {original}: {', '.join(extra)}"] if extra else []
+        raise errors.InputNotFoundError(f"the folders hold different models ({'; '.join(parts)})")
     if save is not None:
-        _write_json(pathlib.Path(save), result.to_json())
+        from mpcompile.io import overwrite_guard
+
+        overwrite_guard.refuse_writing_over(
+            save, overwrite_guard.RESULTS, [*originals.values(), *candidates.values()]
+        )
+    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160)
+    verdicts: dict[str, bool] = {}
+    documents = []
+    for name in sorted(originals):
+        if not as_json:
+            console.rule(name)
+        result = _validate(originals[name], candidates[name], **options)
+        verdicts[name] = result.passed
+        documents.append({"file": name, **result.to_dict()})
+        if not as_json:
+            render.render_result(result, console)
+    passed = all(verdicts.values())
+    document = {"original": str(original), "converted": str(converted), "passed": passed, "files": documents}
+    text = json.dumps(document, indent=2, allow_nan=False)
+    if save is not None:
+        _write_json(pathlib.Path(save), text)
     if as_json:
-        click.echo(result.to_json())
+        click.echo(text)
     else:
-        render.render_result(result, Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160))
-    return ExitCode.OK if result.passed else ExitCode.VALIDATION_FAILED
+        table = Table(title="folder", title_justify="left")
+        table.add_column("file")
+        table.add_column("verdict")
+        for name, ok in verdicts.items():
+            table.add_row(name, "[green]PASSED[/]" if ok else "[red]FAILED[/]")
+        console.print(table)
+    return ExitCode.OK if passed else ExitCode.VALIDATION_FAILED
 
 
 def _write_json(path: pathlib.Path, text: str) -> None:

@@ -190,12 +190,14 @@ def convert_file(
     output_path: str | os.PathLike,
     *,
     overwrite: bool = False,
-    external_data: bool | None = None,
+    external_data: bool | str | None = None,
     on_pass_start: Callable[[str], None] | None = None,
     **options: Any,
 ) -> ConvertResult:
     """Convert the model at ``input_path`` and save it atomically at ``output_path``.
 
+    ``external_data``: True/False force the weights into/out of a data file (default: as the
+    input had them); a file name (``"model.onnx_data"``) saves them there, beside the output.
     Raises ``AlreadyLowPrecisionError`` (and writes nothing) for an already converted model.
     """
     opts = ConvertOptions.build(**options)
@@ -227,7 +229,7 @@ def open_conversion(
     output_path: str | os.PathLike,
     *,
     overwrite: bool = False,
-    external_data: bool | None = None,
+    external_data: bool | str | None = None,
 ) -> OpenedConversion:
     """Load ``input_path`` for a conversion saved at ``output_path`` (``convert_file`` and
     ``convert --auto``): the load checks, then the output-is-input guard (refused unless
@@ -235,8 +237,9 @@ def open_conversion(
     source, target = pathlib.Path(input_path).absolute(), pathlib.Path(output_path).absolute()
     model = model_io.load_model(source, infer_types=True, check_links=False)
     read = overwrite_guard.model_files(model_io.input_files(model))
+    saves_data = model_io.saves_external_data(model, external_data)
     written = overwrite_guard.output_files(
-        target, external_data=model_io.saves_external_data(model, external_data)
+        target, external_data=model_io.external_data_name(target, external_data) if saves_data else False
     )
     replaces_input = overwrite and overwrite_guard.same_file(source, target)
     refuses_overwrite = overwrite_guard.refuse_overwriting_inputs(
@@ -247,7 +250,11 @@ def open_conversion(
 
 
 def save_conversion(
-    model: ir.Model, opened: OpenedConversion, *, external_data: bool | None = None, verify: bool = True
+    model: ir.Model,
+    opened: OpenedConversion,
+    *,
+    external_data: bool | str | None = None,
+    verify: bool = True,
 ) -> None:
     """Save a conversion of ``opened`` atomically at its target; ``verify``: the full ONNX check
     of the written file (an input that fails it too is the user's problem, see ``_check``)."""

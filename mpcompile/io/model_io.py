@@ -7,6 +7,7 @@ folder) and the opset range. Saving is atomic: the output appears complete or no
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import pathlib
@@ -68,10 +69,39 @@ def load_model(path: str | os.PathLike, *, infer_types: bool = False, check_link
 def files_read(path: str | os.PathLike) -> tuple[pathlib.Path, ...]:
     """The files loading the model at ``path`` reads: the model file, then each external-data
     file (resolved, checked as ``load_model`` checks them), without building the IR."""
+    return inspect_model_file(path).files
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFileFacts:
+    """What a model file is made of, read without building the IR."""
+
+    files: tuple[pathlib.Path, ...]  # the model file, then its external-data files (resolved)
+    inputs: tuple[str, ...]  # graph input names (initializers listed as inputs included)
+    outputs: tuple[str, ...]  # graph output names
+    data_locations: tuple[str, ...]  # external-data locations, as written in the model
+
+
+def inspect_model_file(path: str | os.PathLike) -> ModelFileFacts:
+    """The files, graph input/output names and data locations of the model at ``path``, with the
+    checks ``load_model`` makes of the file and its external data."""
     path = pathlib.Path(path).absolute()
     proto = _parse_model_file(path)
     own = path.resolve()
-    return (own, *sorted(check_external_data(proto, path.parent) - {own}))
+    data_files = check_external_data(proto, path.parent)
+    locations = {
+        entry.value
+        for tensor, _ in all_tensor_protos(proto)
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    return ModelFileFacts(
+        files=(own, *sorted(data_files - {own})),
+        inputs=tuple(value.name for value in proto.graph.input),
+        outputs=tuple(value.name for value in proto.graph.output),
+        data_locations=tuple(sorted(locations)),
+    )
 
 
 def _parse_model_file(path: pathlib.Path) -> onnx.ModelProto:
@@ -349,9 +379,12 @@ def weight_bytes(model: ir.Model) -> int:
     return total
 
 
-def saves_external_data(model: ir.Model, external_data: bool | None) -> bool:
-    """Whether ``save_model`` writes the weights to an external data file: when asked, when the
-    input had external data, or when they near the 2 GiB protobuf limit."""
+def saves_external_data(model: ir.Model, external_data: bool | str | None) -> bool:
+    """Whether ``save_model`` writes the weights to an external data file: when asked (a file
+    name asks for it too), when the input had external data, or when they near the 2 GiB
+    protobuf limit."""
+    if isinstance(external_data, str):
+        return True
     if external_data is not None:
         return external_data
     return input_had_external_data(model) or weight_bytes(model) >= TWO_GIB - 2**24
@@ -361,10 +394,13 @@ def save_model(
     model: ir.Model,
     path: str | os.PathLike,
     *,
-    external_data: bool | None = None,
+    external_data: bool | str | None = None,
     verify: Callable[[str], None] | None = None,
 ) -> None:
     """Save atomically; external data when asked, when the input had it, or when over 2 GiB.
+
+    The data file is ``<output name>.data`` beside the output, or the file name
+    ``external_data`` gives (a plain name: no folder part), e.g. optimum's ``model.onnx_data``.
 
     Model and data file are written into a temporary folder beside ``path``; ``verify`` is
     called on the complete temporary model, then both are moved into place (the data file
@@ -378,9 +414,9 @@ def save_model(
         raise errors.OutputNotWritableError(f"{path}: output path is a folder")
     if not os.access(path.parent, os.W_OK):
         raise errors.OutputNotWritableError(f"{path.parent}: output folder is not writable")
+    data_name = external_data_name(path, external_data)
     external_data = saves_external_data(model, external_data)
     model.ir_version = output_ir_version(model)
-    data_name = path.name + ".data"
     try:  # everything is written here first, beside the output, then moved into place
         folder = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     except OSError as exc:
@@ -405,6 +441,21 @@ def save_model(
         raise _user_error(exc, path) from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def external_data_name(path: str | os.PathLike, external_data: bool | str | None) -> str:
+    """The name of the external data file saving a model at ``path`` writes (if it writes one)."""
+    if not isinstance(external_data, str):
+        return pathlib.Path(path).name + ".data"
+    if (
+        not external_data
+        or pathlib.PurePath(external_data).name != external_data
+        or external_data in (".", "..")
+    ):
+        raise ValueError(f"external data file name {external_data!r}: a plain file name is needed")
+    if external_data == pathlib.Path(path).name:
+        raise ValueError(f"external data file name {external_data!r} is the model's own name")
+    return external_data
 
 
 def _user_error(exc: OSError, path: pathlib.Path) -> BaseException:

@@ -34,12 +34,14 @@ def model_files(paths: Iterable[pathlib.Path]) -> dict[pathlib.Path, str]:
     return files
 
 
-def output_files(path: str | os.PathLike, *, external_data: bool) -> dict[pathlib.Path, str]:
-    """The files saving a model at ``path`` writes."""
+def output_files(path: str | os.PathLike, *, external_data: bool | str) -> dict[pathlib.Path, str]:
+    """The files saving a model at ``path`` writes (``external_data``: whether it writes a data
+    file, or that file's name)."""
     path = pathlib.Path(path).absolute()
     files = {path: OUTPUT_MODEL}
     if external_data:
-        files[path.with_name(path.name + DATA_SUFFIX)] = OUTPUT_WEIGHTS
+        name = external_data if isinstance(external_data, str) else path.name + DATA_SUFFIX
+        files[path.with_name(name)] = OUTPUT_WEIGHTS
     return files
 
 

@@ -1,0 +1,159 @@
+"""``mpcompile convert EXPORT_DIR -o OUT_DIR``: every model of a folder, one summary row each."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import click
+
+from mpcompile import errors
+
+
+def default_output_folder(folder: pathlib.Path, precision: str) -> pathlib.Path:
+    """llama-onnx -> llama-onnx.fp16, beside it."""
+    folder = folder.absolute()
+    return folder.with_name(f"{folder.name}.{precision}")
+
+
+def convert_folder_from_cli(
+    folder: pathlib.Path,
+    output: pathlib.Path | None,
+    options: dict[str, Any],
+    *,
+    auto: Any = None,
+    overwrite: bool,
+    external_data: bool | None,
+    report_path: pathlib.Path | None,
+    run_validation: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Convert ``folder`` (``auto``: the ``--auto`` settings, run per file), print one row per
+    model (or JSON), and raise the first failing model's error after the summary."""
+    from mpcompile.commands.convert import _progress
+    from mpcompile.core.folder import convert_folder
+
+    if report_path is not None:
+        raise errors.UsageError(
+            "--report with a folder: convert first, then `mpcompile report OUT_DIR -o REPORTS_DIR` "
+            "writes one report per model"
+        )
+    if auto is not None and auto.inputs is not None:
+        raise errors.UsageError(
+            "--inputs with a folder: each model needs its own inputs; --auto generates them per model"
+        )
+    output = output or default_output_folder(folder, options["precision"])
+    with _progress(quiet or as_json) as on_pass_start:
+        current = {"file": ""}
+
+        def on_file_start(name: str) -> None:
+            current["file"] = name
+            if on_pass_start is not None:
+                on_pass_start(f"{name}: loading")
+
+        def on_pass(name: str) -> None:
+            if on_pass_start is not None:
+                on_pass_start(f"{current['file']}: {name}")
+
+        result = convert_folder(
+            folder,
+            output,
+            overwrite=overwrite,
+            external_data=external_data,
+            raise_on_error=False,
+            on_file_start=on_file_start,
+            on_pass_start=on_pass,
+            convert_one=_auto_converter(auto) if auto is not None else None,
+            **options,
+        )
+    if as_json:
+        click.echo(json.dumps(result.summary(), indent=2))
+    elif not quiet or not result:
+        print_folder_summary(result)
+    failure = result.first_failure()
+    if failure is not None:
+        assert failure.error is not None
+        raise failure.error
+    if run_validation:
+        from mpcompile.commands.validate import ValidationFailedError, validate_folders
+
+        if validate_folders(folder, output) != errors.ExitCode.OK:
+            raise ValidationFailedError("validation failed: a model is outside tolerance (see above)")
+
+
+def _auto_converter(settings: Any):
+    """``convert_folder``'s ``convert_one`` for ``--auto``: the per-file search, as for one file."""
+    from mpcompile.auto.api import auto_convert_file
+    from mpcompile.evaluate.inputs import parse_shape_options
+
+    def convert(source: pathlib.Path, target: pathlib.Path, file_options: Mapping[str, Any]) -> Any:
+        return auto_convert_file(
+            source,
+            target,
+            shapes=parse_shape_options(settings.shapes),
+            rtol=settings.rtol,
+            atol=settings.atol,
+            metric=settings.metric,
+            budget=settings.budget,
+            static_blocks=settings.static_blocks,
+            **file_options,
+        )
+
+    return convert
+
+
+def print_folder_summary(result) -> None:
+    """One rich table row per model: nodes low/FP32, Casts added, size before/after, status."""
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
+
+    # Piped output gets full file names; a terminal gets what fits.
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(f"[bold]{result.source}[/] -> [bold]{result.output}[/]")
+    table = Table(show_header=True, header_style="bold")
+    for column, justify in (
+        ("file", "left"),
+        ("nodes low/FP32", "right"),
+        ("Casts", "right"),
+        ("size before", "right"),
+        ("size after", "right"),
+        ("status", "left"),
+    ):
+        table.add_column(column, justify=justify)
+    for outcome in result.files:
+        converted = outcome.convert_result
+        if converted is not None:
+            counts = converted.stats.nodes_by_precision
+            low = sum(count for precision, count in counts.items() if precision in ("fp16", "bf16"))
+            nodes, casts = f"{low}/{counts.get('fp32', 0)}", str(converted.stats.casts_added)
+        else:
+            nodes = casts = ""
+        status = {
+            "converted": "[green]converted[/]",
+            "failed": f"[red]failed[/] (exit {int(outcome.error.exit_code)})" if outcome.error else "failed",
+            "skipped": "[yellow]skipped[/] (after a failure)",
+        }[outcome.status]
+        after = _size(outcome.bytes_after) if outcome.status == "converted" else ""
+        table.add_row(outcome.file, nodes, casts, _size(outcome.bytes_before), after, status)
+    console.print(table)
+    if result:
+        console.print(f"{len(result.copied)} other file(s) copied")
+    else:
+        console.print("nothing written")
+    for outcome in result.files:
+        converted = outcome.convert_result
+        for note in converted.notes if converted is not None else ():
+            console.print(f"note: {outcome.file}: {note}")
+
+
+def _size(count: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} B"
