@@ -103,10 +103,17 @@ def test_missing_input(run_cli, tmp_path: pathlib.Path) -> None:
 
 
 def test_input_is_a_folder(run_cli, tmp_path: pathlib.Path) -> None:
+    # `convert` takes a folder of models since folder mode (tests/test_folder_mode.py): one
+    # without any .onnx file is refused as not ONNX; convert_file still takes files only.
     (tmp_path / "folder.onnx").mkdir()
     refused_without_side_effects(
-        run_cli, tmp_path, tmp_path / "folder.onnx", ExitCode.INPUT_NOT_FOUND, "not a file"
+        run_cli, tmp_path, tmp_path / "folder.onnx", ExitCode.NOT_ONNX, "no .onnx file"
     )
+    from mpcompile import errors
+    from mpcompile.core.converter import convert_file
+
+    with pytest.raises(errors.InputNotFoundError, match="not a file"):
+        convert_file(tmp_path / "folder.onnx", tmp_path / "out.onnx")
 
 
 def test_not_onnx(run_cli, tmp_path: pathlib.Path) -> None:
