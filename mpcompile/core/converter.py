@@ -307,7 +307,7 @@ def _convert_ir(
     if opts.optimize:
         from mpcompile.targets.optimize import OPTIMIZE_METADATA_KEY, optimize_model
 
-        model = ir.from_proto(optimize_model(model, opts.optimize, target))
+        model = ir.from_proto(optimize_model(model, opts.optimize, target, precision=low.precision.value))
         optimize_note = model.metadata_props.get(OPTIMIZE_METADATA_KEY)
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
     # A model without an ai.onnx import (only ai.onnx.ml, say) has nothing that changes precision.

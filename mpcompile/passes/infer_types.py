@@ -24,7 +24,8 @@ class InferTypesPass(ConversionPass):
     """Fill in value dtypes so precision decisions never guess.
 
     Runs onnx's shape inference (which cannot type contrib ops), then types the
-    outputs of known contrib ops from their inputs. Values that stay untyped are
+    outputs of known contrib ops from their inputs and, where inference stopped at
+    one, the nodes after it (``propagate_types``). Values that stay untyped are
     counted; nodes reading them are kept FP32 by the precision assignment.
     """
 
@@ -37,6 +38,8 @@ class InferTypesPass(ConversionPass):
             # Strips large initializers before serializing, so big models are not copied.
             modified = _infer_shapes(model)
         modified |= _type_contrib_outputs(model)
+        if _has_untyped_values(model):
+            modified |= propagate_types(model)
         modified |= _type_function_bodies(model)
         self.context.stats.untyped_values = sum(
             1
@@ -46,6 +49,15 @@ class InferTypesPass(ConversionPass):
             if value.dtype is None and value.name
         )
         return ir.passes.PassResult(model, modified=modified)
+
+
+def _has_untyped_values(model: ir.Model) -> bool:
+    return any(
+        value.dtype is None and value.name
+        for graph in model_graphs(model)
+        for node in graph
+        for value in node.outputs
+    )
 
 
 def _infer_shapes(model: ir.Model) -> bool:
@@ -140,34 +152,62 @@ def _type_contrib_outputs(model: ir.Model) -> bool:
     modified = False
     for graph in model_graphs(model):
         for node in graph:
-            rule = op_types.CONTRIB_TYPING.get((node.domain, node.op_type))
-            if rule is None:
-                if node.domain not in ("", "ai.onnx") and any(
-                    v.dtype is None and v.name for v in node.outputs
-                ):
-                    for value, dtype in zip(
-                        node.outputs, op_types.output_dtypes_from_inputs(node), strict=True
-                    ):
-                        if value.dtype is None and dtype is not None and value.name:
-                            set_dtype(value, dtype)
-                            modified = True
+            modified |= _type_contrib_node(node)
+    return modified
+
+
+def _type_contrib_node(node: ir.Node) -> bool:
+    """Type the untyped outputs of a node outside ai.onnx from its inputs; True if any was typed."""
+    rule = op_types.CONTRIB_TYPING.get((node.domain, node.op_type))
+    modified = False
+    if rule is None:
+        if node.domain not in ("", "ai.onnx") and any(v.dtype is None and v.name for v in node.outputs):
+            for value, dtype in zip(node.outputs, op_types.output_dtypes_from_inputs(node), strict=True):
+                if value.dtype is None and dtype is not None and value.name:
+                    set_dtype(value, dtype)
+                    modified = True
+        return modified
+    source = next(
+        (
+            v.dtype
+            for i, v in enumerate(node.inputs)
+            if v is not None
+            and i not in rule.keep_inputs
+            and v.dtype is not None
+            and v.dtype.is_floating_point()
+        ),
+        None,
+    )
+    for index, value in enumerate(node.outputs):
+        if value.dtype is not None or not value.name:
+            continue
+        set_dtype(value, ir.DataType.FLOAT if index in rule.keep_outputs else source)
+        modified = modified or value.dtype is not None
+    return modified
+
+
+def propagate_types(model: ir.Model) -> bool:
+    """Type, node by node in graph order, the outputs whole-graph inference left untyped.
+
+    onnx's inference stops at an op it has no schema for (a fused ``com.microsoft`` op): the
+    values after it stay untyped although the op's own outputs get their types from its inputs
+    (``CONTRIB_TYPING``). Here each node whose inputs are all typed is typed from them: contrib
+    ops by their rule, ai.onnx ops by their schema's inference. True if any value was typed.
+    """
+    modified = False
+    ai_onnx = ai_onnx_opset(model.opset_imports)
+    for graph in model_graphs(model):
+        for node in graph:
+            if not any(value.dtype is None and value.name for value in node.outputs):
                 continue
-            source = next(
-                (
-                    v.dtype
-                    for i, v in enumerate(node.inputs)
-                    if v is not None
-                    and i not in rule.keep_inputs
-                    and v.dtype is not None
-                    and v.dtype.is_floating_point()
-                ),
-                None,
-            )
-            for index, value in enumerate(node.outputs):
-                if value.dtype is not None or not value.name:
-                    continue
-                set_dtype(value, ir.DataType.FLOAT if index in rule.keep_outputs else source)
-                modified = modified or value.dtype is not None
+            if any(value is not None and value.type is None for value in node.inputs):
+                continue
+            if node.domain in ("", "ai.onnx"):
+                before = sum(value.type is not None for value in node.outputs)
+                _infer_node_types(node, ai_onnx)
+                modified |= sum(value.type is not None for value in node.outputs) > before
+            else:
+                modified |= _type_contrib_node(node)
     return modified
 
 

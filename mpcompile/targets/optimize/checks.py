@@ -1,7 +1,8 @@
 """Is an optimised model one mpcompile can hand on? The checks, and what each failure blames.
 
 A candidate passes when it keeps the input's graph inputs and outputs, holds no ORT-internal
-ai.onnx op, has a target kernel for every fused op the optimisation created, passes
+ai.onnx op, has a target kernel for every fused op the optimisation created (in the conversion's
+low precision wherever the target runs the heavy op it replaces in that precision), passes
 ``onnx.checker.check_model(full_check=True)`` and loads in an ORT session on the provider the
 optimisation ran on. A fused op that only the target's provider runs (e.g. ``RelativePositionBias``,
 CUDA only) cannot load on a CPU-only onnxruntime; that load is then skipped and said so.
@@ -19,7 +20,12 @@ import onnx_ir as ir
 
 from mpcompile.evaluate.ort_session import is_onnxruntime_error
 from mpcompile.targets.base import Target
-from mpcompile.targets.optimize.fusions import PYTHON_FUSION_FLAGS, SESSION_FUSIONS, op_key
+from mpcompile.targets.optimize.fusions import (
+    PYTHON_FUSION_FLAGS,
+    REPLACED_HEAVY_OPS,
+    SESSION_FUSIONS,
+    op_key,
+)
 from mpcompile.targets.optimize.lowering import is_standard_op
 from mpcompile.targets.optimize.ort_session import load_in_session, near_protobuf_limit
 
@@ -64,6 +70,7 @@ class CheckContext:
     session_target: Target  # kernels of the session's provider
     onnxruntime: object
     folder: pathlib.Path
+    low_dtype: ir.DataType = ir.DataType.FLOAT16  # the precision the model is converted to next
 
 
 def io_signature(model: onnx.ModelProto) -> Signature:
@@ -112,8 +119,9 @@ def check_candidate(candidate: onnx.ModelProto, context: CheckContext) -> CheckR
         if (domain, op) in context.input_ops:
             continue
         opset = opsets.get(domain, 1)
-        if not _has_kernel(context.target, domain, op, opset):
-            problems.append(Problem(f"{op} has no {context.target.provider} kernel", (domain, op)))
+        refusal = fused_op_refusal(context.target, (domain, op), opset, ai_onnx, context.low_dtype)
+        if refusal:
+            problems.append(Problem(refusal, (domain, op)))
         elif not _has_kernel(context.session_target, domain, op, opset):
             target_only.add(op)
     if problems:
@@ -131,6 +139,27 @@ def check_candidate(candidate: onnx.ModelProto, context: CheckContext) -> CheckR
         )
         return CheckResult([], [note])
     return CheckResult(_load_problems(candidate, context), [])
+
+
+def fused_op_refusal(target: Target, key: tuple[str, str], opset: int, ai_onnx: int, low: ir.DataType) -> str:
+    """Why ``target`` cannot take the fused op ``key`` (empty: it can).
+
+    Refused: an op without a kernel on the target in any float type, and an op the target runs
+    only in FP32 while it runs the heavy op the fusion replaced in ``low`` precision (the
+    fusion would move that op's FLOPs to FP32).
+    """
+    domain, op = key
+    if not _has_kernel(target, domain, op, opset):
+        return f"{op} has no {target.provider} kernel"
+    replaced = REPLACED_HEAVY_OPS.get(key)
+    if (
+        replaced is not None
+        and not target.supports(domain, op, opset, low)
+        and target.supports("", replaced, ai_onnx, low)
+    ):
+        precision = "float16" if low == ir.DataType.FLOAT16 else "bfloat16"
+        return f"{op} has no {target.provider} {precision} kernel ({replaced}, which it replaces, has one)"
+    return ""
 
 
 def _has_kernel(target: Target, domain: str, op: str, opset: int) -> bool:

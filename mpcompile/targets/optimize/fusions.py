@@ -6,6 +6,10 @@ graph transformer names (``disabled_optimizers``); the transformer optimiser tak
 ``FusionOptions`` flags (``enable_*`` attributes set to False). Ops missing here (e.g. T5's
 ``RelativePositionBias``, created unconditionally by the t5 optimiser) cannot be switched off
 one by one; the caller then falls back to another optimiser or a lower level.
+
+``REPLACED_HEAVY_OPS`` names the FLOP-heavy standard op each fused op takes the place of: a fused
+op the target runs only in FP32 while it runs that op in low precision would move the op's FLOPs
+to FP32 (``FusedConv`` on CUDA is registered for float only, Conv for float16 too).
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ SESSION_FUSIONS: dict[tuple[str, str], tuple[str, ...]] = {
     (_MS, "SkipLayerNormalization"): ("SkipLayerNormFusion",),
     (_MS, "EmbedLayerNormalization"): ("EmbedLayerNormFusion",),
     (_MS, "Attention"): ("AttentionFusion",),
+    (_MS, "MatMulIntegerToFloat"): ("MatMulIntegerToFloatFusion",),
+    (_MS, "DynamicQuantizeMatMul"): ("DynamicQuantizeMatMulFusion",),
+    (_MS, "MatMulNBits"): ("MatMulNBitsFusion",),
     ("", "LayerNormalization"): ("LayerNormFusion",),
     ("", "SimplifiedLayerNormalization"): ("SimplifiedLayerNormFusion",),
 }
@@ -52,6 +59,20 @@ PYTHON_FUSION_FLAGS: dict[tuple[str, str], tuple[str, ...]] = {
     (_MS, "NhwcConv"): ("enable_nhwc_conv",),
     ("", "LayerNormalization"): ("enable_layer_norm",),
     ("", "SimplifiedLayerNormalization"): ("enable_layer_norm",),
+}
+
+
+# The heavy standard op each fused op replaces (its FLOPs are that op's; see ``analysis.flops``).
+REPLACED_HEAVY_OPS: dict[tuple[str, str], str] = {
+    (_MS, "FusedConv"): "Conv",
+    (_MS, "NhwcConv"): "Conv",
+    (_MS, "FusedGemm"): "Gemm",
+    (_MS, "FusedMatMul"): "MatMul",
+    (_MS, "GemmFastGelu"): "MatMul",
+    (_MS, "Attention"): "MatMul",
+    (_MS, "MultiHeadAttention"): "MatMul",
+    (_MS, "GroupQueryAttention"): "MatMul",
+    (_MS, "PackedAttention"): "MatMul",
 }
 
 

@@ -28,6 +28,7 @@ import onnx_ir as ir
 
 from mpcompile import errors
 from mpcompile.core.choices import OPTIMIZE_LEVELS
+from mpcompile.core.precision import low_precision_format
 from mpcompile.evaluate.ort_session import is_onnxruntime_error
 from mpcompile.targets.base import Target, get_target
 from mpcompile.targets.optimize import ort_session
@@ -41,7 +42,7 @@ from mpcompile.targets.optimize.checks import (
 )
 from mpcompile.targets.optimize.lowering import lower_internal_ops
 from mpcompile.targets.optimize.model_type import detect_model_type
-from mpcompile.targets.optimize.symbolic_types import annotate_types
+from mpcompile.targets.optimize.symbolic_types import annotate_types, complete_types
 from mpcompile.targets.optimize.transformer import FusionFailed, FusionSettings, fuse_transformer
 from mpcompile.targets.optimize.unsqueeze import split_multi_axis_unsqueeze
 
@@ -116,12 +117,15 @@ def optimize_model(
     model_type: str | None = None,
     num_heads: int = 0,
     hidden_size: int = 0,
+    precision: str = "fp16",
 ) -> onnx.ModelProto:
     """Run ONNX Runtime's offline graph optimisation at ``level`` and return the optimised model.
 
     ``target`` (a name such as ``"cuda"`` or a ``Target``) picks the provider the optimising
     session runs on when the installed onnxruntime has it (else CPU); fused ops the target has no
-    kernel for are switched off and the optimisation rerun. ``model_type`` (default: read from the
+    kernel for are switched off and the optimisation rerun, and so are those it runs only in FP32
+    where it runs the heavy op they replace in ``precision`` (``"fp16"`` or ``"bf16"``, the
+    conversion that follows: ``FusedConv`` for ``cuda``). ``model_type`` (default: read from the
     graph), ``num_heads`` and ``hidden_size`` (0: detect) go to the transformer optimiser. When a
     level cannot give a model that passes onnx's full check and loads in ORT, the next lower level
     is used. The input is never modified. The result records ``mpcompile.optimize`` in its metadata.
@@ -146,12 +150,15 @@ def optimize_model(
             session_target=resolved if provider == resolved.provider else get_target(_TARGET_OF[provider]),
             onnxruntime=onnxruntime,
             folder=folder,
+            low_dtype=low_precision_format(precision).precision.dtype,
         )
         del reference
         climber = _Climber(onnxruntime, input_path, context, record, model_type, num_heads, hidden_size)
         optimized = climber.run(level)
     _drop_unused_opset_imports(optimized)
     optimized, record.typed = annotate_types(optimized)
+    if not record.typed:
+        optimized, record.typed = complete_types(optimized)
     onnx.helper.set_model_props(
         optimized,
         {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import onnx
+import onnx_ir as ir
 
 from mpcompile.targets.optimize.quiet import logging_disabled
 
@@ -63,6 +64,27 @@ def annotate_types(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
         return model, False
     _keep_declarations_and_types_only(annotated, model)
     return annotated, bool(complete)
+
+
+def complete_types(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    """Type what ORT's symbolic inference left untyped, node by node (``propagate_types``).
+
+    The inference stops at ops it has no rule for (``FusedConv``, ``FusedMatMul``) and leaves
+    every value after them untyped: their nodes would all stay FP32. Returns the model and
+    whether every node output now has a type.
+    """
+    from mpcompile.passes.infer_types import propagate_types
+
+    work = ir.from_proto(model)
+    if not propagate_types(work):
+        return model, False
+    complete = all(
+        value.dtype is not None or not value.name
+        for graph in (work.graph, *work.graph.subgraphs())
+        for node in graph
+        for value in node.outputs
+    )
+    return ir.to_proto(work), complete
 
 
 def _keep_declarations_and_types_only(annotated: onnx.ModelProto, original: onnx.ModelProto) -> None:
