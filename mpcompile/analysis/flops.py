@@ -175,3 +175,7 @@ _SHAPE_ESTIMATORS = {
     ("com.microsoft", "MultiHeadAttention"): _attention,
     ("com.microsoft", "Attention"): _ms_attention,
 }
+
+# Ops whose FLOPs come from their arithmetic (matrix products, convolutions, attention): the
+# "heavy" FLOPs a precision choice is judged by (``analysis.flop_share``).
+HEAVY_OPS = frozenset(_SHAPE_ESTIMATORS)

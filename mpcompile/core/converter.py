@@ -304,9 +304,11 @@ def _convert_ir(
     low = low_precision_format(str(precision))
     target = get_target(target_name) if isinstance(target_name, str) else target_name
     optimize_note = None
+    unoptimized = None
     if opts.optimize:
         from mpcompile.targets.optimize import OPTIMIZE_METADATA_KEY, optimize_model
 
+        unoptimized = model  # optimize_model leaves it untouched; the plain comparison converts it
         model = ir.from_proto(optimize_model(model, opts.optimize, target, precision=low.precision.value))
         optimize_note = model.metadata_props.get(OPTIMIZE_METADATA_KEY)
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
@@ -360,7 +362,26 @@ def _convert_ir(
     )
     context.stats.pass_seconds = dict(pipeline.seconds)
     model.ir_version = model_io.output_ir_version(model)
+    if unoptimized is not None:
+        heavy_note = _compare_with_plain(model, unoptimized, opts)
+        if heavy_note:
+            context.notes.append(heavy_note)
     return ConvertResult(model, plan, context.stats, context.notes, low.precision.value, target.name)
+
+
+def _compare_with_plain(converted: ir.Model, unoptimized: ir.Model, opts: ConvertOptions) -> str | None:
+    """A note when ``--optimize`` left more heavy FLOPs FP32 than converting ``unoptimized`` as it is.
+
+    The plain conversion runs the same options without ``optimize`` (and without the
+    debugging ones); its cost is measured in docs/targets.md.
+    """
+    from mpcompile.analysis.flop_share import heavy_flops, more_fp32_note
+
+    plain_opts = dataclasses.replace(opts, optimize=None, check_invariants=False, dump_dir=None)
+    plain = _convert_ir(unoptimized, plain_opts)
+    if plain.already_converted:
+        return None
+    return more_fp32_note(f"--optimize {opts.optimize}", heavy_flops(converted), heavy_flops(plain.model))
 
 
 def build_pipeline(

@@ -1,0 +1,86 @@
+"""How much of a converted model's heavy arithmetic runs in low precision, and the note when a
+conversion mode leaves more of it FP32 than a plain conversion does.
+
+Heavy FLOPs are those of ``flops.HEAVY_OPS`` (MatMul, Gemm, Conv, attention and their fused
+forms), counted as ``mpcompile report`` counts them: symbolic input dims resolved as the report
+does by default, then onnx shape inference. A node's precision is its stamped decision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx_ir as ir
+
+from mpcompile.analysis import flops as flops_mod
+from mpcompile.analysis.audit import derive_precision
+from mpcompile.analysis.shapes import ShapeSpec, infer_shapes, resolve_input_shapes
+from mpcompile.core.plan import read_decision
+from mpcompile.irtools.graphs import model_graphs
+
+# A mode's FP32 share may exceed plain convert's by this much before it is noted: folding
+# BatchNormalization into a Conv adds the bias FLOPs, which moves shares by far less.
+SHARE_TOLERANCE = 0.005
+_LOW = ("fp16", "bf16")
+
+
+@dataclasses.dataclass(frozen=True)
+class HeavyFlops:
+    """Heavy FLOPs of one converted model by precision; ``fp32_unknown``: FP32 heavy nodes
+    without static shapes (after an op onnx's inference stops at, such as ``FusedConv``)."""
+
+    low: int
+    fp32: int
+    fp32_unknown: int
+
+    @property
+    def fp32_share(self) -> float:
+        total = self.low + self.fp32
+        return self.fp32 / total if total else 0.0
+
+
+def heavy_flops(model: ir.Model) -> HeavyFlops:
+    """The heavy FLOPs of a converted ``model`` by precision (the model is not modified)."""
+    work = model.clone()
+    resolve_input_shapes(work, ShapeSpec.parse(None))
+    infer_shapes(work)
+    low = fp32 = fp32_unknown = 0
+    for graph in model_graphs(work):
+        for node in graph:
+            if (node.domain if node.domain != "ai.onnx" else "", node.op_type) not in flops_mod.HEAVY_OPS:
+                continue
+            decision = read_decision(node)
+            precision = decision.precision.value if decision is not None else derive_precision(node)
+            count, _method = flops_mod.estimate_flops(node)
+            if count is None:
+                fp32_unknown += precision == "fp32"
+            elif precision in _LOW:
+                low += count
+            elif precision == "fp32":
+                fp32 += count
+    return HeavyFlops(low, fp32, fp32_unknown)
+
+
+def more_fp32_note(mode: str, converted: HeavyFlops, plain: HeavyFlops) -> str | None:
+    """The note for a ``mode`` whose conversion keeps more heavy FLOPs FP32 than plain convert's.
+
+    Nothing to compare when plain convert runs no heavy FLOPs in low precision (``--target cpu``
+    for FP16). FP32 heavy nodes whose FLOPs are unknown count against the mode when it has more
+    of them than plain convert.
+    """
+    if plain.low == 0:
+        return None
+    more_unknown = converted.fp32_unknown > plain.fp32_unknown
+    if converted.fp32_share <= plain.fp32_share + SHARE_TOLERANCE and not more_unknown:
+        return None
+    unknown = (
+        f" plus {converted.fp32_unknown} FP32 heavy node(s) whose FLOPs are unknown"
+        f" (plain convert: {plain.fp32_unknown})"
+        if more_unknown
+        else ""
+    )
+    return (
+        f"{mode} leaves more heavy FLOPs (MatMul/Gemm/Conv/attention) in FP32 than a plain conversion: "
+        f"{converted.fp32_share:.1%} of them vs {plain.fp32_share:.1%}{unknown}; "
+        "`mpcompile report` on the output lists the FP32 nodes and their reasons"
+    )
