@@ -12,7 +12,8 @@ and FP16 types in it, so ORT users optimise first and convert second. Levels:
 
 ORT applies a fusion only where the session's execution provider supports the fused op, so the
 session runs on the target's provider when the installed build has it, else on CPU. Each result is
-checked (full onnx check, ORT load, a target kernel for every fused op); what fails is fixed by
+checked (full onnx check, ORT load, a target kernel for every fused op, in the conversion's
+precision wherever the target runs the heavy op it replaces in it); what fails is fixed by
 switching the blamed fusion off, or the next lower level is used (``levels``). onnxruntime is
 imported lazily.
 
