@@ -31,14 +31,18 @@ class InferTypesPass(ConversionPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
+        inference_failed = False
         inferred_at_load = bool(model.meta.get(TYPES_INFERRED_KEY))
         if not inferred_at_load and any(
             value.dtype is None for graph in model_graphs(model) for node in graph for value in node.outputs
         ):
             # Strips large initializers before serializing, so big models are not copied.
-            modified = _infer_shapes(model)
+            inferred = _infer_shapes(model)
+            inference_failed = inferred is None
+            modified = bool(inferred)
         modified |= _type_contrib_outputs(model)
-        if _has_untyped_values(model):
+        # Where inference failed (types that contradict each other) nothing is typed around it.
+        if not inference_failed and _has_untyped_values(model):
             modified |= propagate_types(model)
         modified |= _type_function_bodies(model)
         self.context.stats.untyped_values = sum(
@@ -60,20 +64,21 @@ def _has_untyped_values(model: ir.Model) -> bool:
     )
 
 
-def _infer_shapes(model: ir.Model) -> bool:
+def _infer_shapes(model: ir.Model) -> bool | None:
     """onnx shape inference merged back with whole types.
 
     onnx-ir 1.1.0's ShapeInferencePass merges only ``dtype``/``shape``, which turns an untyped
     sequence or optional value (e.g. SequenceConstruct's output inside an If branch) into a
     tensor: the saved model then fails the checker ("type case mismatch"). Here a value
-    without a type (or with a type of another kind) takes the inferred type whole.
+    without a type (or with a type of another kind) takes the inferred type whole. Returns
+    whether a type changed, or None when inference failed.
     """
 
     try:
         inferred_proto = _call_without_weights(infer_shapes, model)
     except Exception as exc:  # as ShapeInferencePass: leave the model as it is
         logger.warning("shape inference failed: %s; values stay untyped", exc)
-        return False
+        return None
     modified = False
     for graph, inferred_types in zip(model_graphs(model), _value_types(inferred_proto.graph), strict=True):
         values = [*graph.inputs, *(output for node in graph for output in node.outputs)]
