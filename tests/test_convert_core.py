@@ -72,7 +72,12 @@ def test_no_keep_io_types_lowers_inputs_and_outputs():
     graph = result.model.graph
     assert graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
     assert graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT16
-    assert graph.output[1].type.tensor_type.elem_type == FLOAT  # produced by a blocked op
+    # Every float output goes low, also one a blocked op produces: the op stays FP32 and a Cast
+    # to FP16 keeps the output's name (before issue 20 it stayed FP32, so graphs did not chain).
+    assert graph.output[1].type.tensor_type.elem_type == TensorProto.FLOAT16
+    assert decisions(result)["sum"] == ("fp32", Reason.BLOCK)
+    (cast,) = [node for node in graph.node if "z" in node.output]
+    assert cast.op_type == "Cast" and cast.attribute[0].i == TensorProto.FLOAT16
 
 
 def test_decisions_are_stamped_into_metadata():

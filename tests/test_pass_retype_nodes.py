@@ -25,7 +25,7 @@ def test_low_nodes_output_low_precision_and_fp32_nodes_keep_their_types():
 
 
 def test_without_keep_io_types_an_input_only_low_nodes_read_goes_low():
-    converted, ctx, plan = planned(MATMUL_EXP, context(keep_io_types=False))
+    converted, ctx, plan = planned(MATMUL_EXP, context(fp32_io=frozenset()))
     RetypeNodesPass(ctx, plan)(converted)
     assert converted.graph.inputs[0].dtype == F16
 

@@ -123,6 +123,7 @@ def auto_convert(
     rules: RangeRules | None = None,
     static_blocks: bool = False,
     switchboard: bool = True,
+    options: ConvertOptions | None = None,
     **convert_options: Any,
 ) -> AutoResult:
     """Convert ``model`` with the most low-precision FLOPs that keep its outputs within tolerance.
@@ -138,16 +139,16 @@ def auto_convert(
     are candidates like follow ops, decided by the range rules and the search (user
     ``block_ops``/``block_nodes``/policy files still win), and so are Casts from integers to
     float (``measured_casts``: the Cast of a 0/1 attention mask goes to FP16; other integers
-    stay FP32); ``static_blocks`` turns both off. Other keyword arguments are
-    ``mpcompile.convert`` options. ``model`` may also be an ``OpenedConversion``
+    stay FP32); ``static_blocks`` turns both off. ``options`` (a ``ConvertOptions``) and the
+    other keyword arguments are ``mpcompile.convert`` options, as ``mpcompile.convert`` takes them. ``model`` may also be an ``OpenedConversion``
     (``auto_convert_file``): a model loaded and checked already, searched in place.
     """
     started = time.perf_counter()
-    if not static_blocks and "measured_ops" not in convert_options:
-        convert_options = {**convert_options, "measured_ops": measured_op_names()}
+    options = ConvertOptions.build(options, **convert_options).resolved()  # unknown options fail here
+    if not static_blocks and "measured_ops" not in convert_options and not options.measured_ops:
+        options = dataclasses.replace(options, measured_ops=measured_op_names())
     if not static_blocks and "measured_casts" not in convert_options:
-        convert_options = {**convert_options, "measured_casts": True}
-    options = ConvertOptions.build(**convert_options)  # unknown options fail here
+        options = dataclasses.replace(options, measured_casts=True)
     criterion = make_criterion(rtol=rtol, atol=atol, metric=metric, precision=options.precision)
     if budget < MIN_BUDGET:
         raise CriterionError(
@@ -160,10 +161,10 @@ def auto_convert(
 
         target = get_target(options.target) if isinstance(options.target, str) else options.target
         work = ir.from_proto(optimize_model(work, options.optimize, target))
-        convert_options = {**convert_options, "optimize": None}
+        options = dataclasses.replace(options, optimize=None)
     renamed = name_nodes(work)
     feeds, label, specs = resolve_feeds(work, inputs, shapes=shapes, seed=seed)
-    evaluator = Evaluator(work, feeds, criterion, convert_options, budget, switchboard=switchboard)
+    evaluator = Evaluator(work, feeds, criterion, options, budget, switchboard=switchboard)
 
     baseline = evaluator.baseline()
     if baseline.already_converted:
@@ -246,7 +247,8 @@ def auto_convert_file(
     reads every weight into memory first, so ``overwrite`` may replace the input's own files."""
     opened = open_conversion(input_path, output_path, overwrite=overwrite, external_data=external_data)
     result = auto_convert(opened, **auto_options)
-    verify = auto_options.get("verify", True) is not False
+    options = auto_options.get("options")
+    verify = auto_options.get("verify", options.verify if options is not None else True) is not False
     save_conversion(result.model, opened, external_data=external_data, verify=verify)
     return result
 

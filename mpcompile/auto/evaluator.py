@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -27,7 +26,7 @@ from mpcompile.auto.criteria import CheckResult, Criterion
 from mpcompile.auto.graph import main_nodes
 from mpcompile.auto.reasons import AUTO_SENSITIVITY
 from mpcompile.auto.switchboard import Switchboard
-from mpcompile.core.converter import ConvertResult, convert_checked_ir
+from mpcompile.core.converter import ConvertOptions, ConvertResult, convert_checked_ir
 from mpcompile.core.plan import Decision
 from mpcompile.core.precision import Precision
 from mpcompile.irtools.graphs import model_graphs
@@ -75,7 +74,7 @@ class Evaluator:
         model: ir.Model,
         feeds: Sequence[Feeds],
         criterion: Criterion,
-        convert_options: Mapping[str, Any],
+        options: ConvertOptions,
         budget: int,
         *,
         switchboard: bool = True,
@@ -83,9 +82,9 @@ class Evaluator:
         self.model = model
         self.feeds = list(feeds)
         self.criterion = criterion
-        self.options = dict(convert_options)
-        self.options.pop("verify", None)
-        self.dump_dir = self.options.pop("dump_dir", None)  # only the final conversion is dumped
+        self.dump_dir = options.dump_dir  # only the final conversion is dumped
+        # Resolved once: the policy file is read here, not once per candidate.
+        self.options = dataclasses.replace(options.resolved(), verify=False, dump_dir=None)
         self.budget = budget
         self.flops: dict[str, int] = {}  # set_flops, once the reference run has given the shapes
         self.total_flops = 0
@@ -153,9 +152,14 @@ class Evaluator:
         decisions = decisions or {}
         overrides = {name: decisions.get(name, KEPT_BY_SEARCH) for name in sorted(blocked)}
         dump_dir = self.dump_dir if verify else None
-        options = {**self.options, "measured_ops": (), "measured_casts": False} if static else self.options
+        options = (
+            dataclasses.replace(self.options, measured_ops=(), measured_casts=False)
+            if static
+            else self.options
+        )
         return convert_checked_ir(
-            self.model, node_overrides=overrides, verify=verify, dump_dir=dump_dir, **options
+            self.model,
+            dataclasses.replace(options, node_overrides=overrides, verify=verify, dump_dir=dump_dir),
         )
 
     def static_share(self) -> float:

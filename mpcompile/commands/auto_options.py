@@ -11,12 +11,9 @@ Wiring (in ``mpcompile/commands/convert.py``)::
         settings = auto_settings()
         if settings is not None:
             run_auto_from_cli(
-                model, output or default_output_path(model, precision), settings,
-                overwrite=overwrite, external_data=external_data, as_json=as_json, quiet=quiet,
-                report_path=report_path, precision=precision, target=target, optimize=optimize,
-                keep_io_types=keep_io_types, allow_ops=allow_ops, block_ops=block_ops,
-                block_nodes=block_nodes, policy=policy, allow_qdq=allow_qdq,
-                check_invariants=check_invariants,
+                model, output, settings, overwrite=overwrite, external_data=external_data,
+                as_json=as_json, quiet=quiet, report_path=report_path,
+                options=options,  # the one ConvertOptions the command built
             )
             return
         ...                  # the plain conversion
@@ -31,11 +28,14 @@ import dataclasses
 import json
 import pathlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from mpcompile.auto import DEFAULT_BUDGET
+
+if TYPE_CHECKING:
+    from mpcompile.core.options import ConvertOptions
 
 _META_KEY = "mpcompile.auto.options"
 
@@ -159,10 +159,11 @@ def run_auto_from_cli(
     as_json: bool = False,
     quiet: bool = False,
     report_path: pathlib.Path | None = None,
-    **convert_options: Any,
+    options: ConvertOptions | None = None,
 ) -> Any:
-    """Run ``auto_convert`` on ``model``, save the result atomically at ``output`` and print it
-    (``report_path``: also write ``mpcompile report``'s audit of the result there)."""
+    """Run ``auto_convert`` on ``model`` with the conversion ``options``, save the result
+    atomically at ``output`` and print it (``report_path``: also write ``mpcompile report``'s
+    audit of the result there)."""
     from mpcompile.auto.api import auto_convert_file
     from mpcompile.evaluate.inputs import parse_shape_options
 
@@ -183,7 +184,7 @@ def run_auto_from_cli(
         metric=settings.metric,
         budget=settings.budget,
         static_blocks=settings.static_blocks,
-        **convert_options,
+        options=options,
     )
     if report_path is not None:
         from mpcompile.report import write_report

@@ -15,25 +15,29 @@ import click
 Command = TypeVar("Command", bound=Callable[..., object])
 
 
-def precision_option(choices: Sequence[str], *, help: str) -> Callable[[Command], Command]:
-    """``--precision``, one of ``choices``, default fp16."""
+def precision_option(
+    choices: Sequence[str], *, help: str, default: str | None = "fp16"
+) -> Callable[[Command], Command]:
+    """``--precision``, one of ``choices``; ``default=None``: not given (a policy file may set it)."""
     return click.option(
         "--precision",
         type=click.Choice(choices),
-        default="fp16",
-        show_default=True,
+        default=default,
+        show_default=default is not None,
         help=help,
     )
 
 
-def target_option(default: str, *, choices: Sequence[str] | None) -> Callable[[Command], Command]:
-    """``--target`` with the command's default; ``choices=None`` takes any name (the core checks it)."""
+def target_option(default: str | None, *, choices: Sequence[str] | None) -> Callable[[Command], Command]:
+    """``--target`` with the command's default (None: not given, a policy file may set it);
+    ``choices=None`` takes any name (the core checks it)."""
     return click.option(
         "--target",
         type=None if choices is None else click.Choice(choices),
         default=default,
-        show_default=True,
-        help="Execution target: a node goes low precision only where the target has a kernel for it.",
+        show_default=default is not None,
+        help="Execution target: a node goes low precision only where the target has a kernel for it."
+        + ("" if default is not None else " [default: cuda, or the policy file's]"),
     )
 
 

@@ -10,7 +10,8 @@ import click
 
 from mpcompile.commands.auto_options import auto_options, auto_settings, run_auto_from_cli
 from mpcompile.commands.conversion_options import node_selection_options, precision_option, target_option
-from mpcompile.core.choices import DEFAULT_TARGET, OPTIMIZE_LEVELS, PRECISIONS, TARGET_NAMES
+from mpcompile.core.choices import DEFAULT_PRECISION, OPTIMIZE_LEVELS, PRECISIONS, TARGET_NAMES
+from mpcompile.errors import UsageError
 
 
 def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Path:
@@ -26,8 +27,8 @@ def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Pat
     type=click.Path(path_type=pathlib.Path),
     help="Output path [default: MODEL.<precision>.onnx; for a folder MODEL, the folder MODEL.<precision>].",
 )
-@precision_option(PRECISIONS, help="Low-precision type.")
-@target_option(DEFAULT_TARGET, choices=TARGET_NAMES)
+@precision_option(PRECISIONS, help="Low-precision type [default: fp16, or the policy file's].", default=None)
+@target_option(None, choices=TARGET_NAMES)
 @click.option(
     "--optimize",
     type=click.Choice(OPTIMIZE_LEVELS),
@@ -35,9 +36,16 @@ def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Pat
 )
 @click.option(
     "--keep-io-types/--no-keep-io-types",
-    default=True,
-    show_default=True,
-    help="Keep FP32 graph inputs/outputs.",
+    default=None,
+    help="Keep FP32 graph inputs/outputs, or make every float one low precision "
+    "[default: keep, or the policy file's].",
+)
+@click.option(
+    "--keep-io",
+    "keep_io_names",
+    multiple=True,
+    metavar="NAME",
+    help="Keep this graph input/output FP32 and make the other float ones low precision (repeatable).",
 )
 @node_selection_options
 @click.option("--allow-qdq", is_flag=True, help="Convert the float parts of a QDQ-quantized model.")
@@ -85,10 +93,11 @@ def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Pat
 def convert_command(
     model: pathlib.Path,
     output: pathlib.Path | None,
-    precision: str,
-    target: str,
+    precision: str | None,
+    target: str | None,
     optimize: str | None,
-    keep_io_types: bool,
+    keep_io_types: bool | None,
+    keep_io_names: tuple[str, ...],
     allow_ops: tuple[str, ...],
     block_ops: tuple[str, ...],
     block_nodes: tuple[str, ...],
@@ -117,7 +126,7 @@ def convert_command(
         convert_training_folder(
             model,
             output,
-            precision=precision,
+            precision=precision or DEFAULT_PRECISION,
             block_ops=block_ops,
             block_nodes=block_nodes,
             overwrite=overwrite,
@@ -125,26 +134,29 @@ def convert_command(
             quiet=quiet,
         )
         return
+    from mpcompile.core.options import ConvertOptions
+
+    options = ConvertOptions(
+        precision=precision,
+        target=target,
+        optimize=optimize,
+        keep_io_types=_keep_io_types(keep_io_types, keep_io_names),
+        allow_ops=allow_ops,
+        block_ops=block_ops,
+        block_nodes=block_nodes,
+        policy=policy,
+        allow_qdq=allow_qdq,
+        allow_custom_ops=allow_custom_ops,
+        check_invariants=check_invariants,
+        dump_dir=dump_dir,
+    ).resolved()  # the policy file is read (and checked) here, once
     if model.is_dir():
         from mpcompile.commands.convert_folder import convert_folder_from_cli
 
         convert_folder_from_cli(
             model,
             output,
-            _conversion_options(
-                precision,
-                target,
-                optimize,
-                keep_io_types,
-                allow_ops,
-                block_ops,
-                block_nodes,
-                policy,
-                allow_qdq,
-                allow_custom_ops,
-                check_invariants,
-                dump_dir,
-            ),
+            options,
             auto=auto_settings(),
             overwrite=overwrite,
             external_data=external_data,
@@ -154,7 +166,7 @@ def convert_command(
             quiet=quiet,
         )
         return
-    output = output or default_output_path(model, precision)
+    output = output or default_output_path(model, str(options.precision))
     if report_path is not None:
         from mpcompile.report import format_for_path
 
@@ -163,20 +175,6 @@ def convert_command(
 
         output_files = overwrite_guard.output_files(output, external_data=True)
         overwrite_guard.refuse_writing_over(report_path, overwrite_guard.REPORT, [model], output_files)
-    options = _conversion_options(
-        precision,
-        target,
-        optimize,
-        keep_io_types,
-        allow_ops,
-        block_ops,
-        block_nodes,
-        policy,
-        allow_qdq,
-        allow_custom_ops,
-        check_invariants,
-        dump_dir,
-    )
     settings = auto_settings()
     if settings is not None:
         run_auto_from_cli(
@@ -188,7 +186,7 @@ def convert_command(
             as_json=as_json,
             quiet=quiet,
             report_path=report_path,
-            **options,
+            options=options,
         )
         if run_validation:
             from mpcompile.commands.validate import validate_or_raise
@@ -204,7 +202,7 @@ def convert_command(
             overwrite=overwrite,
             external_data=external_data,
             on_pass_start=on_pass_start,
-            **options,
+            options=options,
         )
     if as_json:
         click.echo(json.dumps({"input": str(model), "output": str(output), **result.summary()}, indent=2))
@@ -220,35 +218,13 @@ def convert_command(
         validate_or_raise(model, output)
 
 
-def _conversion_options(
-    precision: str,
-    target: str,
-    optimize: str | None,
-    keep_io_types: bool,
-    allow_ops: tuple[str, ...],
-    block_ops: tuple[str, ...],
-    block_nodes: tuple[str, ...],
-    policy: pathlib.Path | None,
-    allow_qdq: bool,
-    allow_custom_ops: bool,
-    check_invariants: bool,
-    dump_dir: pathlib.Path | None,
-) -> dict[str, object]:
-    """The options of ``convert_file`` the command line gave."""
-    return {
-        "precision": precision,
-        "target": target,
-        "optimize": optimize,
-        "keep_io_types": keep_io_types,
-        "allow_ops": allow_ops,
-        "block_ops": block_ops,
-        "block_nodes": block_nodes,
-        "policy": policy,
-        "allow_qdq": allow_qdq,
-        "allow_custom_ops": allow_custom_ops,
-        "check_invariants": check_invariants,
-        "dump_dir": dump_dir,
-    }
+def _keep_io_types(keep_io_types: bool | None, names: tuple[str, ...]) -> bool | frozenset[str] | None:
+    """``--keep-io-types/--no-keep-io-types`` and ``--keep-io NAME`` as one ``keep_io_types``."""
+    if not names:
+        return keep_io_types
+    if keep_io_types:
+        raise UsageError("--keep-io NAME keeps only the named inputs/outputs FP32; drop --keep-io-types")
+    return frozenset(names)
 
 
 class _progress:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import pathlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from mpcompile import errors
+
+if TYPE_CHECKING:
+    from mpcompile.core.options import ConvertOptions
 
 
 def default_output_folder(folder: pathlib.Path, precision: str) -> pathlib.Path:
@@ -21,7 +24,7 @@ def default_output_folder(folder: pathlib.Path, precision: str) -> pathlib.Path:
 def convert_folder_from_cli(
     folder: pathlib.Path,
     output: pathlib.Path | None,
-    options: dict[str, Any],
+    options: ConvertOptions,
     *,
     auto: Any = None,
     overwrite: bool,
@@ -45,7 +48,7 @@ def convert_folder_from_cli(
         raise errors.UsageError(
             "--inputs with a folder: each model needs its own inputs; --auto generates them per model"
         )
-    output = output or default_output_folder(folder, options["precision"])
+    output = output or default_output_folder(folder, str(options.resolved().precision))
     with _progress(quiet or as_json) as on_pass_start:
         current = {"file": ""}
 
@@ -67,7 +70,7 @@ def convert_folder_from_cli(
             on_file_start=on_file_start,
             on_pass_start=on_pass,
             convert_one=_auto_converter(auto) if auto is not None else None,
-            **options,
+            options=options,
         )
     if as_json:
         click.echo(json.dumps(result.summary(), indent=2))

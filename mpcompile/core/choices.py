@@ -16,3 +16,4 @@ DEFAULT_TARGET = "cuda"
 OPTIMIZE_LEVELS = ("basic", "extended", "transformer")
 
 PRECISIONS = ("fp16", "bf16")
+DEFAULT_PRECISION = "fp16"

@@ -54,7 +54,10 @@ class ConversionContext:
     low: LowPrecisionFormat
     target: Target
     policy: Policy
-    keep_io_types: bool = True
+    # Names of the main graph's inputs/outputs that keep their FP32 type (keep_io_types resolved
+    # against the model, ``mpcompile.core.io_types.fp32_io_names``); None: every one of them.
+    # The other float inputs and outputs go low precision.
+    fp32_io: frozenset[str] | None = None
     allow_qdq: bool = False
     # The converted model is serialized exactly once (convert_file): converted embedded weights
     # may drop their FP32 bytes as they are written (see ConvertConstantsPass).

@@ -6,7 +6,7 @@ import dataclasses
 import os
 import pathlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import onnx
@@ -15,74 +15,25 @@ import onnx_ir as ir
 from mpcompile import errors, targets
 from mpcompile.core.context import ConversionContext, ConvertStats
 from mpcompile.core.gc_pause import with_cyclic_gc_paused
+from mpcompile.core.io_types import fp32_io_names
+from mpcompile.core.options import ConvertOptions
 from mpcompile.core.ort_loadable import make_node_names_unique, refuse_unloadable
 from mpcompile.core.pipeline import Pipeline
-from mpcompile.core.plan import MODEL_VERSION_KEY, Decision, PrecisionPlan, read_decision
+from mpcompile.core.plan import MODEL_VERSION_KEY, PrecisionPlan, read_decision
 from mpcompile.core.precision import Precision, low_precision_format
 from mpcompile.core.ranges import ConstantRanges
 from mpcompile.io import model_io, overwrite_guard
 from mpcompile.io.structure import check_ir_structure
 from mpcompile.irtools.graphs import all_graphs, model_graphs
 from mpcompile.irtools.names import NameAuthority
-from mpcompile.policy import Policy, load_policy_file, op_classes
+from mpcompile.policy import op_classes
 from mpcompile.targets import get_target
-from mpcompile.targets.base import Target
 
 ModelLike = onnx.ModelProto | ir.Model | str | os.PathLike
 
 DEFAULT_TARGET = targets.DEFAULT_TARGET
 
-
-@dataclasses.dataclass(frozen=True)
-class ConvertOptions:
-    """Everything that shapes a conversion (CLI flags and policy files map onto this)."""
-
-    precision: str = "fp16"
-    target: str | Target = DEFAULT_TARGET
-    keep_io_types: bool = True
-    allow_ops: tuple[str, ...] = ()
-    block_ops: tuple[str, ...] = ()
-    block_nodes: tuple[str, ...] = ()
-    # Decisions for nodes by exact name (any graph), taken where a block_nodes pattern would be
-    # and stamped as given: --auto keeps its chosen nodes FP32 with its own reasons this way.
-    # User block_nodes still win.
-    node_overrides: Mapping[str, Decision] = dataclasses.field(default_factory=dict)
-    # BLOCK-list ops to treat as follow ops (rule auto.measured[...]); set by --auto, whose
-    # range rules and search measure them (op_classes.MEASURABLE). User block_ops still win.
-    measured_ops: tuple[str, ...] = ()
-    # Casts from integers/bool to float may start low-precision paths, their outputs going
-    # straight to FP16/BF16 (exact only up to 2048 in FP16); set by --auto, whose range rules
-    # keep FP32 every such Cast whose measured values are not a 0/1 mask.
-    measured_casts: bool = False
-    policy: str | os.PathLike | None = None  # TOML file with the same fields
-    allow_qdq: bool = False
-    # Convert ops no schema, ONNX Runtime kernel or local function defines (kept FP32); otherwise
-    # refused, since ONNX Runtime loads such a model only with the op's library (ort_loadable).
-    allow_custom_ops: bool = False
-    optimize: str | None = None  # run ORT's graph optimisation first: basic | extended | transformer
-    verify: bool = True  # run onnx.checker (full) on the result
-    check_invariants: bool = False  # check our invariants after every pass (debugging)
-    dump_dir: str | os.PathLike | None = None
-
-    def __post_init__(self) -> None:
-        low = sorted(
-            name for name, decision in self.node_overrides.items() if decision.precision != Precision.FP32
-        )
-        if low:  # an override skips the schema, kernel and range checks: only FP32 is safe
-            raise ValueError(f"node_overrides keep nodes FP32 only; not FP32: {low[:5]}")
-
-    @classmethod
-    def build(cls, **kwargs: Any) -> ConvertOptions:
-        for key in ("allow_ops", "block_ops", "block_nodes", "measured_ops"):
-            if key in kwargs and kwargs[key] is not None:
-                value = kwargs[key]
-                kwargs[key] = (value,) if isinstance(value, str) else tuple(value)
-        if kwargs.get("node_overrides") is None:
-            kwargs.pop("node_overrides", None)
-        unknown = set(kwargs) - {field.name for field in dataclasses.fields(cls)}
-        if unknown:
-            raise TypeError(f"unknown conversion option(s): {sorted(unknown)}")
-        return cls(**kwargs)
+__all__ = ["ConvertOptions", "ConvertResult", "convert", "convert_file"]
 
 
 @dataclasses.dataclass
@@ -145,24 +96,27 @@ class ConvertResult:
 
 
 @with_cyclic_gc_paused
-def convert(model: ModelLike, **options: Any) -> ConvertResult:
+def convert(model: ModelLike, options: ConvertOptions | None = None, **kwargs: Any) -> ConvertResult:
     """Convert an FP32 model to mixed precision.
 
     ``model`` is an ``onnx.ModelProto``, an ``onnx_ir.Model`` (not modified) or a path.
     Returns a ``ConvertResult`` whose ``model`` is of the same kind (``ir.Model`` for a
-    path). Options are the fields of ``ConvertOptions``.
+    path). Options are a ``ConvertOptions`` or its fields as keywords (those replace the
+    fields of ``options`` when both are given).
     """
-    opts = ConvertOptions.build(**options)
+    opts = ConvertOptions.build(options, **kwargs).resolved()
     ir_model, kind = to_ir_model(model)
     return _finish(model, kind, _convert_ir(ir_model, opts), opts)
 
 
 @with_cyclic_gc_paused
-def convert_checked_ir(model: ir.Model, **options: Any) -> ConvertResult:
+def convert_checked_ir(
+    model: ir.Model, options: ConvertOptions | None = None, **kwargs: Any
+) -> ConvertResult:
     """``convert`` for an ``ir.Model`` that already passed the input checks (it came from
     ``to_ir_model`` or ``model_io.load_model``), without checking it again: the --auto search
     converts one such model once per candidate. ``model`` is not modified."""
-    opts = ConvertOptions.build(**options)
+    opts = ConvertOptions.build(options, **kwargs).resolved()
     return _finish(model, "ir", _convert_ir(model.clone(), opts), opts)
 
 
@@ -192,15 +146,17 @@ def convert_file(
     overwrite: bool = False,
     external_data: bool | str | None = None,
     on_pass_start: Callable[[str], None] | None = None,
-    **options: Any,
+    options: ConvertOptions | None = None,
+    **kwargs: Any,
 ) -> ConvertResult:
     """Convert the model at ``input_path`` and save it atomically at ``output_path``.
 
     ``external_data``: True/False force the weights into/out of a data file (default: as the
     input had them); a file name (``"model.onnx_data"``) saves them there, beside the output.
-    Raises ``AlreadyLowPrecisionError`` (and writes nothing) for an already converted model.
+    Options as for ``convert``. Raises ``AlreadyLowPrecisionError`` (and writes nothing) for an
+    already converted model.
     """
-    opts = ConvertOptions.build(**options)
+    opts = ConvertOptions.build(options, **kwargs).resolved()
     opened = open_conversion(input_path, output_path, overwrite=overwrite, external_data=external_data)
     if opened.replaces_inputs:
         ir.external_data.load_to_model(opened.model)  # files it reads from are about to be replaced
@@ -287,22 +243,10 @@ def _convert_ir(
     on_pass_start: Callable[[str], None] | None = None,
     serialized_once: bool = False,
 ) -> ConvertResult:
-    policy, file_options = _policy(opts)
-    # A policy file's precision/target/keep_io_types apply where the caller kept the default.
-    defaults = ConvertOptions()
-    precision = (
-        file_options.get("precision", opts.precision)
-        if opts.precision == defaults.precision
-        else opts.precision
-    )
-    target_name = file_options.get("target", opts.target) if opts.target == defaults.target else opts.target
-    keep_io = (
-        file_options.get("keep_io_types", opts.keep_io_types)
-        if opts.keep_io_types == defaults.keep_io_types
-        else opts.keep_io_types
-    )
-    low = low_precision_format(str(precision))
-    target = get_target(target_name) if isinstance(target_name, str) else target_name
+    assert opts.is_resolved, "_convert_ir takes resolved options (ConvertOptions.resolved())"
+    low = low_precision_format(str(opts.precision))
+    target = get_target(opts.target) if isinstance(opts.target, str) else opts.target
+    fp32_io = fp32_io_names(model, opts.keep_io_types)  # optimisation keeps the IO names
     optimize_note = None
     unoptimized = None
     if opts.optimize:
@@ -321,8 +265,8 @@ def _convert_ir(
     context = ConversionContext(
         low=low,
         target=target,
-        policy=policy,
-        keep_io_types=bool(keep_io),
+        policy=opts.op_policy(),
+        fp32_io=fp32_io,
         allow_qdq=opts.allow_qdq,
         serialized_once=serialized_once,
         measured_casts=opts.measured_casts,
@@ -399,11 +343,11 @@ def build_pipeline(
     from mpcompile.passes.fold_casts import FoldCastsPass
     from mpcompile.passes.infer_types import InferTypesPass
     from mpcompile.passes.stamp_decisions import StampDecisionsPass
-    from mpcompile.passes.verify import VerifyPass, io_signature
+    from mpcompile.passes.verify import VerifyPass, expected_io_signature
 
     plan = PrecisionPlan() if plan is None else plan
     names = NameAuthority(model)
-    verify = VerifyPass(context, io_signature(model))
+    verify = VerifyPass(context, expected_io_signature(model, context))
     return Pipeline(
         [
             InferTypesPass(context),
@@ -416,14 +360,6 @@ def build_pipeline(
         check_invariants=(lambda m: VerifyPass(context)(m)) if check_invariants else None,
         dump_dir=dump_dir,
     )
-
-
-def _policy(opts: ConvertOptions) -> tuple[Policy, dict[str, object]]:
-    policy = Policy.from_options(opts.allow_ops, opts.block_ops, opts.block_nodes, opts.measured_ops)
-    if opts.policy is None:
-        return policy, {}
-    from_file, file_options = load_policy_file(str(opts.policy))
-    return from_file.merged(policy), file_options
 
 
 def count_casts(model: ir.Model) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 from mpcompile import errors
 from mpcompile.core.io_links import linked_io_names
+from mpcompile.core.options import ConvertOptions
 from mpcompile.io.export_folder import (
     ExportFolder,
     FolderModel,
@@ -102,24 +103,27 @@ def convert_folder(
     on_file_start: Callable[[str], None] | None = None,
     on_pass_start: Callable[[str], None] | None = None,
     convert_one: ConvertOne | None = None,
-    **options: Any,
+    options: ConvertOptions | None = None,
+    **kwargs: Any,
 ) -> FolderResult:
     """Convert every ``.onnx`` file under ``source`` into the new folder ``destination``.
 
-    ``options`` are ``convert_file``'s (the fields of ``ConvertOptions``); a list of
+    ``options`` (a ``ConvertOptions``) and ``kwargs`` are ``convert_file``'s; a list of
     ``keep_io_types`` names also keeps FP32 their counterparts in the other files
     (``core.io_links``), and each file gets the names it has. ``overwrite`` replaces an existing
     non-empty ``destination``. Conversion stops at the first file that fails; then nothing is
     written and, with ``raise_on_error``, that file's error is raised (its message naming the
     file), else the result says which file failed and why.
     """
-    from mpcompile.core.converter import ConvertOptions, convert_file
+    from mpcompile.core.converter import convert_file
 
-    ConvertOptions.build(**options)  # bad options fail before anything is read or written
+    # Built and resolved once (policy file read and checked): bad options fail before anything is
+    # read or written, and every file converts with the same options.
+    opts = ConvertOptions.build(options, **kwargs).resolved()
     root, target = pathlib.Path(source).absolute(), pathlib.Path(destination).absolute()
     folder = scan_folder(root)
     refuse_output_in_input(folder.root, target)
-    keep_io = keep_io_per_file(options.get("keep_io_types", True), folder)
+    keep_io = keep_io_per_file(opts.keep_io_types, folder)
     data_names = external_data_names(folder, external_data)
     convert = convert_one or (
         lambda src, dst, file_options: convert_file(src, dst, on_pass_start=on_pass_start, **file_options)
@@ -130,7 +134,7 @@ def convert_folder(
     result = FolderResult(root, target, outcomes, list(folder.copied))
     try:
         with staged_folder(target, overwrite=overwrite) as temp:
-            _convert_models(folder, temp, outcomes, convert, options, keep_io, data_names, on_file_start)
+            _convert_models(folder, temp, outcomes, convert, opts, keep_io, data_names, on_file_start)
             copy_files(folder, temp)
     except _FileFailed as failed:
         if raise_on_error:
@@ -151,7 +155,7 @@ def _convert_models(
     temp: pathlib.Path,
     outcomes: list[FileOutcome],
     convert: ConvertOne,
-    options: Mapping[str, Any],
+    options: ConvertOptions,
     keep_io: Mapping[str, bool | tuple[str, ...] | None],
     data_names: Mapping[str, bool | str | None],
     on_file_start: Callable[[str], None] | None,
@@ -162,15 +166,13 @@ def _convert_models(
             on_file_start(model.relative)
         output = temp / model.relative
         output.parent.mkdir(parents=True, exist_ok=True)
+        dump_dir = options.dump_dir
+        if dump_dir is not None:
+            dump_dir = pathlib.Path(dump_dir) / model.relative.removesuffix(".onnx")
         file_options = {
-            **options,
-            "keep_io_types": keep_io[model.relative],
+            "options": dataclasses.replace(options, keep_io_types=keep_io[model.relative], dump_dir=dump_dir),
             "external_data": data_names[model.relative],
         }
-        if options.get("dump_dir") is not None:
-            file_options["dump_dir"] = pathlib.Path(options["dump_dir"]) / model.relative.removesuffix(
-                ".onnx"
-            )
         try:
             if model.error is not None:
                 raise model.error

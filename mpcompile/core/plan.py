@@ -81,7 +81,8 @@ class PrecisionPlan:
     Per node (by identity; iteration follows insertion order): its ``Decision`` and the typing
     the assignment saw (which inputs and outputs carry the float data, see
     ``mpcompile.policy.typing_rules``), and the dtype each of its inputs must have once the plan is
-    applied. Per graph output: the dtype it keeps. Per constant: whether it is an attention mask
+    applied. Per graph output: the dtype it has once the plan is applied; per main-graph input
+    that changes type, its new dtype. Per constant: whether it is an attention mask
     to clamp (``mpcompile.policy.mask_rules``). The graphs the plan covers, and the range scans of
     constants (``ranges``, one scan per value per conversion).
     """
@@ -91,6 +92,8 @@ class PrecisionPlan:
         self._typings: dict[ir.Node, NodeTyping | None] = {}
         self._input_dtypes: dict[ir.Node, tuple[ir.DataType | None, ...]] = {}
         self.output_dtypes: dict[ir.Value, ir.DataType | None] = {}
+        # Main-graph inputs whose dtype changes (keep_io_types): the low-precision type they take.
+        self.input_dtypes: dict[ir.Value, ir.DataType] = {}
         self.clamped_masks: set[ir.Value] = set()
         self.graphs: list[tuple[ir.Graph, int]] = []  # (graph, ai.onnx opset), as all_graphs lists them
         self.ranges = ranges

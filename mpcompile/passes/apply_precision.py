@@ -5,11 +5,11 @@ that each read only the plan (``mpcompile.core.plan.PrecisionPlan``) and the mod
 also run alone (the pass manager times, checks and dumps each step on its own):
 
 1. ``RetypeNodesPass`` (``retype_nodes``): converted outputs and dtype-carrying attributes of the
-   low-precision nodes; without keep_io_types, graph inputs only low-precision nodes read;
+   low-precision nodes, and the graph inputs that go low precision (keep_io_types);
 2. ``ConvertConstantsPass`` (``convert_constants``): float constants read in low precision,
    and the attention masks the plan says to clamp;
 3. ``InsertCastsPass`` (``insert_casts``): a Cast wherever an input's dtype is not the one the
-   plan requires, and back to the planned dtype at graph outputs.
+   plan requires, and to the planned dtype at graph outputs.
 """
 
 from __future__ import annotations

@@ -30,11 +30,12 @@ import onnx_ir as ir
 
 from mpcompile.core import ranges
 from mpcompile.core.context import ConversionContext
+from mpcompile.core.io_types import lowered_io
 from mpcompile.core.plan import Decision, PrecisionPlan, Reason
 from mpcompile.core.precision import Precision
 from mpcompile.irtools.graphs import TYPED_FUNCTION_KEY, all_graphs, node_opset
 from mpcompile.passes.base import PlanPass
-from mpcompile.policy import OpClass, integer_casts, op_types
+from mpcompile.policy import OpClass, integer_casts, op_classes, op_types
 from mpcompile.policy.classification import SOURCE_OPS, NodeRules
 
 
@@ -62,18 +63,22 @@ class AssignPrecisionPass(PlanPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         plan = self.plan
         plan.graphs = list(all_graphs(model))  # valid once InferTypesPass typed the functions
+        low_inputs, low_outputs = lowered_io(model, self.context.fp32_io)
+        plan.input_dtypes = dict.fromkeys(low_inputs, self.context.low.dtype)
         functions = {(function.domain, function.name) for function in model.functions.values()}
         masks: dict[ir.Value, list[ir.Node]] = {}  # clampable attention masks -> the Softmaxes they reach
         for graph, opset in plan.graphs:
             # --auto measures values of the main graph only: its measured ops and Casts stay as the
             # static lists say inside subgraphs and functions.
-            measured = graph is model.graph
+            main = graph is model.graph
             _GraphPainter(
-                self.context, plan, masks, graph, opset, functions, model.opset_imports, measured
-            ).paint()
+                self.context, plan, masks, graph, opset, functions, model.opset_imports, measured=main,
+                low_inputs=frozenset(low_inputs) if main else frozenset(),
+                low_outputs=frozenset(low_outputs) if main else frozenset(),
+            ).paint()  # fmt: skip
         # A mask is clamped when one of its Softmaxes runs in low precision: its values will.
         plan.clamped_masks = {value for value, softmaxes in masks.items() if any(map(plan.is_low, softmaxes))}
-        self._require_dtypes(model)
+        self._require_dtypes(model, frozenset(low_outputs))
         unknown = Counter(
             f"{node.domain or 'ai.onnx'}::{node.op_type}"
             for node, decision in plan.items()
@@ -91,10 +96,12 @@ class AssignPrecisionPass(PlanPass):
             )
         return ir.passes.PassResult(model, modified=False)
 
-    def _require_dtypes(self, model: ir.Model) -> None:
+    def _require_dtypes(self, model: ir.Model, low_outputs: frozenset[ir.Value]) -> None:
         """Per node input, the dtype it must have once the plan is applied: the low-precision
-        type where a low-precision node reads float data, its present dtype elsewhere. Per
-        graph output, its present dtype (InsertCastsPass restores it where it must stay)."""
+        type where a low-precision node reads float data, its present dtype elsewhere, any dtype
+        where a node reads only the shape of an input that goes low. Per graph output, its
+        present dtype, or the low-precision type for the main-graph outputs that go low
+        (InsertCastsPass casts each output to it)."""
         low = self.context.low.dtype
         plan = self.plan
         for graph, opset in plan.graphs:
@@ -105,11 +112,12 @@ class AssignPrecisionPass(PlanPass):
                         node, node_opset(node, opset, model.opset_imports), low
                     )
                     plan.set_typing(node, typing)
+                shape_only = op_classes.SHAPE_ONLY_INPUTS.get((node.domain, node.op_type), frozenset())
                 plan.require_input_dtypes(
                     node,
                     (
                         None
-                        if value is None
+                        if value is None or (index in shape_only and value in plan.input_dtypes)
                         else low
                         if typing is not None and index in typing.float_inputs
                         else value.dtype
@@ -117,7 +125,7 @@ class AssignPrecisionPass(PlanPass):
                     ),
                 )
             for value in graph.outputs:
-                plan.output_dtypes[value] = value.dtype
+                plan.output_dtypes[value] = low if value in low_outputs else value.dtype
 
 
 class _GraphPainter:
@@ -131,8 +139,14 @@ class _GraphPainter:
         functions: set[tuple[str, str]],
         opset_imports: Mapping[str, int],
         measured: bool = True,
+        low_inputs: frozenset[ir.Value] = frozenset(),
+        low_outputs: frozenset[ir.Value] = frozenset(),
     ):
         self.context = context
+        # Graph inputs and outputs that go low precision (keep_io_types): such an input is a
+        # low-precision producer, such an output a low-precision reader.
+        self.low_inputs = low_inputs
+        self.low_outputs = low_outputs
         self.plan = plan
         self.measured = measured
         self.graph = graph
@@ -284,7 +298,11 @@ class _GraphPainter:
             return integer_casts.starts_low_path(
                 info.node, measured_casts=self.context.measured_casts, measured=self.measured
             )
-        return all(_is_weight(value) for value in inputs)
+        return all(self._is_low_source(value) for value in inputs)
+
+    def _is_low_source(self, value: ir.Value) -> bool:
+        """A weight, or a graph input that goes low precision: nothing FP32 flows from it."""
+        return _is_weight(value) or value in self.low_inputs
 
     def _reach(self, seeds: list[_NodeInfo], step) -> set[ir.Node]:
         reached: set[ir.Node] = set()
@@ -298,7 +316,8 @@ class _GraphPainter:
         return reached
 
     def _extend_without_casts(self) -> None:
-        """Step 4b: a follow/pass-through node fed only by low-precision nodes (and weights) goes
+        """Step 4b: a follow/pass-through node fed only by low-precision nodes (weights, inputs
+        that go low) goes
         low when that needs no more Casts: the Cast moves from its inputs to its output, or two
         input Casts become one output Cast. More work in low precision, never more boundaries."""
         for info in self._infos():
@@ -313,9 +332,11 @@ class _GraphPainter:
             for index in info.typing.float_inputs:
                 value = info.node.inputs[index]
                 producer = self._info_of(value.producer())
-                if producer is not None and producer.low and value.index() in producer.typing.float_outputs:
+                if value in self.low_inputs or (
+                    producer is not None and producer.low and value.index() in producer.typing.float_outputs
+                ):
                     producers.append(value)
-                elif not _is_weight(value):
+                elif not self._is_low_source(value):
                     break  # an FP32 input: going low would add a Cast
             else:
                 if not producers:
@@ -350,14 +371,14 @@ class _GraphPainter:
 
     def _only_low_readers_besides(self, value: ir.Value, node: ir.Node) -> bool:
         """True if ``value``'s Cast back to FP32 would exist only for ``node``."""
-        if value.is_graph_output():
+        if value.is_graph_output() and value not in self.low_outputs:
             return False
         return all(use.node is node or self._reads_as_low(use.node, use.idx) for use in value.uses())
 
     def _has_fp32_reader(self, info: _NodeInfo) -> bool:
         for index in info.typing.float_outputs:
             value = info.node.outputs[index]
-            if value.is_graph_output() or any(
+            if (value.is_graph_output() and value not in self.low_outputs) or any(
                 not self._reads_as_low(use.node, use.idx) for use in value.uses()
             ):
                 return True

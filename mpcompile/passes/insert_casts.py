@@ -1,10 +1,11 @@
 """Insert the Casts the new types need: one per (value, target type, graph).
 
 Every node input whose value no longer has the dtype the plan requires for it
-(``PrecisionPlan.required_input_dtype``) reads a Cast instead. Graph outputs keep their
-original dtype and name (main graph with keep_io_types, and always for subgraphs,
-whose outputs are bound to the If/Loop/Scan node's declared types): the plan's
-``output_dtypes``. Step 3 of ApplyPrecisionPass.
+(``PrecisionPlan.required_input_dtype``) reads a Cast instead: also the FP32 readers of a
+main-graph input that went low precision. Every graph output gets the dtype the plan's
+``output_dtypes`` gives it, under its own name: its original dtype for subgraphs (bound to the
+If/Loop/Scan node's declared types) and for the main-graph outputs kept FP32, the low-precision
+type for the others (``keep_io_types``). Step 3 of ApplyPrecisionPass.
 """
 
 from __future__ import annotations
@@ -37,18 +38,16 @@ class InsertCastsPass(PlanPass):
                     if wanted is not None and value.dtype is not None and value.dtype != wanted:
                         node.replace_input_with(index, self.casts.cast(value, wanted, graph))
         for graph in graphs:
-            if graph is model.graph and not self.context.keep_io_types:
-                continue
-            self._restore_output_types(graph)
+            self._cast_outputs(graph)
         self.context.stats.casts_inserted = self.casts.created - before
         return ir.passes.PassResult(model, modified=self.casts.created > before)
 
-    def _restore_output_types(self, graph: ir.Graph) -> None:
+    def _cast_outputs(self, graph: ir.Graph) -> None:
         for position, value in enumerate(list(graph.outputs)):
-            original = self.plan.output_dtypes.get(value)
-            if original is None or value.dtype == original:
+            wanted = self.plan.output_dtypes.get(value)
+            if wanted is None or value.dtype == wanted:
                 continue
-            cast_node = self.casts.make_cast_node(value, original)
+            cast_node = self.casts.make_cast_node(value, wanted)
             producer = value.producer()
             if producer is not None and producer.graph is graph:
                 graph.insert_after(producer, cast_node)

@@ -1,9 +1,10 @@
 """Retype low-precision nodes: their converted outputs and dtype-carrying attributes.
 
-Which attributes carry a dtype is policy (``mpcompile.policy.dtype_attributes``). Reads the plan only: the low-precision nodes and the typing the assignment saw for them (which
-outputs carry the float data). The dtype every input must have afterwards is in the plan too
-(AssignPrecisionPass recorded it before anything changed type); InsertCastsPass reconciles
-the graph against it. Step 1 of ApplyPrecisionPass.
+Which attributes carry a dtype is policy (``mpcompile.policy.dtype_attributes``). Reads the plan
+only: the low-precision nodes and the typing the assignment saw for them (which outputs carry
+the float data), and the main-graph inputs that go low precision (``keep_io_types``). The
+dtype every input must have afterwards is in the plan too (AssignPrecisionPass recorded it
+before anything changed type); InsertCastsPass reconciles the graph against it. Step 1 of ApplyPrecisionPass.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from mpcompile.irtools.graphs import node_opset
 from mpcompile.irtools.values import set_dtype
 from mpcompile.passes.base import PlanPass
 from mpcompile.policy import dtype_attributes, op_types
-
-FLOAT = ir.DataType.FLOAT
 
 
 class RetypeNodesPass(PlanPass):
@@ -32,9 +31,9 @@ class RetypeNodesPass(PlanPass):
                     typings[node] = plan.typing(node) or op_types.node_typing(
                         node, node_opset(node, opset, model.opset_imports), low
                     )
-        if not self.context.keep_io_types:
-            self._lower_graph_inputs(model)
-        modified = False
+        for value, dtype in plan.input_dtypes.items():  # keep_io_types: the inputs that go low
+            set_dtype(value, dtype)
+        modified = bool(plan.input_dtypes)
         for graph, _ in graphs:
             for node in graph:
                 _freeze_like_dtype(node)
@@ -46,16 +45,6 @@ class RetypeNodesPass(PlanPass):
                 _retype_attributes(node, typing, low)
                 modified = True
         return ir.passes.PassResult(model, modified=modified)
-
-    def _lower_graph_inputs(self, model: ir.Model) -> None:
-        """Without keep_io_types: a float input all of whose readers want low precision becomes low."""
-        low = self.context.low.dtype
-        for value in model.graph.inputs:
-            if value.dtype != FLOAT or value.is_initializer():
-                continue
-            uses = value.uses()
-            if uses and all(self.plan.required_input_dtype(u.node, u.idx) == low for u in uses):
-                set_dtype(value, low)
 
 
 def _freeze_like_dtype(node: ir.Node) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from mpcompile.core.context import ConversionContext
+from mpcompile.core.io_types import lowered_io
 from mpcompile.irtools.graphs import all_graphs
 from mpcompile.passes.base import ConversionPass
 from mpcompile.policy.op_types import type_variable_conflict
@@ -14,7 +15,8 @@ class VerifyPass(ConversionPass):
     """Raise ``ir.passes.InvariantError`` (an internal bug) if an invariant is broken.
 
     - every node's inputs/outputs bound to one schema type variable share one dtype;
-    - graph inputs and outputs keep their names and (with keep_io_types) their dtypes;
+    - graph inputs and outputs keep their names, and their dtypes except the FP32 ones that
+      keep_io_types lowers (``expected_io_signature``);
     - nodes stay in topological order.
     """
 
@@ -29,7 +31,7 @@ class VerifyPass(ConversionPass):
                 conflict = type_variable_conflict(node, opset, model.opset_imports)
                 if conflict is not None:
                     raise ir.passes.InvariantError(conflict)
-        if self.io_signature is not None and self.context.keep_io_types:
+        if self.io_signature is not None:
             now = io_signature(model)
             if now != self.io_signature:
                 raise ir.passes.InvariantError(f"graph inputs/outputs changed: {self.io_signature} -> {now}")
@@ -42,6 +44,17 @@ def io_signature(model: ir.Model) -> dict[str, ir.DataType | None]:
         **{f"in:{value.name}": value.dtype for value in model.graph.inputs},
         **{f"out:{value.name}": value.dtype for value in model.graph.outputs},
     }
+
+
+def expected_io_signature(model: ir.Model, context: ConversionContext) -> dict[str, ir.DataType | None]:
+    """``io_signature`` of ``model`` once converted: the FP32 inputs (initializers excluded) and
+    outputs that ``context.fp32_io`` does not keep take the low-precision type."""
+    signature = io_signature(model)
+    low_inputs, low_outputs = lowered_io(model, context.fp32_io)
+    for prefix, values in (("in", low_inputs), ("out", low_outputs)):
+        for value in values:
+            signature[f"{prefix}:{value.name}"] = context.low.dtype
+    return signature
 
 
 def _check_topological(graph: ir.Graph) -> None:

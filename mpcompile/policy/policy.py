@@ -5,16 +5,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
-import sys
 from collections.abc import Iterable
 
 from mpcompile.errors import PolicyError
 from mpcompile.policy import op_classes
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 class OpClass(str, enum.Enum):
@@ -131,29 +125,3 @@ class Policy:
             if pattern == node_name or compiled.fullmatch(node_name or ""):
                 return pattern
         return None
-
-
-POLICY_FILE_KEYS = {"allow_ops", "block_ops", "block_nodes", "precision", "target", "keep_io_types"}
-
-
-def load_policy_file(path: str) -> tuple[Policy, dict[str, object]]:
-    """Read a TOML policy file; returns the op overrides and the remaining options."""
-    try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise PolicyError(f"{path}: policy file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"{path}: invalid TOML ({exc})") from None
-    unknown = set(data) - POLICY_FILE_KEYS
-    if unknown:
-        raise PolicyError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(POLICY_FILE_KEYS)}")
-    for key in ("allow_ops", "block_ops", "block_nodes"):
-        value = data.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            raise PolicyError(f"{path}: {key} must be a list of strings")
-    policy = Policy.from_options(
-        data.get("allow_ops", []), data.get("block_ops", []), data.get("block_nodes", [])
-    )
-    options = {key: data[key] for key in ("precision", "target", "keep_io_types") if key in data}
-    return policy, options
