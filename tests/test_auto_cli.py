@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from models.sensitive import SENSITIVE
 from mpcompile.auto import read_trace
 from mpcompile.commands.auto_options import auto_options, auto_settings, run_auto_from_cli
+from mpcompile.core.options import ConvertOptions
 from mpcompile.errors import MpcompileError
 from mpcompile.evaluate.inputs import generate_inputs
 
@@ -33,7 +34,8 @@ def convert_stand_in(model, output, allow_ops, as_json, overwrite):
         click.echo("plain conversion")
         return
     try:
-        run_auto_from_cli(model, output, settings, overwrite=overwrite, as_json=as_json, allow_ops=allow_ops)
+        options = ConvertOptions(allow_ops=allow_ops)  # built once at the edge, as convert does
+        run_auto_from_cli(model, output, settings, overwrite=overwrite, as_json=as_json, options=options)
     except MpcompileError as exc:
         raise click.ClickException(exc.message) from None
 
