@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 
 from mpcompile.analysis.audit import ModelAudit, NodeAudit
 from mpcompile.report.view import ReportView
+from mpcompile.text import csv_cell
 
 COLUMNS = (
     "index",
@@ -43,13 +43,14 @@ LIST_SEPARATOR = ";"
 
 
 def _cell(value) -> str:
+    """One cell; text (names, op types, reasons: strings the model provides) is made inert."""
     if value is None:
         return ""
     if isinstance(value, list):
-        return LIST_SEPARATOR.join("" if v is None else str(v) for v in value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return str(value)
+        return csv_cell(LIST_SEPARATOR.join("" if v is None else str(v) for v in value))
+    if isinstance(value, str):
+        return csv_cell(value)
+    return str(value)  # numbers, including inf/nan
 
 
 def csv_row(node: NodeAudit) -> dict[str, str]:

@@ -20,6 +20,7 @@ from mpcompile.report.view import (
     format_float,
     format_share,
 )
+from mpcompile.text import printable
 
 PRECISION_COLORS = {
     "fp32": "#e0a100",
@@ -87,7 +88,8 @@ _JS = """
 
 
 def _e(text: Any) -> str:
-    return html.escape(str(text), quote=True)
+    """HTML-escaped, with control and bidi characters shown as escapes (``\\u202e``), not obeyed."""
+    return html.escape(printable(text), quote=True)
 
 
 def _color(precision: str) -> str:

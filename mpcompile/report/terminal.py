@@ -6,7 +6,6 @@ import io
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from mpcompile.analysis.audit import ModelAudit, NodeAudit
@@ -19,17 +18,18 @@ from mpcompile.report.view import (
     format_float,
     format_share,
 )
+from mpcompile.text import markup
 
 PRECISION_STYLE = {"fp32": "yellow", "fp16": "green", "bf16": "cyan", "n/a": "dim", "unknown": "red"}
 
 
 def _precision(text: str) -> str:
     style = PRECISION_STYLE.get(text, "")
-    return f"[{style}]{escape(text)}[/]" if style else escape(text)
+    return f"[{style}]{markup(text)}[/]" if style else markup(text)
 
 
 def _dtypes(dtypes: list[str | None]) -> str:
-    return escape(",".join(d or "?" for d in dtypes))
+    return markup(",".join(d or "?" for d in dtypes))
 
 
 def print_report(audit: ModelAudit, console: Console, view: ReportView | None = None) -> None:
@@ -49,13 +49,13 @@ def print_report(audit: ModelAudit, console: Console, view: ReportView | None = 
     if audit.auto:
         _print_auto(audit.auto, console)
     for note in audit.notes:
-        console.print(f"[dim]note: {escape(note)}[/]")
+        console.print(f"[dim]note: {markup(note)}[/]")
     console.print(node_table(audit, view, console.width if console.is_terminal else WIDE))
 
 
 def _summary_table(audit: ModelAudit, summary: dict[str, Any]) -> Table:
     title = f"mpcompile report: {audit.model_name or 'model'}"
-    table = Table(title=escape(title), title_justify="left")
+    table = Table(title=markup(title), title_justify="left")
     table.add_column("precision")
     table.add_column("nodes", justify="right")
     table.add_column("FLOPs", justify="right")
@@ -87,7 +87,7 @@ def _summary_table(audit: ModelAudit, summary: dict[str, Any]) -> Table:
     )
     if audit.assumed_dims:
         caption += "; assumed dims " + ", ".join(f"{k}={v}" for k, v in audit.assumed_dims.items())
-    table.caption = escape(caption)
+    table.caption = markup(caption)
     table.caption_justify = "left"
     return table
 
@@ -100,10 +100,10 @@ def _top_fp32_table(top: list[dict[str, Any]]) -> Table:
         table.add_column(column, justify="right" if column in ("FLOPs", "share") else "left")
     for entry in top:
         table.add_row(
-            escape(entry["name"] or f"<{entry['op_type']} #{entry['index']}>"),
-            escape(entry["op_type"]),
-            escape(entry["reason"]),
-            escape(entry["rule"]),
+            markup(entry["name"] or f"<{entry['op_type']} #{entry['index']}>"),
+            markup(entry["op_type"]),
+            markup(entry["reason"]),
+            markup(entry["rule"]),
             format_count(entry["flops"]),
             format_share(entry["share"]),
         )
@@ -112,34 +112,34 @@ def _top_fp32_table(top: list[dict[str, Any]]) -> Table:
 
 def _print_numerics(numerics: dict[str, Any], console: Console) -> None:
     console.print(
-        f"[bold]numerics[/] ({escape(numerics['low_precision'])}, inputs: {escape(numerics['inputs'])})"
+        f"[bold]numerics[/] ({markup(numerics['low_precision'])}, inputs: {markup(numerics['inputs'])})"
     )
     if numerics["overflow_nodes"]:
         names = ", ".join(n["name"] or n["op_type"] for n in numerics["overflow_nodes"][:10])
-        console.print(f"  [red]overflow in {numerics['low_precision']}[/]: {escape(names)}")
+        console.print(f"  [red]overflow in {numerics['low_precision']}[/]: {markup(names)}")
     for source in numerics["error_sources"]:
         console.print(
-            f"  error introduced at [bold]{escape(source['name'] or source['op_type'])}[/] "
-            f"({escape(source['op_type'])}): {format_float(source['error_introduced'])} of max |x|"
+            f"  error introduced at [bold]{markup(source['name'] or source['op_type'])}[/] "
+            f"({markup(source['op_type'])}): {format_float(source['error_introduced'])} of max |x|"
         )
     for name, err in numerics["output_errors"].items():
-        console.print(f"  output {escape(name)}: error {format_float(err['error_rel'])} of max |x|")
+        console.print(f"  output {markup(name)}: error {format_float(err['error_rel'])} of max |x|")
     for note in numerics["notes"]:
-        console.print(f"  [dim]{escape(note)}[/]")
+        console.print(f"  [dim]{markup(note)}[/]")
 
 
 def _print_auto(record: dict[str, Any], console: Console) -> None:
     """The ``convert --auto`` search saved in the model: one line, then its trace."""
     from mpcompile.auto.trace import TRACE_COLUMNS, trace_rows, trace_summary
 
-    console.print(f"[bold]--auto search[/]: {escape(trace_summary(record))}")
+    console.print(f"[bold]--auto search[/]: {markup(trace_summary(record))}")
     table = Table(title="--auto search trace", title_justify="left")
     for column in TRACE_COLUMNS:
         table.add_column(
             column, justify="right" if column in ("#", "error", "limit", "evaluations") else "left"
         )
     for row in trace_rows(record):
-        table.add_row(*(escape(cell) for cell in row))
+        table.add_row(*(markup(cell) for cell in row))
     console.print(table)
 
 
@@ -193,12 +193,12 @@ def node_table(audit: ModelAudit, view: ReportView, width: int = WIDE) -> Table:
 
 def _row_cells(node: NodeAudit) -> dict[str, str]:
     cells = {
-        "graph": escape(node.graph),
-        "node": escape(display_name(node)),
-        "op": escape(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"),
+        "graph": markup(node.graph),
+        "node": markup(display_name(node)),
+        "op": markup(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"),
         "precision": _precision(node.precision),
-        "reason": escape(node.reason),
-        "rule": escape(node.rule),
+        "reason": markup(node.reason),
+        "rule": markup(node.rule),
         "in": _dtypes(node.input_dtypes),
         "out": _dtypes(node.output_dtypes),
         "casts": f"{len(node.casts_before)}/{len(node.casts_after)}",
