@@ -7,6 +7,7 @@ import sys
 import click
 
 from mpcompile.errors import ExitCode, MpcompileError
+from mpcompile.text import printable
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,13 +50,17 @@ def main(argv: list[str] | None = None) -> int:
     except MpcompileError as exc:
         if debug:
             raise
-        click.echo(f"error: {exc.message}", err=True)
+        _error_line(exc.message)
         return int(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
+    except click.UsageError as exc:  # click's own three lines (usage, hint, error) made one
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        _error_line(exc.format_message() + hint)
+        return exc.exit_code
     except click.ClickException as exc:
-        exc.show()
+        _error_line(exc.format_message())
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
@@ -63,11 +68,21 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         click.echo(
-            f"internal error ({type(exc).__name__}): {exc}  (rerun with --debug for a traceback)", err=True
+            printable(
+                " ".join(f"internal error ({type(exc).__name__}): {exc}".split())
+                + "  (rerun with --debug for a traceback)"
+            ),
+            err=True,
         )
         return int(ExitCode.INTERNAL)
     # In non-standalone mode click returns a command's ctx.exit(code) instead of raising.
     return returned if isinstance(returned, int) else int(ExitCode.OK)
+
+
+def _error_line(message: str) -> None:
+    """``error: MESSAGE`` as one line on stderr; the message may quote model strings, so it is
+    made printable (control and bidi characters escaped) after its line breaks are joined."""
+    click.echo(f"error: {printable(' '.join(message.split()))}", err=True)
 
 
 if __name__ == "__main__":

@@ -205,13 +205,15 @@ def print_auto_summary(result: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from mpcompile.text import markup
+
     console = Console()
     verdict = "[green]meets[/]" if result.passed else "[red]does not meet[/]"
     console.print(
         f"--auto: {verdict} {result.criterion.describe()} (error {result.error:.3g} of limit "
         f"{result.criterion.limit:.3g}); FP16 FLOP share {result.fp16_flop_share:.1%}; "
         f"{result.evaluations} evaluations (budget {result.budget}) in {result.sessions} ONNX Runtime "
-        f"session(s); inputs {result.inputs}"
+        f"session(s); inputs {markup(result.inputs)}"
     )
     kept = [(name, "auto:range", why) for name, why in sorted(result.range_blocked.items())]
     kept += [(name, "auto:sensitivity", why) for name, why in sorted(result.sensitivity_blocked.items())]
@@ -220,7 +222,7 @@ def print_auto_summary(result: Any) -> None:
         for column in ("node", "reason", "rule"):
             table.add_column(column)
         for row in kept:
-            table.add_row(*row)
+            table.add_row(*(markup(cell) for cell in row))
         console.print(table)
     from mpcompile.auto.trace import TRACE_COLUMNS, trace_rows
 
@@ -231,7 +233,7 @@ def print_auto_summary(result: Any) -> None:
         left = column in ("phase", "tried", "outcome")
         trace.add_column(column, justify="left" if left else "right", ratio=4 if column == "tried" else None)
     for row in trace_rows(result.to_dict()):
-        trace.add_row(*(row[index] for index in shown))
+        trace.add_row(*(markup(row[index]) for index in shown))
     console.print(trace)
     for note in result.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {markup(note)}")

@@ -177,18 +177,20 @@ def convert_command(
         overwrite_guard.refuse_writing_over(report_path, overwrite_guard.REPORT, [model], output_files)
     settings = auto_settings()
     if settings is not None:
-        run_auto_from_cli(
+        auto_result = run_auto_from_cli(
             model,
             output,
             settings,
             overwrite=overwrite,
             external_data=external_data,
-            as_json=as_json,
-            quiet=quiet,
+            as_json=False,
+            quiet=quiet or as_json,
             report_path=report_path,
             options=options,
         )
-        if run_validation:
+        if as_json:
+            print_json_summary(auto_result.summary(), model, output, run_validation)
+        elif run_validation:
             from mpcompile.commands.validate import validate_or_raise
 
             validate_or_raise(model, output)
@@ -204,15 +206,15 @@ def convert_command(
             on_pass_start=on_pass_start,
             options=options,
         )
-    if as_json:
-        click.echo(json.dumps({"input": str(model), "output": str(output), **result.summary()}, indent=2))
-    elif not quiet:
+    if not (quiet or as_json):
         print_summary(result, model, output)
     if report_path is not None:
         from mpcompile.report import write_report
 
         write_report(output, report_path, original=model)
-    if run_validation:
+    if as_json:
+        print_json_summary(result.summary(), model, output, run_validation)
+    elif run_validation:
         from mpcompile.commands.validate import validate_or_raise
 
         validate_or_raise(model, output)
@@ -260,21 +262,47 @@ class _progress:
             self._progress.stop()
 
 
+def print_json_summary(
+    summary: dict, source: pathlib.Path, output: pathlib.Path, run_validation: bool
+) -> None:
+    """``--json``: stdout is this one JSON object, the validation (``--validate``) inside it.
+
+    A failed validation then exits 1 with its ``error:`` line, after the object is printed."""
+    document = {"input": str(source), "output": str(output), **summary}
+    validation = None
+    if run_validation:
+        from mpcompile.commands.validate import validation_result
+
+        validation = validation_result(source, output)
+        document["validation"] = validation.to_dict()
+    click.echo(json.dumps(document, indent=2))
+    if validation is not None and not validation.passed:
+        from mpcompile.commands.validate import FAILED_MESSAGE, ValidationFailedError
+
+        raise ValidationFailedError(FAILED_MESSAGE)
+
+
 def print_summary(result, source: pathlib.Path, output: pathlib.Path) -> None:
     """The human summary of a conversion, printed with rich."""
     from rich.console import Console
     from rich.table import Table
 
+    from mpcompile.text import markup
+
     stats = result.stats
     console = Console()
-    console.print(f"[bold]{source}[/] -> [bold]{output}[/] ({result.precision}, target {result.target})")
+    console.print(
+        f"[bold]{markup(source)}[/] -> [bold]{markup(output)}[/] ({result.precision}, target {result.target})"
+    )
     table = Table(show_header=True, header_style="bold")
     table.add_column("")
     table.add_column("value", justify="right")
     for precision, count in sorted(stats.nodes_by_precision.items()):
         table.add_row(f"nodes {precision}", str(count))
+    table.add_row("Casts inserted", str(stats.casts_inserted))
+    table.add_row("Casts folded away", str(stats.casts_folded))
     table.add_row(
-        "Casts added", f"{stats.casts_added} ({stats.casts_inserted} inserted, {stats.casts_folded} folded)"
+        "Casts in the model", f"{stats.casts_before} -> {stats.casts_after} ({stats.casts_added:+d})"
     )
     table.add_row("weights", f"{_mb(stats.weight_bytes_before)} -> {_mb(stats.weight_bytes_after)}")
     table.add_row(
@@ -291,7 +319,7 @@ def print_summary(result, source: pathlib.Path, output: pathlib.Path) -> None:
     )
     console.print(table)
     for note in result.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {markup(note)}")
 
 
 def _mb(count: int) -> str:

@@ -6,6 +6,7 @@ import os
 import pathlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import click
 
@@ -122,49 +123,43 @@ def validate_and_report(
     original: str | os.PathLike,
     converted: str | os.PathLike,
     *,
-    eps: Sequence[str] = (),
-    rtol: Sequence[str] = (),
-    atol: Sequence[str] = (),
-    inputs: str | os.PathLike | None = None,
-    shapes: Sequence[str] = (),
-    seed: int = 0,
-    batches: int = 1,
-    runs: int = 20,
-    warmup: int = 3,
-    faithful: bool | None = None,
     as_json: bool = False,
-    save: str | os.PathLike | None = None,
+    **options: Any,
 ) -> ExitCode:
-    """Validate, print tables (or JSON), optionally save JSON; the exit code. Used by ``convert --validate``."""
+    """Validate, print tables (or JSON), optionally save JSON; the exit code. Used by ``convert --validate``.
+
+    ``options`` are those of ``validation_result``.
+    """
     from rich.console import Console
 
     from mpcompile.validate import render
 
+    result = validation_result(original, converted, **options)
+    if as_json:
+        click.echo(result.to_json())
+    else:
+        console = Console(file=sys.stdout, emoji=False, width=None if sys.stdout.isatty() else 160)
+        render.render_result(result, console)
+    return ExitCode.OK if result.passed else ExitCode.VALIDATION_FAILED
+
+
+def validation_result(
+    original: str | os.PathLike,
+    converted: str | os.PathLike,
+    *,
+    save: str | os.PathLike | None = None,
+    **options: Any,
+) -> Any:
+    """Validate (progress on stderr) and optionally save the JSON; the ``ValidationResult``, unprinted
+    (``convert --json --validate`` puts it inside its one JSON object). ``options``: ``_validate``'s."""
     if save is not None:
         from mpcompile.io import overwrite_guard
 
         overwrite_guard.refuse_writing_over(save, overwrite_guard.RESULTS, [original, converted])
-    result = _validate(
-        original,
-        converted,
-        eps=eps,
-        rtol=rtol,
-        atol=atol,
-        inputs=inputs,
-        shapes=shapes,
-        seed=seed,
-        batches=batches,
-        runs=runs,
-        warmup=warmup,
-        faithful=faithful,
-    )
+    result = _validate(original, converted, **options)
     if save is not None:
         _write_json(pathlib.Path(save), result.to_json())
-    if as_json:
-        click.echo(result.to_json())
-    else:
-        render.render_result(result, Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160))
-    return ExitCode.OK if result.passed else ExitCode.VALIDATION_FAILED
+    return result
 
 
 def _validate(
@@ -243,7 +238,7 @@ def validate_folders(
         overwrite_guard.refuse_writing_over(
             save, overwrite_guard.RESULTS, [*originals.values(), *candidates.values()]
         )
-    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160)
+    console = Console(file=sys.stdout, emoji=False, width=None if sys.stdout.isatty() else 160)
     verdicts: dict[str, bool] = {}
     documents = []
     for name in sorted(originals):

@@ -19,7 +19,7 @@ from mpcompile.core.io_types import fp32_io_names
 from mpcompile.core.options import ConvertOptions
 from mpcompile.core.ort_loadable import make_node_names_unique, refuse_unloadable
 from mpcompile.core.pipeline import Pipeline
-from mpcompile.core.plan import MODEL_VERSION_KEY, PrecisionPlan, read_decision
+from mpcompile.core.plan import MODEL_VERSION_KEY, PrecisionPlan, nothing_low_note, read_decision
 from mpcompile.core.precision import Precision, low_precision_format
 from mpcompile.core.ranges import ConstantRanges
 from mpcompile.io import model_io, overwrite_guard
@@ -305,6 +305,9 @@ def _convert_ir(
         decision.precision.value for node, decision in plan.items() if node.graph is not None
     )
     context.stats.pass_seconds = dict(pipeline.seconds)
+    nothing_low = nothing_low_note(plan, low.precision.value, target.name)
+    if nothing_low is not None:
+        context.notes.append(nothing_low)
     model.ir_version = model_io.output_ir_version(model)
     if unoptimized is not None:
         heavy_note = _compare_with_plain(model, unoptimized, opts)

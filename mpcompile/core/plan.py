@@ -173,3 +173,48 @@ def read_decision(node: ir.Node) -> Decision | None:
         node.metadata_props.get(REASON_KEY, Reason.UNKNOWN),
         node.metadata_props.get(RULE_KEY, ""),
     )
+
+
+# FP32 reasons that only follow from other nodes' decisions (or from the node computing no float):
+# they never explain why a conversion left nothing in low precision.
+_CONSEQUENCE_REASONS = frozenset(
+    {
+        Reason.NOT_BETWEEN_LOW,
+        Reason.BLOCK_PROPAGATED,
+        Reason.NO_FLOAT,
+        Reason.CONSTANT,
+        Reason.CAST,
+        Reason.CONTROL_FLOW,
+        Reason.FUNCTION_CALL,
+    }
+)
+
+
+def nothing_low_note(plan: PrecisionPlan, low: str, target: str) -> str | None:
+    """A note saying why no node of ``plan`` went ``low`` (None when some did, or none is FP32).
+
+    Names the reason that kept the most FP32 nodes, leaving out reasons that only follow from
+    other nodes (not-between-low, block-propagated, ...), and the op types it kept most.
+    """
+    kept: dict[str, list[str]] = {}
+    fp32 = 0
+    for node, decision in plan.items():
+        if node.graph is None:
+            continue
+        if decision.is_low:
+            return None
+        if decision.precision is Precision.FP32:
+            fp32 += 1
+            kept.setdefault(decision.reason, []).append(node.op_type)
+    if not fp32:
+        return None
+    causes = {reason: ops for reason, ops in kept.items() if reason not in _CONSEQUENCE_REASONS} or kept
+    reason, ops = max(causes.items(), key=lambda item: (len(item[1]), item[0]))
+    by_op = sorted({op: ops.count(op) for op in ops}.items(), key=lambda item: (-item[1], item[0]))
+    op_list = ", ".join(f"{op} {count}" for op, count in by_op[:4]) + (", ..." if len(by_op) > 4 else "")
+    others = {r: len(o) for r, o in kept.items() if r != reason}
+    rest = "; the others: " + ", ".join(f"{r} {n}" for r, n in sorted(others.items())) if others else ""
+    return (
+        f"no node is {low} (target {target}): {reason} keeps {len(ops)} of {fp32} FP32 nodes "
+        f"({op_list}){rest}"
+    )

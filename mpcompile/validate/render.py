@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from mpcompile.text import markup
 from mpcompile.validate.results import ROLE_TRT_FP16_BASELINE, STATUS_SKIPPED, EpResult, ValidationResult
 
 
@@ -13,16 +14,16 @@ def render_result(result: ValidationResult, console: Console | None = None) -> N
     console = console or Console()
     for row in result.eps:
         if row.status == STATUS_SKIPPED:
-            console.print(f"[yellow]skipped[/] {row.provider}: {row.reason}")
+            console.print(f"[yellow]skipped[/] {row.provider}: {markup(row.reason)}")
             continue
         console.print(_accuracy_table(row))
         if row.reason:
-            console.print(f"note: {row.reason}")
+            console.print(f"note: {markup(row.reason)}")
     latency = _latency_table(result)
     if latency.row_count:
         console.print(latency)
     for note in result.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {markup(note)}")
     verdict = "[bold green]PASSED[/]" if result.passed else "[bold red]FAILED[/]"
     console.print(
         f"{verdict} (rtol {result.rtol['default']:g}, atol {result.atol['default']:g}, {result.low_precision})"
@@ -35,37 +36,34 @@ def _row_title(row: EpResult) -> str:
     return f"{row.provider}: {what}{mode} vs FP32 reference: {row.status.upper()}"
 
 
+# Two metrics stacked per column, so the table fits an 80-column terminal: numbers never fold or
+# get cut (``no_wrap``); the output name and the verdict take what is left and fold.
+ACCURACY_COLUMNS = (
+    ("max abs", "max rel"),
+    ("mean abs", "rel L2"),
+    ("p99 abs", "cosine"),
+    ("NaN/Inf", "top-1"),
+)
+
+
 def _accuracy_table(row: EpResult) -> Table:
-    table = Table(title=_row_title(row), title_justify="left")
-    for column in (
-        "output",
-        "max abs",
-        "max rel",
-        "mean abs",
-        "rel L2",
-        "cosine",
-        "p99 abs",
-        "NaN/Inf",
-        "top-1",
-        "ok",
-    ):
-        table.add_column(column, justify="left" if column == "output" else "right")
+    table = Table(title=markup(_row_title(row)), title_justify="left", show_lines=True)
+    table.add_column("output", overflow="fold", ratio=1)
+    for top, bottom in ACCURACY_COLUMNS:
+        table.add_column(f"{top}\n{bottom}", justify="right", no_wrap=True)
+    table.add_column("ok", overflow="fold", ratio=1)
     for output in row.outputs:
         nonfinite = f"{output.nan}/{output.inf}"
         if output.new_nonfinite:
-            nonfinite += f" [red]({output.new_nonfinite} new)[/]"
-        top1 = "" if output.top1_agreement is None else f"{output.top1_agreement:.2%}"
-        verdict = "[green]yes[/]" if output.passed else f"[red]no[/]: {output.failure}"
+            nonfinite += f" [red](+{output.new_nonfinite} new)[/]"
+        top1 = "-" if output.top1_agreement is None else f"{output.top1_agreement:.2%}"
+        verdict = "[green]yes[/]" if output.passed else f"[red]no[/]: {markup(output.failure)}"
         table.add_row(
-            output.name,
-            f"{output.max_abs_err:.3g}",
-            f"{output.max_rel_err:.3g}",
-            f"{output.mean_abs_err:.3g}",
-            f"{output.rel_l2_err:.3g}",
-            f"{output.cosine_similarity:.6f}",
-            f"{output.abs_err_percentiles.get('p99', 0.0):.3g}",
-            nonfinite,
-            top1,
+            markup(output.name),
+            f"{output.max_abs_err:.3g}\n{output.max_rel_err:.3g}",
+            f"{output.mean_abs_err:.3g}\n{output.rel_l2_err:.3g}",
+            f"{output.abs_err_percentiles.get('p99', 0.0):.3g}\n{output.cosine_similarity:.6f}",
+            f"{nonfinite}\n{top1}",
             verdict,
         )
     return table
