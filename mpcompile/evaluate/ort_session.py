@@ -56,12 +56,16 @@ def make_session(
     *,
     optimize: bool = True,
     prepack: bool = True,
-    log_severity: int = 3,
+    log_severity: int = 4,
 ) -> Any:
     """An ``InferenceSession``; ``optimize=False`` disables every graph optimization.
 
     ``prepack=False`` stops kernels from repacking constant weights (MatMul, Gemm, Conv), so a
     weight computes the same whether it is an initializer or fed as an input.
+
+    ORT logs nothing below ``log_severity`` (4: fatal only), neither the session (its runs
+    included) nor ORT's default logger while the session is created: a failure is reported
+    by mpcompile in one line, and ORT's own coloured lines would come before it.
 
     A model onnxruntime refuses raises ``InvalidModelError`` (one line).
     """
@@ -73,7 +77,8 @@ def make_session(
     if not prepack:
         options.add_session_config_entry("session.disable_prepacking", "1")
     try:
-        return ort.InferenceSession(model, options, providers=providers)
+        with onnxruntime_log_severity(log_severity):
+            return ort.InferenceSession(model, options, providers=providers)
     except Exception as exc:
         if not is_onnxruntime_error(exc):
             raise
@@ -125,13 +130,18 @@ def onnxruntime_log_severity(level: int) -> Iterator[None]:
     """Set onnxruntime's default logger severity to ``level`` (4: fatal only) for the block, then
     put back the one in force before: the enclosing block's when nested, else ORT's default.
     (A severity set directly with ``onnxruntime.set_default_logger_severity`` cannot be read
-    back, as ORT has no getter; it is restored as ORT's default.)"""
-    ort = import_onnxruntime()
+    back, as ORT has no getter; it is restored as ORT's default.) Without onnxruntime installed
+    there is nothing to silence."""
+    try:
+        import onnxruntime
+    except ImportError:
+        yield
+        return
     previous = _severity_stack[-1] if _severity_stack else _ORT_DEFAULT_SEVERITY
     _severity_stack.append(level)
-    ort.set_default_logger_severity(level)
+    onnxruntime.set_default_logger_severity(level)
     try:
         yield
     finally:
         _severity_stack.pop()
-        ort.set_default_logger_severity(previous)
+        onnxruntime.set_default_logger_severity(previous)

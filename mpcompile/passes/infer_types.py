@@ -37,7 +37,7 @@ class InferTypesPass(ConversionPass):
             value.dtype is None for graph in model_graphs(model) for node in graph for value in node.outputs
         ):
             # Strips large initializers before serializing, so big models are not copied.
-            inferred = _infer_shapes(model)
+            inferred = _infer_shapes(model, self.context.notes)
             inference_failed = inferred is None
             modified = bool(inferred)
         modified |= _type_contrib_outputs(model)
@@ -64,7 +64,7 @@ def _has_untyped_values(model: ir.Model) -> bool:
     )
 
 
-def _infer_shapes(model: ir.Model) -> bool | None:
+def _infer_shapes(model: ir.Model, notes: list[str]) -> bool | None:
     """onnx shape inference merged back with whole types.
 
     onnx-ir 1.1.0's ShapeInferencePass merges only ``dtype``/``shape``, which turns an untyped
@@ -72,12 +72,17 @@ def _infer_shapes(model: ir.Model) -> bool | None:
     tensor: the saved model then fails the checker ("type case mismatch"). Here a value
     without a type (or with a type of another kind) takes the inferred type whole. Returns
     whether a type changed, or None when inference failed.
+
+    A failure is a conversion note (printed with the summary, in ``--json``), not a log line:
+    stderr carries only the one ``error:`` line of a failing command.
     """
 
     try:
         inferred_proto = _call_without_weights(infer_shapes, model)
     except Exception as exc:  # as ShapeInferencePass: leave the model as it is
-        logger.warning("shape inference failed: %s; values stay untyped", exc)
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        notes.append(f"onnx shape inference failed ({message}); values it would type stay untyped")
+        logger.debug("shape inference failed", exc_info=True)
         return None
     modified = False
     for graph, inferred_types in zip(model_graphs(model), _value_types(inferred_proto.graph), strict=True):

@@ -14,6 +14,7 @@ import onnx
 import onnx_ir as ir
 
 from mpcompile import errors
+from mpcompile.evaluate.ort_session import onnxruntime_log_severity
 from mpcompile.targets.base import Target
 
 _WEIGHTS_THRESHOLD_BYTES = 1024
@@ -97,8 +98,9 @@ def optimize_with_session(
     options.add_session_config_entry(
         "session.optimized_model_external_initializers_min_size_in_bytes", str(_WEIGHTS_THRESHOLD_BYTES)
     )
-    options.log_severity_level = 3
-    onnxruntime.InferenceSession(input_path, options, providers=[provider], disabled_optimizers=disabled)
+    options.log_severity_level = 4  # failures are reported by the caller, in one line
+    with onnxruntime_log_severity(4):
+        onnxruntime.InferenceSession(input_path, options, providers=[provider], disabled_optimizers=disabled)
     return onnx.load_model(str(output_path), load_external_data=True)  # weights inline again
 
 
@@ -109,10 +111,11 @@ def load_in_session(onnxruntime, model: onnx.ModelProto, folder: pathlib.Path, p
     """
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    if near_protobuf_limit(model):
-        path = folder / f"check-{next(_calls)}.onnx"
-        onnx.save_model(model, str(path), save_as_external_data=True, location=f"{path.name}.data")
-        onnxruntime.InferenceSession(str(path), options, providers=[provider])
-    else:
-        onnxruntime.InferenceSession(model.SerializeToString(), options, providers=[provider])
+    options.log_severity_level = 4
+    with onnxruntime_log_severity(4):
+        if near_protobuf_limit(model):
+            path = folder / f"check-{next(_calls)}.onnx"
+            onnx.save_model(model, str(path), save_as_external_data=True, location=f"{path.name}.data")
+            onnxruntime.InferenceSession(str(path), options, providers=[provider])
+        else:
+            onnxruntime.InferenceSession(model.SerializeToString(), options, providers=[provider])
