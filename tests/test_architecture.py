@@ -137,7 +137,7 @@ FORBIDDEN = {
     "policy": {"passes", "auto", "report", "validate"},
 }
 # layers that import nothing from mpcompile but each other
-SELF_CONTAINED = {"irtools", "errors"}
+SELF_CONTAINED = {"irtools", "errors", "text"}
 
 
 def _imports_of_layer(layer: str, into: Callable[[str], bool]) -> list[str]:

@@ -288,14 +288,17 @@ class Evaluator:
 
 
 def low_precision_nodes(model: ir.Model) -> frozenset[str]:
-    """Names of the main-graph nodes whose stamped decision is FP16/BF16 (inserted Casts excluded)."""
+    """Names of the nodes of every graph (If branches, Loop bodies: as the report counts them)
+    whose stamped decision is FP16/BF16, inserted Casts excluded. The search's candidates are
+    main-graph nodes; subgraph nodes count towards the FLOP share and tell conversions apart."""
     from mpcompile.core.plan import Reason, read_decision
 
     low = set()
-    for name, node in main_nodes(model).items():
-        decision = read_decision(node)
-        if decision is not None and decision.is_low and decision.reason != Reason.CAST:
-            low.add(name)
+    for graph in model_graphs(model):
+        for node in graph:
+            decision = read_decision(node)
+            if node.name and decision is not None and decision.is_low and decision.reason != Reason.CAST:
+                low.add(node.name)
     return frozenset(low)
 
 
