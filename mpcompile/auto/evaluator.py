@@ -23,7 +23,6 @@ import numpy as np
 import onnx_ir as ir
 
 from mpcompile.auto.criteria import CheckResult, Criterion
-from mpcompile.auto.graph import main_nodes
 from mpcompile.auto.reasons import AUTO_SENSITIVITY
 from mpcompile.auto.switchboard import Switchboard
 from mpcompile.core.converter import ConvertOptions, ConvertResult, convert_checked_ir
