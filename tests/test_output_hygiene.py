@@ -32,7 +32,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 TITLE_AND_CLEAR = "\x1b]0;pwned\x07\x1b[2J"
 FORMULA = '=HYPERLINK("http://x","y")'
-MARKUP = "[bold]loud[/bold]"
+MARKUP = "[bold]loud[/bold]:smile:"
 RTL = "abc\u202edcba"
 C1 = "c1\x9bchar\x7f"
 HOSTILE = (TITLE_AND_CLEAR, FORMULA, MARKUP + RTL)
@@ -69,9 +69,9 @@ def test_printable_escapes_controls_and_bidi_and_keeps_the_rest():
 
 
 def test_markup_is_shown_literally_by_rich():
-    console = Console(file=io.StringIO(), width=200, color_system=None)
+    console = Console(file=io.StringIO(), width=200, color_system=None, emoji=False)
     console.print(f"[bold]{markup(MARKUP + TITLE_AND_CLEAR)}[/]")
-    assert console.file.getvalue().strip() == "[bold]loud[/bold]\\x1b]0;pwned\\x07\\x1b[2J"
+    assert console.file.getvalue().strip() == "[bold]loud[/bold]:smile:\\x1b]0;pwned\\x07\\x1b[2J"
 
 
 @pytest.mark.parametrize("first", ["=", "+", "-", "@", "\t", "\r"])
@@ -89,7 +89,7 @@ def test_report_table_on_a_terminal_carries_no_model_control(hostile_path):
     from mpcompile.report.terminal import print_report
 
     buffer = io.StringIO()
-    console = Console(file=buffer, width=250, force_terminal=True, color_system="standard")
+    console = Console(file=buffer, width=250, force_terminal=True, color_system="standard", emoji=False)
     print_report(build_report(str(hostile_path)), console)
     text = re.sub(r"\x1b\[[0-9;]*m", "", buffer.getvalue())  # rich's own colours
     assert not RAW_CONTROL.search(text)

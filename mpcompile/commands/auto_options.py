@@ -207,7 +207,7 @@ def print_auto_summary(result: Any) -> None:
 
     from mpcompile.text import markup
 
-    console = Console()
+    console = Console(emoji=False)  # :name: in a model string stays text
     verdict = "[green]meets[/]" if result.passed else "[red]does not meet[/]"
     console.print(
         f"--auto: {verdict} {result.criterion.describe()} (error {result.error:.3g} of limit "

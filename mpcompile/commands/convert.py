@@ -290,7 +290,7 @@ def print_summary(result, source: pathlib.Path, output: pathlib.Path) -> None:
     from mpcompile.text import markup
 
     stats = result.stats
-    console = Console()
+    console = Console(emoji=False)  # :name: in a model string stays text
     console.print(
         f"[bold]{markup(source)}[/] -> [bold]{markup(output)}[/] ({result.precision}, target {result.target})"
     )

@@ -107,7 +107,7 @@ def report_command(
         from mpcompile.report.terminal import print_report
 
         # Piped output gets every column at full width; a terminal gets what fits.
-        console = Console(highlight=False, width=None if sys.stdout.isatty() else 240)
+        console = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 240)
         print_report(audit, console, view)
     else:
         click.echo(render(audit, fmt, view), nl=False)

@@ -236,6 +236,8 @@ def _numerics_cells(node: NodeAudit) -> list[str]:
 def render_text(audit: ModelAudit, view: ReportView | None = None, width: int = 200) -> str:
     """The terminal report as plain text (no colors), for ``-o report.txt``."""
     buffer = io.StringIO()
-    console = Console(file=buffer, width=width, no_color=True, color_system=None, highlight=False)
+    console = Console(
+        file=buffer, width=width, no_color=True, color_system=None, highlight=False, emoji=False
+    )
     print_report(audit, console, view)
     return buffer.getvalue()

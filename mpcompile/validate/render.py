@@ -11,7 +11,7 @@ from mpcompile.validate.results import ROLE_TRT_FP16_BASELINE, STATUS_SKIPPED, E
 
 def render_result(result: ValidationResult, console: Console | None = None) -> None:
     """Accuracy table per EP row, a latency table, then the verdict."""
-    console = console or Console()
+    console = console or Console(emoji=False)
     for row in result.eps:
         if row.status == STATUS_SKIPPED:
             console.print(f"[yellow]skipped[/] {row.provider}: {markup(row.reason)}")
