@@ -220,6 +220,18 @@ def test_json_with_validate_is_one_object(tmp_path, run_cli):
     assert document["stats"]["nodes_by_precision"]["fp16"] == 3
 
 
+def test_folder_json_with_validate_is_one_object(tmp_path, run_cli):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    onnx.save(tiny_fp32_model(), folder / "a.onnx")
+    onnx.save(tiny_fp32_model(), folder / "b.onnx")
+    done = run_cli("convert", folder, "-o", tmp_path / "out", "--json", "--validate")
+    assert done.exit_code == 0, done.stderr
+    document = json.loads(done.stdout)
+    validation = document["validation"]
+    assert validation["passed"] is True and [f["file"] for f in validation["files"]] == ["a.onnx", "b.onnx"]
+
+
 def _model_with_folded_casts() -> onnx.ModelProto:
     """x -> Cast(fp16) -> Cast(fp32) -> MatMul -> Relu: the model's own round trip is folded away."""
     nodes = [

@@ -72,19 +72,27 @@ def convert_folder_from_cli(
             convert_one=_auto_converter(auto) if auto is not None else None,
             options=options,
         )
-    if as_json:
-        click.echo(json.dumps(result.summary(), indent=2))
-    elif not quiet or not result:
+    if not as_json and (not quiet or not result):
         print_folder_summary(result)
     failure = result.first_failure()
+    validated = errors.ExitCode.OK
+    document = result.summary()
+    if run_validation and failure is None:
+        from mpcompile.commands.validate import validate_folders
+
+        # Under --json the validation goes inside the one JSON object stdout carries.
+        validation: dict[str, Any] = {}
+        validated = validate_folders(folder, output, into=validation if as_json else None)
+        document["validation"] = validation
+    if as_json:
+        click.echo(json.dumps(document, indent=2))
     if failure is not None:
         assert failure.error is not None
         raise failure.error
-    if run_validation:
-        from mpcompile.commands.validate import ValidationFailedError, validate_folders
+    if validated != errors.ExitCode.OK:
+        from mpcompile.commands.validate import ValidationFailedError
 
-        if validate_folders(folder, output) != errors.ExitCode.OK:
-            raise ValidationFailedError("validation failed: a model is outside tolerance (see above)")
+        raise ValidationFailedError("validation failed: a model is outside tolerance (see above)")
 
 
 def _auto_converter(settings: Any):
@@ -109,15 +117,17 @@ def _auto_converter(settings: Any):
 
 
 def print_folder_summary(result) -> None:
-    """One rich table row per model: nodes low/FP32, Casts added, size before/after, status."""
+    """One rich table row per model: nodes low/FP32, Casts inserted and folded, size before/after, status."""
     import sys
 
     from rich.console import Console
     from rich.table import Table
 
     # Piped output gets full file names; a terminal gets what fits.
-    console = Console(width=None if sys.stdout.isatty() else 160)
-    console.print(f"[bold]{result.source}[/] -> [bold]{result.output}[/]")
+    from mpcompile.text import markup
+
+    console = Console(emoji=False, width=None if sys.stdout.isatty() else 160)
+    console.print(f"[bold]{markup(result.source)}[/] -> [bold]{markup(result.output)}[/]")
     table = Table(show_header=True, header_style="bold")
     for column, justify in (
         ("file", "left"),
@@ -133,7 +143,8 @@ def print_folder_summary(result) -> None:
         if converted is not None:
             counts = converted.stats.nodes_by_precision
             low = sum(count for precision, count in counts.items() if precision in ("fp16", "bf16"))
-            nodes, casts = f"{low}/{counts.get('fp32', 0)}", str(converted.stats.casts_added)
+            stats = converted.stats
+            nodes, casts = f"{low}/{counts.get('fp32', 0)}", f"+{stats.casts_inserted} -{stats.casts_folded}"
         else:
             nodes = casts = ""
         status = {
@@ -142,7 +153,7 @@ def print_folder_summary(result) -> None:
             "skipped": "[yellow]skipped[/] (after a failure)",
         }[outcome.status]
         after = _size(outcome.bytes_after) if outcome.status == "converted" else ""
-        table.add_row(outcome.file, nodes, casts, _size(outcome.bytes_before), after, status)
+        table.add_row(markup(outcome.file), nodes, casts, _size(outcome.bytes_before), after, status)
     console.print(table)
     if result:
         console.print(f"{len(result.copied)} other file(s) copied")
@@ -151,7 +162,7 @@ def print_folder_summary(result) -> None:
     for outcome in result.files:
         converted = outcome.convert_result
         for note in converted.notes if converted is not None else ():
-            console.print(f"note: {outcome.file}: {note}")
+            console.print(f"note: {markup(outcome.file)}: {markup(note)}")
 
 
 def _size(count: int) -> str:

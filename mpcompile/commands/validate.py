@@ -205,11 +205,13 @@ def validate_folders(
     inputs: str | os.PathLike | None = None,
     as_json: bool = False,
     save: str | os.PathLike | None = None,
+    into: dict[str, Any] | None = None,
     **options,
 ) -> ExitCode:
     """``validate`` for two folders: the models are paired by relative path (a model on one side
     only is an error), each pair is validated as ``validate_and_report`` does, and the verdicts
-    are summed up; one JSON document with a ``files`` list for ``--json``/``--save``."""
+    are summed up; one JSON document with a ``files`` list for ``--json``/``--save`` (``into``: that
+    document goes into this dict and nothing is printed)."""
     import json
 
     from rich.console import Console
@@ -217,6 +219,7 @@ def validate_folders(
 
     from mpcompile import errors
     from mpcompile.io.export_folder import model_paths
+    from mpcompile.text import markup
     from mpcompile.validate import render
 
     for path in (original, converted):
@@ -239,29 +242,32 @@ def validate_folders(
             save, overwrite_guard.RESULTS, [*originals.values(), *candidates.values()]
         )
     console = Console(file=sys.stdout, emoji=False, width=None if sys.stdout.isatty() else 160)
+    tables = not as_json and into is None
     verdicts: dict[str, bool] = {}
     documents = []
     for name in sorted(originals):
-        if not as_json:
-            console.rule(name)
+        if tables:
+            console.rule(markup(name))
         result = _validate(originals[name], candidates[name], **options)
         verdicts[name] = result.passed
         documents.append({"file": name, **result.to_dict()})
-        if not as_json:
+        if tables:
             render.render_result(result, console)
     passed = all(verdicts.values())
     document = {"original": str(original), "converted": str(converted), "passed": passed, "files": documents}
     text = json.dumps(document, indent=2, allow_nan=False)
     if save is not None:
         _write_json(pathlib.Path(save), text)
-    if as_json:
+    if into is not None:  # convert --json --validate: inside the caller's one JSON object
+        into.update(document)
+    elif as_json:
         click.echo(text)
     else:
         table = Table(title="folder", title_justify="left")
         table.add_column("file")
         table.add_column("verdict")
         for name, ok in verdicts.items():
-            table.add_row(name, "[green]PASSED[/]" if ok else "[red]FAILED[/]")
+            table.add_row(markup(name), "[green]PASSED[/]" if ok else "[red]FAILED[/]")
         console.print(table)
     return ExitCode.OK if passed else ExitCode.VALIDATION_FAILED
 
