@@ -91,3 +91,47 @@ def test_decoders_optimise_to_valid_models_that_keep_the_function(entry, level, 
         ]
         print(f"  FP16 min cosine {min(cosines):.6f} (at least {MIN_COSINE_FP16})")
         assert min(cosines) >= MIN_COSINE_FP16
+
+
+VISION_CASES = [
+    pytest.param(entry, level, id=f"{entry.name}-{level}")
+    for entry in ENTRIES
+    if entry.has_family("vision")
+    # Both levels for the torchvision CNNs (ConvActivationFusion's FusedConv); extended for the rest.
+    for level in (("extended", "transformer") if entry.exporter == "torchscript" else ("extended",))
+]
+
+
+@pytest.mark.skipif(not VISION_CASES, reason=SKIP_REASON or "the corpus holds no vision model")
+@pytest.mark.parametrize(("entry", "level"), VISION_CASES or [pytest.param(None, "", id="no-corpus")])
+def test_vision_models_optimised_for_cuda_keep_plain_converts_fp16_share(entry, level):
+    """Issue 20: ``--optimize extended|transformer --target cuda`` on the torchvision CNNs, ViT,
+    Swin and ConvNeXt keeps at least plain convert's FP16 share of heavy FLOPs, leaves no value
+    untyped, holds no op CUDA lacks, and computes the FP32 function on ORT CPU (cosine >= 0.999
+    with FP32; CPU runs FP16 nodes without CPU FP16 kernels in FP32)."""
+    import onnx_ir as ir
+
+    from mpcompile.analysis.flop_share import SHARE_TOLERANCE, heavy_flops
+
+    path = str(entry.model_path)
+    plain = mpcompile.convert(path, target="cuda")
+    optimized = mpcompile.convert(path, target="cuda", optimize=level)
+    plain_flops, optimized_flops = heavy_flops(plain.model), heavy_flops(optimized.model)
+    print(
+        f"{entry.name} {level}: FP32 share of heavy FLOPs {optimized_flops.fp32_share:.2%} "
+        f"(plain {plain_flops.fp32_share:.2%}); notes {optimized.notes}"
+    )
+    assert plain_flops.low > 0
+    assert optimized_flops.fp32_share <= plain_flops.fp32_share + SHARE_TOLERANCE
+    assert optimized_flops.fp32_unknown <= plain_flops.fp32_unknown
+    assert optimized.stats.untyped_values == 0
+    assert not any("more heavy FLOPs" in note for note in optimized.notes)
+    proto = ir.to_proto(optimized.model)
+    onnx.checker.check_model(proto, full_check=True)
+    for feeds in entry.load_inputs():
+        expected = _floats(_run(path, feeds))
+        cosines = [
+            _cosine(want, got) for want, got in zip(expected, _floats(_run(proto, feeds)), strict=True)
+        ]
+        print(f"  FP16 min cosine {min(cosines):.6f} (at least {MIN_COSINE_FP16})")
+        assert min(cosines) >= MIN_COSINE_FP16
