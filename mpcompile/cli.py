@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+from collections.abc import Iterator
 
 import click
 
@@ -41,9 +44,61 @@ def _register_commands() -> None:
 _register_commands()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised as an interrupt so that they clean up as Ctrl-C does."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(signal.Signals(number).name)
+        self.number = number
+
+
+INTERRUPTED = 130  # 128 + SIGINT, as shells report it; SIGTERM gives 143, SIGHUP 129
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise ``Terminated`` in the block (the previous handlers are restored
+    after it), so temporary files are removed as on SIGINT. Left alone where they are ignored
+    (``nohup``) or outside the main thread."""
+
+    def interrupt(number: int, _frame: object) -> None:
+        raise Terminated(number)
+
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        number = getattr(signal, name, None)
+        if number is None or signal.getsignal(number) == signal.SIG_IGN:
+            continue
+        try:
+            previous[number] = signal.signal(number, interrupt)
+        except ValueError:  # not the main thread
+            break
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _interrupt_exit_code(exc: BaseException) -> int:
+    """128 + the signal that interrupted: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP."""
+    cause = exc if isinstance(exc, Terminated) else exc.__cause__ or exc.__context__
+    return 128 + cause.number if isinstance(cause, Terminated) else INTERRUPTED
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: runs the CLI and turns errors into one line and an exit code."""
+    """Entry point: runs the CLI and turns errors into one line and an exit code. SIGINT,
+    SIGTERM and SIGHUP stop it cleanly (temporary files removed): exit 128 + the signal number."""
     args = sys.argv[1:] if argv is None else argv
+    with _terminate_as_interrupt():
+        try:
+            return _run(args)
+        except KeyboardInterrupt as exc:  # one arriving outside click's own handling
+            click.echo("aborted", err=True)
+            return _interrupt_exit_code(exc)
+
+
+def _run(args: list[str]) -> int:
     debug = "--debug" in args
     try:
         returned = cli.main(args=args, prog_name="mpcompile", standalone_mode=False)
@@ -52,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _error_line(exc.message)
         return int(exc.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
         click.echo("aborted", err=True)
-        return 130
+        return _interrupt_exit_code(exc)
     except click.UsageError as exc:  # click's own three lines (usage, hint, error) made one
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
         _error_line(exc.format_message() + hint)

@@ -173,7 +173,7 @@ def convert_command(
         format_for_path(report_path)  # fail on a bad extension before converting
         from mpcompile.io import overwrite_guard
 
-        output_files = overwrite_guard.output_files(output, external_data=True)
+        output_files = overwrite_guard.output_files(output)
         overwrite_guard.refuse_writing_over(report_path, overwrite_guard.REPORT, [model], output_files)
     settings = auto_settings()
     if settings is not None:

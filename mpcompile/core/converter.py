@@ -193,9 +193,8 @@ def open_conversion(
     source, target = pathlib.Path(input_path).absolute(), pathlib.Path(output_path).absolute()
     model = model_io.load_model(source, infer_types=True, check_links=False)
     read = overwrite_guard.model_files(model_io.input_files(model))
-    saves_data = model_io.saves_external_data(model, external_data)
     written = overwrite_guard.output_files(
-        target, external_data=model_io.external_data_name(target, external_data) if saves_data else False
+        target, data_name=model_io.external_data_name(target, external_data)
     )
     replaces_input = overwrite and overwrite_guard.same_file(source, target)
     refuses_overwrite = overwrite_guard.refuse_overwriting_inputs(

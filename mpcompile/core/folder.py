@@ -181,7 +181,7 @@ def _convert_models(
             outcome.status, outcome.error = FAILED, type(exc)(_naming_file(exc, model.relative, folder.root))
             raise _FileFailed(outcome.error) from None
         outcome.status = CONVERTED
-        outcome.bytes_after = _bytes_written(output, data_names[model.relative])
+        outcome.bytes_after = _bytes_written(output)
 
 
 def keep_io_per_file(
@@ -234,7 +234,7 @@ def external_data_names(folder: ExportFolder, external_data: bool | None) -> dic
                     f"{folder.root / model.relative}: its external data file {default} would replace another file of the folder"
                 )
             taken.add(default)
-            names[model.relative] = True
+            names[model.relative] = pathlib.PurePosixPath(default).name  # staged fresh: the name is kept
     return names
 
 
@@ -245,9 +245,11 @@ def _bytes_before(model: FolderModel) -> int:
         return 0
 
 
-def _bytes_written(output: pathlib.Path, data_name: bool | str | None) -> int:
-    data = output.with_name(data_name if isinstance(data_name, str) else output.name + ".data")
-    return sum(path.stat().st_size for path in (output, data) if path.exists())
+def _bytes_written(output: pathlib.Path) -> int:
+    """Bytes of the saved model and the data files it names."""
+    from mpcompile.io import model_io
+
+    return sum(path.stat().st_size for path in model_io.files_read(output))
 
 
 def _naming_file(error: errors.MpcompileError, relative: str, root: pathlib.Path) -> str:

@@ -22,6 +22,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from mpcompile import errors
+from mpcompile.io import output_commit
 from mpcompile.io.mapped_load import WireFormatError, load_mapped, write_embedded
 from mpcompile.io.proto_tensors import all_tensor_protos, tensor_nbytes
 from mpcompile.io.structure import check_declared_types, check_structure, check_value_info_against_inference
@@ -396,16 +397,19 @@ def save_model(
     *,
     external_data: bool | str | None = None,
     verify: Callable[[str], None] | None = None,
-) -> None:
+) -> pathlib.Path | None:
     """Save atomically; external data when asked, when the input had it, or when over 2 GiB.
-
-    The data file is ``<output name>.data`` beside the output, or the file name
-    ``external_data`` gives (a plain name: no folder part), e.g. optimum's ``model.onnx_data``.
+    Returns the data file written, if any.
 
     Model and data file are written into a temporary folder beside ``path``; ``verify`` is
-    called on the complete temporary model, then both are moved into place (the data file
-    first) with the mode a plain ``open`` gives. On failure nothing is left behind and an
-    existing output, model and data file, is untouched.
+    called on the complete temporary model, then both are committed by one rename
+    (``output_commit``): the data file goes under a name of its content, ``OUT.onnx.<hex>.data``,
+    and the old output's data file is removed after the new model is in place. At every instant
+    ``path`` is the complete old model or the complete new one; on failure nothing is left behind.
+    A file name as ``external_data`` (a plain name, e.g. optimum's ``model.onnx_data``) names the
+    data file instead where the destination is fresh: neither ``path`` nor that file exists yet
+    (a folder being staged); otherwise the content name is used, since replacing a fixed name
+    could not be one rename.
     """
     path = pathlib.Path(path).absolute()
     if not path.parent.is_dir():
@@ -414,39 +418,50 @@ def save_model(
         raise errors.OutputNotWritableError(f"{path}: output path is a folder")
     if not os.access(path.parent, os.W_OK):
         raise errors.OutputNotWritableError(f"{path.parent}: output folder is not writable")
-    data_name = external_data_name(path, external_data)
+    explicit_name = external_data_name(path, external_data)
     external_data = saves_external_data(model, external_data)
     model.ir_version = output_ir_version(model)
+    fresh = explicit_name is not None and not path.exists() and not path.with_name(explicit_name).exists()
+    scratch_name = explicit_name if fresh else path.name + ".data"
+    output_commit.remove_stale_temp_folders(path)
+    folder = None
     try:  # everything is written here first, beside the output, then moved into place
-        folder = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    except OSError as exc:
-        raise _user_error(exc, path) from None
-    temp_model, temp_data = folder / path.name, folder / data_name
-    try:
+        with output_commit.signals_held():  # an interrupt comes once ``folder`` is set
+            folder = output_commit.make_temp_folder(path)
+        temp_model = folder / path.name
+        data_name = None
         if external_data:
             ir.save(
-                model, temp_model, external_data=data_name, size_threshold_bytes=EXTERNAL_DATA_THRESHOLD_BYTES
+                model,
+                temp_model,
+                external_data=scratch_name,
+                size_threshold_bytes=EXTERNAL_DATA_THRESHOLD_BYTES,
             )
+            if (folder / scratch_name).exists():
+                data_name = (
+                    scratch_name if fresh else output_commit.name_by_content(folder, path, scratch_name)
+                )
         else:
             _save_embedded(model, str(temp_model))
         if verify is not None:
             verify(str(temp_model))
-        for written in (temp_data, temp_model):
-            if written.exists():
-                set_default_permissions(written)
-        if temp_data.exists():  # the data first: the model that names it is moved last
-            os.replace(temp_data, path.with_name(data_name))
-        os.replace(temp_model, path)
+        for written in (temp_model, *([folder / data_name] if data_name else [])):
+            set_default_permissions(written)
+        output_commit.pause("before-commit")
+        output_commit.commit(folder, path, data_name, fresh=fresh)
     except OSError as exc:
         raise _user_error(exc, path) from None
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        if folder is not None:
+            with output_commit.signals_held():
+                shutil.rmtree(folder, ignore_errors=True)
+    return path.with_name(data_name) if data_name else None
 
 
-def external_data_name(path: str | os.PathLike, external_data: bool | str | None) -> str:
-    """The name of the external data file saving a model at ``path`` writes (if it writes one)."""
+def external_data_name(path: str | os.PathLike, external_data: bool | str | None) -> str | None:
+    """The data file name ``external_data`` asks for, checked (None unless it is a name)."""
     if not isinstance(external_data, str):
-        return pathlib.Path(path).name + ".data"
+        return None
     if (
         not external_data
         or pathlib.PurePath(external_data).name != external_data

@@ -1,9 +1,9 @@
 """The one guard against data loss: nothing a command writes may be a file it reads.
 
 Files are compared with ``os.path.samefile``, so a hardlink or a symlink to an input counts as the
-input. The files written are the output model, its external-data file and any report or results
-file (temporary files are always new: ``tempfile`` creates them). ``--overwrite`` lets a
-conversion replace its input model and that model's own weights files, and only after the weights
+input. The files written are the output model, the data files a save there may replace or remove
+(``output_commit.replaceable_files``) and any report or results file (temporary files are always
+new: ``tempfile`` creates them). ``--overwrite`` lets a conversion replace its input model and that model's own weights files, and only after the weights
 were read into memory (``refuse_overwriting_inputs`` returns True when the caller must do that).
 """
 
@@ -21,7 +21,6 @@ OUTPUT_MODEL = "the output"
 OUTPUT_WEIGHTS = "the output's external-data file"
 REPORT = "the report"
 RESULTS = "the results file"
-DATA_SUFFIX = ".data"  # model_io.save_model writes OUT.onnx's external data to OUT.onnx.data
 
 Files = Mapping[pathlib.Path, str]  # path -> its role, as the message names it
 
@@ -34,14 +33,19 @@ def model_files(paths: Iterable[pathlib.Path]) -> dict[pathlib.Path, str]:
     return files
 
 
-def output_files(path: str | os.PathLike, *, external_data: bool | str) -> dict[pathlib.Path, str]:
-    """The files saving a model at ``path`` writes (``external_data``: whether it writes a data
-    file, or that file's name)."""
+def output_files(path: str | os.PathLike, *, data_name: str | None = None) -> dict[pathlib.Path, str]:
+    """The files saving a model at ``path`` may write, replace or remove: the model, the data
+    file named ``data_name`` if one is asked for, and the data files of that output
+    (``output_commit.replaceable_files``; a new content-named data file's name is only known
+    once written, and it only ever replaces a file of that name, content included)."""
+    from mpcompile.io import output_commit
+
     path = pathlib.Path(path).absolute()
     files = {path: OUTPUT_MODEL}
-    if external_data:
-        name = external_data if isinstance(external_data, str) else path.name + DATA_SUFFIX
-        files[path.with_name(name)] = OUTPUT_WEIGHTS
+    for data in output_commit.replaceable_files(path):
+        files[data] = OUTPUT_WEIGHTS
+    if data_name is not None:
+        files[path.with_name(data_name)] = OUTPUT_WEIGHTS
     return files
 
 

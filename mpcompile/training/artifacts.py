@@ -178,7 +178,7 @@ def _refuse_writing_over_sources(paths: ArtifactPaths, destination: pathlib.Path
     for model in (paths.training_model, paths.eval_model):
         if model is not None:
             read.update(overwrite_guard.model_files(model_io.files_read(model)))
-            written.update(overwrite_guard.output_files(destination / model.name, external_data=True))
+            written.update(overwrite_guard.output_files(destination / model.name))
     copied = [paths.checkpoint] if paths.checkpoint.is_file() else sorted(paths.checkpoint.rglob("*"))
     if paths.optimizer_model is not None:
         copied.append(paths.optimizer_model)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import glob
 import json
 import math
 import os
@@ -325,7 +326,8 @@ def ensure_model(name: str, workdir: pathlib.Path) -> ModelInfo:
 
 
 def _clean(out: pathlib.Path) -> None:
-    for p in (out, out.with_name(out.name + ".data")):
+    """Remove a tool's output: the model, ``OUT.data`` and mpcompile's ``OUT.<hex>.data``."""
+    for p in (out, *out.parent.glob(f"{glob.escape(out.name)}*.data")):
         if p.exists():
             p.unlink()
 
