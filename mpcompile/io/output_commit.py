@@ -9,8 +9,9 @@ exclusive ``flock`` on the folder itself (no lock file is left), and SIGINT/SIGT
 held during the commit and delivered after it. A SIGKILL can only leave a data file no model
 names, or a temporary folder; the next save to that output removes both.
 
-Test hook: ``MPCOMPILE_TEST_COMMIT_PAUSE=<point>:<file>`` makes the save create ``<file>`` and
-sleep ``PAUSE_SECONDS`` at ``<point>``, one of ``PAUSE_POINTS``, so a test can kill it there.
+Test hook: ``MPCOMPILE_TEST_COMMIT_PAUSE=<point>:<file>[:<seconds>]`` makes the save create
+``<file>`` and sleep (``PAUSE_SECONDS`` unless given) at ``<point>``, one of ``PAUSE_POINTS``, so a
+test can kill it there (``tests/test_atomic_save.py``).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ PAUSE_ENV = "MPCOMPILE_TEST_COMMIT_PAUSE"
 # before-commit: checked and ready, nothing moved; before-model: the data file is in place;
 # after-model: the new model is in place, the old data file not yet removed.
 PAUSE_POINTS = ("before-commit", "before-model", "after-model")
-PAUSE_SECONDS = 3.0
+PAUSE_SECONDS = 4.0
 _MARK = "mpcompile"
 
 
@@ -237,7 +238,8 @@ def pause(point: str) -> None:
     setting = os.environ.get(PAUSE_ENV)
     if not setting:
         return
-    wanted, _, marker = setting.partition(":")
+    wanted, _, rest = setting.partition(":")
+    marker, _, seconds = rest.partition(":")
     if wanted == point and marker:
         pathlib.Path(marker).touch()
-        time.sleep(PAUSE_SECONDS)
+        time.sleep(float(seconds) if seconds else PAUSE_SECONDS)
