@@ -274,7 +274,7 @@ def test_kills_at_random_moments_leave_the_old_or_the_new_pair(
         after = "fp16" if before == "fp32-matmul" else "fp32-matmul"
         number = rng.choice([signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
         process = start_convert(source, output, WRITERS[after])
-        time.sleep(rng.uniform(0.3, 1.1) * full)
+        time.sleep(rng.uniform(0.2, 1.0) * full)
         process.send_signal(number)
         process.communicate(timeout=CHILD_TIMEOUT_S)
         now = assert_is_one_of(output, two)
@@ -343,9 +343,16 @@ def test_stale_temp_folders_of_dead_owners_are_removed(source: pathlib.Path, tmp
     for folder in (stale, live, other):
         folder.mkdir()
         (folder / OUTPUT).write_bytes(b"half a model")
+    unowned_old = tmp_path / f".{OUTPUT}.k2j4_9xz.tmp"  # the form before owners were named
+    unowned_new = tmp_path / f".{OUTPUT}.a1b2c3d4.tmp"
+    for folder in (unowned_old, unowned_new):
+        folder.mkdir()
+    day_ago = time.time() - output_commit.STALE_TEMP_SECONDS - 60
+    os.utime(unowned_old, (day_ago, day_ago))
     assert convert_here(source, tmp_path / OUTPUT, NEW) == 0
-    assert not stale.exists()
-    assert live.exists() and other.exists()  # a live owner's, and another output's
+    assert not stale.exists() and not unowned_old.exists()
+    # A live owner's, another output's, and an unowned one younger than a day stay.
+    assert live.exists() and other.exists() and unowned_new.exists()
 
 
 def test_an_explicit_data_file_name_is_used_for_a_fresh_destination(tmp_path: pathlib.Path) -> None:

@@ -111,16 +111,21 @@ def make_temp_folder(output: pathlib.Path) -> pathlib.Path:
 def remove_stale_temp_folders(output: pathlib.Path) -> list[pathlib.Path]:
     """Remove the temporary folders earlier saves to ``output`` left (killed by SIGKILL, say):
     those whose owner process is gone, or older than ``STALE_TEMP_SECONDS``. Returns them."""
-    pattern = re.compile(rf"\.{re.escape(output.name)}\.{_MARK}-([0-9]{{1,10}})-[A-Za-z0-9_]+\.tmp")
+    name = re.escape(output.name)
+    pattern = re.compile(rf"\.{name}\.{_MARK}-([0-9]{{1,10}})-[A-Za-z0-9_]+\.tmp")
+    # Earlier versions named them without the owner; only their age tells they are stale.
+    unowned = re.compile(rf"\.{name}\.[a-z0-9_]{{8}}\.tmp")
     removed = []
     with contextlib.suppress(OSError), os.scandir(output.parent) as entries:
         for entry in entries:
             match = pattern.fullmatch(entry.name)
-            if match is None or not entry.is_dir(follow_symlinks=False):
+            if (match is None and not unowned.fullmatch(entry.name)) or not entry.is_dir(
+                follow_symlinks=False
+            ):
                 continue
             with contextlib.suppress(OSError):
                 age = time.time() - entry.stat(follow_symlinks=False).st_mtime
-                if not _alive(int(match.group(1))) or age > STALE_TEMP_SECONDS:
+                if age > STALE_TEMP_SECONDS or (match is not None and not _alive(int(match.group(1)))):
                     shutil.rmtree(entry.path)
                     removed.append(pathlib.Path(entry.path))
     return removed
