@@ -360,20 +360,17 @@ def test_an_explicit_data_file_name_is_used_for_a_fresh_destination(tmp_path: pa
     model = model_io.load_model(_legacy_output(tmp_path / "in", "w.bin"))
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    data = model_io.save_model(
-        model, fresh / "model.onnx", external_data=True, data_file_name="model.onnx_data"
-    )
+    data = model_io.save_model(model, fresh / "model.onnx", external_data="model.onnx_data")
     assert data == fresh / "model.onnx_data"
     assert listing(fresh) == ["model.onnx", "model.onnx_data"]
     onnx.checker.check_model(str(fresh / "model.onnx"), full_check=True)
-    # Not fresh any more: the content name, and the explicit file (not ours) stays.
-    again = model_io.save_model(
-        model, fresh / "model.onnx", external_data=True, data_file_name="model.onnx_data"
-    )
+    # Not fresh any more: the content name (a fixed name cannot be replaced by one rename);
+    # the file of the explicit name is not of our naming, so it stays.
+    again = model_io.save_model(model, fresh / "model.onnx", external_data="model.onnx_data")
     assert again is not None and re.fullmatch(r"model\.onnx\.[0-9a-f]{12}\.data", again.name)
     assert listing(fresh) == sorted(["model.onnx", "model.onnx_data", again.name])
     with pytest.raises(ValueError):
-        model_io.save_model(model, fresh / "other.onnx", data_file_name="../escape.data")
+        model_io.save_model(model, fresh / "other.onnx", external_data="../escape.data")
 
 
 def test_a_fresh_commit_refuses_an_output_written_meanwhile(tmp_path: pathlib.Path) -> None:

@@ -54,7 +54,7 @@ PAUSE_SECONDS = 4.0
 _MARK = "mpcompile"
 
 
-def data_file_name(output: pathlib.Path, data_file: pathlib.Path) -> str:
+def content_name(output: pathlib.Path, data_file: pathlib.Path) -> str:
     """The content name of ``data_file`` as the external data of ``output``: ``OUT.onnx.<hex>.data``."""
     digest = hashlib.sha256()
     with open(data_file, "rb") as handle:
@@ -89,8 +89,8 @@ def _content_named_files(output: pathlib.Path) -> list[pathlib.Path]:
 
 def name_by_content(folder: pathlib.Path, output: pathlib.Path, scratch_name: str) -> str:
     """Rename the data file ``scratch_name`` of the model ``folder/output.name`` to its content
-    name (``data_file_name``) and point the model at it; returns the name."""
-    final = data_file_name(output, folder / scratch_name)
+    name (``content_name``) and point the model at it; returns the name."""
+    final = content_name(output, folder / scratch_name)
     model_file = folder / output.name
     proto = onnx.load(str(model_file), load_external_data=False)
     for tensor, _ in all_tensor_protos(proto):
