@@ -2,7 +2,9 @@
 
 - Complex tensors: ONNX Runtime has no complex tensor type, so such a model (and its
   conversion) never loads: refused.
-- ai.onnx ops ONNX does not define: refused (the checker would refuse the output).
+- ai.onnx ops that neither ONNX nor ONNX Runtime defines: refused. ORT's own default-domain ops
+  (``SimplifiedLayerNormalization``, ``LayerNormalization`` below opset 17, ..., which its fusion
+  tools emit) are accepted: ORT's schemas type them (``targets/ort_schemas.py``).
 - Ops that neither ONNX, ONNX Runtime's kernels nor a model-local function define (a custom
   domain): ONNX Runtime loads the model only with that op's library registered, so the
   conversion is refused unless ``allow_custom_ops`` (the op then stays FP32, listed in a note).
@@ -20,6 +22,7 @@ import onnx_ir as ir
 from mpcompile import errors
 from mpcompile.irtools.graphs import all_graphs
 from mpcompile.irtools.names import NameAuthority
+from mpcompile.targets import ort_schemas
 from mpcompile.targets.kernel_table import normalize_domain, shipped_document
 
 COMPLEX_DTYPES = frozenset({ir.DataType.COMPLEX64, ir.DataType.COMPLEX128})
@@ -40,10 +43,12 @@ def refuse_unloadable(model: ir.Model, *, allow_custom_ops: bool = False) -> Non
                 _refuse_complex(value.dtype, f"value {value.name!r}")
             for attribute in node.attributes.values():
                 _refuse_complex(_attribute_dtype(node, attribute), f"attribute {attribute.name!r} of {label}")
-            if (node.domain, node.op_type) in functions or is_known_op(node):
+            if (node.domain, node.op_type) in functions or is_known_op(node, _domain_opset(model, node)):
                 continue
             if node.domain in ("", "ai.onnx"):
-                raise errors.InvalidModelError(f"{label}: {node.op_type} is not an ONNX operator")
+                raise errors.InvalidModelError(
+                    f"{label}: {node.op_type} is not an ONNX operator (nor one ONNX Runtime registers)"
+                )
             if allow_custom_ops:
                 continue
             raise errors.InvalidModelError(
@@ -53,13 +58,21 @@ def refuse_unloadable(model: ir.Model, *, allow_custom_ops: bool = False) -> Non
             )
 
 
-def is_known_op(node: ir.Node) -> bool:
-    """Whether ONNX has a schema for the node's (domain, op), or, outside ai.onnx (where the
-    checker wants a schema), ONNX Runtime a kernel."""
+def is_known_op(node: ir.Node, opset: int = 0) -> bool:
+    """Whether ONNX has a schema for the node's (domain, op), ONNX Runtime a schema for it (its
+    contrib and default-domain ops, at the domain's ``opset``; 0: any), or, outside ai.onnx,
+    ONNX Runtime a kernel."""
     domain = "" if node.domain == "ai.onnx" else node.domain
     if onnx.defs.has(node.op_type, domain):
         return True
+    if ort_schemas.ort_schema(domain, node.op_type, opset) is not None:
+        return True
     return bool(domain) and (normalize_domain(domain), node.op_type) in _ort_ops()
+
+
+def _domain_opset(model: ir.Model, node: ir.Node) -> int:
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    return model.opset_imports.get(domain, model.opset_imports.get("ai.onnx", 0) if not domain else 0)
 
 
 @functools.lru_cache(maxsize=1)

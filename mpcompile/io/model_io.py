@@ -22,7 +22,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from mpcompile import errors
-from mpcompile.io import output_commit
+from mpcompile.io import ort_domain, output_commit
 from mpcompile.io.mapped_load import WireFormatError, load_mapped, write_embedded
 from mpcompile.io.proto_tensors import all_tensor_protos, tensor_nbytes
 from mpcompile.io.structure import check_declared_types, check_structure, check_value_info_against_inference
@@ -184,9 +184,19 @@ def _with_inferred_types(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]
     return inferred, True
 
 
-def infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """onnx shape inference as every conversion runs it: strict, type-checked, no data propagation."""
-    return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=False)
+def infer_shapes(proto: onnx.ModelProto, *, strict: bool = True) -> onnx.ModelProto:
+    """onnx shape inference as every conversion runs it: strict, type-checked, no data propagation.
+
+    ORT's default-domain ops are hidden from it (``ort_domain``); the result keeps them.
+    ``strict=False``: values whose inference fails stay as declared (a model whose declared shapes
+    contradict inference, which only the full checker refuses)."""
+    with ort_domain.hidden_ort_ops(proto) as hidden:
+        inferred = onnx.shape_inference.infer_shapes(
+            proto, check_type=strict, strict_mode=strict, data_prop=False
+        )
+    if hidden:
+        ort_domain.restore_default_domain(inferred)
+    return inferred
 
 
 def _save_embedded(model: ir.Model, path: str) -> None:

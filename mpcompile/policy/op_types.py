@@ -8,7 +8,9 @@ BatchNormalization mean/var at opset >= 15, Clip bounds before opset 11, ...) ke
 their own type. An op whose primary variable does not allow the low-precision type at
 that opset never goes low.
 
-Ops onnx has no schema for (contrib ops) use the explicit rules in ``CONTRIB_TYPING``.
+Ops onnx has no schema for (contrib ops) use the explicit rules in ``CONTRIB_TYPING``, else
+ONNX Runtime's own schema for them (``targets/ort_schemas.py``: the same primary-variable rule),
+else the type parameters of ORT's kernel signatures.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import onnx_ir as ir
 
 from mpcompile.irtools.graphs import node_opset
 from mpcompile.policy import op_classes
+from mpcompile.targets import ort_schemas
 
 FLOAT = ir.DataType.FLOAT
 
@@ -88,6 +91,10 @@ TIED_TYPE_VARIABLES: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {
     ("", "RMSNormalization"): {"T": ("V",)},
     ("", "LinearAttention"): {"T": ("S",)},
     ("", "OptionalGetElement"): {"O": ("V",)},
+    # ORT's default-domain layer norms (its fusions emit them) bind X to T, scale/bias/Y to V;
+    # ORT's kernels register T == V (plus float X with a low-precision scale), never X low alone.
+    ("", "SimplifiedLayerNormalization"): {"T": ("V",)},
+    ("", "LayerNormalization"): {"T": ("V",)},
 }
 
 
@@ -105,11 +112,25 @@ def get_schema(domain: str, op_type: str, opset: int) -> onnx.defs.OpSchema | No
 
 
 def _formal_type(params, index: int) -> str | None:
+    """The type string input/output ``index`` binds to, for onnx's and ORT's schemas alike."""
     if index < len(params):
         return params[index].type_str
-    if params and params[-1].option == onnx.defs.OpSchema.FormalParameterOption.Variadic:
+    if params and _is_variadic(params[-1]):
         return params[-1].type_str
     return None
+
+
+def _is_variadic(param) -> bool:
+    return param.option in (onnx.defs.OpSchema.FormalParameterOption.Variadic, ort_schemas.VARIADIC)
+
+
+def _schema_for_typing(node: ir.Node, opset: int):
+    """onnx's schema for the node at ``opset``, else ORT's (its contrib ops), else None."""
+    schema = get_schema(node.domain, node.op_type, opset)
+    if schema is not None:
+        return schema
+    default_domain = node.domain in ("", "ai.onnx")
+    return ort_schemas.ort_schema(node.domain, node.op_type, opset if default_domain else 0)
 
 
 def type_variable_conflict(node: ir.Node, opset: int, opset_imports: dict[str, int]) -> str | None:
@@ -213,12 +234,12 @@ def _node_typing(node: ir.Node, opset: int, low_dtype: ir.DataType) -> NodeTypin
     key = (node.domain, node.op_type)
     if key in CONTRIB_TYPING:
         return _contrib_typing(node, CONTRIB_TYPING[key])
-    schema = get_schema(node.domain, node.op_type, opset)
+    schema = _schema_for_typing(node, opset)
     if schema is None:
         return kernel_signature_typing(node)
     if node.op_type == "Cast" and node.domain == "":
         return _cast_typing(node)
-    constraints = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+    constraints = _constraints(schema)
     shape_only = op_classes.SHAPE_ONLY_INPUTS.get(key, frozenset())
 
     primary: str | None = None
@@ -258,6 +279,13 @@ def _node_typing(node: ir.Node, opset: int, low_dtype: ir.DataType) -> NodeTypin
         and not _has_float_tensor_attribute(node),
         type_variable=primary,
     )
+
+
+def _constraints(schema) -> dict[str, set[str]]:
+    """Type variable -> allowed type strings, from an onnx ``OpSchema`` or an ``OrtSchema``."""
+    if isinstance(schema, ort_schemas.OrtSchema):
+        return {name: set(types) for name, types in schema.type_constraints.items()}
+    return {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
 
 
 def _has_float_tensor_attribute(node: ir.Node) -> bool:
@@ -334,6 +362,63 @@ def kernel_signature_typing(node: ir.Node) -> NodeTyping | None:
         index for index, _ in enumerate(node.outputs) if formal(signature.outputs, index) == primary
     )
     return NodeTyping(float_inputs, float_outputs, low_allowed=True, type_variable=primary)
+
+
+def contrib_output_dtypes(node: ir.Node, opset: int) -> list[ir.DataType | None]:
+    """For an op without an onnx schema: each output's dtype from ORT's schema of the op (a type
+    variable bound by an input, a literal type, or a variable allowing one type), else from ORT's
+    kernel signatures; None where neither tells."""
+    schema = _schema_for_typing(node, opset)
+    if not isinstance(schema, ort_schemas.OrtSchema):
+        return output_dtypes_from_inputs(node)
+    bound: dict[str, ir.DataType] = {}
+    for index, value in enumerate(node.inputs):
+        formal = schema.formal(index)
+        if formal is not None and value is not None and value.dtype is not None:
+            bound.setdefault(formal.type_str, value.dtype)
+    result: list[ir.DataType | None] = []
+    for index in range(len(node.outputs)):
+        formal = schema.formal(index, output=True)
+        allowed = schema.type_constraints.get(formal.type_str, ()) if formal is not None else ()
+        if formal is None:
+            result.append(None)
+        elif formal.type_str.startswith("tensor("):
+            result.append(_literal_dtype(formal.type_str))
+        elif formal.type_str in bound:
+            result.append(bound[formal.type_str])
+        else:
+            result.append(_literal_dtype(allowed[0]) if len(allowed) == 1 else None)
+    return result
+
+
+def schema_type_errors(node: ir.Node, opset: int) -> list[str]:
+    """How the node's typed inputs and outputs break ORT's schema for it (a type a variable does
+    not allow, one variable bound to two types, a literal type not met); empty when none do or
+    ORT has no schema for the op."""
+    default_domain = node.domain in ("", "ai.onnx")
+    schema = ort_schemas.ort_schema(node.domain, node.op_type, opset if default_domain else 0)
+    if schema is None:
+        return []
+    problems: list[str] = []
+    bound: dict[str, ir.DataType] = {}
+    for output, values in ((False, node.inputs), (True, node.outputs)):
+        for index, value in enumerate(values):
+            formal = schema.formal(index, output=output)
+            dtype = _dtype(value)
+            if formal is None or dtype is None or (formal.variadic and not formal.homogeneous):
+                continue
+            where = f"{'output' if output else 'input'} {index} ({formal.name})"
+            allowed = (
+                (formal.type_str,)
+                if formal.type_str.startswith("tensor(")
+                else schema.type_constraints.get(formal.type_str, ())
+            )
+            if allowed and _type_string(dtype) not in allowed:
+                problems.append(f"{where} is {dtype.name}, not one of {', '.join(allowed)}")
+            previous = bound.setdefault(formal.type_str, dtype)
+            if previous != dtype:
+                problems.append(f"{where}: type {formal.type_str} bound to both {previous.name} and {dtype.name}")
+    return problems
 
 
 def output_dtypes_from_inputs(node: ir.Node) -> list[ir.DataType | None]:
