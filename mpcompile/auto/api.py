@@ -249,7 +249,7 @@ def auto_convert_file(
     result = auto_convert(opened, **auto_options)
     options = auto_options.get("options")
     verify = auto_options.get("verify", options.verify if options is not None else True) is not False
-    save_conversion(result.model, opened, external_data=external_data, verify=verify)
+    save_conversion(result.model, opened, external_data=external_data, verify=verify, notes=result.notes)
     return result
 
 

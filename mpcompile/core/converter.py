@@ -125,7 +125,7 @@ def _finish(model: ModelLike, kind: str, result: ConvertResult, opts: ConvertOpt
     if kind == "proto" and not result.already_converted:
         proto = ir.to_proto(result.model)
         if opts.verify:
-            _check(proto, model)
+            _record(result.notes, _check(proto, model))
         result.model = proto
     elif kind == "proto":
         result.model = model
@@ -134,8 +134,13 @@ def _finish(model: ModelLike, kind: str, result: ConvertResult, opts: ConvertOpt
         and not result.already_converted
         and model_io.weight_bytes(result.model) < model_io.TWO_GIB // 2
     ):
-        _check(ir.to_proto(result.model), model)
+        _record(result.notes, _check(ir.to_proto(result.model), model))
     return result
+
+
+def _record(notes: list[str], note: str | None) -> None:
+    if note is not None:
+        notes.append(note)
 
 
 @with_cyclic_gc_paused
@@ -166,7 +171,7 @@ def convert_file(
         raise errors.AlreadyLowPrecisionError(f"{opened.source}: {result.notes[-1]}; nothing to do")
     if on_pass_start is not None:
         on_pass_start("saving and checking")
-    save_conversion(result.model, opened, external_data=external_data, verify=opts.verify)
+    save_conversion(result.model, opened, external_data=external_data, verify=opts.verify, notes=result.notes)
     return result
 
 
@@ -210,14 +215,17 @@ def save_conversion(
     *,
     external_data: bool | str | None = None,
     verify: bool = True,
+    notes: list[str] | None = None,
 ) -> None:
-    """Save a conversion of ``opened`` atomically at its target; ``verify``: the full ONNX check
-    of the written file (an input that fails it too is the user's problem, see ``_check``)."""
+    """Save a conversion of ``opened`` atomically at its target; ``verify``: the checks of the
+    written file (``core/output_checks.py``), whose note, if any, is appended to ``notes``."""
     model_io.save_model(
         model,
         opened.target,
         external_data=external_data,
-        verify=(lambda path: _check(path, opened.source)) if verify else None,
+        verify=(lambda path: _record(notes if notes is not None else [], _check(path, opened.source)))
+        if verify
+        else None,
     )
 
 
@@ -399,26 +407,10 @@ def _is_qdq(model: ir.Model) -> bool:
     )
 
 
-_CHECKER_ERRORS = (onnx.checker.ValidationError, onnx.shape_inference.InferenceError)
+def _check(converted: onnx.ModelProto | str | os.PathLike, original: ModelLike) -> str | None:
+    """The output passes every check its input passes (``core/output_checks.py``): an input that
+    fails them already is the user's problem (InvalidModelError), otherwise it is our bug. Returns
+    a note when the output was checked otherwise than by the full checker alone."""
+    from mpcompile.core.output_checks import check_output
 
-
-def _check(converted: onnx.ModelProto | str | os.PathLike, original: ModelLike) -> None:
-    """Full onnx check of the result. If it fails, the input is checked too: an input that
-    fails already is the user's problem (InvalidModelError), otherwise it is our bug."""
-    try:
-        _check_model(converted)
-    except _CHECKER_ERRORS as exc:
-        try:
-            _check_model(ir.to_proto(original) if isinstance(original, ir.Model) else original)
-        except _CHECKER_ERRORS as original_exc:
-            first = (
-                str(original_exc).strip().splitlines()[0]
-                if str(original_exc).strip()
-                else type(original_exc).__name__
-            )
-            raise errors.InvalidModelError(f"the input model fails the ONNX checker: {first}") from None
-        raise AssertionError(f"mpcompile produced an invalid model (a bug): {exc}") from exc
-
-
-def _check_model(model: onnx.ModelProto | str | os.PathLike) -> None:
-    onnx.checker.check_model(model if isinstance(model, onnx.ModelProto) else str(model), full_check=True)
+    return check_output(converted, original)

@@ -65,6 +65,8 @@ FOLLOW: frozenset[tuple[str, str]] = frozenset(
             "Softmax", "LayerNormalization", "BatchNormalization", "InstanceNormalization",
             "GroupNormalization", "RMSNormalization", "AveragePool", "GlobalAveragePool",
             "RotaryEmbedding",
+            # ORT's RMSNorm in the default domain (its fusions emit it; onnx has no such op)
+            "SimplifiedLayerNormalization",
         )
     }
     | {

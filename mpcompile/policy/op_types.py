@@ -417,7 +417,9 @@ def schema_type_errors(node: ir.Node, opset: int) -> list[str]:
                 problems.append(f"{where} is {dtype.name}, not one of {', '.join(allowed)}")
             previous = bound.setdefault(formal.type_str, dtype)
             if previous != dtype:
-                problems.append(f"{where}: type {formal.type_str} bound to both {previous.name} and {dtype.name}")
+                problems.append(
+                    f"{where}: type {formal.type_str} bound to both {previous.name} and {dtype.name}"
+                )
     return problems
 
 

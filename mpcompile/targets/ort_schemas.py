@@ -142,7 +142,9 @@ def to_document(schemas: Iterable[OrtSchema], ort_version: str) -> dict:
 @functools.lru_cache(maxsize=1)
 def shipped_document() -> dict:
     """The parsed ``ort_schemas.json`` package data."""
-    text = importlib.resources.files("mpcompile").joinpath("data", SHIPPED_SCHEMAS_RESOURCE).read_text("ascii")
+    text = (
+        importlib.resources.files("mpcompile").joinpath("data", SHIPPED_SCHEMAS_RESOURCE).read_text("ascii")
+    )
     return json.loads(text)
 
 
@@ -170,7 +172,10 @@ def _registry() -> tuple[dict[tuple[str, str], tuple[OrtSchema, ...]], str]:
         schemas, source = live, f"onnxruntime {live_runtime_version()} (live)"
     else:
         document = shipped_document()
-        schemas, source = _from_document(document), f"shipped table (onnxruntime {document['source']['ort_version']})"
+        schemas, source = (
+            _from_document(document),
+            f"shipped table (onnxruntime {document['source']['ort_version']})",
+        )
     by_op: dict[tuple[str, str], list[OrtSchema]] = {}
     for schema in schemas:
         by_op.setdefault((schema.domain, schema.name), []).append(schema)
