@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pathlib
 from collections import Counter
@@ -384,10 +385,43 @@ def already_low_precision(model: ir.Model) -> str | None:
         return f"already converted by mpcompile {model.metadata_props[MODEL_VERSION_KEY]}"
     dtypes = set(_float_dtypes(model))
     low = dtypes & {ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
-    if low and ir.DataType.FLOAT not in dtypes:
-        names = "/".join(sorted(Precision.of_dtype(d).value for d in low))
+    if not low:
+        return None
+    names = "/".join(sorted(Precision.of_dtype(d).value for d in low))
+    if ir.DataType.FLOAT not in dtypes:
         return f"model is already {names} (no FP32 tensors)"
+    # Another converter's mixed-precision output (onnxconverter-common, ORT's float16 with
+    # keep_io_types, optimum -O4): most float weight bytes low, nodes computing low.
+    share = _low_weight_share(model)
+    if share > 0.5 and _computes_low(model):
+        return f"model is already {names} ({share:.0%} of its float weight bytes are {names}; converted by another tool)"
     return None
+
+
+def _low_weight_share(model: ir.Model) -> float:
+    """The share of float initializer bytes that are FP16/BF16 (0 without float initializers)."""
+    low = total = 0
+    for graph in model_graphs(model):
+        for value in graph.initializers.values():
+            if value.dtype is None or not value.dtype.is_floating_point() or value.shape is None:
+                continue
+            if not value.shape.is_static():
+                continue
+            size = value.dtype.itemsize * math.prod(value.shape.numpy())
+            total += size
+            low += size if value.dtype in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16) else 0
+    return low / total if total else 0.0
+
+
+def _computes_low(model: ir.Model) -> bool:
+    """Whether a node other than a Cast outputs FP16/BF16."""
+    return any(
+        value.dtype in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+        for graph in model_graphs(model)
+        for node in graph
+        if node.op_type != "Cast"
+        for value in node.outputs
+    )
 
 
 def _float_dtypes(model: ir.Model) -> Iterable[ir.DataType]:

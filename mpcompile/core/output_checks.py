@@ -156,7 +156,7 @@ def _check_ort_load(
         return "no ORT load (onnxruntime is not installed)"
     without_cpu = _ops_without_cpu_kernel(_as_ir(converted))
     if without_cpu:
-        return f"no ORT CPU load ({', '.join(without_cpu[:_SHOWN])} only have kernels for other providers)"
+        return f"no ORT CPU load (no CPU kernel for {', '.join(without_cpu[:_SHOWN])})"
     failure = _load_failure(onnxruntime, converted)
     if failure is None:
         return "an ORT CPU load"

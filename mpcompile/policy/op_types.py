@@ -415,6 +415,7 @@ def schema_type_errors(node: ir.Node, opset: int) -> list[str]:
             )
             if allowed and _type_string(dtype) not in allowed:
                 problems.append(f"{where} is {dtype.name}, not one of {', '.join(allowed)}")
+                continue
             previous = bound.setdefault(formal.type_str, dtype)
             if previous != dtype:
                 problems.append(
