@@ -80,10 +80,16 @@ def _infer_shapes(model: ir.Model, notes: list[str]) -> bool | None:
     try:
         inferred_proto = _call_without_weights(infer_shapes, model)
     except Exception as exc:  # as ShapeInferencePass: leave the model as it is
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        notes.append(f"onnx shape inference failed ({message}); values it would type stay untyped")
-        logger.debug("shape inference failed", exc_info=True)
-        return None
+        try:  # declared shapes that contradict inference (only the full checker refuses them)
+            inferred_proto = _call_without_weights(
+                lambda proto: infer_shapes(_without_declared_shapes(proto)), model
+            )
+        except Exception:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            notes.append(f"onnx shape inference failed ({message}); values it would type stay untyped")
+            logger.debug("shape inference failed", exc_info=True)
+            return None
+        logger.info("strict shape inference failed (%s); typed with the declared shapes cleared", exc)
     modified = False
     for graph, inferred_types in zip(model_graphs(model), _value_types(inferred_proto.graph), strict=True):
         values = [*graph.inputs, *(output for node in graph for output in node.outputs)]
@@ -102,6 +108,24 @@ def _infer_shapes(model: ir.Model, notes: list[str]) -> bool | None:
                 value.shape = ir.serde.deserialize_type_proto_for_shape(proto)
                 modified = True
     return modified
+
+
+def _without_declared_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` with the shapes declared for graph outputs and intermediate values cleared, in
+    every graph: strict inference that fails only over those shapes then succeeds, with types as
+    sure as ever (a declared type that contradicts inference still fails it)."""
+
+    def clear(graph: onnx.GraphProto) -> None:
+        for info in (*graph.output, *graph.value_info):
+            if info.type.HasField("tensor_type"):
+                info.type.tensor_type.ClearField("shape")
+        for node in graph.node:
+            for attribute in node.attribute:
+                for subgraph in (attribute.g,) if attribute.HasField("g") else attribute.graphs:
+                    clear(subgraph)
+
+    clear(proto.graph)
+    return proto
 
 
 def _call_without_weights(func, model: ir.Model):
@@ -160,19 +184,29 @@ def _value_types(graph: onnx.GraphProto) -> list[dict[str, onnx.TypeProto]]:
 
 def _type_contrib_outputs(model: ir.Model) -> bool:
     modified = False
+    opset = ai_onnx_opset(model.opset_imports)
     for graph in model_graphs(model):
         for node in graph:
-            modified |= _type_contrib_node(node)
+            modified |= _type_contrib_node(node, opset)
     return modified
 
 
-def _type_contrib_node(node: ir.Node) -> bool:
-    """Type the untyped outputs of a node outside ai.onnx from its inputs; True if any was typed."""
+def _is_contrib(node: ir.Node, opset: int) -> bool:
+    """An op onnx has no schema for: outside ai.onnx, or ORT's own default-domain ops
+    (``SimplifiedLayerNormalization``, ...) at the model's ai.onnx ``opset``."""
+    if node.domain not in ("", "ai.onnx"):
+        return True
+    return op_types.get_schema("", node.op_type, opset) is None
+
+
+def _type_contrib_node(node: ir.Node, opset: int) -> bool:
+    """Type the untyped outputs of a contrib op from its inputs (``CONTRIB_TYPING``, else ORT's
+    schema of the op, else ORT's kernel signatures); True if any was typed."""
     rule = op_types.CONTRIB_TYPING.get((node.domain, node.op_type))
     modified = False
     if rule is None:
-        if node.domain not in ("", "ai.onnx") and any(v.dtype is None and v.name for v in node.outputs):
-            for value, dtype in zip(node.outputs, op_types.output_dtypes_from_inputs(node), strict=True):
+        if _is_contrib(node, opset) and any(v.dtype is None and v.name for v in node.outputs):
+            for value, dtype in zip(node.outputs, op_types.contrib_output_dtypes(node, opset), strict=True):
                 if value.dtype is None and dtype is not None and value.name:
                     set_dtype(value, dtype)
                     modified = True
@@ -212,12 +246,12 @@ def propagate_types(model: ir.Model) -> bool:
                 continue
             if any(value is not None and value.type is None for value in node.inputs):
                 continue
-            if node.domain in ("", "ai.onnx"):
+            if not _is_contrib(node, ai_onnx):
                 before = sum(value.type is not None for value in node.outputs)
                 _infer_node_types(node, ai_onnx)
                 modified |= sum(value.type is not None for value in node.outputs) > before
             else:
-                modified |= _type_contrib_node(node)
+                modified |= _type_contrib_node(node, ai_onnx)
     return modified
 
 
