@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from models.corpus.manifest import Entry
+from models.corpus.manifest import Entry, FolderEntry
 
 
 def describe(entries: Iterable[Entry]) -> list[str]:
@@ -40,3 +40,33 @@ def _shapes(shapes: dict[str, list[int]]) -> str:
     if past:
         shown.append(f"{len(past)} past {'x'.join(map(str, shapes[past[0]]))}")
     return ", ".join(shown)
+
+
+def describe_folders(folders: Iterable[FolderEntry]) -> list[str]:
+    """One line per export folder: name, task, variant, files, status (and cause)."""
+    return [
+        f"{entry.name:42} {'optimum':11} {entry.variant:24} {entry.status}"
+        + (f": {entry.cause}" if entry.cause else "")
+        + f" [{', '.join(entry.files)}]"
+        for entry in folders
+    ]
+
+
+def folders_markdown_table(folders: Iterable[FolderEntry]) -> list[str]:
+    """A Markdown table of the export folders: task, variant, opset, files, size, prompts, status."""
+    lines = [
+        "| folder | optimum task | variant | opset | .onnx files | KiB | prompts | status |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for entry in folders:
+        size = (
+            sum(path.stat().st_size for path in entry.path.glob("*")) // 1024 if entry.path.is_dir() else ""
+        )
+        prompts = ", ".join(str(len(prompt)) for prompt in entry.prompts)
+        generated = f" ids, {entry.new_tokens} new tokens" if entry.generates else " ids"
+        status = entry.status + (f": {entry.cause}" if entry.cause else "")
+        lines.append(
+            f"| `{entry.name}` | {entry.task} | {entry.variant} | {entry.opset or ''} "
+            f"| {', '.join(f'`{name}`' for name in entry.files)} | {size} | {prompts}{generated} | {status} |"
+        )
+    return lines

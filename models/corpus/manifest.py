@@ -3,6 +3,8 @@
 The manifest lists every entry of a built corpus: its name, architecture, exporter, variant,
 family tags, the model and input files (relative to the manifest's folder), the opset, the
 status (``ok``, ``export-failed`` or ``run-failed`` with a one-line ``cause``) and the build key.
+Its ``folders`` section lists the whole optimum export folders (``FolderEntry``, built by
+``models/corpus/folders.py``): each section has its own writer, which keeps the other one.
 """
 
 from __future__ import annotations
@@ -107,6 +109,66 @@ class Entry:
         )
 
 
+@dataclass(frozen=True)
+class FolderEntry:
+    """One optimum export folder as optimum writes it (graphs, config.json, generation_config.json).
+
+    ``prompts`` are token-id prompts; ``reference`` the greedy tokens (``new_tokens`` each, no
+    end-of-sequence stop) that the seeded torch model generates for them: empty for an encoder.
+    """
+
+    name: str
+    architecture: str
+    task: str  # the optimum task it was exported for
+    variant: str  # decoder-only-with-past | encoder-decoder-merged | encoder-decoder | encoder
+    folder: str  # the export folder, relative to the manifest's folder
+    files: tuple[str, ...]  # its .onnx files
+    status: str
+    key: str
+    prompts: tuple[tuple[int, ...], ...] = ()
+    reference: tuple[tuple[int, ...], ...] = ()
+    new_tokens: int = 0
+    opset: int | None = None
+    cause: str = ""
+    notes: str = ""
+    root: Path = field(default=Path("."), compare=False, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """True when the folder exported and the FP32 graphs reproduced torch's outputs."""
+        return self.status == "ok"
+
+    @property
+    def path(self) -> Path:
+        """Absolute path of the export folder."""
+        return self.root / self.folder
+
+    @property
+    def generates(self) -> bool:
+        """True for a folder that generates tokens (a decoder), False for an encoder."""
+        return self.variant != "encoder"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest row (without the root folder)."""
+        row = asdict(self)
+        row.pop("root")
+        row["files"] = list(self.files)
+        row["prompts"] = [list(prompt) for prompt in self.prompts]
+        row["reference"] = [list(tokens) for tokens in self.reference]
+        return row
+
+    @classmethod
+    def from_dict(cls, row: Mapping[str, Any], root: Path) -> FolderEntry:
+        """A folder entry from a manifest row; ``root`` is the manifest's folder."""
+        if row["status"] not in STATUSES:
+            raise ValueError(f"{row.get('name')}: unknown status {row['status']!r}")
+        values = {name: row[name] for name in row if name in cls.__dataclass_fields__ and name != "root"}
+        values["files"] = tuple(row.get("files", ()))
+        values["prompts"] = tuple(tuple(prompt) for prompt in row.get("prompts", ()))
+        values["reference"] = tuple(tuple(tokens) for tokens in row.get("reference", ()))
+        return cls(**values, root=root)
+
+
 def load_feeds(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """One input sample: the arrays of an .npz file by input name."""
     with np.load(path, allow_pickle=False) as data:
@@ -163,6 +225,43 @@ def write_manifest(folder: Path, entries: Iterable[Entry], built_with: Mapping[s
     if duplicates:
         raise ValueError(f"duplicate corpus entry names: {', '.join(duplicates)}")
     document = {"version": MANIFEST_VERSION, "built_with": dict(built_with), "entries": rows}
+    previous = _read_document(folder / MANIFEST_NAME)
+    if previous.get("folders"):
+        document["folders"] = previous["folders"]
+    return _write_document(folder, document)
+
+
+def write_folder_section(folder: Path, entries: Iterable[FolderEntry], built_with: Mapping[str, str]) -> Path:
+    """Write the manifest's ``folders`` section (sorted by name), keeping its graph entries."""
+    rows = [entry.to_dict() for entry in sorted(entries, key=lambda entry: entry.name)]
+    document = _read_document(folder / MANIFEST_NAME) or {
+        "version": MANIFEST_VERSION,
+        "built_with": dict(built_with),
+        "entries": [],
+    }
+    document["folders"] = rows
+    return _write_document(folder, document)
+
+
+def load_folders(folder: str | os.PathLike | None = None, status: str | None = None) -> list[FolderEntry]:
+    """The export folders of the corpus in ``folder`` (default ``corpus_folder()``), optionally of one
+    status; empty when the corpus was built without them. Raises like ``load_manifest``."""
+    path = manifest_path(folder)
+    load_manifest(folder)  # the same checks and messages
+    rows = json.loads(path.read_text()).get("folders", [])
+    entries = [FolderEntry.from_dict(row, path.parent) for row in rows]
+    return [entry for entry in entries if status is None or entry.status == status]
+
+
+def _read_document(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return document if document.get("version") == MANIFEST_VERSION else {}
+
+
+def _write_document(folder: Path, document: dict[str, Any]) -> Path:
     path = folder / MANIFEST_NAME
     temporary = path.with_suffix(".json.tmp")
     temporary.write_text(json.dumps(document, indent=1, sort_keys=False) + "\n")

@@ -1,0 +1,297 @@
+"""Greedy generation with plain ONNX Runtime on an optimum export folder (no optimum, no torch).
+
+``Generator(folder).generate(prompt, new_tokens)`` runs what ``optimum-cli export onnx`` writes:
+
+- a decoder-only model with a KV cache (``model.onnx``): one run over the prompt with a
+  zero-length past, then one token per run, each run's ``present.*`` fed back as the next
+  run's ``past_key_values.*``;
+- an encoder-decoder: ``encoder_model.onnx`` once, its ``last_hidden_state`` fed to the
+  decoder's ``encoder_hidden_states``, then ``decoder_model_merged.onnx`` (``use_cache_branch``
+  false on the first step, true after) or ``decoder_model.onnx`` followed by
+  ``decoder_with_past_model.onnx``. The cross-attention cache (``*.encoder.*``) is taken from the
+  first step and kept, as optimum does.
+
+Each token is the argmax of the last position's logits (no end-of-sequence stop). The inputs the
+loop makes (ids, masks, positions, the empty past) get the types their graph declares; values that
+cross runs or files (present -> past, encoder output -> decoder input) are fed as they come, and a
+dtype that differs from what the receiving graph declares is a ``GenerationError``: ONNX Runtime
+would refuse the feed, and a deployment loop would have to insert a cast. FP16 inputs and outputs
+(``--no-keep-io-types``) thus run as they would in a user's loop, and the result records the dtype
+of every float value fed or read.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+DECODER_ONLY = "decoder-only"
+ENCODER_DECODER = "encoder-decoder"
+
+_TYPES: dict[str, Any] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(bool)": np.bool_,
+}
+_FLOAT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)")
+PAST = "past_key_values."
+PRESENT = "present."
+
+
+class GenerationError(ValueError):
+    """The folder cannot be run as a generation loop (layout, inputs or chained dtypes)."""
+
+
+@dataclass(frozen=True)
+class ExportLayout:
+    """Which files of an export folder a generation loop runs."""
+
+    kind: str  # DECODER_ONLY or ENCODER_DECODER
+    first: str  # the decoder run on the prompt (first step)
+    later: str  # the decoder run on each further token (== first for a merged decoder)
+    encoder: str | None = None
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The distinct .onnx files the loop opens, encoder first."""
+        names = [self.encoder, self.first, self.later]
+        return tuple(dict.fromkeys(name for name in names if name))
+
+
+def detect_layout(folder: str | pathlib.Path, merged: bool | None = None) -> ExportLayout:
+    """The generation layout of an optimum export ``folder``.
+
+    ``merged``: for an encoder-decoder folder, True runs ``decoder_model_merged.onnx``, False the
+    decoder / decoder-with-past pair; None takes the merged decoder when the folder has one.
+    """
+    folder = pathlib.Path(folder)
+    present = {path.name for path in folder.glob("*.onnx")}
+    if "encoder_model.onnx" in present:
+        has_merged = "decoder_model_merged.onnx" in present
+        has_pair = {"decoder_model.onnx", "decoder_with_past_model.onnx"} <= present
+        use_merged = has_merged if merged is None else merged
+        if use_merged and has_merged:
+            merged_file = "decoder_model_merged.onnx"
+            return ExportLayout(ENCODER_DECODER, merged_file, merged_file, "encoder_model.onnx")
+        if not use_merged and has_pair:
+            return ExportLayout(
+                ENCODER_DECODER, "decoder_model.onnx", "decoder_with_past_model.onnx", "encoder_model.onnx"
+            )
+        wanted = (
+            "decoder_model_merged.onnx" if use_merged else "decoder_model.onnx + decoder_with_past_model.onnx"
+        )
+        raise GenerationError(f"{folder}: an encoder-decoder folder without {wanted}")
+    if "model.onnx" in present:
+        return ExportLayout(DECODER_ONLY, "model.onnx", "model.onnx")
+    raise GenerationError(
+        f"{folder}: neither model.onnx nor encoder_model.onnx (not an optimum export folder)"
+    )
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The result of one greedy generation."""
+
+    tokens: tuple[int, ...]  # the generated token ids (the prompt excluded)
+    step_logits: tuple[np.ndarray, ...]  # float32 logits of the last position, one per token
+    float_io: Mapping[str, str] = field(default_factory=dict)  # "file:name" -> dtype fed or read
+
+
+class Generator:
+    """ONNX Runtime sessions over an export folder, and the greedy loop that runs them."""
+
+    def __init__(
+        self,
+        folder: str | pathlib.Path,
+        *,
+        merged: bool | None = None,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        threads: int = 1,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.folder = pathlib.Path(folder)
+        self.layout = detect_layout(self.folder, merged)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.sessions = {
+            name: ort.InferenceSession(str(self.folder / name), options, providers=list(providers))
+            for name in self.layout.files
+        }
+
+    def declared_float_io(self) -> dict[str, str]:
+        """``{"file:name": ONNX type}`` of every float input and output of the loop's graphs."""
+        declared = {}
+        for file, session in self.sessions.items():
+            for value in (*session.get_inputs(), *session.get_outputs()):
+                if value.type in _FLOAT_TYPES:
+                    declared[f"{file}:{value.name}"] = value.type
+        return declared
+
+    def decoder_start_token_id(self) -> int:
+        """``decoder_start_token_id`` from the folder's generation_config.json or config.json."""
+        for name in ("generation_config.json", "config.json"):
+            path = self.folder / name
+            if path.is_file():
+                value = json.loads(path.read_text()).get("decoder_start_token_id")
+                if value is not None:
+                    return int(value)
+        raise GenerationError(
+            f"{self.folder}: no decoder_start_token_id in generation_config.json or config.json"
+        )
+
+    def generate(self, prompt: Sequence[int], new_tokens: int) -> Generation:
+        """``new_tokens`` greedy tokens after ``prompt`` (token ids, one sequence)."""
+        if not len(prompt):
+            raise GenerationError("the prompt is empty")
+        ids = np.asarray(prompt, dtype=np.int64)[None, :]
+        loop = _Loop(self.sessions)
+        if self.layout.kind == DECODER_ONLY:
+            return loop.decoder_only(self.layout, ids, new_tokens)
+        return loop.encoder_decoder(self.layout, ids, new_tokens, self.decoder_start_token_id())
+
+
+class _Loop:
+    """One generation: runs the sessions, checks the dtypes of chained values, records float IO."""
+
+    def __init__(self, sessions: Mapping[str, Any]) -> None:
+        self.sessions = sessions
+        self.float_io: dict[str, str] = {}
+
+    def decoder_only(self, layout: ExportLayout, ids: np.ndarray, new_tokens: int) -> Generation:
+        cache: dict[str, np.ndarray] = {}
+        past_length = 0
+        current = ids
+        tokens: list[int] = []
+        logits: list[np.ndarray] = []
+        for step in range(new_tokens):
+            file = layout.first if step == 0 else layout.later
+            total = past_length + current.shape[1]
+            made = {
+                "input_ids": current,
+                "attention_mask": np.ones((1, total), np.int64),
+                "position_ids": np.arange(past_length, total, dtype=np.int64)[None, :],
+                "use_cache_branch": np.array([step > 0]),
+            }
+            outputs = self.run(file, made, cache)
+            token = self._next_token(outputs, logits)
+            tokens.append(token)
+            self._update_cache(cache, outputs, keep_encoder=False)
+            past_length = total
+            current = np.array([[token]], dtype=np.int64)
+        return Generation(tuple(tokens), tuple(logits), dict(self.float_io))
+
+    def encoder_decoder(
+        self, layout: ExportLayout, ids: np.ndarray, new_tokens: int, start: int
+    ) -> Generation:
+        assert layout.encoder is not None
+        mask = np.ones(ids.shape, np.int64)
+        encoded = self.run(layout.encoder, {"input_ids": ids, "attention_mask": mask}, {})
+        if "last_hidden_state" not in encoded:
+            raise GenerationError(f"{layout.encoder} has no last_hidden_state output")
+        chained = {"encoder_hidden_states": encoded["last_hidden_state"]}
+        cache: dict[str, np.ndarray] = {}
+        current = np.array([[start]], dtype=np.int64)
+        tokens: list[int] = []
+        logits: list[np.ndarray] = []
+        for step in range(new_tokens):
+            file = layout.first if step == 0 else layout.later
+            made = {
+                "input_ids": current,
+                "encoder_attention_mask": mask,
+                "use_cache_branch": np.array([step > 0]),
+            }
+            outputs = self.run(file, made, {**cache, **chained}, source=layout.encoder)
+            token = self._next_token(outputs, logits)
+            tokens.append(token)
+            self._update_cache(cache, outputs, keep_encoder=True)
+            current = np.array([[token]], dtype=np.int64)
+        return Generation(tuple(tokens), tuple(logits), dict(self.float_io))
+
+    def run(
+        self,
+        file: str,
+        made: Mapping[str, np.ndarray],
+        chained: Mapping[str, np.ndarray],
+        source: str | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run ``file``: inputs the loop makes are cast to the declared type; chained values
+        (``past_key_values.*`` under their input name, encoder outputs) must already have it."""
+        session = self.sessions[file]
+        feeds: dict[str, np.ndarray] = {}
+        for value in session.get_inputs():
+            dtype = _numpy_type(file, value.name, value.type)
+            if value.name in chained:
+                array = chained[value.name]
+                if array.dtype != dtype:
+                    origin = value.name.replace(PAST, PRESENT) if value.name.startswith(PAST) else value.name
+                    where = f"{source}:{origin}" if source and not value.name.startswith(PAST) else origin
+                    raise GenerationError(
+                        f"{file}: input {value.name} is declared {value.type} but {where} comes out "
+                        f"{array.dtype}; the loop cannot chain them without a cast"
+                    )
+            elif value.name in made:
+                array = made[value.name].astype(dtype, copy=False)
+            elif value.name.startswith(PAST):
+                array = _empty_past(file, value, dtype)
+            else:
+                raise GenerationError(f"{file}: the generation loop has nothing to feed input {value.name}")
+            feeds[value.name] = array
+            self._record(file, value.name, array)
+        names = [value.name for value in session.get_outputs()]
+        outputs = dict(zip(names, session.run(names, feeds), strict=True))
+        for name, array in outputs.items():
+            self._record(file, name, array)
+        return outputs
+
+    def _record(self, file: str, name: str, array: np.ndarray) -> None:
+        if np.issubdtype(array.dtype, np.floating):
+            self.float_io[f"{file}:{name}"] = str(array.dtype)
+
+    @staticmethod
+    def _next_token(outputs: Mapping[str, np.ndarray], logits: list[np.ndarray]) -> int:
+        if "logits" not in outputs:
+            raise GenerationError("the decoder has no logits output")
+        last = outputs["logits"][0, -1].astype(np.float32)
+        logits.append(last)
+        return int(np.argmax(last))
+
+    @staticmethod
+    def _update_cache(
+        cache: dict[str, np.ndarray], outputs: Mapping[str, np.ndarray], keep_encoder: bool
+    ) -> None:
+        """present.X becomes past_key_values.X; the cross-attention cache only from the first step."""
+        for name, array in outputs.items():
+            if not name.startswith(PRESENT):
+                continue
+            past = PAST + name[len(PRESENT) :]
+            if keep_encoder and ".encoder." in name and past in cache:
+                continue
+            cache[past] = array
+
+
+def _numpy_type(file: str, name: str, onnx_type: str) -> Any:
+    dtype = _TYPES.get(onnx_type)
+    if dtype is None:
+        raise GenerationError(f"{file}: input {name} has type {onnx_type}, which this loop does not feed")
+    return dtype
+
+
+def _empty_past(file: str, value: Any, dtype: Any) -> np.ndarray:
+    """A zero-length past (batch 1) for the first step: ``[1, heads, 0, head_dim]``."""
+    shape = list(value.shape)
+    if len(shape) != 4 or not all(isinstance(dim, int) for dim in shape[1:2] + shape[3:]):
+        raise GenerationError(
+            f"{file}: past input {value.name} has shape {shape}, not [batch, heads, past, head_dim]"
+        )
+    return np.zeros((1, shape[1], 0, shape[3]), dtype)
