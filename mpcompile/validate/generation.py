@@ -167,6 +167,7 @@ class _Loop:
     def __init__(self, sessions: Mapping[str, Any]) -> None:
         self.sessions = sessions
         self.float_io: dict[str, str] = {}
+        self.origins: dict[str, str] = {}  # chained input -> "file:output" it comes from
 
     def decoder_only(self, layout: ExportLayout, ids: np.ndarray, new_tokens: int) -> Generation:
         cache: dict[str, np.ndarray] = {}
@@ -200,6 +201,7 @@ class _Loop:
         if "last_hidden_state" not in encoded:
             raise GenerationError(f"{layout.encoder} has no last_hidden_state output")
         chained = {"encoder_hidden_states": encoded["last_hidden_state"]}
+        self.origins["encoder_hidden_states"] = f"{layout.encoder}:last_hidden_state"
         cache: dict[str, np.ndarray] = {}
         current = np.array([[start]], dtype=np.int64)
         tokens: list[int] = []
@@ -211,7 +213,7 @@ class _Loop:
                 "encoder_attention_mask": mask,
                 "use_cache_branch": np.array([step > 0]),
             }
-            outputs = self.run(file, made, {**cache, **chained}, source=layout.encoder)
+            outputs = self.run(file, made, {**cache, **chained})
             token = self._next_token(outputs, logits)
             tokens.append(token)
             self._update_cache(cache, outputs, keep_encoder=True)
@@ -223,7 +225,6 @@ class _Loop:
         file: str,
         made: Mapping[str, np.ndarray],
         chained: Mapping[str, np.ndarray],
-        source: str | None = None,
     ) -> dict[str, np.ndarray]:
         """Run ``file``: inputs the loop makes are cast to the declared type; chained values
         (``past_key_values.*`` under their input name, encoder outputs) must already have it."""
@@ -234,10 +235,9 @@ class _Loop:
             if value.name in chained:
                 array = chained[value.name]
                 if array.dtype != dtype:
-                    origin = value.name.replace(PAST, PRESENT) if value.name.startswith(PAST) else value.name
-                    where = f"{source}:{origin}" if source and not value.name.startswith(PAST) else origin
+                    origin = self.origins.get(value.name, value.name.replace(PAST, PRESENT, 1))
                     raise GenerationError(
-                        f"{file}: input {value.name} is declared {value.type} but {where} comes out "
+                        f"{file}: input {value.name} is declared {value.type} but {origin} comes out "
                         f"{array.dtype}; the loop cannot chain them without a cast"
                     )
             elif value.name in made:

@@ -1,0 +1,121 @@
+"""Converting the corpus's export folders and comparing what they generate (tests and tools share it).
+
+``MODES`` are the conversion modes the deploy acceptance names; ``convert_export_folder``
+converts a whole folder with mpcompile (``mpcompile.convert_folder`` where this mpcompile has it,
+else file by file with ``convert_file`` and the other files copied byte for byte);
+``compare_generations`` says where a converted folder's greedy tokens leave the FP32 folder's,
+with the logits' cosine and the FP32 top-2 margin at that step; ``encoder_error`` compares an
+encoder's ``last_hidden_state``. Needs onnxruntime, not torch or optimum.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# mode -> (convert_file keyword options, the same as CLI flags)
+MODES: dict[str, tuple[Mapping[str, Any], tuple[str, ...]]] = {
+    "plain": ({}, ()),
+    "no-keep-io": ({"keep_io_types": False}, ("--no-keep-io-types",)),
+    "cpu": ({"target": "cpu"}, ("--target", "cpu")),
+    "bf16-cpu": ({"precision": "bf16", "target": "cpu"}, ("--precision", "bf16", "--target", "cpu")),
+}
+
+
+def has_convert_folder() -> bool:
+    """True when this mpcompile converts whole folders itself (``mpcompile.convert_folder``)."""
+    return importlib.util.find_spec("mpcompile.core.folder") is not None
+
+
+def convert_export_folder(source: pathlib.Path, destination: pathlib.Path, **options: Any) -> None:
+    """Convert every .onnx file of ``source`` into the new folder ``destination`` with ``options``
+    (``convert_file``'s), copying the other files byte for byte."""
+    import mpcompile
+
+    if has_convert_folder():
+        mpcompile.convert_folder(source, destination, **options)
+        return
+    destination.mkdir(parents=True)
+    for path in sorted(source.iterdir()):
+        if path.suffix == ".onnx":
+            mpcompile.convert_file(path, destination / path.name, **options)
+        elif path.is_file():
+            shutil.copyfile(path, destination / path.name)
+
+
+def low_precision_share(folder: pathlib.Path) -> tuple[int, int]:
+    """(nodes stamped fp16/bf16, nodes stamped) over the folder's .onnx files, subgraphs included."""
+    import onnx
+
+    low = total = 0
+    for path in sorted(folder.glob("*.onnx")):
+        model = onnx.load(str(path), load_external_data=False)
+        for node in _all_nodes(model.graph):
+            stamps = {prop.key: prop.value for prop in node.metadata_props}
+            precision = stamps.get("mpcompile.precision")
+            if precision is not None:
+                total += 1
+                low += precision in ("fp16", "bf16")
+    return low, total
+
+
+def _all_nodes(graph: Any) -> list[Any]:
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        for attribute in node.attribute:
+            if attribute.g.node:
+                nodes.extend(_all_nodes(attribute.g))
+            for subgraph in attribute.graphs:
+                nodes.extend(_all_nodes(subgraph))
+    return nodes
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """Where a converted folder's greedy tokens first leave the reference's."""
+
+    prompt: int
+    step: int
+    expected: int
+    got: int
+    cosine: float  # of the two last-position logit vectors at that step (same prefix up to it)
+    margin: float  # reference top-1 minus top-2 logit at that step (small: a near tie)
+
+    def __str__(self) -> str:
+        return (
+            f"prompt {self.prompt}: step {self.step} gives {self.got} instead of {self.expected} "
+            f"(logit cosine {self.cosine:.6f}, FP32 top-2 margin {self.margin:.4f})"
+        )
+
+
+def compare_generations(reference: Sequence[Any], candidate: Sequence[Any]) -> list[Divergence]:
+    """The first divergence of each prompt (``Generation`` pairs); empty when every token agrees."""
+    found = []
+    for index, (expected, got) in enumerate(zip(reference, candidate, strict=True)):
+        for step, (a, b) in enumerate(zip(expected.tokens, got.tokens, strict=True)):
+            if a != b:
+                ref_logits, got_logits = expected.step_logits[step], got.step_logits[step]
+                top = np.sort(ref_logits)[-2:]
+                found.append(
+                    Divergence(index, step, a, b, _cosine(ref_logits, got_logits), float(top[1] - top[0]))
+                )
+                break
+    return found
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def encoder_error(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
+    """(max |candidate - reference| / max |reference|, cosine) of two ``last_hidden_state`` arrays."""
+    ref, got = reference.astype(np.float64), candidate.astype(np.float64)
+    return float(np.abs(got - ref).max() / np.abs(ref).max()), _cosine(ref.ravel(), got.ravel())

@@ -1,0 +1,139 @@
+"""The corpus's optimum export folders, converted as folders, deploy in a plain onnxruntime loop.
+
+For every export folder (``models.corpus.load_folders``) and every mode of
+``models.corpus.deploy.MODES`` (plain, ``--no-keep-io-types``, ``--target cpu``,
+``--precision bf16 --target cpu``): the folder converts, its other files are byte-identical, and
+the converted decoders generate the same 20 greedy tokens as the FP32 folder for the three fixed
+prompts (plain ONNX Runtime, CPU; every decoder layout the folder has: merged, and the decoder /
+decoder-with-past pair). The FP32 folder itself must reproduce the seeded torch model's tokens
+recorded at build time. With ``--no-keep-io-types`` every float input and output of every graph is
+FP16, and the loop runs with FP16 presents fed back as past and an FP16 encoder output.
+Encoders: ``last_hidden_state`` within the stated tolerance of FP32. Skipped when the corpus is
+not built.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from models.corpus import load_folders
+from models.corpus import manifest as corpus_manifest
+from models.corpus.deploy import MODES, compare_generations, convert_export_folder, encoder_error
+from models.corpus.folders import encoder_feeds
+from models.corpus.manifest import FolderEntry
+from mpcompile.validate.generation import ENCODER_DECODER, Generator, detect_layout
+
+pytestmark = pytest.mark.slow
+
+BUILD_HINT = "bash tools/corpus_env.sh && .venv-corpus/bin/python -m models.corpus build --jobs 2"
+# Encoders (last_hidden_state vs FP32): max |error| / max |FP32| and cosine, per precision.
+ENCODER_TOLERANCE = {"fp16": (1e-2, 0.9999), "bf16": (4e-2, 0.999)}
+
+
+def _folders() -> list[FolderEntry]:
+    try:
+        return load_folders(status="ok")
+    except FileNotFoundError:
+        return []
+
+
+_FOLDERS = _folders()
+_CASES = [(entry, mode) for entry in _FOLDERS for mode in MODES]
+
+
+def _layouts(folder: pathlib.Path) -> list[bool | None]:
+    """Every decoder layout of the folder: merged and/or the decoder / decoder-with-past pair."""
+    if detect_layout(folder).kind != ENCODER_DECODER:
+        return [None]
+    merged = (folder / "decoder_model_merged.onnx").is_file()
+    pair = (folder / "decoder_with_past_model.onnx").is_file()
+    return [True] * merged + [False] * pair
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory):
+    """``converted(entry, mode)``: the folder converted in that mode (once per module)."""
+    done: dict[tuple[str, str], pathlib.Path] = {}
+    root = tmp_path_factory.mktemp("deploy")
+
+    def convert(entry: FolderEntry, mode: str) -> pathlib.Path:
+        if (entry.name, mode) not in done:
+            destination = root / f"{entry.name}-{mode}"
+            convert_export_folder(entry.path, destination, **MODES[mode][0])
+            done[entry.name, mode] = destination
+        return done[entry.name, mode]
+
+    return convert
+
+
+@pytest.mark.parametrize(
+    ("entry", "mode"),
+    _CASES or [(None, None)],
+    ids=[f"{entry.name}-{mode}" for entry, mode in _CASES] or ["not-built"],
+)
+def test_converted_folder_deploys(entry: FolderEntry | None, mode: str | None, converted) -> None:
+    if entry is None or mode is None:
+        pytest.skip(
+            f"the corpus has no export folders ({corpus_manifest.manifest_path()}); build it with `{BUILD_HINT}`"
+        )
+    output = converted(entry, mode)
+    _check_other_files_identical(entry.path, output)
+    low_io = mode == "no-keep-io"
+    if entry.generates:
+        _check_generation(entry, output, low_io)
+    else:
+        _check_encoder(entry, output, low_io, "bf16" if mode.startswith("bf16") else "fp16")
+
+
+def _check_other_files_identical(source: pathlib.Path, output: pathlib.Path) -> None:
+    names = sorted(path.name for path in source.iterdir())
+    assert sorted(path.name for path in output.iterdir()) == names
+    for name in names:
+        if not name.endswith(".onnx"):
+            assert (output / name).read_bytes() == (source / name).read_bytes(), f"{name} changed"
+
+
+def _check_generation(entry: FolderEntry, output: pathlib.Path, low_io: bool) -> None:
+    for merged in _layouts(entry.path):
+        fp32 = Generator(entry.path, merged=merged)
+        reference = [fp32.generate(prompt, entry.new_tokens) for prompt in entry.prompts]
+        assert [run.tokens for run in reference] == list(entry.reference), "FP32 folder != torch"
+        generator = Generator(output, merged=merged)
+        runs = [generator.generate(prompt, entry.new_tokens) for prompt in entry.prompts]
+        divergences = compare_generations(reference, runs)
+        layout = ", ".join(generator.layout.files)
+        assert not divergences, f"{layout}: " + "; ".join(map(str, divergences))
+        if low_io:
+            declared = generator.declared_float_io()
+            assert declared and set(declared.values()) == {"tensor(float16)"}, {
+                name: kind for name, kind in declared.items() if kind != "tensor(float16)"
+            }
+            fed = {name: dtype for run in runs for name, dtype in run.float_io.items()}
+            assert set(fed.values()) == {"float16"}, fed
+
+
+def _check_encoder(entry: FolderEntry, output: pathlib.Path, low_io: bool, precision: str) -> None:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    sessions = [
+        ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        for folder in (entry.path, output)
+    ]
+    if low_io:
+        kinds = {value.name: value.type for value in sessions[1].get_outputs()}
+        assert set(kinds.values()) == {"tensor(float16)"}, kinds
+    names = {value.name for value in sessions[0].get_inputs()}
+    bound, cosine_floor = ENCODER_TOLERANCE[precision]
+    for index, prompt in enumerate(entry.prompts):
+        feeds = encoder_feeds(prompt, names)
+        reference, candidate = (session.run(["last_hidden_state"], feeds)[0] for session in sessions)
+        assert np.isfinite(candidate).all()
+        relative, cosine = encoder_error(reference, candidate)
+        assert relative <= bound and cosine >= cosine_floor, (
+            f"prompt {index}: relative max error {relative:.2e} (bound {bound}), cosine {cosine:.6f}"
+        )
