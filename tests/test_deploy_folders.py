@@ -22,7 +22,14 @@ import pytest
 
 from models.corpus import load_folders
 from models.corpus import manifest as corpus_manifest
-from models.corpus.deploy import MODES, compare_generations, convert_export_folder, encoder_error
+from models.corpus.deploy import (
+    ENCODER_TOLERANCE,
+    MODES,
+    compare_generations,
+    convert_export_folder,
+    encoder_error,
+    mode_precision,
+)
 from models.corpus.folders import encoder_feeds
 from models.corpus.manifest import FolderEntry
 from mpcompile.validate.generation import ENCODER_DECODER, Generator, detect_layout
@@ -30,8 +37,6 @@ from mpcompile.validate.generation import ENCODER_DECODER, Generator, detect_lay
 pytestmark = pytest.mark.slow
 
 BUILD_HINT = "bash tools/corpus_env.sh && .venv-corpus/bin/python -m models.corpus build --jobs 2"
-# Encoders (last_hidden_state vs FP32): max |error| / max |FP32| and cosine, per precision.
-ENCODER_TOLERANCE = {"fp16": (1e-2, 0.9999), "bf16": (4e-2, 0.999)}
 
 
 def _folders() -> list[FolderEntry]:
@@ -86,7 +91,7 @@ def test_converted_folder_deploys(entry: FolderEntry | None, mode: str | None, c
     if entry.generates:
         _check_generation(entry, output, low_io)
     else:
-        _check_encoder(entry, output, low_io, "bf16" if mode.startswith("bf16") else "fp16")
+        _check_encoder(entry, output, low_io, mode_precision(mode))
 
 
 def _check_other_files_identical(source: pathlib.Path, output: pathlib.Path) -> None:

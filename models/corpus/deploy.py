@@ -1,8 +1,7 @@
 """Converting the corpus's export folders and comparing what they generate (tests and tools share it).
 
 ``MODES`` are the conversion modes the deploy acceptance names; ``convert_export_folder``
-converts a whole folder with mpcompile (``mpcompile.convert_folder`` where this mpcompile has it,
-else file by file with ``convert_file`` and the other files copied byte for byte);
+converts a whole folder with ``mpcompile.convert_folder``;
 ``compare_generations`` says where a converted folder's greedy tokens leave the FP32 folder's,
 with the logits' cosine and the FP32 top-2 margin at that step; ``encoder_error`` compares an
 encoder's ``last_hidden_state``. Needs onnxruntime, not torch or optimum.
@@ -10,14 +9,15 @@ encoder's ``last_hidden_state``. Needs onnxruntime, not torch or optimum.
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+# Encoders (last_hidden_state vs FP32): max |error| / max |FP32| and cosine, per precision.
+ENCODER_TOLERANCE = {"fp16": (1e-2, 0.9999), "bf16": (4e-2, 0.999)}
 
 # mode -> (convert_file keyword options, the same as CLI flags)
 MODES: dict[str, tuple[Mapping[str, Any], tuple[str, ...]]] = {
@@ -28,25 +28,12 @@ MODES: dict[str, tuple[Mapping[str, Any], tuple[str, ...]]] = {
 }
 
 
-def has_convert_folder() -> bool:
-    """True when this mpcompile converts whole folders itself (``mpcompile.convert_folder``)."""
-    return importlib.util.find_spec("mpcompile.core.folder") is not None
-
-
-def convert_export_folder(source: pathlib.Path, destination: pathlib.Path, **options: Any) -> None:
-    """Convert every .onnx file of ``source`` into the new folder ``destination`` with ``options``
-    (``convert_file``'s), copying the other files byte for byte."""
+def convert_export_folder(source: pathlib.Path, destination: pathlib.Path, **options: Any) -> Any:
+    """Convert the export folder ``source`` into the new folder ``destination`` with ``options``
+    (``convert_file``'s): ``mpcompile.convert_folder``, which copies the other files byte for byte."""
     import mpcompile
 
-    if has_convert_folder():
-        mpcompile.convert_folder(source, destination, **options)
-        return
-    destination.mkdir(parents=True)
-    for path in sorted(source.iterdir()):
-        if path.suffix == ".onnx":
-            mpcompile.convert_file(path, destination / path.name, **options)
-        elif path.is_file():
-            shutil.copyfile(path, destination / path.name)
+    return mpcompile.convert_folder(source, destination, **options)
 
 
 def low_precision_share(folder: pathlib.Path) -> tuple[int, int]:
@@ -113,6 +100,11 @@ def compare_generations(reference: Sequence[Any], candidate: Sequence[Any]) -> l
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(np.float64), b.astype(np.float64)
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def mode_precision(mode: str) -> str:
+    """The low precision a mode converts to."""
+    return str(MODES[mode][0].get("precision", "fp16"))
 
 
 def encoder_error(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:

@@ -1,0 +1,144 @@
+"""optimum's ORTModel classes load every converted corpus export folder and generate as on FP32.
+
+Runs in the corpus environment (optimum, torch):
+``.venv-corpus/bin/python -m pytest -q -m deploy tests/test_deploy_optimum.py``; elsewhere it is
+skipped with that reason. For every export folder and every mode of
+``models.corpus.deploy.MODES``, the folder is converted with ``mpcompile.convert_folder`` and
+loaded on CPU by ``ORTModelForCausalLM`` / ``ORTModelForSeq2SeqLM`` (merged decoder, and the
+decoder / decoder-with-past pair, where the folder has them) / ``ORTModelForFeatureExtraction``.
+Decoders: ``generate`` (greedy, 20 new tokens, end-of-sequence suppressed by ``min_new_tokens``)
+gives, for the three fixed prompts, the tokens optimum gives on the FP32 folder, which are the
+seeded torch model's recorded at build time. Encoders: ``last_hidden_state`` within the stated
+tolerance of FP32.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+pytestmark = [pytest.mark.deploy, pytest.mark.slow]
+pytest.importorskip(
+    "optimum.onnxruntime",
+    reason="optimum is not installed (run: bash tools/corpus_env.sh; "
+    ".venv-corpus/bin/python -m pytest -q -m deploy tests/test_deploy_optimum.py)",
+)
+
+import torch  # noqa: E402
+from optimum.onnxruntime import (  # noqa: E402
+    ORTModelForCausalLM,
+    ORTModelForFeatureExtraction,
+    ORTModelForSeq2SeqLM,
+)
+
+from models.corpus import load_folders  # noqa: E402
+from models.corpus import manifest as corpus_manifest  # noqa: E402
+from models.corpus.deploy import (  # noqa: E402
+    ENCODER_TOLERANCE,
+    MODES,
+    convert_export_folder,
+    encoder_error,
+    mode_precision,
+)
+from models.corpus.folders import encoder_feeds  # noqa: E402
+from models.corpus.manifest import FolderEntry  # noqa: E402
+
+BUILD_HINT = "bash tools/corpus_env.sh && .venv-corpus/bin/python -m models.corpus build --jobs 2"
+
+
+def _folders() -> list[FolderEntry]:
+    try:
+        return load_folders(status="ok")
+    except FileNotFoundError:
+        return []
+
+
+_FOLDERS = _folders()
+_CASES = [(entry, mode) for entry in _FOLDERS for mode in ("fp32", *MODES)]
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory):
+    """``converted(entry, mode)``: the folder converted in that mode (the FP32 folder for "fp32")."""
+    done: dict[tuple[str, str], pathlib.Path] = {}
+    root = tmp_path_factory.mktemp("deploy-optimum")
+
+    def convert(entry: FolderEntry, mode: str) -> pathlib.Path:
+        if mode == "fp32":
+            return entry.path
+        if (entry.name, mode) not in done:
+            destination = root / f"{entry.name}-{mode}"
+            convert_export_folder(entry.path, destination, **MODES[mode][0])
+            done[entry.name, mode] = destination
+        return done[entry.name, mode]
+
+    return convert
+
+
+def generate(model, entry: FolderEntry, prompt: tuple[int, ...]) -> tuple[int, ...]:
+    """optimum's greedy generation: the new tokens only."""
+    ids = torch.tensor([prompt], dtype=torch.long)
+    with torch.no_grad():
+        output = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=entry.new_tokens,
+            min_new_tokens=entry.new_tokens,
+            do_sample=False,
+            num_beams=1,
+        )
+    tokens = [int(token) for token in output[0]]
+    generated = tokens[1:] if model.config.is_encoder_decoder else tokens[len(prompt) :]
+    return tuple(generated)
+
+
+def _loaders(entry: FolderEntry, folder: pathlib.Path) -> dict[str, object]:
+    """Every way optimum loads the folder: name -> model."""
+    if entry.variant == "decoder-only-with-past":
+        return {"causal-lm": ORTModelForCausalLM.from_pretrained(folder, use_cache=True)}
+    models = {}
+    if (folder / "decoder_model_merged.onnx").is_file():
+        models["seq2seq-merged"] = ORTModelForSeq2SeqLM.from_pretrained(folder, use_merged=True)
+    if (folder / "decoder_with_past_model.onnx").is_file():
+        models["seq2seq-with-past"] = ORTModelForSeq2SeqLM.from_pretrained(folder, use_merged=False)
+    return models
+
+
+@pytest.mark.parametrize(
+    ("entry", "mode"),
+    _CASES or [(None, None)],
+    ids=[f"{entry.name}-{mode}" for entry, mode in _CASES] or ["not-built"],
+)
+def test_optimum_loads_and_generates(entry: FolderEntry | None, mode: str | None, converted) -> None:
+    if entry is None or mode is None:
+        pytest.skip(
+            f"the corpus has no export folders ({corpus_manifest.manifest_path()}); build it with `{BUILD_HINT}`"
+        )
+    folder = converted(entry, mode)
+    if not entry.generates:
+        _check_encoder(entry, folder, mode)
+        return
+    for name, model in _loaders(entry, folder).items():
+        tokens = [generate(model, entry, prompt) for prompt in entry.prompts]
+        for index, (got, expected) in enumerate(zip(tokens, entry.reference, strict=True)):
+            step = next((i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b), None)
+            assert step is None, (
+                f"{name}, prompt {index}: step {step} gives {got[step]}, FP32 {expected[step]}"
+            )
+
+
+def _check_encoder(entry: FolderEntry, folder: pathlib.Path, mode: str) -> None:
+    model = ORTModelForFeatureExtraction.from_pretrained(folder)
+    reference_model = ORTModelForFeatureExtraction.from_pretrained(entry.path)
+    names = set(model.input_names)
+    bound, cosine_floor = ENCODER_TOLERANCE["fp16" if mode == "fp32" else mode_precision(mode)]
+    for index, prompt in enumerate(entry.prompts):
+        feeds = {name: torch.from_numpy(array) for name, array in encoder_feeds(prompt, names).items()}
+        with torch.no_grad():
+            got = model(**feeds).last_hidden_state.float().numpy()
+            expected = reference_model(**feeds).last_hidden_state.float().numpy()
+        relative, cosine = encoder_error(expected, got)
+        assert relative <= bound and cosine >= cosine_floor, (
+            f"prompt {index}: relative max error {relative:.2e} (bound {bound}), cosine {cosine:.6f}"
+        )
