@@ -2,7 +2,8 @@
 
 The first tests use a tiny fake corpus and need no torch. ``test_built_entry_runs_at_both_sizes``
 checks every ``ok`` entry of the corpus in ``$MPCOMPILE_CORPUS`` (default ``.cache/corpus``) when
-it is built, and is skipped with instructions when it is not.
+it is built, and ``test_built_folder_is_an_optimum_export`` every ``ok`` export folder; both are
+skipped with instructions when it is not.
 """
 
 from __future__ import annotations
@@ -19,9 +20,20 @@ import pytest
 from onnx import TensorProto, helper
 
 from models.corpus import manifest as corpus_manifest
+from models.corpus.folders import FOLDER_JOBS, select_folder_jobs, split_only
 from models.corpus.listing import describe, markdown_table
-from models.corpus.manifest import Entry, load_feeds, load_manifest, save_feeds, write_manifest
+from models.corpus.manifest import (
+    Entry,
+    FolderEntry,
+    load_feeds,
+    load_folders,
+    load_manifest,
+    save_feeds,
+    write_folder_section,
+    write_manifest,
+)
 from models.corpus.plan import JOBS, select_jobs
+from mpcompile.validate.generation import Generator
 
 BUILD_HINT = "bash tools/corpus_env.sh && .venv-corpus/bin/python -m models.corpus build --jobs 2"
 
@@ -186,9 +198,77 @@ def test_plan_names_are_unique_and_tagged() -> None:
         select_jobs(["no-such-model"])
 
 
+def _fake_folder(root: Path) -> FolderEntry:
+    export = root / "folders" / "fake-optimum-folder" / "export"
+    export.mkdir(parents=True)
+    onnx.save_model(_dynamic_model(), export / "model.onnx")
+    (export / "config.json").write_text("{}")
+    return FolderEntry(
+        name="fake-optimum-folder",
+        architecture="fake",
+        task="text-generation-with-past",
+        variant="decoder-only-with-past",
+        folder="folders/fake-optimum-folder/export",
+        files=("model.onnx",),
+        status="ok",
+        key="00112233aabbccdd",
+        prompts=((5, 6, 7), (8, 9)),
+        reference=((3, 3), (4, 4)),
+        new_tokens=2,
+        opset=17,
+    )
+
+
+def test_folder_section_and_graph_entries_keep_each_other(fake_corpus: Path) -> None:
+    graphs = load_manifest(fake_corpus)
+    folder = _fake_folder(fake_corpus)
+    write_folder_section(fake_corpus, [folder], {"torch": "0.0"})
+    assert load_manifest(fake_corpus) == graphs
+    (loaded,) = load_folders(fake_corpus)
+    assert loaded == folder and loaded.path == fake_corpus / folder.folder and loaded.generates
+    assert loaded.prompts == ((5, 6, 7), (8, 9)) and loaded.reference == ((3, 3), (4, 4))
+    write_manifest(fake_corpus, graphs[:1], {"torch": "0.0"})  # the graph builder's rewrite
+    assert load_folders(fake_corpus) == [folder]
+    assert [entry.name for entry in load_manifest(fake_corpus)] == [graphs[0].name]
+    assert load_folders(fake_corpus, status="export-failed") == []
+    document = json.loads((fake_corpus / "manifest.json").read_text())
+    assert document["folders"] == [folder.to_dict()]
+
+
+def test_manifest_without_folders_has_none(fake_corpus: Path) -> None:
+    assert load_folders(fake_corpus) == []
+    with pytest.raises(FileNotFoundError, match=r"models\.corpus build"):
+        load_folders(fake_corpus / "absent")
+
+
+def test_folder_plan_and_only_names() -> None:
+    names = [job.name for job in FOLDER_JOBS]
+    graph_names = {entry.name for job in JOBS for entry in job.entries()} | {job.name for job in JOBS}
+    assert len(names) == len(set(names)) and not set(names) & graph_names
+    variants = {job.variant for job in FOLDER_JOBS}
+    assert {"decoder-only-with-past", "encoder-decoder-merged", "encoder-decoder", "encoder"} <= variants
+    unmerged = next(job for job in FOLDER_JOBS if job.variant == "encoder-decoder")
+    assert unmerged.no_post_process and unmerged.arch.config["tie_word_embeddings"] is False
+    for job in FOLDER_JOBS:
+        prompts = job.prompts()
+        assert prompts == job.prompts() and len(prompts) == 3 and len({len(p) for p in prompts}) == 3
+        assert all(3 <= token < job.arch.vocab_size for prompt in prompts for token in prompt)
+    assert split_only(None) == (None, None)
+    assert split_only(["llama-optimum-folder"]) == ([], ["llama-optimum-folder"])
+    assert split_only(["t5"]) == (["t5"], ["t5"])
+    assert [job.name for job in select_folder_jobs(["t5"])] == [
+        "t5-optimum-folder",
+        "t5-optimum-folder-unmerged",
+    ]
+    assert split_only(["llama-torchscript"]) == (["llama-torchscript"], [])
+    with pytest.raises(KeyError, match="unknown corpus name"):
+        split_only(["no-such-folder"])
+
+
 def test_reading_the_corpus_imports_no_torch() -> None:
     code = (
-        "import sys, models, models.corpus, models.corpus.plan, models.corpus.builder;"
+        "import sys, models, models.corpus, models.corpus.plan, models.corpus.builder,"
+        " models.corpus.folders, models.corpus.deploy;"
         "bad = [m for m in ('torch', 'transformers', 'optimum') if m in sys.modules];"
         "sys.exit(f'imported {bad}' if bad else 0)"
     )
@@ -233,3 +313,35 @@ def test_built_entry_runs_at_both_sizes(entry: Entry | None) -> None:
             f"the exporter corpus is not built ({corpus_manifest.manifest_path()}); build it with `{BUILD_HINT}`"
         )
     _check_runs_at_both_sizes(entry)
+
+
+def _built_folders() -> list[FolderEntry]:
+    try:
+        return load_folders(status="ok")
+    except FileNotFoundError:
+        return []
+
+
+_BUILT_FOLDERS = _built_folders()
+
+
+@pytest.mark.parametrize(
+    "entry", _BUILT_FOLDERS or [None], ids=[entry.name for entry in _BUILT_FOLDERS] or ["not-built"]
+)
+def test_built_folder_is_an_optimum_export(entry: FolderEntry | None) -> None:
+    """The folder holds what optimum writes; its FP32 graphs give the recorded torch tokens."""
+    if entry is None:
+        pytest.skip(
+            f"the corpus has no export folders ({corpus_manifest.manifest_path()}); build it with `{BUILD_HINT}`"
+        )
+    names = {path.name for path in entry.path.iterdir()}
+    assert {"config.json", *entry.files} <= names
+    assert sorted(name for name in names if name.endswith(".onnx")) == sorted(entry.files)
+    assert len(entry.prompts) == 3
+    if not entry.generates:
+        assert entry.files == ("model.onnx",) and not entry.reference
+        return
+    assert "generation_config.json" in names
+    generator = Generator(entry.path)
+    for prompt, expected in zip(entry.prompts, entry.reference, strict=True):
+        assert generator.generate(prompt, entry.new_tokens).tokens == expected
