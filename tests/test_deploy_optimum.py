@@ -25,13 +25,6 @@ pytest.importorskip(
     ".venv-corpus/bin/python -m pytest -q -m deploy tests/test_deploy_optimum.py)",
 )
 
-import torch  # noqa: E402
-from optimum.onnxruntime import (  # noqa: E402
-    ORTModelForCausalLM,
-    ORTModelForFeatureExtraction,
-    ORTModelForSeq2SeqLM,
-)
-
 from models.corpus import load_folders  # noqa: E402
 from models.corpus import manifest as corpus_manifest  # noqa: E402
 from models.corpus.deploy import (  # noqa: E402
@@ -40,6 +33,9 @@ from models.corpus.deploy import (  # noqa: E402
     convert_export_folder,
     encoder_error,
     mode_precision,
+    optimum_generate,
+    optimum_hidden_state,
+    optimum_models,
 )
 from models.corpus.folders import encoder_feeds  # noqa: E402
 from models.corpus.manifest import FolderEntry  # noqa: E402
@@ -76,35 +72,6 @@ def converted(tmp_path_factory: pytest.TempPathFactory):
     return convert
 
 
-def generate(model, entry: FolderEntry, prompt: tuple[int, ...]) -> tuple[int, ...]:
-    """optimum's greedy generation: the new tokens only."""
-    ids = torch.tensor([prompt], dtype=torch.long)
-    with torch.no_grad():
-        output = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=entry.new_tokens,
-            min_new_tokens=entry.new_tokens,
-            do_sample=False,
-            num_beams=1,
-        )
-    tokens = [int(token) for token in output[0]]
-    generated = tokens[1:] if model.config.is_encoder_decoder else tokens[len(prompt) :]
-    return tuple(generated)
-
-
-def _loaders(entry: FolderEntry, folder: pathlib.Path) -> dict[str, object]:
-    """Every way optimum loads the folder: name -> model."""
-    if entry.variant == "decoder-only-with-past":
-        return {"causal-lm": ORTModelForCausalLM.from_pretrained(folder, use_cache=True)}
-    models = {}
-    if (folder / "decoder_model_merged.onnx").is_file():
-        models["seq2seq-merged"] = ORTModelForSeq2SeqLM.from_pretrained(folder, use_merged=True)
-    if (folder / "decoder_with_past_model.onnx").is_file():
-        models["seq2seq-with-past"] = ORTModelForSeq2SeqLM.from_pretrained(folder, use_merged=False)
-    return models
-
-
 @pytest.mark.parametrize(
     ("entry", "mode"),
     _CASES or [(None, None)],
@@ -119,8 +86,8 @@ def test_optimum_loads_and_generates(entry: FolderEntry | None, mode: str | None
     if not entry.generates:
         _check_encoder(entry, folder, mode)
         return
-    for name, model in _loaders(entry, folder).items():
-        tokens = [generate(model, entry, prompt) for prompt in entry.prompts]
+    for name, model in optimum_models(entry, folder).items():
+        tokens = [optimum_generate(model, prompt, entry.new_tokens) for prompt in entry.prompts]
         for index, (got, expected) in enumerate(zip(tokens, entry.reference, strict=True)):
             step = next((i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b), None)
             assert step is None, (
@@ -129,15 +96,13 @@ def test_optimum_loads_and_generates(entry: FolderEntry | None, mode: str | None
 
 
 def _check_encoder(entry: FolderEntry, folder: pathlib.Path, mode: str) -> None:
-    model = ORTModelForFeatureExtraction.from_pretrained(folder)
-    reference_model = ORTModelForFeatureExtraction.from_pretrained(entry.path)
+    (model,) = optimum_models(entry, folder).values()
+    (reference_model,) = optimum_models(entry, entry.path).values()
     names = set(model.input_names)
     bound, cosine_floor = ENCODER_TOLERANCE["fp16" if mode == "fp32" else mode_precision(mode)]
     for index, prompt in enumerate(entry.prompts):
-        feeds = {name: torch.from_numpy(array) for name, array in encoder_feeds(prompt, names).items()}
-        with torch.no_grad():
-            got = model(**feeds).last_hidden_state.float().numpy()
-            expected = reference_model(**feeds).last_hidden_state.float().numpy()
+        feeds = encoder_feeds(prompt, names)
+        got, expected = optimum_hidden_state(model, feeds), optimum_hidden_state(reference_model, feeds)
         relative, cosine = encoder_error(expected, got)
         assert relative <= bound and cosine >= cosine_floor, (
             f"prompt {index}: relative max error {relative:.2e} (bound {bound}), cosine {cosine:.6f}"

@@ -4,7 +4,8 @@
 converts a whole folder with ``mpcompile.convert_folder``;
 ``compare_generations`` says where a converted folder's greedy tokens leave the FP32 folder's,
 with the logits' cosine and the FP32 top-2 margin at that step; ``encoder_error`` compares an
-encoder's ``last_hidden_state``. Needs onnxruntime, not torch or optimum.
+encoder's ``last_hidden_state``; ``optimum_models`` / ``optimum_generate`` load and run a folder
+with optimum's ORTModel classes. Needs onnxruntime; optimum and torch only for the last two.
 """
 
 from __future__ import annotations
@@ -111,3 +112,49 @@ def encoder_error(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, 
     """(max |candidate - reference| / max |reference|, cosine) of two ``last_hidden_state`` arrays."""
     ref, got = reference.astype(np.float64), candidate.astype(np.float64)
     return float(np.abs(got - ref).max() / np.abs(ref).max()), _cosine(ref.ravel(), got.ravel())
+
+
+def optimum_models(entry: Any, folder: pathlib.Path) -> dict[str, Any]:
+    """Every way optimum's ORTModel classes load ``folder`` (CPU): name -> model. A decoder-only
+    folder: ``ORTModelForCausalLM``; an encoder-decoder: ``ORTModelForSeq2SeqLM`` with the merged
+    decoder and with the decoder-with-past pair, where the folder has them; an encoder:
+    ``ORTModelForFeatureExtraction``."""
+    from optimum.onnxruntime import ORTModelForCausalLM, ORTModelForFeatureExtraction, ORTModelForSeq2SeqLM
+
+    if not entry.generates:
+        return {"feature-extraction": ORTModelForFeatureExtraction.from_pretrained(folder)}
+    if entry.variant == "decoder-only-with-past":
+        return {"causal-lm": ORTModelForCausalLM.from_pretrained(folder, use_cache=True)}
+    models = {}
+    if (folder / "decoder_model_merged.onnx").is_file():
+        models["seq2seq-merged"] = ORTModelForSeq2SeqLM.from_pretrained(folder, use_merged=True)
+    if (folder / "decoder_with_past_model.onnx").is_file():
+        models["seq2seq-with-past"] = ORTModelForSeq2SeqLM.from_pretrained(folder, use_merged=False)
+    return models
+
+
+def optimum_generate(model: Any, prompt: Sequence[int], new_tokens: int) -> tuple[int, ...]:
+    """optimum's greedy ``generate`` (end of sequence suppressed by ``min_new_tokens``): the new tokens."""
+    import torch
+
+    ids = torch.tensor([list(prompt)], dtype=torch.long)
+    with torch.no_grad():
+        output = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            num_beams=1,
+        )
+    tokens = [int(token) for token in output[0]]
+    return tuple(tokens[1:] if model.config.is_encoder_decoder else tokens[len(prompt) :])
+
+
+def optimum_hidden_state(model: Any, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+    """``last_hidden_state`` of optimum's ``ORTModelForFeatureExtraction`` as float32 numpy."""
+    import torch
+
+    with torch.no_grad():
+        output = model(**{name: torch.from_numpy(array) for name, array in feeds.items()})
+    return output.last_hidden_state.float().numpy()
