@@ -15,6 +15,8 @@ not built.
 from __future__ import annotations
 
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -92,6 +94,23 @@ def test_converted_folder_deploys(entry: FolderEntry | None, mode: str | None, c
         _check_generation(entry, output, low_io)
     else:
         _check_encoder(entry, output, low_io, mode_precision(mode))
+
+
+@pytest.mark.parametrize("entry", _FOLDERS or [None], ids=[entry.name for entry in _FOLDERS] or ["not-built"])
+def test_cli_converts_the_folder_as_the_api_does(entry: FolderEntry | None, converted, tmp_path) -> None:
+    """``mpcompile convert DIR -o OUT`` exits 0 and writes the same bytes as ``convert_folder``."""
+    if entry is None:
+        pytest.skip(
+            f"the corpus has no export folders ({corpus_manifest.manifest_path()}); build it with `{BUILD_HINT}`"
+        )
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "mpcompile.cli", "convert", str(entry.path), "-o", str(output)]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=pathlib.Path(__file__).parents[1])
+    assert run.returncode == 0, run.stderr
+    expected = converted(entry, "plain")
+    assert sorted(path.name for path in output.iterdir()) == sorted(path.name for path in expected.iterdir())
+    for path in expected.iterdir():
+        assert (output / path.name).read_bytes() == path.read_bytes(), path.name
 
 
 def _check_other_files_identical(source: pathlib.Path, output: pathlib.Path) -> None:
