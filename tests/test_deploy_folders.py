@@ -4,8 +4,9 @@ For every export folder (``models.corpus.load_folders``) and every mode of
 ``models.corpus.deploy.MODES`` (plain, ``--no-keep-io-types``, ``--target cpu``,
 ``--precision bf16 --target cpu``): the folder converts, its other files are byte-identical, and
 the converted decoders generate the same 20 greedy tokens as the FP32 folder for the three fixed
-prompts (plain ONNX Runtime, CPU; every decoder layout the folder has: merged, and the decoder /
-decoder-with-past pair). The FP32 folder itself must reproduce the seeded torch model's tokens
+prompts (plain ONNX Runtime, CPU, and the same loop on the FP16-faithful evaluation, which rounds
+every FP16/BF16 node output as a GPU stores it; every decoder layout the folder has: merged, and
+the decoder / decoder-with-past pair). The FP32 folder itself must reproduce the seeded torch model's tokens
 recorded at build time. With ``--no-keep-io-types`` every float input and output of every graph is
 FP16, and the loop runs with FP16 presents fed back as past and an FP16 encoder output.
 Encoders: ``last_hidden_state`` within the stated tolerance of FP32. Skipped when the corpus is
@@ -131,6 +132,10 @@ def _check_generation(entry: FolderEntry, output: pathlib.Path, low_io: bool) ->
         divergences = compare_generations(reference, runs)
         layout = ", ".join(generator.layout.files)
         assert not divergences, f"{layout}: " + "; ".join(map(str, divergences))
+        faithful = Generator(output, merged=merged, faithful=True)  # as a GPU rounds FP16/BF16 outputs
+        runs_faithful = [faithful.generate(prompt, entry.new_tokens) for prompt in entry.prompts]
+        divergences = compare_generations(reference, runs_faithful)
+        assert not divergences, f"{layout}, faithful: " + "; ".join(map(str, divergences))
         if low_io:
             declared = generator.declared_float_io()
             assert declared and set(declared.values()) == {"tensor(float16)"}, {

@@ -74,9 +74,12 @@ def _folder(tmp_path: pathlib.Path, past_type: int, present_type: int) -> pathli
     return tmp_path
 
 
+@pytest.mark.parametrize("faithful", [False, True], ids=["ort", "faithful"])
 @pytest.mark.parametrize("float_type", [TensorProto.FLOAT, TensorProto.FLOAT16], ids=["fp32", "fp16"])
-def test_decoder_only_loop_feeds_present_back_as_past(tmp_path: pathlib.Path, float_type: int) -> None:
-    generator = Generator(_folder(tmp_path, float_type, float_type))
+def test_decoder_only_loop_feeds_present_back_as_past(
+    tmp_path: pathlib.Path, float_type: int, faithful: bool
+) -> None:
+    generator = Generator(_folder(tmp_path, float_type, float_type), faithful=faithful)
     assert generator.layout.kind == DECODER_ONLY
     prompt = [3, 5, 7]
     result = generator.generate(prompt, 12)

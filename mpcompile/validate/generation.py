@@ -18,6 +18,11 @@ dtype that differs from what the receiving graph declares is a ``GenerationError
 would refuse the feed, and a deployment loop would have to insert a cast. FP16 inputs and outputs
 (``--no-keep-io-types``) thus run as they would in a user's loop, and the result records the dtype
 of every float value fed or read.
+
+``faithful=True`` runs each graph in mpcompile's FP16-faithful CPU evaluation
+(``mpcompile.evaluate.faithful``: every FP16/BF16 node output rounded as a GPU stores it) instead
+of a plain ONNX Runtime session, the judge for what a GPU would generate; ORT's CPU EP computes
+FP16 nodes without an FP16 kernel in FP32 behind its own Casts.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ _TYPES: dict[str, Any] = {
     "tensor(int32)": np.int32,
     "tensor(bool)": np.bool_,
 }
+_ELEMENT_TYPES = {1: "tensor(float)", 10: "tensor(float16)", 11: "tensor(double)", 16: "tensor(bfloat16)"}
+_ELEMENT_TYPES.update({7: "tensor(int64)", 6: "tensor(int32)", 9: "tensor(bool)"})
 _FLOAT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)")
 PAST = "past_key_values."
 PRESENT = "present."
@@ -115,11 +122,15 @@ class Generator:
         merged: bool | None = None,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         threads: int = 1,
+        faithful: bool = False,
     ) -> None:
         import onnxruntime as ort
 
         self.folder = pathlib.Path(folder)
         self.layout = detect_layout(self.folder, merged)
+        if faithful:
+            self.sessions = {name: _FaithfulSession(self.folder / name) for name in self.layout.files}
+            return
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -278,6 +289,46 @@ class _Loop:
             if keep_encoder and ".encoder." in name and past in cache:
                 continue
             cache[past] = array
+
+
+@dataclass(frozen=True)
+class _ValueInfo:
+    name: str
+    type: str
+    shape: list[Any]
+
+
+class _FaithfulSession:
+    """An ``InferenceSession``-like view of the FP16-faithful evaluation of one graph: the graph's
+    declared inputs and outputs, and outputs with their declared dtypes, GPU-rounded."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        import onnx
+
+        from mpcompile.evaluate.faithful import FaithfulSession
+
+        graph = onnx.load(str(path), load_external_data=False).graph
+        self._inputs = [_value_info(value) for value in graph.input]
+        self._outputs = [_value_info(value) for value in graph.output]
+        self._session = FaithfulSession(str(path))
+
+    def get_inputs(self) -> list[_ValueInfo]:
+        return self._inputs
+
+    def get_outputs(self) -> list[_ValueInfo]:
+        return self._outputs
+
+    def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        results = self._session.run(feeds)
+        return [results[name] for name in names]
+
+
+def _value_info(value: Any) -> _ValueInfo:
+    tensor = value.type.tensor_type
+    shape = [dim.dim_value if dim.HasField("dim_value") else dim.dim_param for dim in tensor.shape.dim]
+    return _ValueInfo(
+        value.name, _ELEMENT_TYPES.get(tensor.elem_type, f"element type {tensor.elem_type}"), shape
+    )
 
 
 def _numpy_type(file: str, name: str, onnx_type: str) -> Any:
