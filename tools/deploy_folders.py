@@ -231,6 +231,10 @@ def markdown(rows: Sequence[Row], command: str, seconds: float) -> str:
         "(checked when the corpus is built). `--precision bf16` (target cuda) is measured here only: "
         "the CPU EP has no BF16 kernels for it, the faithful evaluation runs it.",
         "",
+        "A 0 % low-precision share means the mode left every node FP32 (for `--target cpu`, the "
+        "reason is `no-kernel:CPUExecutionProvider`): agreement with FP32 then says nothing about "
+        "FP16/BF16 numerics.",
+        "",
         "| folder | mode | converts | low-precision nodes | FP16 float IO | plain ORT vs FP32 "
         "| faithful vs FP32 | optimum vs FP32 |",
         "|---|---|---|---|---|---|---|---|",
