@@ -166,3 +166,34 @@ def _check_encoder(entry: FolderEntry, output: pathlib.Path, low_io: bool, preci
         assert relative <= bound and cosine >= cosine_floor, (
             f"prompt {index}: relative max error {relative:.2e} (bound {bound}), cosine {cosine:.6f}"
         )
+
+
+def test_the_deploying_pages_io_binding_loop_runs_an_fp16_cache(tmp_path):
+    """docs/deploying.md's ONNX Runtime loop (IO binding, FP16 cache bound from present to past)
+    runs as printed on the Llama folder converted with --no-keep-io-types and gives the FP32
+    folder's greedy tokens (CPU, ``device="cpu"``)."""
+    folders = [
+        entry
+        for entry in _FOLDERS
+        if (entry.path / "model.onnx").is_file()
+        and any(
+            value.name.startswith("past_key_values.")
+            for value in ort.InferenceSession(str(entry.path / "model.onnx")).get_inputs()
+        )
+    ]
+    if not folders:
+        pytest.skip(f"no decoder-only export folder is built; build it with `{BUILD_HINT}`")
+    page = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "deploying.md").read_text()
+    block = next(code for code in page.split("```python\n")[1:] if "def greedy(" in code).split("```")[0]
+    namespace: dict = {}
+    exec(compile(block, "docs/deploying.md", "exec"), namespace)
+    entry = folders[0]
+    converted = tmp_path / "fp16-io"
+    convert_export_folder(entry.path, converted, keep_io_types=False)
+    session = ort.InferenceSession(str(converted / "model.onnx"), providers=["CPUExecutionProvider"])
+    past = [value.type for value in session.get_inputs() if value.name.startswith("past_key_values.")]
+    assert past and set(past) == {"tensor(float16)"}
+    prompt = list(entry.prompts[0])
+    expected = namespace["greedy"](str(entry.path / "model.onnx"), prompt, 20, device="cpu")
+    assert namespace["greedy"](str(converted / "model.onnx"), prompt, 20, device="cpu") == expected
+    assert len(expected) == 20
