@@ -10,7 +10,7 @@ from test_validate_models import FP16
 
 from models.builder import make_model, value_info
 from mpcompile import errors
-from mpcompile.evaluate import inputs
+from mpcompile.evaluate import accepted_inputs, inputs
 from tests.helpers import run
 from tests.helpers import run as run_model
 
@@ -265,7 +265,9 @@ def _strided_image_model(kernel: int = 20) -> ir.Model:
     )
 
 
-def test_conv_fixes_the_channel_count_and_rejected_sizes_grow_through_the_ladder():
+def test_conv_fixes_the_channel_count_and_rejected_image_sizes_try_common_ones():
+    """16 pixels are too few for the 20-pixel kernel; the model implies no size of its own, so
+    the first common image size (224) comes before the ladder."""
     model = _strided_image_model()
     (spec,) = inputs.input_specs(model)
     assert spec.shape == (inputs.DEFAULT_BATCH, 3, inputs.DEFAULT_DIM, inputs.DEFAULT_DIM)
@@ -278,20 +280,22 @@ def test_conv_fixes_the_channel_count_and_rejected_sizes_grow_through_the_ladder
 
     specs = inputs.input_specs(model)
     feeds = [inputs.generate_from_specs(specs)]
-    (outputs,), used, size = inputs.run_accepting_inputs(model, run, feeds, specs)
-    assert size == 32 and used[0]["pixel_values"].shape == (1, 3, 32, 32)
-    assert tried == [(1, 3, 16, 16), (1, 3, 32, 32)]
-    assert outputs[0].shape == (1, 4, 13, 13)
+    (outputs,), used, choice = accepted_inputs.run_accepting_inputs(model, run, feeds, specs)
+    assert choice.dims == {"height": 224, "width": 224} and choice.free_dim is None
+    assert choice.source == "a common image size" and used[0]["pixel_values"].shape == (1, 3, 224, 224)
+    assert tried == [(1, 3, 16, 16), (1, 3, 224, 224)]
+    assert outputs[0].shape == (1, 4, 205, 205)
     with pytest.raises(inputs.InputsError, match="rejects the inputs"):  # the user's own: run once
-        inputs.run_accepting_inputs(model, run, feeds, None)
+        accepted_inputs.run_accepting_inputs(model, run, feeds, None)
 
 
 def test_no_size_of_the_ladder_runs_gives_the_one_line_error():
-    """x[batch, sequence] reshaped to 7 elements: no generated size runs."""
+    """x[batch, sequence, 2] reshaped to 7 elements: no generated size runs, not even the
+    Reshape's own constant."""
     model = ir.serde.deserialize_model(
         make_model(
             [helper.make_node("Reshape", ["x", "seven"], ["y"], name="reshape")],
-            [value_info("x", ["batch", "sequence"])],
+            [value_info("x", ["batch", "sequence", 2])],
             [value_info("y", [7])],
             [numpy_helper.from_array(np.array([7], np.int64), "seven")],
         )
@@ -305,6 +309,8 @@ def test_no_size_of_the_ladder_runs_gives_the_one_line_error():
         return [run_model(proto, batch) for batch in batches]
 
     with pytest.raises(inputs.InputsError, match="rejects the generated inputs") as caught:
-        inputs.run_accepting_inputs(model, run, [inputs.generate_from_specs(specs)], specs)
+        accepted_inputs.run_accepting_inputs(model, run, [inputs.generate_from_specs(specs)], specs)
     assert "\n" not in caught.value.message and "--inputs" in caught.value.message
-    assert tried == [(1, inputs.DEFAULT_DIM)] + [(1, size) for size in inputs.FREE_DIM_LADDER]
+    assert "--shape sequence:7" in caught.value.message  # the best guess: the Reshape constant
+    ladder = [(1, size, 2) for size in accepted_inputs.FREE_DIM_LADDER]
+    assert tried == [(1, inputs.DEFAULT_DIM, 2), (1, 7, 2), *ladder]

@@ -45,7 +45,8 @@ from mpcompile.core.converter import (
 )
 from mpcompile.core.plan import Decision
 from mpcompile.core.precision import Precision, low_precision_format
-from mpcompile.evaluate.inputs import DEFAULT_DIM, InputSpec, run_accepting_inputs
+from mpcompile.evaluate.accepted_inputs import run_accepting_inputs
+from mpcompile.evaluate.inputs import InputSpec
 from mpcompile.policy import op_classes
 
 MIN_BUDGET = 2  # the reference run and one candidate
@@ -262,16 +263,16 @@ def _reference_run(
     seed: int,
 ) -> tuple[list[dict[str, Any]], str]:
     """The reference run and the inputs' label; generated inputs the model rejects grow their
-    free dimensions on the same session (``inputs.run_accepting_inputs``)."""
+    sizes on the same session (``accepted_inputs.run_accepting_inputs``)."""
 
     def run(feeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if feeds is not evaluator.feeds:
             evaluator.use_feeds(feeds)
         return evaluator.run_reference()
 
-    reference, _, size = run_accepting_inputs(model, run, evaluator.feeds, specs, shapes=shapes, seed=seed)
-    if size is not None:
-        label = f"{label}; free dynamic dims {size}, as the model rejects {DEFAULT_DIM}"
+    reference, _, choice = run_accepting_inputs(model, run, evaluator.feeds, specs, shapes=shapes, seed=seed)
+    if choice is not None:
+        label = f"{label}; {choice.describe()}, as the model rejects the default inputs"
     return reference, label
 
 

@@ -16,7 +16,8 @@ symbolic or unknown first dimension is ``DEFAULT_BATCH`` (1) and any other is ``
 A dimension that exporters write as an expression of other dimensions
 (``past_sequence_length + sequence_length``) takes the value of that expression. A generated
 dimension is never zero or negative (a fixed dimension the model declares as 0 or -1 is treated
-as unknown).
+as unknown). When the model rejects these sizes, ``mpcompile.evaluate.accepted_inputs`` tries the
+sizes and scalar values the model implies, then a ladder of sizes.
 """
 
 from __future__ import annotations
@@ -28,8 +29,7 @@ import operator
 import os
 import pathlib
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TypeVar
+from collections.abc import Iterable, Mapping, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -43,9 +43,6 @@ DEFAULT_DIM = 16
 # Provenance label of generated inputs, saved in --auto records and numeric reports: a stable name,
 # not a module path (it predates the move of this module into mpcompile.evaluate).
 GENERATOR_LABEL = "mpcompile.inputs"
-# Sizes tried, in order, for the free dimensions when the model rejects the default ones (image
-# models that need 32 pixels or more, audio front ends that need hundreds of samples).
-FREE_DIM_LADDER = (32, 64, 128, 256, 512, 1024, 4096)
 PAST_MARKER = "past"
 MASK_MARKER = "mask"
 POSITION_MARKER = "position"
@@ -55,7 +52,6 @@ _INDEX_PRESERVING_OPS = frozenset(
 )
 
 Feeds = dict[str, np.ndarray]
-T = TypeVar("T")
 
 
 class InputsError(errors.MpcompileError):
@@ -71,9 +67,10 @@ class InputSpec:
     name: str
     dtype: np.dtype
     shape: tuple[int, ...]
-    kind: str  # "token_ids" | "mask" | "positions" | "normal" | "int" | "bool"
+    kind: str  # "token_ids" | "mask" | "positions" | "normal" | "int" | "bool" | "constant"
     high: int | None = None  # token ids (and positions) stay in [0, high)
     offset: int = 0  # positions start here (the past a longer attention mask covers)
+    value: float | int | None = None  # "constant": every element (a value the model compares with)
 
     def to_dict(self) -> dict:
         return {
@@ -83,6 +80,7 @@ class InputSpec:
             "kind": self.kind,
             "high": self.high,
             "offset": self.offset,
+            "value": self.value,
         }
 
 
@@ -109,16 +107,23 @@ def model_inputs(model: ir.Model) -> list[ir.Value]:
 
 
 def input_specs(
-    model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = None, *, free_dim: int = DEFAULT_DIM
+    model: ir.Model,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    *,
+    free_dim: int = DEFAULT_DIM,
+    dims: Mapping[str, int] | None = None,
+    values: Mapping[str, float | int] | None = None,
 ) -> list[InputSpec]:
     """Decide dtype, concrete shape and value kind of each input of ``model``; ``free_dim``: the
-    size of dynamic dimensions nothing else decides (batch dimensions excepted)."""
+    size of dynamic dimensions nothing else decides (batch dimensions excepted); ``dims``: sizes
+    of named symbolic dims in place of that default (``shapes`` still wins); ``values``: inputs
+    filled with one value (kind ``constant``)."""
     shapes = dict(shapes or {})
     inputs = model_inputs(model)
     input_names = {value.name for value in inputs}
     dim_values = {name: tuple(dims) for name, dims in shapes.items() if name not in input_names}
     symbols = _symbolic_dims(inputs)
-    defaults = _symbol_defaults(inputs, free_dim)
+    defaults = _symbol_defaults(inputs, free_dim) | dict(dims or {})
     fixed_axes = _conv_channel_axes(inputs)
     for (value, axis), size in fixed_axes.items():
         dim = value.shape[axis]
@@ -139,7 +144,10 @@ def input_specs(
         axes = {axis: size for (fixed, axis), size in fixed_axes.items() if fixed is value}
         shape = _concrete_shape(value, shapes.get(value.name), chosen, free_dim, axes)
         dtype = _numpy_dtype(value)
-        specs.append(_spec_for(model, value, dtype, shape))
+        spec = _spec_for(model, value, dtype, shape)
+        if values and value.name in values:
+            spec = dataclasses.replace(spec, kind="constant", value=values[value.name], high=None)
+        specs.append(spec)
     return _with_position_offsets(specs)
 
 
@@ -257,6 +265,8 @@ def _generate(spec: InputSpec, rng: np.random.Generator) -> np.ndarray:
         return rng.standard_normal(size=spec.shape, dtype=np.float32).astype(spec.dtype)
     if spec.kind == "bool":
         return rng.integers(0, 2, size=spec.shape).astype(bool)
+    if spec.kind == "constant":
+        return np.full(spec.shape, spec.value, dtype=spec.dtype)
     return rng.integers(0, 2, size=spec.shape).astype(spec.dtype)
 
 
@@ -505,59 +515,23 @@ def _numpy_dtype(value: ir.Value) -> np.dtype:
         raise InputsError(f"input {value.name!r}: element type {value.dtype.name} is not supported") from None
 
 
-def run_accepting_inputs(
-    model: ir.Model,
-    run: Callable[[list[Feeds]], T],
-    feeds: list[Feeds],
-    specs: Sequence[InputSpec] | None,
-    *,
-    shapes: Mapping[str, Sequence[int]] | None = None,
-    seed: int = 0,
-    what: str = "the FP32 model",
-) -> tuple[T, list[Feeds], int | None]:
-    """``run(feeds)``, with the free dimensions of generated inputs grown through
-    ``FREE_DIM_LADDER`` while the model rejects them (``run`` raising ONNX Runtime's error): an
-    image model may need 32 pixels, an audio front end hundreds of samples. ``specs``: how
-    ``feeds`` were generated, or None for the user's own (run once). Returns the result, the
-    feeds it ran on and the free dimension used (None: as given). When nothing runs, raises the
-    one-line ``rejected_inputs_error`` for the first rejection."""
-    from mpcompile.evaluate.ort_session import first_line, is_onnxruntime_error
-
-    try:
-        return run(feeds), feeds, None
-    except Exception as exc:
-        if not is_onnxruntime_error(exc):
-            raise
-        rejection = first_line(exc)
-    tried = [] if specs is None else [[spec.shape for spec in specs]]
-    for size in FREE_DIM_LADDER if specs is not None else ():
-        larger = input_specs(model, shapes, free_dim=size)
-        if [spec.shape for spec in larger] in tried:
-            continue
-        tried.append([spec.shape for spec in larger])
-        batches = [
-            cast_feeds(model, generate_from_specs(larger, seed=seed, batch_index=index))
-            for index in range(len(feeds))
-        ]
-        try:
-            return run(batches), batches, size
-        except Exception as exc:
-            if not is_onnxruntime_error(exc):
-                raise
-    raise rejected_inputs_error(model, rejection, specs, what=what)
-
-
 _ORT_NODE_NAME = re.compile(r"Name:'([^']*)'")
 _GUESSED_KINDS = ("int", "bool")
 
 
 def rejected_inputs_error(
-    model: ir.Model, message: str, specs: Sequence[InputSpec] | None, *, what: str = "the FP32 model"
+    model: ir.Model,
+    message: str,
+    specs: Sequence[InputSpec] | None,
+    *,
+    what: str = "the FP32 model",
+    sizes_hint: str = "",
 ) -> InputsError:
     """The one-line error for a model that does not run on its inputs (ONNX Runtime's
     ``message``). ``specs``: how the inputs were generated, or None for the user's own: then
     the error names the generated inputs whose values were guessed (0/1 integers, random bools)
-    that the failing node depends on, and asks for real ones through --inputs."""
+    that the failing node depends on, and asks for real ones through --inputs. ``sizes_hint``:
+    the sizes tried for the dynamic dims and the ``--shape`` to give (``accepted_inputs``)."""
     if specs is None:
         return InputsError(f"{what} rejects the inputs: {message}")
     guessed = {spec.name: spec for spec in specs if spec.kind in _GUESSED_KINDS}
@@ -565,6 +539,8 @@ def rejected_inputs_error(
     suspects = _inputs_reaching(model, match.group(1)) & guessed.keys() if match else set()
     named = [guessed[name] for name in sorted(suspects or guessed)]
     hint = "give representative inputs with --inputs FILE.npz"
+    if sizes_hint:
+        hint = f"{sizes_hint}, or {hint}"
     if named:
         listed = ", ".join(f"{spec.name} ({spec.kind} {list(spec.shape)})" for spec in named)
         hint = f"its generated {listed} {'is' if len(named) == 1 else 'are'} a guess; {hint}"

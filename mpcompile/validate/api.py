@@ -13,6 +13,7 @@ import onnx_ir as ir
 
 from mpcompile import errors
 from mpcompile.evaluate import inputs as model_inputs
+from mpcompile.evaluate.accepted_inputs import run_accepting_inputs
 from mpcompile.evaluate.ort_session import (
     ModelLike,
     import_onnxruntime,
@@ -100,7 +101,7 @@ def validate(
     original_source = _session_source(original)
     reference_runner = OrtRunner("original", original_source, CPU)
     reference_runner.activate()
-    references, feeds, free_dim = model_inputs.run_accepting_inputs(
+    references, feeds, choice = run_accepting_inputs(
         original_ir,
         lambda batches: [reference_runner.infer(batch) for batch in batches],
         feeds,
@@ -109,11 +110,11 @@ def validate(
         seed=seed,
         what="the original model",
     )
-    if free_dim is not None:
-        inputs_info.update(
-            _inputs_info(feeds, model_inputs.input_specs(original_ir, shapes, free_dim=free_dim))
-        )
-        inputs_info["free_dim"] = free_dim
+    if choice is not None:
+        inputs_info.update(_inputs_info(feeds, list(choice.specs)))
+        inputs_info["chosen"] = choice.to_dict()
+        if choice.free_dim is not None:
+            inputs_info["free_dim"] = choice.free_dim
 
     requested = parse_ep_option([eps] if isinstance(eps, str) else eps)
     chosen, skipped = choose_eps(requested)
