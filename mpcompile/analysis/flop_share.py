@@ -9,6 +9,7 @@ does by default, then onnx shape inference. A node's precision is its stamped de
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
 import onnx_ir as ir
 
@@ -41,10 +42,32 @@ class HeavyFlops:
 
 def heavy_flops(model: ir.Model) -> HeavyFlops:
     """The heavy FLOPs of a converted ``model`` by precision (the model is not modified)."""
+    low = fp32 = fp32_unknown = 0
+    for precision, count, _reason in _heavy_nodes(model):
+        if count is None:
+            fp32_unknown += precision == "fp32"
+        elif precision in _LOW:
+            low += count
+        elif precision == "fp32":
+            fp32 += count
+    return HeavyFlops(low, fp32, fp32_unknown)
+
+
+def heavy_fp32_reasons(model: ir.Model) -> dict[str, int]:
+    """FLOPs of the FP32 heavy nodes of a converted ``model`` by their stamped reason code
+    (``unknown`` where none is stamped), largest first."""
+    by_reason: dict[str, int] = {}
+    for precision, count, reason in _heavy_nodes(model):
+        if precision == "fp32" and count:
+            by_reason[reason] = by_reason.get(reason, 0) + count
+    return dict(sorted(by_reason.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _heavy_nodes(model: ir.Model) -> Iterator[tuple[str, int | None, str]]:
+    """(precision, FLOPs or None, reason) of each heavy node, shapes resolved as the report does."""
     work = model.clone()
     resolve_input_shapes(work, ShapeSpec.parse(None))
     infer_shapes(work)
-    low = fp32 = fp32_unknown = 0
     for graph in model_graphs(work):
         for node in graph:
             if (node.domain if node.domain != "ai.onnx" else "", node.op_type) not in flops_mod.HEAVY_OPS:
@@ -52,13 +75,7 @@ def heavy_flops(model: ir.Model) -> HeavyFlops:
             decision = read_decision(node)
             precision = decision.precision.value if decision is not None else derive_precision(node)
             count, _method = flops_mod.estimate_flops(node)
-            if count is None:
-                fp32_unknown += precision == "fp32"
-            elif precision in _LOW:
-                low += count
-            elif precision == "fp32":
-                fp32 += count
-    return HeavyFlops(low, fp32, fp32_unknown)
+            yield precision, count, decision.reason if decision is not None else "unknown"
 
 
 def more_fp32_note(mode: str, converted: HeavyFlops, plain: HeavyFlops) -> str | None:

@@ -30,7 +30,9 @@ from mpcompile.auto.criteria import Criterion, CriterionError, make_criterion
 from mpcompile.auto.evaluator import Evaluator, low_precision_nodes
 from mpcompile.auto.feeds import InputsLike, resolve_feeds
 from mpcompile.auto.flops import node_flops
+from mpcompile.auto.fp32_warning import fp32_heavy_warning
 from mpcompile.auto.graph import main_nodes, name_nodes
+from mpcompile.auto.progress import INPUTS, ProgressCallback
 from mpcompile.auto.range_rules import RangeRules, find_unsafe_nodes
 from mpcompile.auto.reasons import AUTO_RANGE, AUTO_SENSITIVITY
 from mpcompile.auto.search import Search
@@ -73,6 +75,7 @@ class AutoResult:
     measured_ops: tuple[str, ...] = ()  # block-list ops made candidates (empty: static_blocks)
     sessions: int = 0  # ONNX Runtime session builds
     measured_casts: bool = False  # Casts from integers were candidates (False: static_blocks)
+    warnings: list[str] = dataclasses.field(default_factory=list)  # fp32_warning: most heavy FLOPs FP32
 
     def __bool__(self) -> bool:
         return self.passed
@@ -101,6 +104,7 @@ class AutoResult:
             "sensitivity_blocked": dict(sorted(self.sensitivity_blocked.items())),
             "steps": [step.to_dict() for step in self.trace],
             "notes": list(self.notes),
+            "warnings": list(self.warnings),
         }
 
     def summary(self) -> dict[str, Any]:
@@ -125,6 +129,7 @@ def auto_convert(
     static_blocks: bool = False,
     switchboard: bool = True,
     options: ConvertOptions | None = None,
+    progress: ProgressCallback | None = None,
     **convert_options: Any,
 ) -> AutoResult:
     """Convert ``model`` with the most low-precision FLOPs that keep its outputs within tolerance.
@@ -140,7 +145,8 @@ def auto_convert(
     are candidates like follow ops, decided by the range rules and the search (user
     ``block_ops``/``block_nodes``/policy files still win), and so are Casts from integers to
     float (``measured_casts``: the Cast of a 0/1 attention mask goes to FP16; other integers
-    stay FP32); ``static_blocks`` turns both off. ``options`` (a ``ConvertOptions``) and the
+    stay FP32); ``static_blocks`` turns both off. ``progress``: called after every evaluation
+    (``mpcompile.auto.progress``: the CLI's progress bar). ``options`` (a ``ConvertOptions``) and the
     other keyword arguments are ``mpcompile.convert`` options, as ``mpcompile.convert`` takes them. ``model`` may also be an ``OpenedConversion``
     (``auto_convert_file``): a model loaded and checked already, searched in place.
     """
@@ -166,6 +172,7 @@ def auto_convert(
     renamed = name_nodes(work)
     feeds, label, specs = resolve_feeds(work, inputs, shapes=shapes, seed=seed)
     evaluator = Evaluator(work, feeds, criterion, options, budget, switchboard=switchboard)
+    evaluator.on_evaluation = progress
 
     baseline = evaluator.baseline()
     if baseline.already_converted:
@@ -203,6 +210,7 @@ def auto_convert(
     }
     decisions.update((name, Decision(Precision.FP32, AUTO_RANGE, why)) for name, why in range_why.items())
     final = evaluator.convert(best.blocked, verify=True, static=best.static, decisions=decisions)
+    warning = fp32_heavy_warning(final.model, criterion, budget_spent=search.exhausted)
     notes = list(outcome.notes)
     if renamed:
         notes.append(
@@ -226,6 +234,7 @@ def auto_convert(
         notes=notes,
         measured_ops=() if best.static else tuple(options.measured_ops),
         measured_casts=options.measured_casts and not best.static,
+        warnings=[warning] if warning else [],
     )
     final.model.metadata_props[TRACE_KEY] = json.dumps(result.to_dict(), sort_keys=True)
     final.notes.extend(notes)
@@ -268,6 +277,7 @@ def _reference_run(
     def run(feeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if feeds is not evaluator.feeds:
             evaluator.use_feeds(feeds)
+            evaluator.report(INPUTS)  # a retry: the progress bar says why it waits
         return evaluator.run_reference()
 
     reference, _, choice = run_accepting_inputs(model, run, evaluator.feeds, specs, shapes=shapes, seed=seed)

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from mpcompile.auto import progress as progress_events
 from mpcompile.auto.criteria import CheckResult, Criterion
 from mpcompile.auto.reasons import AUTO_SENSITIVITY
 from mpcompile.auto.switchboard import Switchboard
@@ -96,6 +97,9 @@ class Evaluator:
         self._output_names = [value.name for value in model.graph.outputs]
         self._probes: dict[ProbeKey, Probe] = {}
         self._static_share: float | None = None
+        self._reference_session = None  # kept across input retries (no switchboard)
+        self._reported: set[ProbeKey] = set()
+        self.on_evaluation: progress_events.ProgressCallback | None = None
 
     @property
     def remaining(self) -> int:
@@ -115,10 +119,12 @@ class Evaluator:
         if board is not None:
             values = board.run(self.feeds, board.reference_settings(), intermediates=True)
         else:
-            self.sessions += 1
-            session = ReferenceSession(self.model, intermediates=True, prepack=False)
-            values = [session.run(batch) for batch in self.feeds]
+            if self._reference_session is None:
+                self.sessions += 1
+                self._reference_session = ReferenceSession(self.model, intermediates=True, prepack=False)
+            values = [self._reference_session.run(batch) for batch in self.feeds]
         self.reference_outputs = [{name: batch[name] for name in self._output_names} for batch in values]
+        self.report(progress_events.REFERENCE)
         return values
 
     def use_feeds(self, feeds: Sequence[Feeds]) -> None:
@@ -209,7 +215,26 @@ class Evaluator:
                 outputs if intermediates else None, on_switchboard=settings is not None, static=static,
             )  # fmt: skip
         self._probes[(blocked, static)] = probe
+        if probe.evaluated and probe.key not in self._reported:
+            self._reported.add(probe.key)
+            self.report(progress_events.CANDIDATE, share)
         return probe
+
+    def report(self, phase: str, low_share: float | None = None) -> None:
+        """Tell ``on_evaluation`` (the progress bar) where the search stands."""
+        if self.on_evaluation is None:
+            return
+        evaluated = [probe for probe in self._probes.values() if probe.evaluated]
+        passing = [probe for probe in evaluated if probe.passed]
+        best = max(passing, key=lambda probe: probe.fp16_flop_share, default=None)
+        best_error = best.check.error if best is not None else min(
+            (probe.check.error for probe in evaluated), default=None
+        )  # fmt: skip
+        self.on_evaluation(
+            progress_events.Evaluation(
+                phase, self.evaluations, self.budget, low_share, best_error, self.criterion.limit
+            )
+        )
 
     def _same_conversion(self, low: frozenset[str]) -> Probe | None:
         """An evaluated probe whose conversion put exactly ``low`` in low precision.
@@ -230,6 +255,7 @@ class Evaluator:
         outputs = self._run_faithful(probe.result.model, False, budgeted=False)
         confirmed = dataclasses.replace(probe, check=self._check(outputs), on_switchboard=False)
         self._probes[probe.key] = confirmed
+        self.report(progress_events.CONFIRM, confirmed.fp16_flop_share)
         return confirmed
 
     def _check(self, outputs: Sequence[Mapping[str, np.ndarray]]) -> CheckResult:

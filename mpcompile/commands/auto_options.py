@@ -160,11 +160,14 @@ def run_auto_from_cli(
     quiet: bool = False,
     report_path: pathlib.Path | None = None,
     options: ConvertOptions | None = None,
+    progress: bool = True,
 ) -> Any:
     """Run ``auto_convert`` on ``model`` with the conversion ``options``, save the result
     atomically at ``output`` and print it (``report_path``: also write ``mpcompile report``'s
-    audit of the result there)."""
+    audit of the result there). ``progress``: a transient progress bar on stderr while the
+    search runs, when stderr is a terminal."""
     from mpcompile.auto.api import auto_convert_file
+    from mpcompile.auto.progress import ProgressBar
     from mpcompile.evaluate.inputs import parse_shape_options
 
     if report_path is not None:
@@ -172,20 +175,22 @@ def run_auto_from_cli(
 
         format_for_path(report_path)  # fail on a bad extension before the search
     source, target = pathlib.Path(model).absolute(), pathlib.Path(output).absolute()
-    result = auto_convert_file(
-        source,
-        target,
-        overwrite=overwrite,
-        external_data=external_data,
-        inputs=settings.inputs,
-        shapes=parse_shape_options(settings.shapes),
-        rtol=settings.rtol,
-        atol=settings.atol,
-        metric=settings.metric,
-        budget=settings.budget,
-        static_blocks=settings.static_blocks,
-        options=options,
-    )
+    with ProgressBar(disabled=not progress) as on_evaluation:
+        result = auto_convert_file(
+            source,
+            target,
+            overwrite=overwrite,
+            external_data=external_data,
+            inputs=settings.inputs,
+            shapes=parse_shape_options(settings.shapes),
+            rtol=settings.rtol,
+            atol=settings.atol,
+            metric=settings.metric,
+            budget=settings.budget,
+            static_blocks=settings.static_blocks,
+            options=options,
+            progress=on_evaluation,
+        )
     if report_path is not None:
         from mpcompile.report import write_report
 
@@ -193,47 +198,73 @@ def run_auto_from_cli(
     if as_json:
         click.echo(json.dumps({"input": str(model), "output": str(output), **result.summary()}, indent=2))
     elif not quiet:
-        from mpcompile.commands.convert import print_summary
-
-        print_summary(result.convert_result, model, output)
-        print_auto_summary(result)
+        print_auto_summary(result, model, output)
     return result
 
 
-def print_auto_summary(result: Any) -> None:
-    """The search in a few lines: verdict, evaluations, kept-FP32 nodes and the trace."""
+SHOWN_KEPT = 3  # node names in the summary's kept-FP32 row; the rest are in --json / --report
+
+
+def print_auto_summary(result: Any, source: pathlib.Path | str = "", output: pathlib.Path | str = "") -> None:
+    """The search as one table (verdict, shares, evaluations, kept-FP32 counts, conversion
+    facts), then its notes and warnings; node lists and the trace are left to --json/--report."""
     from rich.console import Console
     from rich.table import Table
 
+    from mpcompile.analysis.flop_share import heavy_flops
     from mpcompile.text import markup
 
     console = Console(emoji=False)  # :name: in a model string stays text
+    convert_result = result.convert_result
+    stats = convert_result.stats
+    title = f"{markup(source)} -> {markup(output)} ({convert_result.precision}, target {convert_result.target}, --auto)"
+    table = Table(title=title if source else None, show_header=False, title_justify="left")
+    table.add_column("", style="bold")
+    table.add_column("")
     verdict = "[green]meets[/]" if result.passed else "[red]does not meet[/]"
-    console.print(
-        f"--auto: {verdict} {result.criterion.describe()} (error {result.error:.3g} of limit "
-        f"{result.criterion.limit:.3g}); FP16 FLOP share {result.fp16_flop_share:.1%}; "
-        f"{result.evaluations} evaluations (budget {result.budget}) in {result.sessions} ONNX Runtime "
-        f"session(s); inputs {markup(result.inputs)}"
+    table.add_row(
+        "accuracy",
+        f"{verdict} {markup(result.criterion.describe())} (error {result.error:.3g}, limit {result.criterion.limit:.3g})",
     )
-    kept = [(name, "auto:range", why) for name, why in sorted(result.range_blocked.items())]
-    kept += [(name, "auto:sensitivity", why) for name, why in sorted(result.sensitivity_blocked.items())]
-    if kept:
-        table = Table(title="kept FP32 by --auto", show_header=True, header_style="bold")
-        for column in ("node", "reason", "rule"):
-            table.add_column(column)
-        for row in kept:
-            table.add_row(*(markup(cell) for cell in row))
-        console.print(table)
-    from mpcompile.auto.trace import TRACE_COLUMNS, trace_rows
-
-    shown = [TRACE_COLUMNS.index(c) for c in ("#", "phase", "tried", "error", "FP16 FLOPs", "outcome")]
-    trace = Table(title=f"search trace (error limit {result.criterion.limit:.3g})", header_style="bold")
-    for index in shown:
-        column = TRACE_COLUMNS[index]
-        left = column in ("phase", "tried", "outcome")
-        trace.add_column(column, justify="left" if left else "right", ratio=4 if column == "tried" else None)
-    for row in trace_rows(result.to_dict()):
-        trace.add_row(*(markup(row[index]) for index in shown))
-    console.print(trace)
+    heavy = heavy_flops(convert_result.model)
+    table.add_row(
+        "low-precision FLOPs",
+        f"{result.fp16_flop_share:.1%} of all; heavy (MatMul/Gemm/Conv) FP32 {heavy.fp32_share:.1%}",
+    )
+    table.add_row(
+        "evaluations",
+        f"{result.evaluations} (budget {result.budget}) in {result.sessions} ONNX Runtime session(s), "
+        f"{len(result.trace)} trace step(s)",
+    )
+    table.add_row("inputs", markup(result.inputs))
+    nodes = ", ".join(f"{precision} {count}" for precision, count in sorted(stats.nodes_by_precision.items()))
+    table.add_row("nodes", nodes)
+    table.add_row("kept FP32 by --auto", markup(_kept_summary(result)))
+    table.add_row(
+        "Casts in the model", f"{stats.casts_before} -> {stats.casts_after} ({stats.casts_added:+d})"
+    )
+    table.add_row("time", f"{result.seconds:.1f} s")
+    table.add_row("details", "search trace and node lists: --json or --report FILE")
+    console.print(table)
     for note in result.notes:
         console.print(f"note: {markup(note)}")
+    for warning in getattr(result, "warnings", ()):
+        console.print(f"[yellow]warning:[/] {markup(warning)}")
+
+
+def _kept_summary(result: Any) -> str:
+    """``auto:range 2, auto:sensitivity 1: a, b, c (and 1 more)``, or ``none``."""
+    names = [*sorted(result.range_blocked), *sorted(result.sensitivity_blocked)]
+    if not names:
+        return "none"
+    counts = ", ".join(
+        f"{reason} {len(kept)}"
+        for reason, kept in (
+            ("auto:range", result.range_blocked),
+            ("auto:sensitivity", result.sensitivity_blocked),
+        )
+        if kept
+    )
+    shown = ", ".join(names[:SHOWN_KEPT])
+    more = f" (and {len(names) - SHOWN_KEPT} more)" if len(names) > SHOWN_KEPT else ""
+    return f"{counts}: {shown}{more}"

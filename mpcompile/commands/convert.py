@@ -187,6 +187,7 @@ def convert_command(
             quiet=quiet or as_json,
             report_path=report_path,
             options=options,
+            progress=not quiet,
         )
         if as_json:
             print_json_summary(auto_result.summary(), model, output, run_validation)
