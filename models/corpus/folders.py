@@ -87,6 +87,16 @@ class FolderJob:
 _T5_UNTIED = (("tie_word_embeddings", False),)
 _T5_NOTES = "untied word embeddings (as T5 v1.1 / FLAN-T5): the tied tiny T5 repeats one token"
 
+# T5 initialises its weights with a std proportional to ``initializer_factor``. At 16 the FP32
+# folder still generates torch's tokens, but a plain FP16 conversion overflows: the FP16-faithful
+# judge (GPU rounding) gets NaN logits from the first step on every prompt, while ORT's CPU EP, which
+# computes those nodes in FP32, hides it. At 8 (the value) only one of the three prompts
+# diverges (step 3), too weak a case for generated prompts to be sure to catch.
+_LARGE_ACTIVATION_FACTOR = 16.0
+_LARGE_ACTIVATION_NOTES = (
+    f"; initializer_factor={_LARGE_ACTIVATION_FACTOR:g}: large activations, plain FP16 breaks greedy generation"
+)
+
 FOLDER_JOBS: tuple[FolderJob, ...] = (
     FolderJob("llama-optimum-folder", "llama", "text-generation-with-past", "decoder-only-with-past"),
     FolderJob(
@@ -107,6 +117,14 @@ FOLDER_JOBS: tuple[FolderJob, ...] = (
         notes=_T5_NOTES + "; optimum's --no-post-process: no merged decoder",
     ),
     FolderJob("bert-optimum-folder", "bert", "feature-extraction", "encoder"),
+    FolderJob(
+        "t5-large-activation-folder",
+        "t5",
+        "text2text-generation-with-past",
+        "encoder-decoder-merged",
+        config_overrides=(*_T5_UNTIED, ("initializer_factor", _LARGE_ACTIVATION_FACTOR)),
+        notes=_T5_NOTES + _LARGE_ACTIVATION_NOTES,
+    ),
 )
 
 
