@@ -259,7 +259,10 @@ def test_folder_plan_and_only_names() -> None:
     assert [job.name for job in select_folder_jobs(["t5"])] == [
         "t5-optimum-folder",
         "t5-optimum-folder-unmerged",
+        "t5-large-activation-folder",
     ]
+    broken = [job for job in FOLDER_JOBS if not job.plain_fp16_generates]
+    assert [job.arch.config["initializer_factor"] for job in broken] == [16.0]
     assert split_only(["llama-torchscript"]) == (["llama-torchscript"], [])
     with pytest.raises(KeyError, match="unknown corpus name"):
         split_only(["no-such-folder"])

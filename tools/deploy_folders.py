@@ -276,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     entries = [entry for entry in entries if not args.only or entry.name in args.only]
+    entries = [entry for entry in entries if entry.plain_fp16_generates or args.only]
     if not entries:
         print("error: the corpus has no export folders (python -m models.corpus build)", file=sys.stderr)
         return 2

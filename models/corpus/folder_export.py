@@ -74,6 +74,7 @@ def _entry(job: FolderJob, key: str, status: str, **fields: Any) -> FolderEntry:
         prompts=job.prompts(),
         new_tokens=job.new_tokens if job.generates else 0,
         notes=job.notes,
+        plain_fp16_generates=job.plain_fp16_generates,
         **fields,
     )
 

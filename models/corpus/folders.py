@@ -58,6 +58,9 @@ class FolderJob:
     seed: int = 7
     config_overrides: tuple[tuple[str, Any], ...] = ()  # on top of the architecture's configuration
     notes: str = ""
+    # False for a folder built so that a plain FP16 conversion breaks its greedy generation: a case
+    # for generation-aware ``validate`` to catch, left out of the deploy checks that expect it to work.
+    plain_fp16_generates: bool = True
 
     @property
     def arch(self) -> Architecture:
@@ -124,6 +127,7 @@ FOLDER_JOBS: tuple[FolderJob, ...] = (
         "encoder-decoder-merged",
         config_overrides=(*_T5_UNTIED, ("initializer_factor", _LARGE_ACTIVATION_FACTOR)),
         notes=_T5_NOTES + _LARGE_ACTIVATION_NOTES,
+        plain_fp16_generates=False,
     ),
 )
 

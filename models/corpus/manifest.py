@@ -131,6 +131,7 @@ class FolderEntry:
     opset: int | None = None
     cause: str = ""
     notes: str = ""
+    plain_fp16_generates: bool = True  # False: plain FP16 convert is known to break its generation
     root: Path = field(default=Path("."), compare=False, repr=False)
 
     @property
