@@ -103,14 +103,17 @@ def test_present_dtype_differing_from_past_is_an_error(tmp_path: pathlib.Path) -
 
 
 def test_layout_detection(tmp_path: pathlib.Path) -> None:
-    for name in ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx"):
-        (tmp_path / name).write_bytes(b"")
+    # detect_layout reads the decoders' outputs (a generative decoder has logits): real graphs here
+    decoder = _toy_decoder(TensorProto.FLOAT, TensorProto.FLOAT).SerializeToString()
+    (tmp_path / "encoder_model.onnx").write_bytes(b"")
+    for name in ("decoder_model.onnx", "decoder_with_past_model.onnx"):
+        (tmp_path / name).write_bytes(decoder)
     pair = detect_layout(tmp_path)
     assert pair.kind == ENCODER_DECODER
     assert pair.files == ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx")
     with pytest.raises(GenerationError, match=r"without decoder_model_merged\.onnx"):
         detect_layout(tmp_path, merged=True)
-    (tmp_path / "decoder_model_merged.onnx").write_bytes(b"")
+    (tmp_path / "decoder_model_merged.onnx").write_bytes(decoder)
     assert detect_layout(tmp_path).files == ("encoder_model.onnx", "decoder_model_merged.onnx")
     assert detect_layout(tmp_path, merged=False) == pair
     with pytest.raises(GenerationError, match="not an optimum export folder"):

@@ -57,6 +57,10 @@ class GenerationError(ValueError):
     """The folder cannot be run as a generation loop (layout, inputs or chained dtypes)."""
 
 
+class NotGenerativeError(GenerationError):
+    """The folder has no decoder with ``logits`` (e.g. a feature-extraction encoder)."""
+
+
 @dataclass(frozen=True)
 class ExportLayout:
     """Which files of an export folder a generation loop runs."""
@@ -76,31 +80,56 @@ class ExportLayout:
 def detect_layout(folder: str | pathlib.Path, merged: bool | None = None) -> ExportLayout:
     """The generation layout of an optimum export ``folder``.
 
-    ``merged``: for an encoder-decoder folder, True runs ``decoder_model_merged.onnx``, False the
-    decoder / decoder-with-past pair; None takes the merged decoder when the folder has one.
+    ``merged``: True runs ``decoder_model_merged.onnx``, False the decoder / decoder-with-past
+    pair (or a ``decoder_model.onnx`` without past alone); None takes the merged decoder when the
+    folder has one. A folder whose decoder has no ``logits`` output (a feature-extraction encoder)
+    raises ``NotGenerativeError``.
     """
     folder = pathlib.Path(folder)
     present = {path.name for path in folder.glob("*.onnx")}
-    if "encoder_model.onnx" in present:
-        has_merged = "decoder_model_merged.onnx" in present
-        has_pair = {"decoder_model.onnx", "decoder_with_past_model.onnx"} <= present
-        use_merged = has_merged if merged is None else merged
-        if use_merged and has_merged:
-            merged_file = "decoder_model_merged.onnx"
-            return ExportLayout(ENCODER_DECODER, merged_file, merged_file, "encoder_model.onnx")
-        if not use_merged and has_pair:
-            return ExportLayout(
-                ENCODER_DECODER, "decoder_model.onnx", "decoder_with_past_model.onnx", "encoder_model.onnx"
-            )
-        wanted = (
-            "decoder_model_merged.onnx" if use_merged else "decoder_model.onnx + decoder_with_past_model.onnx"
+    encoder = "encoder_model.onnx" if "encoder_model.onnx" in present else None
+    kind = ENCODER_DECODER if encoder else DECODER_ONLY
+    has_merged = "decoder_model_merged.onnx" in present
+    use_merged = has_merged if merged is None else merged
+    if use_merged and has_merged:
+        layout = ExportLayout(kind, "decoder_model_merged.onnx", "decoder_model_merged.onnx", encoder)
+    elif not use_merged and {"decoder_model.onnx", "decoder_with_past_model.onnx"} <= present:
+        layout = ExportLayout(kind, "decoder_model.onnx", "decoder_with_past_model.onnx", encoder)
+    elif not use_merged and "decoder_model.onnx" in present:
+        layout = ExportLayout(kind, "decoder_model.onnx", "decoder_model.onnx", encoder)
+    elif not encoder and merged is None and "model.onnx" in present:
+        layout = ExportLayout(DECODER_ONLY, "model.onnx", "model.onnx")
+    elif encoder or merged is not None:
+        wanted = "decoder_model_merged.onnx" if use_merged else "decoder_model.onnx"
+        raise GenerationError(f"{folder}: an export folder without {wanted}")
+    else:
+        raise NotGenerativeError(
+            f"{folder}: neither model.onnx nor encoder_model.onnx (not an optimum export folder)"
         )
-        raise GenerationError(f"{folder}: an encoder-decoder folder without {wanted}")
-    if "model.onnx" in present:
-        return ExportLayout(DECODER_ONLY, "model.onnx", "model.onnx")
-    raise GenerationError(
-        f"{folder}: neither model.onnx nor encoder_model.onnx (not an optimum export folder)"
-    )
+    for file in dict.fromkeys((layout.first, layout.later)):
+        if "logits" not in _output_names(folder / file):
+            raise NotGenerativeError(f"{folder / file}: no logits output (not a generative model)")
+    return layout
+
+
+def detect_layouts(folder: str | pathlib.Path) -> list[ExportLayout]:
+    """Every generation layout of ``folder``: the merged decoder and the decoder / decoder-with-past
+    pair when it has both, else the one it has. Raises like ``detect_layout``."""
+    folder = pathlib.Path(folder)
+    first = detect_layout(folder)
+    if first.first != "decoder_model_merged.onnx" or not (folder / "decoder_model.onnx").is_file():
+        return [first]
+    return [first, detect_layout(folder, merged=False)]
+
+
+def _output_names(path: pathlib.Path) -> set[str]:
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as error:  # a broken file is the per-file validation's to report
+        raise GenerationError(f"{path}: not readable as ONNX ({error})") from None
+    return {value.name for value in graph.output}
 
 
 @dataclass(frozen=True)
@@ -161,12 +190,20 @@ class Generator:
             f"{self.folder}: no decoder_start_token_id in generation_config.json or config.json"
         )
 
-    def generate(self, prompt: Sequence[int], new_tokens: int) -> Generation:
-        """``new_tokens`` greedy tokens after ``prompt`` (token ids, one sequence)."""
+    def generate(
+        self, prompt: Sequence[int], new_tokens: int, forced: Sequence[int] | None = None
+    ) -> Generation:
+        """``new_tokens`` greedy tokens after ``prompt`` (token ids, one sequence).
+
+        ``forced``: feed these tokens instead of the argmax (teacher forcing, to read the logits
+        on another run's context); the result's tokens are still the argmax of each step.
+        """
         if not len(prompt):
             raise GenerationError("the prompt is empty")
+        if forced is not None and len(forced) < new_tokens:
+            raise GenerationError(f"{len(forced)} forced tokens for {new_tokens} steps")
         ids = np.asarray(prompt, dtype=np.int64)[None, :]
-        loop = _Loop(self.sessions)
+        loop = _Loop(self.sessions, forced)
         if self.layout.kind == DECODER_ONLY:
             return loop.decoder_only(self.layout, ids, new_tokens)
         return loop.encoder_decoder(self.layout, ids, new_tokens, self.decoder_start_token_id())
@@ -175,20 +212,22 @@ class Generator:
 class _Loop:
     """One generation: runs the sessions, checks the dtypes of chained values, records float IO."""
 
-    def __init__(self, sessions: Mapping[str, Any]) -> None:
+    def __init__(self, sessions: Mapping[str, Any], forced: Sequence[int] | None = None) -> None:
         self.sessions = sessions
+        self.forced = forced
         self.float_io: dict[str, str] = {}
         self.origins: dict[str, str] = {}  # chained input -> "file:output" it comes from
 
     def decoder_only(self, layout: ExportLayout, ids: np.ndarray, new_tokens: int) -> Generation:
+        sequence = ids
         cache: dict[str, np.ndarray] = {}
-        past_length = 0
-        current = ids
         tokens: list[int] = []
         logits: list[np.ndarray] = []
         for step in range(new_tokens):
             file = layout.first if step == 0 else layout.later
-            total = past_length + current.shape[1]
+            total = sequence.shape[1]
+            current = sequence[:, -1:] if step > 0 and self._has_past(file) else sequence
+            past_length = total - current.shape[1]
             made = {
                 "input_ids": current,
                 "attention_mask": np.ones((1, total), np.int64),
@@ -196,11 +235,9 @@ class _Loop:
                 "use_cache_branch": np.array([step > 0]),
             }
             outputs = self.run(file, made, cache)
-            token = self._next_token(outputs, logits)
-            tokens.append(token)
+            token = self._next_token(outputs, logits, tokens, step)
             self._update_cache(cache, outputs, keep_encoder=False)
-            past_length = total
-            current = np.array([[token]], dtype=np.int64)
+            sequence = np.concatenate([sequence, np.array([[token]], np.int64)], axis=1)
         return Generation(tuple(tokens), tuple(logits), dict(self.float_io))
 
     def encoder_decoder(
@@ -214,22 +251,26 @@ class _Loop:
         chained = {"encoder_hidden_states": encoded["last_hidden_state"]}
         self.origins["encoder_hidden_states"] = f"{layout.encoder}:last_hidden_state"
         cache: dict[str, np.ndarray] = {}
-        current = np.array([[start]], dtype=np.int64)
+        sequence = np.array([[start]], dtype=np.int64)
         tokens: list[int] = []
         logits: list[np.ndarray] = []
         for step in range(new_tokens):
             file = layout.first if step == 0 else layout.later
+            current = sequence[:, -1:] if step > 0 and self._has_past(file) else sequence
             made = {
                 "input_ids": current,
                 "encoder_attention_mask": mask,
                 "use_cache_branch": np.array([step > 0]),
             }
             outputs = self.run(file, made, {**cache, **chained})
-            token = self._next_token(outputs, logits)
-            tokens.append(token)
+            token = self._next_token(outputs, logits, tokens, step)
             self._update_cache(cache, outputs, keep_encoder=True)
-            current = np.array([[token]], dtype=np.int64)
+            sequence = np.concatenate([sequence, np.array([[token]], np.int64)], axis=1)
         return Generation(tuple(tokens), tuple(logits), dict(self.float_io))
+
+    def _has_past(self, file: str) -> bool:
+        """True when ``file`` takes a KV cache (then it is fed only the newest token)."""
+        return any(value.name.startswith(PAST) for value in self.sessions[file].get_inputs())
 
     def run(
         self,
@@ -269,13 +310,16 @@ class _Loop:
         if np.issubdtype(array.dtype, np.floating):
             self.float_io[f"{file}:{name}"] = str(array.dtype)
 
-    @staticmethod
-    def _next_token(outputs: Mapping[str, np.ndarray], logits: list[np.ndarray]) -> int:
+    def _next_token(
+        self, outputs: Mapping[str, np.ndarray], logits: list[np.ndarray], tokens: list[int], step: int
+    ) -> int:
+        """Record the step's logits and argmax; the token to feed next (the forced one if any)."""
         if "logits" not in outputs:
             raise GenerationError("the decoder has no logits output")
         last = outputs["logits"][0, -1].astype(np.float32)
         logits.append(last)
-        return int(np.argmax(last))
+        tokens.append(int(np.argmax(last)))
+        return tokens[-1] if self.forced is None else int(self.forced[step])
 
     @staticmethod
     def _update_cache(
