@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import sys
@@ -10,7 +11,7 @@ from typing import Any
 
 import click
 
-from mpcompile.errors import ExitCode, MpcompileError
+from mpcompile.errors import ExitCode, MpcompileError, UsageError
 
 
 class ValidationFailedError(MpcompileError):
@@ -61,6 +62,22 @@ class ValidationFailedError(MpcompileError):
     default=None,
     help="CPU accuracy FP16-faithful (default when no GPU EP runs) or native ORT CPU.",
 )
+@click.option(
+    "--prompts",
+    "prompts_path",
+    type=click.Path(path_type=pathlib.Path),
+    help="Folders: token-id prompts for greedy generation, one prompt a line. Default: generated.",
+)
+@click.option(
+    "--new-tokens",
+    type=click.IntRange(min=1),
+    help="Folders: greedy steps per prompt (default 20).",
+)
+@click.option(
+    "--min-token-agreement",
+    type=click.FloatRange(0.0, 1.0),
+    help="Folders: least share of steps before the first diverging token, per prompt (default 1).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of tables.")
 @click.option(
     "--save",
@@ -80,15 +97,25 @@ def validate_command(
     runs: int,
     warmup: int,
     faithful: bool | None,
+    prompts_path: pathlib.Path | None,
+    new_tokens: int | None,
+    min_token_agreement: float | None,
     as_json: bool,
     save: pathlib.Path | None,
 ) -> None:
     """Compare CONVERTED against the FP32 ORIGINAL: accuracy per output and latency per EP.
 
     Both may be folders (from `convert FOLDER`): their models are paired by name and each pair
-    is validated. Exit code 0 when every output is within tolerance on every EP that ran, 1 otherwise.
+    is validated. A generative export folder (decoder-only, merged decoder, encoder-decoder) is
+    judged by greedy generation instead: identical tokens for 20 steps on every prompt by default.
+    Exit code 0 when everything passes, 1 otherwise.
     """
-    validate = validate_folders if original.is_dir() or converted.is_dir() else validate_and_report
+    generation_options = GenerationOptions(prompts_path, new_tokens, min_token_agreement)
+    folders = original.is_dir() or converted.is_dir()
+    if not folders and generation_options.given():
+        raise UsageError("--prompts, --new-tokens and --min-token-agreement apply to export folders")
+    extra = {"generation": generation_options} if folders else {}
+    validate = validate_folders if folders else validate_and_report
     code = validate(
         original,
         converted,
@@ -104,12 +131,28 @@ def validate_command(
         faithful=faithful,
         as_json=as_json,
         save=save,
+        **extra,
     )
     if code != ExitCode.OK:
         raise ValidationFailedError(FAILED_MESSAGE)
 
 
-FAILED_MESSAGE = "validation failed: outputs outside tolerance or new NaN/Inf (see above)"
+@dataclasses.dataclass(frozen=True)
+class GenerationOptions:
+    """The generation check's options of ``validate`` (None: the default)."""
+
+    prompts: pathlib.Path | None = None
+    new_tokens: int | None = None
+    min_token_agreement: float | None = None
+
+    def given(self) -> bool:
+        """True when any option was given on the command line."""
+        return any(value is not None for value in dataclasses.astuple(self))
+
+
+FAILED_MESSAGE = (
+    "validation failed: outputs outside tolerance, new NaN/Inf or greedy tokens that differ (see above)"
+)
 
 
 def validate_or_raise(original: str | os.PathLike, converted: str | os.PathLike, **options) -> None:
@@ -206,12 +249,15 @@ def validate_folders(
     as_json: bool = False,
     save: str | os.PathLike | None = None,
     into: dict[str, Any] | None = None,
+    generation: GenerationOptions | None = None,
     **options,
 ) -> ExitCode:
     """``validate`` for two folders: the models are paired by relative path (a model on one side
-    only is an error), each pair is validated as ``validate_and_report`` does, and the verdicts
-    are summed up; one JSON document with a ``files`` list for ``--json``/``--save`` (``into``: that
-    document goes into this dict and nothing is printed)."""
+    only is an error). When the original is a generative export folder, the files its generation
+    loops run are judged by greedy generation (``generative.validate_generation``); every other
+    pair is validated as ``validate_and_report`` does, and the verdicts are summed up; one JSON
+    document with a ``files`` list and a ``generation`` object for ``--json``/``--save``
+    (``into``: that document goes into this dict and nothing is printed)."""
     import json
 
     from rich.console import Console
@@ -243,9 +289,14 @@ def validate_folders(
         )
     console = Console(file=sys.stdout, emoji=False, width=None if sys.stdout.isatty() else 160)
     tables = not as_json and into is None
+    check = _GenerationCheck(
+        pathlib.Path(original), pathlib.Path(converted), generation or GenerationOptions()
+    )
     verdicts: dict[str, bool] = {}
     documents = []
     for name in sorted(originals):
+        if name in check.files:
+            continue
         if tables:
             console.rule(markup(name))
         result = _validate(originals[name], candidates[name], **options)
@@ -253,8 +304,21 @@ def validate_folders(
         documents.append({"file": name, **result.to_dict()})
         if tables:
             render.render_result(result, console)
+    generated = check.run(faithful=options.get("faithful"), seed=options.get("seed", 0))
+    if generated is not None:
+        verdicts["greedy generation"] = generated.passed
+        if tables:
+            console.rule("greedy generation")
+            render.render_generation(generated, console)
     passed = all(verdicts.values())
-    document = {"original": str(original), "converted": str(converted), "passed": passed, "files": documents}
+    document = {
+        "original": str(original),
+        "converted": str(converted),
+        "passed": passed,
+        "files": documents,
+        "generation": None if generated is None else generated.to_dict(),
+        "generation_note": check.note,
+    }
     text = json.dumps(document, indent=2, allow_nan=False)
     if save is not None:
         _write_json(pathlib.Path(save), text)
@@ -269,7 +333,58 @@ def validate_folders(
         for name, ok in verdicts.items():
             table.add_row(markup(name), "[green]PASSED[/]" if ok else "[red]FAILED[/]")
         console.print(table)
+        if check.note:
+            console.print(f"note: {markup(check.note)}")
     return ExitCode.OK if passed else ExitCode.VALIDATION_FAILED
+
+
+class _GenerationCheck:
+    """Which files of a folder pair the generation check covers, its prompts, and its run."""
+
+    def __init__(self, original: pathlib.Path, converted: pathlib.Path, options: GenerationOptions) -> None:
+        from mpcompile.validate import generation, generative
+
+        self.original, self.converted, self.options = original, converted, options
+        self.files: tuple[str, ...] = ()
+        self.note = ""
+        try:
+            layouts = generation.detect_layouts(original)
+        except generation.NotGenerativeError:
+            layouts = []
+        except generation.GenerationError as error:  # e.g. a merged decoder without its encoder
+            layouts = []
+            self.note = f"no generation check: {error}"
+        if options.given() and not layouts:
+            raise UsageError(
+                f"{original}: not a generative export folder, so --prompts, --new-tokens and "
+                "--min-token-agreement do not apply"
+            )
+        self.files = tuple(sorted({name for layout in layouts for name in layout.files}))
+        self.prompts = None
+        if self.files and options.prompts is not None:
+            self.prompts = generative.read_prompts(options.prompts)
+
+    def run(self, *, faithful: bool | None, seed: int) -> Any:
+        """The ``GenerationResult``, or None when the folder is not generative."""
+        if not self.files:
+            return None
+        from mpcompile.validate import generative
+
+        options = self.options
+        return generative.validate_generation(
+            self.original,
+            self.converted,
+            prompts=self.prompts,
+            prompts_source=f"--prompts {options.prompts}" if options.prompts else "",
+            new_tokens=options.new_tokens or generative.DEFAULT_NEW_TOKENS,
+            min_token_agreement=(
+                generative.DEFAULT_MIN_TOKEN_AGREEMENT
+                if options.min_token_agreement is None
+                else options.min_token_agreement
+            ),
+            faithful=faithful,
+            seed=seed,
+        )
 
 
 def _write_json(path: pathlib.Path, text: str) -> None:

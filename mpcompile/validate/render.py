@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mpcompile.text import markup
+from mpcompile.validate.generative import JUDGE_FAITHFUL, JUDGE_NATIVE, GenerationResult, LayoutResult
 from mpcompile.validate.results import ROLE_TRT_FP16_BASELINE, STATUS_SKIPPED, EpResult, ValidationResult
 
 
@@ -91,4 +92,72 @@ def _latency_table(result: ValidationResult) -> Table:
                 f"{stats.throughput_per_s:.1f}",
                 "" if speedup is None else f"{speedup:.2f}x",
             )
+    return table
+
+
+def render_generation(result: GenerationResult, console: Console | None = None) -> None:
+    """Per layout: a table per prompt (agreement, first diverging step, tokens) and one per step
+    (worst logit cosine, top-1 and top-5 agreement over the prompts); then the verdict."""
+    console = console or Console(emoji=False)
+    judge = JUDGE_TITLES.get(result.judge, result.judge)
+    console.print(f"prompts: {markup(result.prompts_source)}; candidate judged {judge}")
+    for layout in result.layouts:
+        files = " + ".join(layout.files)
+        if layout.error:
+            console.print(f"[red]generation failed[/] ({markup(files)}): {markup(layout.error)}")
+            continue
+        console.print(_prompt_table(layout, files))
+        console.print(_step_table(layout))
+    verdict = "[bold green]PASSED[/]" if result.passed else "[bold red]FAILED[/]"
+    console.print(
+        f"{verdict} generation: token agreement {_worst(result):.0%}, needed "
+        f"{result.min_token_agreement:.0%} of {result.new_tokens} greedy steps on every prompt"
+    )
+
+
+JUDGE_TITLES = {
+    JUDGE_FAITHFUL: "FP16-faithful (GPU rounding of FP16/BF16 outputs, CPU)",
+    JUDGE_NATIVE: "on native ORT CPU",
+}
+
+
+def _worst(result: GenerationResult) -> float:
+    return min((layout.token_agreement for layout in result.layouts), default=0.0)
+
+
+def _prompt_table(layout: LayoutResult, files: str) -> Table:
+    table = Table(title=f"greedy generation: {markup(files)}", title_justify="left")
+    table.add_column("prompt", justify="right", no_wrap=True)
+    table.add_column("agree", justify="right", no_wrap=True)
+    table.add_column("first\ndiverging", justify="right", no_wrap=True)
+    table.add_column("tokens: reference / candidate", overflow="fold", ratio=1)
+    for index, prompt in enumerate(layout.prompts, start=1):
+        step = prompt.first_divergence
+        shown = slice(0, 8) if step is None else slice(max(0, step - 2), step + 4)
+        reference = " ".join(map(str, prompt.reference_tokens[shown]))
+        candidate = " ".join(map(str, prompt.candidate_tokens[shown]))
+        where = "-" if step is None else f"step {step}"
+        prefix = "" if shown.start == 0 else "… "
+        table.add_row(
+            f"{index} ({len(prompt.prompt)} ids)",
+            f"{prompt.token_agreement:.0%}",
+            where,
+            f"{prefix}{markup(reference)} …\n{prefix}{markup(candidate)} …",
+        )
+    return table
+
+
+def _step_table(layout: LayoutResult) -> Table:
+    """Steps side by side in two halves, so 20 steps take 10 lines."""
+    table = Table(title="logits per step (same context), worst over prompts", title_justify="left")
+    half = (len(layout.steps) + 1) // 2
+    for _ in range(2 if len(layout.steps) > 1 else 1):
+        for column in ("step", "cosine", "top-1", "top-5"):
+            table.add_column(column, justify="right", no_wrap=True)
+    for row in range(half):
+        cells: list[str] = []
+        for step in (layout.steps[row], *layout.steps[row + half : row + half + 1]):
+            cosine = "nan" if step.min_cosine is None else f"{step.min_cosine:.6f}"
+            cells += [str(step.step), cosine, f"{step.top1_agreement:.0%}", f"{step.top5_agreement:.0%}"]
+        table.add_row(*cells, *[""] * (len(table.columns) - len(cells)))
     return table
