@@ -348,12 +348,12 @@ class _GenerationCheck:
         self.files: tuple[str, ...] = ()
         self.note = ""
         try:
-            layouts = generation.detect_layouts(original)
+            layouts = generative.generation_layouts(original)
         except generation.NotGenerativeError:
             layouts = []
-        except generation.GenerationError as error:  # e.g. a merged decoder without its encoder
+        except generation.GenerationError as error:  # e.g. a decoder fed inputs_embeds
             layouts = []
-            self.note = f"no generation check: {error}"
+            self.note = f"no generation check (files validated one by one): {error}"
         if options.given() and not layouts:
             raise UsageError(
                 f"{original}: not a generative export folder, so --prompts, --new-tokens and "

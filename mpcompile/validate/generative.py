@@ -202,6 +202,17 @@ def _graph_holds(graph: Any, low: set[int]) -> bool:
     return False
 
 
+def generation_layouts(folder: str | pathlib.Path) -> list[generation.ExportLayout]:
+    """The layouts a greedy loop runs on ``folder``, each tried for two steps on a one-id prompt.
+
+    Raises ``NotGenerativeError`` for a folder without a decoder with logits, ``GenerationError``
+    for one the loop cannot feed (e.g. a decoder taking ``inputs_embeds``)."""
+    layouts = generation.detect_layouts(folder)
+    for layout in layouts:
+        generation.Generator(folder, merged=_merged(layout)).generate([FIRST_ORDINARY_ID], 2)
+    return layouts
+
+
 def validate_generation(
     reference: str | pathlib.Path,
     candidate: str | pathlib.Path,
