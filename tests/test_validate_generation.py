@@ -17,6 +17,8 @@ import pytest
 from onnx import TensorProto, helper
 from rich.console import Console
 
+from models.corpus import load_folders
+from models.corpus.manifest import FolderEntry
 from mpcompile.cli import main
 from mpcompile.validate.generation import (
     DECODER_ONLY,
@@ -358,3 +360,58 @@ def test_cli_non_generative_files_still_validated_per_file(tmp_path: pathlib.Pat
     code, document = _validate_json(capsys, str(reference), str(candidate))
     assert code == 0 and document["generation"] is None
     assert main(["validate", str(reference), str(candidate), "--new-tokens", "3"]) == 2
+
+
+# -- the corpus's export folders (slow; skipped when the corpus is not built) ---------------------
+
+BUILD_HINT = ".venv-corpus/bin/python -m models.corpus build --only t5-large-activation-folder"
+
+
+def _generative_folders() -> list[FolderEntry]:
+    try:
+        return [entry for entry in load_folders(status="ok") if entry.generates]
+    except FileNotFoundError:
+        return []
+
+
+_CORPUS_FOLDERS = _generative_folders()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "entry", _CORPUS_FOLDERS or [None], ids=[entry.name for entry in _CORPUS_FOLDERS] or ["not-built"]
+)
+def test_validate_judges_plain_convert_of_corpus_folders(entry: FolderEntry | None, tmp_path, capsys) -> None:
+    """Plain ``convert`` of a corpus folder: ``validate`` passes where the FP16 folder generates
+    FP32's tokens, and fails, at step 0, on the large-activation T5 (NaN logits under the
+    FP16-faithful judge, which ORT's native CPU run hides)."""
+    if entry is None:
+        pytest.skip(f"the corpus has no generative export folders; build them with `{BUILD_HINT}`")
+    converted = tmp_path / "fp16"
+    assert main(["convert", str(entry.path), "-o", str(converted)]) == 0
+    capsys.readouterr()
+    options = ["--new-tokens", str(entry.new_tokens)]
+    code, document = _validate_json(capsys, str(entry.path), str(converted), *options)
+    generated = document["generation"]
+    assert generated["judge"] == JUDGE_FAITHFUL and generated["layouts"]
+    assert document["files"] == []  # every file of a generative folder is in a generation loop
+    if entry.plain_fp16_generates:
+        assert code == 0, generated
+        return
+    assert code == 1 and not generated["passed"]
+    for layout in generated["layouts"]:
+        assert [row["first_divergence"] for row in layout["prompts"]] == [0, 0, 0]
+        assert layout["steps"][0]["min_cosine"] is None  # non-finite logits
+    # the FP32 folder itself generates torch's tokens, and ORT's native CPU hides the overflow
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(" ".join(map(str, prompt)) + "\n" for prompt in entry.prompts))
+    code, document = _validate_json(
+        capsys, str(entry.path), str(entry.path), *options, "--prompts", str(prompts)
+    )
+    assert code == 0
+    first = document["generation"]["layouts"][0]["prompts"]
+    assert [tuple(row["reference_tokens"]) for row in first] == list(entry.reference)
+    code, _ = _validate_json(
+        capsys, str(entry.path), str(converted), *options, "--prompts", str(prompts), "--native-cpu"
+    )
+    assert code == 0
