@@ -96,9 +96,7 @@ _T5_NOTES = "untied word embeddings (as T5 v1.1 / FLAN-T5): the tied tiny T5 rep
 # computes those nodes in FP32, hides it. At 8 (the issue's value) only one of the three prompts
 # diverges (step 3), too weak a case for generated prompts to be sure to catch.
 _LARGE_ACTIVATION_FACTOR = 16.0
-_LARGE_ACTIVATION_NOTES = (
-    f"; initializer_factor={_LARGE_ACTIVATION_FACTOR:g}: large activations, plain FP16 breaks greedy generation"
-)
+_LARGE_ACTIVATION_NOTES = f"; initializer_factor={_LARGE_ACTIVATION_FACTOR:g}: large activations, plain FP16 breaks greedy generation"
 
 FOLDER_JOBS: tuple[FolderJob, ...] = (
     FolderJob("llama-optimum-folder", "llama", "text-generation-with-past", "decoder-only-with-past"),
