@@ -25,7 +25,8 @@ from mpcompile.commands.conversion_options import node_selection_options, precis
     "requires_grad",
     multiple=True,
     metavar="NAME",
-    help="Trainable parameter (repeat). Default: every FP32 initializer not frozen.",
+    help="Trainable parameter (repeat). Default: every FP32 initializer with more than one element, "
+    "or used as a weight/bias, not frozen (the exporter's scalar constants stay constants).",
 )
 @click.option("--frozen", multiple=True, metavar="NAME", help="Frozen parameter (repeat).")
 @click.option(
@@ -33,6 +34,12 @@ from mpcompile.commands.conversion_options import node_selection_options, precis
     type=click.Choice(["crossentropy", "mse", "bcewithlogits", "l1"]),
     default="crossentropy",
     show_default=True,
+)
+@click.option(
+    "--loss-input",
+    metavar="OUTPUT",
+    default=None,
+    help="Graph output the loss is computed on. Default: the first output.",
 )
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
 @precision_option(["fp16", "bf16", "fp32"], help="fp32: plain ORT artifacts, no conversion.")
@@ -47,6 +54,7 @@ def train_artifacts_command(
     requires_grad: tuple[str, ...],
     frozen: tuple[str, ...],
     loss: str,
+    loss_input: str | None,
     optimizer: str,
     precision: str,
     target: str,
@@ -78,6 +86,7 @@ def train_artifacts_command(
         requires_grad=list(requires_grad) or None,
         frozen=frozen,
         loss=loss,
+        loss_input=loss_input,
         optimizer=optimizer,
         precision=None if precision == "fp32" else precision,
         loss_scaling=not no_loss_scaling,

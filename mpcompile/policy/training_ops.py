@@ -99,8 +99,12 @@ LOW_PRECISION_OPS: dict[tuple[str, str], OpRule] = {
 LOSS_SUBGRAPH_NODE_PREFIX = "onnx::"
 
 # Forward ops the training policy keeps FP32 on top of the core policy, because of the gradient
-# ORT builds for them: an FP16 MaxPool gets an FP16 MaxPoolGrad (see above).
-FORWARD_BLOCK_OPS = ("MaxPool",)
+# ORT builds for them: an FP16 MaxPool gets an FP16 MaxPoolGrad (see above); an FP16
+# LayerNormalization gets a LayerNormalizationGrad that ORT's CPU EP has no FP16 kernel for, so it
+# inlines the op's function body, written for opset < 18 (ReduceMean with an ``axes`` attribute):
+# at opset >= 18 the training graph does not load. Keeping it FP32 also matches `convert
+# --training` (LayerNormalization[Grad] stays FP32 there), so both paths compute it alike.
+FORWARD_BLOCK_OPS = ("MaxPool", "LayerNormalization")
 
 # ORT registers these training ops in the ONNX domain; the onnx checker does not know them.
 ORT_TRAINING_OPS_IN_ONNX_DOMAIN = frozenset(

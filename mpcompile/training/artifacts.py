@@ -151,6 +151,7 @@ def convert_artifacts(
 
     training = model_io.load_model(paths.training_model)
     TrainingGraphLayout.of(training.graph)  # refuse anything that is not a training graph
+    complete_buffer_shapes(training.graph)
     stats["training"] = convert_training_graph(
         training, precision, loss_scaling=True, block_ops=block_ops, block_nodes=block_nodes
     )
@@ -188,8 +189,26 @@ def _refuse_writing_over_sources(paths: ArtifactPaths, destination: pathlib.Path
     overwrite_guard.refuse_overwriting_inputs(read, written)
 
 
+def complete_buffer_shapes(graph: ir.Graph) -> int:
+    """Give each gradient accumulation buffer without a shape its parameter's shape; return how many.
+
+    ORT 1.19.2 writes a scalar parameter's buffer (``<p>_grad.accumulation.buffer``) without a
+    shape field, which the onnx checker refuses for a graph input."""
+    inputs = {value.name: value for value in graph.inputs}
+    completed = 0
+    for name, value in inputs.items():
+        if not (name or "").endswith(ACCUMULATION_BUFFER_SUFFIX) or value.shape is not None:
+            continue
+        parameter = inputs.get(name[: -len(ACCUMULATION_BUFFER_SUFFIX)])
+        if parameter is not None and parameter.shape is not None:
+            value.shape = ir.Shape(parameter.shape)
+            completed += 1
+    return completed
+
+
 def save_checked(model: ir.Model, path: pathlib.Path) -> None:
     """Check a training-side model with the onnx checker, then save it atomically."""
+    complete_buffer_shapes(model.graph)
     check_training_model(ir.to_proto(model))
     model_io.save_model(model, path)
 
@@ -210,7 +229,11 @@ def check_training_model(proto: onnx.ModelProto) -> None:
     if moved and not any(o.domain == "com.microsoft" for o in copy.opset_import):
         copy.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     copy.ir_version = min(copy.ir_version, model_io.MAX_IR_VERSION)
-    onnx.checker.check_model(copy, full_check=True)
+    try:
+        onnx.checker.check_model(copy, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise errors.TrainingError(f"the training graph fails the onnx checker: {first}") from None
 
 
 def _refuse_low_precision(model: ir.Model) -> None:

@@ -20,12 +20,21 @@ import onnx_ir as ir
 from mpcompile import errors
 from mpcompile.core.plan import MODEL_PRECISION_KEY, Decision, Reason, read_decision, stamp_decision
 from mpcompile.core.precision import Precision
-from mpcompile.evaluate.ort_session import is_onnxruntime_error
+from mpcompile.evaluate.ort_session import is_onnxruntime_error, onnxruntime_log_severity
 from mpcompile.io import model_io
 from mpcompile.irtools.names import NameAuthority
 from mpcompile.passes.loss_scaling import LossScalingPass
 from mpcompile.policy import training_ops
 from mpcompile.training.artifacts import ArtifactPaths, save_checked
+from mpcompile.training.forward_model import (
+    check_loss_input,
+    loss_input_name,
+    prepare_forward_model,
+    training_proto,
+)
+from mpcompile.training.loss_blocks import classes_last_cross_entropy
+from mpcompile.training.native_logs import native_info_logs_dropped
+from mpcompile.training.parameters import default_trainable_parameters
 
 GRADIENT_BUILDER_RULE = "ort-gradient-builder"
 LOSSES = {
@@ -134,21 +143,23 @@ def generate_training_artifacts(
     precision: str | None = "fp16",
     loss_scaling: bool = True,
     overwrite: bool = False,
+    loss_input: str | None = None,
     **core_options: Any,
 ) -> dict[str, dict[str, int]]:
     """Mixed-precision ORT training artifacts for a forward model (``precision=None``: plain FP32).
 
-    ``core_options`` go to the forward conversion (``mpcompile.convert`` options except
-    ``precision`` and ``keep_io_types``, which the training policy fixes)."""
+    ``requires_grad=None`` trains the parameters ``default_trainable_parameters`` finds (not the
+    exporter's scalar constants). The loss is computed on ``loss_input`` (default: the first
+    graph output). ``core_options`` go to the forward conversion (``mpcompile.convert`` options
+    except ``precision`` and ``keep_io_types``, which the training policy fixes)."""
     artifacts_api = _artifacts_api()
     model = model_io.load_model(model_path)
     ir.external_data.load_to_model(model)
-    float_initializers = [
-        name for name, value in model.graph.initializers.items() if value.dtype == ir.DataType.FLOAT
-    ]
+    model = prepare_forward_model(model)
+    loss_input = loss_input_name(model, loss_input)
     frozen = list(frozen)
     if requires_grad is None:
-        requires_grad = [name for name in float_initializers if name not in frozen]
+        requires_grad = default_trainable_parameters(model.graph, frozen)
     requires_grad = list(requires_grad)
     overlap = sorted(set(requires_grad) & set(frozen))
     if overlap:
@@ -171,17 +182,22 @@ def generate_training_artifacts(
         )
     else:
         expose_layer_norm_statistics(model)
-    proto = ir.to_proto(model)
-    proto.ir_version = min(proto.ir_version, model_io.MAX_IR_VERSION)
+    proto = training_proto(model)
+    scores_rank = check_loss_input(proto, loss_input, loss)
+    loss_block = getattr(artifacts_api.LossType, LOSSES[loss])
+    if scores_rank is not None and scores_rank >= 3:
+        loss_block = classes_last_cross_entropy(scores_rank)
     try:
-        artifacts_api.generate_artifacts(
-            proto,
-            requires_grad=requires_grad,
-            frozen_params=frozen,
-            loss=getattr(artifacts_api.LossType, LOSSES[loss]),
-            optimizer=getattr(artifacts_api.OptimType, OPTIMIZERS[optimizer]),
-            artifact_directory=str(output_dir),
-        )
+        with onnxruntime_log_severity(3), native_info_logs_dropped():
+            artifacts_api.generate_artifacts(
+                proto,
+                requires_grad=requires_grad,
+                frozen_params=frozen,
+                loss=loss_block,
+                optimizer=getattr(artifacts_api.OptimType, OPTIMIZERS[optimizer]),
+                artifact_directory=str(output_dir),
+                loss_input_names=[loss_input],
+            )
     except Exception as exc:  # onnx's checker, called by onnxruntime.training, counts as onnxruntime's
         if not is_onnxruntime_error(exc):
             raise
