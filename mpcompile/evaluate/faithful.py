@@ -38,6 +38,9 @@ from mpcompile.irtools.names import NameAuthority
 
 LOW_PRECISION = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 ROUNDING_TAG = "mpcompile.evaluate.rounding"  # metadata key marking the Casts this module inserts
+# ORT training ops (registered in the ONNX domain) whose output shape has no inference: ORT
+# 1.19.2 crashes (segfault) creating a session for a MaxPoolGrad whose output has no declared shape.
+SHAPE_KEPT_OPS = frozenset({("", "MaxPoolGrad"), ("", "AveragePoolGrad")})
 _DTYPE_ATTRIBUTES = ("to", "dtype", "output_dtype")
 _NUMPY_DTYPES = {
     ir.DataType.FLOAT16: np.dtype(np.float16),
@@ -158,11 +161,14 @@ def forget_intermediate_shapes(model: ir.Model) -> None:
     Exporters write value shapes that hold only for the input size they traced, or reuse one
     dim_param for dims that differ; ONNX Runtime plans buffer reuse from declared shapes and
     then fails on another input size ("Shape mismatch attempting to re-use buffer"). Shape
-    inference then records what holds for every input size.
+    inference then records what holds for every input size. Kept: the outputs of ops whose
+    shape nothing can infer again (``SHAPE_KEPT_OPS``).
     """
     for graph in model_graphs(model):
         outputs = {id(value) for value in graph.outputs}
         for node in graph:
+            if (node.domain, node.op_type) in SHAPE_KEPT_OPS:
+                continue
             for value in node.outputs:
                 if id(value) not in outputs:
                     value.shape = None
