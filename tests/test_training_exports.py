@@ -338,3 +338,96 @@ def test_export_trains_fp16_faithfully(artifact_sets, name, exporter):
         losses, skipped = faithful_train(sets[variant], task, steps)
         assert losses[0] != fp32[0]  # FP16 rounding really happened
         check_against_fp32(f"{name}/{exporter}/{variant} FP16-faithful", losses, fp32, skipped)
+
+
+# --------------------------------------------------------------------------- bad and unusual input
+
+
+def _linear_model(opset: int = 17, *, flat: bool = False) -> onnx.ModelProto:
+    """logits = (x @ w + b) * scale, with ``scale`` a scalar constant initializer (as exporters
+    leave). ``flat``: logits flattened to rank 1, which crossentropy cannot take as scores."""
+    from onnx import TensorProto
+    from onnx import helper as oh
+    from onnx import numpy_helper as nh
+
+    rng = np.random.default_rng(0)
+    nodes = [
+        oh.make_node("MatMul", ["x", "w"], ["h"]),
+        oh.make_node("Add", ["h", "b"], ["z"]),
+        oh.make_node("Mul", ["z", "scale"], ["scaled" if flat else "logits"]),
+    ]
+    initializers = [
+        nh.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w"),
+        nh.from_array(np.zeros(3, np.float32), "b"),
+        nh.from_array(np.array(0.5, np.float32), "scale"),
+    ]
+    if flat:
+        nodes.append(oh.make_node("Reshape", ["scaled", "flat_shape"], ["logits"]))
+        initializers.append(nh.from_array(np.array([-1], np.int64), "flat_shape"))
+    # The output's declared shape left empty, as some exports do: shape inference fills it in.
+    graph = oh.make_graph(
+        nodes,
+        "linear",
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, [BATCH, 4])],
+        [oh.make_tensor_value_info("logits", TensorProto.FLOAT, [None] if flat else [None, None])],
+        initializers,
+    )
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)], ir_version=8)
+
+
+def _refused(capsys, code: int, mention: str, *args: str) -> None:
+    assert main(list(args)) == code
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and mention in lines[0], lines
+
+
+def test_scalar_constants_stay_constants_and_scalar_parameters_train(tmp_path):
+    """Default: the exporter-style scalar ``scale`` is no parameter. Named explicitly, a scalar
+    parameter's accumulation buffer (which ORT writes without a shape) passes the checker."""
+    onnx.save(_linear_model(), tmp_path / "m.onnx")
+    assert main(["train-artifacts", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "default")]) == 0
+    inputs = [v.name for v in onnx.load(tmp_path / "default" / "training_model.onnx").graph.input]
+    assert "w" + BUFFER_SUFFIX in inputs and "b" + BUFFER_SUFFIX in inputs
+    assert "scale" not in inputs and "scale" + BUFFER_SUFFIX not in inputs
+    fp32 = tmp_path / "fp32"
+    options = ["--precision", "fp32", "--requires-grad", "w", "--requires-grad", "scale"]
+    assert main(["train-artifacts", str(tmp_path / "m.onnx"), "-o", str(fp32), *options]) == 0
+    assert main(["convert", "--training", str(fp32), "-o", str(tmp_path / "converted")]) == 0
+    converted = onnx.load(tmp_path / "converted" / "training_model.onnx")
+    buffer = next(v for v in converted.graph.input if v.name == "scale" + BUFFER_SUFFIX)
+    assert buffer.type.tensor_type.HasField("shape") and len(buffer.type.tensor_type.shape.dim) == 0
+    trainer = Trainer(tmp_path / "converted", learning_rate=1e-2)
+    x = np.random.default_rng(1).standard_normal((BATCH, 4)).astype(np.float32)
+    assert trainer.train_step(x, np.zeros(BATCH, np.int64)).stepped
+
+
+def test_training_commands_refuse_in_one_line(tmp_path, capsys):
+    flat = tmp_path / "flat.onnx"
+    onnx.save(_linear_model(flat=True), flat)  # crossentropy needs scores of rank >= 2
+    _refused(capsys, 16, "rank 1", "train-artifacts", str(flat), "-o", str(tmp_path / "a"))
+    model = tmp_path / "m.onnx"
+    onnx.save(_linear_model(), model)
+    _refused(
+        capsys, 16, "not a graph output", "train-artifacts", str(model), "-o", str(tmp_path / "b"),
+        "--loss-input", "h",
+    )  # fmt: skip
+    # A training graph that fails the onnx checker's full check (an Add of FP32 and INT64 values,
+    # found by shape inference only) is exit 16, not 70.
+    fp32 = tmp_path / "fp32"
+    assert main(["train-artifacts", str(model), "-o", str(fp32), "--precision", "fp32"]) == 0
+    training = onnx.load(fp32 / "training_model.onnx")
+    training.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1], np.int64), "one"))
+    training.graph.node.append(onnx.helper.make_node("Add", ["x", "one"], ["broken"]))
+    onnx.save(training, fp32 / "training_model.onnx")
+    _refused(capsys, 16, "onnx checker", "convert", "--training", str(fp32), "-o", str(tmp_path / "c"))
+
+
+def test_opset_above_ort_range_is_brought_down(tmp_path):
+    """Opset 22 (newer than onnxruntime 1.19 knows) is converted down to 21 and trains."""
+    onnx.save(_linear_model(opset=22), tmp_path / "m.onnx")
+    assert main(["train-artifacts", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "a")]) == 0
+    model = onnx.load(tmp_path / "a" / "training_model.onnx")
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 21
+    trainer = Trainer(tmp_path / "a")
+    x = np.random.default_rng(1).standard_normal((BATCH, 4)).astype(np.float32)
+    assert trainer.train_step(x, np.zeros(BATCH, np.int64)).stepped

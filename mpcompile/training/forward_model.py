@@ -63,12 +63,14 @@ def check_loss_input(proto: onnx.ModelProto, loss_input: str, loss: str) -> int 
         return None
     output = next(value for value in proto.graph.output if value.name == loss_input)
     tensor = output.type.tensor_type
-    if not tensor.HasField("shape") or len(tensor.shape.dim) < 2:
+    rank = len(tensor.shape.dim) if tensor.HasField("shape") else None
+    if rank is None or rank < 2:
+        described = "no known shape" if rank is None else f"rank {rank}"
         raise errors.TrainingError(
-            f"output {loss_input!r} has no known rank >= 2 (scores [batch, ..., classes]); crossentropy "
-            "needs it: export with example inputs of the training shape, or fix the output's shape"
+            f"output {loss_input!r} has {described}; crossentropy needs scores [batch, ..., classes] "
+            "(rank >= 2): pick another output with --loss-input, or another --loss"
         )
-    return len(tensor.shape.dim)
+    return rank
 
 
 def loss_input_name(model: ir.Model, requested: str | None) -> str:
