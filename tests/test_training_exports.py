@@ -431,3 +431,30 @@ def test_opset_above_ort_range_is_brought_down(tmp_path):
     trainer = Trainer(tmp_path / "a")
     x = np.random.default_rng(1).standard_normal((BATCH, 4)).astype(np.float32)
     assert trainer.train_step(x, np.zeros(BATCH, np.int64)).stepped
+
+
+def test_parameters_unreachable_from_the_loss_input_are_not_trained():
+    """A second head (like BERT's pooler beside last_hidden_state) is left out when the loss is on
+    the first output; ORT would refuse it ("unreachable from the output node")."""
+    import onnx_ir as ir
+    from onnx import TensorProto
+    from onnx import helper as oh
+    from onnx import numpy_helper as nh
+
+    from mpcompile.training.parameters import default_trainable_parameters
+
+    weights = [nh.from_array(np.ones((4, 4), np.float32), name) for name in ("w", "pooler")]
+    graph = oh.make_graph(
+        [
+            oh.make_node("MatMul", ["x", "w"], ["hidden"]),
+            oh.make_node("MatMul", ["hidden", "pooler"], ["pooled"]),
+        ],
+        "two_heads",
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [oh.make_tensor_value_info(n, TensorProto.FLOAT, [2, 4]) for n in ("hidden", "pooled")],
+        weights,
+    )
+    model = ir.from_proto(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]))
+    assert default_trainable_parameters(model.graph, loss_input="hidden") == ["w"]
+    assert default_trainable_parameters(model.graph, loss_input="pooled") == ["w", "pooler"]
+    assert default_trainable_parameters(model.graph, ["w"], loss_input="pooled") == ["pooler"]

@@ -159,7 +159,7 @@ def generate_training_artifacts(
     loss_input = loss_input_name(model, loss_input)
     frozen = list(frozen)
     if requires_grad is None:
-        requires_grad = default_trainable_parameters(model.graph, frozen)
+        requires_grad = default_trainable_parameters(model.graph, frozen, loss_input)
     requires_grad = list(requires_grad)
     overlap = sorted(set(requires_grad) & set(frozen))
     if overlap:
