@@ -107,6 +107,15 @@ def _run(args: list[str]) -> int:
             raise
         _error_line(exc.message)
         return int(exc.exit_code)
+    except MemoryError:
+        if debug:
+            raise
+        click.echo(
+            "error: out of memory; the inputs or the model need more memory than this machine has "
+            "(lower MPCOMPILE_MEMORY_LIMIT to be refused up front)",
+            err=True,
+        )
+        return int(ExitCode.TOO_LARGE)
     except click.exceptions.Abort as exc:
         click.echo("aborted", err=True)
         return _interrupt_exit_code(exc)

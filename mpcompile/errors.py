@@ -30,6 +30,7 @@ class ExitCode(enum.IntEnum):
     RUNTIME_MISSING = 14  # onnxruntime (or an EP) needed but not installed
     EP_UNAVAILABLE = 15  # an explicitly requested execution provider cannot run
     TRAINING = 16  # training artifacts malformed or training runtime failure
+    TOO_LARGE = 17  # inputs or a run would need more memory than MPCOMPILE_MEMORY_LIMIT allows
     INTERNAL = 70  # a bug in mpcompile
 
 
@@ -103,3 +104,5 @@ class UsageError(MpcompileError):
     """Options that contradict the model, found after parsing (e.g. a graph input name no model has)."""
 
     exit_code = ExitCode.USAGE
+class TooLargeError(MpcompileError):
+    exit_code = ExitCode.TOO_LARGE

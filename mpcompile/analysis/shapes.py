@@ -26,7 +26,7 @@ from mpcompile.errors import ExitCode, MpcompileError
 # The same defaults as generated inputs (``mpcompile validate``), so a report and a validation
 # of the same model talk about the same shapes. Small on purpose: a default must fit models
 # with short maximum contexts; pass --shape for realistic FLOP totals.
-from mpcompile.evaluate.inputs import DEFAULT_BATCH, DEFAULT_DIM
+from mpcompile.evaluate.inputs import DEFAULT_BATCH, DEFAULT_DIM, MAX_DIM
 
 
 class ReportOptionError(MpcompileError):
@@ -71,6 +71,8 @@ def _positive_int(text: str, spec: str) -> int:
         raise ReportOptionError(f"--shape {spec!r}: {text!r} is not a whole number") from None
     if value < 0:
         raise ReportOptionError(f"--shape {spec!r}: dims must not be negative")
+    if value > MAX_DIM:
+        raise ReportOptionError(f"--shape {spec!r}: a dim above {MAX_DIM} (2^63 - 1) does not fit ONNX")
     return value
 
 
@@ -102,6 +104,11 @@ def resolve_input_shapes(model: ir.Model, spec: ShapeSpec) -> dict[str, int]:
                 raise ReportOptionError(
                     f"--shape {value.name}: gives {len(given)} dims but the input has rank {value.shape.rank()}"
                 )
+            for axis, (dim, want) in enumerate(zip(value.shape, given, strict=True)):
+                if isinstance(dim, int) and dim > 0 and dim != want:
+                    raise ReportOptionError(
+                        f"input {value.name!r}: axis {axis} is fixed at {dim} in the model, given {list(given)}"
+                    )
             value.shape = ir.Shape(given)
             continue
         resolved: list[int] = []

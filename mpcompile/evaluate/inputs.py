@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import math
 import operator
 import os
@@ -36,10 +37,12 @@ import numpy as np
 import onnx_ir as ir
 
 from mpcompile import errors
+from mpcompile.evaluate import memory_limit
 from mpcompile.irtools.graphs import all_graphs
 
 DEFAULT_BATCH = 1
 DEFAULT_DIM = 16
+MAX_DIM = (1 << 63) - 1  # ONNX and ONNX Runtime dims are int64
 # Provenance label of generated inputs, saved in --auto records and numeric reports: a stable name,
 # not a module path (it predates the move of this module into mpcompile.evaluate).
 GENERATOR_LABEL = "mpcompile.inputs"
@@ -97,6 +100,8 @@ def parse_shape_options(items: Iterable[str]) -> dict[str, tuple[int, ...]]:
             raise InputsError(f"--shape {item!r}: dimensions must be integers joined by 'x'") from None
         if any(dim < 0 for dim in shape):
             raise InputsError(f"--shape {item!r}: dimensions must not be negative")
+        if any(dim > MAX_DIM for dim in shape):
+            raise InputsError(f"--shape {item!r}: a dimension above {MAX_DIM} (2^63 - 1) cannot be fed")
         shapes[name] = shape
     return shapes
 
@@ -148,7 +153,13 @@ def input_specs(
         if values and value.name in values:
             spec = dataclasses.replace(spec, kind="constant", value=values[value.name], high=None)
         specs.append(spec)
+    memory_limit.check_fits(sum(spec_bytes(spec) for spec in specs), "the generated inputs")
     return _with_position_offsets(specs)
+
+
+def spec_bytes(spec: InputSpec) -> int:
+    """Bytes of the array ``spec`` describes (a Python int: never overflows)."""
+    return math.prod(spec.shape) * spec.dtype.itemsize
 
 
 def _with_position_offsets(specs: list[InputSpec]) -> list[InputSpec]:
@@ -184,29 +195,47 @@ def generate_from_specs(specs: Sequence[InputSpec], *, seed: int = 0, batch_inde
     return {spec.name: _generate(spec, rng) for spec in specs}
 
 
-def load_inputs(path: str | os.PathLike) -> list[Feeds]:
-    """Feeds from an ``.npz`` file (one batch) or a folder of ``.npz`` files (one batch each, by name)."""
+def load_inputs(path: str | os.PathLike, model: ir.Model | None = None) -> list[Feeds]:
+    """Feeds from an ``.npz`` file (one batch) or a folder of ``.npz`` files (one batch each, by name).
+
+    Array headers are checked before any data is read (``mpcompile.evaluate.npz_files``): against
+    the memory limit, and with ``model`` against its inputs' names, dtypes and shapes.
+    """
+    from mpcompile.evaluate import npz_files
+
     path = pathlib.Path(path)
     if path.is_dir():
-        files = sorted(path.glob("*.npz"))
+        files = sorted(file for file in path.glob("*.npz") if file.is_file())
         if not files:
             raise InputsError(f"{path}: folder holds no .npz files")
     elif path.is_file():
         files = [path]
+    elif path.exists():
+        raise InputsError(f"{path}: not a regular file or folder")
     else:
         raise errors.InputNotFoundError(f"{path}: no such file or folder")
     batches = []
     for file in files:
-        try:
-            with np.load(file, allow_pickle=False) as data:
-                batches.append({name: data[name] for name in data.files})
-        except (OSError, ValueError) as exc:
-            raise InputsError(f"{file}: not a readable .npz file ({exc})") from None
+        check = None
+        if model is not None:
+            check = functools.partial(_check_headers, model, source=os.fspath(file))
+        batches.append(npz_files.read_npz(file, check))
     return batches
 
 
-def check_feeds(model: ir.Model, feeds: Mapping[str, np.ndarray], *, source: str = "inputs") -> None:
-    """Refuse feeds that miss an input or name one the model does not have."""
+def _check_headers(model: ir.Model, headers: Sequence, *, source: str) -> None:
+    check_feeds(model, dict.fromkeys(header.name for header in headers), source=source, values=False)
+    declared = {value.name: value for value in model.graph.inputs}
+    for header in headers:
+        _check_dtype(declared[header.name], header.dtype, source)
+        _check_shape(declared[header.name], header.shape, source)
+
+
+def check_feeds(
+    model: ir.Model, feeds: Mapping[str, np.ndarray | None], *, source: str = "inputs", values: bool = True
+) -> None:
+    """Refuse feeds that miss an input, name one the model does not have, or (``values``) whose
+    arrays have a dtype the input cannot take or a shape its declared dims contradict."""
     names = {value.name for value in model_inputs(model)}
     optional = {value.name for value in model.graph.inputs if value.is_initializer()}
     missing = sorted(names - feeds.keys())
@@ -215,6 +244,49 @@ def check_feeds(model: ir.Model, feeds: Mapping[str, np.ndarray], *, source: str
         raise InputsError(f"{source}: no data for model input(s) {', '.join(missing)}")
     if unknown:
         raise InputsError(f"{source}: the model has no input(s) named {', '.join(unknown)}")
+    if not values:
+        return
+    declared = {value.name: value for value in model.graph.inputs}
+    for name, array in feeds.items():
+        try:
+            array = np.asarray(array)
+        except ValueError:
+            raise InputsError(f"{source}: input {name!r} is not an array") from None
+        _check_dtype(declared[name], array.dtype, source)
+        _check_shape(declared[name], array.shape, source)
+
+
+# numpy kinds each kind of model input accepts: bools and integers widen to floats; floats never
+# become integers or bools silently.
+_ACCEPTED_KINDS = {"f": "fiub", "i": "iub", "u": "iub", "b": "biu"}
+
+
+def _check_dtype(value: ir.Value, dtype: np.dtype, source: str) -> None:
+    if dtype.kind == "c":
+        raise InputsError(
+            f"{source}: input {value.name!r} is given complex data ({dtype}); the imaginary part would be lost"
+        )
+    if dtype.kind not in "fiub":
+        raise InputsError(f"{source}: input {value.name!r} is given {dtype} data, not numbers")
+    want = _numpy_dtype(value)
+    want_kind = "f" if want == np.dtype(ml_dtypes.bfloat16) else want.kind
+    if dtype.kind not in _ACCEPTED_KINDS.get(want_kind, want_kind):
+        raise InputsError(f"{source}: input {value.name!r} takes {want}, got {dtype} data")
+
+
+def _check_shape(value: ir.Value, shape: Sequence[int], source: str) -> None:
+    declared = value.shape
+    if declared is None:
+        return
+    if len(shape) != len(declared):
+        raise InputsError(
+            f"{source}: input {value.name!r} has rank {len(declared)}, got an array of shape {list(shape)}"
+        )
+    for axis, (dim, got) in enumerate(zip(declared, shape, strict=True)):
+        if isinstance(dim, int) and dim > 0 and dim != got:
+            raise InputsError(
+                f"{source}: input {value.name!r} axis {axis} is fixed at {dim}, got an array of shape {list(shape)}"
+            )
 
 
 def cast_feeds(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> Feeds:
@@ -239,7 +311,7 @@ def given_inputs(
     """User-supplied batches (an ``.npz`` file or folder, one feed dict, or a list of them),
     each checked against the model and cast to its declared dtypes, and where they came from."""
     if isinstance(inputs, (str, os.PathLike)):
-        batches, source = load_inputs(inputs), os.fspath(inputs)
+        batches, source = load_inputs(inputs, model), os.fspath(inputs)
     elif isinstance(inputs, Mapping):
         batches, source = [dict(inputs)], given_label
     else:

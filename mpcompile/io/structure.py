@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 
 import onnx
 import onnx_ir as ir
@@ -30,6 +30,8 @@ Scopes = tuple[dict[str, str], ...]
 STAND_IN_LOCATION = "mpcompile-structure-check"
 # ai.onnx attributes holding a dtype (Cast's to, RandomNormal's dtype, QuantizeLinear's output_dtype, ...)
 DTYPE_ATTRIBUTES = frozenset({"to", "dtype", "output_dtype"})
+# onnx looks schemas up with a C int: a larger opset version is no real one.
+MAX_OPSET_VERSION = (1 << 31) - 1
 KNOWN_DTYPES = frozenset(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
 
 
@@ -44,8 +46,10 @@ def check_structure(model: onnx.ModelProto) -> None:
         if key in seen:
             raise _invalid(f"function {function.domain}::{function.name} is defined twice")
         seen.add(key)
-        _check_graph(function, (), f" in function {function.name!r}", main=False, opsets=_opsets(function))
-    _check_graph(model.graph, (), "", main=True, opsets=_opsets(model))
+    for function in model.functions:
+        where = f" in function {function.name!r}"
+        _check_graph(function, (), where, main=False, opsets=_opsets(function, where), functions=seen)
+    _check_graph(model.graph, (), "", main=True, opsets=_opsets(model, ""), functions=seen)
 
 
 def check_ir_structure(model: ir.Model) -> None:
@@ -126,8 +130,16 @@ def check_value_info_against_inference(
                 )
 
 
-def _check_graph(graph: GraphLike, outer: Scopes, where: str, main: bool, opsets: dict[str, int]) -> None:
-    """Names defined once and before use, node by node, subgraphs with this graph in scope."""
+def _check_graph(
+    graph: GraphLike,
+    outer: Scopes,
+    where: str,
+    main: bool,
+    opsets: dict[str, int],
+    functions: Set[tuple[str, str, str]] = frozenset(),
+) -> None:
+    """Names defined once and before use, node by node, subgraphs with this graph in scope;
+    ``functions``: the (domain, name, overload) of the model's local functions."""
     defined: dict[str, str] = {}  # name -> what defines it ("" + index for a node, formatted lazily)
     scopes = (defined, *outer)
 
@@ -151,11 +163,16 @@ def _check_graph(graph: GraphLike, outer: Scopes, where: str, main: bool, opsets
             raise _invalid(f"node {_node_label(node, index)}{where} has no op_type")
         inputs, outputs = node.input, node.output
         _check_arity(node, index, inputs, outputs, where, opsets)
+        if node.overload and (node.domain, node.op_type, node.overload) not in functions:
+            raise _invalid(
+                f"node {_node_label(node, index)}{where} calls overload {node.overload!r} of "
+                f"{node.domain or 'ai.onnx'}::{node.op_type}, which no local function defines"
+            )
         for name in inputs:
             if name and not any(name in scope for scope in scopes):
                 raise _read_error(graph, index, name, where)
         for attribute in node.attribute:
-            _check_attribute(graph, index, attribute, scopes, where, opsets)
+            _check_attribute(graph, index, attribute, scopes, where, opsets, functions)
         for name in outputs:
             if name:
                 define(name, f"\0{index}")
@@ -163,6 +180,8 @@ def _check_graph(graph: GraphLike, outer: Scopes, where: str, main: bool, opsets
     for position, name in enumerate(outputs):
         if not name:
             raise _invalid(f"graph output #{position}{where} has an empty name")
+        if name in outputs[:position]:
+            raise _invalid(f"graph output {name!r}{where} is listed twice")
         if not any(name in scope for scope in scopes):
             raise _invalid(f"graph output {name!r}{where} is not produced by any node, input or initializer")
     if isinstance(graph, onnx.GraphProto):
@@ -182,10 +201,13 @@ def _check_attribute(
     scopes: Scopes,
     where: str,
     opsets: dict[str, int],
+    functions: Set[tuple[str, str, str]],
 ) -> None:
-    """A dtype attribute names a known dtype, no sparse tensor, and each subgraph checked in scope."""
+    """The attribute type the op's schema declares, a dtype attribute names a known dtype, no
+    sparse tensor, and each subgraph checked in scope."""
     node = graph.node[index]
     kind = attribute.type
+    _check_attribute_type(node, index, attribute, where, opsets)
     if (
         kind == onnx.AttributeProto.INT
         and attribute.name in DTYPE_ATTRIBUTES
@@ -202,7 +224,34 @@ def _check_attribute(
             inner = (
                 f" in subgraph {subgraph.name or attribute.name!r} of node {_node_label(node, index)}{where}"
             )
-            _check_graph(subgraph, scopes, inner, main=False, opsets=opsets)
+            _check_graph(subgraph, scopes, inner, main=False, opsets=opsets, functions=functions)
+
+
+def _check_attribute_type(
+    node: onnx.NodeProto, index: int, attribute: onnx.AttributeProto, where: str, opsets: dict[str, int]
+) -> None:
+    """An attribute of a type other than its schema's (Cast ``to`` given as a string) is refused:
+    onnx's checker lets it through and every reader of the attribute would fail on it."""
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    if attribute.ref_attr_name or domain not in opsets:
+        return
+    expected = _schema_attribute_types(node.op_type, domain, opsets[domain]).get(attribute.name)
+    if expected is not None and attribute.type != expected:
+        given = onnx.AttributeProto.AttributeType.Name(attribute.type)
+        want = onnx.AttributeProto.AttributeType.Name(expected)
+        raise _invalid(
+            f"attribute {attribute.name!r} of node {_node_label(node, index)}{where} ({node.op_type}) "
+            f"is {given}; its schema takes {want}"
+        )
+
+
+@functools.lru_cache(maxsize=4096)
+def _schema_attribute_types(op_type: str, domain: str, opset: int) -> dict[str, int]:
+    try:
+        schema = onnx.defs.get_schema(op_type, opset, domain)
+    except onnx.defs.SchemaError:
+        return {}
+    return {name: int(attribute.type) for name, attribute in schema.attributes.items()}
 
 
 def _what(graph: GraphLike, what: str) -> str:
@@ -242,7 +291,13 @@ def _define_inputs_and_initializers(
         defaults.add(tensor.name)
 
 
-def _opsets(owner: onnx.ModelProto | onnx.FunctionProto) -> dict[str, int]:
+def _opsets(owner: onnx.ModelProto | onnx.FunctionProto, where: str) -> dict[str, int]:
+    for entry in owner.opset_import:
+        if not 0 <= entry.version <= MAX_OPSET_VERSION:
+            raise _invalid(
+                f"opset_import{where} gives domain {entry.domain or 'ai.onnx'!r} version {entry.version}, "
+                f"outside 0..{MAX_OPSET_VERSION}"
+            )
     opsets = {entry.domain: entry.version for entry in owner.opset_import}
     if "ai.onnx" in opsets:
         opsets.setdefault("", opsets["ai.onnx"])

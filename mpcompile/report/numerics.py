@@ -30,8 +30,10 @@ import onnx_ir as ir
 
 from mpcompile.analysis.audit import ModelAudit, NodeAudit
 from mpcompile.analysis.error_measures import is_float_array, normalized_error
+from mpcompile.analysis.run_memory import values_bytes
 from mpcompile.core.precision import LowPrecisionFormat, low_precision_format
 from mpcompile.errors import ExitCode, MpcompileError
+from mpcompile.evaluate import memory_limit
 from mpcompile.report.compare import match_key
 
 INPUT_SEED = 0
@@ -145,6 +147,7 @@ def attach_numerics(
     reference_model = original if original is not None else model
     reference_audit = original_audit if original_audit is not None else audit
     feeds = feeds_for(reference_model, feeds)
+    memory_limit.check_fits(values_bytes(reference_model), "the FP32 reference run (every intermediate kept)")
     reference = _evaluate("reference", reference_model, feeds)
 
     ranges_by_key: dict[tuple[str, str], dict[str, float] | None] = {}

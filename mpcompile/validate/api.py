@@ -12,6 +12,7 @@ import onnx
 import onnx_ir as ir
 
 from mpcompile import errors
+from mpcompile.analysis.run_memory import check_run_fits
 from mpcompile.evaluate import inputs as model_inputs
 from mpcompile.evaluate.accepted_inputs import run_accepting_inputs
 from mpcompile.evaluate.ort_session import (
@@ -98,6 +99,9 @@ def validate(
     rtol_t.check_names(output_names, "--rtol")
     atol_t.check_names(output_names, "--atol")
     feeds, inputs_info, specs = _prepare_inputs(original_ir, inputs, shapes, seed, batches)
+    check_run_fits(
+        original_ir, {name: np.shape(array) for name, array in feeds[0].items()}, "running the original model"
+    )
     original_source = _session_source(original)
     reference_runner = OrtRunner("original", original_source, CPU)
     reference_runner.activate()
