@@ -26,7 +26,7 @@ from mpcompile.errors import ExitCode, MpcompileError
 # The same defaults as generated inputs (``mpcompile validate``), so a report and a validation
 # of the same model talk about the same shapes. Small on purpose: a default must fit models
 # with short maximum contexts; pass --shape for realistic FLOP totals.
-from mpcompile.evaluate.inputs import DEFAULT_BATCH, DEFAULT_DIM, MAX_DIM
+from mpcompile.evaluate.inputs import DEFAULT_BATCH, DEFAULT_DIM, MAX_DIM, is_dim_expression, symbol_values
 
 
 class ReportOptionError(MpcompileError):
@@ -93,6 +93,9 @@ def resolve_input_shapes(model: ir.Model, spec: ShapeSpec) -> dict[str, int]:
         else:
             raise ReportOptionError(f"--shape {name}: the model has no input of that name ({sorted(known)})")
     assumed: dict[str, int] = {}
+    # Dims that exporters write as expressions (``past_sequence_length + sequence_length``) and a
+    # KV-cache mask's own length symbol follow the other dims, as generated inputs do.
+    derived = symbol_values(list(model.graph.inputs), dims, _report_defaults(model, dims))
     for value in model.graph.inputs:
         if value.shape is None:
             if value.name in given_shapes:
@@ -120,13 +123,30 @@ def resolve_input_shapes(model: ir.Model, spec: ShapeSpec) -> dict[str, int]:
             if name and name in dims:
                 resolved.append(dims[name])
                 continue
-            batch_like = axis == 0 or (name is not None and "batch" in name.lower())
-            chosen = DEFAULT_BATCH if batch_like else DEFAULT_DIM
+            chosen = derived.get(name) if name else None
+            if chosen is None:
+                chosen = _default_dim(axis, name)
             key = name or f"{value.name}[{axis}]"
             chosen = assumed.setdefault(key, chosen)
             resolved.append(chosen)
         value.shape = ir.Shape(resolved)
     return assumed
+
+
+def _default_dim(axis: int, name: str | None) -> int:
+    batch_like = axis == 0 or (name is not None and "batch" in name.lower())
+    return DEFAULT_BATCH if batch_like else DEFAULT_DIM
+
+
+def _report_defaults(model: ir.Model, given: dict[str, int]) -> dict[str, int]:
+    """The report's default for each plain symbolic dim (expressions are left to evaluation)."""
+    defaults: dict[str, int] = {}
+    for value in model.graph.inputs:
+        for axis, dim in enumerate(value.shape or ()):
+            name = dim.value if isinstance(dim, ir.SymbolicDim) else None
+            if name and name not in given and not is_dim_expression(name):
+                defaults.setdefault(name, _default_dim(axis, name))
+    return defaults
 
 
 class _InferenceFailure(logging.Handler):

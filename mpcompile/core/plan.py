@@ -163,10 +163,14 @@ def stamp_decision(node: ir.Node, decision: Decision) -> None:
         node.metadata_props.pop(RULE_KEY, None)
 
 
+_PRECISION_VALUES = frozenset(precision.value for precision in Precision)
+
+
 def read_decision(node: ir.Node) -> Decision | None:
-    """Read a decision stamped by mpcompile, or None for nodes it never saw."""
+    """Read a decision stamped by mpcompile, or None for nodes it never saw and for stamps that
+    name no precision (edited or corrupted metadata: the node's precision is then unknown)."""
     precision = node.metadata_props.get(PRECISION_KEY)
-    if precision is None:
+    if precision not in _PRECISION_VALUES:
         return None
     return Decision(
         Precision(precision),

@@ -63,6 +63,13 @@ class InputsError(errors.MpcompileError):
     exit_code = errors.ExitCode.USAGE
 
 
+class ModelRunError(InputsError):
+    """The FP32 model fails on inputs generated from its own signature: the model's fault, not
+    an option's (onnxruntime cannot run it)."""
+
+    exit_code = errors.ExitCode.INVALID_MODEL
+
+
 @dataclasses.dataclass(frozen=True)
 class InputSpec:
     """How one model input is generated."""
@@ -142,8 +149,7 @@ def input_specs(
             )
         if len(dims) != 1:
             raise InputsError(f"--shape {name}: a symbolic dimension takes one value, got {len(dims)}")
-    chosen = defaults | {name: dims[0] for name, dims in dim_values.items()}
-    _mask_spans_past(inputs, chosen, given=dim_values.keys())
+    chosen = symbol_values(inputs, {name: dims[0] for name, dims in dim_values.items()}, defaults)
     specs = []
     for value in inputs:
         axes = {axis: size for (fixed, axis), size in fixed_axes.items() if fixed is value}
@@ -160,6 +166,20 @@ def input_specs(
 def spec_bytes(spec: InputSpec) -> int:
     """Bytes of the array ``spec`` describes (a Python int: never overflows)."""
     return math.prod(spec.shape) * spec.dtype.itemsize
+
+
+def symbol_values(
+    inputs: Sequence[ir.Value], given: Mapping[str, int], defaults: Mapping[str, int] | None = None
+) -> dict[str, int]:
+    """The value of each symbolic dimension of ``inputs``: ``given``, else ``defaults`` (by default
+    those of generated inputs), with a KV-cache attention mask's own length symbol set to past +
+    current. Expressions (``past_sequence_length + sequence_length``) are evaluated from the rest."""
+    chosen = dict(_symbol_defaults(inputs) if defaults is None else defaults) | dict(given)
+    _mask_spans_past(inputs, chosen, given=given.keys())
+    for name in _symbolic_dims(inputs):
+        if name not in chosen and (value := _symbolic_dim_value(name, chosen)) is not None:
+            chosen[name] = value
+    return chosen
 
 
 def _with_position_offsets(specs: list[InputSpec]) -> list[InputSpec]:
@@ -451,6 +471,11 @@ def _parse_expression(text: str) -> ast.expr | None:
     return tree
 
 
+def is_dim_expression(text: str) -> bool:
+    """Whether a dimension name is an arithmetic expression of other dims (``past + 1``)."""
+    return _parse_expression(text) is not None
+
+
 def _expression_symbols(text: str) -> set[str]:
     tree = _parse_expression(text)
     return set() if tree is None else {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
@@ -602,8 +627,10 @@ def rejected_inputs_error(
     """The one-line error for a model that does not run on its inputs (ONNX Runtime's
     ``message``). ``specs``: how the inputs were generated, or None for the user's own: then
     the error names the generated inputs whose values were guessed (0/1 integers, random bools)
-    that the failing node depends on, and asks for real ones through --inputs. ``sizes_hint``:
-    the sizes tried for the dynamic dims and the ``--shape`` to give (``accepted_inputs``)."""
+    that the failing node depends on, and asks for real ones through --inputs (exit 2). ``sizes_hint``:
+    the sizes tried for the dynamic dims and the ``--shape`` to give (``accepted_inputs``). With no
+    guessed input to blame and no size to suggest, the model fails on inputs that follow its
+    signature: ``ModelRunError`` (exit 12)."""
     if specs is None:
         return InputsError(f"{what} rejects the inputs: {message}")
     guessed = {spec.name: spec for spec in specs if spec.kind in _GUESSED_KINDS}
@@ -613,6 +640,11 @@ def rejected_inputs_error(
     hint = "give representative inputs with --inputs FILE.npz"
     if sizes_hint:
         hint = f"{sizes_hint}, or {hint}"
+    if not named and not sizes_hint:  # every input followed the signature: the model does not run
+        return ModelRunError(
+            f"onnxruntime cannot run {what} on inputs generated from its signature ({message}); "
+            f"if it needs particular values, {hint}"
+        )
     if named:
         listed = ", ".join(f"{spec.name} ({spec.kind} {list(spec.shape)})" for spec in named)
         hint = f"its generated {listed} {'is' if len(named) == 1 else 'are'} a guess; {hint}"

@@ -47,9 +47,10 @@ EVALUATION = (
 
 
 class NumericsError(MpcompileError):
-    """onnxruntime's CPU EP could not run the reference or converted model."""
+    """onnxruntime's CPU EP could not run the reference or converted model (the model's fault: no
+    execution provider was asked for)."""
 
-    exit_code = ExitCode.EP_UNAVAILABLE
+    exit_code = ExitCode.INVALID_MODEL
 
 
 def load_feeds(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -81,7 +82,8 @@ def _evaluate(kind: str, model: ir.Model, feeds: Mapping[str, np.ndarray]) -> di
     except Exception as exc:
         if not is_onnxruntime_error(exc):
             raise
-        raise NumericsError(f"onnxruntime could not run the {kind} model: {_first_line(exc)}") from None
+        what = "FP32 reference" if kind == "reference" else "converted"
+        raise NumericsError(f"onnxruntime cannot run the {what} model: {_first_line(exc)}") from None
 
 
 # ---------------------------------------------------------------- measurements

@@ -23,6 +23,7 @@ from mpcompile.evaluate.ort_session import (
 from mpcompile.irtools.graphs import model_graphs
 from mpcompile.validate import latency as latency_module
 from mpcompile.validate.compare import OutputComparison, compare_output
+from mpcompile.validate.interface import check_comparable
 from mpcompile.validate.results import (
     MODE_FAITHFUL,
     MODE_NATIVE,
@@ -91,6 +92,7 @@ def validate(
         raise ValueError("runs and warmup must not be negative")
     original_ir = to_ir_model(original, copy=False)
     converted_ir = to_ir_model(converted, copy=False)
+    check_comparable(original_ir, converted_ir, log)
     low_precision = detect_low_precision(converted_ir)
     default_rtol, default_atol = DEFAULT_TOLERANCES[low_precision]
     rtol_t = Tolerance.coerce(rtol, default_rtol, "--rtol")
