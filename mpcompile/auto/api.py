@@ -51,6 +51,8 @@ from mpcompile.core.precision import Precision, low_precision_format
 from mpcompile.evaluate import memory_limit
 from mpcompile.evaluate.accepted_inputs import run_accepting_inputs
 from mpcompile.evaluate.inputs import InputSpec
+from mpcompile.evaluate.load_probe import check_survives_loading
+from mpcompile.evaluate.ort_session import serialize_for_session
 from mpcompile.policy import op_classes
 
 MIN_BUDGET = 2  # the reference run and one candidate
@@ -181,6 +183,12 @@ def auto_convert(
     baseline = evaluator.baseline()
     if baseline.already_converted:
         raise errors.AlreadyLowPrecisionError(f"{baseline.notes[-1]}; nothing to do")
+    check_survives_loading(
+        {
+            "the FP32 model": serialize_for_session(work),
+            "its conversion": serialize_for_session(baseline.model),
+        }
+    )
     nodes = main_nodes(work)
     reference, label = _reference_run(evaluator, work, label, specs, shapes, seed)
     feeds = evaluator.feeds

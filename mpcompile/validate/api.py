@@ -15,6 +15,7 @@ from mpcompile import errors
 from mpcompile.analysis.run_memory import check_run_fits
 from mpcompile.evaluate import inputs as model_inputs
 from mpcompile.evaluate.accepted_inputs import run_accepting_inputs
+from mpcompile.evaluate.load_probe import check_survives_loading
 from mpcompile.evaluate.ort_session import (
     ModelLike,
     import_onnxruntime,
@@ -105,6 +106,8 @@ def validate(
         original_ir, {name: np.shape(array) for name, array in feeds[0].items()}, "running the original model"
     )
     original_source = _session_source(original)
+    converted_source = _session_source(converted)
+    check_survives_loading({"the original model": original_source, "the converted model": converted_source})
     reference_runner = OrtRunner("original", original_source, CPU)
     reference_runner.activate()
     references, feeds, choice = run_accepting_inputs(
@@ -126,7 +129,7 @@ def validate(
     chosen, skipped = choose_eps(requested)
     context = _Context(
         original=original_source,
-        converted=_session_source(converted),
+        converted=converted_source,
         converted_model=converted,
         feeds=feeds,
         converted_feeds=[model_inputs.cast_feeds(converted_ir, batch) for batch in feeds],
