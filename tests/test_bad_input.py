@@ -1467,3 +1467,461 @@ def test_a_failed_save_leaves_an_existing_output_and_its_data_untouched(
     with pytest.raises(errors.InvalidModelError):
         mpcompile.convert_file(source, output, external_data=True, block_ops=["MatMul"])
     assert folder_state(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- auxiliary inputs (issue 21)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _npz_with_member(path: pathlib.Path, member: str, data: bytes, compress: bool = False) -> None:
+    import zipfile
+
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", method) as archive:
+        archive.writestr(member, data)
+
+
+def _header_claiming(shape: tuple[int, ...]) -> bytes:
+    """An .npy member whose header claims ``shape`` (float32) but holds 64 bytes."""
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + b"\0" * 64
+
+
+def _zip_bomb(path: pathlib.Path, data_bytes: int) -> None:
+    """A deflated member of ``data_bytes`` zeros for x (shape [2, n]): tiny on disk."""
+    import zipfile
+
+    header = _npy_bytes(np.zeros((2, data_bytes // 8), np.float32))[: -(data_bytes // 8) * 8]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive, archive.open("x.npy", "w") as member:
+        member.write(header)
+        chunk = b"\0" * (1 << 20)
+        for _ in range(data_bytes // len(chunk)):
+            member.write(chunk)
+
+
+def _inputs_file(kind: str) -> Callable[[pathlib.Path], pathlib.Path]:
+    def build(folder: pathlib.Path) -> pathlib.Path:
+        path = folder / "inputs.npz"
+        if kind == "strings":
+            np.savez(path, x=np.array([["a"] * 4] * 2))
+        elif kind == "npy named npz":
+            path.write_bytes(_npy_bytes(np.zeros((2, 4), np.float32)))
+        elif kind == "truncated zip":
+            np.savez(path, x=np.zeros((2, 4), np.float32))
+            path.write_bytes(path.read_bytes()[:150])
+        elif kind == "empty":
+            path.touch()
+        elif kind == "complex":
+            np.savez(path, x=np.ones((2, 4), np.complex64))
+        elif kind == "header claims 128 GiB":
+            _npz_with_member(path, "x.npy", _header_claiming((2, 4, 4 << 30)))
+        elif kind == "zip bomb":
+            _zip_bomb(path, 4 << 20)  # 4 MiB inflated, 4 KiB on disk; the test's limit is 1 MiB
+        elif kind == "wrong shape":
+            np.savez(path, x=np.zeros((3, 5), np.float32))
+        elif kind == "float data for an integer input":
+            np.savez(path, x=np.zeros((2, 4), np.float32))
+        elif kind == "pickled object":
+            np.savez(path, x=np.array([{"a": 1}, None], dtype=object))
+        else:
+            raise AssertionError(kind)
+        return path
+
+    return build
+
+
+INPUTS_CASES: dict[str, tuple[ExitCode, tuple[str, ...]]] = {
+    "strings": (ExitCode.USAGE, ("strings",)),
+    "npy named npz": (ExitCode.USAGE, ("single .npy array", "numpy.savez")),
+    "truncated zip": (ExitCode.USAGE, ("not a readable .npz",)),
+    "empty": (ExitCode.USAGE, ("empty file",)),
+    "complex": (ExitCode.USAGE, ("complex",)),
+    "header claims 128 GiB": (ExitCode.USAGE, ("128.0 GiB", "holds 64 bytes")),
+    "zip bomb": (ExitCode.TOO_LARGE, ("memory limit", "MPCOMPILE_MEMORY_LIMIT")),
+    "wrong shape": (ExitCode.USAGE, ("'x'", "fixed at")),
+    "pickled object": (ExitCode.USAGE, ("objects",)),
+}
+
+
+def _inputs_argv(command: str, folder: pathlib.Path, inputs: pathlib.Path) -> list:
+    model = folder / "model.onnx"
+    if command == "convert --auto":
+        return ["convert", model, "-o", folder / "out.onnx", "--auto", "--inputs", inputs]
+    if command == "validate":
+        return ["validate", model, model, "--runs", "0", "--inputs", inputs]
+    return ["report", model, "--numerics", "--inputs", inputs]
+
+
+@pytest.mark.parametrize("command", ["convert --auto", "validate", "report --numerics"])
+@pytest.mark.parametrize("case", sorted(INPUTS_CASES))
+def test_bad_inputs_file_is_refused_before_reading_it(
+    run_cli, tmp_path: pathlib.Path, monkeypatch, case: str, command: str
+) -> None:
+    """Issue 21: every malformed --inputs file is one line and a documented code (exit 70, 130
+    or a raw ComplexWarning before); headers are checked before any data is decompressed."""
+    monkeypatch.setenv("MPCOMPILE_MEMORY_LIMIT", "1M")
+    save(tiny_fp32_model(), tmp_path / "model.onnx")
+    inputs = _inputs_file(case)(tmp_path)
+    before = folder_state(tmp_path)
+    code, mentions = INPUTS_CASES[case]
+    with warnings_as_errors():
+        result = run_cli(*_inputs_argv(command, tmp_path, inputs))
+    assert_refused(result, code, *mentions)
+    assert folder_state(tmp_path) == before
+
+
+@contextlib.contextmanager
+def warnings_as_errors():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
+
+
+def test_float_inputs_for_an_integer_input_are_refused(run_cli, tmp_path: pathlib.Path) -> None:
+    model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["y"], name="identity")],
+            "ints",
+            [helper.make_tensor_value_info("x", TensorProto.INT64, [2, 4])],
+            [helper.make_tensor_value_info("y", TensorProto.INT64, [2, 4])],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+        ir_version=8,
+    )
+    source = save(model, tmp_path / "model.onnx")
+    inputs = _inputs_file("float data for an integer input")(tmp_path)
+    before = folder_state(tmp_path)
+    result = run_cli("validate", source, source, "--runs", "0", "--inputs", inputs)
+    assert_refused(result, ExitCode.USAGE, "'x'", "int64", "float32")
+    assert folder_state(tmp_path) == before
+
+
+def _dynamic_batch_model() -> onnx.ModelProto:
+    model = tiny_fp32_model()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    return model
+
+
+def _huge_declared_input() -> onnx.ModelProto:
+    model = _dynamic_batch_model()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1 << 62
+    return model
+
+
+SIZE_CASES: dict[str, tuple[Callable[[], onnx.ModelProto], list[str], ExitCode, tuple[str, ...]]] = {
+    "--auto --shape batch:100000000": (
+        _dynamic_batch_model,
+        ["convert", "--auto", "--shape", "batch:100000000"],
+        ExitCode.TOO_LARGE,
+        ("reference run", "memory limit"),
+    ),
+    "validate --shape batch:100000000": (
+        _dynamic_batch_model,
+        ["validate", "--shape", "batch:100000000", "--runs", "0"],
+        ExitCode.TOO_LARGE,
+        ("memory limit",),
+    ),
+    "report --numerics --shape batch:100000000": (
+        _dynamic_batch_model,
+        ["report", "--numerics", "--shape", "batch:100000000"],
+        ExitCode.TOO_LARGE,
+        ("memory limit",),
+    ),
+    "--auto --shape of 10^20": (
+        _dynamic_batch_model,
+        ["convert", "--auto", "--shape", "batch:100000000000000000000"],
+        ExitCode.USAGE,
+        ("2^63",),
+    ),
+    "report --shape of 10^20": (
+        _dynamic_batch_model,
+        ["report", "--shape", "batch:100000000000000000000"],
+        ExitCode.USAGE,
+        ("2^63",),
+    ),
+    "--auto on an input declared [2**62, 4]": (
+        _huge_declared_input,
+        ["convert", "--auto"],
+        ExitCode.TOO_LARGE,
+        ("generated inputs", "2^66 bytes"),
+    ),
+}
+
+
+def _argv_for(model: pathlib.Path, folder: pathlib.Path, args: list[str]) -> list:
+    command, *rest = args
+    if command == "convert":
+        return ["convert", model, "-o", folder / "out.onnx", *rest]
+    if command == "validate":
+        return ["validate", model, model, *rest]
+    return [command, model, *rest]
+
+
+@pytest.mark.parametrize("case", sorted(SIZE_CASES))
+def test_runs_too_large_for_memory_are_refused_up_front(
+    run_cli, tmp_path: pathlib.Path, monkeypatch, case: str
+) -> None:
+    """Issue 21: inputs and reference runs are bounded from shapes before anything is allocated
+    (the limit is set to 2 GiB so the cases mean the same on any machine)."""
+    monkeypatch.setenv("MPCOMPILE_MEMORY_LIMIT", "2G")
+    build, args, code, mentions = SIZE_CASES[case]
+    source = save(build(), tmp_path / "model.onnx")
+    before = folder_state(tmp_path)
+    assert_refused(run_cli(*_argv_for(source, tmp_path, args)), code, *mentions)
+    assert folder_state(tmp_path) == before
+
+
+def test_a_bad_memory_limit_is_a_usage_error(run_cli, tmp_path: pathlib.Path, monkeypatch) -> None:
+    monkeypatch.setenv("MPCOMPILE_MEMORY_LIMIT", "lots")
+    source = save(tiny_fp32_model(), tmp_path / "model.onnx")
+    assert_refused(
+        run_cli("validate", source, source, "--runs", "0"), ExitCode.USAGE, "MPCOMPILE_MEMORY_LIMIT"
+    )
+
+
+def test_auto_under_the_memory_limit_still_runs(run_cli, tmp_path: pathlib.Path, monkeypatch) -> None:
+    """The control: the same model and option at a size that fits converts."""
+    monkeypatch.setenv("MPCOMPILE_MEMORY_LIMIT", "2G")
+    source = save(_dynamic_batch_model(), tmp_path / "model.onnx")
+    result = run_cli("convert", source, "-o", tmp_path / "out.onnx", "--auto", "--shape", "batch:1000")
+    assert result.exit_code == 0, result.stderr
+
+
+def _cast_to_as_string(model: onnx.ModelProto) -> None:
+    node = helper.make_node("Cast", ["y"], ["z"], name="to_text")
+    node.attribute.append(helper.make_attribute("to", "float16"))
+    model.graph.node.append(node)
+    model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT16, [2, 3]))
+
+
+def _overload_naming_no_function(model: onnx.ModelProto) -> None:
+    model.ir_version = 10
+    model.graph.node[2].overload = "nothing"
+
+
+MODEL_CASES_21 = {
+    "opset_import version 2^62": (
+        mutated(_set("opset_import[0].version", 1 << 62)),
+        ("version 4611686018427387904",),
+    ),
+    "graph output listed twice": (
+        mutated(lambda m: m.graph.output.append(m.graph.output[0])),
+        ("'y'", "listed twice"),
+    ),
+    "Cast to given as a string": (mutated(_cast_to_as_string), ("'to'", "'to_text'", "STRING")),
+    "overload naming no function": (mutated(_overload_naming_no_function), ("'relu'", "'nothing'")),
+}
+
+
+@pytest.mark.parametrize("command", ["convert", "report", "validate"])
+@pytest.mark.parametrize("case", sorted(MODEL_CASES_21))
+def test_malformed_models_of_issue_21_are_invalid_models(
+    run_cli, tmp_path: pathlib.Path, case: str, command: str
+) -> None:
+    """Exit 70 before (get_schema overflow, InvariantError, TypeError), or exit 0 with an output
+    ORT refuses (the overload)."""
+    build, mentions = MODEL_CASES_21[case]
+    source = save(build(), tmp_path / "model.onnx")
+    before = folder_state(tmp_path)
+    assert_refused(run_cli(*_run_on(command, source, tmp_path)), ExitCode.INVALID_MODEL, *mentions)
+    assert folder_state(tmp_path) == before
+
+
+def _garbage_stamped_model(folder: pathlib.Path) -> pathlib.Path:
+    import mpcompile
+
+    converted = mpcompile.convert(tiny_fp32_model()).model
+    for node in converted.graph.node:
+        for entry in node.metadata_props:
+            if entry.key == "mpcompile.precision":
+                entry.value = "fp99"
+    converted.metadata_props.add(key="mpcompile.auto", value="{not json")
+    for entry in converted.metadata_props:
+        if entry.key == "mpcompile.low_precision":
+            entry.value = "garbage"
+    return save(converted, folder / "garbage.onnx")
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv", "html"])
+def test_report_tolerates_garbage_precision_metadata(run_cli, tmp_path: pathlib.Path, fmt: str) -> None:
+    """Exit 70 in every format before; now each node's precision comes from its dtypes and its
+    reason is unknown."""
+    import json
+
+    source = _garbage_stamped_model(tmp_path)
+    before = folder_state(tmp_path)
+    result = run_cli("report", source, "--format", fmt)
+    assert result.exit_code == 0, result.stderr
+    assert "fp99" not in result.stdout
+    if fmt == "json":
+        nodes = json.loads(result.stdout)["nodes"]
+        assert {node["reason"] for node in nodes} == {"unknown"}
+        assert {node["precision"] for node in nodes} == {"fp16", "fp32"}
+    assert folder_state(tmp_path) == before
+
+
+def _renamed_input(model: onnx.ModelProto) -> None:
+    model.graph.input[0].name = "q"
+    model.graph.node[0].input[0] = "q"
+
+
+def _renamed_output(model: onnx.ModelProto) -> None:
+    model.graph.node[2].output[0] = "z"
+    model.graph.output[0].name = "z"
+
+
+def _converted(folder: pathlib.Path) -> pathlib.Path:
+    import mpcompile
+
+    return save(mpcompile.convert(tiny_fp32_model()).model, folder / "converted.onnx")
+
+
+VALIDATE_CASES = {
+    "different input names": (
+        lambda f: save(mutated(_renamed_input)(), f / "other.onnx"),
+        ("different inputs", "'q'"),
+    ),
+    "different input shapes": (
+        lambda f: save(
+            mutated(_set("graph.input[0].type.tensor_type.shape.dim[0].dim_value", 5))(), f / "other.onnx"
+        ),
+        ("'x'", "[5, 4]"),
+    ),
+    "different output names": (
+        lambda f: save(mutated(_renamed_output)(), f / "other.onnx"),
+        ("no output", "'z'"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(VALIDATE_CASES))
+def test_validate_refuses_models_that_are_not_a_conversion_of_each_other(
+    run_cli, tmp_path: pathlib.Path, case: str
+) -> None:
+    build, mentions = VALIDATE_CASES[case]
+    original = build(tmp_path)
+    converted = _converted(tmp_path)
+    before = folder_state(tmp_path)
+    assert_refused(run_cli("validate", original, converted, "--runs", "0"), ExitCode.USAGE, *mentions)
+    assert folder_state(tmp_path) == before
+
+
+def test_validate_with_swapped_arguments_is_refused(run_cli, tmp_path: pathlib.Path) -> None:
+    """It said PASSED before: the converted model served as the FP32 reference."""
+    original = save(tiny_fp32_model(), tmp_path / "model.onnx")
+    converted = _converted(tmp_path)
+    before = folder_state(tmp_path)
+    assert_refused(run_cli("validate", converted, original, "--runs", "0"), ExitCode.USAGE, "swapped")
+    assert folder_state(tmp_path) == before
+
+
+def test_validate_notes_a_converted_reference(run_cli, tmp_path: pathlib.Path) -> None:
+    converted = _converted(tmp_path)
+    result = run_cli("validate", converted, converted, "--runs", "0")
+    assert result.exit_code == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if "itself converted by mpcompile" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: ")
+
+
+def _runs_nowhere() -> onnx.ModelProto:
+    """Loads in ORT, fails at run time on any input: Reshape of 8 floats to [7]."""
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("Reshape", ["r", "seven"], ["y"], name="reshape"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "runs_nowhere",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [7])],
+        [numpy_helper.from_array(np.array([7], np.int64), "seven")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("command", ["convert --auto", "report --numerics"])
+def test_a_model_whose_fp32_run_fails_is_an_invalid_model(
+    run_cli, tmp_path: pathlib.Path, command: str
+) -> None:
+    """Exit 2 under --auto and 15 (EP unavailable) under report --numerics before."""
+    source = save(_runs_nowhere(), tmp_path / "model.onnx")
+    before = folder_state(tmp_path)
+    args = ["convert", "--auto"] if command == "convert --auto" else ["report", "--numerics"]
+    assert_refused(
+        run_cli(*_argv_for(source, tmp_path, args)), ExitCode.INVALID_MODEL, "cannot run the FP32", "reshape"
+    )
+    assert folder_state(tmp_path) == before
+
+
+def _kv_cache_model() -> onnx.ModelProto:
+    """A KV-cache decoder's interface: the mask spans ``past_sequence_length + sequence_length``."""
+    total = "past_sequence_length + sequence_length"
+    nodes = [
+        helper.make_node("Concat", ["past_key", "key"], ["present_key"], axis=2, name="concat"),
+        helper.make_node("Cast", ["attention_mask"], ["mask_float"], to=TensorProto.FLOAT, name="cast"),
+        helper.make_node("Unsqueeze", ["mask_float", "axes"], ["mask_4d"], name="unsqueeze"),
+        helper.make_node("Transpose", ["mask_4d"], ["mask_column"], perm=[0, 1, 3, 2], name="transpose"),
+        helper.make_node("Mul", ["present_key", "mask_column"], ["y"], name="mul"),
+        helper.make_node("Identity", ["input_ids"], ["ids"], name="identity"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "kv",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence_length"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", total]),
+            helper.make_tensor_value_info(
+                "past_key", TensorProto.FLOAT, ["batch", 2, "past_sequence_length", 4]
+            ),
+            helper.make_tensor_value_info("key", TensorProto.FLOAT, ["batch", 2, "sequence_length", 4]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2, total, 4]),
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "sequence_length"]),
+        ],
+        [numpy_helper.from_array(np.array([1, 2], np.int64), "axes")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_report_numerics_sizes_a_kv_cache_mask_as_past_plus_current(run_cli, tmp_path: pathlib.Path) -> None:
+    """The mask length was the default 16 instead of 16 + 16, and the run failed (exit 15)."""
+    import json
+
+    source = save(_kv_cache_model(), tmp_path / "model.onnx")
+    result = run_cli("report", source, "--numerics", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    audit = json.loads(result.stdout)
+    mul = next(node for node in audit["nodes"] if node["name"] == "mul")
+    assert mul["numerics"]["max_abs"] > 0
+
+
+def test_an_onnxruntime_crash_while_loading_is_one_line(run_cli, tmp_path: pathlib.Path, monkeypatch) -> None:
+    """A segfault in ORT used to kill mpcompile; the load is probed in a child process first. The
+    child here crashes on purpose (ctypes reads address 0) when it reaches the converted model."""
+    from mpcompile.evaluate import load_probe
+
+    crash = "import sys, ctypes\nfor i in range(len(sys.argv) - 1):\n    print(i, flush=True)\nctypes.string_at(0)\n"
+    monkeypatch.setattr(load_probe, "_CHILD", crash)
+    original = save(tiny_fp32_model(), tmp_path / "model.onnx")
+    converted = _converted(tmp_path)
+    before = folder_state(tmp_path)
+    result = run_cli("validate", original, converted, "--runs", "0")
+    assert_refused(result, ExitCode.INVALID_MODEL, "crashed (SIGSEGV)", "the converted model")
+    assert folder_state(tmp_path) == before
+    auto = run_cli("convert", original, "-o", tmp_path / "out.onnx", "--auto")
+    assert_refused(auto, ExitCode.INVALID_MODEL, "crashed (SIGSEGV)", "its conversion")
+    assert folder_state(tmp_path) == before

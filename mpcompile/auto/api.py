@@ -25,7 +25,6 @@ import onnx
 import onnx_ir as ir
 
 from mpcompile import errors
-from mpcompile.analysis.run_memory import run_bytes
 from mpcompile.auto import DEFAULT_BUDGET
 from mpcompile.auto.criteria import Criterion, CriterionError, make_criterion
 from mpcompile.auto.evaluator import Evaluator, low_precision_nodes
@@ -48,7 +47,6 @@ from mpcompile.core.converter import (
 )
 from mpcompile.core.plan import Decision
 from mpcompile.core.precision import Precision, low_precision_format
-from mpcompile.evaluate import memory_limit
 from mpcompile.evaluate.accepted_inputs import run_accepting_inputs
 from mpcompile.evaluate.inputs import InputSpec
 from mpcompile.evaluate.load_probe import check_survives_loading
@@ -175,8 +173,6 @@ def auto_convert(
         options = dataclasses.replace(options, optimize=None)
     renamed = name_nodes(work)
     feeds, label, specs = resolve_feeds(work, inputs, shapes=shapes, seed=seed)
-    reference_bytes = run_bytes(work, {name: array.shape for name, array in feeds[0].items()})
-    memory_limit.check_fits(reference_bytes * len(feeds), "the FP32 reference run (every intermediate kept)")
     evaluator = Evaluator(work, feeds, criterion, options, budget, switchboard=switchboard)
     evaluator.on_evaluation = progress
 

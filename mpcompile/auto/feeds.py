@@ -8,7 +8,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from mpcompile.analysis.run_memory import run_bytes
 from mpcompile.evaluate import inputs as inputs_module
+from mpcompile.evaluate import memory_limit
 from mpcompile.evaluate.inputs import InputSpec
 
 Feeds = dict[str, np.ndarray]
@@ -31,11 +33,21 @@ def resolve_feeds(
     """
     if inputs is not None and not (isinstance(inputs, str) and inputs == GENERATED):
         feeds, label = inputs_module.given_inputs(model, inputs, given_label="given arrays")
+        _check_reference_run(model, {name: np.shape(array) for name, array in feeds[0].items()}, len(feeds))
         return feeds, label, None
     specs = inputs_module.input_specs(model, shapes)
+    _check_reference_run(model, {spec.name: spec.shape for spec in specs}, 1)  # before generating
     batch = inputs_module.generate_from_specs(specs, seed=seed)
     return (
         [inputs_module.cast_feeds(model, batch)],
         inputs_module.generated_label(seed),
         specs,
     )
+
+
+def _check_reference_run(model: ir.Model, shapes: Mapping[str, Sequence[int]], batches: int) -> None:
+    """The reference run keeps every intermediate of every batch: refused above the memory limit."""
+    if memory_limit.memory_limit() is None:
+        return
+    needed = run_bytes(model, shapes) * batches
+    memory_limit.check_fits(needed, "the FP32 reference run (every intermediate kept)")

@@ -148,8 +148,8 @@ def attach_numerics(
     fmt = low_precision_format(_low_precision_name(audit))
     reference_model = original if original is not None else model
     reference_audit = original_audit if original_audit is not None else audit
-    feeds = feeds_for(reference_model, feeds)
     memory_limit.check_fits(values_bytes(reference_model), "the FP32 reference run (every intermediate kept)")
+    feeds = feeds_for(reference_model, feeds)
     reference = _evaluate("reference", reference_model, feeds)
 
     ranges_by_key: dict[tuple[str, str], dict[str, float] | None] = {}

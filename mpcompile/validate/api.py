@@ -58,6 +58,7 @@ InputsArg = str | os.PathLike | Mapping[str, np.ndarray] | Sequence[Mapping[str,
 ToleranceArg = float | Mapping[str, float] | Tolerance | None
 
 DEFAULT_RUNS = 20
+RUN_WHAT = "running the original model"
 DEFAULT_WARMUP = 3
 
 
@@ -102,9 +103,6 @@ def validate(
     rtol_t.check_names(output_names, "--rtol")
     atol_t.check_names(output_names, "--atol")
     feeds, inputs_info, specs = _prepare_inputs(original_ir, inputs, shapes, seed, batches)
-    check_run_fits(
-        original_ir, {name: np.shape(array) for name, array in feeds[0].items()}, "running the original model"
-    )
     original_source = _session_source(original)
     converted_source = _session_source(converted)
     check_survives_loading({"the original model": original_source, "the converted model": converted_source})
@@ -307,10 +305,12 @@ def _prepare_inputs(
     """The feeds, their description for the result, and how they were generated (None: given)."""
     if inputs is None:
         specs = model_inputs.input_specs(model, shapes)
+        check_run_fits(model, {spec.name: spec.shape for spec in specs}, RUN_WHAT)  # before generating
         feeds = [model_inputs.generate_from_specs(specs, seed=seed, batch_index=i) for i in range(batches)]
         info = {"source": "generated", "seed": seed, **_inputs_info(feeds, specs)}
         return feeds, info, specs
     feeds, source = model_inputs.given_inputs(model, inputs)
+    check_run_fits(model, {name: np.shape(array) for name, array in feeds[0].items()}, RUN_WHAT)
     return feeds, {"source": source, "seed": None, **_inputs_info(feeds, None)}, None
 
 

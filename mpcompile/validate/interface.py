@@ -56,8 +56,8 @@ def _check_inputs(original: ir.Model, converted: ir.Model) -> None:
     ours = {value.name: value for value in original.graph.inputs if not value.is_initializer()}
     if ours.keys() != theirs.keys():
         raise InterfaceMismatchError(
-            f"the models take different inputs (original: {', '.join(sorted(ours))}; "
-            f"converted: {', '.join(sorted(theirs))}): not a conversion of one another"
+            f"the models take different inputs (original: {', '.join(map(repr, sorted(ours)))}; "
+            f"converted: {', '.join(map(repr, sorted(theirs)))}): not a conversion of one another"
         )
     for name, value in ours.items():
         other = theirs[name]
