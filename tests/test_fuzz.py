@@ -518,6 +518,10 @@ def test_builder_makes_every_step_valid() -> None:
 
 MUTATION_EXAMPLES = int(os.environ.get("MPCOMPILE_FUZZ_EXAMPLES", "60"))
 MUTATIONS = (
+    "opset_version",
+    "duplicate_output",
+    "attribute_type",
+    "overload",
     "drop_node",
     "duplicate_node",
     "move_node",
@@ -671,6 +675,26 @@ def mutate(draw, model: onnx.ModelProto, folder: pathlib.Path) -> list[str]:
         elif kind == "cast_to" and any(node.op_type == "Cast" for node in nodes):
             node = draw(st.sampled_from([node for node in nodes if node.op_type == "Cast"]))
             node.attribute[0].i = draw(st.sampled_from(ODD_DTYPES))
+        elif kind == "opset_version":
+            model.opset_import[0].version = draw(st.sampled_from([1 << 62, -1, 0, 1 << 31, 5, 99]))
+        elif kind == "duplicate_output" and graph.output:
+            graph.output.append(graph.output[pick % len(graph.output)])
+        elif kind == "attribute_type" and any(node.attribute for node in nodes):
+            node = draw(st.sampled_from([node for node in nodes if node.attribute]))
+            attribute = node.attribute[pick % len(node.attribute)]
+            replacement = draw(
+                st.sampled_from(
+                    [
+                        helper.make_attribute(attribute.name, "text"),
+                        helper.make_attribute(attribute.name, 1.5),
+                        helper.make_attribute(attribute.name, [1, 2]),
+                    ]
+                )
+            )
+            attribute.CopyFrom(replacement)
+        elif kind == "overload" and nodes:
+            model.ir_version = max(model.ir_version, 10)
+            nodes[pick % len(nodes)].overload = draw(st.sampled_from(["nothing", ""]))
         else:
             continue
         applied.append(kind)
@@ -722,6 +746,60 @@ def test_structure_mutations_give_only_mpcompile_errors_or_valid_outputs(data: s
                 event(f"report refused: exit {int(exc.exit_code)}")
         assert not tripped, f"a file outside the model's folder was opened ({applied})"
         assert _files(folder) == inputs, f"the input files changed ({applied})"
+
+
+BYTE_EXAMPLES = int(os.environ.get("MPCOMPILE_FUZZ_EXAMPLES", "60"))
+
+
+@fuzz_settings(BYTE_EXAMPLES)
+@given(data=st.data())
+def test_byte_mutations_give_only_mpcompile_errors_or_valid_outputs(data: st.DataObject) -> None:
+    """The serialized model with bytes flipped, cut, inserted or deleted: only one-line errors, or
+    an output that passes the full checker and loads in ORT."""
+    import tempfile
+
+    import onnxruntime as ort
+    from hypothesis import event
+
+    import mpcompile
+    from mpcompile.errors import MpcompileError
+    from mpcompile.report import build_report
+
+    raw = bytearray(data.draw(examples(), label="example").model.SerializeToString())
+    for _ in range(data.draw(st.integers(1, 4), label="edits")):
+        position = data.draw(st.integers(0, max(len(raw) - 1, 0)), label="position")
+        edit = data.draw(st.sampled_from(["flip", "set", "cut", "insert", "delete"]), label="edit")
+        if edit == "flip" and raw:
+            raw[position] ^= 1 << data.draw(st.integers(0, 7))
+        elif edit == "set" and raw:
+            raw[position] = data.draw(st.sampled_from([0, 0x7F, 0x80, 0xFF]))
+        elif edit == "cut":
+            del raw[position:]
+        elif edit == "insert":
+            raw[position:position] = data.draw(st.binary(min_size=1, max_size=8))
+        elif edit == "delete" and raw:
+            del raw[position]
+        event(f"byte edit {edit}")
+    with tempfile.TemporaryDirectory(prefix="mpcompile-bytes-") as scratch:
+        folder = pathlib.Path(scratch)
+        source = folder / "model.onnx"
+        source.write_bytes(bytes(raw))
+        output = folder / "out.onnx"
+        try:
+            mpcompile.convert_file(source, output)
+        except MpcompileError as exc:
+            event(f"convert refused: exit {int(exc.exit_code)} {exc.exit_code.name}")
+        else:
+            event("convert succeeded")
+            onnx.checker.check_model(str(output), full_check=True)
+            session_options = ort.SessionOptions()
+            session_options.log_severity_level = 3
+            ort.InferenceSession(str(output), session_options, providers=["CPUExecutionProvider"])
+        try:
+            build_report(str(source))
+        except MpcompileError as exc:
+            event(f"report refused: exit {int(exc.exit_code)}")
+        assert source.read_bytes() == bytes(raw), "the input changed"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence, Set
 
 import onnx
 import onnx_ir as ir
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from mpcompile import errors
 from mpcompile.io.proto_tensors import all_tensor_protos, tensor_nbytes, typed_field_entries
@@ -38,6 +40,7 @@ KNOWN_DTYPES = frozenset(onnx.TensorProto.DataType.values()) - {onnx.TensorProto
 def check_structure(model: onnx.ModelProto) -> None:
     """Raise ``InvalidModelError`` (one line naming the node or value) for a malformed model, or
     one holding sparse tensors (onnx-ir 1.1 cannot)."""
+    _check_text_fields(model, "model")
     for tensor, label in all_tensor_protos(model):
         _check_tensor(tensor, label)
     seen: set[tuple[str, str, str]] = set()
@@ -50,6 +53,37 @@ def check_structure(model: onnx.ModelProto) -> None:
         where = f" in function {function.name!r}"
         _check_graph(function, (), where, main=False, opsets=_opsets(function, where), functions=seen)
     _check_graph(model.graph, (), "", main=True, opsets=_opsets(model, ""), functions=seen)
+
+
+def _check_text_fields(message: Message, where: str) -> None:
+    """Every string field holds UTF-8: protobuf parses a proto2 string from any bytes (it then
+    reads back as ``bytes``), and onnx-ir fails on it when writing the model. Only string and
+    message fields are read, so no weight's ``raw_data`` is copied."""
+    for field in _text_and_message_fields(message.DESCRIPTOR):
+        repeated = _is_repeated(field)
+        if not repeated and field.type == FieldDescriptor.TYPE_MESSAGE and not message.HasField(field.name):
+            continue
+        value = getattr(message, field.name)
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            for index, child in enumerate(value if repeated else [value]):
+                _check_text_fields(
+                    child, f"{where}.{field.name}[{index}]" if repeated else f"{where}.{field.name}"
+                )
+        elif any(isinstance(text, bytes) for text in (value if repeated else [value])):
+            raise _invalid(f"{where}.{field.name} holds bytes that are not UTF-8 text")
+
+
+@functools.lru_cache(maxsize=64)
+def _text_and_message_fields(descriptor) -> tuple[FieldDescriptor, ...]:
+    kinds = (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE)
+    return tuple(field for field in descriptor.fields if field.type in kinds)
+
+
+def _is_repeated(field: FieldDescriptor) -> bool:
+    repeated = getattr(field, "is_repeated", None)  # newer protobuf: `label` is gone
+    if repeated is not None:
+        return bool(repeated() if callable(repeated) else repeated)
+    return field.label == FieldDescriptor.LABEL_REPEATED
 
 
 def check_ir_structure(model: ir.Model) -> None:
