@@ -117,6 +117,13 @@ def _run(args: list[str]) -> int:
         )
         return int(ExitCode.TOO_LARGE)
     except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, EOFError):  # click turns any EOFError into Abort: a bug, not Ctrl-C
+            if debug:
+                raise exc.__cause__ from None
+            click.echo(
+                f"internal error (EOFError): {exc.__cause__}  (rerun with --debug for a traceback)", err=True
+            )
+            return int(ExitCode.INTERNAL)
         click.echo("aborted", err=True)
         return _interrupt_exit_code(exc)
     except click.UsageError as exc:  # click's own three lines (usage, hint, error) made one

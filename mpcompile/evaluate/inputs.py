@@ -223,24 +223,38 @@ def load_inputs(path: str | os.PathLike, model: ir.Model | None = None) -> list[
     """
     from mpcompile.evaluate import npz_files
 
-    path = pathlib.Path(path)
-    if path.is_dir():
-        files = sorted(file for file in path.glob("*.npz") if file.is_file())
-        if not files:
-            raise InputsError(f"{path}: folder holds no .npz files")
-    elif path.is_file():
-        files = [path]
-    elif path.exists():
-        raise InputsError(f"{path}: not a regular file or folder")
-    else:
-        raise errors.InputNotFoundError(f"{path}: no such file or folder")
     batches = []
-    for file in files:
+    for file in input_files(path):
         check = None
         if model is not None:
             check = functools.partial(_check_headers, model, source=os.fspath(file))
         batches.append(npz_files.read_npz(file, check))
     return batches
+
+
+def input_files(path: str | os.PathLike) -> list[pathlib.Path]:
+    """The ``.npz`` files ``--inputs PATH`` names: the file, or a folder's, sorted by name."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        files = sorted(file for file in path.glob("*.npz") if file.is_file())
+        if not files:
+            raise InputsError(f"{path}: folder holds no .npz files")
+        return files
+    if path.is_file():
+        return [path]
+    if path.exists():
+        raise InputsError(f"{path}: not a regular file or folder")
+    raise errors.InputNotFoundError(f"{path}: no such file or folder")
+
+
+def input_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """The array shapes of the first ``.npz`` file of ``--inputs PATH``, read from the headers."""
+    from mpcompile.evaluate import npz_files
+
+    file = input_files(path)[0]
+    headers = npz_files.read_headers(file)
+    memory_limit.check_fits(sum(header.nbytes for header in headers), f"{file}: its arrays")
+    return {header.name: header.shape for header in headers}
 
 
 def _check_headers(model: ir.Model, headers: Sequence, *, source: str) -> None:
@@ -249,6 +263,10 @@ def _check_headers(model: ir.Model, headers: Sequence, *, source: str) -> None:
     for header in headers:
         _check_dtype(declared[header.name], header.dtype, source)
         _check_shape(declared[header.name], header.shape, source)
+    from mpcompile.analysis.run_memory import check_run_fits  # analysis imports this module
+
+    shapes = {header.name: header.shape for header in headers}
+    check_run_fits(model, shapes, f"{source}: running the model on these inputs")
 
 
 def check_feeds(

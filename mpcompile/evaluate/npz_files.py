@@ -80,6 +80,20 @@ def read_npz(path: pathlib.Path, check: HeaderCheck | None = None) -> dict[str, 
         raise NpzError(f"{path}: cannot read this .npz archive ({_describe(exc)})") from None
 
 
+def read_headers(path: pathlib.Path) -> list[ArrayHeader]:
+    """The headers of the ``.npz`` file at ``path``, no array data read (``NpzError`` as ``read_npz``)."""
+    _refuse_non_archive(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            headers = [_member_header(path, archive, info) for info in archive.infolist()]
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+        raise NpzError(f"{path}: not a readable .npz file ({_describe(exc)})") from None
+    except (NotImplementedError, RuntimeError) as exc:
+        raise NpzError(f"{path}: cannot read this .npz archive ({_describe(exc)})") from None
+    _refuse_duplicates(path, headers)
+    return headers
+
+
 def _refuse_non_archive(path: pathlib.Path) -> None:
     with open(path, "rb") as handle:
         start = handle.read(len(NPY_MAGIC))

@@ -51,12 +51,10 @@ def build_report(
     ``inputs``: an .npz of feeds for ``numerics``; generated when None.
     """
     spec = shapes if isinstance(shapes, ShapeSpec) else ShapeSpec.parse(shapes)
-    feeds = None
-    if numerics and inputs is not None:
-        from mpcompile.report.numerics import load_feeds
+    if numerics and inputs is not None:  # the arrays are read only once the run is known to fit
+        from mpcompile.evaluate.inputs import input_shapes
 
-        feeds = load_feeds(inputs)
-        spec.feed_shapes = {name: tuple(array.shape) for name, array in feeds.items()}
+        spec.feed_shapes = input_shapes(inputs)
     audit = audit_model(model, shapes=spec, name=name)
     original_audit = None
     if original is not None:
@@ -73,7 +71,7 @@ def build_report(
             audit.model,
             original=original_audit.model if original_audit else None,
             original_audit=original_audit,
-            feeds=feeds,
+            inputs=inputs,
             inputs_label=os.fspath(inputs) if inputs is not None else None,
         )
     return audit

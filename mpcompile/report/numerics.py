@@ -53,11 +53,12 @@ class NumericsError(MpcompileError):
     exit_code = ExitCode.INVALID_MODEL
 
 
-def load_feeds(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The first batch of feeds in an .npz file (or folder of them), by input name."""
+def load_feeds(path: str | os.PathLike, model: ir.Model | None = None) -> dict[str, np.ndarray]:
+    """The first batch of feeds in an .npz file (or folder of them), by input name; with
+    ``model``, their headers are checked against its inputs before any array is read."""
     from mpcompile.evaluate import inputs
 
-    return inputs.load_inputs(path)[0]
+    return inputs.load_inputs(inputs.input_files(path)[0], model)[0]
 
 
 def feeds_for(model: ir.Model, feeds: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
@@ -137,18 +138,22 @@ def attach_numerics(
     original: ir.Model | None = None,
     original_audit: ModelAudit | None = None,
     feeds: Mapping[str, np.ndarray] | None = None,
+    inputs: str | os.PathLike | None = None,
     inputs_label: str | None = None,
 ) -> None:
     """Fill ``node.numerics`` and ``audit.numerics`` (in place).
 
     ``model`` and ``original`` are the shape-resolved models the audits were built from
     (``ModelAudit.model``). Without an original, the audited model is its own reference
-    and only ranges are reported. ``feeds``: None to generate seeded inputs.
+    and only ranges are reported. ``feeds``: None to read ``inputs`` (an .npz path) or, without
+    it, to generate seeded inputs.
     """
     fmt = low_precision_format(_low_precision_name(audit))
     reference_model = original if original is not None else model
     reference_audit = original_audit if original_audit is not None else audit
     memory_limit.check_fits(values_bytes(reference_model), "the FP32 reference run (every intermediate kept)")
+    if feeds is None and inputs is not None:
+        feeds = load_feeds(inputs, reference_model)
     feeds = feeds_for(reference_model, feeds)
     reference = _evaluate("reference", reference_model, feeds)
 
