@@ -104,5 +104,7 @@ class UsageError(MpcompileError):
     """Options that contradict the model, found after parsing (e.g. a graph input name no model has)."""
 
     exit_code = ExitCode.USAGE
+
+
 class TooLargeError(MpcompileError):
     exit_code = ExitCode.TOO_LARGE
