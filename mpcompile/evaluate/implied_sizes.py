@@ -22,6 +22,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mpcompile.irtools.graphs import model_graphs
+from mpcompile.irtools.values import forward_uses
 
 COMMON_IMAGE_SIZES = (224, 256, 384, 512)
 MAX_RESHAPE_SIZES = 6  # distinct Reshape constants tried, most frequent first
@@ -228,37 +229,19 @@ def _conv_stride(conv: ir.Node) -> int | None:
 
 def _comparisons(value: ir.Value) -> list[tuple[ir.Node, ir.Value | None]]:
     """(compare node, its other operand) for each comparison ``value`` reaches unchanged."""
-    found = []
-    pending, seen = [value], set()
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        for use in current.uses():
-            node = use.node
-            if node.op_type in _COMPARES and len(node.inputs) == 2:
-                found.append((node, node.inputs[1 - use.idx]))
-            elif node.op_type in _PASS_THROUGH and use.idx == 0:
-                pending.extend(node.outputs)
-    return found
+    return [
+        (use.node, use.node.inputs[1 - use.idx])
+        for use in forward_uses([value], lambda use: use.node.op_type in _PASS_THROUGH and use.idx == 0)
+        if use.node.op_type in _COMPARES and len(use.node.inputs) == 2
+    ]
 
 
 def _decides_branch(compare: ir.Node) -> bool:
     """Whether ``compare``'s result reaches an If's condition or a Where's (through boolean ops)."""
-    pending, seen = list(compare.outputs), set()
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        for use in current.uses():
-            node = use.node
-            if node.op_type in ("If", "Where") and use.idx == 0:
-                return True
-            if node.op_type in _BOOLEAN:
-                pending.extend(node.outputs)
-    return False
+    return any(
+        use.node.op_type in ("If", "Where") and use.idx == 0
+        for use in forward_uses(compare.outputs, lambda use: use.node.op_type in _BOOLEAN)
+    )
 
 
 def _symbol(dim: object) -> str | None:

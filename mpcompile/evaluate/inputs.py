@@ -31,6 +31,7 @@ import os
 import pathlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -39,6 +40,7 @@ import onnx_ir as ir
 from mpcompile import errors
 from mpcompile.evaluate import memory_limit
 from mpcompile.irtools.graphs import all_graphs
+from mpcompile.irtools.values import forward_uses
 
 DEFAULT_BATCH = 1
 DEFAULT_DIM = 16
@@ -411,21 +413,17 @@ def gather_index_limit(value: ir.Value) -> int | None:
     Follows index-preserving ops (Cast, Reshape, ...); with several Gathers, the smallest bound.
     """
     limits: list[int] = []
-    pending, seen = [value], set()
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        for use in current.uses():
-            node = use.node
-            if node.op_type == "Gather" and node.domain in ("", "ai.onnx") and use.idx == 1:
-                limit = _gather_axis_size(node)
-                if limit is not None:
-                    limits.append(limit)
-            elif node.op_type in _INDEX_PRESERVING_OPS and use.idx == 0:
-                pending.extend(node.outputs)
+    for use in forward_uses([value], _preserves_indices):
+        node = use.node
+        if node.op_type == "Gather" and node.domain in ("", "ai.onnx") and use.idx == 1:
+            limit = _gather_axis_size(node)
+            if limit is not None:
+                limits.append(limit)
     return min(limits) if limits else None
+
+
+def _preserves_indices(use: Any) -> bool:
+    return use.node.op_type in _INDEX_PRESERVING_OPS and use.idx == 0
 
 
 def _gather_axis_size(node: ir.Node) -> int | None:
