@@ -23,6 +23,7 @@ import mpcompile
 from models import corpus
 from mpcompile.errors import AlreadyLowPrecisionError
 from mpcompile.evaluate import faithful
+from mpcompile.evaluate.ort_session import is_onnxruntime_error
 
 ort = pytest.importorskip("onnxruntime", reason="the graphs come from onnxruntime's optimizer")
 
@@ -88,7 +89,17 @@ def _check_conversion(entry: corpus.Entry, fused_path: pathlib.Path, tmp_path: p
 def test_ort_optimizer_output_converts(entry, tmp_path):
     from onnxruntime.transformers import optimizer
 
-    optimized = optimizer.optimize_model(str(entry.model_path), MODEL_TYPES[entry.architecture], opt_level=0)
+    try:
+        optimized = optimizer.optimize_model(
+            str(entry.model_path), MODEL_TYPES[entry.architecture], opt_level=0
+        )
+    except Exception as exc:  # the optimizer's own failure: there is no fused graph to convert
+        if not is_onnxruntime_error(exc):
+            raise
+        pytest.skip(
+            f"{entry.name}: onnxruntime's transformers optimizer fails on this export before mpcompile "
+            f"runs ({type(exc).__name__}: {exc})"
+        )
     fused_path = tmp_path / "fused.onnx"
     optimized.save_model_to_file(str(fused_path))
     _check_conversion(entry, fused_path, tmp_path)
