@@ -726,19 +726,19 @@ def main(argv: list[str] | None = None) -> int:
         command = "python tools/real_models.py " + " ".join(argv if argv is not None else sys.argv[1:])
         path = pathlib.Path(args.markdown)
         text = document(rows, entries, skipped, command.strip(), seconds)
-        path.write_text(text + _folders_section(path))
+        path.write_text(text + _kept_sections(path))
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps([dataclasses.asdict(row) for row in rows], indent=1))
     return 1 if problems else 0
 
 
-def _folders_section(path: pathlib.Path) -> str:
-    """The document's "Folders" section, which tools/deploy_folders.py writes: kept on a rewrite."""
+def _kept_sections(path: pathlib.Path) -> str:
+    """The sections other scripts or measurements wrote between ``<!-- NAME:begin ... -->`` and
+    ``<!-- NAME:end -->`` markers (tools/deploy_folders.py's "Folders", the fused-graph results):
+    kept on a rewrite."""
     previous = path.read_text() if path.is_file() else ""
-    begin, end = "<!-- folders:begin", "<!-- folders:end -->"
-    if begin not in previous or end not in previous:
-        return ""
-    return "\n" + previous[previous.index(begin) : previous.index(end) + len(end)] + "\n"
+    blocks = re.finditer(r"<!-- ([\w-]+):begin.*?<!-- \1:end -->", previous, flags=re.S)
+    return "".join("\n" + block.group(0) + "\n" for block in blocks)
 
 
 if __name__ == "__main__":
