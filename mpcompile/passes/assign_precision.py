@@ -35,7 +35,7 @@ from mpcompile.core.plan import Decision, PrecisionPlan, Reason
 from mpcompile.core.precision import Precision
 from mpcompile.irtools.graphs import TYPED_FUNCTION_KEY, all_graphs, node_opset
 from mpcompile.passes.base import PlanPass
-from mpcompile.policy import OpClass, integer_casts, op_classes, op_types
+from mpcompile.policy import OpClass, integer_casts, op_classes, op_types, range_propagation
 from mpcompile.policy.classification import SOURCE_OPS, NodeRules
 
 
@@ -50,6 +50,7 @@ class _NodeInfo:
     low: bool = False
     denied: bool = False  # block propagated into it
     extended: bool = False  # went low in step 4b (no extra Cast)
+    range_kept: str = ""  # reads a value that may be out of range: the rule saying which (step 2b)
 
 
 class AssignPrecisionPass(PlanPass):
@@ -172,6 +173,8 @@ class _GraphPainter:
         for node in self.order:
             self.infos[node] = self._classify(node)
         self._mark_qdq_paths()
+        if range_propagation.needed(self.context.low):
+            self._propagate_range()
         candidates = [info for info in self._infos() if info.fixed is None]
         self._propagate_block(candidates)
         self._paint_between_low(candidates)
@@ -206,6 +209,43 @@ class _GraphPainter:
             )
             if fed_by_dq or feeds_q:
                 info.fixed = Decision(Precision.FP32, Reason.QDQ, "quantized path kept as is")
+
+    def _propagate_range(self) -> None:
+        """Step 2b: values a range-kept node may push beyond the low-precision range stay FP32
+        in their readers until a node brings them back (``mpcompile.policy.range_propagation``).
+        One pass in graph (topological) order: linear and deterministic."""
+        low = self.context.low
+        origin: dict[ir.Value, str] = {}  # value that may be out of range -> the seed node's name
+        for node in self.order:
+            info = self.infos[node]
+            if info.typing is None:
+                continue
+            carried = [
+                node.inputs[index]
+                for index in info.typing.float_inputs
+                if node.inputs[index] is not None and node.inputs[index] in origin
+            ]
+            if carried:
+                value = carried[0]
+                info.range_kept = (
+                    f"reads {value.name!r}, which may exceed {low.precision.value} range "
+                    f"(from {origin[value]!r})"
+                )
+            seeds = self._seeds_range(info)
+            if not (seeds or carried) or range_propagation.brings_into_range(
+                node, _carried_by(node, origin), low
+            ):
+                continue
+            source = node.name or node.op_type if seeds else origin[carried[0]]
+            for index in info.typing.float_outputs:
+                origin[node.outputs[index]] = source
+
+    @staticmethod
+    def _seeds_range(info: _NodeInfo) -> bool:
+        """Kept FP32 for a constant beyond range, or a blocked op that grows magnitudes."""
+        if info.fixed is not None:
+            return info.fixed.reason == Reason.RANGE
+        return info.op_class == OpClass.BLOCK and range_propagation.grows_range(info.node)
 
     # ---- float-data edges -----------------------------------------------------------
 
@@ -265,6 +305,7 @@ class _GraphPainter:
         return (
             info.fixed is None
             and not info.denied
+            and not info.range_kept
             and info.op_class in (OpClass.FOLLOW, OpClass.PASS_THROUGH)
             and (info.node.domain, info.node.op_type) not in SOURCE_OPS
         )
@@ -276,7 +317,7 @@ class _GraphPainter:
         nodes do: nothing FP32 flows into them, so a path from them into an allow node crosses
         no boundary when it is low.
         """
-        seeds = [info for info in candidates if info.op_class == OpClass.ALLOW]
+        seeds = [info for info in candidates if info.op_class == OpClass.ALLOW and not info.range_kept]
         for info in seeds:
             info.low = True
         weight_fed = [info for info in candidates if self._paintable(info) and self._reads_only_weights(info)]
@@ -436,6 +477,8 @@ class _GraphPainter:
             return Decision(low if info.low else Precision.FP32, Reason.CONSTANT, rule)
         if info.op_class == OpClass.BLOCK:
             return Decision(Precision.FP32, Reason.USER_BLOCK_OP if info.by_user else Reason.BLOCK, info.rule)
+        if info.range_kept and not info.denied:
+            return Decision(Precision.FP32, Reason.RANGE_PROPAGATED, info.range_kept)
         if info.low:
             if info.op_class == OpClass.ALLOW:
                 return Decision(low, Reason.USER_ALLOW_OP if info.by_user else Reason.ALLOW, info.rule)
@@ -449,6 +492,11 @@ class _GraphPainter:
         if info.denied:
             return Decision(Precision.FP32, Reason.BLOCK_PROPAGATED, info.rule)
         return Decision(Precision.FP32, Reason.NOT_BETWEEN_LOW, info.rule)
+
+
+def _carried_by(node: ir.Node, origin: Mapping[ir.Value, str]):
+    """Whether input ``index`` of ``node`` may be beyond range."""
+    return lambda index: node.inputs[index] is not None and node.inputs[index] in origin
 
 
 def _reads_as_float(consumer: _NodeInfo, producer: ir.Node) -> bool:
