@@ -5,7 +5,9 @@ docs/precision-policy.md) paints each graph TF-AMP style:
 
 1. classify every node (allow / follow / pass-through / block, or fixed FP32 for a
    concrete reason: schema, kernel, range, unknown op, user override, ...);
-2. allow nodes seed low precision;
+2. allow nodes seed low precision; values that a node kept FP32 for range reasons may push
+   beyond the low-precision range keep their readers FP32 until an op brings them back
+   (``mpcompile.policy.range_propagation``, reason ``range-propagated``);
 3. block propagates forward through follow/pass-through nodes that lead to further
    block or follow nodes;
 4. follow and pass-through nodes lying between low-precision nodes go low;
@@ -236,7 +238,7 @@ class _GraphPainter:
                 node, _carried_by(node, origin), low
             ):
                 continue
-            source = node.name or node.op_type if seeds else origin[carried[0]]
+            source = (node.name or node.op_type) if seeds else origin[carried[0]]
             for index in info.typing.float_outputs:
                 origin[node.outputs[index]] = source
 
