@@ -28,6 +28,7 @@ from models.corpus import manifest as corpus_manifest
 from models.corpus.deploy import (
     ENCODER_TOLERANCE,
     MODES,
+    ConvertedFolders,
     compare_generations,
     convert_export_folder,
     encoder_error,
@@ -65,19 +66,9 @@ def _layouts(folder: pathlib.Path) -> list[bool | None]:
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory: pytest.TempPathFactory):
-    """``converted(entry, mode)``: the folder converted in that mode (once per module)."""
-    done: dict[tuple[str, str], pathlib.Path] = {}
-    root = tmp_path_factory.mktemp("deploy")
-
-    def convert(entry: FolderEntry, mode: str) -> pathlib.Path:
-        if (entry.name, mode) not in done:
-            destination = root / f"{entry.name}-{mode}"
-            convert_export_folder(entry.path, destination, **MODES[mode][0])
-            done[entry.name, mode] = destination
-        return done[entry.name, mode]
-
-    return convert
+def converted(tmp_path_factory: pytest.TempPathFactory) -> ConvertedFolders:
+    """``converted(entry, mode)``: the folder converted in that mode, once per module."""
+    return ConvertedFolders(tmp_path_factory.mktemp("deploy"))
 
 
 @pytest.mark.parametrize(

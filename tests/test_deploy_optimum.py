@@ -30,7 +30,7 @@ from models.corpus import manifest as corpus_manifest  # noqa: E402
 from models.corpus.deploy import (  # noqa: E402
     ENCODER_TOLERANCE,
     MODES,
-    convert_export_folder,
+    ConvertedFolders,
     encoder_error,
     mode_precision,
     optimum_generate,
@@ -57,21 +57,9 @@ _CASES = [(entry, mode) for entry in _FOLDERS for mode in ("fp32", *MODES)]
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory: pytest.TempPathFactory):
+def converted(tmp_path_factory: pytest.TempPathFactory) -> ConvertedFolders:
     """``converted(entry, mode)``: the folder converted in that mode (the FP32 folder for "fp32")."""
-    done: dict[tuple[str, str], pathlib.Path] = {}
-    root = tmp_path_factory.mktemp("deploy-optimum")
-
-    def convert(entry: FolderEntry, mode: str) -> pathlib.Path:
-        if mode == "fp32":
-            return entry.path
-        if (entry.name, mode) not in done:
-            destination = root / f"{entry.name}-{mode}"
-            convert_export_folder(entry.path, destination, **MODES[mode][0])
-            done[entry.name, mode] = destination
-        return done[entry.name, mode]
-
-    return convert
+    return ConvertedFolders(tmp_path_factory.mktemp("deploy-optimum"))
 
 
 @pytest.mark.parametrize(

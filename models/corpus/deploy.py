@@ -37,6 +37,24 @@ def convert_export_folder(source: pathlib.Path, destination: pathlib.Path, **opt
     return mpcompile.convert_folder(source, destination, **options)
 
 
+class ConvertedFolders:
+    """Export folders converted under ``root`` once per (folder, mode) of ``MODES`` and reused;
+    the mode ``"fp32"`` is the export folder itself."""
+
+    def __init__(self, root: pathlib.Path) -> None:
+        self.root = root
+        self._done: dict[tuple[str, str], pathlib.Path] = {}
+
+    def __call__(self, entry: Any, mode: str) -> pathlib.Path:
+        if mode == "fp32":
+            return entry.path
+        if (entry.name, mode) not in self._done:
+            destination = self.root / f"{entry.name}-{mode}"
+            convert_export_folder(entry.path, destination, **MODES[mode][0])
+            self._done[entry.name, mode] = destination
+        return self._done[entry.name, mode]
+
+
 def low_precision_share(folder: pathlib.Path) -> tuple[int, int]:
     """(nodes stamped fp16/bf16, nodes stamped) over the folder's .onnx files, subgraphs included."""
     import onnx
