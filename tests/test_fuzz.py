@@ -721,12 +721,8 @@ def _files(folder: pathlib.Path) -> dict[str, bytes]:
 def test_structure_mutations_give_only_mpcompile_errors_or_valid_outputs(data: st.DataObject) -> None:
     import tempfile
 
-    import onnxruntime as ort
     from hypothesis import event
 
-    import mpcompile
-    from mpcompile.errors import MpcompileError
-    from mpcompile.report import build_report
     from tests.test_bad_input import fifo_tripwire
 
     model = data.draw(examples(), label="example").model
@@ -741,20 +737,7 @@ def test_structure_mutations_give_only_mpcompile_errors_or_valid_outputs(data: s
         inputs = _files(folder)
         output = pathlib.Path(scratch) / "out.onnx"
         with fifo_tripwire(pathlib.Path(scratch) / "outside.bin") as tripped:
-            try:
-                mpcompile.convert_file(source, output)
-            except MpcompileError as exc:
-                event(f"convert refused: exit {int(exc.exit_code)} {exc.exit_code.name}")
-            else:
-                event("convert succeeded")
-                check_output_like_input(source, output)
-                session_options = ort.SessionOptions()
-                session_options.log_severity_level = 3
-                ort.InferenceSession(str(output), session_options, providers=["CPUExecutionProvider"])
-            try:
-                build_report(str(source))
-            except MpcompileError as exc:
-                event(f"report refused: exit {int(exc.exit_code)}")
+            _convert_and_report(source, output)
         assert not tripped, f"a file outside the model's folder was opened ({applied})"
         assert _files(folder) == inputs, f"the input files changed ({applied})"
 
@@ -769,12 +752,7 @@ def test_byte_mutations_give_only_mpcompile_errors_or_valid_outputs(data: st.Dat
     an output that passes the full checker and loads in ORT."""
     import tempfile
 
-    import onnxruntime as ort
     from hypothesis import event
-
-    import mpcompile
-    from mpcompile.errors import MpcompileError
-    from mpcompile.report import build_report
 
     raw = bytearray(data.draw(examples(), label="example").model.SerializeToString())
     for _ in range(data.draw(st.integers(1, 4), label="edits")):
@@ -796,22 +774,35 @@ def test_byte_mutations_give_only_mpcompile_errors_or_valid_outputs(data: st.Dat
         source = folder / "model.onnx"
         source.write_bytes(bytes(raw))
         output = folder / "out.onnx"
-        try:
-            mpcompile.convert_file(source, output)
-        except MpcompileError as exc:
-            event(f"convert refused: exit {int(exc.exit_code)} {exc.exit_code.name}")
-        else:
-            event("convert succeeded")
-            check_output_like_input(source, output)
-            session_options = ort.SessionOptions()
-            session_options.log_severity_level = 3
-            ort.InferenceSession(str(output), session_options, providers=["CPUExecutionProvider"])
-        try:
-            build_report(str(source))
-        except MpcompileError as exc:
-            event(f"report refused: exit {int(exc.exit_code)}")
+        _convert_and_report(source, output)
         assert source.read_bytes() == bytes(raw), "the input changed"
 
 
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__, "-q"])
+
+
+def _convert_and_report(source: pathlib.Path, output: pathlib.Path) -> None:
+    """Convert and report a fuzzed model: a refusal must be an mpcompile error; a converted output
+    must pass the checks its input passes and load in ORT."""
+    import onnxruntime as ort
+    from hypothesis import event
+
+    import mpcompile
+    from mpcompile.errors import MpcompileError
+    from mpcompile.report import build_report
+
+    try:
+        mpcompile.convert_file(source, output)
+    except MpcompileError as exc:
+        event(f"convert refused: exit {int(exc.exit_code)} {exc.exit_code.name}")
+    else:
+        event("convert succeeded")
+        check_output_like_input(source, output)
+        session_options = ort.SessionOptions()
+        session_options.log_severity_level = 3
+        ort.InferenceSession(str(output), session_options, providers=["CPUExecutionProvider"])
+    try:
+        build_report(str(source))
+    except MpcompileError as exc:
+        event(f"report refused: exit {int(exc.exit_code)}")
