@@ -14,12 +14,12 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "convert": "mpcompile.core.converter",
-    "convert_file": "mpcompile.core.converter",
-    "ConvertResult": "mpcompile.core.converter",
-    "ConvertOptions": "mpcompile.core.converter",
-    "convert_folder": "mpcompile.core.folder",
-    "FolderResult": "mpcompile.core.folder",
+    "convert": "mpcompile.compiler.converter",
+    "convert_file": "mpcompile.compiler.converter",
+    "ConvertResult": "mpcompile.compiler.converter",
+    "ConvertOptions": "mpcompile.compiler.converter",
+    "convert_folder": "mpcompile.compiler.folder",
+    "FolderResult": "mpcompile.compiler.folder",
     "ValidationResult": "mpcompile.validate",
     "build_report": "mpcompile.report",
     "write_report": "mpcompile.report",

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from mpcompile.core.context import ConversionContext
 from mpcompile.core.plan import PrecisionPlan
 from mpcompile.core.precision import low_precision_format
 from mpcompile.passes.assign_precision import AssignPrecisionPass
+from mpcompile.passes.context import ConversionContext
 from mpcompile.passes.infer_types import InferTypesPass
 from mpcompile.policy import Policy
 from mpcompile.targets import DEFAULT_TARGET, get_target

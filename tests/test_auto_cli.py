@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from models.sensitive import SENSITIVE
 from mpcompile.auto import read_trace
 from mpcompile.commands.auto_options import auto_options, auto_settings, run_auto_from_cli
-from mpcompile.core.options import ConvertOptions
+from mpcompile.compiler.options import ConvertOptions
 from mpcompile.errors import MpcompileError
 from mpcompile.evaluate.inputs import generate_inputs
 

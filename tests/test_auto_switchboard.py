@@ -28,7 +28,7 @@ from mpcompile.auto.api import measured_op_names
 from mpcompile.auto.evaluator import low_precision_nodes
 from mpcompile.auto.graph import name_nodes
 from mpcompile.auto.switchboard import Switchboard
-from mpcompile.core.converter import convert
+from mpcompile.compiler.converter import convert
 from mpcompile.evaluate.faithful import FaithfulSession, ReferenceSession
 from mpcompile.evaluate.inputs import cast_feeds, generate_inputs
 

@@ -111,7 +111,7 @@ def test_input_is_a_folder(run_cli, tmp_path: pathlib.Path) -> None:
         run_cli, tmp_path, tmp_path / "folder.onnx", ExitCode.NOT_ONNX, "no .onnx file"
     )
     from mpcompile import errors
-    from mpcompile.core.converter import convert_file
+    from mpcompile.compiler.converter import convert_file
 
     with pytest.raises(errors.InputNotFoundError, match="not a file"):
         convert_file(tmp_path / "folder.onnx", tmp_path / "out.onnx")
@@ -1453,7 +1453,7 @@ def test_a_failed_save_leaves_an_existing_output_and_its_data_untouched(
     fails its final check must not leave a previous out.onnx pointing at new weights."""
     import mpcompile
     from mpcompile import errors
-    from mpcompile.core import converter
+    from mpcompile.compiler import converter
 
     source = external_weights_model(tmp_path)
     output = tmp_path / "out.onnx"

@@ -22,7 +22,7 @@ def test_every_path_named_exists() -> None:
     named = set(re.findall(r"\b((?:mpcompile|tests|tools|docs)/[\w/.-]*\w)", DOC))
     short = set(
         re.findall(
-            r"(?<![\w/])((?:core|io|irtools|policy|passes|analysis|evaluate|auto|report|validate|training|targets|commands)/[\w/]*\w\.py)",
+            r"(?<![\w/])((?:core|compiler|io|irtools|policy|passes|analysis|evaluate|auto|report|validate|training|targets|commands)/[\w/]*\w\.py)",
             DOC,
         )
     )
@@ -36,7 +36,7 @@ def test_every_path_named_exists() -> None:
 
 def test_every_pipeline_pass_named_exists() -> None:
     import mpcompile.passes.apply_precision
-    from mpcompile.core import converter
+    from mpcompile.compiler import converter
 
     named = set(re.findall(r"\b(\w+Pass)\b", DOC))
     source = (

@@ -84,7 +84,7 @@ def test_load_without_inference_leaves_intermediates_untyped(tmp_path):
 def test_cyclic_gc_is_paused_during_conversion_and_restored_after(monkeypatch):
     import gc
 
-    from mpcompile.core.gc_pause import cyclic_gc_paused
+    from mpcompile.compiler.gc_pause import cyclic_gc_paused
     from mpcompile.passes.assign_precision import AssignPrecisionPass
 
     seen: list[bool] = []

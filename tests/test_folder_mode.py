@@ -17,7 +17,7 @@ import pytest
 from models.builder import FLOAT, GraphBuilder
 from mpcompile import errors
 from mpcompile.cli import main
-from mpcompile.core.folder import convert_folder, keep_io_per_file
+from mpcompile.compiler.folder import convert_folder, keep_io_per_file
 from mpcompile.core.io_links import linked_io_names
 from mpcompile.io.export_folder import scan_folder
 from tests.helpers import assert_close, run
@@ -258,7 +258,7 @@ def test_an_already_fp16_file_fails_after_others_converted(tmp_path, capsys):
 
 
 def test_interrupt_midway_leaves_no_partial_folder(tmp_path, monkeypatch):
-    from mpcompile.core import converter
+    from mpcompile.compiler import converter
 
     source = write_export(tmp_path / "export")
     out = tmp_path / "out"

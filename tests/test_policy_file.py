@@ -18,7 +18,7 @@ import pytest
 
 import mpcompile
 from models.builder import tiny_fp32_model
-from mpcompile.core.options import ConvertOptions
+from mpcompile.compiler.options import ConvertOptions
 from mpcompile.errors import ExitCode, PolicyError
 from mpcompile.policy import read_policy_file
 from mpcompile.policy.policy_file import MAX_POLICY_BYTES

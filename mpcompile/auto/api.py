@@ -37,7 +37,7 @@ from mpcompile.auto.range_rules import RangeRules, find_unsafe_nodes
 from mpcompile.auto.reasons import AUTO_RANGE, AUTO_SENSITIVITY
 from mpcompile.auto.search import Search
 from mpcompile.auto.trace import TRACE_KEY, TRACE_VERSION, SearchStep, jsonable
-from mpcompile.core.converter import (
+from mpcompile.compiler.converter import (
     ConvertOptions,
     ConvertResult,
     OpenedConversion,

@@ -26,7 +26,7 @@ from mpcompile.auto import progress as progress_events
 from mpcompile.auto.criteria import CheckResult, Criterion
 from mpcompile.auto.reasons import AUTO_SENSITIVITY
 from mpcompile.auto.switchboard import Switchboard
-from mpcompile.core.converter import ConvertOptions, ConvertResult, convert_checked_ir
+from mpcompile.compiler.converter import ConvertOptions, ConvertResult, convert_checked_ir
 from mpcompile.core.plan import Decision
 from mpcompile.core.precision import Precision
 from mpcompile.irtools.graphs import model_graphs

@@ -35,7 +35,7 @@ import click
 from mpcompile.auto import DEFAULT_BUDGET
 
 if TYPE_CHECKING:
-    from mpcompile.core.options import ConvertOptions
+    from mpcompile.compiler.options import ConvertOptions
 
 _META_KEY = "mpcompile.auto.options"
 

@@ -9,8 +9,8 @@ import sys
 import click
 
 from mpcompile.commands.auto_options import auto_options, auto_settings, run_auto_from_cli
+from mpcompile.commands.choices import DEFAULT_PRECISION, OPTIMIZE_LEVELS, PRECISIONS, TARGET_NAMES
 from mpcompile.commands.conversion_options import node_selection_options, precision_option, target_option
-from mpcompile.core.choices import DEFAULT_PRECISION, OPTIMIZE_LEVELS, PRECISIONS, TARGET_NAMES
 from mpcompile.errors import UsageError
 
 
@@ -134,7 +134,7 @@ def convert_command(
             quiet=quiet,
         )
         return
-    from mpcompile.core.options import ConvertOptions
+    from mpcompile.compiler.options import ConvertOptions
 
     options = ConvertOptions(
         precision=precision,
@@ -196,7 +196,7 @@ def convert_command(
 
             validate_or_raise(model, output)
         return
-    from mpcompile.core.converter import convert_file
+    from mpcompile.compiler.converter import convert_file
 
     with _progress(quiet or as_json) as on_pass_start:
         result = convert_file(

@@ -12,7 +12,7 @@ import click
 from mpcompile import errors
 
 if TYPE_CHECKING:
-    from mpcompile.core.options import ConvertOptions
+    from mpcompile.compiler.options import ConvertOptions
 
 
 def default_output_folder(folder: pathlib.Path, precision: str) -> pathlib.Path:
@@ -37,7 +37,7 @@ def convert_folder_from_cli(
     """Convert ``folder`` (``auto``: the ``--auto`` settings, run per file), print one row per
     model (or JSON), and raise the first failing model's error after the summary."""
     from mpcompile.commands.convert import _progress
-    from mpcompile.core.folder import convert_folder
+    from mpcompile.compiler.folder import convert_folder
 
     if report_path is not None:
         raise errors.UsageError(

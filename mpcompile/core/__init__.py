@@ -1,1 +1,1 @@
-"""The conversion core: options, the precision plan, the pass pipeline and the public convert API."""
+"""The conversion vocabulary: the precision plan, precisions, ranges, Casts and the pass runner."""

@@ -17,9 +17,9 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from mpcompile.core.casts import CastFactory
-from mpcompile.core.context import ConversionContext
 from mpcompile.core.plan import PrecisionPlan
 from mpcompile.irtools.names import NameAuthority
+from mpcompile.passes.context import ConversionContext
 from mpcompile.passes.convert_constants import ConvertConstantsPass
 from mpcompile.passes.insert_casts import InsertCastsPass
 from mpcompile.passes.retype_nodes import RetypeNodesPass

@@ -31,12 +31,12 @@ from collections.abc import Iterable, Mapping
 import onnx_ir as ir
 
 from mpcompile.core import ranges
-from mpcompile.core.context import ConversionContext
 from mpcompile.core.io_types import lowered_io
 from mpcompile.core.plan import Decision, PrecisionPlan, Reason
 from mpcompile.core.precision import Precision
 from mpcompile.irtools.graphs import TYPED_FUNCTION_KEY, all_graphs, node_opset
 from mpcompile.passes.base import PlanPass
+from mpcompile.passes.context import ConversionContext
 from mpcompile.policy import OpClass, integer_casts, op_classes, op_types, range_propagation
 from mpcompile.policy.classification import SOURCE_OPS, NodeRules
 

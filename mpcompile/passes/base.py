@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from mpcompile.core.context import ConversionContext
 from mpcompile.core.plan import PrecisionPlan
 from mpcompile.irtools.graphs import all_graphs
+from mpcompile.passes.context import ConversionContext
 
 
 class ConversionPass(ir.passes.InPlacePass):

@@ -15,12 +15,12 @@ import numpy as np
 import onnx_ir as ir
 
 from mpcompile.core.casts import SUFFIX
-from mpcompile.core.context import ConversionContext
 from mpcompile.core.plan import Decision, PrecisionPlan, Reason, stamp_decision
 from mpcompile.core.precision import LowPrecisionFormat
 from mpcompile.irtools.names import NameAuthority
 from mpcompile.irtools.values import set_dtype
 from mpcompile.passes.base import PlanPass
+from mpcompile.passes.context import ConversionContext
 
 FLOAT = ir.DataType.FLOAT
 # Tensors up to this size keep their converted copy in memory once made (serializing

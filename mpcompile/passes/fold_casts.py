@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from mpcompile.core.context import ConversionContext
 from mpcompile.irtools.graphs import all_graphs
+from mpcompile.passes.context import ConversionContext
 
 F16, BF16, F32, F64 = ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.FLOAT, ir.DataType.DOUBLE
 # (source dtype, intermediate dtype) pairs where the intermediate holds every source value.

@@ -13,9 +13,9 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from mpcompile.core.casts import SUFFIX, CastFactory
-from mpcompile.core.context import ConversionContext
 from mpcompile.core.plan import PrecisionPlan
 from mpcompile.passes.base import PlanPass
+from mpcompile.passes.context import ConversionContext
 
 
 class InsertCastsPass(PlanPass):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from mpcompile.core.context import ConversionContext
 from mpcompile.core.io_types import lowered_io
 from mpcompile.irtools.graphs import all_graphs
 from mpcompile.passes.base import ConversionPass
+from mpcompile.passes.context import ConversionContext
 from mpcompile.policy.op_types import type_variable_conflict
 
 

@@ -12,7 +12,7 @@ import os
 import stat
 import sys
 
-from mpcompile.core.choices import PRECISIONS, TARGET_NAMES
+from mpcompile.commands.choices import PRECISIONS, TARGET_NAMES
 from mpcompile.errors import PolicyError
 from mpcompile.policy.policy import Policy
 

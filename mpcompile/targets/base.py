@@ -6,7 +6,7 @@ from typing import Protocol
 
 import onnx_ir as ir
 
-from mpcompile.core.choices import DEFAULT_TARGET, TARGET_NAMES, TARGET_PROVIDERS
+from mpcompile.commands.choices import DEFAULT_TARGET, TARGET_NAMES, TARGET_PROVIDERS
 from mpcompile.errors import ExitCode, MpcompileError
 from mpcompile.targets.kernel_table import KernelAnswer
 

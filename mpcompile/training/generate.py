@@ -54,7 +54,7 @@ def convert_forward_for_training(
 
     Returns the converted model (a new one) and counts for reporting.
     """
-    from mpcompile.core.converter import convert
+    from mpcompile.compiler.converter import convert
 
     graph = model.graph
     missing = [name for name in parameters if name not in graph.initializers]

@@ -65,7 +65,7 @@ def _save_proto(model: onnx.ModelProto, out: str, external: bool) -> None:
 TOOL_IMPORTS = {
     "onnx-floor": ("onnx",),
     "onnx-ir-floor": ("onnx_ir",),
-    "mpcompile": ("mpcompile", "mpcompile.core.converter"),
+    "mpcompile": ("mpcompile", "mpcompile.compiler.converter"),
     "onnxconverter": ("onnx", "onnxconverter_common.float16"),
     "ort-transformers": ("onnx", "onnxruntime.transformers.onnx_model"),
 }

@@ -27,7 +27,7 @@ import onnx
 import onnx_ir as ir
 
 from mpcompile import errors
-from mpcompile.core.choices import OPTIMIZE_LEVELS
+from mpcompile.commands.choices import OPTIMIZE_LEVELS
 from mpcompile.core.precision import low_precision_format
 from mpcompile.evaluate.ort_session import is_onnxruntime_error
 from mpcompile.targets.base import Target, get_target

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from mpcompile.core.choices import DEFAULT_PRECISION, DEFAULT_TARGET
+from mpcompile.commands.choices import DEFAULT_PRECISION, DEFAULT_TARGET
 from mpcompile.core.plan import Decision
 from mpcompile.core.precision import Precision
 from mpcompile.errors import UsageError

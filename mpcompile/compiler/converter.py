@@ -14,11 +14,10 @@ import onnx
 import onnx_ir as ir
 
 from mpcompile import errors, targets
-from mpcompile.core.context import ConversionContext, ConvertStats
-from mpcompile.core.gc_pause import with_cyclic_gc_paused
+from mpcompile.compiler.gc_pause import with_cyclic_gc_paused
+from mpcompile.compiler.options import ConvertOptions
+from mpcompile.compiler.ort_loadable import make_node_names_unique, refuse_unloadable
 from mpcompile.core.io_types import fp32_io_names
-from mpcompile.core.options import ConvertOptions
-from mpcompile.core.ort_loadable import make_node_names_unique, refuse_unloadable
 from mpcompile.core.pipeline import Pipeline
 from mpcompile.core.plan import MODEL_VERSION_KEY, PrecisionPlan, nothing_low_note, read_decision
 from mpcompile.core.precision import Precision, low_precision_format
@@ -27,6 +26,7 @@ from mpcompile.io import model_io, overwrite_guard
 from mpcompile.io.structure import check_ir_structure
 from mpcompile.irtools.graphs import all_graphs, model_graphs
 from mpcompile.irtools.names import NameAuthority
+from mpcompile.passes.context import ConversionContext, ConvertStats
 from mpcompile.policy import op_classes
 from mpcompile.targets import get_target
 
@@ -219,7 +219,7 @@ def save_conversion(
     notes: list[str] | None = None,
 ) -> None:
     """Save a conversion of ``opened`` atomically at its target; ``verify``: the checks of the
-    written file (``core/output_checks.py``), whose note, if any, is appended to ``notes``."""
+    written file (``compiler/output_checks.py``), whose note, if any, is appended to ``notes``."""
     model_io.save_model(
         model,
         opened.target,
@@ -442,9 +442,9 @@ def _is_qdq(model: ir.Model) -> bool:
 
 
 def _check(converted: onnx.ModelProto | str | os.PathLike, original: ModelLike) -> str | None:
-    """The output passes every check its input passes (``core/output_checks.py``): an input that
+    """The output passes every check its input passes (``compiler/output_checks.py``): an input that
     fails them already is the user's problem (InvalidModelError), otherwise it is our bug. Returns
     a note when the output was checked otherwise than by the full checker alone."""
-    from mpcompile.core.output_checks import check_output
+    from mpcompile.compiler.output_checks import check_output
 
     return check_output(converted, original)

@@ -14,8 +14,8 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from mpcompile import errors
+from mpcompile.compiler.options import ConvertOptions
 from mpcompile.core.io_links import linked_io_names
-from mpcompile.core.options import ConvertOptions
 from mpcompile.io.export_folder import (
     ExportFolder,
     FolderModel,
@@ -115,7 +115,7 @@ def convert_folder(
     written and, with ``raise_on_error``, that file's error is raised (its message naming the
     file), else the result says which file failed and why.
     """
-    from mpcompile.core.converter import convert_file
+    from mpcompile.compiler.converter import convert_file
 
     # Built and resolved once (policy file read and checked): bad options fail before anything is
     # read or written, and every file converts with the same options.

@@ -1,0 +1,1 @@
+"""The compiler driver: options, the conversion pipeline's assembly and the public convert API."""
