@@ -11,7 +11,8 @@ from mpcompile.passes.assign_precision import AssignPrecisionPass
 from mpcompile.passes.context import ConversionContext
 from mpcompile.passes.infer_types import InferTypesPass
 from mpcompile.policy import Policy
-from mpcompile.targets import DEFAULT_TARGET, get_target
+from mpcompile.targets import get_target
+from mpcompile.targets.registry import DEFAULT_TARGET
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>\n'
 

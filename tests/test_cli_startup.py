@@ -48,3 +48,15 @@ def test_report_sort_names_match_the_report_view():
     from mpcompile.report.view import SORTS
 
     assert tuple(SORTS) == SORT_NAMES
+
+
+def test_cli_choices_match_the_layers_that_own_them():
+    from mpcompile.commands import choices
+    from mpcompile.core.precision import DEFAULT_LOW_PRECISION, LOW_PRECISION_FORMATS
+    from mpcompile.targets.optimize.levels import OPTIMIZE_LEVELS
+    from mpcompile.targets.registry import DEFAULT_TARGET, target_names
+
+    assert tuple(LOW_PRECISION_FORMATS) == choices.PRECISIONS
+    assert choices.DEFAULT_PRECISION == DEFAULT_LOW_PRECISION
+    assert choices.OPTIMIZE_LEVELS == OPTIMIZE_LEVELS
+    assert target_names() == choices.TARGET_NAMES and choices.DEFAULT_TARGET == DEFAULT_TARGET

@@ -93,6 +93,11 @@ def test_cuda_target_keeps_ops_without_fp16_kernels_fp32():
     assert got["mish"] == ("fp32", Reason.no_kernel(CUDA)) == ("fp32", "no-kernel:CUDAExecutionProvider")
     assert got["mean"] == ("fp32", "no-kernel:CUDAExecutionProvider")
     assert all(got[name] == ("fp16", Reason.ALLOW) for name in ("mm1", "mm2", "mm3", "mm4"))
+    # the decision's rule is the target's own reason, e.g. "... ai.onnx::Mish: no kernel registered"
+    rules = {row.name: row.rule for row in on_cuda.decisions()}
+    for name, op_type in (("mish", "Mish"), ("mean", "Mean")):
+        assert rules[name] == cuda.explain("", op_type, 18, ir.DataType.FLOAT16).detail
+        assert rules[name].startswith(f"{CUDA} ai.onnx::{op_type}")
 
     on_any = mpcompile.convert(model, target="any")
     got = _decisions(on_any)

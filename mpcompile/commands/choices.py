@@ -1,17 +1,16 @@
-"""Names users choose from (CLI and API), kept free of heavy imports so ``--help`` stays fast."""
+"""Names the CLI offers as choices, kept free of heavy imports so ``--help`` stays fast.
+
+The layers below own these names: targets come from ``targets/registry.py``; the precisions and
+optimisation levels mirror ``core/precision.py`` and ``targets/optimize/levels.py`` (which load
+numpy and onnx), and tests/test_cli_startup.py checks that they agree.
+"""
 
 from __future__ import annotations
 
-# Target name -> ONNX Runtime execution provider (None: no provider constraint).
-TARGET_PROVIDERS: dict[str, str | None] = {
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "cpu": "CPUExecutionProvider",
-    "dml": "DmlExecutionProvider",
-    "any": None,
-}
-TARGET_NAMES = tuple(TARGET_PROVIDERS)
-DEFAULT_TARGET = "cuda"
+from mpcompile.targets.registry import DEFAULT_TARGET, target_names
+
+TARGET_NAMES = target_names()
+DEFAULT_TARGET = DEFAULT_TARGET
 
 OPTIMIZE_LEVELS = ("basic", "extended", "transformer")
 

@@ -9,23 +9,16 @@ import click
 
 def targets_summary(live: bool = True) -> dict:
     """Targets, their data sources, and counts of ops with low-precision kernels (JSON-ready)."""
-    from mpcompile.targets import TARGET_NAMES, KernelTableTarget, TensorRTTarget, get_target
+    from mpcompile.targets import get_target
     from mpcompile.targets import live as live_registry
     from mpcompile.targets.kernel_table import shipped_source
+    from mpcompile.targets.registry import target_names
 
     rows = []
-    for name in TARGET_NAMES:
+    for name in target_names():
         target = get_target(name, live=live)
         row = {"name": name, "provider": target.provider, "source": target.source, "live": False}
-        if isinstance(target, KernelTableTarget):
-            row["live"] = target.is_live
-            row["ops"] = len(target.table)
-            row["ops_with_float16"] = _ops_with(target.table, "tensor(float16)")
-            row["ops_with_bfloat16"] = _ops_with(target.table, "tensor(bfloat16)")
-        elif isinstance(target, TensorRTTarget):  # the parser's own matrix; CUDA answers for the rest
-            row["ops"] = len(target.ops)
-            row["ops_with_float16"] = sum("FP16" in types for types in target.ops.values())
-            row["ops_with_bfloat16"] = sum("BF16" in types for types in target.ops.values())
+        row.update(target.describe())
         rows.append(row)
     return {
         "targets": rows,
@@ -33,13 +26,6 @@ def targets_summary(live: bool = True) -> dict:
         "live_runtime": live_registry.live_runtime_version(),
         "live_providers": live_registry.live_providers(),
     }
-
-
-def _ops_with(table, type_name: str) -> int:
-    return sum(
-        any(type_name in types for kernel in entry.kernels for types in kernel.constraints.values())
-        for _, entry in table.items()
-    )
 
 
 def live_differences() -> dict[str, list[dict]]:

@@ -13,7 +13,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from mpcompile import errors, targets
+from mpcompile import errors
 from mpcompile.compiler.gc_pause import with_cyclic_gc_paused
 from mpcompile.compiler.options import ConvertOptions
 from mpcompile.compiler.ort_loadable import make_node_names_unique, refuse_unloadable
@@ -31,8 +31,6 @@ from mpcompile.policy import op_classes
 from mpcompile.targets import get_target
 
 ModelLike = onnx.ModelProto | ir.Model | str | os.PathLike
-
-DEFAULT_TARGET = targets.DEFAULT_TARGET
 
 __all__ = ["ConvertOptions", "ConvertResult", "convert", "convert_file"]
 

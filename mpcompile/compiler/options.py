@@ -13,12 +13,12 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from mpcompile.commands.choices import DEFAULT_PRECISION, DEFAULT_TARGET
 from mpcompile.core.plan import Decision
-from mpcompile.core.precision import Precision
+from mpcompile.core.precision import DEFAULT_LOW_PRECISION, Precision
 from mpcompile.errors import UsageError
 from mpcompile.policy import Policy, PolicyFile, read_policy_file
 from mpcompile.targets.base import Target
+from mpcompile.targets.registry import DEFAULT_TARGET
 
 DEFAULT_KEEP_IO_TYPES = True
 
@@ -103,7 +103,7 @@ class ConvertOptions:
         return dataclasses.replace(
             self,
             policy=file,
-            precision=_first(self.precision, given.precision, DEFAULT_PRECISION),
+            precision=_first(self.precision, given.precision, DEFAULT_LOW_PRECISION),
             target=_first(self.target, given.target, DEFAULT_TARGET),
             keep_io_types=_first(self.keep_io_types, given.keep_io_types, DEFAULT_KEEP_IO_TYPES),
         )

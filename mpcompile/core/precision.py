@@ -83,6 +83,7 @@ FP16 = _format(Precision.FP16, np.float16, min_opset=6)
 BF16 = _format(Precision.BF16, ml_dtypes.bfloat16, min_opset=13)
 
 LOW_PRECISION_FORMATS = {"fp16": FP16, "bf16": BF16}
+DEFAULT_LOW_PRECISION = "fp16"
 
 
 def low_precision_format(name: str) -> LowPrecisionFormat:

@@ -138,9 +138,10 @@ class NodeRules:
                 f"{node.op_type}-{self.opset} type {typing.type_variable} has no {self.low.precision.value}",
             )
         domain_opset = node_opset(node, self.opset, self.opset_imports)
-        if not self.target.supports(node.domain, node.op_type, domain_opset, self.low.dtype):
+        kernel = self.target.explain(node.domain, node.op_type, domain_opset, self.low.dtype)
+        if not kernel.supported:
             provider = self.target.provider or self.target.name
-            return Decision(fp32, Reason.no_kernel(provider), f"target {self.target.name}")
+            return Decision(fp32, Reason.no_kernel(provider), kernel.detail)
         for index in typing.float_inputs:
             value = node.inputs[index]
             measured = self.float_constant_range(value)

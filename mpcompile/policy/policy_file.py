@@ -12,9 +12,10 @@ import os
 import stat
 import sys
 
-from mpcompile.commands.choices import PRECISIONS, TARGET_NAMES
+from mpcompile.core.precision import LOW_PRECISION_FORMATS
 from mpcompile.errors import PolicyError
 from mpcompile.policy.policy import Policy
+from mpcompile.targets.registry import target_names
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,8 +52,8 @@ def read_policy_file(path: str | os.PathLike) -> PolicyFile:
         raise PolicyError(f"{path}: {exc.message}") from None
     return PolicyFile(
         policy,
-        precision=_choice(path, data, "precision", PRECISIONS),
-        target=_choice(path, data, "target", TARGET_NAMES),
+        precision=_choice(path, data, "precision", tuple(LOW_PRECISION_FORMATS)),
+        target=_choice(path, data, "target", target_names()),
         keep_io_types=_keep_io_types(path, data),
     )
 

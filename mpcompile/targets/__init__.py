@@ -1,32 +1,34 @@
-"""Execution-provider targets: which ops have low-precision kernels where."""
+"""Execution-provider targets: which ops have low-precision kernels where.
 
-from mpcompile.targets.base import (
-    DEFAULT_TARGET,
-    TARGET_NAMES,
-    TARGET_PROVIDERS,
-    AnyTarget,
-    Target,
-    UnknownTargetError,
-    get_target,
-)
-from mpcompile.targets.kernel_table import KernelAnswer, KernelTable, op_signatures
-from mpcompile.targets.kernel_target import KernelTableTarget
-from mpcompile.targets.live import KernelDifference, compare_with_live
-from mpcompile.targets.tensorrt import TensorRTTarget
+The names load lazily, so ``targets/registry.py`` (the targets by name) can be read without
+loading onnx: the CLI builds its ``--target`` choices from it.
+"""
 
-__all__ = [
-    "DEFAULT_TARGET",
-    "TARGET_NAMES",
-    "TARGET_PROVIDERS",
-    "AnyTarget",
-    "KernelAnswer",
-    "KernelDifference",
-    "KernelTable",
-    "KernelTableTarget",
-    "Target",
-    "TensorRTTarget",
-    "UnknownTargetError",
-    "compare_with_live",
-    "get_target",
-    "op_signatures",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DEFAULT_TARGET": "mpcompile.targets.registry",
+    "AnyTarget": "mpcompile.targets.base",
+    "Target": "mpcompile.targets.base",
+    "UnknownTargetError": "mpcompile.targets.base",
+    "get_target": "mpcompile.targets.base",
+    "KernelAnswer": "mpcompile.targets.kernel_table",
+    "KernelTable": "mpcompile.targets.kernel_table",
+    "op_signatures": "mpcompile.targets.kernel_table",
+    "KernelTableTarget": "mpcompile.targets.kernel_target",
+    "KernelDifference": "mpcompile.targets.live",
+    "compare_with_live": "mpcompile.targets.live",
+    "TensorRTTarget": "mpcompile.targets.tensorrt",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mpcompile.targets' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -6,26 +6,17 @@ from typing import Protocol
 
 import onnx_ir as ir
 
-from mpcompile.commands.choices import DEFAULT_TARGET, TARGET_NAMES, TARGET_PROVIDERS
 from mpcompile.errors import ExitCode, MpcompileError
 from mpcompile.targets.kernel_table import KernelAnswer
-
-__all__ = [
-    "DEFAULT_TARGET",
-    "TARGET_NAMES",
-    "TARGET_PROVIDERS",
-    "AnyTarget",
-    "Target",
-    "UnknownTargetError",
-    "get_target",
-]
+from mpcompile.targets.registry import target_factory, target_names
 
 
 class Target(Protocol):
-    """An execution target: answers whether an op has a kernel for a dtype."""
+    """An execution target: answers whether an op has a kernel for a dtype, and why."""
 
     name: str
     provider: str | None  # e.g. "CUDAExecutionProvider"; None for "any"
+    source: str  # where its answers come from, e.g. "OperatorKernels.md (ORT 1.30.0-dev)"
 
     def supports(self, domain: str, op_type: str, opset: int, dtype: ir.DataType) -> bool:
         """True if the target runs ``domain::op_type`` at ``opset`` natively in ``dtype``.
@@ -35,9 +26,17 @@ class Target(Protocol):
         """
         ...
 
+    def explain(self, domain: str, op_type: str, opset: int, dtype: ir.DataType) -> KernelAnswer:
+        """``supports`` with a one-line reason (recorded as the detail of a no-kernel decision)."""
+        ...
+
+    def describe(self) -> dict[str, object]:
+        """What ``mpcompile targets`` shows beyond name, provider and source (e.g. op counts)."""
+        ...
+
 
 class UnknownTargetError(MpcompileError, ValueError):
-    """A target name that is not one of ``TARGET_NAMES``."""
+    """A target name that is not in the registry (``targets/registry.py``)."""
 
     exit_code = ExitCode.USAGE
 
@@ -55,21 +54,22 @@ class AnyTarget:
     def explain(self, domain: str, op_type: str, opset: int, dtype: ir.DataType) -> KernelAnswer:
         return KernelAnswer(True, "target any: no kernel constraints")
 
+    def describe(self) -> dict[str, object]:
+        return {}
+
+
+def any_target(live: bool = True) -> AnyTarget:
+    """The ``any`` target (``live`` does not matter: it has no kernel data)."""
+    return AnyTarget()
+
 
 def get_target(name: str, live: bool = True) -> Target:
-    """Resolve a target name from the CLI or API: cuda, tensorrt, cpu, dml or any.
+    """Resolve a target name from the CLI or API: one of ``targets/registry.py``'s names.
 
     With ``live=True`` a target whose execution provider is in the installed onnxruntime build
     answers from that build's kernel registry instead of the shipped tables.
     """
-    from mpcompile.targets.kernel_target import KernelTableTarget
-    from mpcompile.targets.tensorrt import TensorRTTarget
-
-    key = name.lower()
-    if key not in TARGET_PROVIDERS:
-        raise UnknownTargetError(f"unknown target {name!r}; expected one of {', '.join(TARGET_NAMES)}")
-    if key == "any":
-        return AnyTarget()
-    if key == "tensorrt":
-        return TensorRTTarget(fallback=KernelTableTarget.for_provider("cuda", TARGET_PROVIDERS["cuda"], live))
-    return KernelTableTarget.for_provider(key, TARGET_PROVIDERS[key], live)
+    factory = target_factory(name.lower())
+    if factory is None:
+        raise UnknownTargetError(f"unknown target {name!r}; expected one of {', '.join(target_names())}")
+    return factory(live)

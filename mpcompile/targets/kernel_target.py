@@ -44,5 +44,36 @@ class KernelTableTarget:
         """``supports`` with a one-line reason, e.g. ``CPUExecutionProvider ai.onnx::Add 14+: T lacks tensor(float16)``."""
         return self.table.explain(domain, op_type, opset, dtype)
 
+    def describe(self) -> dict[str, object]:
+        """Whether the table is the installed build's, and how many ops have FP16/BF16 kernels."""
+        return {
+            "live": self.is_live,
+            "ops": len(self.table),
+            "ops_with_float16": _ops_with(self.table, "tensor(float16)"),
+            "ops_with_bfloat16": _ops_with(self.table, "tensor(bfloat16)"),
+        }
+
     def __repr__(self) -> str:
         return f"KernelTableTarget({self.name!r}, {self.provider!r}, source={self.source!r})"
+
+
+def _ops_with(table: KernelTable, type_name: str) -> int:
+    return sum(
+        any(type_name in types for kernel in entry.kernels for types in kernel.constraints.values())
+        for _, entry in table.items()
+    )
+
+
+def cuda_target(live: bool = True) -> KernelTableTarget:
+    """The CUDA execution provider's kernels."""
+    return KernelTableTarget.for_provider("cuda", "CUDAExecutionProvider", live)
+
+
+def cpu_target(live: bool = True) -> KernelTableTarget:
+    """The CPU execution provider's kernels."""
+    return KernelTableTarget.for_provider("cpu", "CPUExecutionProvider", live)
+
+
+def dml_target(live: bool = True) -> KernelTableTarget:
+    """The DirectML execution provider's kernels."""
+    return KernelTableTarget.for_provider("dml", "DmlExecutionProvider", live)

@@ -16,6 +16,7 @@ import json
 import onnx_ir as ir
 
 from mpcompile.targets.kernel_table import KernelAnswer, normalize_domain
+from mpcompile.targets.kernel_target import cuda_target
 
 TENSORRT_PROVIDER = "TensorrtExecutionProvider"
 TENSORRT_DATA_RESOURCE = "tensorrt_operators.json"
@@ -76,5 +77,18 @@ class TensorRTTarget:
     def supports(self, domain: str, op_type: str, opset: int, dtype: ir.DataType) -> bool:
         return self.explain(domain, op_type, opset, dtype).supported
 
+    def describe(self) -> dict[str, object]:
+        """How many ops the parser's own matrix lists (CUDA answers for the rest)."""
+        return {
+            "ops": len(self.ops),
+            "ops_with_float16": sum("FP16" in types for types in self.ops.values()),
+            "ops_with_bfloat16": sum("BF16" in types for types in self.ops.values()),
+        }
+
     def __repr__(self) -> str:
         return f"TensorRTTarget(source={self.source!r})"
+
+
+def tensorrt_target(live: bool = True) -> TensorRTTarget:
+    """TensorRT, with the CUDA target answering for the nodes it does not take."""
+    return TensorRTTarget(fallback=cuda_target(live))

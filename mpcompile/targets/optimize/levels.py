@@ -27,7 +27,6 @@ import onnx
 import onnx_ir as ir
 
 from mpcompile import errors
-from mpcompile.commands.choices import OPTIMIZE_LEVELS
 from mpcompile.core.precision import low_precision_format
 from mpcompile.evaluate.ort_session import is_onnxruntime_error
 from mpcompile.targets.base import Target, get_target
@@ -46,6 +45,7 @@ from mpcompile.targets.optimize.symbolic_types import annotate_types, complete_t
 from mpcompile.targets.optimize.transformer import FusionFailed, FusionSettings, fuse_transformer
 from mpcompile.targets.optimize.unsqueeze import split_multi_axis_unsqueeze
 
+OPTIMIZE_LEVELS = ("basic", "extended", "transformer")
 OPTIMIZE_METADATA_KEY = "mpcompile.optimize"
 _MAX_ROUNDS = 6  # reruns of one rung with more fusions disabled
 _CSE = "CommonSubexpressionElimination"
