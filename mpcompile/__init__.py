@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mpcompile.validate.results import ValidationResult
 
-__version__ = "0.1.0"
+from mpcompile.version import __version__
 
 _EXPORTS = {
     "convert": "mpcompile.compiler.converter",

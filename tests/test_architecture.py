@@ -87,9 +87,15 @@ ALL_IMPORTS = _graph(top_level=False)
 
 
 def _layer(module: str) -> str:
-    """``mpcompile.core.plan`` -> ``core``; ``mpcompile.errors`` -> ``errors``; ``mpcompile`` -> ``""``."""
-    parts = module.split(".")
-    return parts[1] if len(parts) > 1 else ""
+    """The package a module belongs to, relative to ``mpcompile``: ``mpcompile.core.plan`` ->
+    ``core``; ``mpcompile.targets.optimize.levels`` -> ``targets.optimize`` (every package is a
+    layer); top-level modules are their own layer: ``mpcompile.errors`` -> ``errors``; the package
+    itself, ``mpcompile``, is ``""``."""
+    path = MODULES[module]
+    parts = path.parent.relative_to(PACKAGE).parts
+    if parts:
+        return ".".join(parts)
+    return "" if path.name == "__init__.py" else path.stem
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -129,7 +135,31 @@ def test_module_level_imports_are_acyclic():
     assert _cycle(MODULE_LEVEL) is None
 
 
-# layer -> layers it must not import from (any import, lazy ones included)
+# The layers, bottom to top: a module imports only from its own layer and from lower tiers (any
+# import, lazy ones included); the layers of one tier are peers that never import each other.
+LAYERS: tuple[frozenset[str], ...] = tuple(
+    frozenset(tier)
+    for tier in (
+        {"errors", "text", "version", "irtools"},  # import nothing from mpcompile
+        {"core"},  # the vocabulary: plan, precisions, ranges, Casts, the pass runner
+        {"targets"},  # kernel capabilities, the target registry, ORT's schemas
+        {"policy"},  # every precision rule
+        {"io"},  # safe load and save (checks ops against policy/ and targets/ schemas)
+        {"evaluate"},  # ORT and faithful runs, inputs, shapes, memory limits
+        {"analysis"},  # static facts shared by report and --auto
+        {"passes"},  # one pass per module, and the ConversionContext they read
+        {"targets.optimize"},  # ORT's optimiser (it types fused ops with passes/infer_types)
+        {"compiler"},  # the driver: options, build_pipeline, convert(), folders
+        {"auto", "training", "validate"},
+        {"report"},  # renders --auto's trace
+        {"commands"},
+        {"cli"},
+        {""},  # the public API of ``mpcompile``, loaded lazily
+    )
+)
+TIER = {layer: rank for rank, tier in enumerate(LAYERS) for layer in tier}
+
+# layer -> layers it must not import from even though they are lower (any import, lazy ones included)
 FORBIDDEN = {
     "io": {"core", "passes", "auto", "report", "validate", "evaluate", "analysis"},
     "analysis": {"auto", "report"},
@@ -137,7 +167,7 @@ FORBIDDEN = {
     "policy": {"passes", "auto", "report", "validate"},
 }
 # layers that import nothing from mpcompile but each other
-SELF_CONTAINED = {"irtools", "errors", "text"}
+SELF_CONTAINED = {"irtools", "errors", "text", "version"}
 
 
 def _imports_of_layer(layer: str, into: Callable[[str], bool]) -> list[str]:
@@ -149,6 +179,29 @@ def _imports_of_layer(layer: str, into: Callable[[str], bool]) -> list[str]:
         for target in targets
         if into(_layer(target))
     )
+
+
+def _not_downwards(layer: str, target: str) -> bool:
+    """True when a ``layer`` module may not import from ``target``: a higher tier or a peer."""
+    return target != layer and TIER[target] >= TIER[layer]
+
+
+def test_every_package_has_a_layer():
+    layers = {_layer(module) for module in MODULES}
+    assert layers == set(TIER), f"packages without a layer: {sorted(layers - set(TIER))}"
+    assert set(FORBIDDEN) | SELF_CONTAINED <= set(TIER)
+
+
+def test_the_layer_rules_catch_an_upward_import():
+    assert _layer("mpcompile.targets.optimize.levels") == "targets.optimize"
+    assert _layer("mpcompile.targets") == "targets" and _layer("mpcompile") == ""
+    assert _not_downwards("core", "compiler") and _not_downwards("auto", "training")
+    assert not _not_downwards("compiler", "core") and not _not_downwards("core", "core")
+
+
+@pytest.mark.parametrize("layer", sorted(TIER))
+def test_layer_imports_only_downwards(layer):
+    assert _imports_of_layer(layer, lambda target: _not_downwards(layer, target)) == []
 
 
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from models.builder import make_model, value_info, weight
 from mpcompile import errors
-from mpcompile.analysis.shapes import DEFAULT_BATCH, DEFAULT_DIM
+from mpcompile.evaluate.shapes import DEFAULT_BATCH, DEFAULT_DIM
 from mpcompile.report import ReportOptionError, audit_model, build_report
 from mpcompile.report.summary import summarize
 from tests.report_models import mixed_model

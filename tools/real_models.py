@@ -384,7 +384,7 @@ def low_compute_share(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -
     import onnx_ir as ir
 
     from mpcompile.analysis.audit import audit_model
-    from mpcompile.analysis.shapes import ShapeSpec
+    from mpcompile.evaluate.shapes import ShapeSpec
 
     spec = ShapeSpec(feed_shapes={name: tuple(np.shape(array)) for name, array in feeds.items()})
     audit = audit_model(ir.from_proto(model), shapes=spec)

@@ -1,1 +1,1 @@
-"""Static facts about a model shared by report and --auto: per-node audit, shapes, FLOP estimates."""
+"""Static facts about a model shared by report and --auto: per-node audit, FLOP estimates, FLOP shares."""

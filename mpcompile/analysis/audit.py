@@ -18,13 +18,6 @@ import onnx
 import onnx_ir as ir
 
 from mpcompile.analysis import flops as flops_mod
-from mpcompile.analysis.shapes import (
-    ShapeSpec,
-    element_count,
-    infer_shapes,
-    refine_shapes,
-    resolve_input_shapes,
-)
 from mpcompile.core.plan import (
     MODEL_PRECISION_KEY,
     MODEL_TARGET_KEY,
@@ -32,6 +25,13 @@ from mpcompile.core.plan import (
     TRACE_KEY,
     Reason,
     read_decision,
+)
+from mpcompile.evaluate.shapes import (
+    ShapeSpec,
+    element_count,
+    infer_shapes,
+    refine_shapes,
+    resolve_input_shapes,
 )
 from mpcompile.irtools.graphs import model_graphs
 

@@ -15,8 +15,8 @@ import onnx_ir as ir
 
 from mpcompile.analysis import flops as flops_mod
 from mpcompile.analysis.audit import derive_precision
-from mpcompile.analysis.shapes import ShapeSpec, infer_shapes, resolve_input_shapes
 from mpcompile.core.plan import read_decision
+from mpcompile.evaluate.shapes import ShapeSpec, infer_shapes, resolve_input_shapes
 from mpcompile.irtools.graphs import model_graphs
 
 # A mode's FP32 share may exceed plain convert's by this much before it is noted: folding

@@ -21,7 +21,7 @@ import math
 
 import onnx_ir as ir
 
-from mpcompile.analysis.shapes import element_count, static_shape
+from mpcompile.evaluate.shapes import element_count, static_shape
 
 # Ops that only move or describe data: no arithmetic.
 ZERO_COST_OPS = frozenset(

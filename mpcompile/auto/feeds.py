@@ -8,10 +8,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from mpcompile.analysis.run_memory import run_bytes
 from mpcompile.evaluate import inputs as inputs_module
 from mpcompile.evaluate import memory_limit
 from mpcompile.evaluate.inputs import InputSpec
+from mpcompile.evaluate.run_memory import run_bytes
 
 Feeds = dict[str, np.ndarray]
 GENERATED = "generated"

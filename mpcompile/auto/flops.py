@@ -22,7 +22,7 @@ def node_flops(
     com.microsoft fusions of ``--optimize transformer``, and everything after them).
     """
     from mpcompile.analysis.audit import audit_model
-    from mpcompile.analysis.shapes import ShapeSpec
+    from mpcompile.evaluate.shapes import ShapeSpec
 
     spec = ShapeSpec(feed_shapes={name: tuple(np.shape(array)) for name, array in feeds.items()})
     if values:

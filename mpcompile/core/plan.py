@@ -17,7 +17,6 @@ from mpcompile.core.precision import LowPrecisionFormat, Precision
 
 if TYPE_CHECKING:
     from mpcompile.core.ranges import ConstantRange, ConstantRanges
-    from mpcompile.policy.op_types import NodeTyping
 
 # Keys stamped into node.metadata_props and model.metadata_props.
 PRECISION_KEY = "mpcompile.precision"
@@ -76,15 +75,29 @@ class Decision:
         return self.precision.is_low
 
 
+@dataclasses.dataclass(frozen=True)
+class NodeTyping:
+    """Which of a node's inputs/outputs change type when the node goes low precision."""
+
+    float_inputs: tuple[int, ...]
+    float_outputs: tuple[int, ...]
+    low_allowed: bool  # the schema (or rule) admits the low-precision type
+    type_variable: str = ""  # the primary type variable, for reports
+
+    @property
+    def touches_float(self) -> bool:
+        return bool(self.float_inputs or self.float_outputs)
+
+
 class PrecisionPlan:
     """The one hand-off from AssignPrecisionPass to ApplyPrecisionPass and StampDecisionsPass.
 
     Per node (by identity; iteration follows insertion order): its ``Decision`` and the typing
     the assignment saw (which inputs and outputs carry the float data, see
-    ``mpcompile.policy.typing_rules``), and the dtype each of its inputs must have once the plan is
+    ``NodeTyping``, made by ``mpcompile.policy.op_types``), and the dtype each of its inputs must have once the plan is
     applied. Per graph output: the dtype it has once the plan is applied; per main-graph input
     that changes type, its new dtype. Per constant: whether it is an attention mask
-    to clamp (``mpcompile.policy.mask_rules``). The graphs the plan covers, and the range scans of
+    to clamp (``mpcompile.policy.attention_mask``). The graphs the plan covers, and the range scans of
     constants (``ranges``, one scan per value per conversion).
     """
 

@@ -265,7 +265,7 @@ def _check_headers(model: ir.Model, headers: Sequence, *, source: str) -> None:
     for header in headers:
         _check_dtype(declared[header.name], header.dtype, source)
         _check_shape(declared[header.name], header.shape, source)
-    from mpcompile.analysis.run_memory import check_run_fits  # analysis imports this module
+    from mpcompile.evaluate.run_memory import check_run_fits  # run_memory imports this module
 
     shapes = {header.name: header.shape for header in headers}
     check_run_fits(model, shapes, f"{source}: running the model on these inputs")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from mpcompile import __version__
 from mpcompile.core.plan import MODEL_PRECISION_KEY, MODEL_TARGET_KEY, MODEL_VERSION_KEY, stamp_decision
 from mpcompile.passes.base import PlanPass
+from mpcompile.version import __version__
 
 
 class StampDecisionsPass(PlanPass):

@@ -36,7 +36,7 @@ from collections.abc import Callable, Collection, Mapping
 
 import onnx_ir as ir
 
-from mpcompile.core.plan import Decision, Reason
+from mpcompile.core.plan import Decision, NodeTyping, Reason
 from mpcompile.core.precision import LowPrecisionFormat, Precision
 from mpcompile.core.ranges import ConstantRange
 from mpcompile.irtools.graphs import node_opset
@@ -53,7 +53,7 @@ class Verdict:
     """What the rules say of one node: a fixed ``decision``, or the ``op_class`` the painter
     starts from (with its ``rule``; ``by_user``: the user's allow/block lists classed it)."""
 
-    typing: op_types.NodeTyping | None
+    typing: NodeTyping | None
     decision: Decision | None = None
     op_class: OpClass | None = None
     rule: str = ""
@@ -128,7 +128,7 @@ class NodeRules:
         decision = None if op_class == OpClass.BLOCK else self.eligibility(node, typing)
         return Verdict(typing, decision, op_class, rule, classified.by_user)
 
-    def eligibility(self, node: ir.Node, typing: op_types.NodeTyping) -> Decision | None:
+    def eligibility(self, node: ir.Node, typing: NodeTyping) -> Decision | None:
         """Why a candidate node cannot go low precision (schema, kernel, range), or None if it can."""
         fp32 = Precision.FP32
         if not typing.low_allowed:

@@ -21,25 +21,12 @@ import functools
 import onnx
 import onnx_ir as ir
 
+from mpcompile.core.plan import NodeTyping
 from mpcompile.irtools.graphs import node_opset
 from mpcompile.policy import op_classes
 from mpcompile.targets import ort_schemas
 
 FLOAT = ir.DataType.FLOAT
-
-
-@dataclasses.dataclass(frozen=True)
-class NodeTyping:
-    """Which of a node's inputs/outputs change type when the node goes low precision."""
-
-    float_inputs: tuple[int, ...]
-    float_outputs: tuple[int, ...]
-    low_allowed: bool  # the schema (or rule) admits the low-precision type
-    type_variable: str = ""  # the primary type variable, for reports
-
-    @property
-    def touches_float(self) -> bool:
-        return bool(self.float_inputs or self.float_outputs)
 
 
 @dataclasses.dataclass(frozen=True)

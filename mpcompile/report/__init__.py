@@ -14,7 +14,7 @@ import os
 import pathlib
 
 from mpcompile.analysis.audit import ModelAudit, ModelLike, NodeAudit, audit_model
-from mpcompile.analysis.shapes import ReportOptionError, ShapeSpec
+from mpcompile.evaluate.shapes import ReportOptionError, ShapeSpec
 from mpcompile.report.view import ReportView
 
 __all__ = [
@@ -47,7 +47,7 @@ def build_report(
     """Audit ``model``; with ``original``, add before/after columns; with ``numerics``, run both.
 
     ``model``/``original``: path, ``onnx.ModelProto`` or ``ir.Model`` (never modified).
-    ``shapes``: ``["input:1x128", "seq=256"]`` for symbolic dims (see ``mpcompile.analysis.shapes``).
+    ``shapes``: ``["input:1x128", "seq=256"]`` for symbolic dims (see ``mpcompile.evaluate.shapes``).
     ``inputs``: an .npz of feeds for ``numerics``; generated when None.
     """
     spec = shapes if isinstance(shapes, ShapeSpec) else ShapeSpec.parse(shapes)

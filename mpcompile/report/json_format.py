@@ -13,7 +13,7 @@ import pathlib
 from typing import Any
 
 from mpcompile.analysis.audit import ModelAudit, NodeAudit
-from mpcompile.analysis.shapes import DEFAULT_BATCH, DEFAULT_DIM
+from mpcompile.evaluate.shapes import DEFAULT_BATCH, DEFAULT_DIM
 from mpcompile.report.summary import summarize
 from mpcompile.report.view import ReportView
 

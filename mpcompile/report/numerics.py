@@ -30,10 +30,10 @@ import onnx_ir as ir
 
 from mpcompile.analysis.audit import ModelAudit, NodeAudit
 from mpcompile.analysis.error_measures import is_float_array, normalized_error
-from mpcompile.analysis.run_memory import values_bytes
 from mpcompile.core.precision import LowPrecisionFormat, low_precision_format
 from mpcompile.errors import ExitCode, MpcompileError
 from mpcompile.evaluate import memory_limit
+from mpcompile.evaluate.run_memory import values_bytes
 from mpcompile.report.compare import match_key
 
 INPUT_SEED = 0

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mpcompile.analysis.audit import NodeAudit
-from mpcompile.analysis.shapes import ReportOptionError
+from mpcompile.evaluate.shapes import ReportOptionError
 
 
 def _numeric(node: NodeAudit, key: str) -> float:

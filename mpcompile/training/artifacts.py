@@ -16,13 +16,14 @@ import shutil
 import onnx
 import onnx_ir as ir
 
-from mpcompile import __version__, errors
+from mpcompile import errors
 from mpcompile.core.plan import MODEL_PRECISION_KEY, MODEL_VERSION_KEY, PRECISION_KEY
 from mpcompile.core.precision import Precision, low_precision_format
 from mpcompile.io import model_io, overwrite_guard
 from mpcompile.passes.loss_scaling import ACCUMULATION_BUFFER_SUFFIX, LOSS_SCALE_INPUT, LossScalingPass
 from mpcompile.policy import training_ops
 from mpcompile.training.graph_precision import apply_training_precision, plan_training_precision
+from mpcompile.version import __version__
 
 TRAINING_MODEL = "training_model.onnx"
 EVAL_MODEL = "eval_model.onnx"

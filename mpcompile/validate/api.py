@@ -12,7 +12,6 @@ import onnx
 import onnx_ir as ir
 
 from mpcompile import errors
-from mpcompile.analysis.run_memory import check_run_fits
 from mpcompile.evaluate import inputs as model_inputs
 from mpcompile.evaluate.accepted_inputs import run_accepting_inputs
 from mpcompile.evaluate.load_probe import check_survives_loading
@@ -21,6 +20,7 @@ from mpcompile.evaluate.ort_session import (
     import_onnxruntime,
     to_ir_model,
 )
+from mpcompile.evaluate.run_memory import check_run_fits
 from mpcompile.irtools.graphs import model_graphs
 from mpcompile.validate import latency as latency_module
 from mpcompile.validate.compare import OutputComparison, compare_output

@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 
 import onnx_ir as ir
 
-from mpcompile.analysis.shapes import infer_shapes, static_shape
 from mpcompile.evaluate import memory_limit
+from mpcompile.evaluate.shapes import infer_shapes, static_shape
 
 RUN_OVERHEAD = 3
 
