@@ -18,7 +18,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import onnx
@@ -132,6 +132,8 @@ def auto_convert(
     switchboard: bool = True,
     options: ConvertOptions | None = None,
     progress: ProgressCallback | None = None,
+    acceptance: Callable[[ir.Model], str] | None = None,
+    inputs_label: str | None = None,
     **convert_options: Any,
 ) -> AutoResult:
     """Convert ``model`` with the most low-precision FLOPs that keep its outputs within tolerance.
@@ -148,7 +150,10 @@ def auto_convert(
     ``block_ops``/``block_nodes``/policy files still win), and so are Casts from integers to
     float (``measured_casts``: the Cast of a 0/1 attention mask goes to FP16; other integers
     stay FP32); ``static_blocks`` turns both off. ``progress``: called after every evaluation
-    (``mpcompile.auto.progress``: the CLI's progress bar). ``options`` (a ``ConvertOptions``) and the
+    (``mpcompile.auto.progress``: the CLI's progress bar). ``acceptance``: a candidate that meets
+    the criterion passes only if ``acceptance(candidate)`` returns "" (else why not): a folder's
+    greedy generation (``mpcompile.auto.folder``). ``inputs_label``: where ``inputs`` came from,
+    for the record. ``options`` (a ``ConvertOptions``) and the
     other keyword arguments are ``mpcompile.convert`` options, as ``mpcompile.convert`` takes them. ``model`` may also be an ``OpenedConversion``
     (``auto_convert_file``): a model loaded and checked already, searched in place.
     """
@@ -173,8 +178,10 @@ def auto_convert(
         options = dataclasses.replace(options, optimize=None)
     renamed = name_nodes(work)
     feeds, label, specs = resolve_feeds(work, inputs, shapes=shapes, seed=seed)
+    label = inputs_label or label
     evaluator = Evaluator(work, feeds, criterion, options, budget, switchboard=switchboard)
     evaluator.on_evaluation = progress
+    evaluator.acceptance = acceptance
 
     baseline = evaluator.baseline()
     if baseline.already_converted:

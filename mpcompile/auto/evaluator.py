@@ -17,7 +17,7 @@ initializer (candidates) and as a fed input (the switchboard).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -100,6 +100,8 @@ class Evaluator:
         self._reference_session = None  # kept across input retries (no switchboard)
         self._reported: set[ProbeKey] = set()
         self.on_evaluation: progress_events.ProgressCallback | None = None
+        # acceptance(candidate) -> "" or why it fails beyond the outputs (a folder's generation)
+        self.acceptance: Callable[[ir.Model], str] | None = None
 
     @property
     def remaining(self) -> int:
@@ -211,7 +213,7 @@ class Evaluator:
             else:
                 outputs = self._run_faithful(result.model, intermediates)
             probe = Probe(
-                blocked, result, low, share, self._check(outputs), True,
+                blocked, result, low, share, self._accepted(result.model, self._check(outputs)), True,
                 outputs if intermediates else None, on_switchboard=settings is not None, static=static,
             )  # fmt: skip
         self._probes[(blocked, static)] = probe
@@ -258,6 +260,13 @@ class Evaluator:
         self.report(progress_events.CONFIRM, confirmed.fp16_flop_share)
         return confirmed
 
+    def _accepted(self, model: ir.Model, check: CheckResult) -> CheckResult:
+        """``check``, failed when it passed but ``acceptance`` refuses the candidate."""
+        if not check.passed or self.acceptance is None:
+            return check
+        failure = self.acceptance(model)
+        return dataclasses.replace(check, passed=False, failure=failure) if failure else check
+
     def _check(self, outputs: Sequence[Mapping[str, np.ndarray]]) -> CheckResult:
         return self.criterion.check(
             self.reference_outputs, [{n: batch[n] for n in self._output_names} for batch in outputs]
@@ -285,8 +294,9 @@ class Evaluator:
 
     def probe_exact_fp32(self, nodes: Sequence[str]) -> Probe:
         """``nodes`` (every node the policy puts in low precision) FP32: the FP32 model, which
-        equals the reference, so it passes without an evaluation."""
-        blocked = frozenset(nodes)
+        equals the reference, so it passes without an evaluation. The low-precision nodes of
+        subgraphs (If branches, which the search does not address) go FP32 with them."""
+        blocked = frozenset(nodes) | low_precision_nodes(self.convert(frozenset()).model)
         try:
             return self.probe(blocked)
         except BudgetExhausted:  # low-precision tensors left outside the main graph

@@ -51,6 +51,8 @@ class AutoSettings:
     metric: str | None = None
     budget: int = DEFAULT_BUDGET
     static_blocks: bool = False  # keep the core's whole block list FP32 (no measured ops)
+    prompts: pathlib.Path | None = None  # folders: the search's generation prompts (None: generated)
+    new_tokens: int | None = None  # folders: greedy tokens per prompt the search checks
 
 
 def _store(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -107,6 +109,19 @@ def auto_options(command: Callable) -> Callable:
             "the overflow rule leaves values 2x headroom over the largest measured, which for Exp "
             "means inputs only ~0.69 larger.",
         ),
+        click.option(
+            "--prompts",
+            "auto_prompts",
+            type=click.Path(path_type=pathlib.Path),
+            help="--auto on an export folder: token-id prompts, one a line, for the FP32 pipeline run "
+            "that feeds each file and for the greedy-generation check of candidates [default: generated].",
+        ),
+        click.option(
+            "--new-tokens",
+            "auto_new_tokens",
+            type=click.IntRange(min=1),
+            help="--auto on an export folder: greedy tokens per prompt a candidate must reproduce [default: 20].",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -125,7 +140,14 @@ def auto_settings(ctx: click.Context | None = None) -> AutoSettings | None:
     if not values.get("auto"):
         given = [
             f"--{name.removeprefix('auto_')}"
-            for name in ("auto_inputs", "auto_rtol", "auto_atol", "auto_metric")
+            for name in (
+                "auto_inputs",
+                "auto_rtol",
+                "auto_atol",
+                "auto_metric",
+                "auto_prompts",
+                "auto_new_tokens",
+            )
             if values.get(name) is not None
         ]
         if values.get("auto_shapes"):
@@ -146,6 +168,8 @@ def auto_settings(ctx: click.Context | None = None) -> AutoSettings | None:
         metric=values.get("auto_metric"),
         budget=values.get("auto_budget", DEFAULT_BUDGET),
         static_blocks=bool(values.get("auto_static_blocks")),
+        prompts=values.get("auto_prompts"),
+        new_tokens=values.get("auto_new_tokens"),
     )
 
 
@@ -170,6 +194,8 @@ def run_auto_from_cli(
     from mpcompile.auto.progress import ProgressBar
     from mpcompile.evaluate.inputs import parse_shape_options
 
+    if settings.prompts is not None or settings.new_tokens is not None:
+        raise click.UsageError("--prompts and --new-tokens: only for --auto on an export folder")
     if report_path is not None:
         from mpcompile.report import format_for_path
 

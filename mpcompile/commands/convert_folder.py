@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -96,24 +96,28 @@ def convert_folder_from_cli(
 
 
 def _auto_converter(settings: Any):
-    """``convert_folder``'s ``convert_one`` for ``--auto``: the per-file search, as for one file."""
-    from mpcompile.auto.api import auto_convert_file
+    """``convert_folder``'s ``convert_one`` for ``--auto``: the per-file search on feeds captured
+    from the FP32 pipeline, accepted only where greedy generation holds (``auto.folder``)."""
+    from mpcompile.auto.folder import FolderAuto, GenerationSettings, prompts_from_file
     from mpcompile.evaluate.inputs import parse_shape_options
 
-    def convert(source: pathlib.Path, target: pathlib.Path, file_options: Mapping[str, Any]) -> Any:
-        return auto_convert_file(
-            source,
-            target,
-            shapes=parse_shape_options(settings.shapes),
-            rtol=settings.rtol,
-            atol=settings.atol,
-            metric=settings.metric,
-            budget=settings.budget,
-            static_blocks=settings.static_blocks,
-            **file_options,
+    generation = GenerationSettings()
+    if settings.prompts is not None:
+        prompts = prompts_from_file(settings.prompts)
+        generation = dataclasses.replace(
+            generation, prompts=prompts, prompts_source=f"--prompts {settings.prompts}"
         )
-
-    return convert
+    if settings.new_tokens is not None:
+        generation = dataclasses.replace(generation, new_tokens=settings.new_tokens)
+    auto_options = {
+        "shapes": parse_shape_options(settings.shapes),
+        "rtol": settings.rtol,
+        "atol": settings.atol,
+        "metric": settings.metric,
+        "budget": settings.budget,
+        "static_blocks": settings.static_blocks,
+    }
+    return FolderAuto(auto_options, generation)
 
 
 def print_folder_summary(result) -> None:

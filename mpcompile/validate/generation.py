@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,10 @@ _ELEMENT_TYPES.update({7: "tensor(int64)", 6: "tensor(int32)", 9: "tensor(bool)"
 _FLOAT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)")
 PAST = "past_key_values."
 PRESENT = "present."
+
+
+# record(file, step, feeds): called with every run's feeds (``Generator.generate``)
+Recorder = Callable[[str, int, Mapping[str, np.ndarray]], None]
 
 
 class GenerationError(ValueError):
@@ -153,21 +157,26 @@ class Generator:
         threads: int = 1,
         faithful: bool = False,
     ) -> None:
-        import onnxruntime as ort
-
         self.folder = pathlib.Path(folder)
         self.layout = detect_layout(self.folder, merged)
-        if faithful:
-            self.sessions = {name: _FaithfulSession(self.folder / name) for name in self.layout.files}
-            return
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
         self.sessions = {
-            name: ort.InferenceSession(str(self.folder / name), options, providers=list(providers))
+            name: open_session(self.folder / name, faithful=faithful, providers=providers, threads=threads)
             for name in self.layout.files
         }
+
+    @classmethod
+    def from_sessions(
+        cls, folder: str | pathlib.Path, layout: ExportLayout, sessions: Mapping[str, Any]
+    ) -> Generator:
+        """A generator over sessions opened elsewhere (``open_session``), one per file of ``layout``;
+        ``folder`` still gives the config files (``decoder_start_token_id``)."""
+        missing = [name for name in layout.files if name not in sessions]
+        if missing:
+            raise GenerationError(f"no session for {', '.join(missing)}")
+        generator = cls.__new__(cls)
+        generator.folder, generator.layout = pathlib.Path(folder), layout
+        generator.sessions = {name: sessions[name] for name in layout.files}
+        return generator
 
     def declared_float_io(self) -> dict[str, str]:
         """``{"file:name": ONNX type}`` of every float input and output of the loop's graphs."""
@@ -191,19 +200,27 @@ class Generator:
         )
 
     def generate(
-        self, prompt: Sequence[int], new_tokens: int, forced: Sequence[int] | None = None
+        self,
+        prompt: Sequence[int],
+        new_tokens: int,
+        forced: Sequence[int] | None = None,
+        *,
+        record: Recorder | None = None,
+        expected: Sequence[int] | None = None,
     ) -> Generation:
         """``new_tokens`` greedy tokens after ``prompt`` (token ids, one sequence).
 
         ``forced``: feed these tokens instead of the argmax (teacher forcing, to read the logits
         on another run's context); the result's tokens are still the argmax of each step.
+        ``record(file, step, feeds)`` sees every run's feeds. ``expected``: stop after the first
+        token that differs from it (the result is then shorter than ``new_tokens``).
         """
         if not len(prompt):
             raise GenerationError("the prompt is empty")
         if forced is not None and len(forced) < new_tokens:
             raise GenerationError(f"{len(forced)} forced tokens for {new_tokens} steps")
         ids = np.asarray(prompt, dtype=np.int64)[None, :]
-        loop = _Loop(self.sessions, forced)
+        loop = _Loop(self.sessions, forced, record, expected)
         if self.layout.kind == DECODER_ONLY:
             return loop.decoder_only(self.layout, ids, new_tokens)
         return loop.encoder_decoder(self.layout, ids, new_tokens, self.decoder_start_token_id())
@@ -212,9 +229,18 @@ class Generator:
 class _Loop:
     """One generation: runs the sessions, checks the dtypes of chained values, records float IO."""
 
-    def __init__(self, sessions: Mapping[str, Any], forced: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        sessions: Mapping[str, Any],
+        forced: Sequence[int] | None = None,
+        record: Recorder | None = None,
+        expected: Sequence[int] | None = None,
+    ) -> None:
         self.sessions = sessions
         self.forced = forced
+        self.record = record
+        self.expected = expected
+        self.step = 0
         self.float_io: dict[str, str] = {}
         self.origins: dict[str, str] = {}  # chained input -> "file:output" it comes from
 
@@ -224,6 +250,7 @@ class _Loop:
         tokens: list[int] = []
         logits: list[np.ndarray] = []
         for step in range(new_tokens):
+            self.step = step
             file = layout.first if step == 0 else layout.later
             total = sequence.shape[1]
             current = sequence[:, -1:] if step > 0 and self._has_past(file) else sequence
@@ -236,6 +263,8 @@ class _Loop:
             }
             outputs = self.run(file, made, cache)
             token = self._next_token(outputs, logits, tokens, step)
+            if self._diverged(tokens):
+                break
             self._update_cache(cache, outputs, keep_encoder=False)
             sequence = np.concatenate([sequence, np.array([[token]], np.int64)], axis=1)
         return Generation(tuple(tokens), tuple(logits), dict(self.float_io))
@@ -255,6 +284,7 @@ class _Loop:
         tokens: list[int] = []
         logits: list[np.ndarray] = []
         for step in range(new_tokens):
+            self.step = step
             file = layout.first if step == 0 else layout.later
             current = sequence[:, -1:] if step > 0 and self._has_past(file) else sequence
             made = {
@@ -264,9 +294,15 @@ class _Loop:
             }
             outputs = self.run(file, made, {**cache, **chained})
             token = self._next_token(outputs, logits, tokens, step)
+            if self._diverged(tokens):
+                break
             self._update_cache(cache, outputs, keep_encoder=True)
             sequence = np.concatenate([sequence, np.array([[token]], np.int64)], axis=1)
         return Generation(tuple(tokens), tuple(logits), dict(self.float_io))
+
+    def _diverged(self, tokens: Sequence[int]) -> bool:
+        """True when the last token differs from ``expected`` (then the loop stops)."""
+        return self.expected is not None and tokens[-1] != self.expected[len(tokens) - 1]
 
     def _has_past(self, file: str) -> bool:
         """True when ``file`` takes a KV cache (then it is fed only the newest token)."""
@@ -286,7 +322,7 @@ class _Loop:
             dtype = _numpy_type(file, value.name, value.type)
             if value.name in chained:
                 array = chained[value.name]
-                if array.dtype != dtype:
+                if array.dtype != dtype and not getattr(session, "casts_feeds", False):
                     origin = self.origins.get(value.name, value.name.replace(PAST, PRESENT, 1))
                     raise GenerationError(
                         f"{file}: input {value.name} is declared {value.type} but {origin} comes out "
@@ -300,6 +336,8 @@ class _Loop:
                 raise GenerationError(f"{file}: the generation loop has nothing to feed input {value.name}")
             feeds[value.name] = array
             self._record(file, value.name, array)
+        if self.record is not None:
+            self.record(file, self.step, feeds)
         names = [value.name for value in session.get_outputs()]
         outputs = dict(zip(names, session.run(names, feeds), strict=True))
         for name, array in outputs.items():
@@ -342,19 +380,44 @@ class _ValueInfo:
     shape: list[Any]
 
 
+def open_session(
+    model: pathlib.Path | Any,
+    *,
+    faithful: bool = False,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    threads: int = 1,
+) -> Any:
+    """A session the loop runs: ``model`` (a path, or an ``ir.Model`` when ``faithful``) in plain
+    ONNX Runtime, or its FP16-faithful evaluation."""
+    if faithful:
+        return _FaithfulSession(model)
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(model), options, providers=list(providers))
+
+
 class _FaithfulSession:
     """An ``InferenceSession``-like view of the FP16-faithful evaluation of one graph: the graph's
     declared inputs and outputs, and outputs with their declared dtypes, GPU-rounded."""
 
-    def __init__(self, path: pathlib.Path) -> None:
+    def __init__(self, model: pathlib.Path | Any) -> None:
         import onnx
 
         from mpcompile.evaluate.faithful import FaithfulSession
 
-        graph = onnx.load(str(path), load_external_data=False).graph
-        self._inputs = [_value_info(value) for value in graph.input]
-        self._outputs = [_value_info(value) for value in graph.output]
-        self._session = FaithfulSession(str(path))
+        if isinstance(model, pathlib.Path):
+            graph = onnx.load(str(model), load_external_data=False).graph
+            self._inputs = [_value_info(value) for value in graph.input]
+            self._outputs = [_value_info(value) for value in graph.output]
+            self._session = FaithfulSession(str(model))
+            return
+        self._inputs = [_ir_value_info(value) for value in model.graph.inputs]
+        self._outputs = [_ir_value_info(value) for value in model.graph.outputs]
+        self._session = FaithfulSession(model)
 
     def get_inputs(self) -> list[_ValueInfo]:
         return self._inputs
@@ -373,6 +436,14 @@ def _value_info(value: Any) -> _ValueInfo:
     return _ValueInfo(
         value.name, _ELEMENT_TYPES.get(tensor.elem_type, f"element type {tensor.elem_type}"), shape
     )
+
+
+def _ir_value_info(value: Any) -> _ValueInfo:
+    """``_value_info`` of an onnx-ir value (its dtype and shape as ONNX Runtime would report them)."""
+    dtype = value.dtype
+    name = _ELEMENT_TYPES.get(int(dtype), f"element type {int(dtype)}") if dtype is not None else "unknown"
+    shape = [] if value.shape is None else [dim if isinstance(dim, int) else str(dim) for dim in value.shape]
+    return _ValueInfo(value.name, name, shape)
 
 
 def _numpy_type(file: str, name: str, onnx_type: str) -> Any:

@@ -1,0 +1,121 @@
+"""``--auto`` on an export folder: each file searched on feeds captured from the FP32 pipeline, and a
+candidate accepted only if the folder still generates FP32's greedy tokens.
+
+For every directory of the folder holding a generation layout (``validate.generation``), one FP32
+run of the whole pipeline (``validate.pipeline.capture_pipeline``) gives each file its feeds (the
+encoder's real outputs for the decoder, real KV caches from a prefix) and FP32's greedy tokens on
+the search prompts. The files are then searched one at a time, in the folder's order; a candidate
+of the file being searched that meets the per-file criterion is also run in the assembled folder
+(the other files at their current best: accepted conversions, or FP32 before their turn) and passes
+only if its greedy tokens equal FP32's. The generation check runs only at those acceptance points
+(at most one per evaluation, each at most ``prompts x new_tokens`` decoder steps, stopping at the
+first differing token), so its cost grows with the budget, not with the square of the files.
+Files outside any layout are searched on generated inputs, as alone. Without ``--rtol``,
+``--atol`` or ``--metric``, the files generation judges are held to ``PIPELINE_METRIC``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mpcompile.validate import generation, pipeline
+
+# The per-file criterion of a file the generation check judges, when none is given: greedy
+# tokens judge the task, the cosine of every output (logits, KV caches, hidden states) guards the
+# values; an elementwise tolerance would keep FP32 whatever large logits round beyond 1e-2.
+PIPELINE_METRIC = "cosine:0.999"
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationSettings:
+    """The prompts the search generates on (None: generated from ``seed``) and how many tokens."""
+
+    prompts: tuple[tuple[int, ...], ...] | None = None
+    prompts_source: str = ""
+    new_tokens: int = pipeline.DEFAULT_NEW_TOKENS
+    seed: int = pipeline.DEFAULT_SEED
+
+
+class FolderAuto:
+    """``convert_folder``'s ``convert_one`` for ``--auto`` (see the module docstring).
+
+    ``auto_options``: ``auto_convert_file``'s keyword arguments, the same for every file."""
+
+    def __init__(self, auto_options: Mapping[str, Any], settings: GenerationSettings | None = None) -> None:
+        self.auto_options = dict(auto_options)
+        self.settings = settings or GenerationSettings()
+        self._pipelines: dict[
+            pathlib.Path, tuple[pipeline.PipelineCapture, pipeline.GenerationJudge] | None
+        ] = {}
+        self.notes: dict[pathlib.Path, str] = {}  # directory -> why it gets no generation check
+
+    def __call__(self, source: pathlib.Path, target: pathlib.Path, file_options: Mapping[str, Any]) -> Any:
+        from mpcompile.auto.api import auto_convert_file
+
+        found = self._pipeline(source.parent)
+        if found is None or source.name not in found[0].feeds:
+            result = auto_convert_file(source, target, **self.auto_options, **file_options)
+            if source.parent in self.notes:
+                result.convert_result.notes.append(self.notes[source.parent])
+            return result
+        capture, judge = found
+        file = source.name
+        options = dict(self.auto_options)
+        if all(options.get(name) is None for name in ("rtol", "atol", "metric")):
+            options["metric"] = PIPELINE_METRIC
+        result = auto_convert_file(
+            source,
+            target,
+            **options,
+            **file_options,
+            inputs=capture.feeds[file],
+            inputs_label=capture.label(file),
+            acceptance=lambda candidate: judge.check(file, candidate),
+        )
+        checks, failures = judge.checks, judge.failures
+        judge.checks = judge.failures = 0
+        note = (
+            f"greedy generation checked on {checks} candidate(s) that met the criterion "
+            f"({len(capture.prompts)} prompt(s) x {capture.new_tokens} tokens); {failures} refused"
+        )
+        result.notes.append(note)
+        result.convert_result.notes.append(note)
+        if result.passed:  # a failed search leaves the file FP32 for the later files' checks
+            judge.accept(file, target)
+        return result
+
+    def _pipeline(
+        self, directory: pathlib.Path
+    ) -> tuple[pipeline.PipelineCapture, pipeline.GenerationJudge] | None:
+        """The FP32 capture and judge of ``directory`` (captured once); None when not generative."""
+        if directory not in self._pipelines:
+            self._pipelines[directory] = None
+            try:
+                capture = pipeline.capture_pipeline(
+                    directory,
+                    prompts=self.settings.prompts,
+                    prompts_source=self.settings.prompts_source,
+                    new_tokens=self.settings.new_tokens,
+                    seed=self.settings.seed,
+                )
+            except generation.NotGenerativeError:
+                return None
+            except Exception as error:  # e.g. ORT refusing a file: its own search reports it
+                first_line = (
+                    str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                )
+                self.notes[directory] = f"no generation check, files searched alone ({first_line})"
+                return None
+            self._pipelines[directory] = (capture, pipeline.GenerationJudge(capture))
+        return self._pipelines[directory]
+
+
+def prompts_from_file(path: str | pathlib.Path) -> tuple[tuple[int, ...], ...]:
+    """``--prompts FILE``: token-id prompts, one a line (``validate``'s format)."""
+    from mpcompile.validate.generative import read_prompts
+
+    prompts: Sequence[tuple[int, ...]] = read_prompts(path)
+    return tuple(prompts)
