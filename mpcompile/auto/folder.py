@@ -21,6 +21,7 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mpcompile import errors
 from mpcompile.validate import generation, pipeline
 
 # The per-file criterion of a file the generation check judges, when none is given: greedy
@@ -103,6 +104,8 @@ class FolderAuto:
                 )
             except generation.NotGenerativeError:
                 return None
+            except errors.MpcompileError:  # --prompts the vocabulary does not hold
+                raise
             except Exception as error:  # e.g. ORT refusing a file: its own search reports it
                 first_line = (
                     str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+from typing import Any
 
 import click
 
@@ -53,6 +54,13 @@ FORMAT_CHOICES = ("table", "json", "csv", "html")
     type=click.Path(path_type=str),
     help=".npz feeds (or a folder of them: the first is used) for --numerics; default: generated.",
 )
+@click.option(
+    "--prompts",
+    "prompts_path",
+    type=click.Path(path_type=pathlib.Path),
+    help="A generative export folder with --numerics: token-id prompts, one a line, for the FP32 "
+    "pipeline run whose feeds each file is measured on [default: generated].",
+)
 @click.option("--sort", type=click.Choice(SORT_NAMES), default="order", show_default=True, help="Row order.")
 @click.option("--op", "ops", multiple=True, help="Only rows of this op type (repeatable).")
 @click.option(
@@ -70,6 +78,7 @@ def report_command(
     shapes: tuple[str, ...],
     numerics: bool,
     inputs: str | None,
+    prompts_path: pathlib.Path | None,
     sort: str,
     ops: tuple[str, ...],
     precisions: tuple[str, ...],
@@ -85,9 +94,21 @@ def report_command(
     view = ReportView(ops=ops, precisions=precisions, top=top, sort=sort)
     if os.path.isdir(model):
         report_folder(
-            model, fmt, output, original, shapes=shapes, numerics=numerics, inputs=inputs, view=view
+            model,
+            fmt,
+            output,
+            original,
+            shapes=shapes,
+            numerics=numerics,
+            inputs=inputs,
+            view=view,
+            prompts=prompts_path,
         )
         return
+    if prompts_path is not None:
+        from mpcompile import errors
+
+        raise errors.UsageError("--prompts: only for a folder MODEL with --numerics")
     if output:
         from mpcompile.io import overwrite_guard
 
@@ -126,11 +147,14 @@ def report_folder(
     numerics: bool,
     inputs: str | None,
     view,
+    prompts: pathlib.Path | None = None,
 ) -> None:
     """``report FOLDER``: each model's audit, in file order. On the terminal: one table per model
     (or one JSON document with a ``files`` list); with ``-o OUT``: the folder OUT, one report per
     model named after it (``decoder_model.onnx`` -> ``decoder_model.html``; format from ``--format``,
-    default html). ``--compare`` takes the FP32 folder, its models paired by name."""
+    default html). ``--compare`` takes the FP32 folder, its models paired by name. With
+    ``numerics``, the files of a generation pipeline are measured on feeds captured from a run of
+    the whole pipeline (the ``--compare`` folder's, else this one's: ``validate.pipeline``)."""
     from mpcompile import errors
     from mpcompile.io.export_folder import model_paths, refuse_output_in_input
     from mpcompile.report import build_report, render, write_text_atomic
@@ -159,9 +183,21 @@ def report_folder(
         refuse_output_in_input(pathlib.Path(folder), pathlib.Path(output))
         if os.path.exists(output) and not os.path.isdir(output):
             raise errors.OutputNotWritableError(f"{output}: exists and is not a folder")
+    if prompts is not None and not numerics:
+        raise errors.UsageError("--prompts: only with --numerics")
+    captured = pipeline_feeds(models, originals, prompts) if numerics else {}
     documents = []
     for name, path in models.items():
-        audit = build_report(path, original=originals.get(name), shapes=shapes, numerics=numerics, name=name)
+        feeds, label = captured.get(name, (None, None))
+        audit = build_report(
+            path,
+            original=originals.get(name),
+            shapes=shapes,
+            numerics=numerics,
+            name=name,
+            feeds=feeds,
+            inputs_label=label,
+        )
         if output is not None:
             target = pathlib.Path(output) / (name.removesuffix(".onnx") + EXTENSIONS[fmt])
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -177,6 +213,41 @@ def report_folder(
             documents.append({"file": name, "report": json.loads(render(audit, "json", view))})
     if output is None and fmt == "json":
         click.echo(json.dumps({"folder": folder, "files": documents}, indent=2))
+
+
+def pipeline_feeds(
+    models: dict[str, pathlib.Path], originals: dict[str, pathlib.Path], prompts: pathlib.Path | None
+) -> dict[str, tuple[dict[str, Any], str]]:
+    """Per model of a generation pipeline: its feeds from the pipeline's run (the latest run of
+    the last prompt: a decoder with past gets the longest real KV cache) and their label. The
+    pipeline runs in the ``--compare`` folder when given (FP32), else in the reported one."""
+    from mpcompile.validate import generation, generative, pipeline
+
+    given = generative.read_prompts(prompts) if prompts is not None else None
+    source = originals or models
+    captured: dict[str, tuple[dict[str, Any], str]] = {}
+    directories = dict.fromkeys(path.parent for path in source.values())
+    for directory in directories:
+        try:
+            capture = pipeline.capture_pipeline(
+                directory, prompts=given, prompts_source=f"--prompts {prompts}" if prompts else ""
+            )
+        except generation.NotGenerativeError:
+            continue
+        except generation.GenerationError:
+            continue  # the files are measured one by one, on generated inputs
+        for name, path in source.items():
+            batches = capture.feeds.get(path.name) if path.parent == directory else None
+            if batches:
+                captured[name] = (
+                    batches[-1],
+                    f"{capture.label(path.name)}, run of {directory}; the last batch",
+                )
+    if prompts is not None and not captured:
+        from mpcompile import errors
+
+        raise errors.UsageError(f"--prompts: no generative export folder in {next(iter(directories))}")
+    return captured
 
 
 def _console():

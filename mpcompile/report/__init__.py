@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import os
 import pathlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from mpcompile.analysis.audit import ModelAudit, ModelLike, NodeAudit, audit_model
 from mpcompile.evaluate.shapes import ReportOptionError, ShapeSpec
 from mpcompile.report.view import ReportView
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "FORMATS",
@@ -43,15 +48,20 @@ def build_report(
     numerics: bool = False,
     inputs: str | os.PathLike | None = None,
     name: str | None = None,
+    feeds: Mapping[str, np.ndarray] | None = None,
+    inputs_label: str | None = None,
 ) -> ModelAudit:
     """Audit ``model``; with ``original``, add before/after columns; with ``numerics``, run both.
 
     ``model``/``original``: path, ``onnx.ModelProto`` or ``ir.Model`` (never modified).
     ``shapes``: ``["input:1x128", "seq=256"]`` for symbolic dims (see ``mpcompile.evaluate.shapes``).
-    ``inputs``: an .npz of feeds for ``numerics``; generated when None.
+    ``inputs``: an .npz of feeds for ``numerics``; generated when None. ``feeds``: the arrays
+    themselves instead (a folder's captured pipeline feeds), described by ``inputs_label``.
     """
     spec = shapes if isinstance(shapes, ShapeSpec) else ShapeSpec.parse(shapes)
-    if numerics and inputs is not None:  # the arrays are read only once the run is known to fit
+    if numerics and feeds is not None:
+        spec.feed_shapes = {name: tuple(array.shape) for name, array in feeds.items()}
+    elif numerics and inputs is not None:  # the arrays are read only once the run is known to fit
         from mpcompile.evaluate.inputs import input_shapes
 
         spec.feed_shapes = input_shapes(inputs)
@@ -71,8 +81,9 @@ def build_report(
             audit.model,
             original=original_audit.model if original_audit else None,
             original_audit=original_audit,
+            feeds=feeds,
             inputs=inputs,
-            inputs_label=os.fspath(inputs) if inputs is not None else None,
+            inputs_label=inputs_label or (os.fspath(inputs) if inputs is not None else None),
         )
     return audit
 
