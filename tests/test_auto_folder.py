@@ -55,9 +55,7 @@ def _encoder(rng: np.random.Generator) -> onnx.ModelProto:
     )
 
 
-def _decoder(rng: np.random.Generator) -> onnx.ModelProto:
-    """``logits = Gather(D, ids) @ W3 + ReduceMean(encoder_hidden_states @ W1) @ W2``: the first
-    MatMul reaches ~1e5 on the encoder's real outputs, ~1e2 on N(0, 1) ones."""
+def _decoder_weights(rng: np.random.Generator) -> list[onnx.TensorProto]:
     arrays = {
         "W1": rng.normal(size=(HIDDEN, HIDDEN)) * 8,
         "W2": rng.normal(size=(HIDDEN, VOCAB)) * 1e-4,
@@ -66,25 +64,57 @@ def _decoder(rng: np.random.Generator) -> onnx.ModelProto:
     }
     initializers = [numpy_helper.from_array(a.astype(np.float32), name) for name, a in arrays.items()]
     initializers.append(helper.make_tensor("axis_1", TensorProto.INT64, [1], [1]))
+    return initializers
+
+
+def _decoder_nodes(logits: str = "logits") -> list[onnx.NodeProto]:
+    """``logits = Gather(D, ids) @ W3 + ReduceMean(encoder_hidden_states @ W1) @ W2``: the first
+    MatMul reaches ~1e5 on the encoder's real outputs, ~1e2 on N(0, 1) ones. Named nodes, as an
+    exporter writes them: a merged decoder's branches repeat the names."""
+    return [
+        helper.make_node("MatMul", ["encoder_hidden_states", "W1"], ["large"], name="/large/MatMul"),
+        helper.make_node("ReduceMean", ["large", "axis_1"], ["pooled"], keepdims=1, name="/pool/ReduceMean"),
+        helper.make_node("MatMul", ["pooled", "W2"], ["from_encoder"], name="/from_encoder/MatMul"),
+        helper.make_node("Gather", ["D", "input_ids"], ["embedded"], name="/embed/Gather"),
+        helper.make_node("MatMul", ["embedded", "W3"], ["from_ids"], name="/from_ids/MatMul"),
+        helper.make_node("Add", ["from_ids", "from_encoder"], [logits], name="/logits/Add"),
+    ]
+
+
+_DECODER_INPUTS = [
+    helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "target"]),
+    helper.make_tensor_value_info("encoder_hidden_states", TensorProto.FLOAT, [1, "sequence", HIDDEN]),
+    helper.make_tensor_value_info("encoder_attention_mask", TensorProto.INT64, [1, "sequence"]),
+]
+_LOGITS = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "target", VOCAB])
+
+
+def _decoder(rng: np.random.Generator) -> onnx.ModelProto:
+    return _model(_decoder_nodes(), "decoder", _DECODER_INPUTS, [_LOGITS], _decoder_weights(rng))
+
+
+def _merged_decoder(rng: np.random.Generator) -> onnx.ModelProto:
+    """optimum's merged layout: ``If(use_cache_branch)`` whose two branches are the decoder."""
+    branches = [
+        helper.make_graph(
+            _decoder_nodes("branch_logits"),
+            name,
+            [],
+            [helper.make_tensor_value_info("branch_logits", TensorProto.FLOAT, None)],
+        )
+        for name in ("with_past", "without_past")
+    ]
+    use_cache = helper.make_tensor_value_info("use_cache_branch", TensorProto.BOOL, [1])
     return _model(
         [
-            helper.make_node("MatMul", ["encoder_hidden_states", "W1"], ["large"]),
-            helper.make_node("ReduceMean", ["large", "axis_1"], ["pooled"], keepdims=1),
-            helper.make_node("MatMul", ["pooled", "W2"], ["from_encoder"]),
-            helper.make_node("Gather", ["D", "input_ids"], ["embedded"]),
-            helper.make_node("MatMul", ["embedded", "W3"], ["from_ids"]),
-            helper.make_node("Add", ["from_ids", "from_encoder"], ["logits"]),
+            helper.make_node(
+                "If", ["use_cache_branch"], ["logits"], then_branch=branches[0], else_branch=branches[1]
+            )
         ],
-        "decoder",
-        [
-            helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "target"]),
-            helper.make_tensor_value_info(
-                "encoder_hidden_states", TensorProto.FLOAT, [1, "sequence", HIDDEN]
-            ),
-            helper.make_tensor_value_info("encoder_attention_mask", TensorProto.INT64, [1, "sequence"]),
-        ],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "target", VOCAB])],
-        initializers,
+        "merged",
+        [*_DECODER_INPUTS, use_cache],
+        [_LOGITS],
+        _decoder_weights(rng),
     )
 
 
@@ -96,6 +126,20 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     rng = np.random.default_rng(0)
     onnx.save_model(_encoder(rng), path / "encoder_model.onnx")
     onnx.save_model(_decoder(rng), path / "decoder_model.onnx")
+    (path / "config.json").write_text(json.dumps({"vocab_size": VOCAB, "decoder_start_token_id": 0}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def merged_folder(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """The toy folder in optimum's merged layout: encoder, decoder, decoder-with-past (the same
+    graph: the toy has no cache) and the merged decoder."""
+    path = tmp_path_factory.mktemp("toy") / "merged"
+    path.mkdir()
+    onnx.save_model(_encoder(np.random.default_rng(0)), path / "encoder_model.onnx")
+    for name in ("decoder_model.onnx", "decoder_with_past_model.onnx"):
+        onnx.save_model(_decoder(np.random.default_rng(1)), path / name)
+    onnx.save_model(_merged_decoder(np.random.default_rng(1)), path / "decoder_model_merged.onnx")
     (path / "config.json").write_text(json.dumps({"vocab_size": VOCAB, "decoder_start_token_id": 0}))
     return path
 
@@ -115,9 +159,9 @@ def _validate(capsys, reference: pathlib.Path, candidate: pathlib.Path, *extra: 
     return code, json.loads(captured.out)
 
 
-def _large_matmul_precision(path: pathlib.Path) -> str:
+def _large_matmul_precision(path: pathlib.Path, file: str = "decoder_model.onnx") -> str:
     """The precision the decoder's first MatMul runs in (the type of its output)."""
-    model = ir.load(path / "decoder_model.onnx")
+    model = ir.load(path / file)
     (node,) = [n for n in model.graph if n.op_type == "MatMul" and "W1" in [v.name for v in n.inputs]]
     return "fp16" if node.outputs[0].dtype == ir.DataType.FLOAT16 else "fp32"
 
@@ -178,6 +222,45 @@ def test_auto_on_a_folder_keeps_generation(folder: pathlib.Path, tmp_path: pathl
     assert code == 0 and document["generation"]["passed"]
     agreement = [row["token_agreement"] for row in document["generation"]["layouts"][0]["prompts"]]
     assert agreement == [1.0, 1.0]
+
+
+def _branch_matmuls(path: pathlib.Path) -> dict[str, str]:
+    """Precision of each MatMul in the merged decoder's branches, by name (suffixes dropped)."""
+    model = ir.load(path / "decoder_model_merged.onnx")
+    (node,) = model.graph
+    found = {}
+    for branch in node.attributes.values():
+        for inner in branch.as_graph():
+            if inner.op_type == "MatMul":
+                low = inner.outputs[0].dtype == ir.DataType.FLOAT16
+                found[f"{branch.name}:{inner.name.split('__')[0]}"] = "fp16" if low else "fp32"
+    return found
+
+
+def test_auto_on_a_merged_decoder_takes_its_branches_decisions(
+    merged_folder: pathlib.Path, tmp_path: pathlib.Path, capsys
+) -> None:
+    """The search cannot measure the merged decoder's If branches; it keeps FP32 in them what the
+    decoder and decoder-with-past searches kept FP32, instead of falling back to an FP32 file."""
+    plain = tmp_path / "plain"
+    assert main(["convert", str(merged_folder), "-o", str(plain), "-q"]) == 0
+    assert set(_branch_matmuls(plain).values()) == {"fp16"}
+    code, _ = _validate(capsys, merged_folder, plain, "--new-tokens", str(NEW_TOKENS))
+    assert code == 1
+    output = tmp_path / "auto"
+    arguments = ["convert", str(merged_folder), "-o", str(output), "--auto", "--new-tokens", str(NEW_TOKENS)]
+    assert main([*arguments, "-q"]) == 0, capsys.readouterr().err
+    expected = {"/large/MatMul": "fp32", "/from_encoder/MatMul": "fp32", "/from_ids/MatMul": "fp16"}
+    for branch in ("then_branch", "else_branch"):
+        assert {name: _branch_matmuls(output)[f"{branch}:{name}"] for name in expected} == expected
+    for name in ("decoder_model.onnx", "decoder_with_past_model.onnx"):
+        assert _large_matmul_precision(output, name) == "fp32"
+    record = json.loads(ir.load(output / "decoder_model_merged.onnx").metadata_props["mpcompile.auto"])
+    assert record["passed"] and record["fp16_flop_share"] > 0
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(UNSEEN_PROMPTS)
+    code, document = _validate(capsys, merged_folder, output, "--new-tokens", "10", "--prompts", str(prompts))
+    assert code == 0 and len(document["generation"]["layouts"]) == 2
 
 
 def test_auto_refuses_prompts_outside_the_vocabulary(

@@ -157,7 +157,8 @@ class Evaluator:
         conversion (checked, dumped); ``static``: with the core's static block list, as plain
         convert (no measured ops or Casts). The user's ``block_nodes`` still win."""
         decisions = decisions or {}
-        overrides = {name: decisions.get(name, KEPT_BY_SEARCH) for name in sorted(blocked)}
+        overrides = dict(self.options.node_overrides)  # decisions given beforehand (a folder's)
+        overrides.update((name, decisions.get(name, KEPT_BY_SEARCH)) for name in sorted(blocked))
         dump_dir = self.dump_dir if verify else None
         options = (
             dataclasses.replace(self.options, measured_ops=(), measured_casts=False)
