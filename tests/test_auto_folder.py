@@ -1,5 +1,5 @@
 """Feeds captured from the FP32 pipeline: ``convert FOLDER --auto`` and ``report FOLDER --numerics``
-(mpcompile/validate/pipeline.py, mpcompile/auto/folder.py, mpcompile/commands/report.py).
+(mpcompile/validate/pipeline.py, mpcompile/commands/auto_folder.py, mpcompile/commands/report.py).
 
 The toy encoder-decoder is built in code: its encoder emits values of a few thousand, and the
 decoder's first MatMul multiplies them to ~1e5, beyond FP16's 65504. On the N(0, 1)

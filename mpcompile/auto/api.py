@@ -152,7 +152,7 @@ def auto_convert(
     stay FP32); ``static_blocks`` turns both off. ``progress``: called after every evaluation
     (``mpcompile.auto.progress``: the CLI's progress bar). ``acceptance``: a candidate that meets
     the criterion passes only if ``acceptance(candidate)`` returns "" (else why not): a folder's
-    greedy generation (``mpcompile.auto.folder``). ``inputs_label``: where ``inputs`` came from,
+    greedy generation (``mpcompile.commands.auto_folder``). ``inputs_label``: where ``inputs`` came from,
     for the record. ``options`` (a ``ConvertOptions``) and the
     other keyword arguments are ``mpcompile.convert`` options, as ``mpcompile.convert`` takes them. ``model`` may also be an ``OpenedConversion``
     (``auto_convert_file``): a model loaded and checked already, searched in place.

@@ -97,8 +97,8 @@ def convert_folder_from_cli(
 
 def _auto_converter(settings: Any):
     """``convert_folder``'s ``convert_one`` for ``--auto``: the per-file search on feeds captured
-    from the FP32 pipeline, accepted only where greedy generation holds (``auto.folder``)."""
-    from mpcompile.auto.folder import FolderAuto, GenerationSettings, prompts_from_file
+    from the FP32 pipeline, accepted only where greedy generation holds (``commands.auto_folder``)."""
+    from mpcompile.commands.auto_folder import FolderAuto, GenerationSettings, prompts_from_file
     from mpcompile.evaluate.inputs import parse_shape_options
 
     generation = GenerationSettings()

@@ -10,7 +10,8 @@ of the file being searched that meets the per-file criterion is also run in the 
 only if its greedy tokens equal FP32's. The generation check runs only at those acceptance points
 (at most one per evaluation, each at most ``prompts x new_tokens`` decoder steps, stopping at the
 first differing token), so its cost grows with the budget, not with the square of the files.
-Files outside any layout are searched on generated inputs, as alone. Without ``--rtol``,
+It lives above ``auto`` and ``validate`` (peers that do not import each other), as the CLI
+command that joins them. Files outside any layout are searched on generated inputs, as alone. Without ``--rtol``,
 ``--atol`` or ``--metric``, the files generation judges are held to ``PIPELINE_METRIC``.
 
 A merged decoder holds the whole decoder inside an ``If`` whose branches the search cannot measure
