@@ -128,7 +128,12 @@ def markdown(rows: Sequence[Row], command: str, seconds: float) -> str:
         "token that differs from the FP32 folder's, worst prompt of every layout (merged decoder and "
         "decoder / decoder-with-past pair), on each corpus entry's own prompts (`--auto` searches on "
         "prompts it generates with another seed); low-precision outputs run FP16-faithfully on the CPU. "
-        "FP16 FLOPs: heavy FLOPs (MatMul, Gemm, Conv, attention) in FP16 over all files.",
+        "FP16 FLOPs: heavy FLOPs (MatMul, Gemm, Conv, attention) in FP16 over all files. "
+        "Token agreement 1.00 is what `mpcompile validate` requires by default (exit 0).",
+        "",
+        *acceptance(rows),
+        "",
+        gpu_line(),
         "",
         "| folder | mode | exit | FP16 FLOPs | token agreement | first divergence | judge | time (s) |",
         "|---|---|---|---|---|---|---|---|",
@@ -145,6 +150,40 @@ def markdown(rows: Sequence[Row], command: str, seconds: float) -> str:
         )
     lines.append(END)
     return "\n".join(lines)
+
+
+def acceptance(rows: Sequence[Row]) -> list[str]:
+    """Issue 22's checks on the table: ``--auto`` generates FP32's tokens on every folder, and keeps
+    at least plain convert's FP16 share wherever plain convert already generates them."""
+    by_key = {(row.folder, row.mode): row for row in rows}
+    lines = []
+    for folder in dict.fromkeys(row.folder for row in rows):
+        auto, plain = by_key.get((folder, "auto")), by_key.get((folder, "plain"))
+        if auto is None or plain is None:
+            continue
+        verdict = "identical greedy tokens" if auto.token_agreement == 1.0 else "**tokens differ**"
+        if plain.token_agreement == 1.0:
+            kept = (auto.fp16_flop_share or 0.0) >= (plain.fp16_flop_share or 0.0) - 1e-9
+            share = "at least plain convert's FP16 share" if kept else "**less FP16 than plain convert**"
+        else:
+            share = (
+                "plain convert breaks generation (token agreement " + f"{plain.token_agreement or 0.0:.2f})"
+            )
+        lines.append(f"- {folder}: `--auto` {verdict}; {share}.")
+    return lines
+
+
+def gpu_line() -> str:
+    """Whether this machine could check the faithful judge against CUDA-EP generation."""
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return "onnxruntime's CUDA EP is available here, but this table is measured on the CPU only."
+    return (
+        "No GPU on the machine that measured this table (onnxruntime: "
+        f"{', '.join(onnxruntime.get_available_providers())}): the FP16-faithful judge's verdicts are "
+        "not checked against CUDA-EP generation here."
+    )
 
 
 def write_section(path: pathlib.Path, section: str) -> None:
