@@ -66,6 +66,7 @@ class FolderAuto:
         self.notes: dict[pathlib.Path, str] = {}  # directory -> why it gets no generation check
         # a merged decoder's branch files searched before it: source -> (file options, output, result)
         self._ahead: dict[pathlib.Path, tuple[dict[str, Any], pathlib.Path, Any]] = {}
+        self._results: dict[pathlib.Path, Any] = {}  # every pipeline file searched so far
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
 
     def __call__(self, source: pathlib.Path, target: pathlib.Path, file_options: Mapping[str, Any]) -> Any:
@@ -131,6 +132,7 @@ class FolderAuto:
         result.convert_result.notes.append(note)
         if result.passed:  # a failed search leaves the file FP32 for the later files' checks
             judge.accept(file, target)
+        self._results[source] = result
         return result
 
     def _with_branch_decisions(self, directory: pathlib.Path, file_options: Mapping[str, Any]) -> Any:
@@ -148,12 +150,15 @@ class FolderAuto:
         searched_names = _names_after_naming(directory / MERGED)
         for name in MERGED_BRANCHES:
             source = directory / name
-            if source not in self._ahead:
+            if source not in self._results:
                 scratch = pathlib.Path(self._scratch.name) / str(len(self._ahead))
                 scratch.mkdir()
-                result = self._search(found, source, scratch / name, file_options)
+                try:
+                    result = self._search(found, source, scratch / name, file_options)
+                except errors.MpcompileError:
+                    continue  # its own turn reports it, under its own name
                 self._ahead[source] = (dict(file_options), scratch / name, result)
-            result = self._ahead[source][2]
+            result = self._results[source]
             if not result.passed:
                 continue
             for reason, blocked in (
