@@ -273,6 +273,16 @@ def test_auto_refuses_prompts_outside_the_vocabulary(
     assert "outside the vocabulary (16)" in capsys.readouterr().err
 
 
+def test_generation_options_only_for_auto_on_a_folder(
+    folder: pathlib.Path, tmp_path: pathlib.Path, capsys
+) -> None:
+    single = ["convert", str(folder / "decoder_model.onnx"), "-o", str(tmp_path / "one.onnx"), "--auto"]
+    assert main([*single, "--new-tokens", "3"]) == ExitCode.USAGE
+    assert "only for --auto on an export folder" in capsys.readouterr().err
+    assert main(["convert", str(folder), "-o", str(tmp_path / "out"), "--new-tokens", "3"]) == ExitCode.USAGE
+    assert "--new-tokens: only with --auto" in capsys.readouterr().err
+
+
 def _numerics(capsys, *args: str) -> dict[str, dict]:
     code = main(["report", *args, "--numerics", "--format", "json"])
     captured = capsys.readouterr()

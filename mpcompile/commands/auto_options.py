@@ -139,7 +139,7 @@ def auto_settings(ctx: click.Context | None = None) -> AutoSettings | None:
     values = ctx.meta.get(_META_KEY, {})
     if not values.get("auto"):
         given = [
-            f"--{name.removeprefix('auto_')}"
+            f"--{name.removeprefix('auto_').replace('_', '-')}"
             for name in (
                 "auto_inputs",
                 "auto_rtol",
