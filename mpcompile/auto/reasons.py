@@ -10,5 +10,3 @@ from mpcompile.core.plan import Reason
 
 AUTO_RANGE = Reason.AUTO_RANGE
 AUTO_SENSITIVITY = Reason.AUTO_SENSITIVITY
-
-AUTO_REASONS = (AUTO_RANGE, AUTO_SENSITIVITY)

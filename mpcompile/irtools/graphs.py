@@ -55,10 +55,6 @@ def all_graphs(model: ir.Model, every_function: bool = False) -> Iterator[tuple[
                 yield subgraph, function_opset
 
 
-def is_function_body(model: ir.Model, graph: ir.Graph) -> bool:
-    return any(function.graph is graph for function in model.functions.values())
-
-
 def node_opset(node: ir.Node, ai_onnx: int, opset_imports: dict[str, int]) -> int:
     """The opset in force for ``node``'s own domain (ai.onnx.ml, com.microsoft, ... have their own)."""
     if node.domain in ("", "ai.onnx"):
