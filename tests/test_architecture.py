@@ -147,8 +147,8 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         {"io"},  # safe load and save (checks ops against policy/ and targets/ schemas)
         {"evaluate"},  # ORT and faithful runs, inputs, shapes, memory limits
         {"analysis"},  # static facts shared by report and --auto
-        {"passes"},  # one pass per module, and the ConversionContext they read
-        {"targets.optimize"},  # ORT's optimiser (it types fused ops with passes/infer_types)
+        {"targets.optimize"},  # ORT's optimiser (it types fused ops with policy/type_propagation)
+        {"passes"},  # one pass per module (OptimizePass runs targets.optimize), the ConversionContext
         {"compiler"},  # the driver: options, build_pipeline, convert(), folders
         {"auto", "training", "validate"},
         {"report"},  # renders --auto's trace

@@ -170,11 +170,13 @@ def auto_convert(
         )
     work, kind = _working_copy(model)
     if options.optimize:  # optimise once up front, so every candidate shares the optimised graph's names
+        from mpcompile.passes.optimize import optimize
         from mpcompile.targets import get_target
-        from mpcompile.targets.optimize import optimize_model
 
         target = get_target(options.target) if isinstance(options.target, str) else options.target
-        work = ir.from_proto(optimize_model(work, options.optimize, target))
+        work, _ = optimize(
+            work, options.optimize, target, low_precision_format(str(options.precision)).precision.value
+        )
         options = dataclasses.replace(options, optimize=None)
     renamed = name_nodes(work)
     feeds, label, specs = resolve_feeds(work, inputs, shapes=shapes, seed=seed)

@@ -16,7 +16,6 @@ import onnx_ir as ir
 from mpcompile import errors
 from mpcompile.compiler.gc_pause import with_cyclic_gc_paused
 from mpcompile.compiler.options import ConvertOptions
-from mpcompile.compiler.ort_loadable import make_node_names_unique, refuse_unloadable
 from mpcompile.core.io_types import fp32_io_names
 from mpcompile.core.pipeline import Pipeline
 from mpcompile.core.plan import MODEL_VERSION_KEY, PrecisionPlan, nothing_low_note, read_decision
@@ -27,7 +26,6 @@ from mpcompile.io.structure import check_ir_structure
 from mpcompile.irtools.graphs import all_graphs, model_graphs
 from mpcompile.irtools.names import NameAuthority
 from mpcompile.passes.context import ConversionContext, ConvertStats
-from mpcompile.policy import op_classes
 from mpcompile.targets import get_target
 
 ModelLike = onnx.ModelProto | ir.Model | str | os.PathLike
@@ -252,48 +250,27 @@ def _convert_ir(
     assert opts.is_resolved, "_convert_ir takes resolved options (ConvertOptions.resolved())"
     low = low_precision_format(str(opts.precision))
     target = get_target(opts.target) if isinstance(opts.target, str) else opts.target
-    fp32_io = fp32_io_names(model, opts.keep_io_types)  # optimisation keeps the IO names
-    optimize_note = None
-    unoptimized = None
-    if opts.optimize:
-        from mpcompile.targets.optimize import OPTIMIZE_METADATA_KEY, optimize_model
-
-        unoptimized = model  # optimize_model leaves it untouched; the plain comparison converts it
-        model = ir.from_proto(optimize_model(model, opts.optimize, target, precision=low.precision.value))
-        optimize_note = model.metadata_props.get(OPTIMIZE_METADATA_KEY)
-    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
-    # A model without an ai.onnx import (only ai.onnx.ml, say) has nothing that changes precision.
-    if 0 < opset < low.min_opset:
-        raise errors.UnsupportedOpsetError(
-            f"{low.precision.value} needs ai.onnx opset >= {low.min_opset} (Cast to {low.precision.value}); the model has "
-            f"{opset}. Upgrade it with onnx.version_converter.convert_version(model, {low.min_opset})"
-        )
     context = ConversionContext(
         low=low,
         target=target,
         policy=opts.op_policy(),
-        fp32_io=fp32_io,
+        fp32_io=fp32_io_names(model, opts.keep_io_types),  # optimisation keeps the IO names
+        optimize=opts.optimize,
         allow_qdq=opts.allow_qdq,
+        allow_custom_ops=opts.allow_custom_ops,
         serialized_once=serialized_once,
         measured_casts=opts.measured_casts,
         node_overrides=opts.node_overrides or {},
     )
-    if optimize_note:
-        context.notes.append(f"--optimize {optimize_note}")
     note = already_low_precision(model)
     if note is not None:
         context.notes.append(note)
         return ConvertResult(
             model, PrecisionPlan(), context.stats, context.notes, low.precision.value, target.name, True
         )
-    refuse_unloadable(model, allow_custom_ops=opts.allow_custom_ops)
-    renamed = make_node_names_unique(model)
-    if renamed is not None:
-        context.notes.append(renamed)
-    if _is_qdq(model) and not opts.allow_qdq:
-        raise errors.QdqModelError(
-            "model is QDQ-quantized (QuantizeLinear/DequantizeLinear); pass --allow-qdq to convert only its float parts"
-        )
+    unoptimized = (
+        model if opts.optimize else None
+    )  # OptimizePass leaves it as it is; the plain comparison converts it
     plan = PrecisionPlan(ranges=ConstantRanges(low))  # range scans shared by the passes, once per value
     pipeline = build_pipeline(
         context, model, plan, check_invariants=opts.check_invariants, dump_dir=opts.dump_dir
@@ -345,12 +322,16 @@ def build_pipeline(
     check_invariants: bool = False,
     dump_dir=None,
 ) -> Pipeline:
-    """The conversion passes, in order (see docs/architecture.md): AssignPrecisionPass fills
-    ``plan``, the only thing the passes hand each other; ApplyPrecisionPass applies it."""
+    """The conversion passes, in order (see docs/architecture.md): OptimizePass first when
+    ``context.optimize`` asks for it; AssignPrecisionPass fills ``plan``, the only thing the
+    passes hand each other; ApplyPrecisionPass applies it. The preconditions of a conversion are
+    the ``requires`` of the passes that need them (OrtLoadablePass, AssignPrecisionPass)."""
     from mpcompile.passes.apply_precision import ApplyPrecisionPass
     from mpcompile.passes.assign_precision import AssignPrecisionPass
     from mpcompile.passes.fold_casts import FoldCastsPass
     from mpcompile.passes.infer_types import InferTypesPass
+    from mpcompile.passes.optimize import OptimizePass
+    from mpcompile.passes.ort_loadable import OrtLoadablePass
     from mpcompile.passes.stamp_decisions import StampDecisionsPass
     from mpcompile.passes.verify import VerifyPass, expected_io_signature
 
@@ -359,6 +340,8 @@ def build_pipeline(
     verify = VerifyPass(context, expected_io_signature(model, context))
     return Pipeline(
         [
+            *([OptimizePass(context)] if context.optimize else []),
+            OrtLoadablePass(context),
             InferTypesPass(context),
             AssignPrecisionPass(context, plan),
             ApplyPrecisionPass(context, plan, names),
@@ -431,12 +414,6 @@ def _float_dtypes(model: ir.Model) -> Iterable[ir.DataType]:
             for value in node.outputs:
                 if value.dtype is not None and value.dtype.is_floating_point():
                     yield value.dtype
-
-
-def _is_qdq(model: ir.Model) -> bool:
-    return any(
-        (node.domain, node.op_type) in op_classes.QDQ_OPS for graph in model_graphs(model) for node in graph
-    )
 
 
 def _check(converted: onnx.ModelProto | str | os.PathLike, original: ModelLike) -> str | None:

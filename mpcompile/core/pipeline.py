@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 
 import onnx_ir as ir
 
+from mpcompile.errors import MpcompileError
+
 logger = logging.getLogger(__name__)
 
 
@@ -17,7 +19,8 @@ class Pipeline:
     """Run passes in order; time each; optionally check invariants and dump the IR after each.
 
     A ``Sequential`` among the passes (ApplyPrecisionPass) is run step by step, so each of its
-    passes is timed, checked and dumped on its own."""
+    passes is timed, checked and dumped on its own. A pass's ``requires`` that refuses the model
+    with an ``MpcompileError`` (a user error) raises that error itself, not onnx-ir's wrapper."""
 
     def __init__(
         self,
@@ -41,7 +44,12 @@ class Pipeline:
             if self.on_pass_start:
                 self.on_pass_start(name)
             start = time.perf_counter()
-            result = pass_(model)
+            try:
+                result = pass_(model)
+            except ir.passes.PreconditionError as error:
+                if isinstance(error.__cause__, MpcompileError):  # a pass's requires refused the input
+                    raise error.__cause__ from None
+                raise
             model = result.model
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
             logger.debug("%s: modified=%s in %.3fs", name, result.modified, self.seconds[name])

@@ -30,11 +30,12 @@ from collections.abc import Iterable, Mapping
 
 import onnx_ir as ir
 
+from mpcompile import errors
 from mpcompile.core import ranges
 from mpcompile.core.io_types import lowered_io
 from mpcompile.core.plan import Decision, PrecisionPlan, Reason
 from mpcompile.core.precision import Precision
-from mpcompile.irtools.graphs import TYPED_FUNCTION_KEY, all_graphs, node_opset
+from mpcompile.irtools.graphs import TYPED_FUNCTION_KEY, all_graphs, model_graphs, node_opset
 from mpcompile.passes.base import PlanPass
 from mpcompile.passes.context import ConversionContext
 from mpcompile.policy import OpClass, integer_casts, op_classes, op_types, range_propagation
@@ -62,6 +63,26 @@ class AssignPrecisionPass(PlanPass):
 
     def __init__(self, context: ConversionContext, plan: PrecisionPlan | None = None):
         super().__init__(context, PrecisionPlan() if plan is None else plan)
+
+    def requires(self, model: ir.Model) -> None:
+        """A plan of low-precision nodes needs Casts to the low type (a minimum ai.onnx opset),
+        and is made for a QDQ-quantized model only when ``context.allow_qdq`` says so."""
+        low = self.context.low
+        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+        # A model without an ai.onnx import (only ai.onnx.ml, say) has nothing that changes precision.
+        if 0 < opset < low.min_opset:
+            raise errors.UnsupportedOpsetError(
+                f"{low.precision.value} needs ai.onnx opset >= {low.min_opset} (Cast to {low.precision.value}); the model "
+                f"has {opset}. Upgrade it with onnx.version_converter.convert_version(model, {low.min_opset})"
+            )
+        if not self.context.allow_qdq and any(
+            (node.domain, node.op_type) in op_classes.QDQ_OPS
+            for graph in model_graphs(model)
+            for node in graph
+        ):
+            raise errors.QdqModelError(
+                "model is QDQ-quantized (QuantizeLinear/DequantizeLinear); pass --allow-qdq to convert only its float parts"
+            )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         plan = self.plan

@@ -58,7 +58,11 @@ class ConversionContext:
     # against the model, ``mpcompile.core.io_types.fp32_io_names``); None: every one of them.
     # The other float inputs and outputs go low precision.
     fp32_io: frozenset[str] | None = None
+    # ORT's graph optimisation level run first (OptimizePass; ConvertOptions.optimize), or None.
+    optimize: str | None = None
+    # Preconditions the passes require (ConvertOptions.allow_qdq, ConvertOptions.allow_custom_ops).
     allow_qdq: bool = False
+    allow_custom_ops: bool = False
     # The converted model is serialized exactly once (convert_file): converted embedded weights
     # may drop their FP32 bytes as they are written (see ConvertConstantsPass).
     serialized_once: bool = False

@@ -73,7 +73,7 @@ def complete_types(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
     every value after them untyped: their nodes would all stay FP32. Returns the model and
     whether every node output now has a type.
     """
-    from mpcompile.passes.infer_types import propagate_types
+    from mpcompile.policy.type_propagation import propagate_types
 
     work = ir.from_proto(model)
     if not propagate_types(work):

@@ -1,4 +1,4 @@
-"""What would stop ONNX Runtime loading a conversion, settled before converting.
+"""What would stop ONNX Runtime loading a conversion, settled before converting (``OrtLoadablePass``).
 
 - Complex tensors: ONNX Runtime has no complex tensor type, so such a model (and its
   conversion) never loads: refused.
@@ -22,12 +22,26 @@ import onnx_ir as ir
 from mpcompile import errors
 from mpcompile.irtools.graphs import all_graphs
 from mpcompile.irtools.names import NameAuthority
+from mpcompile.passes.base import ConversionPass
 from mpcompile.targets import ort_schemas
 from mpcompile.targets.kernel_table import normalize_domain, shipped_document
 
 COMPLEX_DTYPES = frozenset({ir.DataType.COMPLEX64, ir.DataType.COMPLEX128})
 CUSTOM_OPS_FLAG = "--allow-custom-ops"
 NOTE_NAMES_SHOWN = 3
+
+
+class OrtLoadablePass(ConversionPass):
+    """Requires a model ONNX Runtime can load (``refuse_unloadable``); makes node names unique."""
+
+    def requires(self, model: ir.Model) -> None:
+        refuse_unloadable(model, allow_custom_ops=self.context.allow_custom_ops)
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        renamed = make_node_names_unique(model)
+        if renamed is not None:
+            self.context.notes.append(renamed)
+        return ir.passes.PassResult(model, modified=renamed is not None)
 
 
 def refuse_unloadable(model: ir.Model, *, allow_custom_ops: bool = False) -> None:
