@@ -35,3 +35,11 @@ def test_faithful_rounding_names_do_not_collide_with_the_models():
     names = [value.name for node in evaluation.graph for value in node.outputs]
     assert len(names) == len(set(names))
     assert "y" in names and "y__unrounded_1" in names
+
+
+def test_an_authority_made_without_a_model_reads_the_first_one_it_is_bound_to():
+    names = NameAuthority()  # as build_pipeline makes it: --optimize hands the passes a new model
+    names.bind(ir.from_onnx_text(MODEL))
+    names.bind(ir.from_onnx_text(MODEL.replace("y__unrounded", "other")))  # bound already: ignored
+    assert names.unique("y__unrounded") == "y__unrounded_1"
+    assert names.unique("other") == "other"

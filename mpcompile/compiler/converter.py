@@ -268,9 +268,8 @@ def _convert_ir(
         return ConvertResult(
             model, PrecisionPlan(), context.stats, context.notes, low.precision.value, target.name, True
         )
-    unoptimized = (
-        model if opts.optimize else None
-    )  # OptimizePass leaves it as it is; the plain comparison converts it
+    # OptimizePass leaves the model it is given as it is; the plain comparison converts that one.
+    unoptimized = model if opts.optimize else None
     plan = PrecisionPlan(ranges=ConstantRanges(low))  # range scans shared by the passes, once per value
     pipeline = build_pipeline(
         context, model, plan, check_invariants=opts.check_invariants, dump_dir=opts.dump_dir
@@ -336,7 +335,8 @@ def build_pipeline(
     from mpcompile.passes.verify import VerifyPass, expected_io_signature
 
     plan = PrecisionPlan() if plan is None else plan
-    names = NameAuthority(model)
+    # Bound by the first pass that names things, to the model as OptimizePass and OrtLoadablePass left it.
+    names = NameAuthority()
     verify = VerifyPass(context, expected_io_signature(model, context))
     return Pipeline(
         [

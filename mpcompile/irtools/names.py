@@ -13,11 +13,21 @@ class NameAuthority:
     """Hands out names not used anywhere in the model (all graphs and functions).
 
     ``unique(base)`` returns ``base`` itself when it is free, else ``base_1``, ``base_2``, ...;
-    each name it returns is taken from then on.
+    each name it returns is taken from then on. Made without a model, it reads the names of the
+    model it is first ``bind``-ed to: a pipeline's passes name things in the model they are given,
+    which is not the one the pipeline was built for once a pass returns a new model (--optimize).
     """
 
-    def __init__(self, model: ir.Model):
-        self._used: set[str] = set()
+    def __init__(self, model: ir.Model | None = None):
+        self._used: set[str] | None = None
+        if model is not None:
+            self.bind(model)
+
+    def bind(self, model: ir.Model) -> None:
+        """Take every name ``model`` uses, unless this authority has read a model already."""
+        if self._used is not None:
+            return
+        self._used = set()
         for graph in (*model_graphs(model), *model.functions.values()):
             for value in getattr(graph, "inputs", ()):
                 self._used.add(value.name or "")
@@ -29,6 +39,7 @@ class NameAuthority:
                     self._used.add(value.name or "")
 
     def unique(self, base: str) -> str:
+        assert self._used is not None, "NameAuthority.bind(model) before unique()"
         name, counter = base, 1
         while name in self._used:
             name = f"{base}_{counter}"

@@ -37,6 +37,7 @@ class ConvertConstantsPass(PlanPass):
         self.names = names
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.names.bind(model)
         modified = False
         for graph, _ in self.graphs(model):
             for value in list(graph.initializers.values()):

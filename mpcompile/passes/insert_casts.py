@@ -26,6 +26,7 @@ class InsertCastsPass(PlanPass):
         self.casts = casts
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.casts.names.bind(model)
         before = self.casts.created
         plan = self.plan
         graphs = [graph for graph, _ in self.graphs(model)]
