@@ -13,10 +13,10 @@ from __future__ import annotations
 import mmap
 import os
 import pathlib
+from collections.abc import Callable
+from typing import BinaryIO
 
 import onnx
-
-from mpcompile.io.proto_tensors import all_tensor_protos
 
 MODEL_GRAPH = 7  # ModelProto.graph
 GRAPH_INITIALIZER = 5  # GraphProto.initializer
@@ -147,10 +147,10 @@ def load_mapped(path: str | os.PathLike) -> onnx.ModelProto:
 
 
 class _DataRef:
-    """``length`` bytes at ``offset`` of the weights file, copied while writing."""
+    """The weight ``key`` refers to, ``length`` bytes long, written while writing the model."""
 
-    def __init__(self, offset: int, length: int):
-        self.offset, self.length = offset, length
+    def __init__(self, key: int, length: int):
+        self.key, self.length = key, length
 
 
 def _size(pieces: list) -> int:
@@ -180,11 +180,20 @@ def _wrap(number: int, pieces: list) -> list:
     return [_encode_varint(number << 3 | LENGTH_DELIMITED) + _encode_varint(_size(pieces)), *pieces]
 
 
-def write_embedded(small_model: bytes, data_path: str | os.PathLike, data_name: str, output) -> None:
-    """Write ``small_model`` (saved with its weights in ``data_path``) as one embedded model file
-    to the binary stream ``output``, copying each weight from the data file as it goes: the whole
-    model is never held in memory. Raises ``WireFormatError`` when a weight outside the main
-    graph's initializers refers to the data file (the caller then saves the plain way)."""
+def write_embedded(
+    small_model: bytes,
+    data_name: str,
+    output: BinaryIO,
+    write_data: Callable[[int, int, BinaryIO], None],
+    expected: int,
+) -> None:
+    """Write ``small_model`` as one embedded model file to the binary stream ``output``.
+
+    ``small_model`` refers to ``expected`` main-graph weights as external data at location
+    ``data_name``; each is written in its place as ``raw_data`` by ``write_data(offset, length,
+    output)`` (offset and length as the reference gives them), one weight at a time, so the whole
+    model is never held in memory. Raises ``WireFormatError``, before writing anything, when not
+    exactly ``expected`` main-graph initializers refer to ``data_name``."""
     buffer = memoryview(small_model)
     pieces: list = []
     embedded = 0
@@ -197,28 +206,15 @@ def write_embedded(small_model: bytes, data_path: str | os.PathLike, data_name: 
             is_initializer = g_number == GRAPH_INITIALIZER and g_type == LENGTH_DELIMITED
             tensor = _embedded_tensor(buffer, g_start, g_end, data_name) if is_initializer else None
             if tensor is None:
-                graph.append(bytes(buffer[g_field:g_end]))
+                graph.append(buffer[g_field:g_end])
             else:
                 graph.extend(_wrap(GRAPH_INITIALIZER, tensor))
                 embedded += 1
         pieces.extend(_wrap(MODEL_GRAPH, graph))
-    proto = onnx.ModelProto()
-    proto.ParseFromString(small_model)
-    external = sum(
-        1 for tensor, _ in all_tensor_protos(proto) if tensor.data_location == onnx.TensorProto.EXTERNAL
-    )
-    if external != embedded:
+    if embedded != expected:
         raise WireFormatError("weights outside the main graph's initializers are external")
-    with open(data_path, "rb") as data:
-        for piece in pieces:
-            if isinstance(piece, _DataRef):
-                data.seek(piece.offset)
-                remaining = piece.length
-                while remaining:
-                    chunk = data.read(min(remaining, 2**24))
-                    if not chunk:
-                        raise WireFormatError("weights file shorter than its references")
-                    output.write(chunk)
-                    remaining -= len(chunk)
-            else:
-                output.write(piece)
+    for piece in pieces:
+        if isinstance(piece, _DataRef):
+            write_data(piece.key, piece.length, output)
+        else:
+            output.write(piece)

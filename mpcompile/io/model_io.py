@@ -14,8 +14,8 @@ import pathlib
 import re
 import shutil
 import stat
-import tempfile
 from collections.abc import Callable, Iterable
+from typing import BinaryIO
 
 import onnx
 import onnx_ir as ir
@@ -200,25 +200,58 @@ def infer_shapes(proto: onnx.ModelProto, *, strict: bool = True) -> onnx.ModelPr
 
 
 def _save_embedded(model: ir.Model, path: str) -> None:
-    """Save with every weight inline, streaming: onnx-ir writes the weights to a scratch data
-    file one tensor at a time, then the model file is written with each weight copied in (see
-    ``mapped_load.write_embedded``), so neither the whole protobuf nor its bytes sit in memory."""
-    folder = tempfile.mkdtemp(prefix=".mpcompile-", dir=os.path.dirname(path))
+    """Save with every weight inline, streaming and without a scratch copy of the weights: the
+    model is serialised with each large initializer replaced by a reference that holds no bytes,
+    then written with each weight's bytes in its place, one tensor at a time
+    (``mapped_load.write_embedded``), so neither the whole protobuf nor its bytes sit in memory.
+    The bytes written are those ``ir.save`` writes for the model with its weights inline."""
+    large = [
+        value
+        for graph in model.graphs()
+        for value in graph.initializers.values()
+        if value.const_value is not None and value.const_value.nbytes > EXTERNAL_DATA_THRESHOLD_BYTES
+    ]
+    if any(value.graph is not model.graph for value in large):  # not spliced: saved whole
+        ir.external_data.load_to_model(model)
+        ir.save(model, path)
+        return
+    small_external = [
+        value
+        for graph in model.graphs()
+        for value in graph.initializers.values()
+        if isinstance(value.const_value, ir.ExternalTensor)
+        and value.const_value.nbytes <= EXTERNAL_DATA_THRESHOLD_BYTES
+    ]
+    tensors = [value.const_value for value in large]
+    replaced = [*large, *small_external]
+    originals = [value.const_value for value in replaced]
+    in_memory = ir.external_data.convert_tensors_from_external([v.const_value for v in small_external])
     try:
-        scratch = os.path.join(folder, "model.onnx")
-        ir.save(
-            model, scratch, external_data="weights.data", size_threshold_bytes=EXTERNAL_DATA_THRESHOLD_BYTES
-        )
-        with open(scratch, "rb") as handle:
-            small = handle.read()
-        try:
-            with open(path, "wb") as output:
-                write_embedded(small, os.path.join(folder, "weights.data"), "weights.data", output)
-        except WireFormatError:
-            ir.external_data.load_to_model(model)
-            ir.save(model, path)
+        for index, (value, tensor) in enumerate(zip(large, tensors, strict=True)):
+            # The offset field carries the tensor's index: the reference is never read as a file.
+            value.const_value = ir.ExternalTensor(
+                _WEIGHT_PLACEHOLDER, index, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=tensor.name
+            )
+        for value, tensor in zip(small_external, in_memory, strict=True):
+            value.const_value = tensor
+        skeleton = ir.serde.serialize_model(model).SerializeToString()
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        for value, tensor in zip(replaced, originals, strict=True):
+            value.const_value = tensor
+
+    def write_tensor(index: int, length: int, output: BinaryIO) -> None:
+        tensor = tensors[index]
+        if tensor.nbytes != length:
+            raise WireFormatError(f"weight {tensor.name!r} changed size while saving")
+        tensor.tofile(output)
+
+    with open(path, "wb") as output:
+        write_embedded(skeleton, _WEIGHT_PLACEHOLDER, output, write_tensor, len(tensors))
+
+
+# The location of the references ``_save_embedded`` serialises in place of weights: never a file
+# (the load checks refuse any location holding a NUL byte), so no model's own reference matches.
+_WEIGHT_PLACEHOLDER = "\0mpcompile-weight\0"
 
 
 def input_had_external_data(model: ir.Model) -> bool:
