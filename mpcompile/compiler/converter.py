@@ -122,7 +122,7 @@ def _finish(model: ModelLike, kind: str, result: ConvertResult, opts: ConvertOpt
     if kind == "proto" and not result.already_converted:
         proto = ir.to_proto(result.model)
         if opts.verify:
-            _record(result.notes, _check(proto, model))
+            _record(result.notes, _check(proto, model, result.model))
         result.model = proto
     elif kind == "proto":
         result.model = model
@@ -131,7 +131,7 @@ def _finish(model: ModelLike, kind: str, result: ConvertResult, opts: ConvertOpt
         and not result.already_converted
         and model_io.weight_bytes(result.model) < model_io.TWO_GIB // 2
     ):
-        _record(result.notes, _check(ir.to_proto(result.model), model))
+        _record(result.notes, _check(ir.to_proto(result.model), model, result.model))
     return result
 
 
@@ -220,7 +220,7 @@ def save_conversion(
         model,
         opened.target,
         external_data=external_data,
-        verify=(lambda path: _record(notes if notes is not None else [], _check(path, opened.source)))
+        verify=(lambda path: _record(notes if notes is not None else [], _check(path, opened.source, model)))
         if verify
         else None,
     )
@@ -416,10 +416,12 @@ def _float_dtypes(model: ir.Model) -> Iterable[ir.DataType]:
                     yield value.dtype
 
 
-def _check(converted: onnx.ModelProto | str | os.PathLike, original: ModelLike) -> str | None:
+def _check(
+    converted: onnx.ModelProto | str | os.PathLike, original: ModelLike, written: ir.Model | None = None
+) -> str | None:
     """The output passes every check its input passes (``compiler/output_checks.py``): an input that
     fails them already is the user's problem (InvalidModelError), otherwise it is our bug. Returns
     a note when the output was checked otherwise than by the full checker alone."""
     from mpcompile.compiler.output_checks import check_output
 
-    return check_output(converted, original)
+    return check_output(converted, original, written)

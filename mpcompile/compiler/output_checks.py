@@ -36,9 +36,13 @@ ModelSource = onnx.ModelProto | ir.Model | str | os.PathLike
 _SHOWN = 3
 
 
-def check_output(converted: onnx.ModelProto | str | os.PathLike, original: ModelSource) -> str | None:
+def check_output(
+    converted: onnx.ModelProto | str | os.PathLike, original: ModelSource, written: ir.Model | None = None
+) -> str | None:
     """Check a conversion against its input (see the module docstring); returns a note when the
-    output was checked otherwise than by the full checker alone, else None."""
+    output was checked otherwise than by the full checker alone, else None. ``written``: the IR
+    ``converted`` was saved from, if at hand; the checks that read IR read it instead of parsing
+    the output again (onnx's checker and ORT still read the written file)."""
     hidden: list[str] = []
     try:
         hidden = _onnx_check(converted, full_check=True)
@@ -52,10 +56,11 @@ def check_output(converted: onnx.ModelProto | str | os.PathLike, original: Model
             ) from exc
     else:
         lenient = None
-    _check_ort_typing(converted, original)
+    converted_ir = written if written is not None else _as_ir(converted)
+    _check_ort_typing(converted_ir, original)
     if not hidden and lenient is None:
         return None
-    loaded = _check_ort_load(converted, original, lenient)
+    loaded = _check_ort_load(converted, converted_ir, original, lenient)
     checks = ["the ONNX checker on the rest" if hidden else "the plain ONNX check", "ORT's schemas", loaded]
     if lenient is not None:
         return (
@@ -117,9 +122,9 @@ def _lenient_reason(original: ModelSource) -> str:
     return reason
 
 
-def _check_ort_typing(converted: onnx.ModelProto | str | os.PathLike, original: ModelSource) -> None:
+def _check_ort_typing(converted: ir.Model, original: ModelSource) -> None:
     """ORT's contrib ops of the output typed as ORT's schemas allow, unless the input breaks them too."""
-    problems = _ort_type_problems(_as_ir(converted))
+    problems = _ort_type_problems(converted)
     if problems and not _ort_type_problems(_as_ir(_input_proto(original))):
         shown = "; ".join(problems[:_SHOWN])
         raise AssertionError(f"mpcompile typed ONNX Runtime's ops against their schemas (a bug): {shown}")
@@ -143,7 +148,10 @@ def _is_ort_default_domain(node: ir.Node, opset: int) -> bool:
 
 
 def _check_ort_load(
-    converted: onnx.ModelProto | str | os.PathLike, original: ModelSource, lenient: str | None
+    converted: onnx.ModelProto | str | os.PathLike,
+    converted_ir: ir.Model,
+    original: ModelSource,
+    lenient: str | None,
 ) -> str:
     """Load the output in ORT's CPU provider; returns how it was checked, for the note."""
     onnxruntime = _onnxruntime()
@@ -154,7 +162,7 @@ def _check_ort_load(
                 "that only ONNX Runtime accepts"
             )
         return "no ORT load (onnxruntime is not installed)"
-    without_cpu = _ops_without_cpu_kernel(_as_ir(converted))
+    without_cpu = _ops_without_cpu_kernel(converted_ir)
     if without_cpu:
         return f"no ORT CPU load (no CPU kernel for {', '.join(without_cpu[:_SHOWN])})"
     failure = _load_failure(onnxruntime, converted)
