@@ -447,16 +447,28 @@ def test_output_equal_to_input_with_overwrite(run_cli, tmp_path: pathlib.Path) -
 
 @pytest.mark.parametrize("error_number", [errno.ENOSPC, errno.EDQUOT])
 def test_disk_full_during_write_simulated(run_cli, tmp_path: pathlib.Path, monkeypatch, error_number) -> None:
-    """ir.save writes part of the file, then the disk fills up."""
-    real_save = ir.save
+    """The writer (ir.save, or io/model_io's embedded-weights writer) writes part of the file,
+    then the disk fills up."""
+    from mpcompile.io import model_io
 
-    def failing_save(model, path, *args, **kwargs):
-        real_save(model, path, *args, **kwargs)
+    def fill_up(path: str) -> None:
         with open(path, "r+b") as partial:
             partial.truncate(max(1, os.path.getsize(path) // 2))
         raise OSError(error_number, os.strerror(error_number), str(path))
 
+    real_save, real_embedded = ir.save, model_io.write_embedded
+
+    def failing_save(model, path, *args, **kwargs):
+        real_save(model, path, *args, **kwargs)
+        fill_up(path)
+
+    def failing_embedded(skeleton, placeholder, output, *args, **kwargs):
+        real_embedded(skeleton, placeholder, output, *args, **kwargs)
+        output.flush()
+        fill_up(output.name)
+
     monkeypatch.setattr(ir, "save", failing_save)
+    monkeypatch.setattr(model_io, "write_embedded", failing_embedded)
     source = save(tiny_fp32_model(), tmp_path / "model.onnx")
     refused_without_side_effects(run_cli, tmp_path, source, ExitCode.DISK_FULL, "space")
 
