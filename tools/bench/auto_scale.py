@@ -1,0 +1,151 @@
+"""Time ``--auto`` against plain conversion on graphs with many nodes, inputs or outputs.
+
+    python tools/bench/auto_scale.py                         # every case at its default size
+    python tools/bench/auto_scale.py --cases chain --size 10000 --runs 3
+
+Cases (issue 23; the target is ``--auto`` <= 3x plain convert's time on each):
+  chain    one input, a chain of ``size`` elementwise nodes (Add, Relu, Mul, Tanh), one output
+  inputs   ``size`` graph inputs reduced by a binary tree of Adds (size - 1 nodes)
+  outputs  a chain of ``size`` nodes, each node's result a graph output
+  sum      one Sum node of ``size`` graph inputs
+
+Each measurement runs in its own child process (imports excluded from the time); the tools
+alternate within each round and the median over ``--runs`` rounds is printed with the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+DEFAULT_SIZES = {"chain": 100_000, "inputs": 100_000, "outputs": 10_000, "sum": 100_000}
+WIDTH = 8
+CHAIN_OPS = ("Add", "Relu", "Mul", "Tanh")
+
+
+def build(case: str, size: int):
+    """The ``case`` model with ``size`` nodes, inputs or outputs (an ``onnx.ModelProto``)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    def tensor(name: str):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, WIDTH])
+
+    nodes = []
+    inputs = [tensor("x")]
+    outputs = []
+    initializers = [
+        numpy_helper.from_array(np.full([WIDTH], 0.01, np.float32), "bias"),
+        numpy_helper.from_array(np.full([WIDTH], 0.99, np.float32), "scale"),
+    ]
+    if case in ("chain", "outputs"):
+        current = "x"
+        for index in range(size):
+            op = CHAIN_OPS[index % len(CHAIN_OPS)] if case == "chain" else ("Mul", "Tanh")[index % 2]
+            extra = {"Add": ["bias"], "Mul": ["scale"]}.get(op, [])
+            out = f"h{index}"
+            nodes.append(helper.make_node(op, [current, *extra], [out], name=f"n{index}"))
+            current = out
+            if case == "outputs":
+                outputs.append(tensor(out))
+        if case == "chain":
+            outputs.append(tensor(current))
+    elif case == "inputs":
+        inputs = [tensor(f"x{index}") for index in range(size)]
+        level = [value.name for value in inputs]
+        count = 0
+        while len(level) > 1:
+            paired = []
+            for left, right in zip(level[::2], level[1::2], strict=False):
+                out = f"s{count}"
+                nodes.append(helper.make_node("Add", [left, right], [out], name=f"n{count}"))
+                paired.append(out)
+                count += 1
+            if len(level) % 2:
+                paired.append(level[-1])
+            level = paired
+        outputs.append(tensor(level[0]))
+    elif case == "sum":
+        inputs = [tensor(f"x{index}") for index in range(size)]
+        nodes.append(helper.make_node("Sum", [value.name for value in inputs], ["y"], name="sum"))
+        outputs.append(tensor("y"))
+    else:
+        raise ValueError(case)
+    graph = helper.make_graph(nodes, case, inputs, outputs, initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _child(tool: str, src: str, out: str) -> None:
+    import mpcompile
+    import mpcompile.auto.api  # noqa: F401  (imported before the clock starts)
+
+    start = time.perf_counter()
+    if tool == "plain":
+        mpcompile.convert_file(src, out, overwrite=True)
+        sessions = 0
+    else:
+        from mpcompile.auto import api
+
+        result = api.auto_convert_file(src, out, overwrite=True)
+        sessions = result.sessions
+    print(json.dumps({"seconds": time.perf_counter() - start, "sessions": sessions}))
+
+
+def _run(tool: str, src: pathlib.Path, timeout: float) -> dict:
+    out = src.with_suffix(f".{tool}.onnx")
+    command = [sys.executable, __file__, "--child", tool, str(src), str(out)]
+    try:
+        done = subprocess.run(
+            command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"seconds": float("inf"), "error": f"timeout {timeout:.0f} s"}
+    if done.returncode != 0:
+        return {"seconds": float("nan"), "error": done.stderr.strip().splitlines()[-1:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="+", default=list(DEFAULT_SIZES), choices=list(DEFAULT_SIZES))
+    parser.add_argument("--size", type=int, help="override every case's size")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--child", nargs=3, metavar=("TOOL", "SRC", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(*args.child)
+        return 0
+    import onnx
+
+    print("| case | size | plain s | --auto s | sessions | --auto / plain |")
+    print("|---|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory(prefix="auto_scale_") as scratch:
+        for case in args.cases:
+            size = args.size or DEFAULT_SIZES[case]
+            src = pathlib.Path(scratch) / f"{case}{size}.onnx"
+            onnx.save(build(case, size), src)
+            times: dict[str, list[float]] = {"plain": [], "auto": []}
+            sessions = 0
+            for round_index in range(args.runs):
+                order = ("plain", "auto") if round_index % 2 == 0 else ("auto", "plain")
+                for tool in order:
+                    measured = _run(tool, src, args.timeout)
+                    if "error" in measured:
+                        print(f"  {case} {tool}: {measured['error']}", file=sys.stderr)
+                    times[tool].append(measured["seconds"])
+                    sessions = measured.get("sessions", sessions) if tool == "auto" else sessions
+            plain, auto = statistics.median(times["plain"]), statistics.median(times["auto"])
+            print(f"| {case} | {size:,} | {plain:.2f} | {auto:.2f} | {sessions} | {auto / plain:.2f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
