@@ -84,7 +84,7 @@ def build(case: str, size: int):
 
 def _child(tool: str, src: str, out: str) -> None:
     import mpcompile
-    import mpcompile.auto.api  # noqa: F401  (imported before the clock starts)
+    import mpcompile.auto.api  # imported before the clock starts
 
     start = time.perf_counter()
     if tool == "plain":
@@ -113,7 +113,9 @@ def _run(tool: str, src: pathlib.Path, timeout: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--cases", nargs="+", default=list(DEFAULT_SIZES), choices=list(DEFAULT_SIZES))
     parser.add_argument("--size", type=int, help="override every case's size")
     parser.add_argument("--runs", type=int, default=3)
@@ -143,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
                     times[tool].append(measured["seconds"])
                     sessions = measured.get("sessions", sessions) if tool == "auto" else sessions
             plain, auto = statistics.median(times["plain"]), statistics.median(times["auto"])
-            print(f"| {case} | {size:,} | {plain:.2f} | {auto:.2f} | {sessions} | {auto / plain:.2f} |", flush=True)
+            print(
+                f"| {case} | {size:,} | {plain:.2f} | {auto:.2f} | {sessions} | {auto / plain:.2f} |",
+                flush=True,
+            )
     return 0
 
 
