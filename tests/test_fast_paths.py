@@ -11,6 +11,7 @@ import models
 import mpcompile
 from models.builder import make_model, value_info
 from mpcompile.io import model_io
+from mpcompile.irtools import graphs
 from mpcompile.irtools.graphs import model_graphs
 from mpcompile.passes import infer_types
 from mpcompile.policy import op_types
@@ -27,6 +28,26 @@ def test_model_graphs_lists_the_graphs_of_onnx_ir_in_the_same_order(name):
 def test_model_graphs_finds_nested_subgraphs():
     model = ir.from_proto(models.ZOO["control_flow"]())
     assert len(model_graphs(model)) > 2  # If branches and the Loop body, some nested
+
+
+def test_shared_walk_answers_from_one_walk_until_graphs_change(monkeypatch):
+    model = ir.from_proto(models.ZOO["control_flow"]())
+    expected = [id(graph) for graph in model.graphs()]
+    walks = []
+    real = graphs.subgraphs
+    monkeypatch.setattr(graphs, "subgraphs", lambda graph: walks.append(graph) or real(graph))
+    walks_of_main = lambda: sum(graph is model.graph for graph in walks)  # noqa: E731
+    with graphs.shared_walk():
+        first, second = model_graphs(model), model_graphs(model)
+        assert [id(g) for g in first] == [id(g) for g in second] == expected
+        assert walks_of_main() == 1 and first is not second  # callers may change their list
+        loop = next(node for node in model.graph if node.op_type == "Loop")
+        del loop.attributes["body"]
+        graphs.graphs_changed()
+        assert len(model_graphs(model)) < len(expected)
+        assert walks_of_main() == 2
+    model_graphs(model)
+    assert walks_of_main() == 3  # outside the block every call walks
 
 
 @pytest.mark.parametrize("name", ZOO_NAMES)

@@ -23,7 +23,7 @@ from mpcompile.core.precision import Precision, low_precision_format
 from mpcompile.core.ranges import ConstantRanges
 from mpcompile.io import model_io, overwrite_guard
 from mpcompile.io.structure import check_ir_structure
-from mpcompile.irtools.graphs import all_graphs, model_graphs
+from mpcompile.irtools.graphs import all_graphs, model_graphs, with_shared_walk
 from mpcompile.irtools.names import NameAuthority
 from mpcompile.passes.context import ConversionContext, ConvertStats
 from mpcompile.targets import get_target
@@ -93,6 +93,7 @@ class ConvertResult:
 
 
 @with_cyclic_gc_paused
+@with_shared_walk
 def convert(model: ModelLike, options: ConvertOptions | None = None, **kwargs: Any) -> ConvertResult:
     """Convert an FP32 model to mixed precision.
 
@@ -107,6 +108,7 @@ def convert(model: ModelLike, options: ConvertOptions | None = None, **kwargs: A
 
 
 @with_cyclic_gc_paused
+@with_shared_walk
 def convert_checked_ir(
     model: ir.Model, options: ConvertOptions | None = None, **kwargs: Any
 ) -> ConvertResult:
@@ -141,6 +143,7 @@ def _record(notes: list[str], note: str | None) -> None:
 
 
 @with_cyclic_gc_paused
+@with_shared_walk
 def convert_file(
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import onnx
 import onnx_ir as ir
 
-from mpcompile.irtools.graphs import subgraphs
+from mpcompile.irtools.graphs import graphs_changed, subgraphs
 from mpcompile.irtools.names import NameAuthority
 
 HIDDEN_DOMAIN = "mpcompile.hidden"
@@ -126,6 +126,7 @@ def optimize_bodies(
         _detach(body)
         for domain, version in optimized.opset_imports.items():
             work.opset_imports.setdefault(domain, version)
+    graphs_changed()
     names = NameAuthority(work)
     for node in {id(node): node for node, _, _ in bodies}.values():
         _share_identical_initializers(node, names)
