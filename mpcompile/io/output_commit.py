@@ -171,7 +171,12 @@ def commit(folder: pathlib.Path, output: pathlib.Path, data_name: str | None, *,
 
 def _named_data_files(output: pathlib.Path) -> set[str]:
     """Names of ``output``'s own data files (see ``_owned_data``) that the model now at ``output``
-    names; none when there is no model there or it cannot be read."""
+    names; none when there is no model there or it cannot be read, or when no data file of
+    ``output``'s exists beside it (then the model is not parsed: seconds on many-node graphs)."""
+    pattern = _owned_data(output)
+    with contextlib.suppress(OSError), os.scandir(output.parent) as entries:
+        if not any(pattern.fullmatch(entry.name) for entry in entries):
+            return set()
     try:
         if os.path.getsize(output) >= 2**26:
             proto = load_mapped(output)  # its embedded weights mapped, not parsed
@@ -179,7 +184,6 @@ def _named_data_files(output: pathlib.Path) -> set[str]:
             proto = onnx.load(str(output), load_external_data=False)
     except Exception:  # a missing or foreign file names nothing of ours
         return set()
-    pattern = _owned_data(output)
     names = set()
     for tensor, _ in all_tensor_protos(proto):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
