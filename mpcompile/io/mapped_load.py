@@ -33,6 +33,8 @@ class WireFormatError(ValueError):
 
 
 def _varint(buffer, position: int) -> tuple[int, int]:
+    if position < len(buffer) and buffer[position] < 0x80:  # one byte: most keys and lengths
+        return buffer[position], position + 1
     result = shift = 0
     while True:
         if position >= len(buffer):
@@ -114,13 +116,20 @@ def _tensor(buffer, start: int, end: int, location: str) -> bytes:
 
 def _graph(buffer, start: int, end: int, location: str) -> bytes:
     parts = []
+    kept_from = start  # the fields since the last initializer are copied as one run
     for number, wire_type, value_start, value_end, field_start in _fields(buffer, start, end):
-        if number == GRAPH_INITIALIZER and wire_type == LENGTH_DELIMITED:
+        # A tensor shorter than MIN_MAPPED_BYTES cannot hold raw_data worth mapping: it stays in the run.
+        if (
+            number == GRAPH_INITIALIZER
+            and wire_type == LENGTH_DELIMITED
+            and value_end - value_start >= MIN_MAPPED_BYTES
+        ):
+            parts.append(bytes(buffer[kept_from:field_start]))
             parts.append(
                 _length_delimited(GRAPH_INITIALIZER, _tensor(buffer, value_start, value_end, location))
             )
-        else:
-            parts.append(bytes(buffer[field_start:value_end]))
+            kept_from = value_end
+    parts.append(bytes(buffer[kept_from:end]))
     return b"".join(parts)
 
 
@@ -202,14 +211,16 @@ def write_embedded(
             pieces.append(bytes(buffer[field_start:value_end]))
             continue
         graph: list = []
+        kept_from = value_start  # the fields since the last embedded weight go as one run
         for g_number, g_type, g_start, g_end, g_field in _fields(buffer, value_start, value_end):
             is_initializer = g_number == GRAPH_INITIALIZER and g_type == LENGTH_DELIMITED
             tensor = _embedded_tensor(buffer, g_start, g_end, data_name) if is_initializer else None
-            if tensor is None:
-                graph.append(buffer[g_field:g_end])
-            else:
+            if tensor is not None:
+                graph.append(buffer[kept_from:g_field])
                 graph.extend(_wrap(GRAPH_INITIALIZER, tensor))
+                kept_from = g_end
                 embedded += 1
+        graph.append(buffer[kept_from:value_end])
         pieces.extend(_wrap(MODEL_GRAPH, graph))
     if embedded != expected:
         raise WireFormatError("weights outside the main graph's initializers are external")
