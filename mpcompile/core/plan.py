@@ -8,6 +8,7 @@ its node's ``metadata_props`` so a saved model can be audited later.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
@@ -228,7 +229,7 @@ def nothing_low_note(plan: PrecisionPlan, low: str, target: str) -> str | None:
         return None
     causes = {reason: ops for reason, ops in kept.items() if reason not in _CONSEQUENCE_REASONS} or kept
     reason, ops = max(causes.items(), key=lambda item: (len(item[1]), item[0]))
-    by_op = sorted({op: ops.count(op) for op in ops}.items(), key=lambda item: (-item[1], item[0]))
+    by_op = sorted(Counter(ops).items(), key=lambda item: (-item[1], item[0]))
     op_list = ", ".join(f"{op} {count}" for op, count in by_op[:4]) + (", ..." if len(by_op) > 4 else "")
     others = {r: len(o) for r, o in kept.items() if r != reason}
     rest = "; the others: " + ", ".join(f"{r} {n}" for r, n in sorted(others.items())) if others else ""
