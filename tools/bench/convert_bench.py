@@ -7,7 +7,8 @@ Every measurement runs in its own child process; tools alternate within each rou
 rotates per round) and the table reports the median over the rounds. Peak RSS is the child's own
 high-water mark (``VmHWM``; ``os.wait4``'s ``ru_maxrss`` only when the child died, because that one
 keeps the parent's RSS at fork); it counts file pages the child mapped too. Time is the
-child's own load -> convert -> save time (interpreter start and imports excluded). After the
+child's own load -> convert -> save time (interpreter start and imports excluded); ``--clock cpu``
+takes the child's CPU time for it instead, steadier when other work shares the machine. After the
 first round, each output is checked once in another child: Casts added, and whether it loads
 and runs in onnxruntime (CPU).
 
@@ -84,6 +85,7 @@ def _convert(tool: str, src: str, out: str, external_data: str) -> dict[str, flo
     for module in TOOL_IMPORTS[tool]:
         importlib.import_module(module)
     start = time.perf_counter()
+    cpu_start = time.process_time()
     if tool == "onnx-floor":
         import onnx
 
@@ -126,6 +128,7 @@ def _convert(tool: str, src: str, out: str, external_data: str) -> dict[str, flo
     end = time.perf_counter()
     return {
         "seconds": end - start,
+        "cpu_seconds": time.process_time() - cpu_start,
         "load_seconds": loaded - start,
         "import_seconds": start - import_start,
         "pass_seconds": pass_seconds,
@@ -339,7 +342,11 @@ def measure(
     timeout: float,
     repeat_limit: float,
     outdir: pathlib.Path,
+    clock: str = "wall",
+    inspect: bool = True,
 ) -> list[Measurement]:
+    """``clock``: "wall" (elapsed) or "cpu" (the child's CPU time, steadier on a shared
+    machine); ``inspect``: check each output once (Casts added, ORT loads and runs)."""
     results = {(m.name, t): Measurement(m.name, t) for m in models for t in tools}
     for info in models:
         for round_index in range(runs):
@@ -358,10 +365,10 @@ def measure(
                 if "error" in child.payload:
                     m.error = str(child.payload["error"])
                 else:
-                    m.seconds.append(float(child.payload["seconds"]))
+                    m.seconds.append(float(child.payload["cpu_seconds" if clock == "cpu" else "seconds"]))
                     m.rss.append(child.peak_rss_bytes)
                     m.pass_seconds.append(dict(child.payload.get("pass_seconds") or {}))
-                    if not m.inspect:
+                    if inspect and not m.inspect:
                         m.inspect = run_child(["inspect", str(info.path), str(out)], timeout).payload
                 _clean(out)
                 status = m.error or f"{m.seconds[-1]:.2f} s, {m.rss[-1] / 2**20:.0f} MiB"
@@ -461,12 +468,13 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:,.0f}"
 
 
-def _header(runs: int) -> str:
+def _header(runs: int, clock: str = "wall") -> str:
     return (
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {_total_memory_gib():.0f} GiB RAM, "
         f"Python {platform.python_version()}, {_versions()}.\n"
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. "
-        f"Median of up to {runs} runs per cell."
+        f"Median of up to {runs} runs per cell"
+        + (", each the child's own CPU time." if clock == "cpu" else ".")
     )
 
 
@@ -582,6 +590,13 @@ def main(argv: list[str] | None = None) -> int:
         default=60.0,
         help="a cell whose first run takes longer than this many seconds is not repeated",
     )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="time each child's elapsed time (wall) or its own CPU time (cpu: steadier on a shared machine)",
+    )
+    parser.add_argument("--no-inspect", action="store_true", help="skip the output checks (Casts, ORT run)")
     parser.add_argument("--workdir", default="/tmp/mpcompile-bench", help="where models and outputs go")
     parser.add_argument("--markdown", help="write the table to this file (also printed)")
     parser.add_argument("--json", help="write raw measurements to this file")
@@ -603,16 +618,25 @@ def main(argv: list[str] | None = None) -> int:
     outdir = workdir / "out"
     outdir.mkdir(parents=True, exist_ok=True)
     infos = [ensure_model(name, workdir) for name in args.models]
-    results = measure(infos, list(args.tools), args.runs, args.timeout, args.repeat_limit, outdir)
+    results = measure(
+        infos,
+        list(args.tools),
+        args.runs,
+        args.timeout,
+        args.repeat_limit,
+        outdir,
+        clock=args.clock,
+        inspect=not args.no_inspect,
+    )
     shutil.rmtree(outdir, ignore_errors=True)
-    table = render_markdown(infos, results, args.runs)
+    table = render_markdown(infos, results, args.runs, _header(args.runs, args.clock))
     print(table)
     if args.markdown:
         pathlib.Path(args.markdown).write_text(table)
     if args.json:
         raw = {
             "runs": args.runs,
-            "header": _header(args.runs),
+            "header": _header(args.runs, args.clock),
             "models": [dataclasses.asdict(i) | {"path": str(i.path)} for i in infos],
             "results": [dataclasses.asdict(r) for r in results],
         }
