@@ -430,7 +430,7 @@ def render_targets(infos: list[ModelInfo], results: list[Measurement]) -> str:
             rows.append(
                 f"| peak RSS ≤ 1.5× file size | {info.name} | {ratio:.2f}× | {verdict(ratio <= 1.5)} |"
             )
-        if not mp.loads:
+        if mp.inspect and not mp.loads:
             verdict_text = "unknown (the ORT check timed out)" if _check_timed_out(mp) else "**not met**"
             rows.append(
                 f"| output loads and runs in ORT | {info.name} | {_short_error(mp.inspect)} | {verdict_text} |"
@@ -509,6 +509,8 @@ def render_markdown(
                 continue
             if r.loads:
                 loads = "yes"
+            elif not r.inspect:
+                loads = "(not checked)"
             elif _check_timed_out(r):
                 loads = (
                     f"unknown: the ORT check hit the {r.inspect['error'][len('timeout after ') :]} timeout"
