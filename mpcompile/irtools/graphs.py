@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import weakref
 from collections.abc import Callable, Iterator
 from typing import ParamSpec, TypeVar
 
@@ -47,19 +48,19 @@ def model_graphs(model: ir.Model) -> list[ir.Graph]:
     """The main graph and every subgraph in it (``ir.Model.graphs``, in the same order); inside
     ``shared_walk``, from the one walk of ``model`` made there."""
     walks = _WALKS.get()
-    if walks is None:
-        return [model.graph, *subgraphs(model.graph)]
     main = model.graph
-    cached = walks.get(id(main))
-    if cached is None or cached[0] is not main:
-        cached = walks[id(main)] = [main, *subgraphs(main)]
-    return list(cached)
+    if walks is None:
+        return [main, *subgraphs(main)]
+    nested = walks.get(main)
+    if nested is None:
+        nested = walks[main] = subgraphs(main)
+    return [main, *nested]
 
 
-# Per main graph (by id; the list's first item is the graph itself, so a reused id is noticed):
-# its graphs, walked once inside shared_walk.
-_WALKS: contextvars.ContextVar[dict[int, list[ir.Graph]] | None] = contextvars.ContextVar(
-    "mpcompile_graph_walks", default=None
+# Per main graph, its subgraphs, walked once inside shared_walk. Weak keys: a model dropped
+# during the block (a clone for the structure check) is not kept alive by its walk.
+_WALKS: contextvars.ContextVar[weakref.WeakKeyDictionary[ir.Graph, list[ir.Graph]] | None] = (
+    contextvars.ContextVar("mpcompile_graph_walks", default=None)
 )
 
 
@@ -72,7 +73,7 @@ def shared_walk() -> Iterator[None]:
     if _WALKS.get() is not None:
         yield
         return
-    token = _WALKS.set({})
+    token = _WALKS.set(weakref.WeakKeyDictionary())
     try:
         yield
     finally:
