@@ -7,6 +7,13 @@ on the zoo and planted models, and on the corpus with ``--corpus-auto``, which i
 
     python tools/fingerprints.py --write /tmp/before.json     # before the change
     python tools/fingerprints.py --check /tmp/before.json     # after: exit 1 on any difference
+
+``--training`` fingerprints the training outputs instead (run it in the training environment,
+which has onnxruntime-training and torch): the tiny models of ``models.training_exports``, each
+exported with torch's default (dynamo) and the TorchScript exporter, through ``train-artifacts``
+(``TRAINING_MODES``) and ``convert --training`` of the FP32 artifacts (``CONVERT_TRAINING_MODES``).
+
+    .venv-training/bin/python tools/fingerprints.py --training --write /tmp/training-before.json
 """
 
 from __future__ import annotations
@@ -36,6 +43,17 @@ MODES: dict[str, tuple[str, ...]] = {
     "auto": ("--auto",),
 }
 CORPUS_MODES = ("convert", "cpu", "bf16", "optimize")
+TRAINING_MODES: dict[str, tuple[str, ...]] = {
+    "train-artifacts-fp32": ("--precision", "fp32"),
+    "train-artifacts": (),
+    "train-artifacts-bf16": ("--precision", "bf16"),
+    "train-artifacts-no-scaling": ("--no-loss-scaling",),
+}
+TRAINING_EXPORTS = REPO / ".cache" / "fingerprints" / "training-exports"
+CONVERT_TRAINING_MODES: dict[str, tuple[str, ...]] = {
+    "convert-training": (),
+    "convert-training-bf16": ("--precision", "bf16"),
+}
 
 
 def sources(with_corpus: bool) -> list[tuple[str, str | None]]:
@@ -88,12 +106,66 @@ def fingerprint(name: str, path: str | None, modes: Sequence[str]) -> dict[str, 
     return results
 
 
+def training_fingerprint(name: str, model: str) -> dict[str, str]:
+    """mode -> SHA-256 of the artifact folder (or ``exit N``) for one exported forward model."""
+    from mpcompile.cli import main
+
+    # The export's own digest first: a check against a baseline written from other exports
+    # (another cache, another torch) then says so instead of reporting every output as changed.
+    results = {"export": _digest(pathlib.Path(model).parent)}
+    with tempfile.TemporaryDirectory(prefix="fingerprints-training-") as folder:
+        work = pathlib.Path(folder)
+        commands = {
+            mode: ["train-artifacts", model, "-o", str(work / mode), *options]
+            for mode, options in TRAINING_MODES.items()
+        }
+        source = str(work / "train-artifacts-fp32")
+        commands.update(
+            {
+                mode: ["convert", "--training", source, "-o", str(work / mode), *options]
+                for mode, options in CONVERT_TRAINING_MODES.items()
+            }
+        )
+        for mode, command in commands.items():
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                code = main(command)
+            results[mode] = _digest(work / mode) if code == 0 else f"exit {code}"
+    return results
+
+
+def training_exports() -> dict[str, str]:
+    """``<case>/<exporter>`` -> path of its export, made once into ``TRAINING_EXPORTS``: torch's
+    exports are not byte-stable across processes (the TorchScript exporter numbers its names per
+    process), so the fingerprints start from the cached files. Delete the folder after a torch upgrade."""
+    from models import training_exports as cases
+
+    exports = {}
+    for case in cases.CASES:
+        for exporter in cases.EXPORTERS:
+            path = TRAINING_EXPORTS / f"{case}-{exporter}" / "model.onnx"
+            if not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                    cases.export(cases.CASES[case], exporter, path)
+            exports[f"{case}/{exporter}"] = str(path)
+    return exports
+
+
 def _digest(folder: pathlib.Path) -> str:
     digest = hashlib.sha256()
-    for file in sorted(folder.iterdir()):
-        digest.update(file.name.encode())
+    for file in sorted(path for path in folder.rglob("*") if path.is_file()):
+        digest.update(str(file.relative_to(folder)).encode())
         digest.update(file.read_bytes())
     return digest.hexdigest()
+
+
+def run_training(jobs: int) -> dict[str, dict[str, str]]:
+    """The training fingerprints of every ``models.training_exports`` case and exporter."""
+    exports = training_exports()
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
+        digests = pool.map(training_fingerprint, exports, exports.values())
+        results = dict(zip(exports, digests, strict=True))
+    return dict(sorted(results.items()))
 
 
 def run(with_corpus: bool, corpus_auto: bool, jobs: int) -> dict[str, dict[str, str]]:
@@ -120,9 +192,20 @@ def main(argv: list[str] | None = None) -> int:
     action.add_argument("--check", help="compare with the fingerprints in this JSON file")
     parser.add_argument("--no-corpus", action="store_true", help="leave the exporter corpus out")
     parser.add_argument("--corpus-auto", action="store_true", help="also --auto on the corpus")
+    parser.add_argument(
+        "--training", action="store_true", help="the training outputs instead (training environment)"
+    )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
-    results = run(not args.no_corpus, args.corpus_auto, args.jobs)
+    if args.training:
+        try:
+            import onnxruntime.training.artifacts  # noqa: F401
+        except ImportError:
+            print("error: --training needs onnxruntime-training: run it with .venv-training/bin/python")
+            return 2
+        results = run_training(args.jobs)
+    else:
+        results = run(not args.no_corpus, args.corpus_auto, args.jobs)
     conversions = sum(len(modes) for modes in results.values())
     if args.write:
         pathlib.Path(args.write).write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")

@@ -1,0 +1,175 @@
+"""Three tiny torch models for training on what torch exports today, with their tasks and the
+export recipe of docs/training.md: a BERT-like classifier, a ResNet-like CNN and a GPT-2-like LM head.
+
+tests/test_training_exports.py trains them; tools/fingerprints.py --training fingerprints the
+artifacts mpcompile makes from them. Needs torch (the training environment has it); the dynamo
+exporter also needs onnxscript.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+BATCH = 16
+SEQUENCE = 8
+VOCAB = 32
+DATASET = 256
+
+
+class TinyBertClassifier(nn.Module):
+    """Token + position embeddings, LayerNorm, one transformer encoder layer, classifier on token 0."""
+
+    def __init__(self, classes: int = 3, width: int = 32) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, width)
+        self.position = nn.Parameter(0.02 * torch.randn(SEQUENCE, width))
+        self.norm = nn.LayerNorm(width)
+        self.encoder = nn.TransformerEncoderLayer(
+            width, 2, dim_feedforward=64, dropout=0.0, activation="gelu", batch_first=True
+        )
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, input_ids):
+        hidden = self.encoder(self.norm(self.embed(input_ids) + self.position))
+        return self.head(hidden[:, 0])
+
+
+class TinyResNet(nn.Module):
+    """A ResNet-18-like stem (conv, batch norm, ReLU, max pool), one residual block, pooled classifier."""
+
+    def __init__(self, classes: int = 3, channels: int = 8) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.block = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, classes)
+
+    def forward(self, pixel_values):
+        hidden = self.stem(pixel_values)
+        hidden = torch.relu(hidden + self.block(hidden))
+        return self.fc(torch.flatten(self.pool(hidden), 1))
+
+
+class TinyGpt2(nn.Module):
+    """One GPT-2 block (pre-LayerNorm causal self-attention and GELU MLP), final LayerNorm, LM head."""
+
+    def __init__(self, width: int = 32, heads: int = 2) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(VOCAB, width)
+        self.wpe = nn.Parameter(0.02 * torch.randn(SEQUENCE, width))
+        self.ln_1, self.ln_2, self.ln_f = nn.LayerNorm(width), nn.LayerNorm(width), nn.LayerNorm(width)
+        self.c_attn, self.c_proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.c_fc, self.mlp_proj = nn.Linear(width, 4 * width), nn.Linear(4 * width, width)
+        self.lm_head = nn.Linear(width, VOCAB, bias=False)
+        self.heads = heads
+        self.register_buffer("causal", torch.tril(torch.ones(SEQUENCE, SEQUENCE, dtype=torch.bool)))
+
+    def forward(self, input_ids):
+        batch, length = input_ids.shape
+        hidden = self.wte(input_ids) + self.wpe
+        query, key, value = self.c_attn(self.ln_1(hidden)).split(hidden.shape[-1], dim=-1)
+
+        def split_heads(x):
+            return x.view(batch, length, self.heads, -1).transpose(1, 2)
+
+        query, key, value = split_heads(query), split_heads(key), split_heads(value)
+        scores = (query @ key.transpose(-1, -2)) * (query.shape[-1] ** -0.5)
+        scores = scores.masked_fill(~self.causal, torch.finfo(scores.dtype).min)
+        attended = (torch.softmax(scores, -1) @ value).transpose(1, 2).reshape(batch, length, -1)
+        hidden = hidden + self.c_proj(attended)
+        hidden = hidden + self.mlp_proj(nn.functional.gelu(self.c_fc(self.ln_2(hidden))))
+        return self.lm_head(self.ln_f(hidden))
+
+
+def _randomize_norms(model: nn.Module) -> nn.Module:
+    """LayerNorm/BatchNorm parameters away from 1/0: exporters merge identical initializers, which
+    would tie the norms of a freshly initialized model together."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
+                module.weight.add_(0.1 * torch.randn_like(module.weight))
+                module.bias.add_(0.1 * torch.randn_like(module.bias))
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.add_(0.1 * torch.randn_like(module.running_mean))
+    return model
+
+
+def classification_tokens(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random token sequences; the class is the first token modulo 3."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, VOCAB, (DATASET, SEQUENCE)).astype(np.int64)
+    return ids, (ids[:, 0] % 3).astype(np.int64)
+
+
+def bar_images(seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """8x8 images with a horizontal, vertical or diagonal bar plus noise; the class is the direction."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, DATASET).astype(np.int64)
+    images = (0.3 * rng.standard_normal((DATASET, 1, 8, 8))).astype(np.float32)
+    for i, (label, position) in enumerate(zip(labels, rng.integers(1, 7, DATASET), strict=True)):
+        if label == 0:
+            images[i, 0, position, :] += 1.0
+        elif label == 1:
+            images[i, 0, :, position] += 1.0
+        else:
+            images[i, 0][np.eye(8, dtype=bool)] += 1.0
+    return images, labels
+
+
+def counting_sequences(seed: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Sequences counting up modulo VOCAB from a random start (step 1 or 2, the step drawn per
+    sequence); the labels are the next tokens, [batch, sequence] as the LM head's scores minus the last dim."""
+    rng = np.random.default_rng(seed)
+    start = rng.integers(0, VOCAB, (DATASET, 1))
+    step = rng.integers(1, 3, (DATASET, 1))
+    positions = np.arange(SEQUENCE + 1)[None, :]
+    tokens = ((start + step * positions) % VOCAB).astype(np.int64)
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    build: Callable[[], nn.Module]
+    input_name: str
+    example_shape: tuple[int, ...]
+    task: Callable[[], tuple[np.ndarray, np.ndarray]]
+
+
+CASES = {
+    "bert": Case(TinyBertClassifier, "input_ids", (BATCH, SEQUENCE), classification_tokens),
+    "resnet": Case(TinyResNet, "pixel_values", (BATCH, 1, 8, 8), bar_images),
+    "gpt2": Case(TinyGpt2, "input_ids", (BATCH, SEQUENCE), counting_sequences),
+}
+EXPORTERS = ("dynamo", "torchscript")
+
+
+def export(case: Case, exporter: str, path: pathlib.Path) -> None:
+    """The export recipe of docs/training.md: the model in eval mode, example inputs of the
+    training batch's shape, plain ``torch.onnx.export`` (dynamo by default) or ``dynamo=False``."""
+    torch.manual_seed(0)
+    model = _randomize_norms(case.build()).eval()
+    if case.input_name == "input_ids":
+        example = torch.randint(0, VOCAB, case.example_shape)
+    else:
+        example = torch.randn(case.example_shape)
+    options = {"dynamo": False} if exporter == "torchscript" else {}
+    torch.onnx.export(
+        model, (example,), path, input_names=[case.input_name], output_names=["logits"], **options
+    )
