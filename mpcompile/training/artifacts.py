@@ -12,18 +12,19 @@ import dataclasses
 import os
 import pathlib
 import shutil
+from typing import Any
 
 import onnx
 import onnx_ir as ir
 
 from mpcompile import errors
-from mpcompile.core.plan import MODEL_PRECISION_KEY, MODEL_VERSION_KEY, PRECISION_KEY
+from mpcompile.core.plan import MODEL_PRECISION_KEY, PRECISION_KEY
 from mpcompile.core.precision import Precision, low_precision_format
 from mpcompile.io import model_io, overwrite_guard
-from mpcompile.passes.loss_scaling import ACCUMULATION_BUFFER_SUFFIX, LOSS_SCALE_INPUT, LossScalingPass
+from mpcompile.passes.loss_scaling import ACCUMULATION_BUFFER_SUFFIX, LOSS_SCALE_INPUT
 from mpcompile.policy import training_ops
-from mpcompile.training.graph_precision import apply_training_precision, plan_training_precision
-from mpcompile.version import __version__
+from mpcompile.training import pipeline
+from mpcompile.training.pipeline import DEFAULT_SETTINGS, PipelineSettings
 
 TRAINING_MODEL = "training_model.onnx"
 EVAL_MODEL = "eval_model.onnx"
@@ -113,19 +114,29 @@ def convert_training_graph(
     loss_scaling: bool = True,
     block_ops: tuple[str, ...] = (),
     block_nodes: tuple[str, ...] = (),
-) -> dict[str, int]:
-    """Rewrite a training (or eval) graph in place to mixed precision; return counts for reporting."""
-    low = low_precision_format(precision).precision
+    settings: PipelineSettings = DEFAULT_SETTINGS,
+    graph: str = "training",
+) -> dict[str, Any]:
+    """Rewrite a training (or eval) graph in place to mixed precision with the training pipeline
+    (``mpcompile.training.pipeline``); return counts and pass timings for reporting."""
+    low_precision_format(precision)  # an unknown precision is refused before anything changes
     _refuse_low_precision(model)
-    plan = plan_training_precision(model.graph, low, block_ops=block_ops, block_nodes=block_nodes)
-    casts = apply_training_precision(model, plan)
-    if loss_scaling:
-        LossScalingPass()(model)
-    model.graph.sort()
-    model.metadata_props[MODEL_PRECISION_KEY] = precision
-    model.metadata_props[MODEL_VERSION_KEY] = __version__
-    low_nodes = sum(1 for _, decision in plan.items() if decision.is_low)
-    return {"nodes": len(plan), "low_precision_nodes": low_nodes, "casts_added": casts}
+    context = pipeline.convert_training_graph(
+        model,
+        precision,
+        loss_scaling=loss_scaling,
+        block_ops=block_ops,
+        block_nodes=block_nodes,
+        settings=settings,
+        graph=graph,
+    )
+    counts = context.stats.nodes_by_precision
+    return {
+        "nodes": sum(counts.values()),
+        "low_precision_nodes": counts[context.low.precision.value],
+        "casts_added": context.stats.casts_inserted,
+        "pass_seconds": {name: round(seconds, 6) for name, seconds in context.stats.pass_seconds.items()},
+    }
 
 
 def convert_artifacts(
@@ -137,7 +148,8 @@ def convert_artifacts(
     overwrite: bool = False,
     block_ops: tuple[str, ...] = (),
     block_nodes: tuple[str, ...] = (),
-) -> dict[str, dict[str, int]]:
+    settings: PipelineSettings = DEFAULT_SETTINGS,
+) -> dict[str, dict[str, Any]]:
     """Convert an FP32 artifact folder: training graph (with loss scaling) and eval graph rewritten,
     optimizer model and checkpoint copied unchanged (FP32 master weights and optimizer state)."""
     paths = ArtifactPaths.find(source, prefix)
@@ -148,19 +160,25 @@ def convert_artifacts(
         raise errors.OutputNotWritableError(f"{destination}: output folder is not empty (use --overwrite)")
     _refuse_writing_over_sources(paths, destination)
     destination.mkdir(parents=True, exist_ok=True)
-    stats: dict[str, dict[str, int]] = {}
+    stats: dict[str, dict[str, Any]] = {}
 
     training = model_io.load_model(paths.training_model)
     TrainingGraphLayout.of(training.graph)  # refuse anything that is not a training graph
     complete_buffer_shapes(training.graph)
     stats["training"] = convert_training_graph(
-        training, precision, loss_scaling=True, block_ops=block_ops, block_nodes=block_nodes
+        training, precision, block_ops=block_ops, block_nodes=block_nodes, settings=settings
     )
     save_checked(training, destination / paths.training_model.name)
     if paths.eval_model is not None:
         evaluation = model_io.load_model(paths.eval_model)
         stats["eval"] = convert_training_graph(
-            evaluation, precision, loss_scaling=False, block_ops=block_ops, block_nodes=block_nodes
+            evaluation,
+            precision,
+            loss_scaling=False,
+            block_ops=block_ops,
+            block_nodes=block_nodes,
+            settings=settings,
+            graph="eval",
         )
         save_checked(evaluation, destination / paths.eval_model.name)
     if paths.optimizer_model is not None:

@@ -18,12 +18,10 @@ from typing import Any
 import onnx_ir as ir
 
 from mpcompile import errors
-from mpcompile.core.plan import MODEL_PRECISION_KEY, Decision, Reason, read_decision, stamp_decision
-from mpcompile.core.precision import Precision
+from mpcompile.core.plan import read_decision
 from mpcompile.evaluate.ort_session import is_onnxruntime_error, onnxruntime_log_severity
 from mpcompile.io import model_io
 from mpcompile.irtools.names import NameAuthority
-from mpcompile.passes.loss_scaling import LossScalingPass
 from mpcompile.policy import training_ops
 from mpcompile.training.artifacts import ArtifactPaths, save_checked
 from mpcompile.training.forward_model import (
@@ -35,8 +33,8 @@ from mpcompile.training.forward_model import (
 from mpcompile.training.loss_blocks import classes_last_cross_entropy
 from mpcompile.training.native_logs import native_info_logs_dropped
 from mpcompile.training.parameters import default_trainable_parameters
+from mpcompile.training.pipeline import finish_generated_graph
 
-GRADIENT_BUILDER_RULE = "ort-gradient-builder"
 LOSSES = {
     "crossentropy": "CrossEntropyLoss",
     "mse": "MSELoss",
@@ -211,57 +209,19 @@ def generate_training_artifacts(
             for node in model.graph
             if node.outputs and (decision := read_decision(node)) is not None
         }
-        for path, scale in ((paths.training_model, loss_scaling), (paths.eval_model, False)):
+        for graph, path, scale in (
+            ("training", paths.training_model, loss_scaling),
+            ("eval", paths.eval_model, False),
+        ):
             if path is None:
                 continue
             generated = model_io.load_model(path)
-            stamp_generated_graph(generated, forward_decisions)
-            if scale:
-                LossScalingPass()(generated)
-                generated.graph.sort()
-            generated.metadata_props[MODEL_PRECISION_KEY] = precision
+            context = finish_generated_graph(
+                generated, precision, forward_decisions, loss_scaling=scale, graph=graph
+            )
+            stats[graph] = {"pass_seconds": context.stats.pass_seconds}
             save_checked(generated, path)
     return stats
-
-
-def stamp_generated_graph(model: ir.Model, forward_decisions: dict[str, Decision]) -> None:
-    """Re-stamp decisions on a graph ORT generated (it drops node metadata).
-
-    Forward nodes get the core's decision back (matched by their first output's name). Nodes ORT
-    added (gradients, loss, accumulators) are stamped with the precision ORT typed them in: the
-    type of their first float input (a Cast: its target), reason ``follow``, rule ``ort-gradient-builder``.
-    """
-    dtypes = _float_types(model.graph)
-    for node in model.graph:
-        decision = forward_decisions.get(node.outputs[0].name) if node.outputs else None
-        if decision is None:
-            if node.op_type == "Cast" and node.domain in ("", "ai.onnx"):
-                target = ir.DataType(node.attributes["to"].as_int())
-                decision = Decision(Precision.of_dtype(target), Reason.CAST, GRADIENT_BUILDER_RULE)
-            else:
-                floats = [dtypes[v] for v in node.inputs if v is not None and v in dtypes]
-                precision = Precision.of_dtype(floats[0]) if floats else Precision.NONE
-                decision = Decision(precision, Reason.FOLLOW, GRADIENT_BUILDER_RULE)
-        stamp_decision(node, decision)
-
-
-def _float_types(graph: ir.Graph) -> dict[ir.Value, ir.DataType]:
-    """Float element types of values: declared, Cast targets, else the first float input's type."""
-    floats = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
-    types = {v: v.dtype for v in [*graph.inputs, *graph.initializers.values()] if v.dtype in floats}
-    for node in graph:
-        if node.op_type == "Cast" and node.domain in ("", "ai.onnx"):
-            target = ir.DataType(node.attributes["to"].as_int())
-            if target in floats:
-                types[node.outputs[0]] = target
-            continue
-        first = next((types[v] for v in node.inputs if v is not None and v in types), None)
-        for output in node.outputs:
-            if output.dtype in floats:
-                types[output] = output.dtype
-            elif output.dtype is None and first is not None:
-                types[output] = first
-    return types
 
 
 def _artifacts_api():
