@@ -162,7 +162,9 @@ def _digest(folder: pathlib.Path) -> str:
 def run_training(jobs: int) -> dict[str, dict[str, str]]:
     """The training fingerprints of every ``models.training_exports`` case and exporter."""
     exports = training_exports()
-    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
+    # One fresh process per export: onnxruntime's training blocks number the nodes they add with a
+    # per-process counter, so artifacts made after others in the same process get other names.
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, max_tasks_per_child=1) as pool:
         digests = pool.map(training_fingerprint, exports, exports.values())
         results = dict(zip(exports, digests, strict=True))
     return dict(sorted(results.items()))
