@@ -242,3 +242,52 @@ def test_convert_training_folder_rewrites_graphs_and_copies_the_rest(tmp_path, c
         convert_training_folder(source, out)
     with pytest.raises(TrainingError, match=r"training_model\.onnx"):
         convert_training_folder(tmp_path, tmp_path / "other")
+
+
+def test_training_pipeline_times_dumps_and_checks_every_pass(tmp_path):
+    """The training graphs run through the inference ``Pipeline``: every pass (loss scaling and
+    master weights included) is timed, dumped, and followed by the invariant check, which catches a
+    pass that breaks the graph."""
+    from mpcompile.training.pipeline import PipelineSettings, training_context
+
+    proto = training_graph(mlp_params(np.random.default_rng(0)), hidden=True)
+    settings = PipelineSettings(check_invariants=True, dump_dir=tmp_path / "dumps")
+    stats = convert_training_graph(ir.from_proto(proto), settings=settings)
+    passes = [
+        "AssignTrainingPrecisionPass",
+        "ApplyTrainingPrecisionPass",
+        "MasterWeightsPass",
+        "LossScalingPass",
+        "TopologicalSortPass",
+        "StampTrainingDecisionsPass",
+    ]
+    assert list(stats["pass_seconds"]) == passes
+    dumps = sorted(path.name for path in (tmp_path / "dumps" / "training").iterdir())
+    assert dumps == [f"{step:02d}_{name}.txt" for step, name in enumerate(passes)]
+    assert "loss_scale" in (tmp_path / "dumps" / "training" / dumps[3]).read_text()
+
+    class MoveLastNodeFirst(ir.passes.InPlacePass):
+        def call(self, model: ir.Model) -> ir.passes.PassResult:
+            last = list(model.graph)[-1]
+            model.graph.remove(last)
+            model.graph.insert_before(model.graph[0], last)
+            return ir.passes.PassResult(model, modified=True)
+
+    pipeline = settings.pipeline(training_context("fp16"), [MoveLastNodeFirst()], "broken")
+    with pytest.raises(ir.passes.InvariantError):
+        pipeline(ir.from_proto(proto))
+
+
+def test_convert_training_cli_passes_check_invariants_and_dump_dir(tmp_path):
+    from mpcompile.cli import main
+
+    source = tmp_path / "fp32"
+    source.mkdir()
+    onnx.save(
+        training_graph(mlp_params(np.random.default_rng(0)), hidden=True), source / "training_model.onnx"
+    )
+    (source / "checkpoint").write_bytes(b"checkpoint bytes")
+    dumps = tmp_path / "dumps"
+    command = ["convert", "--training", str(source), "-o", str(tmp_path / "out"), "-q"]
+    assert main([*command, "--check-invariants", "--dump-dir", str(dumps)]) == 0
+    assert len(list((dumps / "training").glob("*_LossScalingPass.txt"))) == 1

@@ -132,6 +132,8 @@ def convert_command(
             overwrite=overwrite,
             as_json=as_json,
             quiet=quiet,
+            check_invariants=check_invariants,
+            dump_dir=dump_dir,
         )
         return
     from mpcompile.compiler.options import ConvertOptions

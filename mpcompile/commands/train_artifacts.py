@@ -112,14 +112,19 @@ def convert_training_folder(
     overwrite: bool = False,
     as_json: bool = False,
     quiet: bool = False,
+    check_invariants: bool = False,
+    dump_dir: pathlib.Path | None = None,
 ) -> None:
     """``mpcompile convert --training ARTIFACTS_DIR -o OUT_DIR``: rewrite existing FP32 artifacts.
 
     The training graph (forward and backward) gets FP16/BF16 compute and loss scaling, the eval
     graph the same forward conversion; optimizer model and checkpoint are copied (FP32).
+    ``check_invariants``/``dump_dir`` work as for ``convert``: checks and IR dumps after each pass
+    (dumps under ``dump_dir/training`` and ``dump_dir/eval``).
     """
     from mpcompile.errors import TrainingError
     from mpcompile.training.artifacts import convert_artifacts
+    from mpcompile.training.pipeline import PipelineSettings
 
     if output_dir is None:
         raise TrainingError("--training needs -o OUT_DIR (the converted artifact folder)")
@@ -130,6 +135,7 @@ def convert_training_folder(
         overwrite=overwrite,
         block_ops=block_ops,
         block_nodes=block_nodes,
+        settings=PipelineSettings(check_invariants=check_invariants, dump_dir=dump_dir),
     )
     if as_json:
         click.echo(
