@@ -1,13 +1,18 @@
-"""Three tiny torch models for training on what torch exports today, with their tasks and the
-export recipe of docs/training.md: a BERT-like classifier, a ResNet-like CNN and a GPT-2-like LM head.
+"""Tiny torch models for training on what torch exports today, with their tasks and the export
+recipe of docs/training.md.
 
-tests/test_training_exports.py trains them; tools/fingerprints.py --training fingerprints the
-artifacts mpcompile makes from them. Needs torch (the training environment has it); the dynamo
-exporter also needs onnxscript.
+``CASES``: three self-contained models (a BERT-like classifier, a ResNet-like CNN, a GPT-2-like LM
+head); tools/fingerprints.py --training fingerprints the artifacts mpcompile makes from them.
+``ACCEPTANCE_CASES``: what tests/test_training_exports.py trains: Hugging Face's
+``BertForSequenceClassification`` and ``GPT2LMHeadModel`` at tiny configurations (transformers is in
+the training environment) and the ResNet-like CNN (torchvision's wheels need a CUDA build of torch,
+so the CPU training environment cannot import them). Needs torch; the dynamo exporter also needs
+onnxscript.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
 from collections.abc import Callable
@@ -144,18 +149,81 @@ def counting_sequences(seed: int = 2) -> tuple[np.ndarray, np.ndarray]:
     return tokens[:, :-1], tokens[:, 1:]
 
 
+def hf_bert_classifier(classes: int = 3) -> nn.Module:
+    """transformers' ``BertForSequenceClassification``: one layer, width 32, dropout off."""
+    import transformers
+
+    config = transformers.BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=SEQUENCE,
+        type_vocab_size=1,
+        num_labels=classes,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        return_dict=False,  # the logits are the first output
+    )
+    return transformers.BertForSequenceClassification(config)
+
+
+class LMLogits(nn.Module):
+    """A causal LM's logits from ``(input_ids, attention_mask)``, the mask passed by keyword."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def hf_gpt2_lm_head() -> nn.Module:
+    """transformers' ``GPT2LMHeadModel``: one block, width 32, dropout and the KV cache off."""
+    import transformers
+
+    config = transformers.GPT2Config(
+        vocab_size=VOCAB,
+        n_positions=SEQUENCE,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        use_cache=False,
+    )
+    return LMLogits(transformers.GPT2LMHeadModel(config))
+
+
+def masked_counting_sequences() -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """``counting_sequences`` with an all-ones attention mask: ((input_ids, attention_mask), labels)."""
+    tokens, labels = counting_sequences()
+    return (tokens, np.ones_like(tokens)), labels
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
     build: Callable[[], nn.Module]
     input_name: str
     example_shape: tuple[int, ...]
-    task: Callable[[], tuple[np.ndarray, np.ndarray]]
+    task: Callable[[], tuple[np.ndarray | tuple[np.ndarray, ...], np.ndarray]]
+    attention_mask: bool = False  # a second input, ``attention_mask`` (int64 ones, example_shape)
 
 
 CASES = {
     "bert": Case(TinyBertClassifier, "input_ids", (BATCH, SEQUENCE), classification_tokens),
     "resnet": Case(TinyResNet, "pixel_values", (BATCH, 1, 8, 8), bar_images),
     "gpt2": Case(TinyGpt2, "input_ids", (BATCH, SEQUENCE), counting_sequences),
+}
+ACCEPTANCE_CASES = {
+    "hf-bert": Case(hf_bert_classifier, "input_ids", (BATCH, SEQUENCE), classification_tokens),
+    "resnet": CASES["resnet"],
+    "hf-gpt2": Case(
+        hf_gpt2_lm_head, "input_ids", (BATCH, SEQUENCE), masked_counting_sequences, attention_mask=True
+    ),
 }
 EXPORTERS = ("dynamo", "torchscript")
 
@@ -169,7 +237,20 @@ def export(case: Case, exporter: str, path: pathlib.Path) -> None:
         example = torch.randint(0, VOCAB, case.example_shape)
     else:
         example = torch.randn(case.example_shape)
+    examples, names = (example,), [case.input_name]
+    if case.attention_mask:
+        examples, names = (example, torch.ones_like(example)), [case.input_name, "attention_mask"]
     options = {"dynamo": False} if exporter == "torchscript" else {}
-    torch.onnx.export(
-        model, (example,), path, input_names=[case.input_name], output_names=["logits"], **options
-    )
+    with _traceable_masks(exporter, model):
+        torch.onnx.export(model, examples, path, input_names=names, output_names=["logits"], **options)
+
+
+def _traceable_masks(exporter: str, model: nn.Module) -> contextlib.AbstractContextManager:
+    """transformers builds attention masks with ``torch.vmap``, which the TorchScript tracer
+    cannot trace: vmap-free masks for that exporter (docs/training.md)."""
+    from_transformers = any(type(module).__module__.startswith("transformers") for module in model.modules())
+    if exporter != "torchscript" or not from_transformers:
+        return contextlib.nullcontext()
+    from models.corpus.masks import vmap_free_masks
+
+    return vmap_free_masks()

@@ -1,7 +1,8 @@
-"""Training on what torch exports today: a BERT-like classifier, a ResNet-like CNN and a GPT-2-like LM
-head, each exported with torch's default exporter (dynamo: IR 10, opset 20, external data) and with
-the TorchScript exporter (``dynamo=False``), go through ``train-artifacts``, ``convert --training``
-and 200 steps of the loop docs/training.md documents.
+"""Training on what torch exports today: Hugging Face's BERT classifier, a ResNet-like CNN and Hugging
+Face's GPT-2 LM head (``models.training_exports.ACCEPTANCE_CASES``, tiny configurations), each
+exported with torch's default exporter (dynamo: IR 10, opset 20, external data) and with the
+TorchScript exporter (``dynamo=False``), go through ``train-artifacts``, ``convert --training`` and
+200 steps of the loop docs/training.md documents (GPT-2: ``train_step(input_ids, attention_mask, labels)``).
 
 Two judges. ORT CPU (the documented ``Trainer`` loop) shows that the artifacts load and train; its
 FP16 nodes run in FP32 (see test_training_ort.py), so it cannot show FP16 numerics. Those are judged
@@ -27,7 +28,8 @@ pytest.importorskip(
 )
 pytest.importorskip("torch")
 
-from models.training_exports import BATCH, CASES, DATASET, EXPORTERS, export  # noqa: E402
+from models.training_exports import ACCEPTANCE_CASES as CASES  # noqa: E402
+from models.training_exports import BATCH, DATASET, EXPORTERS, export  # noqa: E402
 from mpcompile.cli import main  # noqa: E402
 from mpcompile.evaluate.faithful import FaithfulSession  # noqa: E402
 from mpcompile.passes.loss_scaling import ALL_FINITE_OUTPUT, LOSS_SCALE_INPUT  # noqa: E402
@@ -53,6 +55,10 @@ def artifact_sets(tmp_path_factory):
             return built[name, exporter]
         if exporter == "dynamo":
             pytest.importorskip("onnxscript", reason="torch's dynamo exporter needs onnxscript")
+        if name.startswith("hf-"):
+            pytest.importorskip(
+                "transformers", reason="the training environment has it: bash tools/training_env.sh"
+            )
         folder = root / f"{name}-{exporter}"
         folder.mkdir()
         model = folder / "model.onnx"
@@ -68,10 +74,12 @@ def artifact_sets(tmp_path_factory):
 
 
 def batches(task, steps: int):
+    """``steps`` batches of (user inputs in graph order, labels), cycling through the task's data."""
     inputs, labels = task()
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
     for step in range(steps):
-        start = (step * BATCH) % DATASET
-        yield inputs[start : start + BATCH], labels[start : start + BATCH]
+        window = slice((step * BATCH) % DATASET, (step * BATCH) % DATASET + BATCH)
+        yield tuple(array[window] for array in inputs), labels[window]
 
 
 def check_against_fp32(label: str, losses: list[float], fp32: list[float], skipped: list[int]) -> None:
@@ -96,7 +104,7 @@ def ort_train(folder: pathlib.Path, task, steps: int) -> tuple[list[float], list
     trainer = Trainer(folder, learning_rate=LEARNING_RATE)
     losses, skipped = [], []
     for step, (inputs, labels) in enumerate(batches(task, steps)):
-        result = trainer.train_step(inputs, labels)
+        result = trainer.train_step(*inputs, labels)
         assert np.isfinite(result.loss)
         losses.append(result.loss)
         if not result.stepped:
@@ -126,8 +134,8 @@ def faithful_train(folder: pathlib.Path, task, steps: int) -> tuple[list[float],
     second = {name: np.zeros_like(params[name]) for name in trainable}
     scaler = DynamicLossScaler()
     losses, skipped, updates = [], [], 0
-    for step, batch in enumerate(batches(task, steps)):
-        feeds = dict(zip(user_inputs, batch, strict=True))
+    for step, (inputs, labels) in enumerate(batches(task, steps)):
+        feeds = dict(zip(user_inputs, (*inputs, labels), strict=True))
         feeds.update({name: value for name, value in params.items() if name in input_names})
         feeds.update({f"{name}{BUFFER_SUFFIX}": np.zeros_like(params[name]) for name in trainable})
         feeds["lazy_reset_grad"] = np.array([True])

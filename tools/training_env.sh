@@ -4,7 +4,8 @@
 # onnxruntime-training-cpu 1.19.2 is the last ORT training release: it cannot share an
 # environment with onnxruntime/onnxruntime-gpu, loads models up to IR version 10, needs
 # numpy < 2 and imports torch without declaring it. onnxscript is there for torch.onnx.export's
-# default (dynamo) exporter, which tests/test_training_exports.py uses. mpcompile goes in editable and
+# default (dynamo) exporter, which tests/test_training_exports.py uses, and transformers for its
+# Hugging Face models. mpcompile goes in editable and
 # without dependencies so the pins below stay as they are.
 #
 # Usage: bash tools/training_env.sh [VENV_DIR]     (idempotent; reuses a complete venv)
@@ -20,6 +21,7 @@ requirements=(
     "onnx==1.17.*"
     "onnx-ir==1.1.0"
     "onnxscript==0.7.2"  # torch's default (dynamo) exporter needs it; 0.7.2 takes onnx 1.17 / onnx-ir 1.1
+    "transformers==4.57.6"  # the Hugging Face models tests/test_training_exports.py exports and trains
     "numpy<2"
     "ml_dtypes>=0.5"
     "click>=8.1"
