@@ -53,8 +53,8 @@ class Architecture:
     """One model family at a tiny size."""
 
     name: str
-    library: str  # "transformers" | "torchvision"
-    model_class: str  # e.g. "LlamaForCausalLM", or a torchvision builder name
+    library: str  # "transformers" | "torchvision" | "timm" | "torch" (models/corpus/spectrogram.py) | "ultralytics"
+    model_class: str  # e.g. "LlamaForCausalLM", a torchvision/timm builder name, or an ultralytics .yaml
     config_class: str  # e.g. "LlamaConfig"; "" for torchvision
     config: Mapping[str, Any]
     kind: str
@@ -67,6 +67,8 @@ class Architecture:
     attn_implementation: str | None = None  # forced attention implementation, if any
     seed: int = 0
     notes: str = ""
+    # input_name / output_name: a positional (non-transformers) model's graph input and output names;
+    # pixels="unit": images in [0, 1], not ImageNet-normalised; audio="int16": waveforms at int16 scale.
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -452,6 +454,47 @@ _ARCHITECTURES: tuple[Architecture, ...] = (
         image_size=64,
         dynamic_image=True,
     ),
+    Architecture(
+        "efficientvit_b0",
+        "timm",
+        "efficientvit_b0",
+        "",
+        {"num_classes": 10},
+        VISION,
+        families=("vision", "cnn", "timm", "batchnorm", "linear-attention"),
+        image_size=224,
+        dynamic_image=True,
+        image_sizes=((224, 224), (160, 192)),
+        notes="timm's MIT EfficientViT-B0 from its config (pretrained=False), seeded: its ReLU linear "
+        "attention's q @ (k^T v) overflows FP16",
+    ),
+    Architecture(
+        "melspectrogram",
+        "torch",
+        "MelSpectrogram",
+        "",
+        {"sample_rate": 16000, "n_fft": 512, "win_length": 400, "hop_length": 160, "n_mels": 32},
+        AUDIO,
+        families=("audio", "spectrogram", "conv", "pow", "log"),
+        notes="openwakeword-like mel spectrogram (Conv1d STFT, Pow, mel MatMul, clamp, log) fed int16-scale "
+        "audio: the power spectrum reaches ~1e13",
+        extra={"output_name": "mel", "audio": "int16"},
+    ),
+    Architecture(
+        "yolov8n",
+        "ultralytics",
+        "yolov8n.yaml",
+        "",
+        {},
+        VISION,
+        families=("vision", "detection", "cnn", "ultralytics", "batchnorm"),
+        image_size=256,
+        dynamic_image=True,
+        image_sizes=((256, 256), (192, 256)),
+        notes="ultralytics YOLOv8n from its yaml (no weights), exported by ultralytics' own exporter "
+        "(dynamic=True, simplify=False)",
+        extra={"input_name": "images", "output_name": "output0", "pixels": "unit"},
+    ),
 )
 
 ARCHITECTURES: dict[str, Architecture] = {arch.name: arch for arch in _ARCHITECTURES}
@@ -468,7 +511,34 @@ def instantiate(arch: Architecture) -> Any:
         model = getattr(torchvision.models, arch.model_class)(weights=None, **arch.config)
         _randomise_batchnorm_statistics(model, arch.seed)
         return model.eval()
+    if arch.library == "timm":
+        import timm
+
+        model = timm.create_model(arch.model_class, pretrained=False, **arch.config)
+        _randomise_batchnorm_statistics(model, arch.seed)
+        return model.eval()
+    if arch.library == "torch":
+        from models.corpus import spectrogram
+
+        return getattr(spectrogram, arch.model_class)(**arch.config).eval()
+    if arch.library == "ultralytics":
+        return _ultralytics_model(arch)
     return instantiate_from_config(arch, make_config(arch)).eval()
+
+
+def _ultralytics_model(arch: Architecture) -> Any:
+    """An ultralytics ``YOLO`` built from its yaml (no weight download), BatchNorm statistics seeded."""
+    import os
+    import tempfile
+
+    # ultralytics reads these at import: no network checks, settings outside the user's home.
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_CONFIG_DIR", os.path.join(tempfile.gettempdir(), "mpcompile-corpus-ultralytics"))
+    from ultralytics import YOLO
+
+    model = YOLO(arch.model_class)
+    _randomise_batchnorm_statistics(model.model, arch.seed)
+    return model
 
 
 def make_config(arch: Architecture) -> Any:

@@ -34,6 +34,7 @@ BUILD_SOURCES = (
     "exporters.py",
     "inputs.py",
     "masks.py",
+    "spectrogram.py",
     "verify.py",
 )  # plan.py only lists the jobs: a job's key takes its own definition and planned entries instead
 VERSIONED_PACKAGES = (
@@ -46,6 +47,8 @@ VERSIONED_PACKAGES = (
     "onnx",
     "onnxruntime",
     "numpy",
+    "timm",
+    "ultralytics",
 )
 RECORD_NAME = "build.json"
 LOG_NAME = "build.log"  # the exporters' own output for the job
@@ -146,7 +149,7 @@ def _require_build_packages(versions: dict[str, str]) -> None:
     """Fail early, with the fix, when this interpreter lacks what the workers import."""
     absent = [
         name
-        for name in ("torch", "torchvision", "transformers", "optimum-onnx", "onnxscript")
+        for name in ("torch", "torchvision", "transformers", "optimum-onnx", "onnxscript", "timm", "ultralytics")
         if versions[name] == "missing"
     ]
     if absent:

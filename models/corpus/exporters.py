@@ -1,4 +1,5 @@
-"""The three exporters: ``torch.onnx.export`` (TorchScript and dynamo) and optimum's ``main_export``.
+"""The exporters: ``torch.onnx.export`` (TorchScript and dynamo), optimum's ``main_export`` and
+ultralytics' own ``YOLO.export``.
 
 Each ``export_*`` function writes the ONNX graphs of one job into its folder and returns their
 file names. This module imports torch: only the build worker imports it. The torch exports wrap the model in a module whose
@@ -129,7 +130,34 @@ def export_optimum(arch: Architecture, model: Any, folder: Path, with_past: bool
     return sorted(path.name for path in folder.glob("*.onnx"))
 
 
-EXPORTERS = {"torchscript": export_torchscript, "dynamo": export_dynamo, "optimum": export_optimum}
+def export_ultralytics(arch: Architecture, model: Any, folder: Path, with_past: bool) -> list[str]:
+    """ultralytics' own ``YOLO.export(format="onnx")``: dynamic batch and image size, no onnxslim
+    (``simplify=False``: nothing to install at export time), written as ``folder/model.onnx``."""
+    if with_past:
+        raise ExportError("ultralytics exports no KV cache")
+    saved = Path.cwd()
+    os.chdir(folder)  # ultralytics writes the .onnx beside the model, here the working directory
+    try:
+        written = model.export(
+            format="onnx", imgsz=arch.image_size, dynamic=True, simplify=False, opset=TORCHSCRIPT_OPSET
+        )
+    finally:
+        os.chdir(saved)
+    if not written:
+        raise ExportError("ultralytics' exporter returned no file")
+    path = folder / "model.onnx"
+    (folder / Path(written).name).replace(path)
+    return [path.name]
+
+
+EXPORTERS = {
+    "torchscript": export_torchscript,
+    "dynamo": export_dynamo,
+    "optimum": export_optimum,
+    "ultralytics": export_ultralytics,
+}
+# Libraries whose models take positional tensors and return one (no transformers ModelOutput).
+POSITIONAL_LIBRARIES = ("torchvision", "timm", "torch")
 
 
 def _wrap(arch: Architecture, model: Any, with_past: bool) -> tuple[Any, TorchSignature]:
@@ -153,8 +181,9 @@ def _wrap(arch: Architecture, model: Any, with_past: bool) -> tuple[Any, TorchSi
     names = tuple(feeds)
     axes = {name: inputs.symbolic_axes(arch, name, feeds[name].ndim) for name in names}
     examples = tuple(_tensor(feeds[name]) for name in names)
-    if arch.library == "torchvision":
-        signature = TorchSignature(names, examples, axes, ("logits",), {"logits": {0: "batch"}})
+    if arch.library in POSITIONAL_LIBRARIES:
+        output = arch.extra.get("output_name", "logits")
+        signature = TorchSignature(names, examples, axes, (output,), {output: {0: "batch"}})
         return _PositionalModule(model), signature
     extra = {"return_dict": True}
     if arch.kind in (arch_kinds.SEQ2SEQ, arch_kinds.SPEECH_SEQ2SEQ):

@@ -98,6 +98,11 @@ _T5_NOTES = "untied word embeddings (as T5 v1.1 / FLAN-T5): the tied tiny T5 rep
 _LARGE_ACTIVATION_FACTOR = 16.0
 _LARGE_ACTIVATION_NOTES = f"; initializer_factor={_LARGE_ACTIVATION_FACTOR:g}: large activations, plain FP16 breaks greedy generation"
 
+# Llama initialises its weights with std ``initializer_range`` (0.02 by default). At 4 the residual
+# stream reaches ~1.3e5 in both layers: past FP16's 65504, so a plain FP16 conversion's greedy
+# generation breaks, while the FP32 folder still generates torch's tokens.
+_LLAMA_LARGE_ACTIVATION_RANGE = 4.0
+
 FOLDER_JOBS: tuple[FolderJob, ...] = (
     FolderJob("llama-optimum-folder", "llama", "text-generation-with-past", "decoder-only-with-past"),
     FolderJob(
@@ -125,6 +130,16 @@ FOLDER_JOBS: tuple[FolderJob, ...] = (
         "encoder-decoder-merged",
         config_overrides=(*_T5_UNTIED, ("initializer_factor", _LARGE_ACTIVATION_FACTOR)),
         notes=_T5_NOTES + _LARGE_ACTIVATION_NOTES,
+        plain_fp16_generates=False,
+    ),
+    FolderJob(
+        "llama-large-activation-folder",
+        "llama",
+        "text-generation-with-past",
+        "decoder-only-with-past",
+        config_overrides=(("initializer_range", _LLAMA_LARGE_ACTIVATION_RANGE),),
+        notes=f"initializer_range={_LLAMA_LARGE_ACTIVATION_RANGE:g}: residual stream ~1.3e5, plain FP16 "
+        "breaks greedy generation",
         plain_fp16_generates=False,
     ),
 )

@@ -129,6 +129,12 @@ def waveforms(rng: np.random.Generator, batch: int, samples: int) -> np.ndarray:
     return waves.astype(np.float32)
 
 
+def int16_scale(waves: np.ndarray) -> np.ndarray:
+    """Waveforms as an int16 recording holds them (rounded, peak 90 % of 32767), as float32."""
+    peak = np.abs(waves).max(axis=1, keepdims=True) + 1e-7
+    return np.round(waves / peak * (0.9 * 32767.0)).astype(np.float32)
+
+
 def log_mel(waves: np.ndarray, bins: int, frames: int) -> np.ndarray:
     """Whisper-style log-mel features ``(b, bins, frames)``: 25 ms Hann windows, 10 ms hop, (log10 + 4) / 4."""
     n_fft, hop = 400, 160
@@ -246,9 +252,16 @@ def torch_example_feeds(
             "decoder_attention_mask": mask,
         }
     if arch.kind == kinds.AUDIO:
-        return {"input_values": waveforms(_rng(profile, 3), batch, profile.audio_samples)}
+        waves = waveforms(_rng(profile, 3), batch, profile.audio_samples)
+        if arch.extra.get("audio") == "int16":
+            waves = int16_scale(waves)
+        return {"input_values": waves}
     height, width = image_size(arch, profile)
     pictures = images(_rng(profile, 4), batch, height, width)
+    if arch.extra.get("pixels") == "unit":
+        pictures = pictures * _IMAGENET_STD + _IMAGENET_MEAN
+    if "input_name" in arch.extra:
+        return {arch.extra["input_name"]: pictures.astype(np.float32)}
     if arch.kind == kinds.DETECTION:
         mask = pixel_mask(batch, height, width)
         return {"pixel_values": pictures * mask[:, None].astype(np.float32), "pixel_mask": mask}
@@ -267,7 +280,7 @@ def speech_features(arch: Architecture, profile: Profile) -> np.ndarray:
 
 def symbolic_axes(arch: Architecture, name: str, ndim: int) -> dict[int, str]:
     """The dynamic axes a torch export gives input ``name`` (named like optimum's)."""
-    if name in ("pixel_values", "pixel_mask"):
+    if name in ("pixel_values", "pixel_mask") or name == arch.extra.get("input_name"):
         axes = {0: "batch"}
         if arch.dynamic_image:
             first = ndim - 2

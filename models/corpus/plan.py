@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from models.corpus import architectures as kinds
 from models.corpus.architectures import ARCHITECTURES, Architecture
 
-EXPORTER_NAMES = ("torchscript", "dynamo", "optimum")
+EXPORTER_NAMES = ("torchscript", "dynamo", "optimum", "ultralytics")
 
 # optimum's seq2seq "-with-past" export: file -> variant.
 SEQ2SEQ_FILES = {
@@ -102,8 +102,8 @@ def _variant_families(variant: str) -> tuple[str, ...]:
 
 
 def _jobs(architecture: str, *exports: str) -> list[Job]:
-    """Jobs from short codes: ``ts``/``dyn``/``opt``, with ``+past`` for a KV-cache graph."""
-    exporters = {"ts": "torchscript", "dyn": "dynamo", "opt": "optimum"}
+    """Jobs from short codes: ``ts``/``dyn``/``opt``/``ul``, with ``+past`` for a KV-cache graph."""
+    exporters = {"ts": "torchscript", "dyn": "dynamo", "opt": "optimum", "ul": "ultralytics"}
     jobs = []
     for code in exports:
         short, _, past = code.partition("+")
@@ -138,6 +138,9 @@ JOBS: tuple[Job, ...] = (
     *_jobs("resnet18", "ts"),
     *_jobs("mobilenet_v2", "ts", "dyn"),
     *_jobs("efficientnet_b0", "ts"),
+    *_jobs("efficientvit_b0", "ts"),
+    *_jobs("melspectrogram", "ts"),
+    *_jobs("yolov8n", "ul"),
 )
 
 
