@@ -533,7 +533,9 @@ def _ultralytics_model(arch: Architecture) -> Any:
 
     # ultralytics reads these at import: no network checks, settings outside the user's home.
     os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_CONFIG_DIR", os.path.join(tempfile.gettempdir(), "mpcompile-corpus-ultralytics"))
+    os.environ.setdefault(
+        "YOLO_CONFIG_DIR", os.path.join(tempfile.gettempdir(), "mpcompile-corpus-ultralytics")
+    )
     from ultralytics import YOLO
 
     model = YOLO(arch.model_class)

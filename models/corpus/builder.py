@@ -149,7 +149,15 @@ def _require_build_packages(versions: dict[str, str]) -> None:
     """Fail early, with the fix, when this interpreter lacks what the workers import."""
     absent = [
         name
-        for name in ("torch", "torchvision", "transformers", "optimum-onnx", "onnxscript", "timm", "ultralytics")
+        for name in (
+            "torch",
+            "torchvision",
+            "transformers",
+            "optimum-onnx",
+            "onnxscript",
+            "timm",
+            "ultralytics",
+        )
         if versions[name] == "missing"
     ]
     if absent:
