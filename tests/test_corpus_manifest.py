@@ -192,7 +192,10 @@ def test_plan_names_are_unique_and_tagged() -> None:
     assert {"merged-decoder", "control-flow"} <= set(by_name["t5-optimum-decoder-merged"].families)
     assert by_name["t5-optimum-decoder-merged"].file == "decoder_model_merged.onnx"
     exporters = {job.exporter for job in JOBS}
-    assert exporters == {"torchscript", "dynamo", "optimum"}
+    assert exporters == {"torchscript", "dynamo", "optimum", "ultralytics"}
+    assert {"timm", "linear-attention"} <= set(by_name["efficientvit_b0-torchscript"].families)
+    assert {"audio", "spectrogram"} <= set(by_name["melspectrogram-torchscript"].families)
+    assert {"detection", "ultralytics"} <= set(by_name["yolov8n-ultralytics"].families)
     assert [job.name for job in select_jobs(["t5-optimum-decoder-merged"])] == ["t5-optimum-with-past"]
     with pytest.raises(KeyError, match="unknown corpus name"):
         select_jobs(["no-such-model"])
@@ -262,7 +265,9 @@ def test_folder_plan_and_only_names() -> None:
         "t5-large-activation-folder",
     ]
     broken = [job for job in FOLDER_JOBS if not job.plain_fp16_generates]
-    assert [job.arch.config["initializer_factor"] for job in broken] == [16.0]
+    assert [job.name for job in broken] == ["t5-large-activation-folder", "llama-large-activation-folder"]
+    assert broken[0].arch.config["initializer_factor"] == 16.0
+    assert broken[1].arch.config["initializer_range"] == 4.0 and broken[1].variant == "decoder-only-with-past"
     assert split_only(["llama-torchscript"]) == (["llama-torchscript"], [])
     with pytest.raises(KeyError, match="unknown corpus name"):
         split_only(["no-such-folder"])

@@ -4,7 +4,8 @@
 # It holds the pins of pyproject's [corpus] extra: torch 2.14.1 with torchvision 0.29.1 (PyPI's
 # torchvision does not import beside the torch 2.13.0 CPU build), transformers 4.57.6, optimum
 # 2.1.0 with optimum-onnx 0.1.0 (which needs transformers < 4.58) and onnxscript for the dynamo
-# exporter. mpcompile goes in editable with the extra, so the tests run from it too.
+# exporter, timm (efficientvit_b0) and ultralytics (its own YOLO exporter). mpcompile goes in
+# editable with the extra, so the tests run from it too.
 #
 # Usage: bash tools/corpus_env.sh [VENV_DIR]     (idempotent; reuses a complete venv)
 # Then:  VENV_DIR/bin/python -m models.corpus build --jobs 2
@@ -24,7 +25,7 @@ EOF
 )"
 
 check_imports() {
-    "$venv/bin/python" -c 'import torch, torchvision.ops, transformers, optimum.exporters.onnx, onnxscript, onnxruntime, models.corpus'
+    "$venv/bin/python" -c 'import torch, torchvision.ops, transformers, optimum.exporters.onnx, onnxscript, onnxruntime, timm, ultralytics, models.corpus'
 }
 
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$wanted" ]]; then
