@@ -86,3 +86,41 @@ def test_auto_meets_its_tolerance_with_at_least_plain_converts_share(corpus_run)
         if any(f"[{mode}]" in problem for mode in real_models.AUTO_MODES)
     ]
     assert not problems, "\n".join(problems)
+
+
+def _rows_of(rows, entries, families: tuple[str, ...], mode: str) -> dict[str, real_models.Row]:
+    names = {entry.name for entry in entries if any(entry.has_family(family) for family in families)}
+    if not names:
+        pytest.skip(f"the corpus has no {'/'.join(families)} entry; rebuild it (models/corpus)")
+    return {row.model: row for row in rows if row.model in names and row.mode == mode}
+
+
+def test_plain_convert_is_finite_faithfully_on_range_hazards(corpus_run):
+    """Issue 22: efficientvit's linear attention (q @ (k^T v) past FP16's range) and a mel
+    spectrogram fed int16-scale audio (power spectrum ~1e9): plain convert's outputs stay finite
+    under the FP16-faithful judge and close to FP32 (cosine >= 0.999 on both samples)."""
+    entries, rows = corpus_run
+    plain = _rows_of(rows, entries, ("linear-attention", "spectrogram"), "convert")
+    assert plain
+    for name, row in plain.items():
+        assert row.valid and row.new_nonfinite == 0, f"{name}: {row.new_nonfinite} new NaN/Inf: {row.error}"
+        assert row.cosine_faithful is not None and row.cosine_faithful >= 0.999, f"{name}: {row}"
+
+
+def test_auto_keeps_plain_converts_share_on_ultralytics_yolo(corpus_run):
+    """Issue 22: where plain convert of ultralytics' own YOLO export meets cosine >= 0.999 under the
+    FP16-faithful judge with no new NaN/Inf, every --auto mode keeps at least its FLOP share."""
+    entries, rows = corpus_run
+    plain = _rows_of(rows, entries, ("ultralytics",), "convert")
+    by_key = {(row.model, row.mode): row for row in rows}
+    assert plain
+    for name, row in plain.items():
+        assert row.valid, f"{name}: {row.error}"
+        if row.new_nonfinite or (row.cosine_faithful or 0.0) < 0.999:
+            continue
+        for mode in (*real_models.AUTO_MODES, "auto-generated"):
+            auto = by_key[(name, mode)]
+            assert auto.exit_code == 0 and auto.new_nonfinite == 0, f"{name} [{mode}]: {auto.error}"
+            assert (auto.low_flop_share or 0.0) + 1e-9 >= (row.low_flop_share or 0.0), (
+                f"{name} [{mode}]: {auto.low_flop_share} < plain convert's {row.low_flop_share}"
+            )

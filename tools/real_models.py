@@ -505,6 +505,8 @@ def _below_plain(row: Row, plain: Row | None) -> bool:
 
 
 def _plain_meets(plain: Row, mode: str) -> bool:
+    if plain.new_nonfinite:  # the cosine skips non-finite elements: new NaN/Inf never meet a criterion
+        return False
     if mode == "auto-cosine":
         return plain.cosine_faithful is not None and plain.cosine_faithful >= COSINE_METRIC
     return plain.tolerance_error is not None and plain.tolerance_error <= 1.0

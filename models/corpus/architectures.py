@@ -54,7 +54,7 @@ class Architecture:
 
     name: str
     library: str  # "transformers" | "torchvision" | "timm" | "torch" (models/corpus/spectrogram.py) | "ultralytics"
-    model_class: str  # e.g. "LlamaForCausalLM", a torchvision/timm builder name, or an ultralytics .yaml
+    model_class: str  # "LlamaForCausalLM", a torchvision/timm builder, "module.builder" in models/corpus, a .yaml
     config_class: str  # e.g. "LlamaConfig"; "" for torchvision
     config: Mapping[str, Any]
     kind: str
@@ -67,7 +67,8 @@ class Architecture:
     attn_implementation: str | None = None  # forced attention implementation, if any
     seed: int = 0
     notes: str = ""
-    # input_name / output_name: a positional (non-transformers) model's graph input and output names;
+    # input_name / output_name(s): a positional (non-transformers) model's graph input and output names;
+    # input_axes / output_axes: their dynamic axes where not the usual ones; feeds="vad": silero-like feeds;
     # pixels="unit": images in [0, 1], not ImageNet-normalised; audio="int16": waveforms at int16 scale.
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -471,7 +472,7 @@ _ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture(
         "melspectrogram",
         "torch",
-        "MelSpectrogram",
+        "spectrogram.MelSpectrogram",
         "",
         {"sample_rate": 16000, "n_fft": 512, "win_length": 400, "hop_length": 160, "n_mels": 32},
         AUDIO,
@@ -479,6 +480,23 @@ _ARCHITECTURES: tuple[Architecture, ...] = (
         notes="openwakeword-like mel spectrogram (Conv1d STFT, Pow, mel MatMul, clamp, log) fed int16-scale "
         "audio: the power spectrum reaches ~1e13",
         extra={"output_name": "mel", "audio": "int16"},
+    ),
+    Architecture(
+        "silero_like_vad",
+        "torch",
+        "vad.scripted",
+        "",
+        {"hidden": 32},
+        AUDIO,
+        families=("audio", "vad", "control-flow", "lstm", "scalar-input"),
+        notes="silero-vad-like: waveform, LSTM state and a one-element int64 sr whose If(Equal(sr, 16000)) / "
+        "If(Equal(sr, 8000)) picks the path; no path for other rates",
+        extra={
+            "feeds": "vad",
+            "output_names": ("output", "stateN"),
+            "input_axes": {"input": {0: "batch", 1: "samples"}, "state": {1: "batch"}, "sr": {}},
+            "output_axes": {"output": {0: "batch"}, "stateN": {1: "batch"}},
+        },
     ),
     Architecture(
         "yolov8n",
@@ -518,9 +536,10 @@ def instantiate(arch: Architecture) -> Any:
         _randomise_batchnorm_statistics(model, arch.seed)
         return model.eval()
     if arch.library == "torch":
-        from models.corpus import spectrogram
+        import importlib
 
-        return getattr(spectrogram, arch.model_class)(**arch.config).eval()
+        module, _, builder = arch.model_class.rpartition(".")
+        return getattr(importlib.import_module(f"models.corpus.{module}"), builder)(**arch.config).eval()
     if arch.library == "ultralytics":
         return _ultralytics_model(arch)
     return instantiate_from_config(arch, make_config(arch)).eval()

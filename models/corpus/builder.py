@@ -35,6 +35,7 @@ BUILD_SOURCES = (
     "inputs.py",
     "masks.py",
     "spectrogram.py",
+    "vad.py",
     "verify.py",
 )  # plan.py only lists the jobs: a job's key takes its own definition and planned entries instead
 VERSIONED_PACKAGES = (

@@ -182,8 +182,11 @@ def _wrap(arch: Architecture, model: Any, with_past: bool) -> tuple[Any, TorchSi
     axes = {name: inputs.symbolic_axes(arch, name, feeds[name].ndim) for name in names}
     examples = tuple(_tensor(feeds[name]) for name in names)
     if arch.library in POSITIONAL_LIBRARIES:
-        output = arch.extra.get("output_name", "logits")
-        signature = TorchSignature(names, examples, axes, (output,), {output: {0: "batch"}})
+        outputs = tuple(arch.extra.get("output_names", (arch.extra.get("output_name", "logits"),)))
+        output_axes = {name: {0: "batch"} for name in outputs} | dict(arch.extra.get("output_axes", {}))
+        signature = TorchSignature(names, examples, axes, outputs, output_axes)
+        if isinstance(model, torch.jit.ScriptModule):  # exported as scripted: its branches stay If nodes
+            return model, signature
         return _PositionalModule(model), signature
     extra = {"return_dict": True}
     if arch.kind in (arch_kinds.SEQ2SEQ, arch_kinds.SPEECH_SEQ2SEQ):
@@ -264,14 +267,15 @@ class _KeywordModule(torch.nn.Module):
 
 
 class _PositionalModule(torch.nn.Module):
-    """Calls ``model(*args)`` and returns its one tensor as a 1-tuple (torchvision classifiers)."""
+    """Calls ``model(*args)`` and returns its tensors as a tuple (one for torchvision classifiers)."""
 
     def __init__(self, model: Any) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, *args: Any) -> tuple[Any, ...]:
-        return (self.model(*args),)
+        result = self.model(*args)
+        return tuple(result) if isinstance(result, tuple) else (result,)
 
 
 class _CausalLMWithPast(torch.nn.Module):

@@ -129,10 +129,16 @@ def waveforms(rng: np.random.Generator, batch: int, samples: int) -> np.ndarray:
     return waves.astype(np.float32)
 
 
+# Quiet speech, about -32 dBFS at its peak: a 400-sample STFT of these tones stays below FP16's
+# 65504 (~3.5e4), while its power spectrum (~1e9) does not. Louder audio overflows the STFT Conv
+# itself, which no rule without the deployment's input scale can foresee.
+INT16_PEAK = 800.0
+
+
 def int16_scale(waves: np.ndarray) -> np.ndarray:
-    """Waveforms as an int16 recording holds them (rounded, peak 90 % of 32767), as float32."""
+    """Waveforms as an int16 recording holds them (integers, peak ``INT16_PEAK``), as float32."""
     peak = np.abs(waves).max(axis=1, keepdims=True) + 1e-7
-    return np.round(waves / peak * (0.9 * 32767.0)).astype(np.float32)
+    return np.round(waves / peak * INT16_PEAK).astype(np.float32)
 
 
 def log_mel(waves: np.ndarray, bins: int, frames: int) -> np.ndarray:
@@ -251,6 +257,8 @@ def torch_example_feeds(
             "decoder_input_ids": ids,
             "decoder_attention_mask": mask,
         }
+    if arch.kind == kinds.AUDIO and arch.extra.get("feeds") == "vad":
+        return vad_feeds(arch, profile)
     if arch.kind == kinds.AUDIO:
         waves = waveforms(_rng(profile, 3), batch, profile.audio_samples)
         if arch.extra.get("audio") == "int16":
@@ -270,6 +278,18 @@ def torch_example_feeds(
     return {"pixel_values": pictures}
 
 
+def vad_feeds(arch: Architecture, profile: Profile) -> Feeds:
+    """A silero-like detector's feeds: waveforms in [-1, 1], a small LSTM state, ``sr`` = 16000
+    (shape ``(1,)``: the TorchScript exporter declares a scripted module's 0-d input as ``[1]``)."""
+    rng = _rng(profile, 5)
+    state = 0.1 * rng.standard_normal((2, profile.batch, arch.config["hidden"]))
+    return {
+        "input": waveforms(_rng(profile, 3), profile.batch, profile.audio_samples),
+        "state": state.astype(np.float32),
+        "sr": np.array([16000], np.int64),
+    }
+
+
 def speech_features(arch: Architecture, profile: Profile) -> np.ndarray:
     """Log-mel features of the profile's waveforms, at the model's fixed frame count."""
     samples = arch.audio_frames * 160
@@ -280,6 +300,8 @@ def speech_features(arch: Architecture, profile: Profile) -> np.ndarray:
 
 def symbolic_axes(arch: Architecture, name: str, ndim: int) -> dict[int, str]:
     """The dynamic axes a torch export gives input ``name`` (named like optimum's)."""
+    if name in arch.extra.get("input_axes", {}):
+        return dict(arch.extra["input_axes"][name])
     if name in ("pixel_values", "pixel_mask") or name == arch.extra.get("input_name"):
         axes = {0: "batch"}
         if arch.dynamic_image:

@@ -140,6 +140,7 @@ JOBS: tuple[Job, ...] = (
     *_jobs("efficientnet_b0", "ts"),
     *_jobs("efficientvit_b0", "ts"),
     *_jobs("melspectrogram", "ts"),
+    *_jobs("silero_like_vad", "ts"),
     *_jobs("yolov8n", "ul"),
 )
 
