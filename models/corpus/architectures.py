@@ -54,7 +54,9 @@ class Architecture:
 
     name: str
     library: str  # "transformers" | "torchvision" | "timm" | "torch" (models/corpus/spectrogram.py) | "ultralytics"
-    model_class: str  # "LlamaForCausalLM", a torchvision/timm builder, "module.builder" in models/corpus, a .yaml
+    model_class: (
+        str  # "LlamaForCausalLM", a torchvision/timm builder, "module.builder" in models/corpus, a .yaml
+    )
     config_class: str  # e.g. "LlamaConfig"; "" for torchvision
     config: Mapping[str, Any]
     kind: str
@@ -69,7 +71,8 @@ class Architecture:
     notes: str = ""
     # input_name / output_name(s): a positional (non-transformers) model's graph input and output names;
     # input_axes / output_axes: their dynamic axes where not the usual ones; feeds="vad": silero-like feeds;
-    # pixels="unit": images in [0, 1], not ImageNet-normalised; audio="int16": waveforms at int16 scale.
+    # pixels="unit": images in [0, 1], not ImageNet-normalised; audio="int16": waveforms at int16 scale;
+    # attention_scale: timm LiteMLA qkv weights multiplied by it (trained-like linear-attention range).
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -466,8 +469,9 @@ _ARCHITECTURES: tuple[Architecture, ...] = (
         image_size=224,
         dynamic_image=True,
         image_sizes=((224, 224), (160, 192)),
-        notes="timm's MIT EfficientViT-B0 from its config (pretrained=False), seeded: its ReLU linear "
-        "attention's q @ (k^T v) overflows FP16",
+        notes="timm's MIT EfficientViT-B0 from its config (pretrained=False), seeded, its LiteMLA qkv weights "
+        "x24: k^T v stays in FP16 range (~4e4) while q @ (k^T v) overflows it (~3e5), as with trained weights",
+        extra={"attention_scale": 24.0},
     ),
     Architecture(
         "melspectrogram",
@@ -534,6 +538,7 @@ def instantiate(arch: Architecture) -> Any:
 
         model = timm.create_model(arch.model_class, pretrained=False, **arch.config)
         _randomise_batchnorm_statistics(model, arch.seed)
+        _scale_linear_attention(model, arch.extra.get("attention_scale", 1.0))
         return model.eval()
     if arch.library == "torch":
         import importlib
@@ -543,6 +548,17 @@ def instantiate(arch: Architecture) -> Any:
     if arch.library == "ultralytics":
         return _ultralytics_model(arch)
     return instantiate_from_config(arch, make_config(arch)).eval()
+
+
+def _scale_linear_attention(model: Any, scale: float) -> None:
+    """Multiply the qkv projection of every timm ``LiteMLA`` block by ``scale``: seeded weights give
+    activations far smaller than trained ones, and the linear attention's range grows ~ scale**2."""
+    import torch
+
+    with torch.no_grad():
+        for module in model.modules():
+            if type(module).__name__ == "LiteMLA":
+                module.qkv.conv.weight.mul_(scale)
 
 
 def _ultralytics_model(arch: Architecture) -> Any:

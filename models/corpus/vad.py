@@ -14,6 +14,7 @@ import torch
 
 from models.corpus.spectrogram import dft_kernels
 
+
 class _Stft(torch.nn.Module):
     """Magnitude spectrum by Conv1d with Hann-windowed DFT kernels (no centring)."""
 
