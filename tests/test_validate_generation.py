@@ -411,12 +411,7 @@ def test_validate_judges_plain_convert_of_corpus_folders(entry: FolderEntry | No
     assert code == 0
     first = document["generation"]["layouts"][0]["prompts"]
     assert [tuple(row["reference_tokens"]) for row in first] == list(entry.reference)
-    code, document = _validate_json(
+    code, _ = _validate_json(
         capsys, str(entry.path), str(converted), *options, "--prompts", str(prompts), "--native-cpu"
     )
-    for layout in document["generation"]["layouts"]:  # native CPU: finite logits, close at every step
-        assert all(step["min_cosine"] is not None and step["min_cosine"] > 0.999 for step in layout["steps"])
-    # The random-init Llama's logits have near-ties: native CPU's FP16 rounding flips one at step 17
-    # of one prompt (cosine 0.99998 there), so exact greedy agreement is T5's claim only.
-    if entry.architecture == "t5":
-        assert code == 0
+    assert code == 0

@@ -138,6 +138,10 @@ FOLDER_JOBS: tuple[FolderJob, ...] = (
         "text-generation-with-past",
         "decoder-only-with-past",
         config_overrides=(("initializer_range", _LLAMA_LARGE_ACTIVATION_RANGE),),
+        # Prompts with no near-tie in the FP32 greedy steps (top-2 gap >= 2.5 % of the logits' std
+        # over all 60; seed 7 gives 0.04 %, which any FP16 rounding flips at step 17): so a
+        # conversion that keeps the overflow FP32 can generate FP32's tokens exactly.
+        seed=25,
         notes=f"initializer_range={_LLAMA_LARGE_ACTIVATION_RANGE:g}: residual stream ~1.3e5, plain FP16 "
         "breaks greedy generation",
         plain_fp16_generates=False,
