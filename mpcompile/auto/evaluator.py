@@ -84,7 +84,8 @@ class Evaluator:
         self.criterion = criterion
         self.dump_dir = options.dump_dir  # only the final conversion is dumped
         # Resolved once: the policy file is read here, not once per candidate.
-        self.options = dataclasses.replace(options.resolved(), verify=False, dump_dir=None)
+        # static: the search measures ranges itself (no plain-convert range run per candidate).
+        self.options = dataclasses.replace(options.resolved(), verify=False, dump_dir=None, static=True)
         self.budget = budget
         self.flops: dict[str, int] = {}  # set_flops, once the reference run has given the shapes
         self.total_flops = 0

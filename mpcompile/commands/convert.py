@@ -50,6 +50,12 @@ def default_output_path(input_path: pathlib.Path, precision: str) -> pathlib.Pat
 @node_selection_options
 @click.option("--allow-qdq", is_flag=True, help="Convert the float parts of a QDQ-quantized model.")
 @click.option(
+    "--static",
+    is_flag=True,
+    help="Static rules only: skip the range run (one FP32 run of generated inputs with onnxruntime that "
+    "keeps FP32 the nodes whose values leave the low-precision range).",
+)
+@click.option(
     "--allow-custom-ops",
     is_flag=True,
     help="Convert a model with ops only a custom-op library defines (they stay FP32).",
@@ -103,6 +109,7 @@ def convert_command(
     block_nodes: tuple[str, ...],
     policy: pathlib.Path | None,
     allow_qdq: bool,
+    static: bool,
     allow_custom_ops: bool,
     training: bool,
     overwrite: bool,
@@ -148,6 +155,7 @@ def convert_command(
         block_nodes=block_nodes,
         policy=policy,
         allow_qdq=allow_qdq,
+        static=static,
         allow_custom_ops=allow_custom_ops,
         check_invariants=check_invariants,
         dump_dir=dump_dir,

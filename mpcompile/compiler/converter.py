@@ -18,7 +18,7 @@ from mpcompile.compiler.gc_pause import with_cyclic_gc_paused
 from mpcompile.compiler.options import ConvertOptions
 from mpcompile.core.io_types import fp32_io_names
 from mpcompile.core.pipeline import Pipeline
-from mpcompile.core.plan import MODEL_VERSION_KEY, PrecisionPlan, nothing_low_note, read_decision
+from mpcompile.core.plan import MODEL_VERSION_KEY, PrecisionPlan, Reason, nothing_low_note, read_decision
 from mpcompile.core.precision import Precision, low_precision_format
 from mpcompile.core.ranges import ConstantRanges
 from mpcompile.io import model_io, overwrite_guard
@@ -89,6 +89,11 @@ class ConvertResult:
             "stats": self.stats.as_dict(),
             "reasons": dict(sorted(Counter(decision.reason for _, decision in self.plan.items()).items())),
             "notes": list(self.notes),
+            "range_measured": {  # kept FP32 by the range run (mpcompile.auto.range_run)
+                node.name or "": decision.rule
+                for node, decision in self.plan.items()
+                if decision.reason == Reason.RANGE_MEASURED
+            },
         }
 
 
@@ -273,6 +278,8 @@ def _convert_ir(
         )
     # OptimizePass leaves the model it is given as it is; the plain comparison converts that one.
     unoptimized = model if opts.optimize else None
+    if not opts.static:
+        context = _with_range_run(model, context)
     plan = PrecisionPlan(ranges=ConstantRanges(low))  # range scans shared by the passes, once per value
     pipeline = build_pipeline(
         context, model, plan, check_invariants=opts.check_invariants, dump_dir=opts.dump_dir
@@ -299,6 +306,32 @@ def _convert_ir(
         if heavy_note:
             context.notes.append(heavy_note)
     return ConvertResult(model, plan, context.stats, context.notes, low.precision.value, target.name)
+
+
+def _with_range_run(model: ir.Model, context: ConversionContext) -> ConversionContext:
+    """``context`` with the nodes plain convert's range run keeps FP32 (``mpcompile.auto.range_run``)
+    added to its overrides (the caller's own overrides win), and its note."""
+    from mpcompile.auto.range_run import range_run
+    from mpcompile.passes.assign_precision import AssignPrecisionPass
+    from mpcompile.passes.infer_types import InferTypesPass
+
+    def low_nodes() -> set[str]:  # the static paint alone: what would go low without the run
+        trial = dataclasses.replace(context, stats=ConvertStats(), notes=[])
+        plan = PrecisionPlan(ranges=ConstantRanges(context.low))
+        try:
+            AssignPrecisionPass(trial, plan)(InferTypesPass(trial)(model).model)
+            return {
+                node.name for node, decision in plan.items() if decision.is_low and node.graph is model.graph
+            }
+        finally:
+            plan.close()
+
+    run = range_run(model, context.low, low_nodes)
+    if run.note:
+        context.notes.append(run.note)
+    if not run.decisions:
+        return context
+    return dataclasses.replace(context, node_overrides={**run.decisions, **context.node_overrides})
 
 
 def _compare_with_plain(converted: ir.Model, unoptimized: ir.Model, opts: ConvertOptions) -> str | None:

@@ -43,6 +43,7 @@ class Reason:
     USER_BLOCK_NODE = "user-block-node"
     RANGE = "range"  # a constant input is outside the low-precision range
     RANGE_PROPAGATED = "range-propagated"  # reads a value that a range-kept node may push out of range
+    RANGE_MEASURED = "range-measured"  # plain convert's range run measured a value beyond range
     SCHEMA = "schema"  # the op's schema has no low-precision type at this opset
     UNKNOWN_OP = "unknown-op"  # no schema and no typing rule: kept as it is
     UNLISTED = "unlisted"  # op is in no policy list: kept FP32

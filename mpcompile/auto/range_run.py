@@ -1,0 +1,138 @@
+"""Plain convert's range run: ``--auto``'s range rules on one FP32 run of generated inputs, no search.
+
+When onnxruntime is installed and the target format is narrower than FP32 in range (FP16),
+``convert`` runs the FP32 model once on CPU, on inputs generated from its signature at the sizes
+it implies (``mpcompile.evaluate.accepted_inputs``), with every main-graph intermediate exposed.
+A node the static rules put in low precision stays FP32 (reason ``range-measured``) when the
+run shows one of its non-constant float inputs or outputs beyond half the format's maximum
+(``overflow``), a kernel accumulator beyond it (``accumulator``), or a reduction deeper than
+``REDUCTION_DEPTH`` (``deep-reduction``): ``mpcompile.auto.range_rules``. Every reader of a
+value beyond range is checked too, so no such value is handed to a low-precision reader of the
+main graph (openwakeword's melspectrogram, the linear attention ``q @ (kᵀv)`` of timm's
+efficientvit).
+
+Left to ``--auto``, which weighs them against a tolerance: the underflow rule (it costs
+accuracy, not finiteness), the cancellation rule (it needs a tolerance) and the integer-cast
+rule (plain convert's integer Casts follow ``policy/integer_casts.py``).
+
+The run is skipped with a note, never an error, when onnxruntime is missing, when the model is
+too large to hand to ONNX Runtime in memory (``MAX_WEIGHT_BYTES``), when the run would need more
+memory than the limit (``mpcompile.evaluate.memory_limit``), or when no generated input runs
+within ``RETRY_SECONDS`` (then the static rules alone decide). ``--static`` / ``static=True``
+skips it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Collection, Mapping
+
+import onnx_ir as ir
+
+from mpcompile import errors
+from mpcompile.auto.range_rules import RangeFinding, RangeRules, find_unsafe_nodes
+from mpcompile.core.plan import Decision, Reason
+from mpcompile.core.precision import LowPrecisionFormat, Precision
+from mpcompile.io import model_io
+from mpcompile.policy import range_propagation
+
+# The underflow rule is off (inf); the cancellation rule is off by the infinite budget below.
+RULES = RangeRules(underflow_mass=math.inf)
+LEFT_TO_AUTO = frozenset({"integer-cast", "underflow", "cancellation", "cancellation-input"})
+RETRY_SECONDS = 10.0  # generated inputs the model rejects: new sizes tried for at most this long
+MAX_TRIES = 8
+MAX_WEIGHT_BYTES = 3 * (model_io.TWO_GIB // 4)  # serialised in memory for the session: below 2 GiB
+NAMES_SHOWN = 5
+STATIC_HINT = "--static skips it"
+
+
+@dataclasses.dataclass
+class RangeRun:
+    """What the range run kept FP32 (by node name) and the note saying so ('' when none)."""
+
+    decisions: dict[str, Decision] = dataclasses.field(default_factory=dict)
+    note: str = ""
+    seconds: float = 0.0
+
+
+def range_run(
+    model: ir.Model, low: LowPrecisionFormat, low_nodes: Callable[[], Collection[str]], *, seed: int = 0
+) -> RangeRun:
+    """Run ``model`` (FP32, not modified) once on generated inputs and keep FP32 the nodes of
+    ``low_nodes()`` (the static conversion's low-precision main-graph nodes) that the range rules
+    find unsafe; see the module docstring for when it is skipped."""
+    if not range_propagation.needed(low):
+        return RangeRun()
+    started = time.perf_counter()
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return RangeRun(note="range run skipped (static rules only): onnxruntime is not installed")
+    if model_io.weight_bytes(model) > MAX_WEIGHT_BYTES:
+        return RangeRun(
+            note=f"range run skipped (static rules only): weights above {MAX_WEIGHT_BYTES >> 20} MiB"
+        )
+    try:
+        values, label = _reference_values(model, seed)
+    except Exception as exc:  # the static rules decide instead: never an error
+        return RangeRun(note=f"range run skipped (static rules only): {_first_line(exc)}")
+    nodes = {node.name: node for node in model.graph if node.name}
+    low_set = set(low_nodes())
+    candidates = [name for name in nodes if name in low_set]
+    findings = find_unsafe_nodes(
+        nodes, candidates, values, low, RULES, model.opset_imports.get("", 0), relative_budget=math.inf
+    )
+    kept = {name: finding for name, finding in findings.items() if finding.rule not in LEFT_TO_AUTO}
+    seconds = time.perf_counter() - started
+    decisions = {name: range_decision(finding) for name, finding in kept.items()}
+    return RangeRun(decisions, kept_note(kept, label, low, seconds), seconds)
+
+
+def range_decision(finding: RangeFinding) -> Decision:
+    """The decision stamped on a node the range run keeps FP32: reason ``range-measured``, the
+    rule and what it measured."""
+    return Decision(Precision.FP32, Reason.RANGE_MEASURED, f"{finding.rule}: {finding.describe()}")
+
+
+def kept_note(kept: Mapping[str, RangeFinding], label: str, low: LowPrecisionFormat, seconds: float) -> str:
+    """``range run (generated inputs, seed 0; 0.3 s): 2 node(s) kept FP32 ...`` ('' when none)."""
+    if not kept:
+        return ""
+    names = sorted(kept)
+    shown = "; ".join(f"{name} ({kept[name].describe()})" for name in names[:NAMES_SHOWN])
+    more = f"; and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else ""
+    return (
+        f"range run ({label}, {seconds:.1f} s): {len(names)} node(s) kept FP32 as their values leave "
+        f"{low.precision.value} range (reason range-measured): {shown}{more}; {STATIC_HINT}"
+    )
+
+
+def _reference_values(model: ir.Model, seed: int) -> tuple[dict[str, list], str]:
+    """Every main-graph value of one FP32 run on generated inputs (one batch), and the inputs' label."""
+    from mpcompile.auto.feeds import resolve_feeds
+    from mpcompile.evaluate.accepted_inputs import run_accepting_inputs
+    from mpcompile.evaluate.faithful import ReferenceSession
+
+    feeds, label, specs = resolve_feeds(model, None, seed=seed)
+    session = ReferenceSession(model, intermediates=True)
+
+    def run(batches: list[dict]) -> list[dict]:
+        return [session.run(batch) for batch in batches]
+
+    outputs, feeds, choice = run_accepting_inputs(
+        model, run, feeds, specs, seed=seed, time_limit=RETRY_SECONDS, max_tries=MAX_TRIES
+    )
+    if choice is not None:
+        label = f"{label}; {choice.describe()}"
+    values: dict[str, list] = {}
+    for name, array in [*feeds[0].items(), *outputs[0].items()]:
+        values.setdefault(name, []).append(array)
+    return values, label
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else type(exc).__name__
+    return first if isinstance(exc, errors.MpcompileError) else f"{type(exc).__name__}: {first}"
