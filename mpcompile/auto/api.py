@@ -26,7 +26,7 @@ import onnx_ir as ir
 
 from mpcompile import errors
 from mpcompile.auto import DEFAULT_BUDGET
-from mpcompile.auto.criteria import Criterion, CriterionError, make_criterion
+from mpcompile.auto.criteria import Criterion, CriterionError, make_criterion, output_criterion
 from mpcompile.auto.evaluator import Evaluator, low_precision_nodes
 from mpcompile.auto.feeds import InputsLike, resolve_feeds
 from mpcompile.auto.flops import node_flops
@@ -139,8 +139,10 @@ def auto_convert(
     """Convert ``model`` with the most low-precision FLOPs that keep its outputs within tolerance.
 
     ``inputs``: None/"generated", an .npz path (or folder), a feed dict or a list of them.
-    Criterion: ``rtol``/``atol`` (defaults 1e-2/1e-2 for fp16) or ``metric`` ("cosine:0.9999",
-    "rel-l2:1e-3", "max-abs:0.05"). ``budget``: most model evaluations (runs of the reference
+    Criterion: ``rtol``/``atol`` per element (either given; the other defaults to 1e-2 for fp16),
+    ``metric`` ("cosine:0.9999", "rel-l2:1e-3", "max-abs:0.05") for every output, or by default
+    a measure per output (``criteria.output_criterion``: logits by cosine and top-k agreement,
+    other outputs by relative L2 error). ``budget``: most model evaluations (runs of the reference
     or of a candidate over every batch), the reference included; confirming the answer in its
     own session is one more. ``switchboard``: run the search's later candidates in one shared
     session (``mpcompile.auto.switchboard``; False: a session per candidate, same results).
@@ -169,6 +171,8 @@ def auto_convert(
             f"--budget {budget}: at least {MIN_BUDGET} evaluations (reference and one candidate)"
         )
     work, kind = _working_copy(model)
+    if metric is None and rtol is None and atol is None:  # the default: a measure per output
+        criterion = default_criterion(work, str(options.precision))
     if options.optimize:  # optimise once up front, so every candidate shares the optimised graph's names
         from mpcompile.passes.optimize import optimize
         from mpcompile.targets import get_target
@@ -301,6 +305,18 @@ def _reference_run(
     if choice is not None:
         label = f"{label}; {choice.describe()}, as the model rejects the default inputs"
     return reference, label
+
+
+def default_criterion(model: ir.Model, precision: str) -> Criterion:
+    """``criteria.output_criterion`` for the model's graph outputs (logits or values)."""
+    outputs = []
+    for value in model.graph.outputs:
+        shape = (
+            None if value.shape is None else [dim if isinstance(dim, int) else None for dim in value.shape]
+        )
+        is_float = value.dtype is not None and value.dtype.is_floating_point()
+        outputs.append((value.name, is_float, shape))
+    return output_criterion(outputs, precision)
 
 
 def measured_op_names() -> tuple[str, ...]:

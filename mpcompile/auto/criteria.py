@@ -7,6 +7,15 @@
 * metric (``--metric cosine:0.9999``, ``rel-l2:1e-3``, ``max-abs:0.05``): per output, over all
   elements of all batches. ``cosine`` must reach the value; the others must not exceed it.
 
+* the default, per output (``output_criterion``: no ``--metric``, ``--rtol`` or ``--atol``
+  given): each output judged by what it is (``output_kind``). **Logits** (classification or
+  generative scores: float, rank >= 2, named ``*logits*``/``*scores*``/``*probs*``, or a static
+  last dim of at least ``MIN_CLASSES`` outside hidden-state/embedding names) pass with cosine >=
+  ``LOGITS_COSINE`` and every row's reference top-1 class among the candidate's top
+  ``TOP_K``; a large logit shifted by 1e-2 changes no decision. **Values** (regressions,
+  embeddings, hidden states, KV caches) pass with a relative L2 error <= ``VALUES_REL_L2``.
+  The error of each output is its measure over its own limit, so the limit is 1.
+
 New NaN/Inf (finite in the reference) always fail. Reference elements that are not finite must
 come back identical (the same inf, or NaN).
 """
@@ -24,6 +33,14 @@ from mpcompile import errors
 DEFAULT_RTOL = {"fp16": 1e-2, "bf16": 5e-2}
 DEFAULT_ATOL = {"fp16": 1e-2, "bf16": 5e-2}
 METRICS = ("cosine", "rel-l2", "max-abs")
+PER_OUTPUT = "per-output"  # the default: a measure chosen per output (output_criterion)
+LOGITS, VALUES = "logits", "values"
+LOGITS_COSINE = {"fp16": 0.999, "bf16": 0.995}
+VALUES_REL_L2 = {"fp16": 1e-2, "bf16": 5e-2}
+TOP_K = 5
+MIN_CLASSES = 1000  # a static last dim this large, in an output not named like a hidden state
+LOGITS_WORDS = ("logit", "score", "prob")
+VALUES_WORDS = ("hidden", "embed", "pool", "state", "feature", "present", "past", "key", "value")
 
 
 class CriterionError(errors.MpcompileError):
@@ -40,11 +57,16 @@ class Criterion:
     atol: float = 1e-2
     metric: str | None = None
     threshold: float | None = None
+    # PER_OUTPUT: (output name, LOGITS or VALUES), and the thresholds of each kind.
+    outputs: tuple[tuple[str, str], ...] = ()
+    cosine: float = LOGITS_COSINE["fp16"]
+    rel_l2: float = VALUES_REL_L2["fp16"]
+    top_k: int = TOP_K
 
     @property
     def limit(self) -> float:
         """The error value at which the criterion still passes."""
-        if self.metric is None:
+        if self.metric is None or self.metric == PER_OUTPUT:
             return 1.0
         if self.metric == "cosine":
             return 1.0 - float(self.threshold)  # error = 1 - cosine
@@ -63,7 +85,10 @@ class Criterion:
             ref = np.concatenate([_flat(batch[name]) for batch in references])
             ref = np.abs(ref[np.isfinite(ref)])
             scale = float(ref.mean()) if ref.size else 0.0
-            if self.metric == "rel-l2":
+            if self.metric == PER_OUTPUT:
+                logits = self.kind_of(name) == LOGITS
+                allowed = math.sqrt(2.0 * (1.0 - self.cosine)) if logits else self.rel_l2
+            elif self.metric == "rel-l2":
                 allowed = float(self.threshold)
             elif self.metric == "cosine":
                 allowed = math.sqrt(2.0 * (1.0 - float(self.threshold)))
@@ -76,19 +101,50 @@ class Criterion:
             budget = min(budget, allowed)
         return budget
 
+    def kind_of(self, output: str) -> str:
+        """LOGITS or VALUES for an output of a PER_OUTPUT criterion (VALUES when not listed)."""
+        return dict(self.outputs).get(output, VALUES)
+
     def describe(self) -> str:
         if self.metric is None:
             return f"|y - y_fp32| <= {self.atol:g} + {self.rtol:g}·|y_fp32|"
+        if self.metric == PER_OUTPUT:
+            logits = [name for name, kind in self.outputs if kind == LOGITS]
+            parts = []
+            if logits:
+                parts.append(
+                    f"cosine >= {self.cosine:g} and top-1 in top-{self.top_k} for {', '.join(logits)}"
+                )
+            if len(logits) < len(self.outputs):
+                parts.append(
+                    f"rel-l2 <= {self.rel_l2:g} for {'the other outputs' if logits else 'every output'}"
+                )
+            return "; ".join(parts) or f"rel-l2 <= {self.rel_l2:g}"
         return f"{self.metric} {'>=' if self.metric == 'cosine' else '<='} {self.threshold:g}"
 
     def to_dict(self) -> dict:
         if self.metric is None:
             return {"kind": "tolerance", "rtol": self.rtol, "atol": self.atol}
+        if self.metric == PER_OUTPUT:
+            return {
+                "kind": PER_OUTPUT,
+                "outputs": dict(self.outputs),
+                LOGITS: {"cosine": self.cosine, "top_k": self.top_k},
+                VALUES: {"rel-l2": self.rel_l2},
+            }
         return {"kind": "metric", "metric": self.metric, "threshold": self.threshold}
 
     @classmethod
     def from_dict(cls, data: dict) -> Criterion:
         """The criterion ``to_dict`` wrote (as saved in a model's ``--auto`` record)."""
+        if data.get("kind") == PER_OUTPUT:
+            return cls(
+                metric=PER_OUTPUT,
+                outputs=tuple(sorted(data["outputs"].items())),
+                cosine=data[LOGITS]["cosine"],
+                top_k=data[LOGITS]["top_k"],
+                rel_l2=data[VALUES]["rel-l2"],
+            )
         if data.get("kind") == "metric":
             return cls(metric=data["metric"], threshold=data["threshold"])
         return cls(rtol=data["rtol"], atol=data["atol"])
@@ -102,7 +158,9 @@ class Criterion:
         for name in references[0]:
             ref = np.concatenate([_flat(batch[name]) for batch in references])
             got = np.concatenate([_flat(batch[name]) for batch in candidates])
-            error, failure = self._output_error(ref, got)
+            error, failure = self._output_error(ref, got, name)
+            if not failure and self.metric == PER_OUTPUT and self.kind_of(name) == LOGITS:
+                error, failure = _top_k_check(references, candidates, name, self.top_k, error)
             if failure:
                 failures.append(f"{name}: {failure}")
             if error > worst_error or not worst_name:
@@ -112,7 +170,7 @@ class Criterion:
             failures.append(f"{worst_name}: error {worst_error:.4g} > limit {self.limit:.4g}")
         return CheckResult(passed, worst_error, worst_name, "; ".join(failures))
 
-    def _output_error(self, ref: np.ndarray, got: np.ndarray) -> tuple[float, str]:
+    def _output_error(self, ref: np.ndarray, got: np.ndarray, name: str = "") -> tuple[float, str]:
         if ref.shape != got.shape:
             return math.inf, f"shape {got.shape} differs from the reference's {ref.shape}"
         ref_finite, got_finite = np.isfinite(ref), np.isfinite(got)
@@ -124,6 +182,10 @@ class Criterion:
         r, g = ref[ref_finite], got[ref_finite]
         if r.size == 0:
             return 0.0, ""
+        if self.metric == PER_OUTPUT:
+            if self.kind_of(name) == LOGITS:
+                return (1.0 - cosine_similarity(r, g)) / (1.0 - self.cosine), ""
+            return _relative_l2(r, g) / self.rel_l2, ""
         if self.metric is None:
             bound = self.atol + self.rtol * np.abs(r)
             diff = np.abs(g - r)
@@ -133,10 +195,41 @@ class Criterion:
         if self.metric == "cosine":
             return 1.0 - cosine_similarity(r, g), ""
         if self.metric == "rel-l2":
-            norm = float(np.linalg.norm(r))
-            diff_norm = float(np.linalg.norm(g - r))
-            return (diff_norm / norm if norm else (0.0 if diff_norm == 0 else math.inf)), ""
+            return _relative_l2(r, g), ""
         return float(np.max(np.abs(g - r))), ""  # max-abs
+
+
+def _relative_l2(ref: np.ndarray, got: np.ndarray) -> float:
+    norm = float(np.linalg.norm(ref))
+    diff_norm = float(np.linalg.norm(got - ref))
+    return diff_norm / norm if norm else (0.0 if diff_norm == 0 else math.inf)
+
+
+def _top_k_check(
+    references: Sequence[Mapping[str, np.ndarray]],
+    candidates: Sequence[Mapping[str, np.ndarray]],
+    name: str,
+    k: int,
+    error: float,
+) -> tuple[float, str]:
+    """Every row's (last axis) reference top-1 class among the candidate's top ``k``: the error
+    unchanged when so, else above the limit (1 + the share of rows missed) with a failure."""
+    rows = missed = 0
+    for ref_batch, got_batch in zip(references, candidates, strict=True):
+        ref, got = np.asarray(ref_batch[name]), np.asarray(got_batch[name])
+        if ref.ndim < 2 or ref.shape != got.shape or ref.shape[-1] == 0:
+            continue
+        ref_rows = ref.reshape(-1, ref.shape[-1]).astype(np.float64)
+        got_rows = got.reshape(-1, got.shape[-1]).astype(np.float64)
+        top1 = np.argmax(ref_rows, axis=1)
+        # A row's top-1 is in the candidate's top k when fewer than k classes score above it.
+        above = np.sum(got_rows > got_rows[np.arange(len(top1)), top1][:, None], axis=1)
+        rows += len(top1)
+        missed += int(np.sum(above >= k))
+    if not missed:
+        return error, ""
+    share = missed / rows
+    return max(error, 1.0 + share), f"top-1 outside the top-{k} in {missed} of {rows} rows"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +275,33 @@ def make_criterion(
     if rtol == 0 and atol == 0:
         raise CriterionError("--rtol and --atol are both 0: no low-precision model can meet that")
     return Criterion(rtol=float(rtol), atol=float(atol))
+
+
+def output_kind(name: str, dtype_is_float: bool, shape: Sequence[int | str | None] | None) -> str:
+    """LOGITS or VALUES for one model output (see the module docstring)."""
+    if not dtype_is_float or shape is None or len(shape) < 2:
+        return VALUES
+    lowered = name.lower()
+    if any(word in lowered for word in LOGITS_WORDS):
+        return LOGITS
+    last = shape[-1]
+    if isinstance(last, int) and last >= MIN_CLASSES and len(shape) <= 3:
+        return VALUES if any(word in lowered for word in VALUES_WORDS) else LOGITS
+    return VALUES
+
+
+def output_criterion(
+    outputs: Sequence[tuple[str, bool, Sequence[int | str | None] | None]], precision: str
+) -> Criterion:
+    """The default criterion: a measure per output, from its ``(name, is float, shape)``."""
+    return Criterion(
+        metric=PER_OUTPUT,
+        outputs=tuple(
+            sorted((name, output_kind(name, is_float, shape)) for name, is_float, shape in outputs)
+        ),
+        cosine=LOGITS_COSINE.get(precision, LOGITS_COSINE["fp16"]),
+        rel_l2=VALUES_REL_L2.get(precision, VALUES_REL_L2["fp16"]),
+    )
 
 
 def parse_metric(text: str) -> tuple[str, float]:

@@ -83,13 +83,24 @@ def auto_options(command: Callable) -> Callable:
             metavar="NAME:DIMS",
             help="--auto: shape of a generated input (NAME:1x128) or symbolic dim (NAME:128).",
         ),
-        click.option("--rtol", "auto_rtol", type=float, help="--auto: relative tolerance [default: 1e-2]."),
-        click.option("--atol", "auto_atol", type=float, help="--auto: absolute tolerance [default: 1e-2]."),
+        click.option(
+            "--rtol",
+            "auto_rtol",
+            type=float,
+            help="--auto: per-element relative tolerance (with --atol) [default: a measure per output, see --metric].",
+        ),
+        click.option(
+            "--atol",
+            "auto_atol",
+            type=float,
+            help="--auto: per-element absolute tolerance (with --rtol; 1e-2 when only --rtol is given).",
+        ),
         click.option(
             "--metric",
             "auto_metric",
             metavar="NAME:VALUE",
-            help="--auto: cosine:0.9999, rel-l2:1e-3 or max-abs:0.05 instead of --rtol/--atol.",
+            help="--auto: cosine:0.9999, rel-l2:1e-3 or max-abs:0.05 for every output. Default: logits "
+            "cosine >= 0.999 with top-1 in top-5, other outputs rel-l2 <= 1e-2 (docs/auto.md).",
         ),
         click.option(
             "--budget",
