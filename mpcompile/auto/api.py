@@ -308,14 +308,16 @@ def _reference_run(
 
 
 def default_criterion(model: ir.Model, precision: str) -> Criterion:
-    """``criteria.output_criterion`` for the model's graph outputs (logits or values)."""
+    """``criteria.output_criterion`` for the model's graph outputs (logits or values), judged
+    from the graph as loaded (before any ``--optimize`` fusion renames producers)."""
     outputs = []
     for value in model.graph.outputs:
         shape = (
             None if value.shape is None else [dim if isinstance(dim, int) else None for dim in value.shape]
         )
         is_float = value.dtype is not None and value.dtype.is_floating_point()
-        outputs.append((value.name, is_float, shape))
+        producer = value.producer()
+        outputs.append((value.name, is_float, shape, None if producer is None else producer.op_type))
     return output_criterion(outputs, precision)
 
 

@@ -8,13 +8,16 @@
   elements of all batches. ``cosine`` must reach the value; the others must not exceed it.
 
 * the default, per output (``output_criterion``: no ``--metric``, ``--rtol`` or ``--atol``
-  given): each output judged by what it is (``output_kind``). **Logits** (classification or
-  generative scores: float, rank >= 2, named ``*logits*``/``*scores*``/``*probs*``, or a static
-  last dim of at least ``MIN_CLASSES`` outside hidden-state/embedding names) pass with cosine >=
-  ``LOGITS_COSINE`` and every row's reference top-1 class among the candidate's top
-  ``TOP_K``; a large logit shifted by 1e-2 changes no decision. **Values** (regressions,
-  embeddings, hidden states, KV caches) pass with a relative L2 error <= ``VALUES_REL_L2``.
-  The error of each output is its measure over its own limit, so the limit is 1.
+  given): each output judged by what it is (``output_kind``, from its name, type, shape and
+  producing op). **Logits** (classification or generative scores) pass with cosine >=
+  ``LOGITS_COSINE`` and every row's reference top-1 class among the candidate's top ``TOP_K``
+  (classes on the last axis; on axis 1 of a rank-4 segmentation map); a large logit shifted by
+  1e-2 changes no decision. **Values** (regressions, embeddings, boxes, hidden states, KV
+  caches) pass with a relative L2 error <= ``VALUES_REL_L2``. The error of each output is its
+  measure over its own limit, so the limit is 1. An output is logits when it is float, of rank
+  >= 2, and either named like scores (``LOGITS_WORDS``) or of rank 2 or 3 with a static last
+  dim >= ``MIN_CLASSES`` made by a scoring op (``SCORING_OPS``: a projection, not a Concat of
+  boxes and scores) under a name not in ``VALUES_WORDS``; anything else is values.
 
 New NaN/Inf (finite in the reference) always fail. Reference elements that are not finite must
 come back identical (the same inf, or NaN).
@@ -38,9 +41,10 @@ LOGITS, VALUES = "logits", "values"
 LOGITS_COSINE = {"fp16": 0.999, "bf16": 0.995}
 VALUES_REL_L2 = {"fp16": 1e-2, "bf16": 5e-2}
 TOP_K = 5
-MIN_CLASSES = 1000  # a static last dim this large, in an output not named like a hidden state
+MIN_CLASSES = 1000  # a static last dim this large, made by a scoring op, not named like a value
 LOGITS_WORDS = ("logit", "score", "prob")
-VALUES_WORDS = ("hidden", "embed", "pool", "state", "feature", "present", "past", "key", "value")
+VALUES_WORDS = ("hidden", "embed", "pool", "state", "feature", "present", "past", "key", "value", "box")
+SCORING_OPS = frozenset({"MatMul", "Gemm", "Add", "Softmax", "LogSoftmax"})
 
 
 class CriterionError(errors.MpcompileError):
@@ -212,15 +216,17 @@ def _top_k_check(
     k: int,
     error: float,
 ) -> tuple[float, str]:
-    """Every row's (last axis) reference top-1 class among the candidate's top ``k``: the error
+    """Every row's (classes axis) reference top-1 class among the candidate's top ``k``: the error
     unchanged when so, else above the limit (1 + the share of rows missed) with a failure."""
     rows = missed = 0
     for ref_batch, got_batch in zip(references, candidates, strict=True):
         ref, got = np.asarray(ref_batch[name]), np.asarray(got_batch[name])
-        if ref.ndim < 2 or ref.shape != got.shape or ref.shape[-1] == 0:
+        if ref.ndim < 2 or ref.shape != got.shape or ref.size == 0:
             continue
-        ref_rows = ref.reshape(-1, ref.shape[-1]).astype(np.float64)
-        got_rows = got.reshape(-1, got.shape[-1]).astype(np.float64)
+        axis = 1 if ref.ndim == 4 else -1  # a segmentation map's classes: N x C x H x W
+        classes = ref.shape[axis]
+        ref_rows = np.moveaxis(ref, axis, -1).reshape(-1, classes).astype(np.float64)
+        got_rows = np.moveaxis(got, axis, -1).reshape(-1, classes).astype(np.float64)
         top1 = np.argmax(ref_rows, axis=1)
         # A row's top-1 is in the candidate's top k when fewer than k classes score above it.
         above = np.sum(got_rows > got_rows[np.arange(len(top1)), top1][:, None], axis=1)
@@ -277,28 +283,38 @@ def make_criterion(
     return Criterion(rtol=float(rtol), atol=float(atol))
 
 
-def output_kind(name: str, dtype_is_float: bool, shape: Sequence[int | str | None] | None) -> str:
-    """LOGITS or VALUES for one model output (see the module docstring)."""
+def output_kind(
+    name: str,
+    dtype_is_float: bool,
+    shape: Sequence[int | str | None] | None,
+    producer: str | None = None,
+) -> str:
+    """LOGITS or VALUES for one model output (rules in the module docstring); ``producer``: the
+    op type of the node that makes it (None for a graph input passed through)."""
     if not dtype_is_float or shape is None or len(shape) < 2:
         return VALUES
     lowered = name.lower()
     if any(word in lowered for word in LOGITS_WORDS):
         return LOGITS
     last = shape[-1]
-    if isinstance(last, int) and last >= MIN_CLASSES and len(shape) <= 3:
-        return VALUES if any(word in lowered for word in VALUES_WORDS) else LOGITS
+    if (
+        len(shape) <= 3
+        and isinstance(last, int)
+        and last >= MIN_CLASSES
+        and producer in SCORING_OPS
+        and not any(word in lowered for word in VALUES_WORDS)
+    ):
+        return LOGITS
     return VALUES
 
 
 def output_criterion(
-    outputs: Sequence[tuple[str, bool, Sequence[int | str | None] | None]], precision: str
+    outputs: Sequence[tuple[str, bool, Sequence[int | str | None] | None, str | None]], precision: str
 ) -> Criterion:
-    """The default criterion: a measure per output, from its ``(name, is float, shape)``."""
+    """The default criterion: a measure per output, from its ``(name, is float, shape, producer)``."""
     return Criterion(
         metric=PER_OUTPUT,
-        outputs=tuple(
-            sorted((name, output_kind(name, is_float, shape)) for name, is_float, shape in outputs)
-        ),
+        outputs=tuple(sorted((output[0], output_kind(*output)) for output in outputs)),
         cosine=LOGITS_COSINE.get(precision, LOGITS_COSINE["fp16"]),
         rel_l2=VALUES_REL_L2.get(precision, VALUES_REL_L2["fp16"]),
     )
