@@ -334,7 +334,7 @@ X4 = np.random.default_rng(0).standard_normal((2, 6, 5, 4)).astype(np.float32) *
 )
 def test_depth_and_accumulator_of_each_accumulating_op(node, depth, accumulated):
     """Reduction depth from the shapes and the hidden accumulator from the values, against numpy."""
-    from mpcompile.auto.range_rules import accumulator_max, reduction_depth
+    from mpcompile.analysis.range_rules import accumulator_max, reduction_depth
 
     x = X4 / 30 if node.op_type == "ReduceLogSumExp" else X4  # keep exp in float32 range
     ir_node, values = _one_node(node, x)

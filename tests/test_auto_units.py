@@ -11,15 +11,15 @@ import pytest
 from onnx import helper
 
 from models.builder import constant, make_model, value_info
-from mpcompile.auto.criteria import Criterion, CriterionError, make_criterion, parse_metric
-from mpcompile.auto.graph import connected_regions, main_nodes, name_nodes
-from mpcompile.auto.range_rules import (
+from mpcompile.analysis.range_rules import (
     RangeRules,
     cancellation,
     find_unsafe_nodes,
     reduction_depth,
     value_stats,
 )
+from mpcompile.auto.criteria import Criterion, CriterionError, make_criterion, parse_metric
+from mpcompile.auto.graph import connected_regions, main_nodes, name_nodes
 from mpcompile.auto.sensitivity import NodeSensitivity, blame_items, measure
 from mpcompile.core.precision import FP16
 

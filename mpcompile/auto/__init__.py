@@ -18,7 +18,7 @@ _EXPORTS = {
     "auto_convert": "mpcompile.auto.api",
     "Criterion": "mpcompile.auto.criteria",
     "make_criterion": "mpcompile.auto.criteria",
-    "RangeRules": "mpcompile.auto.range_rules",
+    "RangeRules": "mpcompile.analysis.range_rules",
     "SearchStep": "mpcompile.auto.trace",
     "read_trace": "mpcompile.auto.trace",
 }

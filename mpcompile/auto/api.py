@@ -1,7 +1,7 @@
 """``auto_convert``: as much low precision as the accuracy tolerance allows (``convert --auto``).
 
 1. One FP32 reference run with every intermediate exposed; the range rules
-   (``mpcompile.auto.range_rules``) keep the clearly unsafe nodes FP32 up front (``auto:range``).
+   (``mpcompile.analysis.range_rules``) keep the clearly unsafe nodes FP32 up front (``auto:range``).
 2. The conversion with those nodes kept FP32 runs once FP16-faithfully with its intermediates
    exposed; if it meets the tolerance, that is the answer.
 3. Otherwise the search (``mpcompile.auto.search``) finds which low-precision regions and
@@ -25,6 +25,7 @@ import onnx
 import onnx_ir as ir
 
 from mpcompile import errors
+from mpcompile.analysis.range_rules import RangeRules, find_unsafe_nodes
 from mpcompile.auto import DEFAULT_BUDGET
 from mpcompile.auto.criteria import Criterion, CriterionError, make_criterion, output_criterion
 from mpcompile.auto.evaluator import Evaluator, low_precision_nodes
@@ -33,7 +34,6 @@ from mpcompile.auto.flops import node_flops
 from mpcompile.auto.fp32_warning import fp32_heavy_warning
 from mpcompile.auto.graph import main_nodes, name_nodes
 from mpcompile.auto.progress import INPUTS, ProgressCallback
-from mpcompile.auto.range_rules import RangeRules, find_unsafe_nodes
 from mpcompile.auto.reasons import AUTO_RANGE, AUTO_SENSITIVITY
 from mpcompile.auto.search import Search
 from mpcompile.auto.trace import TRACE_KEY, TRACE_VERSION, SearchStep, jsonable

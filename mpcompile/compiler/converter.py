@@ -89,7 +89,7 @@ class ConvertResult:
             "stats": self.stats.as_dict(),
             "reasons": dict(sorted(Counter(decision.reason for _, decision in self.plan.items()).items())),
             "notes": list(self.notes),
-            "range_measured": {  # kept FP32 by the range run (mpcompile.auto.range_run)
+            "range_measured": {  # kept FP32 by the range run (mpcompile.compiler.range_run)
                 node.name or "": decision.rule
                 for node, decision in self.plan.items()
                 if decision.reason == Reason.RANGE_MEASURED
@@ -309,9 +309,9 @@ def _convert_ir(
 
 
 def _with_range_run(model: ir.Model, context: ConversionContext) -> ConversionContext:
-    """``context`` with the nodes plain convert's range run keeps FP32 (``mpcompile.auto.range_run``)
+    """``context`` with the nodes plain convert's range run keeps FP32 (``mpcompile.compiler.range_run``)
     added to its overrides (the caller's own overrides win), and its note."""
-    from mpcompile.auto.range_run import range_run
+    from mpcompile.compiler.range_run import range_run
     from mpcompile.passes.assign_precision import AssignPrecisionPass
     from mpcompile.passes.infer_types import InferTypesPass
 

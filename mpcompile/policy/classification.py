@@ -25,7 +25,7 @@ order (the first rule that applies wins):
 Then the painter (``passes/assign_precision.py``) propagates: allow nodes seed low precision,
 block propagates, follow/pass-through nodes between low-precision nodes go low; Casts from
 integers may start low paths under --auto (``mpcompile.policy.integer_casts``). --auto's own
-measurement rules, which choose its ``node_overrides``, are ``mpcompile.auto.range_rules`` and
+measurement rules, which choose its ``node_overrides``, are ``mpcompile.analysis.range_rules`` and
 ``mpcompile.auto.sensitivity``.
 """
 

@@ -4,7 +4,7 @@ Plain convert keeps such a Cast's output FP32 where nothing low-precision reads 
 an FP32 source like a graph input. With ``measured_casts`` (``convert --auto``, main graph only)
 it starts low-precision paths as a node that reads only weights does: its output may go straight
 to FP16/BF16. That is exact only for small integers (up to 2048 in FP16), so --auto's range
-rules (``mpcompile.auto.range_rules``) keep FP32 every such Cast whose measured values are not
+rules (``mpcompile.analysis.range_rules``) keep FP32 every such Cast whose measured values are not
 a 0/1 mask. The painter (``passes/assign_precision.py``) notes the rule as ``INTEGER_SOURCE``.
 """
 

@@ -94,7 +94,7 @@ PASS_THROUGH: frozenset[tuple[str, str]] = frozenset(
 )  # fmt: skip
 
 # BLOCK ops whose risk one FP32 reference run can measure: ``--auto`` (``measured_ops``) treats them
-# as FOLLOW ops, and its range rules (mpcompile/auto/range_rules.py) and accuracy search keep them
+# as FOLLOW ops, and its range rules (mpcompile/analysis/range_rules.py) and accuracy search keep them
 # FP32 where the measured values call for it. The rest of BLOCK stays blocked under --auto:
 # index/coordinate ops (a rounded index is a wrong element), random generators, signal ops, losses,
 # Det (cancellation in a long product-sum that a range does not show) and scatter reductions.

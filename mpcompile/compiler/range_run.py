@@ -6,7 +6,7 @@ it implies (``mpcompile.evaluate.accepted_inputs``), with every main-graph inter
 A node the static rules put in low precision stays FP32 (reason ``range-measured``) when the
 run shows one of its non-constant float inputs or outputs beyond half the format's maximum
 (``overflow``), a kernel accumulator beyond it (``accumulator``), or a reduction deeper than
-``REDUCTION_DEPTH`` (``deep-reduction``): ``mpcompile.auto.range_rules``. Every reader of a
+``REDUCTION_DEPTH`` (``deep-reduction``): ``mpcompile.analysis.range_rules``. Every reader of a
 value beyond range is checked too, so no such value is handed to a low-precision reader of the
 main graph (openwakeword's melspectrogram, the linear attention ``q @ (kᵀv)`` of timm's
 efficientvit).
@@ -32,7 +32,7 @@ from collections.abc import Callable, Collection, Mapping
 import onnx_ir as ir
 
 from mpcompile import errors
-from mpcompile.auto.range_rules import RangeFinding, RangeRules, find_unsafe_nodes
+from mpcompile.analysis.range_rules import RangeFinding, RangeRules, find_unsafe_nodes
 from mpcompile.core.plan import Decision, Reason
 from mpcompile.core.precision import LowPrecisionFormat, Precision
 from mpcompile.io import model_io
@@ -111,11 +111,18 @@ def kept_note(kept: Mapping[str, RangeFinding], label: str, low: LowPrecisionFor
 
 def _reference_values(model: ir.Model, seed: int) -> tuple[dict[str, list], str]:
     """Every main-graph value of one FP32 run on generated inputs (one batch), and the inputs' label."""
-    from mpcompile.auto.feeds import resolve_feeds
+    from mpcompile.evaluate import inputs as inputs_module
+    from mpcompile.evaluate import memory_limit
     from mpcompile.evaluate.accepted_inputs import run_accepting_inputs
     from mpcompile.evaluate.faithful import ReferenceSession
+    from mpcompile.evaluate.run_memory import run_bytes
 
-    feeds, label, specs = resolve_feeds(model, None, seed=seed)
+    specs = inputs_module.input_specs(model, None)
+    if memory_limit.memory_limit() is not None:  # every intermediate is kept: checked before generating
+        needed = run_bytes(model, {spec.name: spec.shape for spec in specs})
+        memory_limit.check_fits(needed, "the FP32 range run (every intermediate kept)")
+    feeds = [inputs_module.cast_feeds(model, inputs_module.generate_from_specs(specs, seed=seed))]
+    label = inputs_module.generated_label(seed)
     session = ReferenceSession(model, intermediates=True)
 
     def run(batches: list[dict]) -> list[dict]:
