@@ -363,3 +363,27 @@ def test_optional_outputs_left_out_are_not_rounded():
     x16 = x.astype(np.float16).astype(np.float32)
     want = (x16 - x16.mean(-1, keepdims=True)) / np.sqrt(x16.var(-1, keepdims=True) + 1e-5)
     np.testing.assert_allclose(got["y"], want.astype(np.float16).astype(np.float32), rtol=2e-3, atol=2e-3)
+
+
+def test_reference_session_hands_large_weights_to_ort_as_arrays():
+    """``serialize_apart``: the large weight leaves the serialized graph (ORT takes the array), the
+    model keeps its data, and the run equals the FP32 product computed by numpy."""
+    from mpcompile.evaluate.ort_session import APART_MIN_BYTES, serialize_apart
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((128, 256)).astype(np.float32)  # 128 KiB: handed over apart
+    b = rng.standard_normal((256,)).astype(np.float32)  # 1 KiB: stays in the graph
+    assert w.nbytes >= APART_MIN_BYTES > b.nbytes
+    proto = make_model(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])],
+        [value_info("x", [2, 128])],
+        [value_info("y", [2, 256])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    model = ir.from_proto(proto)
+    serialized, apart = serialize_apart(model)
+    assert list(apart) == ["w"] and len(serialized) < w.nbytes
+    np.testing.assert_array_equal(model.graph.initializers["w"].const_value.numpy(), w)  # unchanged
+    x = rng.standard_normal((2, 128)).astype(np.float32)
+    got = faithful.ReferenceSession(proto).run({"x": x})["y"]
+    np.testing.assert_allclose(got, x @ w + b, rtol=1e-5, atol=1e-5)

@@ -123,7 +123,7 @@ def _reference_values(model: ir.Model, seed: int) -> tuple[dict[str, list], str]
         memory_limit.check_fits(needed, "the FP32 range run (every intermediate kept)")
     feeds = [inputs_module.cast_feeds(model, inputs_module.generate_from_specs(specs, seed=seed))]
     label = inputs_module.generated_label(seed)
-    session = ReferenceSession(model, intermediates=True)
+    session = ReferenceSession(model, intermediates=True, prepack=False)  # one run: nothing to repack for
 
     def run(batches: list[dict]) -> list[dict]:
         return [session.run(batch) for batch in batches]

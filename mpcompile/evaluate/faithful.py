@@ -31,7 +31,13 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common
 
-from mpcompile.evaluate.ort_session import ModelLike, make_session, serialize_for_session, to_ir_model
+from mpcompile.evaluate.ort_session import (
+    ModelLike,
+    make_session,
+    serialize_apart,
+    serialize_for_session,
+    to_ir_model,
+)
 from mpcompile.io import model_io
 from mpcompile.irtools.graphs import model_graphs
 from mpcompile.irtools.names import NameAuthority
@@ -94,8 +100,9 @@ class ReferenceSession:
         reference = prepared_copy(model)
         self.declared = {value.name: value.dtype for value in reference.graph.outputs}
         self.declared.update(_expose_intermediates(reference, intermediates))
+        serialized, weights = serialize_apart(reference)  # large weights stay arrays: no protobuf round trip
         self._session = make_session(
-            serialize_for_session(reference), ["CPUExecutionProvider"], optimize=False, prepack=prepack
+            serialized, ["CPUExecutionProvider"], optimize=False, prepack=prepack, initializers=weights
         )
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

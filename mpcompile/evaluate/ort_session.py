@@ -50,6 +50,46 @@ def serialize_for_session(model: ir.Model) -> bytes:
     return ir.to_proto(model).SerializeToString()
 
 
+# Weights at least this large go to ORT as arrays beside the serialized graph (serialize_apart).
+APART_MIN_BYTES = 1 << 16
+_APART_LOCATION = "__mpcompile_in_memory__"  # never read: ORT takes the arrays given instead
+_NUMPY_NATIVE = frozenset(
+    {
+        ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.INT8, ir.DataType.INT16,
+        ir.DataType.INT32, ir.DataType.INT64, ir.DataType.UINT8, ir.DataType.UINT16, ir.DataType.UINT32,
+        ir.DataType.UINT64, ir.DataType.BOOL,
+    }
+)  # fmt: skip
+
+
+def serialize_apart(model: ir.Model) -> tuple[bytes, dict[str, Any]]:
+    """The model serialized without the data of its large main-graph weights, and those weights
+    as arrays by name, for ``make_session(..., initializers=...)``: ORT takes them as they are
+    instead of parsing hundreds of megabytes back out of a protobuf. ``model`` is unchanged."""
+    apart: dict[str, Any] = {}
+    swapped: list[tuple[ir.Value, Any]] = []
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if (
+            tensor is None
+            or tensor.dtype not in _NUMPY_NATIVE
+            or tensor.nbytes < APART_MIN_BYTES
+            or value.name is None
+        ):
+            continue
+        apart[value.name] = tensor.numpy()
+        placeholder = ir.ExternalTensor(
+            _APART_LOCATION, 0, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=value.name
+        )
+        swapped.append((value, tensor))
+        value.const_value = placeholder
+    try:
+        return ir.to_proto(model).SerializeToString(), apart
+    finally:
+        for value, tensor in swapped:
+            value.const_value = tensor
+
+
 def make_session(
     model: bytes | str,
     providers: list[Any],
@@ -57,8 +97,12 @@ def make_session(
     optimize: bool = True,
     prepack: bool = True,
     log_severity: int = 4,
+    initializers: dict[str, Any] | None = None,
 ) -> Any:
     """An ``InferenceSession``; ``optimize=False`` disables every graph optimization.
+
+    ``initializers``: weights by name that replace the model's (``serialize_apart``); the
+    session keeps them alive (``session._mpcompile_initializers``).
 
     ``prepack=False`` stops kernels from repacking constant weights (MatMul, Gemm, Conv), so a
     weight computes the same whether it is an initializer or fed as an input.
@@ -76,9 +120,17 @@ def make_session(
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if not prepack:
         options.add_session_config_entry("session.disable_prepacking", "1")
+    held = []
+    if initializers:
+        import numpy as np
+
+        held = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for a in initializers.values()]
+        options.add_external_initializers(list(initializers), held)
     try:
         with onnxruntime_log_severity(log_severity):
-            return ort.InferenceSession(model, options, providers=providers)
+            session = ort.InferenceSession(model, options, providers=providers)
+            session._mpcompile_initializers = held  # ORT reads these arrays for the session's life
+            return session
     except Exception as exc:
         if not is_onnxruntime_error(exc):
             raise
