@@ -144,6 +144,29 @@ def test_a_model_in_range_converts_as_static_does():
     assert plain.notes == static.notes and plain.summary()["range_measured"] == {}
 
 
+def test_an_additive_attention_mask_is_no_overflow():
+    """A runtime mask ``(1 - mask) * finfo.min`` added to attention scores is beyond FP16 range
+    only below zero and reaches a Softmax: the range run leaves it to the static rules (the Add
+    and Softmax stay FP16, as before), and the FP16-faithful output matches FP32 (atol 1e-2:
+    probabilities in [0, 1])."""
+    import models
+
+    model = models.ZOO["regression_mask_finfo_min"]()
+    plain, static = mpcompile.convert(model), mpcompile.convert(model, static=True)
+    assert plain.model.SerializeToString() == static.model.SerializeToString()
+    assert plain.summary()["range_measured"] == {}
+    import onnx_ir as ir
+
+    from mpcompile.evaluate.inputs import generate_inputs
+
+    feeds = generate_inputs(ir.from_proto(model), seed=3)[0]  # 0/1 masks, as the range run's
+    assert any(not array.all() for array in feeds.values() if array.dtype != np.float32)  # masked keys
+    reference = faithful.run_reference(model, feeds)
+    got = faithful.run(plain.model, feeds)
+    for name, want in reference.items():
+        np.testing.assert_allclose(got[name].astype(np.float64), want.astype(np.float64), rtol=0, atol=1e-2)
+
+
 def test_without_onnxruntime_it_is_skipped_with_a_note(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises ImportError
     result = mpcompile.convert(linear_attention())

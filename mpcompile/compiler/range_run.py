@@ -28,6 +28,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Collection, Mapping
+from types import SimpleNamespace
 
 import onnx_ir as ir
 
@@ -84,7 +85,12 @@ def range_run(
     findings = find_unsafe_nodes(
         nodes, candidates, values, low, RULES, model.opset_imports.get("", 0), relative_budget=math.inf
     )
-    kept = {name: finding for name, finding in findings.items() if finding.rule not in LEFT_TO_AUTO}
+    masks = _additive_masks(model, findings, values, RULES.overflow_fraction * low.max)
+    kept = {
+        name: finding
+        for name, finding in findings.items()
+        if finding.rule not in LEFT_TO_AUTO and finding.value not in masks
+    }
     seconds = time.perf_counter() - started
     decisions = {name: range_decision(finding) for name, finding in kept.items()}
     return RangeRun(decisions, kept_note(kept, label, low, seconds), seconds)
@@ -107,6 +113,34 @@ def kept_note(kept: Mapping[str, RangeFinding], label: str, low: LowPrecisionFor
         f"range run ({label}, {seconds:.1f} s): {len(names)} node(s) kept FP32 as their values leave "
         f"{low.precision.value} range (reason range-measured): {shown}{more}; {STATIC_HINT}"
     )
+
+
+def _additive_masks(
+    model: ir.Model, findings: Mapping[str, RangeFinding], values: Mapping[str, list], limit: float
+) -> set[str]:
+    """Values behind overflow findings that are additive attention masks: beyond range only
+    below zero (``finfo.min``, -1e9) and reaching a Softmax through mask-path ops
+    (``policy.attention_mask``). In FP16 they become -inf and the Softmax gives the same 0, as
+    the static rules already convert them, so the range run leaves them alone."""
+    import numpy as np
+
+    from mpcompile.policy.attention_mask import mask_softmaxes
+
+    by_name = {value.name: value for node in model.graph for value in node.outputs}
+    by_name.update((value.name, value) for value in model.graph.inputs)
+    masks: set[str] = set()
+    for finding in findings.values():
+        value = by_name.get(finding.value)
+        if finding.rule != "overflow" or value is None or finding.value in masks:
+            continue
+        if any(
+            np.nanmax(np.asarray(array, dtype=np.float64), initial=-np.inf) > limit
+            for array in values[finding.value]
+        ):
+            continue  # a positive value beyond range: a real overflow
+        if mask_softmaxes(value, SimpleNamespace(overflowing_positive=False), lambda node: True):
+            masks.add(finding.value)
+    return masks
 
 
 def _reference_values(model: ir.Model, seed: int) -> tuple[dict[str, list], str]:
