@@ -1,4 +1,5 @@
-"""When a converted model is accurate enough: an elementwise tolerance or a similarity metric.
+"""When a converted model is accurate enough: a measure per output kind (the default), an
+elementwise tolerance or a similarity metric.
 
 * tolerance (``--rtol R --atol A``): every element satisfies
   ``|converted - reference| <= atol + rtol * |reference|`` (``numpy.allclose``'s rule, the one
@@ -55,7 +56,8 @@ class CriterionError(errors.MpcompileError):
 
 @dataclasses.dataclass(frozen=True)
 class Criterion:
-    """A tolerance (``metric is None``) or a metric with its threshold."""
+    """A tolerance (``metric is None``), a metric with its threshold, or the default measure per
+    output (``metric == PER_OUTPUT``: each output's kind in ``outputs`` and each kind's limit)."""
 
     rtol: float = 1e-2
     atol: float = 1e-2
