@@ -1,4 +1,4 @@
-"""Plain convert's range run (mpcompile/compiler/range_run.py): --auto's range rules on one FP32 run
+"""Plain convert's range run (mpcompile/passes/range_run.py): --auto's range rules on one FP32 run
 of generated inputs keep FP32 the nodes whose values leave FP16 range (reason range-measured), so
 plain convert no longer hands Inf/NaN to FP16 readers (issue 22: timm efficientvit_b0's linear
 attention, openwakeword's melspectrogram). Every numeric check compares the FP16-faithful run of

@@ -6,7 +6,7 @@ import dataclasses
 import math
 import os
 import pathlib
-from collections import Counter
+from collections import ChainMap, Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,7 +18,14 @@ from mpcompile.compiler.gc_pause import with_cyclic_gc_paused
 from mpcompile.compiler.options import ConvertOptions
 from mpcompile.core.io_types import fp32_io_names
 from mpcompile.core.pipeline import Pipeline
-from mpcompile.core.plan import MODEL_VERSION_KEY, PrecisionPlan, Reason, nothing_low_note, read_decision
+from mpcompile.core.plan import (
+    MODEL_VERSION_KEY,
+    Decision,
+    PrecisionPlan,
+    Reason,
+    nothing_low_note,
+    read_decision,
+)
 from mpcompile.core.precision import Precision, low_precision_format
 from mpcompile.core.ranges import ConstantRanges
 from mpcompile.io import model_io, overwrite_guard
@@ -89,7 +96,7 @@ class ConvertResult:
             "stats": self.stats.as_dict(),
             "reasons": dict(sorted(Counter(decision.reason for _, decision in self.plan.items()).items())),
             "notes": list(self.notes),
-            "range_measured": {  # kept FP32 by the range run (mpcompile.compiler.range_run)
+            "range_measured": {  # kept FP32 by the range run (mpcompile.passes.range_run)
                 node.name or "": decision.rule
                 for node, decision in self.plan.items()
                 if decision.reason == Reason.RANGE_MEASURED
@@ -278,11 +285,20 @@ def _convert_ir(
         )
     # OptimizePass leaves the model it is given as it is; the plain comparison converts that one.
     unoptimized = model if opts.optimize else None
-    if not opts.static:
-        context = _with_range_run(model, context)
+    measured: dict[str, Decision] | None = None
+    if not opts.static:  # the range run's pass fills ``measured``; the caller's overrides win
+        measured = {}
+        context = dataclasses.replace(
+            context, node_overrides=ChainMap(dict(context.node_overrides), measured)
+        )
     plan = PrecisionPlan(ranges=ConstantRanges(low))  # range scans shared by the passes, once per value
     pipeline = build_pipeline(
-        context, model, plan, check_invariants=opts.check_invariants, dump_dir=opts.dump_dir
+        context,
+        model,
+        plan,
+        check_invariants=opts.check_invariants,
+        dump_dir=opts.dump_dir,
+        range_overrides=measured,
     )
     pipeline.on_pass_start = on_pass_start
     context.stats.casts_before = count_casts(model)
@@ -308,32 +324,6 @@ def _convert_ir(
     return ConvertResult(model, plan, context.stats, context.notes, low.precision.value, target.name)
 
 
-def _with_range_run(model: ir.Model, context: ConversionContext) -> ConversionContext:
-    """``context`` with the nodes plain convert's range run keeps FP32 (``mpcompile.compiler.range_run``)
-    added to its overrides (the caller's own overrides win), and its note."""
-    from mpcompile.compiler.range_run import range_run
-    from mpcompile.passes.assign_precision import AssignPrecisionPass
-    from mpcompile.passes.infer_types import InferTypesPass
-
-    def low_nodes() -> set[str]:  # the static paint alone: what would go low without the run
-        trial = dataclasses.replace(context, stats=ConvertStats(), notes=[])
-        plan = PrecisionPlan(ranges=ConstantRanges(context.low))
-        try:
-            AssignPrecisionPass(trial, plan)(InferTypesPass(trial)(model).model)
-            return {
-                node.name for node, decision in plan.items() if decision.is_low and node.graph is model.graph
-            }
-        finally:
-            plan.close()
-
-    run = range_run(model, context.low, low_nodes)
-    if run.note:
-        context.notes.append(run.note)
-    if not run.decisions:
-        return context
-    return dataclasses.replace(context, node_overrides={**run.decisions, **context.node_overrides})
-
-
 def _compare_with_plain(converted: ir.Model, unoptimized: ir.Model, opts: ConvertOptions) -> str | None:
     """A note when ``--optimize`` left more heavy FLOPs FP32 than converting ``unoptimized`` as it is.
 
@@ -356,6 +346,7 @@ def build_pipeline(
     *,
     check_invariants: bool = False,
     dump_dir=None,
+    range_overrides: dict[str, Decision] | None = None,
 ) -> Pipeline:
     """The conversion passes, in order (see docs/architecture.md): OptimizePass first when
     ``context.optimize`` asks for it; AssignPrecisionPass fills ``plan``, the only thing the
@@ -367,6 +358,7 @@ def build_pipeline(
     from mpcompile.passes.infer_types import InferTypesPass
     from mpcompile.passes.optimize import OptimizePass
     from mpcompile.passes.ort_loadable import OrtLoadablePass
+    from mpcompile.passes.range_run import RangeRunPass
     from mpcompile.passes.stamp_decisions import StampDecisionsPass
     from mpcompile.passes.verify import VerifyPass, expected_io_signature
 
@@ -378,6 +370,7 @@ def build_pipeline(
         [
             *([OptimizePass(context)] if context.optimize else []),
             OrtLoadablePass(context),
+            *([RangeRunPass(context, range_overrides)] if range_overrides is not None else []),
             InferTypesPass(context),
             AssignPrecisionPass(context, plan),
             ApplyPrecisionPass(context, plan, names),

@@ -56,7 +56,7 @@ class ConvertOptions:
     # Convert ops no schema, ONNX Runtime kernel or local function defines (kept FP32); otherwise
     # refused, since ONNX Runtime loads such a model only with the op's library (ort_loadable).
     allow_custom_ops: bool = False
-    # Skip the range run (mpcompile.compiler.range_run): the static rules alone decide (--static).
+    # Skip the range run (mpcompile.passes.range_run): the static rules alone decide (--static).
     static: bool = False
     optimize: str | None = None  # run ORT's graph optimisation first: basic | extended | transformer
     verify: bool = True  # run onnx.checker (full) on the result

@@ -37,6 +37,8 @@ from mpcompile.analysis.range_rules import RangeFinding, RangeRules, find_unsafe
 from mpcompile.core.plan import Decision, Reason
 from mpcompile.core.precision import LowPrecisionFormat, Precision
 from mpcompile.io import model_io
+from mpcompile.passes.base import ConversionPass
+from mpcompile.passes.context import ConversionContext, ConvertStats
 from mpcompile.policy import range_propagation
 
 # The underflow rule is off (inf); the cancellation rule is off by the infinite budget below.
@@ -94,6 +96,40 @@ def range_run(
     seconds = time.perf_counter() - started
     decisions = {name: range_decision(finding) for name, finding in kept.items()}
     return RangeRun(decisions, kept_note(kept, label, low, seconds), seconds)
+
+
+class RangeRunPass(ConversionPass):
+    """The range run as the pass after ``OrtLoadablePass`` (the graph as optimised and named):
+    fills ``overrides`` (which the context's ``node_overrides`` reads after the caller's own)
+    with the nodes it keeps FP32, and adds its note."""
+
+    def __init__(self, context: ConversionContext, overrides: dict[str, Decision]):
+        super().__init__(context)
+        self.overrides = overrides
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        run = range_run(model, self.context.low, lambda: static_low_nodes(model, self.context))
+        if run.note:
+            self.context.notes.append(run.note)
+        self.overrides.update(run.decisions)
+        return ir.passes.PassResult(model, modified=False)
+
+
+def static_low_nodes(model: ir.Model, context: ConversionContext) -> set[str]:
+    """The main-graph nodes the static paint alone puts in low precision (a trial paint whose
+    stats and notes are dropped)."""
+    from mpcompile.core.plan import PrecisionPlan
+    from mpcompile.core.ranges import ConstantRanges
+    from mpcompile.passes.assign_precision import AssignPrecisionPass
+    from mpcompile.passes.infer_types import InferTypesPass
+
+    trial = dataclasses.replace(context, stats=ConvertStats(), notes=[])
+    plan = PrecisionPlan(ranges=ConstantRanges(context.low))
+    try:
+        AssignPrecisionPass(trial, plan)(InferTypesPass(trial)(model).model)
+        return {node.name for node, decision in plan.items() if decision.is_low and node.graph is model.graph}
+    finally:
+        plan.close()
 
 
 def range_decision(finding: RangeFinding) -> Decision:
