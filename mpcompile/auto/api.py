@@ -21,11 +21,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
 from mpcompile import errors
-from mpcompile.analysis.range_rules import RangeRules, find_unsafe_nodes
+from mpcompile.analysis.range_rules import RangeFinding, RangeRules, find_unsafe_nodes
 from mpcompile.auto import DEFAULT_BUDGET
 from mpcompile.auto.criteria import Criterion, CriterionError, make_criterion, output_criterion
 from mpcompile.auto.evaluator import Evaluator, low_precision_nodes
@@ -46,11 +47,13 @@ from mpcompile.compiler.converter import (
     to_ir_model,
 )
 from mpcompile.core.plan import Decision
-from mpcompile.core.precision import Precision, low_precision_format
+from mpcompile.core.precision import LowPrecisionFormat, Precision, low_precision_format
+from mpcompile.evaluate import implied_sizes
 from mpcompile.evaluate.accepted_inputs import run_accepting_inputs
-from mpcompile.evaluate.inputs import InputSpec
+from mpcompile.evaluate.inputs import InputSpec, input_specs, model_inputs
 from mpcompile.evaluate.load_probe import check_survives_loading
 from mpcompile.evaluate.ort_session import serialize_for_session
+from mpcompile.passes.range_run import range_run
 from mpcompile.policy import op_classes
 
 MIN_BUDGET = 2  # the reference run and one candidate
@@ -213,6 +216,12 @@ def auto_convert(
         nodes, candidates, values, low_precision_format(baseline.precision), rules or RangeRules(),
         work.opset_imports.get("", 0), relative_budget,
     )  # fmt: skip
+    deployed_note = ""
+    if specs is not None:  # generated inputs: ranges at the deployed image size too
+        deployed, deployed_note = _deployment_findings(
+            work, feeds, shapes, low_precision_format(baseline.precision), candidates, seed
+        )
+        findings = {**deployed, **findings}
 
     search = Search(
         evaluator, nodes, frozenset(findings), candidates,
@@ -233,6 +242,8 @@ def auto_convert(
     final = evaluator.convert(best.blocked, verify=True, static=best.static, decisions=decisions)
     warning = fp32_heavy_warning(final.model, criterion, budget_spent=search.exhausted)
     notes = list(outcome.notes)
+    if deployed_note:
+        notes.append(deployed_note)
     if renamed:
         notes.append(
             f"{renamed} unnamed or duplicate node name(s) given unique names (auto/<OpType>_<index>)"
@@ -324,6 +335,28 @@ def default_criterion(model: ir.Model, precision: str) -> Criterion:
 def measured_op_names() -> tuple[str, ...]:
     """The core's BLOCK-list ops that ``--auto`` measures instead of blocking (``domain::Op``)."""
     return tuple(sorted(f"{domain}::{op}" if domain else op for domain, op in op_classes.MEASURABLE))
+
+
+def _deployment_findings(
+    model: ir.Model,
+    feeds: Sequence[Mapping[str, Any]],
+    shapes: Mapping[str, Sequence[int]] | None,
+    low: LowPrecisionFormat,
+    candidates: Sequence[str],
+    seed: int,
+) -> tuple[dict[str, RangeFinding], str]:
+    """Range findings of one more FP32 run (plain convert's range run) with the image inputs at
+    the size the model is deployed at, when the generated feeds are smaller: sums over the
+    pixels of a small generated image stay in range where 224x224 overflows (efficientvit's
+    linear attention). ``({}, "")`` when the feeds already have that size or it has no image input."""
+    dims, _ = implied_sizes.deployment_image_dims(model, model_inputs(model), given=shapes or {})
+    if not dims:
+        return {}, ""
+    deployed = input_specs(model, shapes, dims=dims)
+    if all(tuple(np.shape(feeds[0][spec.name])) == spec.shape for spec in deployed if spec.name in feeds[0]):
+        return {}, ""
+    run = range_run(model, low, lambda: candidates, seed=seed)
+    return run.findings, run.note
 
 
 def _working_copy(

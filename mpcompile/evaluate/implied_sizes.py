@@ -7,6 +7,10 @@
   then the common sizes 224, 256, 384 and 512.
 - Other dynamic dims (sequences, audio samples): the rows of a ``[1, L, D]`` constant added to
   activations, then the constants Reshape nodes take, most frequent first.
+- Deployment size: the first implied image size (224 when the model implies none) is the one
+  an image model is deployed at. Range measurements use it (``deployment_image_dims``): sums
+  over the pixels or tokens of a small generated image stay in FP16 range where the deployed
+  size overflows (the linear attention ``q @ (kᵀv)`` of timm's efficientvit).
 - Scalar inputs: the constants an ``Equal``/``Greater``/``Less`` compares them with where the
   comparison decides an ``If`` or a ``Where`` (silero-vad's ``If(Equal(sr, 16000))``).
 """
@@ -130,6 +134,19 @@ def image_sizes(model: ir.Model, inputs: Sequence[ir.Value]) -> list[ImpliedSize
                     found.append(ImpliedSize(height, width, f"Resize {node.name} to {height}x{width}"))
     found += [ImpliedSize(size, size, "a common image size") for size in COMMON_IMAGE_SIZES]
     return _unique(found)
+
+
+def deployment_image_dims(
+    model: ir.Model, inputs: Sequence[ir.Value], given: Iterable[str] = ()
+) -> tuple[dict[str, int], str]:
+    """``({dim: size}, why)`` for the free height/width dims of the image inputs at the size the
+    model is deployed at (the first of ``image_sizes``); ``({}, "")`` when it has none."""
+    free = free_dims(inputs, given)
+    if not free.image:
+        return {}, ""
+    first = image_sizes(model, inputs)[0]
+    dims = {name: first.height if axis == -2 else first.width for name, axis in free.image.items()}
+    return dims, first.source
 
 
 def sequence_sizes(model: ir.Model) -> list[ImpliedSize]:

@@ -1,8 +1,10 @@
 """Plain convert's range run: ``--auto``'s range rules on one FP32 run of generated inputs, no search.
 
 When onnxruntime is installed and the target format is narrower than FP32 in range (FP16),
-``convert`` runs the FP32 model once on CPU, on inputs generated from its signature at the sizes
-it implies (``mpcompile.evaluate.accepted_inputs``), with every main-graph intermediate exposed.
+``convert`` runs the FP32 model once on CPU, on inputs generated from its signature, image inputs
+at the size the model is deployed at (``implied_sizes.deployment_image_dims``: 224 unless it
+implies another), other sizes as it implies them (``mpcompile.evaluate.accepted_inputs``), with
+every main-graph intermediate exposed.
 A node the static rules put in low precision stays FP32 (reason ``range-measured``) when the
 run shows one of its non-constant float inputs or outputs beyond half the format's maximum
 (``overflow``), a kernel accumulator beyond it (``accumulator``), or a reduction deeper than
@@ -58,6 +60,7 @@ class RangeRun:
     decisions: dict[str, Decision] = dataclasses.field(default_factory=dict)
     note: str = ""
     seconds: float = 0.0
+    findings: dict[str, RangeFinding] = dataclasses.field(default_factory=dict)  # what decided them
 
 
 def range_run(
@@ -95,7 +98,7 @@ def range_run(
     }
     seconds = time.perf_counter() - started
     decisions = {name: range_decision(finding) for name, finding in kept.items()}
-    return RangeRun(decisions, kept_note(kept, label, low, seconds), seconds)
+    return RangeRun(decisions, kept_note(kept, label, low, seconds), seconds, kept)
 
 
 class RangeRunPass(ConversionPass):
@@ -181,18 +184,21 @@ def _additive_masks(
 
 def _reference_values(model: ir.Model, seed: int) -> tuple[dict[str, list], str]:
     """Every main-graph value of one FP32 run on generated inputs (one batch), and the inputs' label."""
+    from mpcompile.evaluate import implied_sizes, memory_limit
     from mpcompile.evaluate import inputs as inputs_module
-    from mpcompile.evaluate import memory_limit
     from mpcompile.evaluate.accepted_inputs import run_accepting_inputs
     from mpcompile.evaluate.faithful import ReferenceSession
     from mpcompile.evaluate.run_memory import run_bytes
 
-    specs = inputs_module.input_specs(model, None)
+    dims, why = implied_sizes.deployment_image_dims(model, inputs_module.model_inputs(model))
+    specs = inputs_module.input_specs(model, None, dims=dims)
     if memory_limit.memory_limit() is not None:  # every intermediate is kept: checked before generating
         needed = run_bytes(model, {spec.name: spec.shape for spec in specs})
         memory_limit.check_fits(needed, "the FP32 range run (every intermediate kept)")
     feeds = [inputs_module.cast_feeds(model, inputs_module.generate_from_specs(specs, seed=seed))]
     label = inputs_module.generated_label(seed)
+    if dims:
+        label += f"; {', '.join(f'{name}={size}' for name, size in dims.items())} ({why})"
     session = ReferenceSession(model, intermediates=True, prepack=False)  # one run: nothing to repack for
 
     def run(batches: list[dict]) -> list[dict]:
