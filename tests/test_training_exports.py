@@ -1,5 +1,5 @@
-"""Training on what torch exports today: Hugging Face's BERT classifier, a ResNet-like CNN and Hugging
-Face's GPT-2 LM head (``models.training_exports.ACCEPTANCE_CASES``, tiny configurations), each
+"""Training on what torch exports today: Hugging Face's BERT classifier, ResNet-18 (topology, from
+``ResNetConfig``) and GPT-2 LM head (``models.training_exports.ACCEPTANCE_CASES``, tiny configurations), each
 exported with torch's default exporter (dynamo: IR 10, opset 20, external data) and with the
 TorchScript exporter (``dynamo=False``), go through ``train-artifacts``, ``convert --training`` and
 200 steps of the loop docs/training.md documents (GPT-2: ``train_step(input_ids, attention_mask, labels)``).
@@ -35,7 +35,6 @@ from mpcompile.evaluate.faithful import FaithfulSession  # noqa: E402
 from mpcompile.passes.loss_scaling import ALL_FINITE_OUTPUT, LOSS_SCALE_INPUT  # noqa: E402
 from mpcompile.training import DynamicLossScaler, Trainer  # noqa: E402
 
-LEARNING_RATE = 1e-3
 MARKS = (50, 100, 150, 200)  # steps after which mixed precision must be within 2 % of FP32
 TOLERANCE = 0.02
 MAX_SKIPPED = 3  # loss-scaler skips allowed, all within the first SKIP_WINDOW steps
@@ -96,14 +95,14 @@ def check_against_fp32(label: str, losses: list[float], fp32: list[float], skipp
     assert np.mean(losses[-10:]) < 0.7 * losses[0], f"{label}: did not learn"
 
 
-def ort_train(folder: pathlib.Path, task, steps: int) -> tuple[list[float], list[int]]:
+def ort_train(folder: pathlib.Path, case, steps: int) -> tuple[list[float], list[int]]:
     """The documented loop: ``Trainer.train_step(user inputs..., labels)`` on ORT CPU."""
     import onnxruntime
 
     onnxruntime.set_default_logger_severity(3)
-    trainer = Trainer(folder, learning_rate=LEARNING_RATE)
+    trainer = Trainer(folder, learning_rate=case.learning_rate)
     losses, skipped = [], []
-    for step, (inputs, labels) in enumerate(batches(task, steps)):
+    for step, (inputs, labels) in enumerate(batches(case.task, steps)):
         result = trainer.train_step(*inputs, labels)
         assert np.isfinite(result.loss)
         losses.append(result.loss)
@@ -114,7 +113,7 @@ def ort_train(folder: pathlib.Path, task, steps: int) -> tuple[list[float], list
     return losses, skipped
 
 
-def faithful_train(folder: pathlib.Path, task, steps: int) -> tuple[list[float], list[int]]:
+def faithful_train(folder: pathlib.Path, case, steps: int) -> tuple[list[float], list[int]]:
     """FP16-faithful training: the training graph run with every FP16 node output rounded as a GPU
     stores it (forward and backward), a dynamic loss scaler, and Adam in numpy on FP32 master weights."""
     from onnxruntime.training import api
@@ -134,7 +133,7 @@ def faithful_train(folder: pathlib.Path, task, steps: int) -> tuple[list[float],
     second = {name: np.zeros_like(params[name]) for name in trainable}
     scaler = DynamicLossScaler()
     losses, skipped, updates = [], [], 0
-    for step, (inputs, labels) in enumerate(batches(task, steps)):
+    for step, (inputs, labels) in enumerate(batches(case.task, steps)):
         feeds = dict(zip(user_inputs, (*inputs, labels), strict=True))
         feeds.update({name: value for name, value in params.items() if name in input_names})
         feeds.update({f"{name}{BUFFER_SUFFIX}": np.zeros_like(params[name]) for name in trainable})
@@ -154,7 +153,7 @@ def faithful_train(folder: pathlib.Path, task, steps: int) -> tuple[list[float],
             second[name] = 0.999 * second[name] + 0.001 * gradient * gradient
             m_hat = first[name] / (1 - 0.9**updates)
             v_hat = second[name] / (1 - 0.999**updates)
-            params[name] = params[name] - LEARNING_RATE * m_hat / (np.sqrt(v_hat) + 1e-8)
+            params[name] = params[name] - case.learning_rate * m_hat / (np.sqrt(v_hat) + 1e-8)
     return losses, skipped
 
 
@@ -167,11 +166,10 @@ def test_export_trains_on_ort_with_the_documented_loop(artifact_sets, name, expo
         exported = onnx.load(sets["model"], load_external_data=False)
         assert exported.ir_version == 10 and exported.opset_import[0].version >= 20
     steps = MARKS[-1]
-    task = CASES[name].task
-    fp32, fp32_skipped = ort_train(sets["fp32"], task, steps)
+    fp32, fp32_skipped = ort_train(sets["fp32"], CASES[name], steps)
     assert not fp32_skipped
     for variant in ("mixed", "converted"):
-        losses, skipped = ort_train(sets[variant], task, steps)
+        losses, skipped = ort_train(sets[variant], CASES[name], steps)
         check_against_fp32(f"{name}/{exporter}/{variant} ORT CPU", losses, fp32, skipped)
 
 
@@ -180,11 +178,10 @@ def test_export_trains_on_ort_with_the_documented_loop(artifact_sets, name, expo
 def test_export_trains_fp16_faithfully(artifact_sets, name, exporter):
     """The same 200 steps judged FP16-faithfully (what a GPU computes), both mixed-precision paths."""
     sets = artifact_sets(name, exporter)
-    task = CASES[name].task
     steps = MARKS[-1]
-    fp32, _ = faithful_train(sets["fp32"], task, steps)
+    fp32, _ = faithful_train(sets["fp32"], CASES[name], steps)
     for variant in ("mixed", "converted"):
-        losses, skipped = faithful_train(sets[variant], task, steps)
+        losses, skipped = faithful_train(sets[variant], CASES[name], steps)
         assert losses[0] != fp32[0]  # FP16 rounding really happened
         check_against_fp32(f"{name}/{exporter}/{variant} FP16-faithful", losses, fp32, skipped)
 
