@@ -58,8 +58,9 @@ class FolderJob:
     seed: int = 7
     config_overrides: tuple[tuple[str, Any], ...] = ()  # on top of the architecture's configuration
     notes: str = ""
-    # False for a folder built so that a plain FP16 conversion breaks its greedy generation: a case
-    # for generation-aware ``validate`` to catch, left out of the deploy checks that expect it to work.
+    # False for a folder built so that a static FP16 conversion (``convert --static``: no range run)
+    # breaks its greedy generation: a case for generation-aware ``validate`` to catch, left out of
+    # the deploy checks that expect it to work. (The default range run rescues the Llama one.)
     plain_fp16_generates: bool = True
 
     @property
@@ -142,8 +143,8 @@ FOLDER_JOBS: tuple[FolderJob, ...] = (
         # over all 60; seed 7 gives 0.04 %, which any FP16 rounding flips at step 17): so a
         # conversion that keeps the overflow FP32 can generate FP32's tokens exactly.
         seed=25,
-        notes=f"initializer_range={_LLAMA_LARGE_ACTIVATION_RANGE:g}: residual stream ~1.3e5, plain FP16 "
-        "breaks greedy generation",
+        notes=f"initializer_range={_LLAMA_LARGE_ACTIVATION_RANGE:g}: residual stream ~1.3e5, static FP16 "
+        "(--static) breaks greedy generation",
         plain_fp16_generates=False,
     ),
 )

@@ -131,7 +131,7 @@ class FolderEntry:
     opset: int | None = None
     cause: str = ""
     notes: str = ""
-    plain_fp16_generates: bool = True  # False: plain FP16 convert is known to break its generation
+    plain_fp16_generates: bool = True  # False: static FP16 convert (--static) breaks its generation
     root: Path = field(default=Path("."), compare=False, repr=False)
 
     @property
