@@ -20,7 +20,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from models.corpus import load_folders
+from models.corpus import generative_corpus_folders
 from models.corpus.manifest import FolderEntry
 from mpcompile.analysis.flop_share import heavy_flops
 from mpcompile.cli import main
@@ -328,14 +328,7 @@ def test_report_prompts_usage(
 BUILD_HINT = ".venv-corpus/bin/python -m models.corpus build --only t5-large-activation-folder"
 
 
-def _generative_folders() -> list[FolderEntry]:
-    try:
-        return [entry for entry in load_folders(status="ok") if entry.generates]
-    except FileNotFoundError:
-        return []
-
-
-_CORPUS_FOLDERS = _generative_folders()
+_CORPUS_FOLDERS = generative_corpus_folders()
 
 
 def _low_share(folder: pathlib.Path) -> float:

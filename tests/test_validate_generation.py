@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper
 from rich.console import Console
 
-from models.corpus import load_folders
+from models.corpus import generative_corpus_folders
 from models.corpus.manifest import FolderEntry
 from mpcompile.cli import main
 from mpcompile.validate.generation import (
@@ -367,14 +367,7 @@ def test_cli_non_generative_files_still_validated_per_file(tmp_path: pathlib.Pat
 BUILD_HINT = ".venv-corpus/bin/python -m models.corpus build --only t5-large-activation-folder"
 
 
-def _generative_folders() -> list[FolderEntry]:
-    try:
-        return [entry for entry in load_folders(status="ok") if entry.generates]
-    except FileNotFoundError:
-        return []
-
-
-_CORPUS_FOLDERS = _generative_folders()
+_CORPUS_FOLDERS = generative_corpus_folders()
 
 
 @pytest.mark.slow

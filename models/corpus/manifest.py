@@ -254,6 +254,15 @@ def load_folders(folder: str | os.PathLike | None = None, status: str | None = N
     return [entry for entry in entries if status is None or entry.status == status]
 
 
+def generative_corpus_folders(folder: str | os.PathLike | None = None) -> list[FolderEntry]:
+    """The built folders a greedy loop runs (``FolderEntry.generates``); empty when the corpus is
+    not built, so that test modules can parametrise over them at import."""
+    try:
+        return [entry for entry in load_folders(folder, status="ok") if entry.generates]
+    except FileNotFoundError:
+        return []
+
+
 def _read_document(path: Path) -> dict[str, Any]:
     try:
         document = json.loads(path.read_text())

@@ -121,7 +121,7 @@ def convert_training_graph(
     (``mpcompile.training.pipeline``); return counts and pass timings for reporting."""
     low_precision_format(precision)  # an unknown precision is refused before anything changes
     _refuse_low_precision(model)
-    context = pipeline.convert_training_graph(
+    context = pipeline.run_training_pipeline(
         model,
         precision,
         loss_scaling=loss_scaling,

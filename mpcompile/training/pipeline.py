@@ -68,7 +68,7 @@ def training_context(precision: str) -> ConversionContext:
     return ConversionContext(low=low_precision_format(precision), target=AnyTarget(), policy=Policy())
 
 
-def convert_training_graph(
+def run_training_pipeline(
     model: ir.Model,
     precision: str = "fp16",
     *,
