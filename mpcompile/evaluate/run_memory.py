@@ -15,12 +15,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import onnx
 import onnx_ir as ir
 
 from mpcompile.evaluate import memory_limit
-from mpcompile.evaluate.shapes import infer_shapes, static_shape
+from mpcompile.evaluate.shapes import static_shape
 
 RUN_OVERHEAD = 3
+LARGE_TENSOR_BYTES = 1000  # initializers onnx-ir's shape inference leaves out of the proto (data too)
+_LEFT_OUT = "__mpcompile_left_out__"  # a stand-in for bytes never read
 
 
 def values_bytes(model: ir.Model) -> int:
@@ -30,18 +33,116 @@ def values_bytes(model: ir.Model) -> int:
     return RUN_OVERHEAD * sum(_value_bytes(value) for value in values)
 
 
-def run_bytes(model: ir.Model, input_shapes: Mapping[str, Sequence[int]]) -> int:
-    """The estimate for ``model`` fed arrays of ``input_shapes`` (``model`` is not modified)."""
-    probe = model.clone()
-    for value in probe.graph.inputs:
-        if value.name in input_shapes:
-            value.shape = ir.Shape(list(input_shapes[value.name]))
-    for node in probe.graph:  # forget the exporter's symbolic shapes: inference gives the real ones
+def run_bytes(
+    model: ir.Model, input_shapes: Mapping[str, Sequence[int]], *, proto: onnx.ModelProto | None = None
+) -> int:
+    """The estimate for ``model`` fed arrays of ``input_shapes`` (``model`` is not modified).
+
+    ``proto``: ``model`` serialized already, its initializers with or without their bytes
+    (``faithful.serialize_reference``); copied, not changed. Else ``model`` is serialized here,
+    without the bytes of its large weights.
+
+    What onnx-ir's ``ShapeInferencePass`` (lenient, with data propagation) gives on a copy of
+    ``model`` whose inputs have those shapes and whose values between nodes have none, worked on
+    the protobuf: neither a copy of the model nor a second serialization to read results back."""
+    if proto is None:
+        probe = _serialize_light(model)
+    else:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(proto)
+    graph = probe.graph
+    outputs = {value.name for value in model.graph.outputs}
+    forget = {value.name for node in model.graph for value in node.outputs if value.name not in outputs}
+    for info in graph.value_info:  # forget the exporter's symbolic shapes: inference gives the real ones
+        if info.name in forget and info.type.HasField("tensor_type"):
+            info.type.tensor_type.ClearField("shape")
+    for info in graph.input:
+        if info.name in input_shapes and info.type.HasField("tensor_type"):
+            shape = info.type.tensor_type.shape
+            shape.Clear()
+            for dim in input_shapes[info.name]:
+                shape.dim.add().dim_value = dim
+    _initializers_as_inputs(model, graph)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(
+            probe, check_type=False, strict_mode=False, data_prop=True
+        )
+    except Exception:  # as ShapeInferencePass: the shapes stay as they were
+        inferred = probe
+    types = {info.name: info.type for info in (*inferred.graph.value_info, *inferred.graph.output)}
+    total = 0
+    for value in model.graph.inputs:
+        shape = ir.Shape(list(input_shapes[value.name])) if value.name in input_shapes else value.shape
+        total += _bytes(shape, value.dtype)
+    for node in model.graph:
         for value in node.outputs:
-            if value not in probe.graph.outputs:
-                value.shape = None
-    infer_shapes(probe)
-    return values_bytes(probe)
+            shape = None if value.name in forget else value.shape
+            dtype = value.dtype
+            inferred_type = types.get(value.name) if value.name else None
+            if inferred_type is not None:
+                inferred_shape = ir.serde.deserialize_type_proto_for_shape(inferred_type)
+                shape = inferred_shape if inferred_shape is not None else shape
+                type_ = ir.serde.deserialize_type_proto_for_type(inferred_type)
+                dtype = type_.dtype if type_ is not None and type_.dtype is not None else dtype
+            total += _bytes(shape, dtype)
+    return RUN_OVERHEAD * total
+
+
+def _serialize_light(model: ir.Model) -> onnx.ModelProto:
+    """``model`` serialized without the bytes of its main-graph initializers above
+    ``LARGE_TENSOR_BYTES`` (inference needs no more) and with the small external ones read."""
+    swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if tensor is None:
+            continue
+        if tensor.nbytes > LARGE_TENSOR_BYTES:
+            stand_in = ir.ExternalTensor(
+                _LEFT_OUT, 0, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=value.name
+            )
+        elif isinstance(tensor, ir.ExternalTensor):
+            (stand_in,) = ir.external_data.convert_tensors_from_external([tensor])
+        else:
+            continue
+        swapped.append((value, tensor))
+        value.const_value = stand_in
+    try:
+        return ir.serde.serialize_model(model)
+    finally:
+        for value, tensor in swapped:
+            value.const_value = tensor
+
+
+def _initializers_as_inputs(model: ir.Model, graph: onnx.GraphProto) -> None:
+    """As onnx-ir's ``call_onnx_api`` serializes for inference: every main-graph initializer is
+    also an input (typed from its tensor), and those above ``LARGE_TENSOR_BYTES`` lose their data."""
+    listed = {info.name for info in graph.input}
+    dropped = set()
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if value.name not in listed:
+            typed = ir.Value(
+                name=value.name,
+                type=value.type if value.dtype is not None or tensor is None else ir.TensorType(tensor.dtype),
+                shape=value.shape if value.shape is not None or tensor is None else tensor.shape,
+            )
+            graph.input.append(ir.serde.serialize_value(typed))
+        if tensor is None or tensor.nbytes > LARGE_TENSOR_BYTES:
+            dropped.add(value.name)
+    if dropped:
+        kept = [tensor for tensor in graph.initializer if tensor.name not in dropped]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+
+
+def _bytes(shape: ir.Shape | None, dtype: ir.DataType | None) -> int:
+    if shape is None or dtype is None or not all(isinstance(dim, int) for dim in shape):
+        return 0
+    try:
+        itemsize = dtype.itemsize
+    except (AttributeError, TypeError, ValueError):
+        return 0
+    return math.prod(max(dim, 0) for dim in shape) * math.ceil(itemsize)
 
 
 def check_run_fits(model: ir.Model, input_shapes: Mapping[str, Sequence[int]], what: str) -> None:
