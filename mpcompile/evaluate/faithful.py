@@ -22,18 +22,22 @@ FP16 (FP16 accumulation) is not modelled.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import ml_dtypes
 import numpy as np
+import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common
 
 from mpcompile.evaluate.ort_session import (
     ModelLike,
     make_session,
+    proto_apart,
     serialize_apart,
     serialize_for_session,
     to_ir_model,
@@ -94,19 +98,125 @@ class FaithfulSession:
 
 
 class ReferenceSession:
-    """A reusable CPU evaluation of a model as it is, graph optimizations off."""
+    """A reusable CPU evaluation of a model as it is, graph optimizations off.
 
-    def __init__(self, model: ModelLike, *, intermediates: Intermediates = False, prepack: bool = True):
-        reference = prepared_copy(model)
-        self.declared = {value.name: value.dtype for value in reference.graph.outputs}
-        self.declared.update(_expose_intermediates(reference, intermediates))
-        serialized, weights = serialize_apart(reference)  # large weights stay arrays: no protobuf round trip
+    ``serialized``: ``model`` (an ``ir.Model``) as ``serialize_reference`` gave it; the session is
+    then built from that proto (which it edits) instead of from a private copy with shapes
+    inferred again (``prepared_copy``): the same values, without the copy, the inference and a
+    second serialization (issue: the range run's cost on 26k-node models)."""
+
+    def __init__(
+        self,
+        model: ModelLike,
+        *,
+        intermediates: Intermediates = False,
+        prepack: bool = True,
+        serialized: SessionProto | None = None,
+    ):
+        if serialized is not None and isinstance(model, ir.Model):
+            self.declared = {value.name: value.dtype for value in model.graph.outputs}
+            self.declared.update(_expose_in_proto(model, serialized.proto, intermediates))
+            session_model, weights = serialized.proto.SerializeToString(), serialized.weights
+        else:
+            reference = prepared_copy(model)
+            self.declared = {value.name: value.dtype for value in reference.graph.outputs}
+            self.declared.update(_expose_intermediates(reference, intermediates))
+            session_model, weights = serialize_apart(reference)  # large weights stay arrays
         self._session = make_session(
-            serialized, ["CPUExecutionProvider"], optimize=False, prepack=prepack, initializers=weights
+            session_model, ["CPUExecutionProvider"], optimize=False, prepack=prepack, initializers=weights
         )
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return _run_session(self._session, feeds, self.declared, widen_inputs=False)
+
+
+@dataclasses.dataclass
+class SessionProto:
+    """A model serialized once for ONNX Runtime: its proto, whose large main-graph weights hold no
+    bytes, and those weights as arrays by name (``make_session(initializers=...)``)."""
+
+    proto: onnx.ModelProto
+    weights: dict[str, np.ndarray]
+
+
+def serialize_reference(model: ir.Model) -> SessionProto | None:
+    """``model`` (not modified) serialized for ``ReferenceSession(serialized=...)``, or None when
+    only ``prepared_copy`` evaluates it as it is: local functions (inlined there), or a named
+    main-graph value without a type (shape inference there may type it, and only typed values
+    are exposed).
+
+    External weights are read into memory as ``prepared_copy`` does."""
+    if model.functions or any(
+        value.name and value.type is None for node in model.graph for value in node.outputs
+    ):
+        return None
+    with _external_weights_in_memory(model):
+        proto, weights = proto_apart(model)
+    proto.ir_version = model_io.output_ir_version(model)  # what the installed ORT loads
+    return SessionProto(proto, weights)
+
+
+@contextlib.contextmanager
+def _external_weights_in_memory(model: ir.Model) -> Iterator[None]:
+    """External initializers read into memory for the block (copied, their files unmapped: as
+    ``prepared_copy`` loads them), the model's own tensors put back after. Handing ORT views of
+    the mapped files instead costs far more resident memory: each tensor maps the whole file."""
+    swapped = [
+        value
+        for graph in model.graphs()
+        for value in graph.initializers.values()
+        if isinstance(value.const_value, ir.ExternalTensor)
+    ]
+    originals = [value.const_value for value in swapped]
+    loaded = ir.external_data.convert_tensors_from_external(originals)
+    try:
+        for value, tensor in zip(swapped, loaded, strict=True):
+            value.const_value = tensor
+        yield
+    finally:
+        for value, tensor in zip(swapped, originals, strict=True):
+            value.const_value = tensor
+
+
+def _expose_in_proto(
+    model: ir.Model, proto: onnx.ModelProto, intermediates: Intermediates
+) -> dict[str, ir.DataType | None]:
+    """What ``prepared_copy`` and ``_expose_intermediates`` do, on ``serialize_reference``'s proto
+    of ``model``: the shapes of values between nodes dropped (``forget_intermediate_shapes``; ORT
+    infers them), the requested main-graph values appended to the outputs with their types."""
+    _forget_proto_shapes(proto.graph)
+    wanted = _wanted_intermediates(model.graph, intermediates)
+    graph = proto.graph
+    listed = {info.name for info in graph.output}
+    exposed: dict[str, ir.DataType | None] = {}
+    added: set[str] = set()
+    for value in wanted:
+        exposed[value.name] = value.dtype
+        if value.name not in listed:
+            info = graph.output.add(name=value.name)  # its type, no shape (as exposed intermediates)
+            ir.serde.serialize_type_into(info.type, value.type)
+            listed.add(value.name)
+            added.add(value.name)
+    if added:  # a graph output is no value_info entry
+        kept = [info for info in graph.value_info if info.name not in added]
+        del graph.value_info[:]
+        graph.value_info.extend(kept)
+    return exposed
+
+
+def _forget_proto_shapes(graph: onnx.GraphProto) -> None:
+    """``forget_intermediate_shapes`` on a graph proto and its subgraphs."""
+    outputs = {info.name for info in graph.output}
+    forget: set[str] = set()
+    for node in graph.node:
+        if (node.domain if node.domain != "ai.onnx" else "", node.op_type) not in SHAPE_KEPT_OPS:
+            forget.update(name for name in node.output if name not in outputs)
+        for attribute in node.attribute:
+            for subgraph in (attribute.g,) if attribute.HasField("g") else attribute.graphs:
+                _forget_proto_shapes(subgraph)
+    for info in graph.value_info:
+        if info.name in forget and info.type.HasField("tensor_type"):
+            info.type.tensor_type.ClearField("shape")
 
 
 def build_faithful_model(
@@ -212,17 +322,8 @@ def _guess_unknown_dtype(node: ir.Node, guessed: Mapping[ir.Value, ir.DataType])
 
 def _expose_intermediates(model: ir.Model, intermediates: Intermediates) -> dict[str, ir.DataType | None]:
     """Add the requested main-graph values to the graph outputs; their declared dtypes."""
-    if intermediates is False:
-        return {}
     graph = model.graph
-    produced = {value.name: value for node in graph for value in node.outputs if value.name}
-    if intermediates is True:
-        wanted = [value for value in produced.values() if isinstance(value.type, ir.TensorType)]
-    else:
-        missing = [name for name in intermediates if name not in produced and name not in _input_names(graph)]
-        if missing:
-            raise KeyError(f"no value named {', '.join(map(repr, missing))} in the main graph")
-        wanted = [produced[name] for name in intermediates if name in produced]
+    wanted = _wanted_intermediates(graph, intermediates)
     already = {id(value) for value in graph.outputs}
     exposed: dict[str, ir.DataType | None] = {}
     for value in wanted:
@@ -231,6 +332,19 @@ def _expose_intermediates(model: ir.Model, intermediates: Intermediates) -> dict
             graph.outputs.append(value)
             already.add(id(value))
     return exposed
+
+
+def _wanted_intermediates(graph: ir.Graph, intermediates: Intermediates) -> list[ir.Value]:
+    """The main-graph node outputs ``intermediates`` asks for (``True``: every tensor)."""
+    if intermediates is False:
+        return []
+    produced = {value.name: value for node in graph for value in node.outputs if value.name}
+    if intermediates is True:
+        return [value for value in produced.values() if isinstance(value.type, ir.TensorType)]
+    missing = [name for name in intermediates if name not in produced and name not in _input_names(graph)]
+    if missing:
+        raise KeyError(f"no value named {', '.join(map(repr, missing))} in the main graph")
+    return [produced[name] for name in intermediates if name in produced]
 
 
 def _input_names(graph: ir.Graph) -> set[str]:

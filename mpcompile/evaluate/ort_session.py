@@ -66,6 +66,12 @@ def serialize_apart(model: ir.Model) -> tuple[bytes, dict[str, Any]]:
     """The model serialized without the data of its large main-graph weights, and those weights
     as arrays by name, for ``make_session(..., initializers=...)``: ORT takes them as they are
     instead of parsing hundreds of megabytes back out of a protobuf. ``model`` is unchanged."""
+    proto, apart = proto_apart(model)
+    return proto.SerializeToString(), apart
+
+
+def proto_apart(model: ir.Model) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """``serialize_apart`` before the final serialization: the proto, to edit first."""
     apart: dict[str, Any] = {}
     swapped: list[tuple[ir.Value, Any]] = []
     for value in model.graph.initializers.values():
@@ -84,7 +90,7 @@ def serialize_apart(model: ir.Model) -> tuple[bytes, dict[str, Any]]:
         swapped.append((value, tensor))
         value.const_value = placeholder
     try:
-        return ir.to_proto(model).SerializeToString(), apart
+        return ir.to_proto(model), apart
     finally:
         for value, tensor in swapped:
             value.const_value = tensor
