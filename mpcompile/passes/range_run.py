@@ -71,7 +71,8 @@ def range_run(
 ) -> RangeRun:
     """Run ``model`` (FP32, not modified) once on generated inputs and keep FP32 the nodes of
     ``low_nodes()`` (the static conversion's low-precision main-graph nodes) that the range rules
-    find unsafe; see the module docstring for when it is skipped."""
+    find unsafe; see the module docstring for when it is skipped. ``low_nodes`` is called only
+    when the rules find something (``measured_findings``): most models have nothing to keep."""
     if not range_propagation.needed(low):
         return RangeRun()
     started = time.perf_counter()
@@ -88,21 +89,34 @@ def range_run(
         values, label = _reference_values(model, seed)
     except Exception as exc:  # the static rules decide instead: never an error
         return RangeRun(note=f"range run skipped (static rules only): {_first_line(exc)}")
+    kept = measured_findings(model, values, low)
+    if kept:  # the (costly) static low-precision set is needed only when something was measured
+        low_set = set(low_nodes())
+        kept = {name: finding for name, finding in kept.items() if name in low_set}
+    seconds = time.perf_counter() - started
+    decisions = {name: range_decision(finding) for name, finding in kept.items()}
+    return RangeRun(decisions, kept_note(kept, label, low, seconds), seconds, kept)
+
+
+def measured_findings(
+    model: ir.Model, values: Mapping[str, list], low: LowPrecisionFormat
+) -> dict[str, RangeFinding]:
+    """The findings the range run acts on, for every named main-graph node in graph order, low
+    precision or not: those the rules of ``LEFT_TO_AUTO`` and additive masks leave out.
+
+    A node's finding does not depend on which nodes are candidates (only the cancellation-input
+    rule does, and it is left to ``--auto``), so restricting these to the low-precision nodes
+    afterwards gives what ``find_unsafe_nodes`` gives on those nodes alone."""
     nodes = {node.name: node for node in model.graph if node.name}
-    low_set = set(low_nodes())
-    candidates = [name for name in nodes if name in low_set]
     findings = find_unsafe_nodes(
-        nodes, candidates, values, low, RULES, model.opset_imports.get("", 0), relative_budget=math.inf
+        nodes, list(nodes), values, low, RULES, model.opset_imports.get("", 0), relative_budget=math.inf
     )
     masks = _additive_masks(model, findings, values, RULES.overflow_fraction * low.max)
-    kept = {
+    return {
         name: finding
         for name, finding in findings.items()
         if finding.rule not in LEFT_TO_AUTO and finding.value not in masks
     }
-    seconds = time.perf_counter() - started
-    decisions = {name: range_decision(finding) for name, finding in kept.items()}
-    return RangeRun(decisions, kept_note(kept, label, low, seconds), seconds, kept)
 
 
 class RangeRunPass(ConversionPass):
@@ -191,19 +205,25 @@ def _reference_values(model: ir.Model, seed: int) -> tuple[dict[str, list], str]
     from mpcompile.evaluate import implied_sizes, memory_limit
     from mpcompile.evaluate import inputs as inputs_module
     from mpcompile.evaluate.accepted_inputs import run_accepting_inputs
-    from mpcompile.evaluate.faithful import ReferenceSession
+    from mpcompile.evaluate.faithful import ReferenceSession, serialize_reference
     from mpcompile.evaluate.run_memory import run_bytes
 
     dims, why = implied_sizes.deployment_image_dims(model, inputs_module.model_inputs(model))
     specs = inputs_module.input_specs(model, None, dims=dims)
+    # Serialized once for the estimate and the session: no private copy, no shape inference again.
+    serialized = serialize_reference(model)
     if memory_limit.memory_limit() is not None:  # every intermediate is kept: checked before generating
-        needed = run_bytes(model, {spec.name: spec.shape for spec in specs})
+        needed = run_bytes(
+            model, {spec.name: spec.shape for spec in specs}, proto=serialized.proto if serialized else None
+        )
         memory_limit.check_fits(needed, "the FP32 range run (every intermediate kept)")
     feeds = [inputs_module.cast_feeds(model, inputs_module.generate_from_specs(specs, seed=seed))]
     label = inputs_module.generated_label(seed)
     if dims:
         label += f"; {', '.join(f'{name}={size}' for name, size in dims.items())} ({why})"
-    session = ReferenceSession(model, intermediates=True, prepack=False)  # one run: nothing to repack for
+    # One run: nothing to repack for.
+    session = ReferenceSession(model, intermediates=True, prepack=False, serialized=serialized)
+    del serialized  # the session holds what it needs
 
     def run(batches: list[dict]) -> list[dict]:
         return [session.run(batch) for batch in batches]

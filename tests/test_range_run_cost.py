@@ -1,0 +1,181 @@
+"""The range run's cost (docs/performance.md, "Range run cost"): the static trial paint only when
+the rules find something, one serialization shared by the memory estimate and the session, no
+private copy of the model and no second shape inference; and the same results as before."""
+
+from __future__ import annotations
+
+import math
+import pathlib
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common
+import pytest
+from onnx import helper, numpy_helper
+from test_range_run import linear_attention
+
+import models
+import mpcompile
+from models.builder import value_info
+from mpcompile.analysis.range_rules import find_unsafe_nodes
+from mpcompile.core.precision import low_precision_format
+from mpcompile.evaluate import faithful, run_memory
+from mpcompile.evaluate import inputs as inputs_module
+from mpcompile.io import model_io
+from mpcompile.passes import range_run
+
+pytest.importorskip("onnxruntime", reason="the range run needs onnxruntime")
+
+ZOO_MODELS = ("bert_encoder", "gpt_block", "control_flow", "resnet", "regression_mask_finfo_min")
+
+
+def _count_trial_paints(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    paint = range_run.static_low_nodes
+
+    def counted(model, context):
+        calls.append(1)
+        return paint(model, context)
+
+    monkeypatch.setattr(range_run, "static_low_nodes", counted)
+    return calls
+
+
+def _in_range(model: onnx.ModelProto) -> onnx.ModelProto:
+    for weight in model.graph.initializer:
+        if weight.name.startswith("w"):
+            array = numpy_helper.to_array(weight) / 8
+            weight.CopyFrom(numpy_helper.from_array(array.astype(np.float32), weight.name))
+    return model
+
+
+def test_no_trial_paint_when_the_rules_find_nothing(monkeypatch):
+    calls = _count_trial_paints(monkeypatch)
+    model = _in_range(linear_attention())
+    plain = mpcompile.convert(model)
+    assert calls == []
+    static = mpcompile.convert(model, static=True)
+    assert plain.model.SerializeToString() == static.model.SerializeToString()
+
+
+def test_one_trial_paint_when_they_find_something(monkeypatch):
+    calls = _count_trial_paints(monkeypatch)
+    result = mpcompile.convert(linear_attention())
+    assert calls == [1]
+    assert {"q_kv", "q_ksum"} <= set(result.summary()["range_measured"])
+
+
+def _loaded(proto: onnx.ModelProto) -> ir.Model:
+    return model_io.model_from_proto(proto, pathlib.Path.cwd(), infer_types=True)
+
+
+@pytest.mark.parametrize("build", [linear_attention, lambda: _in_range(linear_attention())])
+def test_measured_findings_on_the_low_nodes_are_find_unsafe_nodes_on_them(build):
+    """Findings over every node, restricted afterwards, are those of the candidates alone (as
+    range_run computed them before), whichever nodes are low."""
+    model = _loaded(build())
+    low = low_precision_format("fp16")
+    values, _ = range_run._reference_values(model, seed=0)
+    nodes = {node.name: node for node in model.graph if node.name}
+    everything = range_run.measured_findings(model, values, low)
+    for candidates in (list(nodes), list(nodes)[::2], list(nodes)[1::2], []):
+        before = find_unsafe_nodes(
+            nodes, candidates, values, low, range_run.RULES, model.opset_imports[""], relative_budget=math.inf
+        )
+        masks = range_run._additive_masks(model, before, values, range_run.RULES.overflow_fraction * low.max)
+        want = {
+            name: finding
+            for name, finding in before.items()
+            if finding.rule not in range_run.LEFT_TO_AUTO and finding.value not in masks
+        }
+        got = {name: finding for name, finding in everything.items() if name in set(candidates)}
+        assert got == want and list(got) == list(want)
+
+
+def _run_bytes_as_before(model: ir.Model, input_shapes) -> int:
+    """run_memory.run_bytes as it was: a clone, shapes forgotten, onnx-ir's ShapeInferencePass."""
+    probe = model.clone()
+    for value in probe.graph.inputs:
+        if value.name in input_shapes:
+            value.shape = ir.Shape(list(input_shapes[value.name]))
+    for node in probe.graph:
+        for value in node.outputs:
+            if value not in probe.graph.outputs:
+                value.shape = None
+    onnx_ir.passes.common.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(probe)
+    return run_memory.values_bytes(probe)
+
+
+def _external_data_model(tmp_path) -> ir.Model:
+    """bert_encoder saved with every initializer of 100 bytes or more in a data file (mapped)."""
+    path = tmp_path / "external.onnx"
+    onnx.save(
+        models.ZOO["bert_encoder"](), path, save_as_external_data=True, size_threshold=100, location="w.data"
+    )
+    return model_io.load_model(path, infer_types=True)
+
+
+def _models(tmp_path) -> list[tuple[str, ir.Model]]:
+    zoo = [(name, _loaded(models.ZOO[name]())) for name in ZOO_MODELS]
+    return [
+        *zoo,
+        ("linear_attention", _loaded(linear_attention())),
+        ("external", _external_data_model(tmp_path)),
+    ]
+
+
+def test_the_memory_estimate_is_as_before_and_shares_the_serialization(tmp_path):
+    for name, model in _models(tmp_path):
+        before = ir.to_proto(model).SerializeToString()
+        shapes = {spec.name: spec.shape for spec in inputs_module.input_specs(model, None)}
+        want = _run_bytes_as_before(model, shapes)
+        assert want > 0, name
+        assert run_memory.run_bytes(model, shapes) == want, name
+        serialized = faithful.serialize_reference(model)
+        assert serialized is not None, name
+        assert run_memory.run_bytes(model, shapes, proto=serialized.proto) == want, name
+        bigger = {input_name: [2 * dim for dim in shape] for input_name, shape in shapes.items()}
+        assert run_memory.run_bytes(model, bigger, proto=serialized.proto) == _run_bytes_as_before(
+            model, bigger
+        ), name
+        assert ir.to_proto(model).SerializeToString() == before, f"{name}: the model was modified"
+
+
+def test_a_session_from_the_shared_serialization_gives_what_a_private_copy_gives(tmp_path):
+    for name, model in _models(tmp_path):
+        before = ir.to_proto(model).SerializeToString()
+        feeds = inputs_module.cast_feeds(model, inputs_module.generate_inputs(model, seed=1)[0])
+        want = faithful.ReferenceSession(model, intermediates=True, prepack=False).run(feeds)
+        serialized = faithful.serialize_reference(model)
+        got = faithful.ReferenceSession(model, intermediates=True, prepack=False, serialized=serialized).run(
+            feeds
+        )
+        assert list(got) == list(want), name
+        for key, array in want.items():
+            assert got[key].dtype == array.dtype, (name, key)
+            np.testing.assert_array_equal(got[key], array, err_msg=f"{name}: {key}")
+        assert ir.to_proto(model).SerializeToString() == before, f"{name}: the model was modified"
+
+
+def test_models_only_a_private_copy_evaluates_are_not_serialized_apart():
+    """Local functions (inlined in the copy) and untyped values (typed by inference there)."""
+    nodes = [helper.make_node("Twice", ["x"], ["y"], domain="local", name="call")]
+    function = helper.make_function(
+        "local",
+        "Twice",
+        ["a"],
+        ["b"],
+        [helper.make_node("Add", ["a", "a"], ["b"])],
+        [helper.make_opsetid("", 17)],
+    )
+    graph = helper.make_graph(nodes, "g", [value_info("x", [2])], [value_info("y", [2])])
+    proto = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+        functions=[function],
+    )
+    assert faithful.serialize_reference(ir.from_proto(proto)) is None
+    untyped = ir.from_proto(linear_attention())  # no inference: intermediates carry no types
+    assert faithful.serialize_reference(untyped) is None
+    assert faithful.serialize_reference(_loaded(linear_attention())) is not None
