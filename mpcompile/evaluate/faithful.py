@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import mmap
+import pathlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -103,7 +105,7 @@ class ReferenceSession:
     ``serialized``: ``model`` (an ``ir.Model``) as ``serialize_reference`` gave it; the session is
     then built from that proto (which it edits) instead of from a private copy with shapes
     inferred again (``prepared_copy``): the same values, without the copy, the inference and a
-    second serialization (issue: the range run's cost on 26k-node models)."""
+    second serialization (the range run on 26k nodes: docs/performance.md, "Range run cost")."""
 
     def __init__(
         self,
@@ -158,9 +160,13 @@ def serialize_reference(model: ir.Model) -> SessionProto | None:
 
 @contextlib.contextmanager
 def _external_weights_in_memory(model: ir.Model) -> Iterator[None]:
-    """External initializers read into memory for the block (copied, their files unmapped: as
-    ``prepared_copy`` loads them), the model's own tensors put back after. Handing ORT views of
-    the mapped files instead costs far more resident memory: each tensor maps the whole file."""
+    """External initializers in memory for the block (the values ``prepared_copy`` loads), the
+    model's own tensors put back after.
+
+    Each data file is mapped once and every tensor is a view of that one mapping (the bytes stay
+    the file's, shared with the page cache, for as long as the session holds them). Not the
+    tensors' own ``numpy()``: each maps its whole file again, and ORT reading 1,537 such maps
+    held 3.3 GB resident (the 768-layer encoder); nor copies, which cost time."""
     swapped = [
         value
         for graph in model.graphs()
@@ -168,14 +174,42 @@ def _external_weights_in_memory(model: ir.Model) -> Iterator[None]:
         if isinstance(value.const_value, ir.ExternalTensor)
     ]
     originals = [value.const_value for value in swapped]
-    loaded = ir.external_data.convert_tensors_from_external(originals)
+    maps: dict[tuple[str, str], mmap.mmap | None] = {}
     try:
-        for value, tensor in zip(swapped, loaded, strict=True):
-            value.const_value = tensor
+        for value, tensor in zip(swapped, originals, strict=True):
+            view = _mapped_view(tensor, maps)
+            value.const_value = (
+                ir.Tensor(view, dtype=tensor.dtype, name=tensor.name)
+                if view is not None
+                else ir.external_data.convert_tensors_from_external([tensor])[0]
+            )
         yield
     finally:
         for value, tensor in zip(swapped, originals, strict=True):
             value.const_value = tensor
+
+
+def _mapped_view(
+    tensor: ir.ExternalTensor, maps: dict[tuple[str, str], mmap.mmap | None]
+) -> np.ndarray | None:
+    """``tensor``'s array as a view of its file's one mapping in ``maps`` (by location and
+    folder), or None where onnx-ir's own loading is needed (sub-byte types, empty tensors, a
+    file outside the model's folder)."""
+    if tensor.dtype.bitwidth < 8 or tensor.dtype.bitwidth % 8 or tensor.size == 0:
+        return None
+    key = (str(tensor.location), str(tensor.base_dir))
+    if key not in maps:
+        maps[key] = None
+        path = pathlib.Path(tensor.path).resolve()
+        if tensor.base_dir and path.is_relative_to(pathlib.Path(tensor.base_dir).resolve()):
+            with open(path, "rb") as handle:
+                maps[key] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    mapped = maps[key]
+    if mapped is None:
+        return None
+    dtype = np.dtype(tensor.dtype.numpy()).newbyteorder("<")
+    array = np.frombuffer(mapped, dtype=dtype, count=tensor.size, offset=tensor.offset or 0)
+    return array.reshape(tensor.shape.numpy())
 
 
 def _expose_in_proto(

@@ -72,20 +72,50 @@ def run_bytes(
     types = {info.name: info.type for info in (*inferred.graph.value_info, *inferred.graph.output)}
     total = 0
     for value in model.graph.inputs:
-        shape = ir.Shape(list(input_shapes[value.name])) if value.name in input_shapes else value.shape
+        shape = tuple(input_shapes[value.name]) if value.name in input_shapes else _dims(value.shape)
         total += _bytes(shape, value.dtype)
     for node in model.graph:
         for value in node.outputs:
-            shape = None if value.name in forget else value.shape
+            shape = None if value.name in forget else _dims(value.shape)
             dtype = value.dtype
             inferred_type = types.get(value.name) if value.name else None
-            if inferred_type is not None:
-                inferred_shape = ir.serde.deserialize_type_proto_for_shape(inferred_type)
-                shape = inferred_shape if inferred_shape is not None else shape
-                type_ = ir.serde.deserialize_type_proto_for_type(inferred_type)
-                dtype = type_.dtype if type_ is not None and type_.dtype is not None else dtype
+            if inferred_type is not None:  # merged as ShapeInferencePass merges: what it inferred wins
+                shape, dtype = _merged(inferred_type, shape, dtype)
             total += _bytes(shape, dtype)
     return RUN_OVERHEAD * total
+
+
+_SYMBOLIC = ("symbolic",)  # a shape with a dim that is not a number: counts zero
+
+
+def _dims(shape: ir.Shape | None) -> tuple | None:
+    if shape is None:
+        return None
+    dims = tuple(shape)
+    return dims if all(isinstance(dim, int) for dim in dims) else _SYMBOLIC
+
+
+def _merged(
+    inferred: onnx.TypeProto, shape: tuple | None, dtype: ir.DataType | None
+) -> tuple[tuple | None, ir.DataType | None]:
+    """The shape and dtype after merging an inferred type: each replaced where it says something
+    (read from the proto for tensors; onnx-ir's deserializers for other types)."""
+    if inferred.HasField("tensor_type"):
+        tensor_type = inferred.tensor_type
+        if tensor_type.HasField("shape"):
+            dims = tensor_type.shape.dim
+            numbers = all(dim.HasField("dim_value") for dim in dims)
+            shape = tuple(dim.dim_value for dim in dims) if numbers else _SYMBOLIC
+        if tensor_type.HasField("elem_type"):
+            dtype = ir.DataType(tensor_type.elem_type)
+        return shape, dtype
+    inferred_shape = ir.serde.deserialize_type_proto_for_shape(inferred)
+    if inferred_shape is not None:
+        shape = _dims(inferred_shape)
+    type_ = ir.serde.deserialize_type_proto_for_type(inferred)
+    if type_ is not None and type_.dtype is not None:
+        dtype = type_.dtype
+    return shape, dtype
 
 
 def _serialize_light(model: ir.Model) -> onnx.ModelProto:
@@ -117,16 +147,12 @@ def _initializers_as_inputs(model: ir.Model, graph: onnx.GraphProto) -> None:
     """As onnx-ir's ``call_onnx_api`` serializes for inference: every main-graph initializer is
     also an input (typed from its tensor), and those above ``LARGE_TENSOR_BYTES`` lose their data."""
     listed = {info.name for info in graph.input}
+    serialized = {tensor.name: tensor for tensor in graph.initializer}
     dropped = set()
     for value in model.graph.initializers.values():
         tensor = value.const_value
         if value.name not in listed:
-            typed = ir.Value(
-                name=value.name,
-                type=value.type if value.dtype is not None or tensor is None else ir.TensorType(tensor.dtype),
-                shape=value.shape if value.shape is not None or tensor is None else tensor.shape,
-            )
-            graph.input.append(ir.serde.serialize_value(typed))
+            graph.input.append(_input_info(value, serialized.get(value.name)))
         if tensor is None or tensor.nbytes > LARGE_TENSOR_BYTES:
             dropped.add(value.name)
     if dropped:
@@ -135,8 +161,35 @@ def _initializers_as_inputs(model: ir.Model, graph: onnx.GraphProto) -> None:
         graph.initializer.extend(kept)
 
 
-def _bytes(shape: ir.Shape | None, dtype: ir.DataType | None) -> int:
-    if shape is None or dtype is None or not all(isinstance(dim, int) for dim in shape):
+def _input_info(value: ir.Value, serialized: onnx.TensorProto | None) -> onnx.ValueInfoProto:
+    """An initializer as a typed input: its value's type and shape, else its tensor's."""
+    tensor = value.const_value
+    shape = value.shape if value.shape is not None or tensor is None else tensor.shape
+    dtype = value.dtype if value.dtype is not None or tensor is None else tensor.dtype
+    if (
+        serialized is not None
+        and dtype is not None
+        and shape is not None
+        and int(dtype) == serialized.data_type
+        and tuple(shape) == tuple(serialized.dims)
+    ):  # written from the serialized tensor: the same ValueInfo, without the IR's per-dim work
+        info = onnx.ValueInfoProto(name=value.name)
+        info.type.tensor_type.elem_type = serialized.data_type
+        info.type.tensor_type.shape.SetInParent()
+        info.type.tensor_type.shape.dim.extend(
+            onnx.TensorShapeProto.Dimension(dim_value=dim) for dim in serialized.dims
+        )
+        return info
+    typed = ir.Value(
+        name=value.name,
+        type=value.type if value.dtype is not None or tensor is None else ir.TensorType(tensor.dtype),
+        shape=shape,
+    )
+    return ir.serde.serialize_value(typed)
+
+
+def _bytes(shape: tuple | None, dtype: ir.DataType | None) -> int:
+    if shape is None or shape is _SYMBOLIC or dtype is None:
         return 0
     try:
         itemsize = dtype.itemsize
