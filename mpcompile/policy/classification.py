@@ -32,6 +32,7 @@ measurement rules, which choose its ``node_overrides``, are ``mpcompile.analysis
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Collection, Mapping
 
 import onnx_ir as ir
@@ -42,7 +43,7 @@ from mpcompile.core.ranges import ConstantRange
 from mpcompile.irtools.graphs import node_opset
 from mpcompile.policy import op_classes, op_types
 from mpcompile.policy.attention_mask import mask_softmaxes
-from mpcompile.policy.policy import OpClass, Policy
+from mpcompile.policy.policy import ClassifiedOp, OpClass, Policy
 from mpcompile.targets.base import Target
 
 SOURCE_OPS = frozenset({("", "Constant"), ("", "ConstantOfShape")})
@@ -62,6 +63,40 @@ class Verdict:
     @property
     def fixed(self) -> bool:
         return self.decision is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class _SignatureRules:
+    """What the cascade says of every node of one signature (``op_types.typing_key``).
+
+    ``final``: the verdict of every such node (steps 1-2, source ops); else the node's ``typing``,
+    its op class as the policy gives it (``classified``), whether an attribute may block it
+    (``attribute_rule``), and the schema or kernel decision keeping it FP32 (``not_eligible``).
+    The verdicts that need nothing of the node itself are made once, here.
+    """
+
+    final: Verdict | None
+    typing: NodeTyping | None = None
+    classified: ClassifiedOp | None = None
+    attribute_rule: bool = False
+    not_eligible: Decision | None = None
+
+    @property
+    def classified_fields(self) -> tuple[OpClass, str, bool]:
+        return self.classified.op_class, self.classified.rule, self.classified.by_user
+
+    @functools.cached_property
+    def unlisted(self) -> Verdict:
+        decision = Decision(Precision.FP32, Reason.UNLISTED, self.classified.rule)
+        return Verdict(self.typing, decision, *self.classified_fields)
+
+    @functools.cached_property
+    def blocked(self) -> Verdict:
+        return Verdict(self.typing, None, *self.classified_fields)
+
+    @functools.cached_property
+    def eligible(self) -> Verdict:
+        return Verdict(self.typing, self.not_eligible, *self.classified_fields)
 
 
 @dataclasses.dataclass
@@ -84,52 +119,90 @@ class NodeRules:
     node_overrides: Mapping[str, Decision] = dataclasses.field(default_factory=dict)
     measured: bool = True
     masks: dict[ir.Value, list[ir.Node]] = dataclasses.field(default_factory=dict)
+    _signature_rules: dict[tuple, _SignatureRules] = dataclasses.field(default_factory=dict, repr=False)
 
     def verdict(self, node: ir.Node) -> Verdict:
-        """Steps 1-6 of the cascade (see the module docstring)."""
-        key = (node.domain, node.op_type)
-        fp32 = Precision.FP32
-        if key in op_classes.CONTROL_FLOW:
-            return Verdict(None, Decision(fp32, Reason.CONTROL_FLOW, "subgraphs converted separately"))
-        if key in self.functions:
-            return Verdict(None, Decision(fp32, Reason.FUNCTION_CALL, "model-local function"))
-        if key in op_classes.QDQ_OPS:
-            return Verdict(None, Decision(fp32, Reason.QDQ, "quantization op"))
-        typing = op_types.node_typing(node, node_opset(node, self.opset, self.opset_imports), self.low.dtype)
-        if typing is None:
-            if touches_float(node):
-                rule = f"no schema for {node.domain or 'ai.onnx'}::{node.op_type}"
-                return Verdict(None, Decision(fp32, Reason.UNKNOWN_OP, rule))
-            return Verdict(None, Decision(Precision.NONE, Reason.NO_FLOAT))
-        if any(
-            value is not None and value.name and value.dtype is None
-            for value in (*node.inputs, *node.outputs)
-        ):
-            return Verdict(typing, Decision(fp32, Reason.UNTYPED, "input or output type unknown"))
-        if not typing.touches_float:
-            return Verdict(typing, Decision(Precision.NONE, Reason.NO_FLOAT))
-        if key in SOURCE_OPS:
-            return Verdict(typing, op_class=OpClass.PASS_THROUGH)  # decided from its consumers
+        """Steps 1-6 of the cascade (see the module docstring).
+
+        What depends only on the node's signature (``op_types.typing_key``: op, domain, opset,
+        the dtypes of its inputs and outputs, Cast's ``to``) is worked out once per signature
+        (``_SignatureRules``); per node remain the rules that read its name (block_nodes,
+        node_overrides), an attribute that makes the op accumulate, and its constant inputs' ranges.
+        """
+        typing_key = op_types.typing_key(
+            node, node_opset(node, self.opset, self.opset_imports), self.low.dtype
+        )
+        # The untyped rule reads whether the values of unknown dtype have names.
+        key = (typing_key, _untyped(node)) if _has_untyped(typing_key) else typing_key
+        rules = self._signature_rules.get(key)
+        if rules is None:
+            rules = self._signature_rules[key] = self._rules_of_signature(node, typing_key)
+        if rules.final is not None:
+            return rules.final
+        typing = rules.typing
         pattern = self.policy.node_blocked(node.name or "")
         if pattern is not None:
-            return Verdict(typing, Decision(fp32, Reason.USER_BLOCK_NODE, f"user.block_nodes[{pattern}]"))
+            return Verdict(
+                typing, Decision(Precision.FP32, Reason.USER_BLOCK_NODE, f"user.block_nodes[{pattern}]")
+            )
         override = self.node_overrides.get(node.name) if node.name else None
         if override is not None:
             return Verdict(typing, override)
-        classified = self.policy.classify(node.domain, node.op_type, measured=self.measured)
-        op_class, rule = classified.op_class, classified.rule
-        attribute = blocking_attribute(node)
-        if attribute and not classified.by_user:
-            op_class, rule = OpClass.BLOCK, f"policy.block_when_attribute[{node.op_type} {attribute}]"
-        if op_class == OpClass.UNLISTED:
-            return Verdict(
-                typing, Decision(fp32, Reason.UNLISTED, classified.rule), op_class, rule, classified.by_user
+        classified = rules.classified
+        if rules.attribute_rule:
+            attribute = blocking_attribute(node)
+            if attribute:
+                rule = f"policy.block_when_attribute[{node.op_type} {attribute}]"
+                return Verdict(typing, None, OpClass.BLOCK, rule, classified.by_user)
+        if classified.op_class == OpClass.UNLISTED:
+            return rules.unlisted
+        if classified.op_class == OpClass.BLOCK:
+            return rules.blocked
+        decision = rules.not_eligible or self._range_decision(node, typing)
+        return rules.eligible if decision is None else Verdict(typing, decision, *rules.classified_fields)
+
+    def _rules_of_signature(self, node: ir.Node, typing_key: tuple) -> _SignatureRules:
+        """Steps 1-2 and what steps 5-6 decide from the signature alone, for ``node``'s signature."""
+        op = (node.domain, node.op_type)
+        fp32 = Precision.FP32
+        if op in op_classes.CONTROL_FLOW:
+            return _SignatureRules(
+                Verdict(None, Decision(fp32, Reason.CONTROL_FLOW, "subgraphs converted separately"))
             )
-        decision = None if op_class == OpClass.BLOCK else self.eligibility(node, typing)
-        return Verdict(typing, decision, op_class, rule, classified.by_user)
+        if op in self.functions:
+            return _SignatureRules(
+                Verdict(None, Decision(fp32, Reason.FUNCTION_CALL, "model-local function"))
+            )
+        if op in op_classes.QDQ_OPS:
+            return _SignatureRules(Verdict(None, Decision(fp32, Reason.QDQ, "quantization op")))
+        typing = op_types.typing_of(node, typing_key)
+        if typing is None:
+            if touches_float(node):
+                rule = f"no schema for {node.domain or 'ai.onnx'}::{node.op_type}"
+                return _SignatureRules(Verdict(None, Decision(fp32, Reason.UNKNOWN_OP, rule)))
+            return _SignatureRules(Verdict(None, Decision(Precision.NONE, Reason.NO_FLOAT)))
+        if _untyped(node):
+            return _SignatureRules(
+                Verdict(typing, Decision(fp32, Reason.UNTYPED, "input or output type unknown"))
+            )
+        if not typing.touches_float:
+            return _SignatureRules(Verdict(typing, Decision(Precision.NONE, Reason.NO_FLOAT)))
+        if op in SOURCE_OPS:
+            # decided from its consumers
+            return _SignatureRules(Verdict(typing, op_class=OpClass.PASS_THROUGH))
+        classified = self.policy.classify(node.domain, node.op_type, measured=self.measured)
+        attribute_rule = op in op_classes.BLOCK_WHEN_ATTRIBUTE and not classified.by_user
+        not_eligible = None
+        if classified.op_class not in (OpClass.UNLISTED, OpClass.BLOCK):
+            not_eligible = self._schema_or_kernel_decision(node, typing)
+        return _SignatureRules(None, typing, classified, attribute_rule, not_eligible)
 
     def eligibility(self, node: ir.Node, typing: NodeTyping) -> Decision | None:
         """Why a candidate node cannot go low precision (schema, kernel, range), or None if it can."""
+        return self._schema_or_kernel_decision(node, typing) or self._range_decision(node, typing)
+
+    def _schema_or_kernel_decision(self, node: ir.Node, typing: NodeTyping) -> Decision | None:
+        """The schema and kernel rules of ``eligibility``: they read only the node's signature."""
         fp32 = Precision.FP32
         if not typing.low_allowed:
             return Decision(
@@ -142,12 +215,17 @@ class NodeRules:
         if not kernel.supported:
             provider = self.target.provider or self.target.name
             return Decision(fp32, Reason.no_kernel(provider), kernel.detail)
+        return None
+
+    def _range_decision(self, node: ir.Node, typing: NodeTyping) -> Decision | None:
+        """The range rule of ``eligibility``: a constant float input beyond the low-precision
+        range keeps the node FP32, unless it is an attention mask to clamp."""
         for index in typing.float_inputs:
             value = node.inputs[index]
             measured = self.float_constant_range(value)
             if measured is not None and not measured.in_range and not self.is_clampable_mask(value, measured):
                 return Decision(
-                    fp32,
+                    Precision.FP32,
                     Reason.RANGE,
                     f"input {value.name!r} holds {measured.overflowing} value(s) beyond "
                     f"{self.low.precision.value} range (max |x| {measured.max_abs:.3g})",
@@ -189,4 +267,18 @@ def touches_float(node: ir.Node) -> bool:
     return any(
         value is not None and value.dtype is not None and value.dtype.is_floating_point()
         for value in (*node.inputs, *node.outputs)
+    )
+
+
+def _has_untyped(key: tuple) -> bool:
+    """Whether a ``typing_key`` lists an input or output of unknown dtype."""
+    return any(
+        signature is not None and signature[0] is None for values in (key[4], key[5]) for signature in values
+    )
+
+
+def _untyped(node: ir.Node) -> bool:
+    """A named input or output of unknown dtype (the ``untyped`` rule)."""
+    return any(
+        value is not None and value.name and value.dtype is None for value in (*node.inputs, *node.outputs)
     )

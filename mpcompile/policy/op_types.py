@@ -172,9 +172,14 @@ NEVER_LOW: frozenset[tuple[str, str]] = frozenset({("", "BitCast")})
 
 def node_typing(node: ir.Node, opset: int, low_dtype: ir.DataType) -> NodeTyping | None:
     """The typing of ``node`` for a conversion to ``low_dtype``; None if the op is unknown."""
-    key = _typing_key(node, opset, low_dtype)
+    return typing_of(node, typing_key(node, opset, low_dtype))
+
+
+def typing_of(node: ir.Node, key: tuple) -> NodeTyping | None:
+    """``node_typing`` for the ``key`` that ``typing_key`` gave for ``node``."""
     typing = _TYPINGS.get(key, _MISSING)
     if typing is _MISSING:
+        opset, low_dtype = key[2], key[3]
         typing = _node_typing(node, opset, low_dtype)
         never_low = (node.domain, node.op_type) in NEVER_LOW or _holds_float_container(node)
         if typing is not None and typing.low_allowed and never_low:
@@ -185,7 +190,7 @@ def node_typing(node: ir.Node, opset: int, low_dtype: ir.DataType) -> NodeTyping
     return typing
 
 
-# A typing depends only on what _typing_key lists, so nodes of one signature (every layer of
+# A typing depends only on what typing_key lists, so nodes of one signature (every layer of
 # a deep model) share one schema lookup: per-node schema work was a third of the assignment.
 _TYPINGS: dict[tuple, NodeTyping | None] = {}
 _TYPINGS_LIMIT = 65536
@@ -199,7 +204,9 @@ def _value_signature(value: ir.Value | None) -> tuple | None:
     return (value.dtype, value_type is None or isinstance(value_type, ir.TensorType))
 
 
-def _typing_key(node: ir.Node, opset: int, low_dtype: ir.DataType) -> tuple:
+def typing_key(node: ir.Node, opset: int, low_dtype: ir.DataType) -> tuple:
+    """All a node's typing depends on: (domain, op_type, opset, low_dtype, per input and per
+    output its dtype and whether it is a tensor, Cast's ``to``, a float tensor attribute)."""
     attributes = node.attributes
     cast_to = None
     if node.op_type == "Cast" and "to" in attributes:
