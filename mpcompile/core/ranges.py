@@ -44,12 +44,15 @@ class SharedMaps:
     onnx-ir maps the whole file and checks its path for every tensor it loads; on a model of
     9,000 small weights that costs more than scanning them. Here the first tensor of each file
     is loaded by onnx-ir (so its path checks run), the file is then mapped once, and the pages
-    of each scanned tensor are dropped from this process right after its scan, so the scans
-    add no more than one tensor to the resident set. ``close()`` unmaps everything.
+    of the scanned tensors are dropped from this process once ``DROP_BATCH_BYTES`` of them have
+    been read (one ``madvise`` per batch: one per tensor cost more than the scans of small
+    weights), so the scans add no more than one tensor and a batch to the resident set.
+    ``close()`` unmaps everything.
     """
 
     def __init__(self) -> None:
         self._maps: dict[str, mmap.mmap] = {}
+        self._read: dict[str, tuple[int, int]] = {}  # per file, the span read since its last drop
 
     def scan(self, tensor: ir.ExternalTensor, low: LowPrecisionFormat) -> ConstantRange | None:
         """The range of a little-endian FLOAT external tensor, or None to let onnx-ir load it."""
@@ -63,7 +66,23 @@ class SharedMaps:
         try:
             return _measure_array(np.frombuffer(mapped, dtype="<f4", count=count, offset=offset), low)
         finally:
-            _drop_pages(mapped, offset, 4 * count)
+            self._mark_read(tensor.path, mapped, offset, offset + 4 * count)
+
+    def _mark_read(self, path: str, mapped: mmap.mmap, start: int, end: int) -> None:
+        """Add [start, end) to the span read in ``path``; drop the span's pages once it is a batch,
+        or when a tensor lies away from it (weights are mostly scanned in file order)."""
+        span = self._read.get(path)
+        if span is not None and span[0] <= end and start <= span[1] + DROP_GAP_BYTES:
+            span = (min(span[0], start), max(span[1], end))
+        else:
+            if span is not None:
+                _drop_pages(mapped, span[0], span[1] - span[0])
+            span = (start, end)
+        if span[1] - span[0] >= DROP_BATCH_BYTES:
+            _drop_pages(mapped, span[0], span[1] - span[0])
+            self._read.pop(path, None)
+        else:
+            self._read[path] = span
 
     def add(self, tensor: ir.ExternalTensor) -> None:
         """Map ``tensor``'s file for the scans that follow (after onnx-ir loaded the tensor)."""
@@ -76,6 +95,13 @@ class SharedMaps:
         for mapped in self._maps.values():
             mapped.close()
         self._maps.clear()
+        self._read.clear()
+
+
+# The pages of scanned weights are dropped in batches of this many bytes; a tensor further than
+# DROP_GAP_BYTES past the batch's end (or before its start) drops the batch first.
+DROP_BATCH_BYTES = 8 * 2**20
+DROP_GAP_BYTES = 2**20
 
 
 def _drop_pages(mapped: mmap.mmap, offset: int, length: int) -> None:
