@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import mmap
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import onnx_ir as ir
 
 from mpcompile.core.precision import LowPrecisionFormat
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,34 +43,68 @@ def constant_tensor(value: ir.Value) -> ir.TensorProtocol | None:
 
 
 class SharedMaps:
-    """One read-only map per external-data file, shared by the range scans of a conversion.
+    """One read-only map per external-data file, shared by the reads of FP32 external weights
+    in a conversion: the range scans, and the conversion of the weights while they are saved.
 
     onnx-ir maps the whole file and checks its path for every tensor it loads; on a model of
     9,000 small weights that costs more than scanning them. Here the first tensor of each file
     is loaded by onnx-ir (so its path checks run), the file is then mapped once, and the pages
-    of the scanned tensors are dropped from this process once ``DROP_BATCH_BYTES`` of them have
+    of the tensors read are dropped from this process once ``DROP_BATCH_BYTES`` of them have
     been read (one ``madvise`` per batch: one per tensor cost more than the scans of small
-    weights), so the scans add no more than one tensor and a batch to the resident set.
-    ``close()`` unmaps everything.
+    weights), so the reads add no more than one tensor and a batch to the resident set.
+    ``close()`` unmaps everything; an instance that is never closed unmaps when collected.
     """
 
     def __init__(self) -> None:
         self._maps: dict[str, mmap.mmap] = {}
         self._read: dict[str, tuple[int, int]] = {}  # per file, the span read since its last drop
 
-    def scan(self, tensor: ir.ExternalTensor, low: LowPrecisionFormat) -> ConstantRange | None:
-        """The range of a little-endian FLOAT external tensor, or None to let onnx-ir load it."""
+    def read(self, tensor: ir.ExternalTensor, use: Callable[[np.ndarray], T]) -> T:
+        """``use(values)`` for a FLOAT external tensor's values (shaped; valid only during the
+        call): read through its file's map once that is mapped, else loaded by onnx-ir, released,
+        and its file mapped for the reads that follow."""
+        flat = self.view(tensor)
+        if flat is not None:
+            try:
+                return use(flat.reshape(tensor.shape.numpy()))
+            finally:
+                self.release(tensor)
+        array = tensor.numpy()
+        try:
+            return use(array)
+        finally:
+            del array  # a view of the mapped file: unmapping while it lives raises BufferError
+            tensor.release()
+            if tensor.dtype == ir.DataType.FLOAT:
+                self.add(tensor)
+
+    def view(self, tensor: ir.ExternalTensor) -> np.ndarray | None:
+        """The values of a little-endian FLOAT external tensor through its file's map, flat, or
+        None to let onnx-ir load it (file not mapped yet, no values, or a tensor that runs past the
+        file's end: onnx-ir reports the truncation). ``release(tensor)`` once they are read."""
         mapped = self._maps.get(tensor.path)
-        if mapped is None:
+        if mapped is None or tensor.dtype != ir.DataType.FLOAT:
             return None
         offset = tensor.offset or 0
         count = tensor.size
-        if offset + 4 * count > len(mapped):
-            return None  # onnx-ir reports the truncation
+        if count == 0 or offset + 4 * count > len(mapped):
+            return None
+        return np.frombuffer(mapped, dtype="<f4", count=count, offset=offset)
+
+    def release(self, tensor: ir.ExternalTensor) -> None:
+        """The values of ``tensor`` (from ``view``) were read: their pages may be dropped."""
+        offset = tensor.offset or 0
+        self._mark_read(tensor.path, self._maps[tensor.path], offset, offset + 4 * tensor.size)
+
+    def scan(self, tensor: ir.ExternalTensor, low: LowPrecisionFormat) -> ConstantRange | None:
+        """The range of a little-endian FLOAT external tensor, or None to let onnx-ir load it."""
+        array = self.view(tensor)
+        if array is None:
+            return None
         try:
-            return _measure_array(np.frombuffer(mapped, dtype="<f4", count=count, offset=offset), low)
+            return _measure_array(array, low)
         finally:
-            self._mark_read(tensor.path, mapped, offset, offset + 4 * count)
+            self.release(tensor)
 
     def _mark_read(self, path: str, mapped: mmap.mmap, start: int, end: int) -> None:
         """Add [start, end) to the span read in ``path``; drop the span's pages once it is a batch,
@@ -116,15 +154,9 @@ def measure(
 ) -> ConstantRange:
     """Scan a float tensor once; external tensors are released afterwards. With ``shared``,
     float32 external tensors are read through one map per file (see ``SharedMaps``)."""
-    external_float = isinstance(tensor, ir.ExternalTensor) and tensor.dtype == ir.DataType.FLOAT
-    if shared is not None and external_float:
-        found = shared.scan(tensor, low)
-        if found is not None:
-            return found
-    measured = _measure_loaded(tensor, low)
-    if shared is not None and external_float:
-        shared.add(tensor)
-    return measured
+    if shared is not None and isinstance(tensor, ir.ExternalTensor) and tensor.dtype == ir.DataType.FLOAT:
+        return shared.read(tensor, lambda array: _measure_array(array.reshape(-1), low))
+    return _measure_loaded(tensor, low)
 
 
 def _measure_loaded(tensor: ir.TensorProtocol, low: LowPrecisionFormat) -> ConstantRange:

@@ -17,6 +17,7 @@ import onnx_ir as ir
 from mpcompile.core.casts import SUFFIX
 from mpcompile.core.plan import Decision, PrecisionPlan, Reason, stamp_decision
 from mpcompile.core.precision import LowPrecisionFormat
+from mpcompile.core.ranges import SharedMaps
 from mpcompile.irtools.names import NameAuthority
 from mpcompile.irtools.values import set_dtype
 from mpcompile.passes.base import PlanPass
@@ -35,6 +36,9 @@ class ConvertConstantsPass(PlanPass):
     def __init__(self, context: ConversionContext, plan: PrecisionPlan, names: NameAuthority):
         super().__init__(context, plan)
         self.names = names
+        # External FP32 weights are read through one map per file when they are converted
+        # (while the model is saved): the converted tensors hold it, it is unmapped with them.
+        self.maps = SharedMaps()
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.names.bind(model)
@@ -69,7 +73,7 @@ class ConvertConstantsPass(PlanPass):
         self._count_range(value, clamp)
         if clamp:
             # Also in FP32: the product still reaches the low-precision Softmax through a Cast.
-            value.const_value = _lazy(source, _clamped(self.context.low), FLOAT, cache=True)
+            value.const_value = _lazy(source, _clamped(self.context.low), FLOAT, cache=True, maps=self.maps)
             source = value.const_value
             if not low_uses:
                 return True
@@ -78,7 +82,7 @@ class ConvertConstantsPass(PlanPass):
                 name=self.names.unique(f"{value.name}_{SUFFIX[self.context.low.dtype]}"),
                 shape=value.shape,
                 type=ir.TensorType(self.context.low.dtype),
-                const_value=_lazy(source, self.context.low, self.context.low.dtype),
+                const_value=_lazy(source, self.context.low, self.context.low.dtype, maps=self.maps),
             )
             graph.register_initializer(copy)
             for use in low_uses:
@@ -86,7 +90,11 @@ class ConvertConstantsPass(PlanPass):
             self.context.stats.initializers_duplicated += 1
         else:
             value.const_value = _lazy(
-                source, self.context.low, self.context.low.dtype, consume=self.context.serialized_once
+                source,
+                self.context.low,
+                self.context.low.dtype,
+                consume=self.context.serialized_once,
+                maps=self.maps,
             )
             set_dtype(value, self.context.low.dtype)  # primer P4: keep Value and tensor in sync
             self.context.stats.initializers_converted += 1
@@ -157,23 +165,32 @@ def _clamped(low: LowPrecisionFormat):
 
 
 def _lazy(
-    source: ir.TensorProtocol, convert, dtype: ir.DataType, cache: bool | None = None, consume: bool = False
+    source: ir.TensorProtocol,
+    convert,
+    dtype: ir.DataType,
+    cache: bool | None = None,
+    consume: bool = False,
+    maps: SharedMaps | None = None,
 ) -> ir.LazyTensor:
     """A tensor that converts ``source`` when serialized, releasing external sources.
 
     ``consume``: the model is serialized once and nothing else reads ``source``, so the FP32
     bytes of an embedded source are dropped once converted: the parsed input then shrinks as
-    the output grows, instead of both being held whole.
+    the output grows, instead of both being held whole. ``maps``: FP32 external sources are read
+    through it (one map per file, ``ranges.SharedMaps``) instead of one onnx-ir load each.
     """
     to_array = convert if callable(convert) else (lambda array, fmt=convert: array.astype(fmt.numpy_dtype))
 
     def materialize(source=source, to_array=to_array) -> ir.Tensor:
-        array = to_array(source.numpy())
-        if isinstance(source, ir.ExternalTensor):
-            source.release()
-        elif consume and isinstance(source, ir.TensorProtoTensor):
-            for field in ("raw_data", "float_data"):
-                source.raw.ClearField(field)
+        if maps is not None and isinstance(source, ir.ExternalTensor) and source.dtype == FLOAT:
+            array = maps.read(source, to_array)  # a new array: to_array copies
+        else:
+            array = to_array(source.numpy())
+            if isinstance(source, ir.ExternalTensor):
+                source.release()
+            elif consume and isinstance(source, ir.TensorProtoTensor):
+                for field in ("raw_data", "float_data"):
+                    source.raw.ClearField(field)
         return ir.Tensor(array, dtype=dtype, name=source.name)
 
     if cache is None:
