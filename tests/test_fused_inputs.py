@@ -244,3 +244,12 @@ def test_fp32_fused_input_is_not_mistaken_for_converted(tmp_path):
     onnx.save(fused_models.fused_fp16("bert"), source)
     with pytest.raises(errors.AlreadyLowPrecisionError, match="converted by another tool"):
         mpcompile.convert_file(source, tmp_path / "out.onnx")
+
+
+def test_ort_default_domain_ops_are_found_in_the_written_ir_as_in_the_file(tmp_path):
+    from mpcompile.compiler.output_checks import hidden_ort_nodes_in_file, hidden_ort_nodes_in_ir
+
+    for model, expected in ((_cuda_only_graph(), True), (fused_models.fused("bert"), False)):
+        path = tmp_path / "model.onnx"
+        onnx.save(model, path)
+        assert hidden_ort_nodes_in_ir(ir.load(path)) == hidden_ort_nodes_in_file(path) == expected
