@@ -121,8 +121,33 @@ def _schema_for_typing(node: ir.Node, opset: int):
 
 
 def type_variable_conflict(node: ir.Node, opset: int, opset_imports: dict[str, int]) -> str | None:
-    """Why the node's inputs/outputs bound to one schema type variable do not share a dtype, or None."""
-    schema = get_schema(node.domain, node.op_type, node_opset(node, opset, opset_imports))
+    """Why the node's inputs/outputs bound to one schema type variable do not share a dtype, or None.
+
+    Whether there is a conflict depends only on the op, its opset and the dtypes of the inputs
+    and outputs: signatures found free of one are remembered (a deep model repeats a few)."""
+    version = node_opset(node, opset, opset_imports)
+    key = (
+        node.domain,
+        node.op_type,
+        version,
+        tuple(None if value is None else value.dtype for value in node.inputs),
+        tuple(None if value is None else value.dtype for value in node.outputs),
+    )
+    if key in _CONFLICT_FREE:
+        return None
+    conflict = _type_variable_conflict(node, version)
+    if conflict is None:
+        if len(_CONFLICT_FREE) >= _TYPINGS_LIMIT:
+            _CONFLICT_FREE.clear()
+        _CONFLICT_FREE.add(key)
+    return conflict
+
+
+_CONFLICT_FREE: set[tuple] = set()
+
+
+def _type_variable_conflict(node: ir.Node, version: int) -> str | None:
+    schema = get_schema(node.domain, node.op_type, version)
     if schema is None:
         return None
     constraints = {c.type_param_str for c in schema.type_constraints}
