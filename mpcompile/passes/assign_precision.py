@@ -54,6 +54,9 @@ class _NodeInfo:
     denied: bool = False  # block propagated into it
     extended: bool = False  # went low in step 4b (no extra Cast)
     range_kept: str = ""  # reads a value that may be out of range: the rule saying which (step 2b)
+    # Its float-data neighbours, found once (the steps walk them several times): see _GraphPainter.
+    producers: list[_NodeInfo] | None = None
+    consumers: list[_NodeInfo] | None = None
 
 
 class AssignPrecisionPass(PlanPass):
@@ -91,6 +94,8 @@ class AssignPrecisionPass(PlanPass):
         plan.input_dtypes = dict.fromkeys(low_inputs, self.context.low.dtype)
         functions = {(function.domain, function.name) for function in model.functions.values()}
         masks: dict[ir.Value, list[ir.Node]] = {}  # clampable attention masks -> the Softmaxes they reach
+        # Quantized paths need a Q/DQ node in some graph (a subgraph's may read an outer one's output).
+        has_qdq = any(node.op_type in _QDQ_OP_TYPES for graph, _ in plan.graphs for node in graph)
         for graph, opset in plan.graphs:
             # --auto measures values of the main graph only: its measured ops and Casts stay as the
             # static lists say inside subgraphs and functions.
@@ -98,7 +103,7 @@ class AssignPrecisionPass(PlanPass):
             _GraphPainter(
                 self.context, plan, masks, graph, opset, functions, model.opset_imports, measured=main,
                 low_inputs=frozenset(low_inputs) if main else frozenset(),
-                low_outputs=frozenset(low_outputs) if main else frozenset(),
+                low_outputs=frozenset(low_outputs) if main else frozenset(), has_qdq=has_qdq,
             ).paint()  # fmt: skip
         # A mask is clamped when one of its Softmaxes runs in low precision: its values will.
         plan.clamped_masks = {value for value, softmaxes in masks.items() if any(map(plan.is_low, softmaxes))}
@@ -165,8 +170,10 @@ class _GraphPainter:
         measured: bool = True,
         low_inputs: frozenset[ir.Value] = frozenset(),
         low_outputs: frozenset[ir.Value] = frozenset(),
+        has_qdq: bool = True,
     ):
         self.context = context
+        self.has_qdq = has_qdq  # False: no node of the model is a Q/DQ op (step 1's quantized paths)
         # Graph inputs and outputs that go low precision (keep_io_types): such an input is a
         # low-precision producer, such an output a low-precision reader.
         self.low_inputs = low_inputs
@@ -217,6 +224,8 @@ class _GraphPainter:
 
     def _mark_qdq_paths(self) -> None:
         """Nodes fed by DequantizeLinear or feeding QuantizeLinear form quantized paths."""
+        if not self.has_qdq:
+            return
         for info in self._infos():
             if info.fixed is not None or info.typing is None:
                 continue
@@ -276,21 +285,27 @@ class _GraphPainter:
         return None if node is None else self.infos.get(node)
 
     def _float_producers(self, info: _NodeInfo) -> list[_NodeInfo]:
+        if info.producers is not None:
+            return info.producers
         result = []
         for index in info.typing.float_inputs if info.typing else ():
             value = info.node.inputs[index]
             producer = self._info_of(value.producer()) if value is not None else None
             if producer is not None and producer.typing and value.index() in producer.typing.float_outputs:
                 result.append(producer)
+        info.producers = result
         return result
 
     def _float_consumers(self, info: _NodeInfo) -> list[_NodeInfo]:
+        if info.consumers is not None:
+            return info.consumers
         result = []
         for index in info.typing.float_outputs if info.typing else ():
             for use in info.node.outputs[index].uses():
                 consumer = self._info_of(use.node)
                 if consumer is not None and consumer.typing and use.idx in consumer.typing.float_inputs:
                     result.append(consumer)
+        info.consumers = result
         return result
 
     # ---- painting -------------------------------------------------------------------
@@ -515,6 +530,10 @@ class _GraphPainter:
         if info.denied:
             return Decision(Precision.FP32, Reason.BLOCK_PROPAGATED, info.rule)
         return Decision(Precision.FP32, Reason.NOT_BETWEEN_LOW, info.rule)
+
+
+# The op types _mark_qdq_paths looks for, in any domain.
+_QDQ_OP_TYPES = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
 def _carried_by(node: ir.Node, origin: Mapping[ir.Value, str]):
