@@ -40,7 +40,7 @@ KNOWN_DTYPES = frozenset(onnx.TensorProto.DataType.values()) - {onnx.TensorProto
 def check_structure(model: onnx.ModelProto) -> None:
     """Raise ``InvalidModelError`` (one line naming the node or value) for a malformed model, or
     one holding sparse tensors (onnx-ir 1.1 cannot)."""
-    if _holds_non_text(model):
+    if _may_hold_non_text(model):
         _check_text_fields(model, "model")  # the slower walk that names the field
     for tensor, label in all_tensor_protos(model):
         _check_tensor(tensor, label)
@@ -54,6 +54,87 @@ def check_structure(model: onnx.ModelProto) -> None:
         where = f" in function {function.name!r}"
         _check_graph(function, (), where, main=False, opsets=_opsets(function, where), functions=seen)
     _check_graph(model.graph, (), "", main=True, opsets=_opsets(model, ""), functions=seen)
+
+
+def _may_hold_non_text(model: onnx.ModelProto) -> bool:
+    """False when no string field of ``model`` holds bytes that are not UTF-8 (True: maybe one
+    does; ``_check_text_fields`` says which). The model is parsed again as proto3 messages, whose
+    string fields protobuf validates while parsing: the main graph's initializers one by one (one
+    weight's bytes copied at a time), the rest at once. That is C work, where ``_holds_non_text``
+    walks every field in Python (0.56 s against 0.04 s on a 26,000-node graph)."""
+    strict = _strict_messages()
+    if strict is None:  # a protobuf runtime that cannot build them
+        return _holds_non_text(model)
+    strict_model, strict_tensor = strict
+    skeleton = onnx.ModelProto()
+    try:  # setting a string field to bytes that are not UTF-8 may raise
+        _copy_fields(model, skeleton, skip=frozenset({"graph"}))
+        if model.HasField("graph"):
+            _copy_fields(model.graph, skeleton.graph, skip=frozenset({"initializer"}))
+    except Exception:
+        return True
+    return not _parses(strict_model, skeleton.SerializeToString()) or not all(
+        _parses(strict_tensor, tensor.SerializeToString()) for tensor in model.graph.initializer
+    )
+
+
+def _copy_fields(source: Message, target: Message, skip: Set[str]) -> None:
+    """Copy the fields set in ``source`` but those named in ``skip`` into the empty ``target``."""
+    for field, value in source.ListFields():
+        if field.name in skip:
+            continue
+        if _is_repeated(field):
+            getattr(target, field.name).extend(value)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+
+
+def _parses(message_class, data: bytes) -> bool:
+    try:
+        message_class.FromString(data)
+    except Exception:  # DecodeError (bad UTF-8) or any other refusal: the slow walk decides
+        return False
+    return True
+
+
+@functools.cache
+def _strict_messages():
+    """ModelProto and TensorProto classes of onnx's schema as proto3 (which validates UTF-8 in
+    string fields while parsing, where proto2 reads such bytes back as ``bytes``), or None."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    package = "mpcompile.utf8check"
+    try:
+        file = descriptor_pb2.FileDescriptorProto()
+        onnx.ModelProto.DESCRIPTOR.file.CopyToProto(file)
+        if file.dependency or file.extension or file.service:
+            return None
+        original = "." + file.package + "."
+        file.name, file.package, file.syntax = f"{package}/{file.name}", f"{package}.{file.package}", "proto3"
+
+        def as_proto3(message: descriptor_pb2.DescriptorProto) -> bool:
+            if message.extension_range or message.extension:
+                return False
+            for field in message.field:
+                if field.label == field.LABEL_REQUIRED or field.HasField("default_value"):
+                    return False
+                if field.type_name.startswith(original):
+                    field.type_name = f".{package}.{field.type_name[1:]}"
+            return all(map(as_proto3, message.nested_type))
+
+        if not all(map(as_proto3, file.message_type)):
+            return None
+        pool = descriptor_pool.DescriptorPool()
+        pool.Add(file)
+        prefix = file.package
+        return tuple(
+            message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{prefix}.{name}"))
+            for name in ("ModelProto", "TensorProto")
+        )
+    except Exception:  # any failure leaves the check to the Python walk
+        return None
 
 
 def _holds_non_text(message: Message) -> bool:
