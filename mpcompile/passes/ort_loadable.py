@@ -48,17 +48,25 @@ def refuse_unloadable(model: ir.Model, *, allow_custom_ops: bool = False) -> Non
     """Raise ``InvalidModelError`` for complex tensors, ai.onnx ops ONNX does not define, and
     custom-domain ops unless allowed."""
     functions = {(function.domain, function.name) for function in model.functions.values()}
+    known: dict[tuple[str, str, int], bool] = {}  # per (domain, op, opset): defined somewhere
     for graph, _ in all_graphs(model, every_function=True):
         for value in (*graph.inputs, *graph.outputs, *graph.initializers.values()):
-            _refuse_complex(value.dtype, f"value {value.name!r}")
-        for node in graph:
-            label = f"node {node.name or node.op_type!r}"
-            for value in node.outputs:
+            if value.dtype in COMPLEX_DTYPES:
                 _refuse_complex(value.dtype, f"value {value.name!r}")
+        for node in graph:
+            for value in node.outputs:
+                if value.dtype in COMPLEX_DTYPES:
+                    _refuse_complex(value.dtype, f"value {value.name!r}")
             for attribute in node.attributes.values():
-                _refuse_complex(_attribute_dtype(node, attribute), f"attribute {attribute.name!r} of {label}")
-            if (node.domain, node.op_type) in functions or is_known_op(node, _domain_opset(model, node)):
+                dtype = _attribute_dtype(node, attribute)
+                if dtype in COMPLEX_DTYPES:
+                    _refuse_complex(dtype, f"attribute {attribute.name!r} of {_label(node)}")
+            key = (node.domain, node.op_type, _domain_opset(model, node))
+            if key not in known:
+                known[key] = key[:2] in functions or is_known_op(node, key[2])
+            if known[key]:
                 continue
+            label = _label(node)
             if node.domain in ("", "ai.onnx"):
                 raise errors.InvalidModelError(
                     f"{label}: {node.op_type} is not an ONNX operator (nor one ONNX Runtime registers)"
@@ -70,6 +78,10 @@ def refuse_unloadable(model: ir.Model, *, allow_custom_ops: bool = False) -> Non
                 f"nor a local function defines, so ONNX Runtime cannot load the model without that op's "
                 f"library; pass {CUSTOM_OPS_FLAG} to convert it anyway (the op stays FP32)"
             )
+
+
+def _label(node: ir.Node) -> str:
+    return f"node {node.name or node.op_type!r}"
 
 
 def is_known_op(node: ir.Node, opset: int = 0) -> bool:
