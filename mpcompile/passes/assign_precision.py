@@ -54,6 +54,7 @@ class _NodeInfo:
     denied: bool = False  # block propagated into it
     extended: bool = False  # went low in step 4b (no extra Cast)
     range_kept: str = ""  # reads a value that may be out of range: the rule saying which (step 2b)
+    follows: bool = False  # a follow/pass-through node left to the painter (not fixed, not a source op)
     # Its float-data neighbours, found once (the steps walk them several times): see _GraphPainter.
     producers: list[_NodeInfo] | None = None
     consumers: list[_NodeInfo] | None = None
@@ -203,6 +204,12 @@ class _GraphPainter:
         for node in self.order:
             self.infos[node] = self._classify(node)
         self._mark_qdq_paths()
+        for info in self._infos():  # decided once the fixed decisions are known (steps 1 and 1b)
+            info.follows = (
+                info.fixed is None
+                and info.op_class in (OpClass.FOLLOW, OpClass.PASS_THROUGH)
+                and (info.node.domain, info.node.op_type) not in SOURCE_OPS
+            )
         if range_propagation.needed(self.context.low):
             self._propagate_range()
         candidates = [info for info in self._infos() if info.fixed is None]
@@ -340,13 +347,7 @@ class _GraphPainter:
                     queue.append(consumer)
 
     def _paintable(self, info: _NodeInfo) -> bool:
-        return (
-            info.fixed is None
-            and not info.denied
-            and not info.range_kept
-            and info.op_class in (OpClass.FOLLOW, OpClass.PASS_THROUGH)
-            and (info.node.domain, info.node.op_type) not in SOURCE_OPS
-        )
+        return info.follows and not info.denied and not info.range_kept
 
     def _paint_between_low(self, candidates: list[_NodeInfo]) -> None:
         """Steps 2 and 4: allow nodes go low; follow/pass-through nodes between them too.
