@@ -99,6 +99,10 @@ class _SignatureRules:
         return Verdict(self.typing, self.not_eligible, *self.classified_fields)
 
 
+# Stands for the rules of a signature with inputs or outputs of unknown dtype (see NodeRules.verdict).
+_SPLIT_BY_NAMES = _SignatureRules(None)
+
+
 @dataclasses.dataclass
 class NodeRules:
     """The rules for the nodes of one graph.
@@ -132,11 +136,19 @@ class NodeRules:
         typing_key = op_types.typing_key(
             node, node_opset(node, self.opset, self.opset_imports), self.low.dtype
         )
-        # The untyped rule reads whether the values of unknown dtype have names.
-        key = (typing_key, _untyped(node)) if _has_untyped(typing_key) else typing_key
-        rules = self._signature_rules.get(key)
+        rules = self._signature_rules.get(typing_key)
         if rules is None:
-            rules = self._signature_rules[key] = self._rules_of_signature(node, typing_key)
+            # The untyped rule reads whether the values of unknown dtype have names: a signature
+            # with such values is split by that (_SPLIT_BY_NAMES).
+            rules = (
+                _SPLIT_BY_NAMES if _has_untyped(typing_key) else self._rules_of_signature(node, typing_key)
+            )
+            self._signature_rules[typing_key] = rules
+        if rules is _SPLIT_BY_NAMES:
+            key = (typing_key, _untyped(node))
+            rules = self._signature_rules.get(key)
+            if rules is None:
+                rules = self._signature_rules[key] = self._rules_of_signature(node, typing_key)
         if rules.final is not None:
             return rules.final
         typing = rules.typing
