@@ -7,7 +7,7 @@ import math
 import os
 import pathlib
 from collections import ChainMap, Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import onnx
@@ -393,7 +393,7 @@ def already_low_precision(model: ir.Model) -> str | None:
     """A note if the model was converted already (by mpcompile, or is FP16/BF16 throughout)."""
     if MODEL_VERSION_KEY in model.metadata_props:
         return f"already converted by mpcompile {model.metadata_props[MODEL_VERSION_KEY]}"
-    dtypes = set(_float_dtypes(model))
+    dtypes = _float_dtypes(model)
     low = dtypes & {ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
     if not low:
         return None
@@ -434,15 +434,14 @@ def _computes_low(model: ir.Model) -> bool:
     )
 
 
-def _float_dtypes(model: ir.Model) -> Iterable[ir.DataType]:
+def _float_dtypes(model: ir.Model) -> set[ir.DataType]:
+    """The float dtypes of the values of the main graph and its subgraphs (graph inputs, outputs,
+    initializers, node outputs)."""
+    dtypes: set[ir.DataType | None] = set()
     for graph in model_graphs(model):
-        for value in (*graph.inputs, *graph.outputs, *graph.initializers.values()):
-            if value.dtype is not None and value.dtype.is_floating_point():
-                yield value.dtype
-        for node in graph:
-            for value in node.outputs:
-                if value.dtype is not None and value.dtype.is_floating_point():
-                    yield value.dtype
+        dtypes.update(value.dtype for value in (*graph.inputs, *graph.outputs, *graph.initializers.values()))
+        dtypes.update(value.dtype for node in graph for value in node.outputs)
+    return {dtype for dtype in dtypes if dtype is not None and dtype.is_floating_point()}
 
 
 def _check(
