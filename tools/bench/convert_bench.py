@@ -49,7 +49,7 @@ TOOLS = ("onnx-floor", "onnx-ir-floor", "mpcompile", "mpcompile-static", "onnxco
 MPCOMPILE_TOOLS = ("mpcompile", "mpcompile-static")
 PEERS = ("onnxconverter", "ort-transformers")
 TWO_GIB = 2**31
-DEEP_SERIES = ("deep24", "deep96", "deep384", "deep768", "deep1536")
+DEEP_SERIES = ("deep24", "deep96", "deep384", "deep768", "deep1536", "deep2944")
 
 
 # --------------------------------------------------------------------------------------------

@@ -60,16 +60,16 @@ PRESETS: dict[str, Preset] = {
     "base": Preset(12, 768, 12, 3072),  # ~110M parameters, ~440 MB
     "large": Preset(24, 1024, 16, 4096),  # ~335M parameters, ~1.3 GB
     "xl": Preset(24, 1536, 24, 6144, external_data=True),  # ~730M parameters, ~2.9 GB external data
-    # Deep-narrow stress graphs: 34 nodes per layer + 13 (deep1536: 52,237 nodes).
-    **{f"deep{n}": _deep(n) for n in (24, 96, 384, 768, 1536)},
+    # Deep-narrow stress graphs: 34 nodes per layer + 13 (deep1536: 52,237 nodes; deep2944: 100,109).
+    **{f"deep{n}": _deep(n) for n in (24, 96, 384, 768, 1536, 2944)},
     # Same with a blocked Pow(x, 1) after every projection (40 nodes per layer): allowed and
     # blocked ops alternate, so every layer crosses precision boundaries.
-    **{f"deep{n}-blocked": _deep(n, interleave_blocked=True) for n in (24, 96, 384, 768, 1536)},
+    **{f"deep{n}-blocked": _deep(n, interleave_blocked=True) for n in (24, 96, 384, 768, 1536, 2944)},
     # Pow(x, 1) then Max(y, y) after every projection (46 nodes per layer): blocked for mpcompile
     # (Pow) and for onnxconverter-common and ORT's transformers (Max), so every converter alternates.
     **{
         f"deep{n}-blocked-all": _deep(n, interleave_blocked=True, blocked_ops=("Pow", "Max"))
-        for n in (24, 96, 384, 768, 1536)
+        for n in (24, 96, 384, 768, 1536, 2944)
     },
 }
 
