@@ -249,3 +249,45 @@ def test_initializers_that_are_inputs_keep_their_default():
     _assert_same(got, _own_session(converted, feeds))
     result = auto_convert(model, inputs=feeds, rtol=1e-3, atol=1e-3)
     assert result.passed
+
+
+def _wide_sum(width: int) -> onnx.ModelProto:
+    """A Sum of ``width`` graph inputs and a constant (more inputs than ``REBUILD_INPUTS``, so
+    the switchboard rebuilds it), read by a MatMul and also a graph output; a Tanh reads one input."""
+    names = [f"x{index}" for index in range(width)]
+    nodes = [
+        helper.make_node("Sum", [*names, "c"], ["s"], name="sum"),
+        helper.make_node("MatMul", ["s", "w"], ["y"], name="proj"),
+        helper.make_node("Tanh", ["x0"], ["t"], name="tanh"),
+    ]
+    return make_model(
+        nodes,
+        [value_info(name, [2, 3]) for name in names],
+        [value_info("s", [2, 3]), value_info("y", [2, 3]), value_info("t", [2, 3])],
+        [constant("c", np.full((2, 3), 1000.5, np.float32)), weight("w", [3, 3])],
+    )
+
+
+@pytest.mark.parametrize("width", [3, 40, 600])
+def test_wide_nodes_and_many_inputs_run_as_in_their_own_sessions(width, monkeypatch):
+    """A node reading more values than ``REBUILD_INPUTS`` is rebuilt once instead of rewired per
+    input, and a board with more inputs than ``BOUND_INPUTS`` runs through an IO binding (600:
+    1,800 switches); both give every candidate its own faithful run, intermediates included."""
+    from mpcompile.auto import switchboard
+
+    monkeypatch.setattr(switchboard, "BOUND_INPUTS", 1000)
+    work = _working(_wide_sum(width))
+    rng = np.random.default_rng(0)
+    feeds = {f"x{index}": rng.standard_normal((2, 3)).astype(np.float32) for index in range(width)}
+    board = Switchboard.build(work, ir.DataType.FLOAT16)
+    assert board is not None and [node.name for node in board.model.graph if node.op_type == "Sum"] == ["sum"]
+    switched = set()
+    for blocked in ([], ["^proj$"], ["^sum$"], ["^tanh$", "^sum$"]):
+        converted = convert(work, block_nodes=blocked, keep_io_types=False).model
+        chosen = board.settings(converted)
+        switched.add(sum(bool(flag) for flag in chosen.switches.values()))
+        (got,) = board.run([feeds], chosen)
+        _assert_same(got, _own_session(converted, feeds))
+    assert len(switched) > 1, "the candidates differ on the switchboard"
+    (reference,) = board.run([feeds], board.reference_settings(), intermediates=True)
+    _assert_same(reference, ReferenceSession(work, intermediates=True, prepack=False).run(feeds))

@@ -56,11 +56,10 @@ class Switchboard:
     def __init__(self, model: ir.Model, low: ir.DataType):
         """The switchboard model and its session; prefer ``Switchboard.build``, which returns None
         for models it cannot serve."""
-        from mpcompile.evaluate.faithful import prepared_copy
         from mpcompile.evaluate.ort_session import make_session, serialize_for_session
 
         self.low = low
-        board = prepared_copy(model)
+        board = _board_copy(model)
         self._op_types = {node.name: node.op_type for node in board.graph}  # before the rewiring
         wiring = _Wiring(board, low)
         self._node_names = set(self._op_types)
@@ -178,7 +177,7 @@ class Switchboard:
         results = []
         for batch in feeds:
             inputs = {**batch, **settings.switches, **settings.constants}
-            arrays = self._session.run(names, inputs)
+            arrays = _run(self._session, names, inputs)
             results.append(
                 {
                     name: as_declared(array, settings.output_dtypes.get(name))
@@ -188,8 +187,31 @@ class Switchboard:
         return results
 
 
+# With more inputs than this the session runs through an IO binding: ``InferenceSession.run``
+# checks each declared input against a list of the fed names (quadratic in the switches).
+BOUND_INPUTS = 1024
+
+
+def _run(session, names: list[str], inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """``session.run(names, inputs)``, linear in the number of inputs."""
+    if len(inputs) <= BOUND_INPUTS:
+        return session.run(names, inputs)
+    binding = session.io_binding()
+    held = {name: np.ascontiguousarray(array) for name, array in inputs.items()}  # alive for the run
+    for name, array in held.items():
+        binding.bind_cpu_input(name, array)
+    for name in names:
+        binding.bind_output(name)
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()
+
+
 class _Wiring:
-    """Rewires a prepared FP32 copy into the switchboard, in place, recording every switch."""
+    """Rewires a prepared FP32 copy into the switchboard, in place, recording every switch.
+
+    Linear in nodes, inputs and outputs: each store is inserted once, and each node's inputs
+    (and the graph outputs) are rewired in one step (``_rewire``), so a node reading 100,000
+    values does not copy its input list once per input."""
 
     def __init__(self, board: ir.Model, low: ir.DataType):
         self.graph, self.low, self.names = board.graph, low, NameAuthority(board)
@@ -199,8 +221,9 @@ class _Wiring:
         self.constant_outputs: set[tuple[str, int]] = set()  # Constant nodes' outputs
         self.reference_constants: dict[str, np.ndarray] = {}  # fed input -> the original constant
         self.output_names = [value.name for value in self.graph.outputs]
-        self._rounded: dict[int, ir.Value] = {}  # id(stored value) -> its rounding
-        self._origin: dict[int, tuple[str, int]] = {}  # id(stored value) -> (producer or "", index)
+        self._selected: dict[ir.Value, ir.Value] = {}  # stored value -> Where(store, fl(v), v)
+        self._rounded: dict[ir.Value, ir.Value] = {}  # stored value -> its rounding fl(v)
+        self._origin: dict[ir.Value, tuple[str, int]] = {}  # stored value -> (producer or "", index)
         nodes = list(self.graph)
         constants = _constant_values(self.graph)
         outputs = {id(value) for value in self.graph.outputs}
@@ -217,18 +240,25 @@ class _Wiring:
                     self.constant_outputs.add((node.name, index))
                 elif value.dtype == FLOAT:
                     self._store(value, (node.name, index), node)
+        moved: dict[ir.Value, ir.Value] = {}  # outputs of rebuilt nodes -> their successors
         for node in nodes:
+            replacements: dict[int, ir.Value] = {}
             for index, value in enumerate(node.inputs):
                 if value is not None and value.dtype == FLOAT:
                     if id(value) in constants:
-                        self._feed_constant(node, index, value, constants[id(value)])
-                    elif id(value) in self._rounded:
-                        self._read_switch(node, index, value)
+                        replacements[index] = self._feed_constant(node, index, value, constants[id(value)])
+                    elif value in self._selected:
+                        replacements[index] = self._read_switch(node, index, value)
+            for old, new in _rewire(self.graph, node, replacements):  # rebuilt: its outputs are new
+                moved[old] = new
+                for table in (self._selected, self._rounded, self._origin):
+                    if old in table:
+                        table[new] = table.pop(old)
         for index, value in enumerate(list(self.graph.outputs)):
-            if id(value) in self._rounded:
-                self._read_switch(None, index, value)
+            if value in self._selected:
+                self._read_output(index, value)
         self._drop_unread_initializers()
-        self.graph.outputs.extend(intermediates)  # read by the reference run only
+        self.graph.outputs.extend(moved.get(value, value) for value in intermediates)  # reference run only
 
     def _switch(self, kind: str) -> ir.Value:
         value = ir.Value(
@@ -239,10 +269,9 @@ class _Wiring:
         return value
 
     def _store(self, value: ir.Value, key: tuple[str, int], after: ir.Node | None) -> None:
-        """``value``'s readers get Where(store, fl(value), value) instead."""
+        """``value``'s readers will read Where(store, fl(value), value) (``_read_switch`` rewires
+        them)."""
         graph, names = self.graph, self.names
-        uses = list(value.uses())
-        outputs = [index for index, output in enumerate(graph.outputs) if output is value]
         narrow = ir.node("Cast", [value], {"to": self.low})
         widen = ir.node("Cast", [narrow.outputs[0]], {"to": FLOAT})
         flag = self._switch("store")
@@ -257,44 +286,45 @@ class _Wiring:
             graph.insert_before(graph[0], [narrow, widen, select])
         else:
             graph.insert_after(after, [narrow, widen, select])
-        for use in uses:
-            use.node.replace_input_with(use.idx, select.outputs[0])
-        for index in outputs:
-            graph.outputs[index] = select.outputs[0]
-        if outputs:  # the graph output's name goes to its read switch
-            value.name = names.unique(f"{value.name}__raw")
-        self._rounded[id(select.outputs[0])] = widen.outputs[0]
-        self._origin[id(select.outputs[0])] = key
+        self._selected[value] = select.outputs[0]
+        self._rounded[value] = widen.outputs[0]
+        self._origin[value] = key
         self.stored[key] = flag.name
 
-    def _read_switch(self, node: ir.Node | None, index: int, value: ir.Value) -> None:
-        """Input ``index`` of ``node`` (graph output ``index`` for None) reads
-        Where(read, fl(value), value)."""
+    def _read_switch(self, node: ir.Node, index: int, value: ir.Value) -> ir.Value:
+        """Where(read, fl(value), stored value), inserted before ``node`` for its input ``index``
+        (the caller rewires the input)."""
         flag = self._switch("read")
-        select = ir.node("Where", [flag, self._rounded[id(value)], value])
+        select = ir.node("Where", [flag, self._rounded[value], self._selected[value]])
         select.outputs[0].type, select.outputs[0].shape = ir.TensorType(FLOAT), value.shape
-        if node is None:
-            self.graph.append(select)
-            self.graph.outputs[index] = select.outputs[0]
-            select.outputs[0].name = self.output_names[index]
-            self.read[("", index)] = (flag.name, self._origin[id(value)])
-            return
-        select.outputs[0].name = self.names.unique(f"{value.name}__read")
+        select.outputs[0].name = self.names.unique(f"{value.name}__stored__read")
         self.graph.insert_before(node, select)
-        node.replace_input_with(index, select.outputs[0])
-        self.read[(node.name, index)] = (flag.name, self._origin[id(value)])
+        self.read[(node.name, index)] = (flag.name, self._origin[value])
+        return select.outputs[0]
 
-    def _feed_constant(self, node: ir.Node, index: int, value: ir.Value, array: np.ndarray) -> None:
-        """Input ``index`` of ``node`` reads a graph input fed with the candidate's constant
-        (``array``, the original, in the reference run)."""
+    def _read_output(self, index: int, value: ir.Value) -> None:
+        """Graph output ``index`` reads Where(read, fl(value), stored value), under its own name;
+        the raw value is renamed."""
+        flag = self._switch("read")
+        select = ir.node("Where", [flag, self._rounded[value], self._selected[value]])
+        select.outputs[0].type, select.outputs[0].shape = ir.TensorType(FLOAT), value.shape
+        value.name = self.names.unique(f"{value.name}__raw")
+        self.graph.append(select)
+        self.graph.outputs[index] = select.outputs[0]
+        select.outputs[0].name = self.output_names[index]
+        self.read[("", index)] = (flag.name, self._origin[value])
+
+    def _feed_constant(self, node: ir.Node, index: int, value: ir.Value, array: np.ndarray) -> ir.Value:
+        """A graph input fed with the candidate's constant (``array``, the original, in the
+        reference run) for input ``index`` of ``node`` (the caller rewires the input)."""
         fed = ir.Value(
             name=self.names.unique(f"mpcompile.constant.{value.name}"), type=ir.TensorType(FLOAT),
             shape=ir.Shape(array.shape),
         )  # fmt: skip
         self.graph.inputs.append(fed)
         self.reference_constants[fed.name] = array
-        node.replace_input_with(index, fed)
         self.constant[(node.name, index)] = fed.name
+        return fed
 
     def _drop_unread_initializers(self) -> None:
         """Constants are fed now; an initializer that is also a graph input keeps its default."""
@@ -302,6 +332,52 @@ class _Wiring:
             unread = not any(True for _ in value.uses())
             if unread and not value.is_graph_output() and not value.is_graph_input():
                 del self.graph.initializers[name]
+
+
+# A node with more inputs than this to rewire is rebuilt once instead: ``replace_input_with``
+# copies the whole input tuple, so rewiring each input of a Sum of n values costs n².
+REBUILD_INPUTS = 32
+
+
+def _rewire(
+    graph: ir.Graph, node: ir.Node, replacements: Mapping[int, ir.Value]
+) -> list[tuple[ir.Value, ir.Value]]:
+    """Replace the inputs of ``node`` given by index. A node with many is rebuilt in its place
+    (same name, attributes, and outputs with the same names, types and readers): then the
+    (old, new) pairs of its outputs, else []."""
+    if len(replacements) <= REBUILD_INPUTS:
+        for index, value in replacements.items():
+            node.replace_input_with(index, value)
+        return []
+    inputs = [replacements.get(index, value) for index, value in enumerate(node.inputs)]
+    rebuilt = ir.Node(
+        node.domain, node.op_type, inputs, list(node.attributes.values()), overload=node.overload,
+        num_outputs=len(node.outputs), version=node.version, name=node.name,
+        doc_string=node.doc_string, metadata_props=dict(node.metadata_props),
+    )  # fmt: skip
+    graph.insert_before(node, rebuilt)
+    for old, new in zip(node.outputs, rebuilt.outputs, strict=True):
+        new.type, new.shape = old.type, old.shape
+        old.replace_all_uses_with(new, replace_graph_outputs=True)
+        new.name, old.name = old.name, None
+    graph.remove(node, safe=True)
+    return list(zip(node.outputs, rebuilt.outputs, strict=True))
+
+
+def _board_copy(model: ir.Model) -> ir.Model:
+    """A private copy of ``model`` to wire (``faithful.prepared_copy`` without its shape
+    inference when every node output is typed already, as a loaded model's are: onnx inference
+    would only give back the dtypes, and ONNX Runtime infers the shapes itself)."""
+    from mpcompile.evaluate.faithful import forget_intermediate_shapes, prepared_copy
+    from mpcompile.io import model_io
+
+    if any(value.type is None for node in model.graph for value in node.outputs if value.name):
+        return prepared_copy(model)
+    copy = model.clone()
+    ir.external_data.load_to_model(copy)
+    forget_intermediate_shapes(copy)
+    copy.ir_version = model_io.output_ir_version(copy)
+    return copy
 
 
 def _constant_values(graph: ir.Graph) -> dict[int, np.ndarray]:
