@@ -360,8 +360,22 @@ def _rewire(
         new.type, new.shape = old.type, old.shape
         old.replace_all_uses_with(new, replace_graph_outputs=True)
         new.name, old.name = old.name, None
-    graph.remove(node, safe=True)
+    _detach(node)
+    graph.remove(node)
     return list(zip(node.outputs, rebuilt.outputs, strict=True))
+
+
+def _detach(node: ir.Node) -> None:
+    """Remove ``node`` from the uses of its inputs in one pass (``Graph.remove(safe=True)``
+    detaches input by input through ``replace_input_with``, quadratic again). Uses onnx-ir's
+    own per-use bookkeeping (``Value._remove_usage``), with the safe removal as the fallback."""
+    try:
+        for index, value in enumerate(node.inputs):
+            if value is not None:
+                value._remove_usage(node, index)  # what replace_input_with calls
+    except AttributeError:  # a later onnx-ir without it: detach the slow way
+        for index in range(len(node.inputs)):
+            node.replace_input_with(index, None)
 
 
 def _board_copy(model: ir.Model) -> ir.Model:
