@@ -97,6 +97,7 @@ class Evaluator:
         self.reference_outputs: list[dict[str, np.ndarray]] = []
         self._output_names = [value.name for value in model.graph.outputs]
         self._probes: dict[ProbeKey, Probe] = {}
+        self._conversions: dict[ProbeKey, ConvertResult] = {}  # convert()'s, without decisions
         self._static_share: float | None = None
         self._reference_session = None  # kept across input retries (no switchboard)
         self._reported: set[ProbeKey] = set()
@@ -156,8 +157,19 @@ class Evaluator:
         """Convert with ``blocked`` kept FP32 (``node_overrides``: exact names, with
         ``decisions``' reason and rule where given, else ``KEPT_BY_SEARCH``); ``verify``: the final
         conversion (checked, dumped); ``static``: with the core's static block list, as plain
-        convert (no measured ops or Casts). The user's ``block_nodes`` still win."""
-        decisions = decisions or {}
+        convert (no measured ops or Casts). The user's ``block_nodes`` still win. Conversions
+        without ``verify`` or ``decisions`` are cached: the baseline is the initial candidate when
+        no range rule fires, and plain convert's conversion is asked for more than once."""
+        if not verify and not decisions:
+            cached = self._conversions.get((blocked, static))
+            if cached is None:
+                cached = self._conversions[(blocked, static)] = self._convert(blocked, False, static, {})
+            return cached
+        return self._convert(blocked, verify, static, decisions or {})
+
+    def _convert(
+        self, blocked: frozenset[str], verify: bool, static: bool, decisions: Mapping[str, Decision]
+    ) -> ConvertResult:
         overrides = dict(self.options.node_overrides)  # decisions given beforehand (a folder's)
         overrides.update((name, decisions.get(name, KEPT_BY_SEARCH)) for name in sorted(blocked))
         dump_dir = self.dump_dir if verify else None
