@@ -51,7 +51,7 @@ from mpcompile.core.precision import LowPrecisionFormat, Precision, low_precisio
 from mpcompile.evaluate import implied_sizes
 from mpcompile.evaluate.accepted_inputs import run_accepting_inputs
 from mpcompile.evaluate.inputs import InputSpec, input_specs, model_inputs
-from mpcompile.evaluate.load_probe import check_survives_loading
+from mpcompile.evaluate.load_probe import LoadProbe
 from mpcompile.evaluate.ort_session import serialize_for_session
 from mpcompile.passes.range_run import range_run
 from mpcompile.policy import op_classes
@@ -195,14 +195,20 @@ def auto_convert(
     baseline = evaluator.baseline()
     if baseline.already_converted:
         raise errors.AlreadyLowPrecisionError(f"{baseline.notes[-1]}; nothing to do")
-    check_survives_loading(
+    # ONNX Runtime loads both in a child while the switchboard is wired; the first session waits.
+    probe = LoadProbe(
         {
             "the FP32 model": serialize_for_session(work),
             "its conversion": serialize_for_session(baseline.model),
         }
     )
+    evaluator.before_session = probe.wait
     nodes = main_nodes(work)
-    reference, label = _reference_run(evaluator, work, label, specs, shapes, seed)
+    try:
+        reference, label = _reference_run(evaluator, work, label, specs, shapes, seed)
+        probe.wait()
+    finally:
+        probe.close()
     feeds = evaluator.feeds
     evaluator.set_flops(node_flops(work, feeds[0], reference[0]))
     values: dict[str, list] = {}

@@ -104,6 +104,8 @@ class Evaluator:
         self.on_evaluation: progress_events.ProgressCallback | None = None
         # acceptance(candidate) -> "" or why it fails beyond the outputs (a folder's generation)
         self.acceptance: Callable[[ir.Model], str] | None = None
+        # called once before the first ONNX Runtime session is built (api: the load probe's wait)
+        self.before_session: Callable[[], None] | None = None
 
     @property
     def remaining(self) -> int:
@@ -124,6 +126,7 @@ class Evaluator:
             values = board.run(self.feeds, board.reference_settings(), intermediates=True)
         else:
             if self._reference_session is None:
+                self._session_ready()
                 self.sessions += 1
                 self._reference_session = ReferenceSession(self.model, intermediates=True, prepack=False)
             values = [self._reference_session.run(batch) for batch in self.feeds]
@@ -289,7 +292,9 @@ class Evaluator:
     def _board(self) -> Switchboard | None:
         """The switchboard, built on first use; None when off or the model has none."""
         if self._use_switchboard and self._switchboard is None:
-            self._switchboard = Switchboard.build(self.model, self.low_dtype)
+            self._switchboard = Switchboard.build(
+                self.model, self.low_dtype, before_session=self._session_ready
+            )
             self._use_switchboard = self._switchboard is not None
             self.sessions += self._use_switchboard
         return self._switchboard
@@ -299,6 +304,12 @@ class Evaluator:
         express the candidate."""
         board = self._board()
         return None if board is None else board.settings(converted)
+
+    def _session_ready(self) -> None:
+        """Call ``before_session`` before the first session (once)."""
+        ready, self.before_session = self.before_session, None
+        if ready is not None:
+            ready()
 
     def is_cached(self, blocked: frozenset[str], static: bool = False) -> bool:
         return (blocked, static) in self._probes
@@ -332,6 +343,7 @@ class Evaluator:
         else:
             self.evaluations += 1
         self.sessions += 1
+        self._session_ready()
         session = FaithfulSession(model, intermediates=intermediates, prepack=False)
         return [session.run(cast_feeds(model, batch)) for batch in self.feeds]
 

@@ -185,6 +185,8 @@ class Search:
         passes with a larger share is the answer. At most two evaluations, only when the answer
         has the smaller share."""
         best = outcome.best
+        if best.passed and best.fp16_flop_share >= 1.0:  # no share is larger: plain's is not converted
+            return outcome
         if self.exhausted or (best.passed and best.fp16_flop_share >= self.evaluator.static_share()):
             return outcome
         plain_low = low_precision_nodes(self.evaluator.convert(frozenset(), static=True).model)

@@ -28,7 +28,7 @@ None): their conversions may retype values the switches do not reach.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -53,9 +53,12 @@ class Settings:
 class Switchboard:
     """An FP32 model with a rounding switch at every store and read of a float value."""
 
-    def __init__(self, model: ir.Model, low: ir.DataType):
+    def __init__(
+        self, model: ir.Model, low: ir.DataType, *, before_session: Callable[[], None] | None = None
+    ):
         """The switchboard model and its session; prefer ``Switchboard.build``, which returns None
-        for models it cannot serve."""
+        for models it cannot serve. ``before_session``: called between the wiring and the
+        session build (``--auto``'s load probe)."""
         from mpcompile.evaluate.ort_session import make_session, serialize_for_session
 
         self.low = low
@@ -70,12 +73,15 @@ class Switchboard:
         self._reference_constants = wiring.reference_constants
         self.outputs = wiring.output_names
         self.model = board
-        self._session = make_session(
-            serialize_for_session(board), ["CPUExecutionProvider"], optimize=False, prepack=False
-        )
+        serialized = serialize_for_session(board)
+        if before_session is not None:
+            before_session()
+        self._session = make_session(serialized, ["CPUExecutionProvider"], optimize=False, prepack=False)
 
     @classmethod
-    def build(cls, model: ir.Model, low: ir.DataType) -> Switchboard | None:
+    def build(
+        cls, model: ir.Model, low: ir.DataType, *, before_session: Callable[[], None] | None = None
+    ) -> Switchboard | None:
         """The switchboard of ``model`` (not modified), or None for a model with subgraphs or
         local functions, or with a graph output that is a constant."""
         if model.functions or len(list(model_graphs(model))) > 1:
@@ -83,7 +89,7 @@ class Switchboard:
         outputs = model.graph.outputs
         if any((value.dtype == FLOAT and _is_constant(value)) or value.is_graph_input() for value in outputs):
             return None
-        return cls(model, low)
+        return cls(model, low, before_session=before_session)
 
     # ---- reading a candidate ---------------------------------------------------------
 

@@ -41,41 +41,64 @@ def check_survives_loading(models: Mapping[str, ModelSource]) -> None:
     """Raise ``InvalidModelError`` when onnxruntime crashes loading one of ``models`` (what each
     is called -> a path or serialized bytes), all in one child. Other load failures are left to
     the caller's own load, which gives ORT's message."""
-    with tempfile.TemporaryDirectory(prefix="mpcompile-probe-") as folder:
+    LoadProbe(models).wait()
+
+
+class LoadProbe:
+    """``check_survives_loading`` in the background: the child starts here and ``wait`` gives its
+    verdict, so the caller works on while ONNX Runtime loads (``--auto`` wires its switchboard)
+    and waits only before its own first session. ``close`` stops a child nobody waits for."""
+
+    def __init__(self, models: Mapping[str, ModelSource]):
+        self._names = list(models)
+        self._folder = tempfile.TemporaryDirectory(prefix="mpcompile-probe-")
         paths = []
         for index, model in enumerate(models.values()):
             if isinstance(model, bytes):
-                path = os.path.join(folder, f"{index}.onnx")
+                path = os.path.join(self._folder.name, f"{index}.onnx")
                 with open(path, "wb") as handle:
                     handle.write(model)
                 paths.append(path)
             else:
                 paths.append(os.fspath(model))
-        returncode, reached = _run_child(paths)
-    if returncode < 0:
-        what = list(models)[min(reached, len(models) - 1)]
-        raise errors.InvalidModelError(
-            f"onnxruntime crashed ({_signal_name(-returncode)}) while loading {what}; "
-            "please report it with the model"
-        )
-
-
-def _run_child(paths: list[str]) -> tuple[int, int]:
-    """The child's return code and the index of the last model it started loading."""
-    try:
-        completed = subprocess.run(
+        self._child: subprocess.Popen | None = subprocess.Popen(
             [sys.executable, "-I", "-c", _CHILD, *paths],
             stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=CHILD_TIMEOUT_S,
-            check=False,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
         )
-    except subprocess.TimeoutExpired:
-        raise errors.InvalidModelError(
-            f"onnxruntime did not finish loading the model(s) within {CHILD_TIMEOUT_S} s"
-        ) from None
-    started = completed.stdout.split()
-    return completed.returncode, int(started[-1]) if started else 0
+
+    def wait(self) -> None:
+        """Raise ``InvalidModelError`` when the child crashed (or did not finish in time); once."""
+        child, self._child = self._child, None
+        if child is None:
+            return
+        try:
+            stdout, _ = child.communicate(timeout=CHILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            raise errors.InvalidModelError(
+                f"onnxruntime did not finish loading the model(s) within {CHILD_TIMEOUT_S} s"
+            ) from None
+        finally:
+            self._folder.cleanup()
+        started = stdout.split()
+        reached = int(started[-1]) if started else 0
+        if child.returncode < 0:
+            what = self._names[min(reached, len(self._names) - 1)]
+            raise errors.InvalidModelError(
+                f"onnxruntime crashed ({_signal_name(-child.returncode)}) while loading {what}; "
+                "please report it with the model"
+            )
+
+    def close(self) -> None:
+        """Stop the child if nobody waited for it (the caller failed first)."""
+        child, self._child = self._child, None
+        if child is not None:
+            child.kill()
+            child.communicate()
+        self._folder.cleanup()
 
 
 def _signal_name(number: int) -> str:
