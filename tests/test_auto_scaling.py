@@ -35,3 +35,52 @@ def test_flops_from_the_reference_arrays_equal_the_audits(name):
     assert measured == audited_flops(work, feeds, values)
     assert [value.shape for node in work.graph for value in node.outputs] == shapes_before
     assert sum(measured.values()) > 0 or not any(np.size(array) for array in values.values())
+
+
+def _counting(monkeypatch) -> dict[str, int]:
+    """Counts whole-model copies (``ir.Model.clone``) and serialisations (``serialize_model``)."""
+    counts = {"clone": 0, "serialize": 0}
+    clone, serialize = ir.Model.clone, ir.serde.serialize_model
+
+    def counted_clone(self, *args, **kwargs):
+        counts["clone"] += 1
+        return clone(self, *args, **kwargs)
+
+    def counted_serialize(*args, **kwargs):
+        counts["serialize"] += 1
+        return serialize(*args, **kwargs)
+
+    monkeypatch.setattr(ir.Model, "clone", counted_clone)
+    monkeypatch.setattr(ir.serde, "serialize_model", counted_serialize)
+    return counts
+
+
+def test_a_switchboard_candidate_copies_the_model_once_and_serialises_nothing(monkeypatch):
+    """After the reference run, a candidate on the switchboard costs its conversion's one copy
+    and no serialisation (no session, no onnx shape inference: the working model is typed once,
+    as ``auto_convert`` types it); asking again costs nothing, and the baseline conversion is
+    the initial candidate's."""
+    from mpcompile.auto.criteria import make_criterion
+    from mpcompile.auto.evaluator import Evaluator
+    from mpcompile.compiler.converter import ConvertOptions
+    from mpcompile.passes.infer_types import infer_once
+
+    work = ir.from_proto(SENSITIVE["sensitive_two_culprits"]())  # untyped intermediates
+    name_nodes(work)
+    assert infer_once(work)
+    feeds = generate_inputs(work, seed=0)
+    evaluator = Evaluator(work, feeds, make_criterion(rtol=1e-3, atol=1e-3), ConvertOptions(), 16)
+    baseline = evaluator.baseline()
+    evaluator.run_reference()
+    counts = _counting(monkeypatch)
+    assert evaluator.convert(frozenset()) is baseline  # cached: the initial candidate's conversion
+    low = sorted(evaluator.probe(frozenset()).low)
+    assert counts["clone"] == 0
+    before = dict(counts)
+    probe = evaluator.probe(frozenset(low[:1]))
+    assert probe.evaluated and probe.on_switchboard
+    assert counts["clone"] - before["clone"] == 1  # the conversion's working copy
+    assert counts["serialize"] == before["serialize"]
+    sessions = evaluator.sessions
+    assert evaluator.probe(frozenset(low[:1])) is probe
+    assert counts["clone"] - before["clone"] == 1 and evaluator.sessions == sessions

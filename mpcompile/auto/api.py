@@ -53,6 +53,7 @@ from mpcompile.evaluate.accepted_inputs import run_accepting_inputs
 from mpcompile.evaluate.inputs import InputSpec, input_specs, model_inputs
 from mpcompile.evaluate.load_probe import LoadProbe
 from mpcompile.evaluate.ort_session import serialize_for_session
+from mpcompile.passes.infer_types import infer_once
 from mpcompile.passes.range_run import range_run
 from mpcompile.policy import op_classes
 
@@ -186,6 +187,7 @@ def auto_convert(
         )
         options = dataclasses.replace(options, optimize=None)
     renamed = name_nodes(work)
+    infer_once(work)  # the FP32 typing every candidate's conversion shares
     feeds, label, specs = resolve_feeds(work, inputs, shapes=shapes, seed=seed)
     label = inputs_label or label
     evaluator = Evaluator(work, feeds, criterion, options, budget, switchboard=switchboard)

@@ -126,9 +126,13 @@ def convert_checked_ir(
 ) -> ConvertResult:
     """``convert`` for an ``ir.Model`` that already passed the input checks (it came from
     ``to_ir_model`` or ``model_io.load_model``), without checking it again: the --auto search
-    converts one such model once per candidate. ``model`` is not modified."""
+    converts one such model once per candidate, typed once (``infer_types.infer_once``: the mark
+    passes to the copy). ``model`` is not modified."""
     opts = ConvertOptions.build(options, **kwargs).resolved()
-    return _finish(model, "ir", _convert_ir(model.clone(), opts), opts)
+    copy = model.clone()
+    if model.meta.get(model_io.TYPES_INFERRED_KEY):
+        copy.meta[model_io.TYPES_INFERRED_KEY] = True
+    return _finish(model, "ir", _convert_ir(copy, opts), opts)
 
 
 def _finish(model: ModelLike, kind: str, result: ConvertResult, opts: ConvertOptions) -> ConvertResult:

@@ -55,6 +55,23 @@ class InferTypesPass(ConversionPass):
         return ir.passes.PassResult(model, modified=modified)
 
 
+def infer_once(model: ir.Model) -> bool:
+    """The pass's onnx shape inference run on ``model`` in place, once for every copy converted
+    from it (``--auto`` converts one copy per candidate): when some value is untyped and the
+    inference succeeds, ``model`` is marked typed (``TYPES_INFERRED_KEY``, which
+    ``convert_checked_ir`` passes on to its copy), so the pass on a copy does not infer again.
+    Returns whether the model is marked."""
+    if not any(
+        value.dtype is None for graph in model_graphs(model) for node in graph for value in node.outputs
+    ):
+        return False  # nothing to infer: the pass skips the inference anyway
+    if _infer_shapes(model, []) is None:
+        model.meta.pop(TYPES_INFERRED_KEY, None)  # failed: each conversion fails again, with its note
+        return False
+    model.meta[TYPES_INFERRED_KEY] = True
+    return True
+
+
 def _has_untyped_values(model: ir.Model) -> bool:
     return any(
         value.dtype is None and value.name
