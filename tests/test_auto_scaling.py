@@ -84,3 +84,36 @@ def test_a_switchboard_candidate_copies_the_model_once_and_serialises_nothing(mo
     sessions = evaluator.sessions
     assert evaluator.probe(frozenset(low[:1])) is probe
     assert counts["clone"] - before["clone"] == 1 and evaluator.sessions == sessions
+
+
+def _counting_conversions(monkeypatch) -> list[bool]:
+    """Records each conversion ``--auto`` makes (whether it was checked)."""
+    from mpcompile.auto import evaluator as evaluator_module
+
+    made: list[bool] = []
+    convert = evaluator_module.convert_checked_ir
+
+    def counted(model, options):
+        made.append(options.verify)
+        return convert(model, options)
+
+    monkeypatch.setattr(evaluator_module, "convert_checked_ir", counted)
+    return made
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet"])
+def test_an_answer_converted_as_a_candidate_is_not_converted_again(name, tmp_path, monkeypatch):
+    """When the first candidate passes, ``--auto`` converts once: the baseline is that candidate,
+    plain convert's conversion is the same model (no measured op or Cast), and the answer is
+    that conversion, checked as saved. The saved file is the one of a fresh conversion."""
+    from mpcompile.auto.api import auto_convert, auto_convert_file
+
+    source = tmp_path / "model.onnx"
+    models.save(name, source)
+    made = _counting_conversions(monkeypatch)
+    result = auto_convert_file(source, tmp_path / "out.onnx")
+    assert result.passed and result.evaluations == 2 and not result.range_blocked
+    assert made == [False]
+    monkeypatch.undo()
+    fresh = auto_convert(str(source))  # the model in memory: checked there
+    assert ir.to_proto(fresh.model).SerializeToString() == (tmp_path / "out.onnx").read_bytes()

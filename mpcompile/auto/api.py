@@ -247,7 +247,11 @@ def auto_convert(
         name: Decision(Precision.FP32, AUTO_SENSITIVITY, why) for name, why in outcome.blocked_why.items()
     }
     decisions.update((name, Decision(Precision.FP32, AUTO_RANGE, why)) for name, why in range_why.items())
-    final = evaluator.convert(best.blocked, verify=True, static=best.static, decisions=decisions)
+    # auto_convert_file checks the file it saves (as convert_file does): not the model here too
+    checked_on_save = isinstance(model, OpenedConversion) and options.verify
+    final = evaluator.convert(
+        best.blocked, verify=True, static=best.static, decisions=decisions, check=not checked_on_save
+    )
     warning = fp32_heavy_warning(final.model, criterion, budget_spent=search.exhausted)
     notes = list(outcome.notes)
     if deployed_note:

@@ -26,10 +26,15 @@ from mpcompile.auto import progress as progress_events
 from mpcompile.auto.criteria import CheckResult, Criterion
 from mpcompile.auto.reasons import AUTO_SENSITIVITY
 from mpcompile.auto.switchboard import Switchboard
-from mpcompile.compiler.converter import ConvertOptions, ConvertResult, convert_checked_ir
+from mpcompile.compiler.converter import (
+    ConvertOptions,
+    ConvertResult,
+    convert_checked_ir,
+    verify_ir_conversion,
+)
 from mpcompile.core.plan import Decision
 from mpcompile.core.precision import Precision
-from mpcompile.irtools.graphs import model_graphs
+from mpcompile.irtools.graphs import all_graphs, model_graphs
 
 LOW_DTYPES = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 Feeds = dict[str, np.ndarray]
@@ -97,7 +102,8 @@ class Evaluator:
         self.reference_outputs: list[dict[str, np.ndarray]] = []
         self._output_names = [value.name for value in model.graph.outputs]
         self._probes: dict[ProbeKey, Probe] = {}
-        self._conversions: dict[ProbeKey, ConvertResult] = {}  # convert()'s, without decisions
+        self._conversions: dict[ProbeKey, ConvertResult] = {}  # convert()'s, see there
+        self._static_matters: bool | None = None  # _static_differs, computed once
         self._static_share: float | None = None
         self._reference_session = None  # kept across input retries (no switchboard)
         self._reported: set[ProbeKey] = set()
@@ -156,22 +162,53 @@ class Evaluator:
         verify: bool = False,
         static: bool = False,
         decisions: Mapping[str, Decision] | None = None,
+        check: bool = True,
     ) -> ConvertResult:
         """Convert with ``blocked`` kept FP32 (``node_overrides``: exact names, with
         ``decisions``' reason and rule where given, else ``KEPT_BY_SEARCH``); ``verify``: the final
-        conversion (checked, dumped); ``static``: with the core's static block list, as plain
-        convert (no measured ops or Casts). The user's ``block_nodes`` still win. Conversions
-        without ``verify`` or ``decisions`` are cached: the baseline is the initial candidate when
-        no range rule fires, and plain convert's conversion is asked for more than once."""
-        if not verify and not decisions:
-            cached = self._conversions.get((blocked, static))
-            if cached is None:
-                cached = self._conversions[(blocked, static)] = self._convert(blocked, False, static, {})
-            return cached
-        return self._convert(blocked, verify, static, decisions or {})
+        conversion (dumped, and checked unless ``check`` is False: the caller checks the saved
+        file); ``static``: with the core's static block list, as plain convert (no measured ops or
+        Casts). The user's ``block_nodes`` still win.
+
+        Conversions are cached by (``blocked``, ``static``) where ``decisions`` change no reason
+        and nothing is dumped: the baseline is the initial candidate when no range rule fires,
+        plain convert's conversion is asked for more than once, and the answer is often a
+        candidate converted already (then only checked here). A model with no op that
+        ``static`` changes (a measured op, a Cast) converts the same either way: one conversion."""
+        decisions = decisions or {}
+        if static and not self._static_differs():
+            static = False
+        if (verify and self.dump_dir is not None) or any(
+            decisions.get(name, KEPT_BY_SEARCH) != KEPT_BY_SEARCH for name in blocked
+        ):
+            return self._convert(blocked, verify, static, decisions, check)
+        result = self._conversions.get((blocked, static))
+        if result is None:
+            result = self._conversions[(blocked, static)] = self._convert(blocked, False, static, {}, False)
+        if verify and check:
+            verify_ir_conversion(self.model, result)
+        return result
+
+    def _static_differs(self) -> bool:
+        """Whether a node is one the static block list converts otherwise: a measured op, or a
+        Cast (``measured_casts`` starts low-precision paths at Casts from integers)."""
+        if self._static_matters is None:
+            measured = self.options.op_policy().measured_ops
+            self._static_matters = any(
+                (node.op_type == "Cast" and node.domain in ("", "ai.onnx"))
+                or ("" if node.domain == "ai.onnx" else node.domain, node.op_type) in measured
+                for graph, _ in all_graphs(self.model, every_function=True)
+                for node in graph
+            )
+        return self._static_matters
 
     def _convert(
-        self, blocked: frozenset[str], verify: bool, static: bool, decisions: Mapping[str, Decision]
+        self,
+        blocked: frozenset[str],
+        verify: bool,
+        static: bool,
+        decisions: Mapping[str, Decision],
+        check: bool,
     ) -> ConvertResult:
         overrides = dict(self.options.node_overrides)  # decisions given beforehand (a folder's)
         overrides.update((name, decisions.get(name, KEPT_BY_SEARCH)) for name in sorted(blocked))
@@ -183,7 +220,9 @@ class Evaluator:
         )
         return convert_checked_ir(
             self.model,
-            dataclasses.replace(options, node_overrides=overrides, verify=verify, dump_dir=dump_dir),
+            dataclasses.replace(
+                options, node_overrides=overrides, verify=verify and check, dump_dir=dump_dir
+            ),
         )
 
     def static_share(self) -> float:

@@ -144,13 +144,17 @@ def _finish(model: ModelLike, kind: str, result: ConvertResult, opts: ConvertOpt
         result.model = proto
     elif kind == "proto":
         result.model = model
-    elif (
-        opts.verify
-        and not result.already_converted
-        and model_io.weight_bytes(result.model) < model_io.TWO_GIB // 2
-    ):
-        _record(result.notes, _check(ir.to_proto(result.model), model, result.model))
+    elif opts.verify:
+        verify_ir_conversion(model, result)
     return result
+
+
+def verify_ir_conversion(model: ir.Model, result: ConvertResult) -> None:
+    """The checks ``convert_checked_ir(..., verify=True)`` runs on its ``ir.Model`` result (a note,
+    if any, appended to ``result.notes``), for a result converted without them: ``--auto``'s
+    answer, converted once already as a candidate."""
+    if not result.already_converted and model_io.weight_bytes(result.model) < model_io.TWO_GIB // 2:
+        _record(result.notes, _check(ir.to_proto(result.model), model, result.model))
 
 
 def _record(notes: list[str], note: str | None) -> None:
