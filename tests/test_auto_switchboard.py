@@ -271,8 +271,9 @@ def _wide_sum(width: int) -> onnx.ModelProto:
 @pytest.mark.parametrize("width", [3, 40, 600])
 def test_wide_nodes_and_many_inputs_run_as_in_their_own_sessions(width, monkeypatch):
     """A node reading more values than ``REBUILD_INPUTS`` is rebuilt once instead of rewired per
-    input, and a board with more inputs than ``BOUND_INPUTS`` runs through an IO binding (600:
-    1,800 switches); both give every candidate its own faithful run, intermediates included."""
+    input, and a board with more inputs than ``BOUND_INPUTS`` runs without the Python wrapper's
+    quadratic input check (600: 1,800 switches); both give every candidate its own faithful run,
+    intermediates included."""
     from mpcompile.auto import switchboard
 
     monkeypatch.setattr(switchboard, "BOUND_INPUTS", 1000)

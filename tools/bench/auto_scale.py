@@ -10,7 +10,9 @@ Cases (issue 23; the target is ``--auto`` <= 3x plain convert's time on each):
   sum      one Sum node of ``size`` graph inputs
 
 Each measurement runs in its own child process (imports excluded from the time); the tools
-alternate within each round and the median over ``--runs`` rounds is printed with the ratio.
+alternate within each round and the median over ``--runs`` rounds is printed with the ratio,
+in wall time and in CPU time (the process's threads and its children's: ONNX Runtime's
+threads, ``--auto``'s load probe), which a shared machine's load disturbs less.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ def _child(tool: str, src: str, out: str) -> None:
     import mpcompile
     import mpcompile.auto.api  # imported before the clock starts
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     if tool == "plain":
         mpcompile.convert_file(src, out, overwrite=True)
         sessions = 0
@@ -95,7 +97,16 @@ def _child(tool: str, src: str, out: str) -> None:
 
         result = api.auto_convert_file(src, out, overwrite=True)
         sessions = result.sessions
-    print(json.dumps({"seconds": time.perf_counter() - start, "sessions": sessions}))
+    seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "sessions": sessions}))
+
+
+def _cpu_seconds() -> float:
+    """User and system CPU time of this process (all threads) and of its waited-for children."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _run(tool: str, src: pathlib.Path, timeout: float) -> dict:
@@ -106,9 +117,9 @@ def _run(tool: str, src: pathlib.Path, timeout: float) -> dict:
             command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, check=False
         )
     except subprocess.TimeoutExpired:
-        return {"seconds": float("inf"), "error": f"timeout {timeout:.0f} s"}
+        return {"seconds": float("inf"), "cpu": float("inf"), "error": f"timeout {timeout:.0f} s"}
     if done.returncode != 0:
-        return {"seconds": float("nan"), "error": done.stderr.strip().splitlines()[-1:]}
+        return {"seconds": float("nan"), "cpu": float("nan"), "error": done.stderr.strip().splitlines()[-1:]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -127,14 +138,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import onnx
 
-    print("| case | size | plain s | --auto s | sessions | --auto / plain |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        "| case | size | plain s | --auto s | --auto / plain | plain CPU s | --auto CPU s | CPU ratio | sessions |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory(prefix="auto_scale_") as scratch:
         for case in args.cases:
             size = args.size or DEFAULT_SIZES[case]
             src = pathlib.Path(scratch) / f"{case}{size}.onnx"
             onnx.save(build(case, size), src)
             times: dict[str, list[float]] = {"plain": [], "auto": []}
+            cpus: dict[str, list[float]] = {"plain": [], "auto": []}
             sessions = 0
             for round_index in range(args.runs):
                 order = ("plain", "auto") if round_index % 2 == 0 else ("auto", "plain")
@@ -143,10 +157,13 @@ def main(argv: list[str] | None = None) -> int:
                     if "error" in measured:
                         print(f"  {case} {tool}: {measured['error']}", file=sys.stderr)
                     times[tool].append(measured["seconds"])
+                    cpus[tool].append(measured["cpu"])
                     sessions = measured.get("sessions", sessions) if tool == "auto" else sessions
             plain, auto = statistics.median(times["plain"]), statistics.median(times["auto"])
+            plain_cpu, auto_cpu = statistics.median(cpus["plain"]), statistics.median(cpus["auto"])
             print(
-                f"| {case} | {size:,} | {plain:.2f} | {auto:.2f} | {sessions} | {auto / plain:.2f} |",
+                f"| {case} | {size:,} | {plain:.2f} | {auto:.2f} | {auto / plain:.2f} "
+                f"| {plain_cpu:.2f} | {auto_cpu:.2f} | {auto_cpu / plain_cpu:.2f} | {sessions} |",
                 flush=True,
             )
     return 0
