@@ -76,7 +76,9 @@ class Switchboard:
         serialized = serialize_for_session(board)
         if before_session is not None:
             before_session()
-        self._session = make_session(serialized, ["CPUExecutionProvider"], optimize=False, prepack=False)
+        self._session = make_session(
+            serialized, ["CPUExecutionProvider"], optimize=False, prepack=False, memory_pattern=False
+        )
 
     @classmethod
     def build(
@@ -281,9 +283,8 @@ class _Wiring:
         narrow.outputs[0].name = names.unique(f"{value.name}__{self.low.name.lower()}")
         widen.outputs[0].name = names.unique(f"{value.name}__rounded")
         select.outputs[0].name = names.unique(f"{value.name}__stored")
-        for output in (widen.outputs[0], select.outputs[0]):
-            output.type, output.shape = ir.TensorType(FLOAT), value.shape
-        narrow.outputs[0].type = ir.TensorType(self.low)
+        # The inserted values stay untyped: ONNX Runtime infers them, and value_info for four
+        # values per store made serialising the board the largest part of building it.
         if after is None:
             graph.insert_before(graph[0], [narrow, widen, select])
         else:
@@ -298,8 +299,7 @@ class _Wiring:
         (the caller rewires the input)."""
         flag = self._switch("read")
         select = ir.node("Where", [flag, self._rounded[value], self._selected[value]])
-        select.outputs[0].type, select.outputs[0].shape = ir.TensorType(FLOAT), value.shape
-        select.outputs[0].name = self.names.unique(f"{value.name}__stored__read")
+        select.outputs[0].name = self.names.unique(f"{value.name}__stored__read")  # untyped: see _store
         self.graph.insert_before(node, select)
         self.read[(node.name, index)] = (flag.name, self._origin[value])
         return select.outputs[0]
