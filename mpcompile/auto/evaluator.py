@@ -329,7 +329,11 @@ class Evaluator:
         )
 
     def _board(self) -> Switchboard | None:
-        """The switchboard, built on first use; None when off or the model has none."""
+        """The switchboard, built on first use; None when off, the model has none, or its
+        conversion keeps everything FP32 (no candidate will run: the reference runs in its own
+        session, one session all the same, without wiring a switch at every value)."""
+        if self._use_switchboard and self._switchboard is None and not self._anything_low():
+            self._use_switchboard = False
         if self._use_switchboard and self._switchboard is None:
             self._switchboard = Switchboard.build(
                 self.model, self.low_dtype, before_session=self._session_ready
@@ -337,6 +341,12 @@ class Evaluator:
             self._use_switchboard = self._switchboard is not None
             self.sessions += self._use_switchboard
         return self._switchboard
+
+    def _anything_low(self) -> bool:
+        """Whether the conversion with nothing extra kept FP32 (``baseline``) has a low-precision
+        node or tensor: every candidate keeps more FP32 than it, so without one none has."""
+        baseline = self.convert(frozenset()).model
+        return bool(low_precision_nodes(baseline)) or _has_low_tensors(baseline)
 
     def _settings(self, converted: ir.Model):
         """The candidate's switchboard settings; None when there is no switchboard or it cannot
