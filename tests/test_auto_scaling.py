@@ -3,6 +3,8 @@ arrays, conversions cached, and no whole-model copy or serialisation per candida
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 import onnx_ir as ir
 import pytest
@@ -117,3 +119,21 @@ def test_an_answer_converted_as_a_candidate_is_not_converted_again(name, tmp_pat
     monkeypatch.undo()
     fresh = auto_convert(str(source))  # the model in memory: checked there
     assert ir.to_proto(fresh.model).SerializeToString() == (tmp_path / "out.onnx").read_bytes()
+
+
+def test_a_model_that_stays_fp32_gets_no_switchboard(monkeypatch):
+    """Elementwise ops between FP32 inputs and outputs (``auto_scale.py``'s chain) stay FP32: no
+    candidate can run, so no switchboard is wired; the reference runs in its own session."""
+    from mpcompile.auto import switchboard
+    from mpcompile.auto.api import auto_convert
+
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1] / "tools" / "bench"))
+    from auto_scale import build
+
+    def refused(*args, **kwargs):
+        raise AssertionError("no switchboard for a model that stays FP32")
+
+    monkeypatch.setattr(switchboard.Switchboard, "build", classmethod(refused))
+    result = auto_convert(build("chain", 40))
+    assert result.passed and result.sessions == 1 and result.evaluations == 1
+    assert result.fp16_flop_share == 0.0
