@@ -394,13 +394,16 @@ def _widen_graph(graph: ir.Graph, low_values: Mapping[ir.Value, ir.DataType], na
         if tensor is not None and tensor.dtype in LOW_PRECISION:
             value.const_value = ir.tensor(tensor.numpy().astype(np.float32), name=name)
         _widen_value_type(value)
+    positions: dict[ir.Value, list[int]] = {}  # graph output -> its indices, found once
+    for index, output in enumerate(graph.outputs):
+        positions.setdefault(output, []).append(index)
     for node in list(graph):
         _widen_attributes(node)
         for value in node.outputs:
             dtype = low_values.get(value)
             _widen_value_type(value)
             if dtype is not None:
-                _insert_rounding(graph, node, value, dtype, names)
+                _insert_rounding(graph, node, value, dtype, names, positions.pop(value, ()))
 
 
 def _widen_value_type(value: ir.Value) -> None:
@@ -432,9 +435,16 @@ def _widen_attributes(node: ir.Node) -> None:
 
 
 def _insert_rounding(
-    graph: ir.Graph, node: ir.Node, value: ir.Value, dtype: ir.DataType, names: NameAuthority
+    graph: ir.Graph,
+    node: ir.Node,
+    value: ir.Value,
+    dtype: ir.DataType,
+    names: NameAuthority,
+    positions: Sequence[int] = (),
 ) -> None:
-    """value → Cast(to=dtype) → Cast(to=FLOAT); the rounded value takes over name and uses."""
+    """value → Cast(to=dtype) → Cast(to=FLOAT); the rounded value takes over name and uses
+    (``positions``: where ``value`` is a graph output; searching the outputs for each value was
+    quadratic with every intermediate exposed)."""
     original_name = value.name
     narrow = ir.node("Cast", [value], {"to": dtype}, metadata_props={ROUNDING_TAG: "1"})
     widen = ir.node(
@@ -447,9 +457,8 @@ def _insert_rounding(
     for use in list(value.uses()):
         if use.node is not narrow:
             use.node.replace_input_with(use.idx, rounded)
-    for index, output in enumerate(graph.outputs):
-        if output is value:
-            graph.outputs[index] = rounded
+    for index in positions:
+        graph.outputs[index] = rounded
     graph.insert_after(node, [narrow, widen])
     if original_name:
         value.name = names.unique(f"{original_name}__unrounded")
