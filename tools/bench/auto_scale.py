@@ -8,6 +8,10 @@ Cases (issue 23; the target is ``--auto`` <= 3x plain convert's time on each):
   inputs   ``size`` graph inputs reduced by a binary tree of Adds (size - 1 nodes)
   outputs  a chain of ``size`` nodes, each node's result a graph output
   sum      one Sum node of ``size`` graph inputs
+  matmul   a chain of ``size`` nodes, MatMul (8x8 weight), Add, Relu in turn: unlike the cases
+           above (elementwise ops between FP32 inputs and outputs, which stay FP32, so the
+           search has no candidate to run), it converts to FP16, so --auto wires its
+           switchboard and runs a candidate (not in the issue; not run by default)
 
 Each measurement runs in its own child process (imports excluded from the time); the tools
 alternate within each round and the median over ``--runs`` rounds is printed with the ratio,
@@ -28,6 +32,7 @@ import time
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_SIZES = {"chain": 100_000, "inputs": 100_000, "outputs": 10_000, "sum": 100_000}
+EXTRA_SIZES = {"matmul": 10_000}
 WIDTH = 8
 CHAIN_OPS = ("Add", "Relu", "Mul", "Tanh")
 
@@ -47,7 +52,20 @@ def build(case: str, size: int):
         numpy_helper.from_array(np.full([WIDTH], 0.01, np.float32), "bias"),
         numpy_helper.from_array(np.full([WIDTH], 0.99, np.float32), "scale"),
     ]
-    if case in ("chain", "outputs"):
+    if case == "matmul":
+        rng = np.random.default_rng(0)
+        initializers.append(
+            numpy_helper.from_array((rng.standard_normal((WIDTH, WIDTH)) / WIDTH).astype(np.float32), "w")
+        )
+        current = "x"
+        for index in range(size):
+            op = ("MatMul", "Add", "Relu")[index % 3]
+            extra = {"MatMul": ["w"], "Add": ["bias"]}.get(op, [])
+            out = f"h{index}"
+            nodes.append(helper.make_node(op, [current, *extra], [out], name=f"n{index}"))
+            current = out
+        outputs.append(tensor(current))
+    elif case in ("chain", "outputs"):
         current = "x"
         for index in range(size):
             op = CHAIN_OPS[index % len(CHAIN_OPS)] if case == "chain" else ("Mul", "Tanh")[index % 2]
@@ -127,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--cases", nargs="+", default=list(DEFAULT_SIZES), choices=list(DEFAULT_SIZES))
+    parser.add_argument(
+        "--cases", nargs="+", default=list(DEFAULT_SIZES), choices=[*DEFAULT_SIZES, *EXTRA_SIZES]
+    )
     parser.add_argument("--size", type=int, help="override every case's size")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600)
@@ -144,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory(prefix="auto_scale_") as scratch:
         for case in args.cases:
-            size = args.size or DEFAULT_SIZES[case]
+            size = args.size or {**DEFAULT_SIZES, **EXTRA_SIZES}[case]
             src = pathlib.Path(scratch) / f"{case}{size}.onnx"
             onnx.save(build(case, size), src)
             times: dict[str, list[float]] = {"plain": [], "auto": []}
