@@ -137,3 +137,28 @@ def test_a_model_that_stays_fp32_gets_no_switchboard(monkeypatch):
     result = auto_convert(build("chain", 40))
     assert result.passed and result.sessions == 1 and result.evaluations == 1
     assert result.fp16_flop_share == 0.0
+
+
+@pytest.mark.parametrize("case", ["chain", "outputs", "sum"])
+def test_the_reference_session_without_a_board_gives_the_boards_values(case, monkeypatch):
+    """Without a switchboard the reference runs in a ``ReferenceSession`` built from one
+    serialisation (``serialize_reference``): the values the board's reference run gives, bit for bit."""
+    from mpcompile.auto.switchboard import Switchboard
+    from mpcompile.evaluate.faithful import serialize_reference
+    from mpcompile.passes.infer_types import infer_once
+
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1] / "tools" / "bench"))
+    from auto_scale import build
+
+    work = ir.from_proto(build(case, 30))
+    name_nodes(work)
+    infer_once(work)
+    feeds = generate_inputs(work, seed=0)[0]
+    board = Switchboard.build(work, ir.DataType.FLOAT16)
+    (want,) = board.run([feeds], board.reference_settings(), intermediates=True)
+    serialized = serialize_reference(work)
+    assert serialized is not None
+    got = ReferenceSession(work, intermediates=True, prepack=False, serialized=serialized).run(feeds)
+    assert set(got) == set(want)
+    for name, array in want.items():
+        assert got[name].dtype == array.dtype and np.array_equal(got[name], array, equal_nan=True), name

@@ -124,7 +124,7 @@ class Evaluator:
 
     def run_reference(self) -> list[dict[str, np.ndarray]]:
         """The FP32 model with every main-graph intermediate exposed, per batch (one evaluation)."""
-        from mpcompile.evaluate.faithful import ReferenceSession
+        from mpcompile.evaluate.faithful import ReferenceSession, serialize_reference
 
         self._spend()
         board = self._board()
@@ -134,7 +134,9 @@ class Evaluator:
             if self._reference_session is None:
                 self._session_ready()
                 self.sessions += 1
-                self._reference_session = ReferenceSession(self.model, intermediates=True, prepack=False)
+                self._reference_session = ReferenceSession(  # from one serialization, no private copy
+                    self.model, intermediates=True, prepack=False, serialized=serialize_reference(self.model)
+                )
             values = [self._reference_session.run(batch) for batch in self.feeds]
         self.reference_outputs = [{name: batch[name] for name in self._output_names} for batch in values]
         self.report(progress_events.REFERENCE)
