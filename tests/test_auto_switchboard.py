@@ -271,12 +271,12 @@ def _wide_sum(width: int) -> onnx.ModelProto:
 @pytest.mark.parametrize("width", [3, 40, 600])
 def test_wide_nodes_and_many_inputs_run_as_in_their_own_sessions(width, monkeypatch):
     """A node reading more values than ``REBUILD_INPUTS`` is rebuilt once instead of rewired per
-    input, and a board with more inputs than ``BOUND_INPUTS`` runs without the Python wrapper's
+    input, and a board with more inputs than ``LINEAR_RUN_INPUTS`` runs without the Python wrapper's
     quadratic input check (600: 1,800 switches); both give every candidate its own faithful run,
     intermediates included."""
-    from mpcompile.auto import switchboard
+    from mpcompile.evaluate import ort_session
 
-    monkeypatch.setattr(switchboard, "BOUND_INPUTS", 1000)
+    monkeypatch.setattr(ort_session, "LINEAR_RUN_INPUTS", 1000)
     work = _working(_wide_sum(width))
     rng = np.random.default_rng(0)
     feeds = {f"x{index}": rng.standard_normal((2, 3)).astype(np.float32) for index in range(width)}

@@ -387,3 +387,38 @@ def test_reference_session_hands_large_weights_to_ort_as_arrays():
     x = rng.standard_normal((2, 128)).astype(np.float32)
     got = faithful.ReferenceSession(proto).run({"x": x})["y"]
     np.testing.assert_allclose(got, x @ w + b, rtol=1e-5, atol=1e-5)
+
+
+def test_sessions_with_many_inputs_skip_the_wrappers_quadratic_check(monkeypatch):
+    """Above ``LINEAR_RUN_INPUTS`` inputs a run goes to ORT's C++ session directly (the Python
+    wrapper's input check is quadratic: plain convert's range run on 100,000 inputs); the values
+    are the wrapper's, bit for bit."""
+    from mpcompile.evaluate import ort_session
+
+    width = 5
+    nodes = [helper.make_node("Sum", [f"x{index}" for index in range(width)], ["s"], name="sum")]
+    nodes.append(helper.make_node("Tanh", ["s"], ["y"], name="tanh"))
+    graph = helper.make_graph(
+        nodes,
+        "many_inputs",
+        [helper.make_tensor_value_info(f"x{index}", TensorProto.FLOAT, [2, 3]) for index in range(width)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    rng = np.random.default_rng(0)
+    feeds = {f"x{index}": rng.standard_normal((2, 3)).astype(np.float32) for index in range(width)}
+    checked = faithful.ReferenceSession(model, intermediates=True).run(feeds)
+    calls = []
+    monkeypatch.setattr(ort_session, "LINEAR_RUN_INPUTS", 2)
+    real = ort_session.run_linear
+
+    def counting(session, names, inputs):
+        calls.append(getattr(session, "_sess", None) is not None and len(inputs) > 2)
+        return real(session, names, inputs)
+
+    monkeypatch.setattr(faithful, "run_linear", counting)
+    unchecked = faithful.ReferenceSession(model, intermediates=True).run(feeds)
+    assert calls == [True]
+    assert checked.keys() == unchecked.keys()
+    for name, array in checked.items():
+        np.testing.assert_array_equal(unchecked[name], array)

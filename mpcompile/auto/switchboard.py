@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from mpcompile.evaluate.ort_session import run_linear
 from mpcompile.irtools.graphs import model_graphs
 from mpcompile.irtools.names import NameAuthority
 
@@ -185,7 +186,7 @@ class Switchboard:
         results = []
         for batch in feeds:
             inputs = {**batch, **settings.switches, **settings.constants}
-            arrays = _run(self._session, names, inputs)
+            arrays = run_linear(self._session, names, inputs)
             results.append(
                 {
                     name: as_declared(array, settings.output_dtypes.get(name))
@@ -193,21 +194,6 @@ class Switchboard:
                 }
             )
         return results
-
-
-# With more inputs than this the session runs without the Python wrapper's input check:
-# ``InferenceSession.run`` looks each declared input up in a list of the fed names (quadratic
-# in the switches: 1.1 s for 10,000 inputs), and so do IO bindings (``bind_cpu_input``) and
-# ``run_with_ort_values``. ONNX Runtime's own run checks the inputs again (by a map).
-BOUND_INPUTS = 1024
-
-
-def _run(session, names: list[str], inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    """``session.run(names, inputs)``, linear in the number of inputs."""
-    unchecked = getattr(session, "_sess", None)  # the C++ session InferenceSession.run calls
-    if len(inputs) <= BOUND_INPUTS or unchecked is None:
-        return session.run(names, inputs)
-    return unchecked.run(names, dict(inputs), None)
 
 
 class _Wiring:

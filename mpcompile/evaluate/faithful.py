@@ -40,6 +40,7 @@ from mpcompile.evaluate.ort_session import (
     ModelLike,
     make_session,
     proto_apart,
+    run_linear,
     serialize_apart,
     serialize_for_session,
     to_ir_model,
@@ -484,7 +485,7 @@ def _run_session(
             raise TypeError(f"input {info.name!r}: onnxruntime's Python API takes no bfloat16 arrays")
         session_feeds[info.name] = array
     names = [output.name for output in session.get_outputs()]
-    results = session.run(names, session_feeds)
+    results = run_linear(session, names, session_feeds)
     return {
         name: as_declared(result, declared.get(name)) for name, result in zip(names, results, strict=True)
     }
