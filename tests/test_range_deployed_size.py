@@ -41,15 +41,8 @@ def pixel_linear_attention() -> onnx.ModelProto:
         helper.make_node("Mul", ["kv", "mean_scale"], ["kv_mean"], name="kv_mean"),
         helper.make_node("MatMul", ["kv_mean", "head"], ["y"], name="head_fc"),
     ]
-    model = make_model(
-        nodes, [value_info("pixels", [1, 3, 1, 1])], [value_info("y", [1, CHANNELS, 4])], initializers
-    )
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    dims[2].ClearField("dim_value")
-    dims[2].dim_param = "height"
-    dims[3].ClearField("dim_value")
-    dims[3].dim_param = "width"
-    return model
+    pixels = value_info("pixels", [1, 3, "height", "width"])
+    return make_model(nodes, [pixels], [value_info("y", [1, CHANNELS, 4])], initializers)
 
 
 def _image(size: int) -> dict[str, np.ndarray]:
