@@ -43,6 +43,7 @@ from mpcompile.evaluate.ort_session import (
     run_linear,
     serialize_apart,
     serialize_for_session,
+    tensors_swapped,
     to_ir_model,
 )
 from mpcompile.io import model_io
@@ -168,26 +169,21 @@ def _external_weights_in_memory(model: ir.Model) -> Iterator[None]:
     the file's, shared with the page cache, for as long as the session holds them). Not the
     tensors' own ``numpy()``: each maps its whole file again, and ORT reading 1,537 such maps
     held 3.3 GB resident (the 768-layer encoder); nor copies, which cost time."""
-    swapped = [
-        value
-        for graph in model.graphs()
-        for value in graph.initializers.values()
-        if isinstance(value.const_value, ir.ExternalTensor)
-    ]
-    originals = [value.const_value for value in swapped]
+    in_memory: dict[ir.Value, ir.TensorProtocol] = {}
     maps: dict[tuple[str, str], mmap.mmap | None] = {}
-    try:
-        for value, tensor in zip(swapped, originals, strict=True):
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if not isinstance(tensor, ir.ExternalTensor):
+                continue
             view = _mapped_view(tensor, maps)
-            value.const_value = (
+            in_memory[value] = (
                 ir.Tensor(view, dtype=tensor.dtype, name=tensor.name)
                 if view is not None
                 else ir.external_data.convert_tensors_from_external([tensor])[0]
             )
+    with tensors_swapped(in_memory):
         yield
-    finally:
-        for value, tensor in zip(swapped, originals, strict=True):
-            value.const_value = tensor
 
 
 def _mapped_view(

@@ -73,7 +73,7 @@ def serialize_apart(model: ir.Model) -> tuple[bytes, dict[str, Any]]:
 def proto_apart(model: ir.Model) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """``serialize_apart`` before the final serialization: the proto, to edit first."""
     apart: dict[str, Any] = {}
-    swapped: list[tuple[ir.Value, Any]] = []
+    placeholders: dict[ir.Value, ir.TensorProtocol] = {}
     for value in model.graph.initializers.values():
         tensor = value.const_value
         if (
@@ -84,15 +84,24 @@ def proto_apart(model: ir.Model) -> tuple[onnx.ModelProto, dict[str, Any]]:
         ):
             continue
         apart[value.name] = tensor.numpy()
-        placeholder = ir.ExternalTensor(
+        placeholders[value] = ir.ExternalTensor(
             _APART_LOCATION, 0, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=value.name
         )
-        swapped.append((value, tensor))
-        value.const_value = placeholder
-    try:
+    with tensors_swapped(placeholders):
         return ir.to_proto(model), apart
+
+
+@contextlib.contextmanager
+def tensors_swapped(replacements: Mapping[ir.Value, ir.TensorProtocol]) -> Iterator[None]:
+    """Each value's ``const_value`` replaced for the block (a placeholder to serialize without
+    bytes, weights read into memory); the model's own tensors are put back after, error or not."""
+    originals = {value: value.const_value for value in replacements}
+    try:
+        for value, tensor in replacements.items():
+            value.const_value = tensor
+        yield
     finally:
-        for value, tensor in swapped:
+        for value, tensor in originals.items():
             value.const_value = tensor
 
 

@@ -19,6 +19,7 @@ import onnx
 import onnx_ir as ir
 
 from mpcompile.evaluate import memory_limit
+from mpcompile.evaluate.ort_session import tensors_swapped
 from mpcompile.evaluate.shapes import static_shape
 
 RUN_OVERHEAD = 3
@@ -121,26 +122,19 @@ def _merged(
 def _serialize_light(model: ir.Model) -> onnx.ModelProto:
     """``model`` serialized without the bytes of its main-graph initializers above
     ``LARGE_TENSOR_BYTES`` (inference needs no more) and with the small external ones read."""
-    swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
+    stand_ins: dict[ir.Value, ir.TensorProtocol] = {}
     for value in model.graph.initializers.values():
         tensor = value.const_value
         if tensor is None:
             continue
         if tensor.nbytes > LARGE_TENSOR_BYTES:
-            stand_in = ir.ExternalTensor(
+            stand_ins[value] = ir.ExternalTensor(
                 _LEFT_OUT, 0, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=value.name
             )
         elif isinstance(tensor, ir.ExternalTensor):
-            (stand_in,) = ir.external_data.convert_tensors_from_external([tensor])
-        else:
-            continue
-        swapped.append((value, tensor))
-        value.const_value = stand_in
-    try:
+            (stand_ins[value],) = ir.external_data.convert_tensors_from_external([tensor])
+    with tensors_swapped(stand_ins):
         return ir.serde.serialize_model(model)
-    finally:
-        for value, tensor in swapped:
-            value.const_value = tensor
 
 
 def _initializers_as_inputs(model: ir.Model, graph: onnx.GraphProto) -> None:
