@@ -82,6 +82,27 @@ def test_value_stats_overflow_and_flushed_magnitude():
     assert scaled.flushed_mass == 1.0  # everything flushes to zero
 
 
+@pytest.mark.parametrize(
+    "arrays",
+    [
+        [np.array([1e5, -7e4, 1.0], np.float32), np.array([-2e5], np.float32)],
+        [np.array([np.inf, 3.0, -np.inf], np.float32), np.array([1.0], np.float16)],
+        [np.array([np.nan, -5.0], np.float32), np.array([np.nan], np.float64)],
+        [np.array([], np.float32), np.arange(4, dtype=np.int64)],
+    ],
+    ids=["finite", "infinite", "nan", "no-floats"],
+)
+def test_value_stats_without_the_flushed_share_measure_the_same_max(arrays):
+    """The range run's shortcut (``flushed=False``, the underflow rule off): the same max |x| over
+    the finite values, whatever non-finite values a batch holds."""
+    full = value_stats(arrays, FP16)
+    short = value_stats(arrays, FP16, flushed=False)
+    if full is None:
+        assert short is None
+    else:
+        assert short.max_abs == full.max_abs and short.flushed_mass == 0
+
+
 def test_range_rules_flag_overflow_underflow_and_depth():
     model = _model(CHAIN)
     nodes = main_nodes(model)

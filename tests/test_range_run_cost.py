@@ -179,3 +179,90 @@ def test_models_only_a_private_copy_evaluates_are_not_serialized_apart():
     untyped = ir.from_proto(linear_attention())  # no inference: intermediates carry no types
     assert faithful.serialize_reference(untyped) is None
     assert faithful.serialize_reference(_loaded(linear_attention())) is not None
+
+
+def _saved_models(tmp_path) -> list[tuple[str, pathlib.Path]]:
+    """The models of ``_models`` as files: embedded weights and one with a data file."""
+    paths = []
+    for name in (*ZOO_MODELS, "linear_attention"):
+        proto = models.ZOO[name]() if name in models.ZOO else linear_attention()
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(proto, path)
+        paths.append((name, path))
+    external = tmp_path / "external.onnx"
+    onnx.save(
+        models.ZOO["bert_encoder"](),
+        external,
+        save_as_external_data=True,
+        size_threshold=100,
+        location="w.data",
+    )
+    return [*paths, ("external", external)]
+
+
+@pytest.mark.parametrize("mapped", [False, True], ids=["parsed", "mapped"])
+def test_a_session_from_the_loaded_proto_gives_what_the_serialized_ir_gives(tmp_path, monkeypatch, mapped):
+    """The range run evaluates the protobuf the model was loaded from (weights embedded, mapped
+    from the file, or in a data file): the same values and memory estimate as the IR serialized
+    again, the model unchanged."""
+    if mapped:
+        monkeypatch.setattr(model_io, "MAPPED_LOAD_MIN_BYTES", 0)  # weights mapped from the file
+    weighed: list[bool] = []
+    for name, path in _saved_models(tmp_path):
+        model, proto = model_io.load_model_and_proto(path, infer_types=True)
+        before = ir.to_proto(model).SerializeToString()
+        feeds = inputs_module.cast_feeds(model, inputs_module.generate_inputs(model, seed=1)[0])
+        shapes = {spec.name: spec.shape for spec in inputs_module.input_specs(model, None)}
+        serialized = faithful.serialize_reference(model)
+        want_bytes = run_memory.run_bytes(model, shapes, proto=serialized.proto)
+        want = faithful.ReferenceSession(model, intermediates=True, prepack=False, serialized=serialized).run(
+            feeds
+        )
+        loaded = faithful.reference_from_loaded(model, proto)
+        assert loaded is not None, name
+        weighed.append(bool(loaded.weights))  # weights read from the file, not the proto
+        assert run_memory.run_bytes(model, shapes, proto=loaded.proto) == want_bytes, name
+        got = faithful.ReferenceSession(model, intermediates=True, prepack=False, serialized=loaded).run(
+            feeds
+        )
+        assert list(got) == list(want), name
+        for key, array in want.items():
+            assert got[key].dtype == array.dtype, (name, key)
+            np.testing.assert_array_equal(got[key], array, err_msg=f"{name}: {key}")
+        assert ir.to_proto(model).SerializeToString() == before, f"{name}: the model was modified"
+    assert weighed[-1] and any(weighed[:-1]) == mapped  # the data file's weights; embedded ones when mapped
+
+
+def test_a_loaded_proto_that_no_longer_describes_the_model_is_not_evaluated(tmp_path):
+    """Nodes renamed (OrtLoadablePass's duplicates) or the graph rewritten: the IR is serialized."""
+    path = tmp_path / "linear_attention.onnx"
+    onnx.save(linear_attention(), path)
+    model, proto = model_io.load_model_and_proto(path, infer_types=True)
+    next(iter(model.graph)).name = "renamed"
+    assert faithful.reference_from_loaded(model, proto) is None
+    model, proto = model_io.load_model_and_proto(path, infer_types=True)
+    model.graph.remove(list(model.graph)[-1], safe=False)
+    assert faithful.reference_from_loaded(model, proto) is None
+
+
+def test_convert_file_evaluates_the_loaded_proto(tmp_path, monkeypatch):
+    """A file conversion's range run serializes nothing again, finds what ``convert`` finds and
+    writes the same model; with ``optimize`` (a rewritten graph) the IR is serialized."""
+    serializations: list[int] = []
+    serialize = faithful.serialize_reference
+
+    def counted(model):
+        serializations.append(1)
+        return serialize(model)
+
+    monkeypatch.setattr(faithful, "serialize_reference", counted)
+    path = tmp_path / "linear_attention.onnx"
+    onnx.save(linear_attention(), path)
+    result = mpcompile.convert_file(path, tmp_path / "out.onnx")
+    assert serializations == []
+    assert {"q_kv", "q_ksum"} <= set(result.summary()["range_measured"])
+    in_memory = mpcompile.convert(linear_attention())
+    assert serializations == [1]
+    assert onnx.load(tmp_path / "out.onnx").SerializeToString() == in_memory.model.SerializeToString()
+    mpcompile.convert_file(path, tmp_path / "optimized.onnx", optimize="basic")
+    assert len(serializations) >= 2

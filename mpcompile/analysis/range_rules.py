@@ -142,15 +142,25 @@ class ValueStats:
     flushed_mass: float  # share of sum |x| in values that flush to zero
 
 
-def value_stats(arrays: Sequence[np.ndarray], fmt: LowPrecisionFormat) -> ValueStats | None:
-    """Max |x| and the flushed magnitude share of one value over all batches (floats only)."""
-    max_abs, total, flushed = 0.0, 0.0, 0.0
+def value_stats(
+    arrays: Sequence[np.ndarray], fmt: LowPrecisionFormat, *, flushed: bool = True
+) -> ValueStats | None:
+    """Max |x| and the flushed magnitude share of one value over all batches (floats only).
+
+    ``flushed=False``: the share is not needed (the underflow rule is off) and left 0, so a
+    batch whose values are all finite costs one pass over it in its own dtype."""
+    max_abs, total, flushed_sum = 0.0, 0.0, 0.0
     seen = False
     for array in arrays:
         array = np.asarray(array)
         if array.dtype.kind != "f" or array.size == 0:
             continue
         seen = True
+        if not flushed:
+            largest = float(np.max(np.abs(array)))
+            if math.isfinite(largest):  # else the finite values' max, below
+                max_abs = max(max_abs, largest)
+                continue
         magnitude = np.abs(array.astype(np.float64))
         magnitude = magnitude[np.isfinite(magnitude)]
         if magnitude.size == 0:
@@ -158,10 +168,10 @@ def value_stats(arrays: Sequence[np.ndarray], fmt: LowPrecisionFormat) -> ValueS
         max_abs = max(max_abs, float(magnitude.max()))
         total += float(magnitude.sum())
         # Below half the smallest subnormal, round-to-nearest-even gives zero.
-        flushed += float(magnitude[(magnitude > 0) & (magnitude <= fmt.smallest_subnormal / 2)].sum())
+        flushed_sum += float(magnitude[(magnitude > 0) & (magnitude <= fmt.smallest_subnormal / 2)].sum())
     if not seen:
         return None
-    return ValueStats(max_abs, flushed / total if total > 0 else 0.0)
+    return ValueStats(max_abs, flushed_sum / total if total > 0 else 0.0)
 
 
 def find_unsafe_nodes(
@@ -178,10 +188,11 @@ def find_unsafe_nodes(
     ``relative_budget``: the relative output error the tolerance allows
     (``Criterion.relative_budget``); the cancellation rule needs it (inf: off)."""
     cache: dict[str, ValueStats | None] = {}
+    flushed = rules.underflow_mass < math.inf  # the underflow rule reads it
 
     def stats(name: str) -> ValueStats | None:
         if name not in cache:
-            cache[name] = value_stats(values[name], fmt) if name in values else None
+            cache[name] = value_stats(values[name], fmt, flushed=flushed) if name in values else None
         return cache[name]
 
     overflow_limit = rules.overflow_fraction * fmt.max

@@ -8,7 +8,7 @@ import os
 import pathlib
 from collections import ChainMap, Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 import onnx_ir as ir
@@ -34,6 +34,9 @@ from mpcompile.irtools.graphs import all_graphs, model_graphs, with_shared_walk
 from mpcompile.irtools.names import NameAuthority
 from mpcompile.passes.context import ConversionContext, ConvertStats
 from mpcompile.targets import get_target
+
+if TYPE_CHECKING:
+    from mpcompile.passes.range_run import LoadedProto
 
 ModelLike = onnx.ModelProto | ir.Model | str | os.PathLike
 
@@ -182,11 +185,17 @@ def convert_file(
     already converted model.
     """
     opts = ConvertOptions.build(options, **kwargs).resolved()
-    opened = open_conversion(input_path, output_path, overwrite=overwrite, external_data=external_data)
+    # The range run evaluates the loaded protobuf (a graph OptimizePass rewrites is serialized).
+    keep_proto = not opts.static and not opts.optimize
+    opened = open_conversion(
+        input_path, output_path, overwrite=overwrite, external_data=external_data, keep_proto=keep_proto
+    )
     if opened.replaces_inputs:
         ir.external_data.load_to_model(opened.model)  # files it reads from are about to be replaced
     # The model was loaded here and is written once, so converted weights may drop their FP32 bytes.
-    result = _convert_ir(opened.model, opts, on_pass_start=on_pass_start, serialized_once=True)
+    result = _convert_ir(
+        opened.model, opts, on_pass_start=on_pass_start, serialized_once=True, loaded=opened.loaded
+    )
     if result.already_converted:
         raise errors.AlreadyLowPrecisionError(f"{opened.source}: {result.notes[-1]}; nothing to do")
     if on_pass_start is not None:
@@ -203,6 +212,7 @@ class OpenedConversion:
     source: pathlib.Path  # absolute
     target: pathlib.Path  # absolute
     replaces_inputs: bool  # saving replaces files the model reads (--overwrite of the input)
+    loaded: LoadedProto | None = None  # the protobuf the model came from, for the range run
 
 
 def open_conversion(
@@ -211,12 +221,20 @@ def open_conversion(
     *,
     overwrite: bool = False,
     external_data: bool | str | None = None,
+    keep_proto: bool = False,
 ) -> OpenedConversion:
     """Load ``input_path`` for a conversion saved at ``output_path`` (``convert_file`` and
     ``convert --auto``): the load checks, then the output-is-input guard (refused unless
-    ``overwrite`` replaces the input itself) and the refusal of hard-linked data files."""
+    ``overwrite`` replaces the input itself) and the refusal of hard-linked data files.
+    ``keep_proto``: the protobuf the model was deserialized from is kept (``loaded``)."""
     source, target = pathlib.Path(input_path).absolute(), pathlib.Path(output_path).absolute()
-    model = model_io.load_model(source, infer_types=True, check_links=False)
+    model, proto = model_io.load_model_and_proto(source, infer_types=True, check_links=False)
+    loaded = None
+    if keep_proto:
+        from mpcompile.passes.range_run import LoadedProto
+
+        loaded = LoadedProto(proto)
+    del proto
     read = overwrite_guard.model_files(model_io.input_files(model))
     written = overwrite_guard.output_files(
         target, data_name=model_io.external_data_name(target, external_data)
@@ -226,7 +244,7 @@ def open_conversion(
         read, written, may_replace=read if replaces_input else ()
     )
     model_io.refuse_hard_linked_data(model_io.input_files(model)[1:])
-    return OpenedConversion(model, source, target, bool(refuses_overwrite))
+    return OpenedConversion(model, source, target, bool(refuses_overwrite), loaded)
 
 
 def save_conversion(
@@ -269,6 +287,7 @@ def _convert_ir(
     opts: ConvertOptions,
     on_pass_start: Callable[[str], None] | None = None,
     serialized_once: bool = False,
+    loaded: LoadedProto | None = None,
 ) -> ConvertResult:
     assert opts.is_resolved, "_convert_ir takes resolved options (ConvertOptions.resolved())"
     low = low_precision_format(str(opts.precision))
@@ -307,6 +326,7 @@ def _convert_ir(
         check_invariants=opts.check_invariants,
         dump_dir=opts.dump_dir,
         range_overrides=measured,
+        loaded=loaded,
     )
     pipeline.on_pass_start = on_pass_start
     context.stats.casts_before = count_casts(model)
@@ -355,11 +375,14 @@ def build_pipeline(
     check_invariants: bool = False,
     dump_dir=None,
     range_overrides: dict[str, Decision] | None = None,
+    loaded: LoadedProto | None = None,
 ) -> Pipeline:
     """The conversion passes, in order (see docs/architecture.md): OptimizePass first when
     ``context.optimize`` asks for it; AssignPrecisionPass fills ``plan``, the only thing the
     passes hand each other; ApplyPrecisionPass applies it. The preconditions of a conversion are
-    the ``requires`` of the passes that need them (OrtLoadablePass, AssignPrecisionPass)."""
+    the ``requires`` of the passes that need them (OrtLoadablePass, AssignPrecisionPass).
+    ``loaded``: the protobuf ``model`` was loaded from, for the range run (not with OptimizePass,
+    which rewrites the graph before it)."""
     from mpcompile.passes.apply_precision import ApplyPrecisionPass
     from mpcompile.passes.assign_precision import AssignPrecisionPass
     from mpcompile.passes.fold_casts import FoldCastsPass
@@ -378,7 +401,11 @@ def build_pipeline(
         [
             *([OptimizePass(context)] if context.optimize else []),
             OrtLoadablePass(context),
-            *([RangeRunPass(context, range_overrides)] if range_overrides is not None else []),
+            *(
+                [RangeRunPass(context, range_overrides, None if context.optimize else loaded)]
+                if range_overrides is not None
+                else []
+            ),
             InferTypesPass(context),
             AssignPrecisionPass(context, plan),
             ApplyPrecisionPass(context, plan, names),

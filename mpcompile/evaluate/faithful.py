@@ -37,6 +37,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common
 
 from mpcompile.evaluate.ort_session import (
+    APART_LOCATION,
     ModelLike,
     make_session,
     proto_apart,
@@ -158,6 +159,54 @@ def serialize_reference(model: ir.Model) -> SessionProto | None:
         proto, weights = proto_apart(model)
     proto.ir_version = model_io.output_ir_version(model)  # what the installed ORT loads
     return SessionProto(proto, weights)
+
+
+def reference_from_loaded(model: ir.Model, loaded: onnx.ModelProto) -> SessionProto | None:
+    """``serialize_reference``'s result taken from ``loaded``, the protobuf ``model`` was
+    deserialized from (``model_io.load_model``'s, types inferred), instead of serializing the IR
+    again: on 26k nodes that serialization is most of the range run's own cost. ``loaded`` is
+    edited (its external and mapped weights become in-memory stand-ins); ``model`` is not.
+
+    None (the caller serializes instead) where ``serialize_reference`` gives None, or where the
+    main graphs' nodes differ by name or op type: only a pass that renames nodes or rewrites the
+    graph makes them differ, and then the IR is what to evaluate."""
+    graph = loaded.graph
+    nodes = list(model.graph)
+    if (
+        model.functions
+        or len(graph.node) != len(nodes)
+        or len(graph.output) != len(model.graph.outputs)
+        or any(value.name and value.type is None for node in nodes for value in node.outputs)
+        or any(
+            (node.name, node.op_type) != (source.name, source.op_type)
+            for node, source in zip(nodes, graph.node, strict=True)
+        )
+    ):
+        return None
+    if any(  # weights of subgraphs in data files: read as serialize_reference reads them
+        isinstance(value.const_value, ir.ExternalTensor)
+        for subgraph in model_graphs(model)[1:]
+        for value in subgraph.initializers.values()
+    ):
+        return None
+    initializers = model.graph.initializers
+    apart = [tensor for tensor in graph.initializer if tensor.data_location == onnx.TensorProto.EXTERNAL]
+    if any(
+        initializers.get(tensor.name) is None or initializers[tensor.name].const_value is None
+        for tensor in apart
+    ):
+        return None
+    maps: dict[tuple[str, str], mmap.mmap | None] = {}
+    weights: dict[str, np.ndarray] = {}
+    for tensor_proto in apart:
+        tensor = initializers[tensor_proto.name].const_value
+        array = _mapped_view(tensor, maps) if isinstance(tensor, ir.ExternalTensor) else None
+        weights[tensor_proto.name] = array if array is not None else tensor.numpy()
+        del tensor_proto.external_data[:]
+        for key, entry in (("location", APART_LOCATION), ("offset", "0"), ("length", str(tensor.nbytes))):
+            tensor_proto.external_data.add(key=key, value=entry)
+    loaded.ir_version = model_io.output_ir_version(model)
+    return SessionProto(loaded, weights)
 
 
 @contextlib.contextmanager

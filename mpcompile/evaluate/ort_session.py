@@ -52,7 +52,7 @@ def serialize_for_session(model: ir.Model) -> bytes:
 
 # Weights at least this large go to ORT as arrays beside the serialized graph (serialize_apart).
 APART_MIN_BYTES = 1 << 16
-_APART_LOCATION = "__mpcompile_in_memory__"  # never read: ORT takes the arrays given instead
+APART_LOCATION = "__mpcompile_in_memory__"  # never read: ORT takes the arrays given instead
 _NUMPY_NATIVE = frozenset(
     {
         ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.INT8, ir.DataType.INT16,
@@ -85,7 +85,7 @@ def proto_apart(model: ir.Model) -> tuple[onnx.ModelProto, dict[str, Any]]:
             continue
         apart[value.name] = tensor.numpy()
         placeholders[value] = ir.ExternalTensor(
-            _APART_LOCATION, 0, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=value.name
+            APART_LOCATION, 0, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=value.name
         )
     with tensors_swapped(placeholders):
         return ir.to_proto(model), apart

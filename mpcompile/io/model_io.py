@@ -60,9 +60,18 @@ def load_model(path: str | os.PathLike, *, infer_types: bool = False, check_link
     graphs of many nodes. ``check_links=False`` leaves ``refuse_hard_linked_data`` to the caller
     (``convert_file`` first refuses outputs that are inputs, hard links included).
     """
+    return load_model_and_proto(path, infer_types=infer_types, check_links=check_links)[0]
+
+
+def load_model_and_proto(
+    path: str | os.PathLike, *, infer_types: bool = False, check_links: bool = True
+) -> tuple[ir.Model, onnx.ModelProto]:
+    """``load_model``, and the protobuf the model was deserialized from (types inferred when
+    asked, embedded weights mapped as external data of the model file): what the range run
+    evaluates instead of serializing the IR again (``faithful.reference_from_loaded``)."""
     path = pathlib.Path(path).absolute()  # external data resolves against this (primer P1)
     proto = _parse_model_file(path)
-    return model_from_proto(
+    return _model_and_proto(
         proto, path.parent, infer_types=infer_types, model_file=path, check_links=check_links
     )
 
@@ -142,6 +151,20 @@ def model_from_proto(
     ``base_dir``, which it may not leave), its structure (``mpcompile.io.structure``) and its opsets.
     ``model_file`` is the file ``proto`` was read from, if any; the model records the files it
     reads (``input_files``)."""
+    return _model_and_proto(
+        proto, base_dir, infer_types=infer_types, model_file=model_file, check_links=check_links
+    )[0]
+
+
+def _model_and_proto(
+    proto: onnx.ModelProto,
+    base_dir: pathlib.Path,
+    *,
+    infer_types: bool,
+    model_file: pathlib.Path | None,
+    check_links: bool,
+) -> tuple[ir.Model, onnx.ModelProto]:
+    """``model_from_proto``, and the protobuf it deserialized (``proto`` or its inferred copy)."""
     data_files = check_external_data(proto, base_dir)  # first: it guards what may be opened
     if check_links:
         refuse_hard_linked_data(data_files, model_file.resolve() if model_file is not None else None)
@@ -162,7 +185,7 @@ def model_from_proto(
     own = {model_file.resolve()} if model_file is not None else set()
     model.meta[INPUT_FILES_KEY] = tuple(str(p) for p in [*own, *sorted(data_files - own)])
     model.meta[INPUT_EXTERNAL_DATA_KEY] = bool(data_files - own)
-    return model
+    return model, proto
 
 
 def input_files(model: ir.Model) -> tuple[pathlib.Path, ...]:

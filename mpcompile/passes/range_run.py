@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from types import SimpleNamespace
 
+import onnx
 import onnx_ir as ir
 
 from mpcompile import errors
@@ -66,13 +67,33 @@ class RangeRun:
     findings: dict[str, RangeFinding] = dataclasses.field(default_factory=dict)  # what decided them
 
 
+@dataclasses.dataclass
+class LoadedProto:
+    """The protobuf a model was deserialized from (``model_io.load_model_and_proto``), held for
+    the range run, which takes it (so it is freed after) and evaluates it instead of
+    serializing the IR again when the graph is still the loaded one."""
+
+    proto: onnx.ModelProto | None
+
+    def take(self) -> onnx.ModelProto | None:
+        proto, self.proto = self.proto, None
+        return proto
+
+
 def range_run(
-    model: ir.Model, low: LowPrecisionFormat, low_nodes: Callable[[], Collection[str]], *, seed: int = 0
+    model: ir.Model,
+    low: LowPrecisionFormat,
+    low_nodes: Callable[[], Collection[str]],
+    *,
+    seed: int = 0,
+    loaded: LoadedProto | None = None,
 ) -> RangeRun:
     """Run ``model`` (FP32, not modified) once on generated inputs and keep FP32 the nodes of
     ``low_nodes()`` (the static conversion's low-precision main-graph nodes) that the range rules
     find unsafe; see the module docstring for when it is skipped. ``low_nodes`` is called only
-    when the rules find something (``measured_findings``): most models have nothing to keep."""
+    when the rules find something (``measured_findings``): most models have nothing to keep.
+    ``loaded``: the protobuf ``model`` was loaded from, taken and evaluated where it still
+    describes the model (``faithful.reference_from_loaded``)."""
     if not range_propagation.needed(low):
         return RangeRun()
     started = time.perf_counter()
@@ -86,7 +107,7 @@ def range_run(
             "(memory); --auto measures ranges on any size"
         )
     try:
-        values, label = _reference_values(model, seed)
+        values, label = _reference_values(model, seed, loaded)
     except Exception as exc:  # the static rules decide instead: never an error
         return RangeRun(note=f"range run skipped (static rules only): {_first_line(exc)}")
     kept = measured_findings(model, values, low)
@@ -124,12 +145,22 @@ class RangeRunPass(ConversionPass):
     fills ``overrides`` (which the context's ``node_overrides`` reads after the caller's own)
     with the nodes it keeps FP32, and adds its note."""
 
-    def __init__(self, context: ConversionContext, overrides: dict[str, Decision]):
+    def __init__(
+        self,
+        context: ConversionContext,
+        overrides: dict[str, Decision],
+        loaded: LoadedProto | None = None,
+    ):
         super().__init__(context)
         self.overrides = overrides
+        self.loaded = loaded
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        run = range_run(model, self.context.low, lambda: static_low_nodes(model, self.context))
+        run = range_run(
+            model, self.context.low, lambda: static_low_nodes(model, self.context), loaded=self.loaded
+        )
+        if self.loaded is not None:
+            self.loaded.take()  # a run skipped left it: freed before the passes that follow
         if run.note:
             self.context.notes.append(run.note)
         self.overrides.update(run.decisions)
@@ -200,18 +231,23 @@ def _additive_masks(
     return masks
 
 
-def _reference_values(model: ir.Model, seed: int) -> tuple[dict[str, list], str]:
+def _reference_values(
+    model: ir.Model, seed: int, loaded: LoadedProto | None = None
+) -> tuple[dict[str, list], str]:
     """Every main-graph value of one FP32 run on generated inputs (one batch), and the inputs' label."""
     from mpcompile.evaluate import implied_sizes, memory_limit
     from mpcompile.evaluate import inputs as inputs_module
     from mpcompile.evaluate.accepted_inputs import run_accepting_inputs
-    from mpcompile.evaluate.faithful import ReferenceSession, serialize_reference
+    from mpcompile.evaluate.faithful import ReferenceSession, reference_from_loaded, serialize_reference
     from mpcompile.evaluate.run_memory import run_bytes
 
     dims, why = implied_sizes.deployment_image_dims(model, inputs_module.model_inputs(model))
     specs = inputs_module.input_specs(model, None, dims=dims)
     # Serialized once for the estimate and the session: no private copy, no shape inference again.
-    serialized = serialize_reference(model)
+    proto = loaded.take() if loaded is not None else None  # the session's now: freed with it
+    serialized = reference_from_loaded(model, proto) if proto is not None else None
+    del proto
+    serialized = serialized or serialize_reference(model)
     if memory_limit.memory_limit() is not None:  # every intermediate is kept: checked before generating
         needed = run_bytes(
             model, {spec.name: spec.shape for spec in specs}, proto=serialized.proto if serialized else None
