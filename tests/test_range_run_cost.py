@@ -266,3 +266,19 @@ def test_convert_file_evaluates_the_loaded_proto(tmp_path, monkeypatch):
     assert onnx.load(tmp_path / "out.onnx").SerializeToString() == in_memory.model.SerializeToString()
     mpcompile.convert_file(path, tmp_path / "optimized.onnx", optimize="basic")
     assert len(serializations) >= 2
+
+
+def test_the_range_run_session_does_not_spin(monkeypatch):
+    """Run once: ORT's worker threads sleep between kernels rather than spin (CPU time burnt)."""
+    sessions = []
+    make = faithful.make_session
+
+    def recorded(*args, **kwargs):
+        sessions.append(make(*args, **kwargs))
+        return sessions[-1]
+
+    monkeypatch.setattr(faithful, "make_session", recorded)
+    range_run.range_run(_loaded(linear_attention()), low_precision_format("fp16"), lambda: ())
+    (session,) = sessions
+    options = session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -108,7 +108,8 @@ class ReferenceSession:
     ``serialized``: ``model`` (an ``ir.Model``) as ``serialize_reference`` gave it; the session is
     then built from that proto (which it edits) instead of from a private copy with shapes
     inferred again (``prepared_copy``): the same values, without the copy, the inference and a
-    second serialization (the range run on 26k nodes: docs/performance.md, "Range run cost")."""
+    second serialization (the range run on 26k nodes: docs/performance.md, "Range run cost").
+    ``spin``: as ``make_session``'s (False for a session run once)."""
 
     def __init__(
         self,
@@ -117,6 +118,7 @@ class ReferenceSession:
         intermediates: Intermediates = False,
         prepack: bool = True,
         serialized: SessionProto | None = None,
+        spin: bool = True,
     ):
         if serialized is not None and isinstance(model, ir.Model):
             self.declared = {value.name: value.dtype for value in model.graph.outputs}
@@ -128,7 +130,12 @@ class ReferenceSession:
             self.declared.update(_expose_intermediates(reference, intermediates))
             session_model, weights = serialize_apart(reference)  # large weights stay arrays
         self._session = make_session(
-            session_model, ["CPUExecutionProvider"], optimize=False, prepack=prepack, initializers=weights
+            session_model,
+            ["CPUExecutionProvider"],
+            optimize=False,
+            prepack=prepack,
+            initializers=weights,
+            spin=spin,
         )
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

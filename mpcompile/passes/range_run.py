@@ -257,8 +257,8 @@ def _reference_values(
     label = inputs_module.generated_label(seed)
     if dims:
         label += f"; {', '.join(f'{name}={size}' for name, size in dims.items())} ({why})"
-    # One run: nothing to repack for.
-    session = ReferenceSession(model, intermediates=True, prepack=False, serialized=serialized)
+    # One run: nothing to repack for, and no worker thread should spin waiting for more.
+    session = ReferenceSession(model, intermediates=True, prepack=False, serialized=serialized, spin=False)
     del serialized  # the session holds what it needs
 
     def run(batches: list[dict]) -> list[dict]:
