@@ -166,7 +166,9 @@ def _size(pieces: list) -> int:
     return sum(piece.length if isinstance(piece, _DataRef) else len(piece) for piece in pieces)
 
 
-def _embedded_tensor(buffer, start: int, end: int, data_name: str) -> list | None:
+def _embedded_tensor(buffer, start: int, end: int, data_name: str, name_bytes: bytes) -> list | None:
+    if buffer.obj.find(name_bytes, start, end) < 0:  # an inline tensor: no fields to read
+        return None
     fields = list(_fields(buffer, start, end))
     entries: dict[str, str] = {}
     for number, wire_type, value_start, value_end, _ in fields:
@@ -204,6 +206,7 @@ def write_embedded(
     model is never held in memory. Raises ``WireFormatError``, before writing anything, when not
     exactly ``expected`` main-graph initializers refer to ``data_name``."""
     buffer = memoryview(small_model)
+    name_bytes = data_name.encode()
     pieces: list = []
     embedded = 0
     for number, wire_type, value_start, value_end, field_start in _fields(buffer, 0, len(buffer)):
@@ -214,7 +217,9 @@ def write_embedded(
         kept_from = value_start  # the fields since the last embedded weight go as one run
         for g_number, g_type, g_start, g_end, g_field in _fields(buffer, value_start, value_end):
             is_initializer = g_number == GRAPH_INITIALIZER and g_type == LENGTH_DELIMITED
-            tensor = _embedded_tensor(buffer, g_start, g_end, data_name) if is_initializer else None
+            tensor = (
+                _embedded_tensor(buffer, g_start, g_end, data_name, name_bytes) if is_initializer else None
+            )
             if tensor is not None:
                 graph.append(buffer[kept_from:g_field])
                 graph.extend(_wrap(GRAPH_INITIALIZER, tensor))

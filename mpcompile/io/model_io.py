@@ -230,7 +230,7 @@ def _save_embedded(model: ir.Model, path: str) -> None:
     The bytes written are those ``ir.save`` writes for the model with its weights inline."""
     large = [
         value
-        for graph in model.graphs()
+        for graph in model_graphs(model)
         for value in graph.initializers.values()
         if value.const_value is not None and value.const_value.nbytes > EXTERNAL_DATA_THRESHOLD_BYTES
     ]
@@ -240,7 +240,7 @@ def _save_embedded(model: ir.Model, path: str) -> None:
         return
     small_external = [
         value
-        for graph in model.graphs()
+        for graph in model_graphs(model)
         for value in graph.initializers.values()
         if isinstance(value.const_value, ir.ExternalTensor)
         and value.const_value.nbytes <= EXTERNAL_DATA_THRESHOLD_BYTES

@@ -293,10 +293,13 @@ def _check_graph(
     defined: dict[str, str] = {}  # name -> what defines it ("" + index for a node, formatted lazily)
     scopes = (defined, *outer)
 
+    def visible(name: str) -> bool:
+        return name in defined or any(name in scope for scope in outer)
+
     def define(name: str, what: str) -> None:
         if not name:
             raise _invalid(f"{_what(graph, what)}{where} has an empty name")
-        previous = next((scope[name] for scope in scopes if name in scope), None)
+        previous = defined.get(name) or next((scope[name] for scope in outer if name in scope), None)
         if previous is not None:
             first, second = _what(graph, previous), _what(graph, what)
             raise _invalid(f"value {name!r}{where} is defined twice: by {first} and by {second}")
@@ -319,7 +322,7 @@ def _check_graph(
                 f"{node.domain or 'ai.onnx'}::{node.op_type}, which no local function defines"
             )
         for name in inputs:
-            if name and not any(name in scope for scope in scopes):
+            if name and not visible(name):
                 raise _read_error(graph, index, name, where)
         for attribute in node.attribute:
             _check_attribute(graph, index, attribute, scopes, where, opsets, functions)
@@ -327,12 +330,14 @@ def _check_graph(
             if name:
                 define(name, f"\0{index}")
     outputs = graph.output if isinstance(graph, onnx.FunctionProto) else [info.name for info in graph.output]
+    listed: set[str] = set()
     for position, name in enumerate(outputs):
         if not name:
             raise _invalid(f"graph output #{position}{where} has an empty name")
-        if name in outputs[:position]:
+        if name in listed:
             raise _invalid(f"graph output {name!r}{where} is listed twice")
-        if not any(name in scope for scope in scopes):
+        listed.add(name)
+        if not visible(name):
             raise _invalid(f"graph output {name!r}{where} is not produced by any node, input or initializer")
     if isinstance(graph, onnx.GraphProto):
         for info in graph.output:
