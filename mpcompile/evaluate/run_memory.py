@@ -146,7 +146,7 @@ def _initializers_as_inputs(model: ir.Model, graph: onnx.GraphProto) -> None:
     for value in model.graph.initializers.values():
         tensor = value.const_value
         if value.name not in listed:
-            graph.input.append(_input_info(value, serialized.get(value.name)))
+            _add_input_info(graph, value, serialized.get(value.name))
         if tensor is None or tensor.nbytes > LARGE_TENSOR_BYTES:
             dropped.add(value.name)
     if dropped:
@@ -155,8 +155,8 @@ def _initializers_as_inputs(model: ir.Model, graph: onnx.GraphProto) -> None:
         graph.initializer.extend(kept)
 
 
-def _input_info(value: ir.Value, serialized: onnx.TensorProto | None) -> onnx.ValueInfoProto:
-    """An initializer as a typed input: its value's type and shape, else its tensor's."""
+def _add_input_info(graph: onnx.GraphProto, value: ir.Value, serialized: onnx.TensorProto | None) -> None:
+    """An initializer as a typed input of ``graph``: its value's type and shape, else its tensor's."""
     tensor = value.const_value
     shape = value.shape if value.shape is not None or tensor is None else tensor.shape
     dtype = value.dtype if value.dtype is not None or tensor is None else tensor.dtype
@@ -166,20 +166,20 @@ def _input_info(value: ir.Value, serialized: onnx.TensorProto | None) -> onnx.Va
         and shape is not None
         and int(dtype) == serialized.data_type
         and tuple(shape) == tuple(serialized.dims)
-    ):  # written from the serialized tensor: the same ValueInfo, without the IR's per-dim work
-        info = onnx.ValueInfoProto(name=value.name)
-        info.type.tensor_type.elem_type = serialized.data_type
-        info.type.tensor_type.shape.SetInParent()
-        info.type.tensor_type.shape.dim.extend(
-            onnx.TensorShapeProto.Dimension(dim_value=dim) for dim in serialized.dims
-        )
-        return info
+    ):  # written from the serialized tensor, in place: the same ValueInfo, without the IR's per-dim work
+        info = graph.input.add(name=value.name)
+        tensor_type = info.type.tensor_type
+        tensor_type.elem_type = serialized.data_type
+        tensor_type.shape.SetInParent()
+        for dim in serialized.dims:
+            tensor_type.shape.dim.add(dim_value=dim)
+        return
     typed = ir.Value(
         name=value.name,
         type=value.type if value.dtype is not None or tensor is None else ir.TensorType(tensor.dtype),
         shape=shape,
     )
-    return ir.serde.serialize_value(typed)
+    graph.input.append(ir.serde.serialize_value(typed))
 
 
 def _bytes(shape: tuple | None, dtype: ir.DataType | None) -> int:
