@@ -109,11 +109,15 @@ def _run_bytes_as_before(model: ir.Model, input_shapes) -> int:
 
 def _external_data_model(tmp_path) -> ir.Model:
     """bert_encoder saved with every initializer of 100 bytes or more in a data file (mapped)."""
+    return model_io.load_model(_save_external(tmp_path), infer_types=True)
+
+
+def _save_external(tmp_path) -> pathlib.Path:
     path = tmp_path / "external.onnx"
     onnx.save(
         models.ZOO["bert_encoder"](), path, save_as_external_data=True, size_threshold=100, location="w.data"
     )
-    return model_io.load_model(path, infer_types=True)
+    return path
 
 
 def _models(tmp_path) -> list[tuple[str, ir.Model]]:
@@ -142,6 +146,13 @@ def test_the_memory_estimate_is_as_before_and_shares_the_serialization(tmp_path)
         assert ir.to_proto(model).SerializeToString() == before, f"{name}: the model was modified"
 
 
+def _assert_same_values(got: dict, want: dict, name: str) -> None:
+    assert list(got) == list(want), name
+    for key, array in want.items():
+        assert got[key].dtype == array.dtype, (name, key)
+        np.testing.assert_array_equal(got[key], array, err_msg=f"{name}: {key}")
+
+
 def test_a_session_from_the_shared_serialization_gives_what_a_private_copy_gives(tmp_path):
     for name, model in _models(tmp_path):
         before = ir.to_proto(model).SerializeToString()
@@ -151,10 +162,7 @@ def test_a_session_from_the_shared_serialization_gives_what_a_private_copy_gives
         got = faithful.ReferenceSession(model, intermediates=True, prepack=False, serialized=serialized).run(
             feeds
         )
-        assert list(got) == list(want), name
-        for key, array in want.items():
-            assert got[key].dtype == array.dtype, (name, key)
-            np.testing.assert_array_equal(got[key], array, err_msg=f"{name}: {key}")
+        _assert_same_values(got, want, name)
         assert ir.to_proto(model).SerializeToString() == before, f"{name}: the model was modified"
 
 
@@ -189,15 +197,7 @@ def _saved_models(tmp_path) -> list[tuple[str, pathlib.Path]]:
         path = tmp_path / f"{name}.onnx"
         onnx.save(proto, path)
         paths.append((name, path))
-    external = tmp_path / "external.onnx"
-    onnx.save(
-        models.ZOO["bert_encoder"](),
-        external,
-        save_as_external_data=True,
-        size_threshold=100,
-        location="w.data",
-    )
-    return [*paths, ("external", external)]
+    return [*paths, ("external", _save_external(tmp_path))]
 
 
 @pytest.mark.parametrize("mapped", [False, True], ids=["parsed", "mapped"])
@@ -225,10 +225,7 @@ def test_a_session_from_the_loaded_proto_gives_what_the_serialized_ir_gives(tmp_
         got = faithful.ReferenceSession(model, intermediates=True, prepack=False, serialized=loaded).run(
             feeds
         )
-        assert list(got) == list(want), name
-        for key, array in want.items():
-            assert got[key].dtype == array.dtype, (name, key)
-            np.testing.assert_array_equal(got[key], array, err_msg=f"{name}: {key}")
+        _assert_same_values(got, want, name)
         assert ir.to_proto(model).SerializeToString() == before, f"{name}: the model was modified"
     assert weighed[-1] and any(weighed[:-1]) == mapped  # the data file's weights; embedded ones when mapped
 
