@@ -279,3 +279,18 @@ def test_the_range_run_session_does_not_spin(monkeypatch):
     (session,) = sessions
     options = session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_converting_a_file_in_place_evaluates_its_weights_read_before_the_overwrite(tmp_path, monkeypatch):
+    """``--overwrite`` of the input itself: the weights are read into memory before the file is
+    replaced, and the loaded proto's session reads those (not the mapped file)."""
+    monkeypatch.setattr(model_io, "MAPPED_LOAD_MIN_BYTES", 0)  # weights mapped from the input
+    monkeypatch.setattr(faithful, "serialize_reference", None)  # the IR is not serialized again
+    path = tmp_path / "linear_attention.onnx"
+    onnx.save(linear_attention(), path)
+    result = mpcompile.convert_file(path, path, overwrite=True)
+    monkeypatch.undo()
+    assert {"q_kv", "q_ksum"} <= set(result.summary()["range_measured"])
+    assert (
+        onnx.load(path).SerializeToString() == mpcompile.convert(linear_attention()).model.SerializeToString()
+    )
