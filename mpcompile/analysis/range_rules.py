@@ -74,6 +74,14 @@ REDUCE_OPS = frozenset(
 AXIS_OPS = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
 NORMALIZED_TAIL_OPS = frozenset({"LayerNormalization", "RMSNormalization"})
 SPATIAL_OPS = frozenset({"InstanceNormalization", "GroupNormalization", "GlobalAveragePool", "GlobalLpPool"})
+# Every op ``reduction_depth`` measures: any other is no reduction.
+DEPTH_OPS = (
+    REDUCE_OPS
+    | AXIS_OPS
+    | NORMALIZED_TAIL_OPS
+    | SPATIAL_OPS
+    | {"LpNormalization", "MeanVarianceNormalization", "LpPool", "LRN", "CumSum"}
+)
 # Ops whose kernels accumulate a sum that is none of their outputs (see ``accumulator_max``).
 ACCUMULATOR_OPS = frozenset(
     {"ReduceMean", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "LpNormalization", "LpPool", "GlobalLpPool"}
@@ -350,9 +358,9 @@ def _add_cancellation_inputs(
 
 def reduction_depth(node: ir.Node, values: Mapping[str, Sequence[np.ndarray]], opset: int) -> int | None:
     """Elements reduced into each output element, from the reference run's shapes; None if not a reduction."""
-    if node.domain not in ("", "ai.onnx") or not node.inputs or node.inputs[0] is None:
-        return None
     op = node.op_type
+    if op not in DEPTH_OPS or node.domain not in ("", "ai.onnx") or not node.inputs or node.inputs[0] is None:
+        return None
     data = _shape(node.inputs[0], values)
     if data is None:
         return None
