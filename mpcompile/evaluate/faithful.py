@@ -170,7 +170,7 @@ def serialize_reference(model: ir.Model) -> SessionProto | None:
 
 def reference_from_loaded(model: ir.Model, loaded: onnx.ModelProto) -> SessionProto | None:
     """``serialize_reference``'s result taken from ``loaded``, the protobuf ``model`` was
-    deserialized from (``model_io.load_model``'s, types inferred), instead of serializing the IR
+    deserialized from (``model_io.load_model_and_proto``'s, types inferred), instead of serializing the IR
     again: on 26k nodes that serialization is most of the range run's own cost. ``loaded`` is
     edited (its external and mapped weights become in-memory stand-ins); ``model`` is not.
 
