@@ -294,3 +294,49 @@ def test_converting_a_file_in_place_evaluates_its_weights_read_before_the_overwr
     assert (
         onnx.load(path).SerializeToString() == mpcompile.convert(linear_attention()).model.SerializeToString()
     )
+
+
+def _branch_with_a_weight() -> onnx.ModelProto:
+    """An If whose then-branch holds its own weight (saved in the data file with the rest)."""
+    then = helper.make_graph(
+        [helper.make_node("Add", ["h", "w_then"], ["y_then"], name="then_add")],
+        "then",
+        [],
+        [value_info("y_then", [2, 16])],
+        [numpy_helper.from_array(np.full((16,), 0.5, np.float32), "w_then")],
+    )
+    otherwise = helper.make_graph(
+        [helper.make_node("Identity", ["h"], ["y_else"], name="else_identity")],
+        "else",
+        [],
+        [value_info("y_else", [2, 16])],
+    )
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="project"),
+        helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then, else_branch=otherwise),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "branch_with_a_weight",
+        [value_info("x", [2, 16]), value_info("cond", [], onnx.TensorProto.BOOL)],
+        [value_info("y", [2, 16])],
+        [numpy_helper.from_array(np.eye(16, dtype=np.float32), "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_weights_of_subgraphs_in_a_data_file_are_read_from_the_ir(tmp_path):
+    """A subgraph's weight in a data file: the loaded proto is not evaluated (the IR is
+    serialized with its weights read, as before), and the range run still runs."""
+    path = tmp_path / "branch.onnx"
+    onnx.save(_branch_with_a_weight(), path, save_as_external_data=True, size_threshold=0, location="w.data")
+    model, proto = model_io.load_model_and_proto(path, infer_types=True)
+    then_branch = (
+        next(node for node in model.graph if node.op_type == "If").attributes["then_branch"].as_graph()
+    )
+    assert isinstance(then_branch.initializers["w_then"].const_value, ir.ExternalTensor)
+    assert faithful.reference_from_loaded(model, proto) is None
+    run = range_run.range_run(
+        model, low_precision_format("fp16"), lambda: (), loaded=range_run.LoadedProto(proto)
+    )
+    assert run.note == "" and run.seconds > 0
