@@ -158,9 +158,7 @@ def serialize_reference(model: ir.Model) -> SessionProto | None:
     are exposed).
 
     External weights are read into memory as ``prepared_copy`` does."""
-    if model.functions or any(
-        value.name and value.type is None for node in model.graph for value in node.outputs
-    ):
+    if _only_a_private_copy_evaluates(model):
         return None
     with _external_weights_in_memory(model):
         proto, weights = proto_apart(model)
@@ -170,9 +168,10 @@ def serialize_reference(model: ir.Model) -> SessionProto | None:
 
 def reference_from_loaded(model: ir.Model, loaded: onnx.ModelProto) -> SessionProto | None:
     """``serialize_reference``'s result taken from ``loaded``, the protobuf ``model`` was
-    deserialized from (``model_io.load_model_and_proto``'s, types inferred), instead of serializing the IR
-    again: on 26k nodes that serialization is most of the range run's own cost. ``loaded`` is
-    edited (its external and mapped weights become in-memory stand-ins); ``model`` is not.
+    deserialized from (``model_io.load_model_and_proto``'s, types inferred), instead of
+    serializing the IR again: on 26k nodes that serialization is most of the range run's own
+    cost. ``loaded`` is edited (its external and mapped weights become in-memory stand-ins);
+    ``model`` is not.
 
     None (the caller serializes instead) where ``serialize_reference`` gives None, or where the
     main graphs' nodes differ by name or op type: only a pass that renames nodes or rewrites the
@@ -180,10 +179,9 @@ def reference_from_loaded(model: ir.Model, loaded: onnx.ModelProto) -> SessionPr
     graph = loaded.graph
     nodes = list(model.graph)
     if (
-        model.functions
+        _only_a_private_copy_evaluates(model)
         or len(graph.node) != len(nodes)
         or len(graph.output) != len(model.graph.outputs)
-        or any(value.name and value.type is None for node in nodes for value in node.outputs)
         or any(
             (node.name, node.op_type) != (source.name, source.op_type)
             for node, source in zip(nodes, graph.node, strict=True)
@@ -214,6 +212,14 @@ def reference_from_loaded(model: ir.Model, loaded: onnx.ModelProto) -> SessionPr
             tensor_proto.external_data.add(key=key, value=entry)
     loaded.ir_version = model_io.output_ir_version(model)
     return SessionProto(loaded, weights)
+
+
+def _only_a_private_copy_evaluates(model: ir.Model) -> bool:
+    """Local functions (``prepared_copy`` inlines them), or a named main-graph value without a
+    type (shape inference there may type it, and only typed values are exposed)."""
+    return bool(model.functions) or any(
+        value.name and value.type is None for node in model.graph for value in node.outputs
+    )
 
 
 @contextlib.contextmanager
