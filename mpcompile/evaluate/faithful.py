@@ -233,7 +233,7 @@ def _external_weights_in_memory(model: ir.Model) -> Iterator[None]:
     held 3.3 GB resident (the 768-layer encoder); nor copies, which cost time."""
     in_memory: dict[ir.Value, ir.TensorProtocol] = {}
     maps: dict[tuple[str, str], mmap.mmap | None] = {}
-    for graph in model.graphs():
+    for graph in model_graphs(model):
         for value in graph.initializers.values():
             tensor = value.const_value
             if not isinstance(tensor, ir.ExternalTensor):
