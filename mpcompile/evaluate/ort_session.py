@@ -129,7 +129,8 @@ def make_session(
     switchboard, 0.4 s without), and a model run a few times gains nothing from it.
 
     ``spin=False``: ORT's worker threads sleep between kernels instead of spinning; for a
-    session run once (the range run), spinning only burns CPU (0.5 s of 1.3 s on 26k nodes).
+    session run once (the range run), spinning only burns CPU (about 1 s of user CPU in a
+    26k-node conversion: docs/performance.md, "Evening").
 
     ORT logs nothing below ``log_severity`` (4: fatal only), neither the session (its runs
     included) nor ORT's default logger while the session is created: a failure is reported

@@ -1,0 +1,37 @@
+"""tools/bench/range_run_parts.py on a small model: every part timed, ORT's phases read."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+from test_range_run import linear_attention
+
+pytest.importorskip("onnxruntime", reason="the range run needs onnxruntime")
+
+SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "bench" / "range_run_parts.py"
+PARTS = ("serialize_reference", "reference_from_loaded", "run_bytes", "expose", "session", "run", "findings")
+
+
+@pytest.fixture(scope="module")
+def parts_script():
+    spec = importlib.util.spec_from_file_location("range_run_parts", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["range_run_parts"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_part_is_timed_and_the_findings_counted(parts_script, tmp_path, capsys):
+    path = tmp_path / "linear_attention.onnx"
+    onnx.save(linear_attention(), path)
+    assert parts_script.main([str(path), "--ort-log"]) == 0
+    parts, phases = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert all(parts[name] >= 0 for name in PARTS)
+    assert parts["findings_count"] >= 2  # q_kv and q_ksum overflow FP16 (test_range_run)
+    ort_phases = phases["ort_session_phases"]
+    assert ort_phases["total"] > 0 and "initializers" in ort_phases

@@ -1,0 +1,134 @@
+"""Where plain convert's range run spends its time on one model, part by part.
+
+    python tools/bench/range_run_parts.py MODEL.onnx [--repeat N] [--ort-log]
+
+Loads the model as ``convert_file`` does, then times each part of the range run
+(``passes/range_run.py``) alone, in wall seconds, in the order the run does them:
+
+- ``reference_from_loaded``: the session's proto, taken from the loaded protobuf;
+- ``serialize_reference``: the same, serialized from the IR (the fallback; for comparison);
+- ``run_bytes``: the memory estimate;
+- ``expose``: every intermediate appended to the proto's outputs (``_expose_in_proto``);
+- ``session``: ONNX Runtime creating the session (optimizations off, no prepacking, no spinning);
+- ``run``: one run on the generated inputs;
+- ``findings``: the range rules over every value (``measured_findings``).
+
+``--ort-log`` also prints ONNX Runtime's own phases of one session creation (from its verbose
+log's timestamps), on the model file as it is. Prints one JSON line per repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import re
+import sys
+import time
+
+ORT_PHASES = (  # (label, the log line that ends the phase)
+    ("parse and build the graph", "Initializing session."),
+    ("required transformers", "MemcpyTransformer"),
+    ("placement and value index", "Done saving OrtValue mappings."),
+    ("allocation plan", "Saving initialized tensors."),
+    ("initializers", "Done saving initialized tensors"),
+    ("kernels and the rest", "Session successfully initialized."),
+)
+
+
+def time_parts(path: str) -> dict[str, float]:
+    from mpcompile.core.precision import low_precision_format
+    from mpcompile.evaluate import faithful, ort_session, run_memory
+    from mpcompile.evaluate import inputs as inputs_module
+    from mpcompile.io import model_io
+    from mpcompile.passes import range_run
+
+    parts: dict[str, float] = {}
+
+    def timed(name, function, *args, **kwargs):
+        start = time.perf_counter()
+        result = function(*args, **kwargs)
+        parts[name] = round(time.perf_counter() - start, 3)
+        return result
+
+    model, proto = model_io.load_model_and_proto(path, infer_types=True)
+    timed("serialize_reference", faithful.serialize_reference, model)
+    serialized = timed("reference_from_loaded", faithful.reference_from_loaded, model, proto)
+    if serialized is None:
+        sys.exit(f"{path}: the loaded proto does not describe the model; the range run serializes the IR")
+    specs = inputs_module.input_specs(model, None)
+    timed(
+        "run_bytes",
+        run_memory.run_bytes,
+        model,
+        {spec.name: spec.shape for spec in specs},
+        proto=serialized.proto,
+    )
+    declared = timed("expose", faithful._expose_in_proto, model, serialized.proto, True)
+    session_bytes = serialized.proto.SerializeToString()
+    session = timed(
+        "session",
+        ort_session.make_session,
+        session_bytes,
+        ["CPUExecutionProvider"],
+        optimize=False,
+        prepack=False,
+        initializers=serialized.weights,
+        spin=False,
+    )
+    feeds = inputs_module.cast_feeds(model, inputs_module.generate_from_specs(specs, seed=0))
+    outputs = timed("run", faithful._run_session, session, feeds, declared, widen_inputs=False)
+    values = {name: [array] for name, array in [*feeds.items(), *outputs.items()]}
+    findings = timed("findings", range_run.measured_findings, model, values, low_precision_format("fp16"))
+    parts["findings_count"] = len(findings)
+    return parts
+
+
+def ort_phases(path: str) -> dict[str, float]:
+    """ONNX Runtime's phases of one session creation, in seconds, from its verbose log."""
+    import subprocess
+
+    child = (
+        "import onnxruntime as ort, sys\n"
+        "o = ort.SessionOptions(); o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL\n"
+        "o.log_severity_level = 0; o.log_verbosity_level = 0\n"
+        "ort.InferenceSession(sys.argv[1], o, providers=['CPUExecutionProvider'])\n"
+    )
+    log = subprocess.run(
+        [sys.executable, "-c", child, path], capture_output=True, text=True, check=True
+    ).stderr
+    stamps = []
+    for line in log.splitlines():
+        match = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)", line)
+        if match:
+            stamps.append((datetime.datetime.fromisoformat(match.group(1)[:26]), line))
+    if not stamps:
+        return {}
+    phases, previous = {}, stamps[0][0]
+    for label, marker in ORT_PHASES:
+        ends = [stamp for stamp, line in stamps if marker in line and stamp >= previous]
+        if ends:
+            phases[label] = round((ends[0] - previous).total_seconds(), 3)
+            previous = ends[0]
+    phases["total"] = round((previous - stamps[0][0]).total_seconds(), 3)
+    return phases
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model")
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--ort-log", action="store_true", help="also ONNX Runtime's own session phases")
+    args = parser.parse_args(argv)
+    gc.disable()  # as in a conversion (compiler.gc_pause)
+    for _ in range(args.repeat):
+        print(json.dumps(time_parts(args.model)), flush=True)
+        gc.collect()
+    if args.ort_log:
+        print(json.dumps({"ort_session_phases": ort_phases(args.model)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
