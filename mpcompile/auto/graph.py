@@ -56,7 +56,8 @@ def producers(node: ir.Node) -> list[ir.Node]:
 
 def connected_regions(nodes: dict[str, ir.Node], low: Iterable[str]) -> list[list[str]]:
     """Connected components of the ``low`` nodes (edges: one feeds the other), in graph order."""
-    low_names = [name for name in nodes if name in set(low)]
+    wanted = set(low)
+    low_names = [name for name in nodes if name in wanted]
     low_set = set(low_names)
     parent = {name: name for name in low_names}
 

@@ -241,7 +241,7 @@ class Search:
         # order errors add up, they do not cancel): all of them go FP32 in one step, and stay.
         necessary = [item for item in items if (item.exact or 0.0) > self.relative_budget]
         self.necessary = frozenset(item.node for item in necessary)
-        items = [item for item in items if item not in necessary]
+        items = [item for item in items if item.node not in self.necessary]  # by name: linear
         base = self.range_blocked | {m for item in necessary for m in item.members}
         if necessary:
             probe = self._try(
@@ -281,7 +281,8 @@ class Search:
         # Phase "nodes": within each chosen region, the fewest blame items.
         chosen: list[BlameItem] = list(necessary)
         for index, region in enumerate(chosen_regions):
-            region_items = [item for item in items if item.node in set(region)]
+            members = set(region)
+            region_items = [item for item in items if item.node in members]
             others = set().union(*chosen_regions[index + 1 :])
 
             def nodes_candidate(k: int, region_items=region_items, others=others) -> frozenset[str]:
@@ -310,9 +311,10 @@ class Search:
     ) -> SearchOutcome:
         """Phase "prune" (give low precision back to kept items that do not need FP32, the
         ``necessary`` ones excepted), then the answer."""
+        needed = {item.node for item in necessary}  # by name: a list's `in` compares dataclasses
         if not self.exhausted:
             for item in sorted(chosen, key=lambda item: -self._item_flops(item)):
-                if self._item_flops(item) == 0 or item in necessary:
+                if self._item_flops(item) == 0 or item.node in needed:
                     continue
                 rest = [other for other in chosen if other is not item]
                 candidate = self.range_blocked | {m for other in rest for m in other.members}
