@@ -78,8 +78,8 @@ def test_a_switchboard_candidate_copies_the_model_once_and_serialises_nothing(mo
     evaluator.run_reference()
     counts = _counting(monkeypatch)
     assert evaluator.convert(frozenset()) is baseline  # cached: the initial candidate's conversion
-    low = sorted(evaluator.probe(frozenset()).low)
     assert counts["clone"] == 0
+    low = sorted(evaluator.probe(frozenset()).low)  # the first candidate on the board wires it
     before = dict(counts)
     probe = evaluator.probe(frozenset(low[:1]))
     assert probe.evaluated and probe.on_switchboard
@@ -141,10 +141,30 @@ def test_a_model_that_stays_fp32_gets_no_switchboard(monkeypatch):
     assert result.fp16_flop_share == 0.0
 
 
-@pytest.mark.parametrize("case", ["chain", "outputs", "sum"])
-def test_the_reference_session_without_a_board_gives_the_boards_values(case, monkeypatch):
-    """Without a switchboard the reference runs in a ``ReferenceSession`` built from one
-    serialisation (``serialize_reference``): the values the board's reference run gives, bit for bit."""
+def test_a_search_whose_first_candidate_passes_wires_no_switchboard(monkeypatch):
+    """The reference runs in its own FP32 session and the switchboard is wired only for a
+    second candidate: when the first passes (``auto_scale.py``'s MatMul chain), two sessions,
+    and no board, which is about five times the graph."""
+    from mpcompile.auto import switchboard
+    from mpcompile.auto.api import auto_convert
+
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1] / "tools" / "bench"))
+    from auto_scale import build
+
+    def refused(*args, **kwargs):
+        raise AssertionError("no switchboard when the first candidate passes")
+
+    monkeypatch.setattr(switchboard.Switchboard, "build", classmethod(refused))
+    result = auto_convert(build("matmul", 60))
+    assert result.passed and result.fp16_flop_share == 1.0
+    assert result.sessions == 2 and result.evaluations == 2
+
+
+@pytest.mark.parametrize("case", ["chain", "outputs", "sum", "matmul"])
+def test_the_reference_session_gives_the_boards_values(case, monkeypatch):
+    """The reference runs in a ``ReferenceSession`` built from one serialisation
+    (``serialize_reference``), the candidates on the switchboard: its values are those the
+    board's reference run gives, bit for bit, so a candidate's error is the same on either."""
     from mpcompile.auto.switchboard import Switchboard
     from mpcompile.evaluate.faithful import serialize_reference
     from mpcompile.passes.infer_types import infer_once

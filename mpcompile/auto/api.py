@@ -197,7 +197,7 @@ def auto_convert(
     baseline = evaluator.baseline()
     if baseline.already_converted:
         raise errors.AlreadyLowPrecisionError(f"{baseline.notes[-1]}; nothing to do")
-    # ONNX Runtime loads both in a child while the switchboard is wired; the first session waits.
+    # ONNX Runtime loads both in a child while the reference is serialized; the first session waits.
     probe = LoadProbe(
         {
             "the FP32 model": serialize_for_session(work),

@@ -1,11 +1,13 @@
 """Evaluations of candidate conversions: cached, counted and held to a budget.
 
 One *evaluation* is one run of a model over every batch of inputs: the FP32 reference run, or
-the FP16-faithful run of one converted candidate. The reference and every candidate after the
-first run on the switchboard (``mpcompile.auto.switchboard``): one ONNX Runtime session for all
-of them, with the results of their own sessions bit for bit. The first candidate, whose
-intermediates the sensitivity needs, and any candidate the switchboard cannot express get their
-own sessions, and an answer found on the switchboard is confirmed in its own session at the end.
+the FP16-faithful run of one converted candidate. The reference runs in its own FP32 session,
+and so does the first candidate, whose intermediates the sensitivity needs: when it passes, as
+it mostly does, the search ends there. Every later candidate runs on the switchboard
+(``mpcompile.auto.switchboard``), wired when the first of them needs it: one ONNX Runtime session
+for all of them, with the results of their own sessions bit for bit. A candidate the switchboard
+cannot express gets its own session, and an answer found on the switchboard is confirmed in its
+own session at the end.
 Conversions and their outcomes are cached by the set of nodes kept FP32, so asking again costs
 nothing. A candidate with no low-precision tensor left computes the FP32 graph exactly, and one
 that paints the same nodes low as an earlier candidate is that candidate's model: neither is run.
@@ -105,7 +107,7 @@ class Evaluator:
         self._conversions: dict[ProbeKey, ConvertResult] = {}  # convert()'s, see there
         self._static_matters: bool | None = None  # _static_differs, computed once
         self._static_share: float | None = None
-        self._reference_session = None  # kept across input retries (no switchboard)
+        self._reference_session = None  # kept across input retries, dropped once the search starts
         self._reported: set[ProbeKey] = set()
         self.on_evaluation: progress_events.ProgressCallback | None = None
         # acceptance(candidate) -> "" or why it fails beyond the outputs (a folder's generation)
@@ -127,17 +129,14 @@ class Evaluator:
         from mpcompile.evaluate.faithful import ReferenceSession, serialize_reference
 
         self._spend()
-        board = self._board()
-        if board is not None:
-            values = board.run(self.feeds, board.reference_settings(), intermediates=True)
-        else:
-            if self._reference_session is None:
-                self._session_ready()
-                self.sessions += 1
-                self._reference_session = ReferenceSession(  # from one serialization, no private copy
-                    self.model, intermediates=True, prepack=False, serialized=serialize_reference(self.model)
-                )
-            values = [self._reference_session.run(batch) for batch in self.feeds]
+        if self._reference_session is None:
+            serialized = serialize_reference(self.model)  # while the load probe may still run
+            self._session_ready()
+            self.sessions += 1
+            self._reference_session = ReferenceSession(  # from one serialization, no private copy
+                self.model, intermediates=True, prepack=False, serialized=serialized
+            )
+        values = [self._reference_session.run(batch) for batch in self.feeds]
         self.reference_outputs = [{name: batch[name] for name in self._output_names} for batch in values]
         self.report(progress_events.REFERENCE)
         return values
@@ -251,6 +250,7 @@ class Evaluator:
         cached = self._probes.get((blocked, static))
         if cached is not None and (cached.intermediates is not None or not intermediates):
             return cached
+        self._reference_session = None  # inputs change only before the search: never run again
         result = self.convert(blocked, static=static)
         low = low_precision_nodes(result.model)
         share = self.flop_share(low)
@@ -331,9 +331,10 @@ class Evaluator:
         )
 
     def _board(self) -> Switchboard | None:
-        """The switchboard, built on first use; None when off, the model has none, or its
-        conversion keeps everything FP32 (no candidate will run: the reference runs in its own
-        session, one session all the same, without wiring a switch at every value)."""
+        """The switchboard, built for the first candidate after the first (which runs in its own
+        session, as the reference does: a board is about five times the graph, and most searches
+        end with the first candidate); None when off, the model has none, or its conversion keeps
+        everything FP32 (no candidate will run)."""
         if self._use_switchboard and self._switchboard is None and not self._anything_low():
             self._use_switchboard = False
         if self._use_switchboard and self._switchboard is None:
