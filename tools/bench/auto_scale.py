@@ -2,6 +2,7 @@
 
     python tools/bench/auto_scale.py                         # every case at its default size
     python tools/bench/auto_scale.py --cases chain --size 10000 --runs 3
+    python tools/bench/auto_scale.py --cases matmul --metric rel-l2:1e-4   # a search that runs
 
 Cases (issue 23; the target is ``--auto`` <= 3x plain convert's time on each):
   chain    one input, a chain of ``size`` elementwise nodes (Add, Relu, Mul, Tanh), one output
@@ -102,21 +103,21 @@ def build(case: str, size: int):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def _child(tool: str, src: str, out: str) -> None:
+def _child(tool: str, src: str, out: str, metric: str | None = None) -> None:
     import mpcompile
     import mpcompile.auto.api  # imported before the clock starts
 
     start, cpu = time.perf_counter(), _cpu_seconds()
     if tool == "plain":
         mpcompile.convert_file(src, out, overwrite=True)
-        sessions = 0
+        sessions, share = 0, None
     else:
         from mpcompile.auto import api
 
-        result = api.auto_convert_file(src, out, overwrite=True)
-        sessions = result.sessions
+        result = api.auto_convert_file(src, out, overwrite=True, metric=metric)
+        sessions, share = result.sessions, result.fp16_flop_share
     seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
-    print(json.dumps({"seconds": seconds, "cpu": cpu, "sessions": sessions}))
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "sessions": sessions, "share": share}))
 
 
 def _cpu_seconds() -> float:
@@ -127,9 +128,11 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def _run(tool: str, src: pathlib.Path, timeout: float) -> dict:
+def _run(tool: str, src: pathlib.Path, timeout: float, metric: str | None = None) -> dict:
     out = src.with_suffix(f".{tool}.onnx")
     command = [sys.executable, __file__, "--child", tool, str(src), str(out)]
+    if metric:
+        command += ["--metric", metric]
     try:
         done = subprocess.run(
             command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, check=False
@@ -151,17 +154,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, help="override every case's size")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--metric", help="--auto's criterion (e.g. rel-l2:1e-4 makes the matmul case search)")
     parser.add_argument("--child", nargs=3, metavar=("TOOL", "SRC", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        _child(*args.child)
+        _child(*args.child, metric=args.metric)
         return 0
     import onnx
 
+    if args.metric:
+        print(f"--auto --metric {args.metric}")
     print(
-        "| case | size | plain s | --auto s | --auto / plain | plain CPU s | --auto CPU s | CPU ratio | sessions |"
+        "| case | size | plain s | --auto s | --auto / plain | plain CPU s | --auto CPU s | CPU ratio | sessions | FP16 share |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory(prefix="auto_scale_") as scratch:
         for case in args.cases:
             size = args.size or {**DEFAULT_SIZES, **EXTRA_SIZES}[case]
@@ -169,21 +175,23 @@ def main(argv: list[str] | None = None) -> int:
             onnx.save(build(case, size), src)
             times: dict[str, list[float]] = {"plain": [], "auto": []}
             cpus: dict[str, list[float]] = {"plain": [], "auto": []}
-            sessions = 0
+            sessions, share = 0, None
             for round_index in range(args.runs):
                 order = ("plain", "auto") if round_index % 2 == 0 else ("auto", "plain")
                 for tool in order:
-                    measured = _run(tool, src, args.timeout)
+                    measured = _run(tool, src, args.timeout, args.metric)
                     if "error" in measured:
                         print(f"  {case} {tool}: {measured['error']}", file=sys.stderr)
                     times[tool].append(measured["seconds"])
                     cpus[tool].append(measured["cpu"])
-                    sessions = measured.get("sessions", sessions) if tool == "auto" else sessions
+                    if tool == "auto":
+                        sessions, share = measured.get("sessions", sessions), measured.get("share", share)
             plain, auto = statistics.median(times["plain"]), statistics.median(times["auto"])
             plain_cpu, auto_cpu = statistics.median(cpus["plain"]), statistics.median(cpus["auto"])
             print(
                 f"| {case} | {size:,} | {plain:.2f} | {auto:.2f} | {auto / plain:.2f} "
-                f"| {plain_cpu:.2f} | {auto_cpu:.2f} | {auto_cpu / plain_cpu:.2f} | {sessions} |",
+                f"| {plain_cpu:.2f} | {auto_cpu:.2f} | {auto_cpu / plain_cpu:.2f} | {sessions} "
+                f"| {'' if share is None else f'{share:.2f}'} |",
                 flush=True,
             )
     return 0
