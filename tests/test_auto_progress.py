@@ -82,6 +82,26 @@ def test_one_summary_table_and_the_detail_in_json(tmp_path, capsys):
     assert len(auto["range_blocked"]) == 4 and len(auto["steps"]) == 2 and auto["warnings"] == []
 
 
+def test_no_fp32_heavy_node_no_flop_count(monkeypatch):
+    """An answer whose heavy nodes all run in low precision has no FP32 heavy FLOPs: the warning
+    neither copies nor shape-infers the model to count them; one FP32 heavy node makes it count."""
+    from mpcompile import convert
+    from mpcompile.auto import fp32_warning
+    from mpcompile.auto.criteria import make_criterion
+
+    counted = []
+    monkeypatch.setattr(fp32_warning, "heavy_flops", lambda model: counted.append(model) or None)
+    criterion = make_criterion(rtol=1e-2, atol=1e-2)
+    low = convert(vit_224()).model
+    assert fp32_warning.fp32_heavy_warning(low, criterion, budget_spent=False) is None
+    assert counted == []
+    heavy = next(node.name for node in vit_224().graph if node.op_type in ("MatMul", "Gemm", "Conv"))
+    kept = convert(vit_224(), block_nodes=[f"^{heavy}$"]).model
+    with pytest.raises(AttributeError):  # counted: the stand-in's None has no FLOPs
+        fp32_warning.fp32_heavy_warning(kept, criterion, budget_spent=False)
+    assert len(counted) == 1
+
+
 def test_warning_when_most_heavy_flops_stay_fp32(tmp_path, capsys):
     source = tmp_path / "vit.onnx"
     onnx.save(ir.to_proto(vit_224()), source)

@@ -70,12 +70,30 @@ def _heavy_nodes(model: ir.Model) -> Iterator[tuple[str, int | None, str]]:
     infer_shapes(work)
     for graph in model_graphs(work):
         for node in graph:
-            if (node.domain if node.domain != "ai.onnx" else "", node.op_type) not in flops_mod.HEAVY_OPS:
+            if not is_heavy(node):
                 continue
             decision = read_decision(node)
-            precision = decision.precision.value if decision is not None else derive_precision(node)
             count, _method = flops_mod.estimate_flops(node)
-            yield precision, count, decision.reason if decision is not None else "unknown"
+            yield node_precision(node), count, decision.reason if decision is not None else "unknown"
+
+
+def is_heavy(node: ir.Node) -> bool:
+    """Whether ``node`` is one whose FLOPs count as heavy (``flops.HEAVY_OPS``)."""
+    return (node.domain if node.domain != "ai.onnx" else "", node.op_type) in flops_mod.HEAVY_OPS
+
+
+def node_precision(node: ir.Node) -> str:
+    """``fp32``, ``fp16``, ... : the node's stamped decision, else what its dtypes say."""
+    decision = read_decision(node)
+    return decision.precision.value if decision is not None else derive_precision(node)
+
+
+def has_fp32_heavy_nodes(model: ir.Model) -> bool:
+    """Whether a heavy node of any graph runs in FP32 (no copy, no shape inference): without
+    one, ``heavy_flops(model).fp32`` is 0."""
+    return any(
+        is_heavy(node) and node_precision(node) == "fp32" for graph in model_graphs(model) for node in graph
+    )
 
 
 def more_fp32_note(mode: str, converted: HeavyFlops, plain: HeavyFlops) -> str | None:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from mpcompile.analysis.flop_share import heavy_flops, heavy_fp32_reasons
-from mpcompile.analysis.flops import HEAVY_OPS
+from mpcompile.analysis.flop_share import has_fp32_heavy_nodes, heavy_flops, heavy_fp32_reasons
 from mpcompile.auto.criteria import Criterion
 from mpcompile.auto.reasons import AUTO_RANGE, AUTO_SENSITIVITY
-from mpcompile.irtools.graphs import model_graphs
 
 FP32_SHARE_LIMIT = 0.5
 _SHOWN_REASONS = 3
@@ -22,8 +20,8 @@ _SHOWN_REASONS = 3
 def fp32_heavy_warning(model: ir.Model, criterion: Criterion, *, budget_spent: bool) -> str | None:
     """The warning for the converted ``model`` when more than half of its heavy FLOPs are FP32,
     else None. ``budget_spent``: the search stopped because the budget ran out. A model without
-    heavy nodes has no such FLOPs: it is not copied and shape-inferred to count them."""
-    if not _has_heavy_nodes(model):
+    FP32 heavy nodes has no such FLOPs: it is not copied and shape-inferred to count them."""
+    if not has_fp32_heavy_nodes(model):
         return None
     heavy = heavy_flops(model)
     if heavy.low + heavy.fp32 == 0 or heavy.fp32_share <= FP32_SHARE_LIMIT:
@@ -37,15 +35,6 @@ def fp32_heavy_warning(model: ir.Model, criterion: Criterion, *, budget_spent: b
     return (
         f"--auto keeps {heavy.fp32_share:.1%} of the heavy FLOPs (MatMul/Gemm/Conv/attention) in FP32 "
         f"({listed}): {_why(top, criterion, budget_spent)}"
-    )
-
-
-def _has_heavy_nodes(model: ir.Model) -> bool:
-    """Whether a node of any graph is one ``heavy_flops`` counts (``flops.HEAVY_OPS``)."""
-    return any(
-        (node.domain if node.domain != "ai.onnx" else "", node.op_type) in HEAVY_OPS
-        for graph in model_graphs(model)
-        for node in graph
     )
 
 
