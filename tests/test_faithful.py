@@ -328,16 +328,24 @@ def test_value_shapes_declared_for_one_input_size_do_not_constrain_another():
     as_exported = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     with pytest.raises(Exception, match="re-use buffer"):  # what the declared shapes cause
         as_exported.run(None, {"x": x})
-    prepared = faithful.prepared_copy(model)
-    shapes = {value.name: value.shape for node in prepared.graph for value in node.outputs}
+    typed = faithful.prepared_copy(model)  # every value typed: shapes dropped, ORT infers them
+    untyped = onnx.ModelProto()
+    untyped.CopyFrom(model)
+    del untyped.graph.value_info[:]
+    untyped.graph.value_info.extend(value_info(name, [1, 96, 1, 1]) for name in ["p", "r", "m"])
+    inferred = faithful.prepared_copy(untyped)  # "q" untyped: onnx shape inference types it
+    shapes = {value.name: value.shape for node in typed.graph for value in node.outputs}
+    assert shapes["p"] is None and shapes["m"] is None
+    shapes = {value.name: value.shape for node in inferred.graph for value in node.outputs}
     assert shapes["p"] == ir.Shape([1, 96, 1, 1]) and shapes["m"] != ir.Shape([1, 96, 1, 1])
-    proto = ir.to_proto(prepared)
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    for size in (1, 2, 3):
-        x = np.random.default_rng(size).standard_normal((1, 96, size, size)).astype(np.float32)
-        (y,) = session.run(None, {"x": x})
-        want = np.maximum(np.maximum(x.mean(axis=(2, 3), keepdims=True), 0) * x, 0)
-        np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
+    for prepared in (typed, inferred):
+        proto = ir.to_proto(prepared)
+        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        for size in (1, 2, 3):
+            x = np.random.default_rng(size).standard_normal((1, 96, size, size)).astype(np.float32)
+            (y,) = session.run(None, {"x": x})
+            want = np.maximum(np.maximum(x.mean(axis=(2, 3), keepdims=True), 0) * x, 0)
+            np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
 
 
 def test_optional_outputs_left_out_are_not_rounded():

@@ -367,19 +367,11 @@ def _detach(node: ir.Node) -> None:
 
 
 def _board_copy(model: ir.Model) -> ir.Model:
-    """A private copy of ``model`` to wire (``faithful.prepared_copy`` without its shape
-    inference when every node output is typed already, as a loaded model's are: onnx inference
-    would only give back the dtypes, and ONNX Runtime infers the shapes itself)."""
-    from mpcompile.evaluate.faithful import forget_intermediate_shapes, prepared_copy
-    from mpcompile.io import model_io
+    """A private copy of ``model`` to wire (``faithful.prepared_copy``: onnx shape inference
+    only where a node output has no type)."""
+    from mpcompile.evaluate.faithful import prepared_copy
 
-    if any(value.type is None for node in model.graph for value in node.outputs if value.name):
-        return prepared_copy(model)
-    copy = model.clone()
-    ir.external_data.load_to_model(copy)
-    forget_intermediate_shapes(copy)
-    copy.ir_version = model_io.output_ir_version(copy)
-    return copy
+    return prepared_copy(model)
 
 
 def _constant_values(graph: ir.Graph) -> dict[int, np.ndarray]:

@@ -347,12 +347,20 @@ def check_faithful_model(model: ir.Model) -> None:
 
 
 def prepared_copy(model: ModelLike) -> ir.Model:
-    """A private copy with local functions inlined, exporter value shapes dropped and types inferred."""
+    """A private copy with local functions inlined, exporter value shapes dropped and types
+    inferred. Inference is skipped when every named node output is typed already (as a loaded or
+    converted model's are, with no local function to inline): onnx would only give the dtypes
+    back, and ONNX Runtime infers the shapes itself (on a 10,000-node candidate the inference
+    was a third of building its faithful model)."""
     copy = to_ir_model(model, copy=True)
     ir.external_data.load_to_model(copy)
-    if copy.functions:
+    inline = bool(copy.functions)
+    if inline:
         onnx_ir.passes.common.InlinePass()(copy)
     forget_intermediate_shapes(copy)
+    if not inline and _every_node_output_typed(copy):
+        copy.ir_version = model_io.output_ir_version(copy)
+        return copy
     # Inference failing (an inconsistent model) leaves types as declared; ORT then reports the problem.
     shape_logger = logging.getLogger(onnx_ir.passes.common.ShapeInferencePass.__module__)
     level = shape_logger.level
@@ -363,6 +371,16 @@ def prepared_copy(model: ModelLike) -> ir.Model:
         shape_logger.setLevel(level)
     copy.ir_version = model_io.output_ir_version(copy)  # what the installed ORT loads
     return copy
+
+
+def _every_node_output_typed(model: ir.Model) -> bool:
+    return all(
+        value.type is not None
+        for graph in model_graphs(model)
+        for node in graph
+        for value in node.outputs
+        if value.name
+    )
 
 
 def forget_intermediate_shapes(model: ir.Model) -> None:
