@@ -39,3 +39,13 @@ def test_every_part_is_timed_and_the_findings_counted(parts_script, tmp_path, ca
     ort_phases = phases["ort_session_phases"]
     assert ort_phases["total"] > 0 and "initializers" in ort_phases
     assert gc.isenabled()  # the script paused the cyclic collector for its timings only
+
+
+def test_session_variants_are_timed(parts_script, tmp_path, capsys):
+    path = tmp_path / "linear_attention.onnx"
+    onnx.save(linear_attention(), path)
+    assert parts_script.main([str(path), "--session-variants"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    variants = lines[-1]["session_cpu_seconds"]
+    assert set(variants) == set(parts_script.SESSION_VARIANTS)
+    assert all(seconds >= 0 for seconds in variants.values())

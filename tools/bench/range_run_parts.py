@@ -1,6 +1,6 @@
 """Where plain convert's range run spends its time on one model, part by part.
 
-    python tools/bench/range_run_parts.py MODEL.onnx [--repeat N] [--ort-log]
+    python tools/bench/range_run_parts.py MODEL.onnx [--repeat N] [--ort-log] [--session-variants]
 
 Loads the model as ``convert_file`` does, then times each part of the range run
 (``passes/range_run.py``) alone, in wall seconds, in the order the run does them:
@@ -14,7 +14,10 @@ Loads the model as ``convert_file`` does, then times each part of the range run
 - ``findings``: the range rules over every value (``measured_findings``).
 
 ``--ort-log`` also prints ONNX Runtime's own phases of one session creation (from its verbose
-log's timestamps), on the model file as it is. Prints one JSON line per repeat.
+log's timestamps), on the model file as it is. ``--session-variants`` also prints the session's
+CPU seconds as the range run builds it, with no intermediate exposed, and with one ONNX Runtime
+option changed (no CPU memory arena, initializers outside it, one thread). Prints one JSON line
+per repeat.
 """
 
 from __future__ import annotations
@@ -84,6 +87,58 @@ def time_parts(path: str) -> dict[str, float]:
     return parts
 
 
+SESSION_VARIANTS = {  # name -> (intermediates exposed, ORT session option changed)
+    "as_the_range_run": (True, {}),
+    "nothing_exposed": (False, {}),
+    "no_memory_arena": (True, {"enable_cpu_mem_arena": False}),
+    "initializers_outside_the_arena": (True, {"session.use_device_allocator_for_initializers": "1"}),
+    "one_thread": (True, {"intra_op_num_threads": 1}),
+}
+
+
+def session_variants(path: str) -> dict[str, float]:
+    """CPU seconds of ONNX Runtime creating the range run's session, as the range run builds it
+    and with one thing changed: no intermediate exposed (the floor of any run of this graph), or
+    one session option that might spare work."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from mpcompile.evaluate import faithful
+    from mpcompile.io import model_io
+
+    model, loaded = model_io.load_model_and_proto(path, infer_types=True)
+    seconds = {}
+    for name, (exposed, changed) in SESSION_VARIANTS.items():
+        proto = onnx.ModelProto()
+        proto.CopyFrom(loaded)
+        serialized = faithful.reference_from_loaded(model, proto)
+        if serialized is None:
+            sys.exit(f"{path}: the loaded proto does not describe the model")
+        if exposed:
+            faithful._expose_in_proto(model, serialized.proto, True)
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.enable_mem_pattern = False
+        options.add_session_config_entry("session.disable_prepacking", "1")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        for key, value in changed.items():
+            if key.startswith("session."):
+                options.add_session_config_entry(key, value)
+            else:
+                setattr(options, key, value)
+        weights = serialized.weights or {}
+        held = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array)) for array in weights.values()]
+        if weights:
+            options.add_external_initializers(list(weights), held)
+        session_bytes = serialized.proto.SerializeToString()
+        start = time.process_time()
+        ort.InferenceSession(session_bytes, options, providers=["CPUExecutionProvider"])
+        seconds[name] = round(time.process_time() - start, 3)
+    return seconds
+
+
 def ort_phases(path: str) -> dict[str, float]:
     """ONNX Runtime's phases of one session creation, in seconds, from its verbose log."""
     import subprocess
@@ -119,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--ort-log", action="store_true", help="also ONNX Runtime's own session phases")
+    parser.add_argument(
+        "--session-variants",
+        action="store_true",
+        help="also the session's CPU seconds with nothing exposed, or one ORT option changed",
+    )
     args = parser.parse_args(argv)
     from mpcompile.compiler.gc_pause import cyclic_gc_paused
 
@@ -126,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         with cyclic_gc_paused():  # as in a conversion
             parts = time_parts(args.model)
         print(json.dumps(parts), flush=True)
+    if args.session_variants:
+        for _ in range(args.repeat):
+            print(json.dumps({"session_cpu_seconds": session_variants(args.model)}), flush=True)
     if args.ort_log:
         print(json.dumps({"ort_session_phases": ort_phases(args.model)}))
     return 0
