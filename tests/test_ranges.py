@@ -46,3 +46,22 @@ def test_bf16_overflow_threshold_is_the_rounding_boundary():
     below = np.nextafter(np.float32(BF16.overflow_threshold), np.float32(0))
     rounded = np.array([below, BF16.overflow_threshold], np.float32).astype(ml_dtypes.bfloat16)
     assert np.isfinite(rounded[0]) and np.isinf(rounded[1])
+
+
+@pytest.mark.parametrize("low", [FP16, BF16], ids=["fp16", "bf16"])
+def test_chunked_scan_equals_one_pass(low, monkeypatch):
+    """Scanned in chunks through one buffer (``SCAN_CHUNK``), a tensor measures as in one pass:
+    specials, overflows and subnormals spread over chunks, a chunk of NaN only, a short last one."""
+    from mpcompile.core import ranges
+
+    rng = np.random.default_rng(0)
+    values = (rng.standard_normal(10_007) * 300).astype(np.float32)
+    values[rng.integers(0, values.size, 40)] = rng.choice([np.inf, -np.inf, 7e4, -1e5, 3e38, 1e-7, 1e-40], 40)
+    values[96:128] = np.nan  # one whole chunk of the 32-value scans below
+    whole = _measure_array(values, low)
+    assert whole == ranges._measure_chunk(values, np.abs(values), low)  # one chunk: as before
+    for chunk in (32, 1000, 4096):
+        monkeypatch.setattr(ranges, "SCAN_CHUNK", chunk)
+        assert _measure_array(values, low) == whole
+        assert _measure_array(values.reshape(1, -1, 1), low) == whole
+    assert _measure_array(np.full(64, np.nan, np.float32), low).max_abs == 0.0

@@ -169,10 +169,34 @@ def _measure_loaded(tensor: ir.TensorProtocol, low: LowPrecisionFormat) -> Const
             tensor.release()
 
 
+# Tensors larger than this many values are scanned in chunks through one reused buffer: a
+# scan's temporaries stay at 1 MiB whatever the tensor's size (the whole |x| of a 1 GiB weight
+# was another 1 GiB), with fewer fresh pages to fault in.
+SCAN_CHUNK = 1 << 18
+
+
 def _measure_array(array: np.ndarray, low: LowPrecisionFormat) -> ConstantRange:
-    if array.size == 0:
+    flat = array.reshape(-1)
+    if flat.size == 0:
         return ConstantRange(0.0, 0, 0, 0, 0)
-    magnitude = np.abs(array)
+    if flat.size <= SCAN_CHUNK:
+        return _measure_chunk(flat, np.abs(flat), low)
+    buffer = np.empty(SCAN_CHUNK, dtype=flat.dtype)
+    parts = []
+    for start in range(0, flat.size, SCAN_CHUNK):
+        chunk = flat[start : start + SCAN_CHUNK]
+        parts.append(_measure_chunk(chunk, np.abs(chunk, out=buffer[: chunk.size]), low))
+    return ConstantRange(
+        max(part.max_abs for part in parts),
+        sum(part.overflowing for part in parts),
+        sum(part.overflowing_positive for part in parts),
+        sum(part.flushed_to_zero for part in parts),
+        sum(part.subnormal for part in parts),
+    )
+
+
+def _measure_chunk(chunk: np.ndarray, magnitude: np.ndarray, low: LowPrecisionFormat) -> ConstantRange:
+    """The range of ``chunk`` (flat), given ``magnitude``, its absolute values."""
     max_abs = float(magnitude.max())
     if not np.isfinite(max_abs):  # inf or nan present: measure the finite values only
         finite = magnitude[np.isfinite(magnitude)]
@@ -181,7 +205,7 @@ def _measure_array(array: np.ndarray, low: LowPrecisionFormat) -> ConstantRange:
     if max_abs >= low.overflow_threshold:  # rare: count only when something overflows
         overflow_mask = np.isfinite(magnitude) & (magnitude >= low.overflow_threshold)
         overflowing = int(np.count_nonzero(overflow_mask))
-        overflowing_positive = int(np.count_nonzero(overflow_mask & (array > 0)))
+        overflowing_positive = int(np.count_nonzero(overflow_mask & (chunk > 0)))
     flushed = subnormal = 0
     below_normal = magnitude[magnitude < low.tiny]  # usually few values: count on the subset
     if below_normal.size:
