@@ -281,6 +281,20 @@ def test_the_range_run_session_does_not_spin(monkeypatch):
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
+def test_make_session_applies_further_options_last():
+    """``options``: ``session.*`` keys become config entries, others ``SessionOptions``
+    attributes, after (and over) the flags' own settings (``range_run_parts.py`` varies them)."""
+    session = faithful.make_session(
+        linear_attention().SerializeToString(),
+        ["CPUExecutionProvider"],
+        spin=False,
+        options={"intra_op_num_threads": 1, "session.intra_op.allow_spinning": "1"},
+    )
+    options = session.get_session_options()
+    assert options.intra_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
 def test_converting_a_file_in_place_evaluates_its_weights_read_before_the_overwrite(tmp_path, monkeypatch):
     """``--overwrite`` of the input itself: the weights are read into memory before the file is
     replaced, and the loaded proto's session reads those (not the mapped file)."""

@@ -115,6 +115,7 @@ def make_session(
     initializers: dict[str, Any] | None = None,
     memory_pattern: bool = True,
     spin: bool = True,
+    options: Mapping[str, Any] | None = None,
 ) -> Any:
     """An ``InferenceSession``; ``optimize=False`` disables every graph optimization.
 
@@ -132,6 +133,9 @@ def make_session(
     session run once (the range run), spinning only burns CPU (about 1 s of user CPU in a
     26k-node conversion: docs/performance.md, "Evening").
 
+    ``options``: further settings, applied last: ``session.*`` keys as session config entries,
+    others as ``SessionOptions`` attributes (``tools/bench/range_run_parts.py`` varies them).
+
     ORT logs nothing below ``log_severity`` (4: fatal only), neither the session (its runs
     included) nor ORT's default logger while the session is created: a failure is reported
     by mpcompile in one line, and ORT's own coloured lines would come before it.
@@ -139,25 +143,30 @@ def make_session(
     A model onnxruntime refuses raises ``InvalidModelError`` (one line).
     """
     ort = import_onnxruntime()
-    options = ort.SessionOptions()
-    options.log_severity_level = log_severity
+    session_options = ort.SessionOptions()
+    session_options.log_severity_level = log_severity
     if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if not prepack:
-        options.add_session_config_entry("session.disable_prepacking", "1")
+        session_options.add_session_config_entry("session.disable_prepacking", "1")
     if not memory_pattern:
-        options.enable_mem_pattern = False
+        session_options.enable_mem_pattern = False
     if not spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for key, value in (options or {}).items():
+        if key.startswith("session."):
+            session_options.add_session_config_entry(key, str(value))
+        else:
+            setattr(session_options, key, value)
     held = []
     if initializers:
         import numpy as np
 
         held = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for a in initializers.values()]
-        options.add_external_initializers(list(initializers), held)
+        session_options.add_external_initializers(list(initializers), held)
     try:
         with onnxruntime_log_severity(log_severity):
-            session = ort.InferenceSession(model, options, providers=providers)
+            session = ort.InferenceSession(model, session_options, providers=providers)
             session._mpcompile_initializers = held  # ORT reads these arrays for the session's life
             return session
     except Exception as exc:
