@@ -15,7 +15,7 @@ import onnx_ir as ir
 
 from mpcompile.analysis import flops as flops_mod
 from mpcompile.analysis.audit import derive_precision
-from mpcompile.core.plan import read_decision
+from mpcompile.core.plan import Decision, read_decision
 from mpcompile.evaluate.shapes import ShapeSpec, infer_shapes, resolve_input_shapes
 from mpcompile.irtools.graphs import model_graphs
 
@@ -74,7 +74,7 @@ def _heavy_nodes(model: ir.Model) -> Iterator[tuple[str, int | None, str]]:
                 continue
             decision = read_decision(node)
             count, _method = flops_mod.estimate_flops(node)
-            yield node_precision(node), count, decision.reason if decision is not None else "unknown"
+            yield _precision(node, decision), count, decision.reason if decision is not None else "unknown"
 
 
 def is_heavy(node: ir.Node) -> bool:
@@ -82,9 +82,8 @@ def is_heavy(node: ir.Node) -> bool:
     return (node.domain if node.domain != "ai.onnx" else "", node.op_type) in flops_mod.HEAVY_OPS
 
 
-def node_precision(node: ir.Node) -> str:
-    """``fp32``, ``fp16``, ... : the node's stamped decision, else what its dtypes say."""
-    decision = read_decision(node)
+def _precision(node: ir.Node, decision: Decision | None) -> str:
+    """``fp32``, ``fp16``, ... : the node's stamped ``decision``, else what its dtypes say."""
     return decision.precision.value if decision is not None else derive_precision(node)
 
 
@@ -92,7 +91,9 @@ def has_fp32_heavy_nodes(model: ir.Model) -> bool:
     """Whether a heavy node of any graph runs in FP32 (no copy, no shape inference): without
     one, ``heavy_flops(model).fp32`` is 0."""
     return any(
-        is_heavy(node) and node_precision(node) == "fp32" for graph in model_graphs(model) for node in graph
+        is_heavy(node) and _precision(node, read_decision(node)) == "fp32"
+        for graph in model_graphs(model)
+        for node in graph
     )
 
 

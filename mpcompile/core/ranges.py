@@ -155,12 +155,12 @@ def measure(
     """Scan a float tensor once; external tensors are released afterwards. With ``shared``,
     float32 external tensors are read through one map per file (see ``SharedMaps``)."""
     if shared is not None and isinstance(tensor, ir.ExternalTensor) and tensor.dtype == ir.DataType.FLOAT:
-        return shared.read(tensor, lambda array: _measure_array(array.reshape(-1), low))
+        return shared.read(tensor, lambda array: _measure_array(array, low))
     return _measure_loaded(tensor, low)
 
 
 def _measure_loaded(tensor: ir.TensorProtocol, low: LowPrecisionFormat) -> ConstantRange:
-    array = np.asarray(tensor.numpy(), dtype=np.float32).reshape(-1)
+    array = np.asarray(tensor.numpy(), dtype=np.float32)
     try:
         return _measure_array(array, low)
     finally:

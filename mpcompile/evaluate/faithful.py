@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import mmap
 import pathlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import ml_dtypes
@@ -217,8 +217,13 @@ def reference_from_loaded(model: ir.Model, loaded: onnx.ModelProto) -> SessionPr
 def _only_a_private_copy_evaluates(model: ir.Model) -> bool:
     """Local functions (``prepared_copy`` inlines them), or a named main-graph value without a
     type (shape inference there may type it, and only typed values are exposed)."""
-    return bool(model.functions) or any(
-        value.name and value.type is None for node in model.graph for value in node.outputs
+    return bool(model.functions) or _has_untyped_output([model.graph])
+
+
+def _has_untyped_output(graphs: Iterable[ir.Graph]) -> bool:
+    """Whether a named node output of ``graphs`` has no type."""
+    return any(
+        value.name and value.type is None for graph in graphs for node in graph for value in node.outputs
     )
 
 
@@ -351,14 +356,14 @@ def prepared_copy(model: ModelLike) -> ir.Model:
     inferred. Inference is skipped when every named node output is typed already (as a loaded or
     converted model's are, with no local function to inline): onnx would only give the dtypes
     back, and ONNX Runtime infers the shapes itself (on a 10,000-node candidate the inference
-    was a third of building its faithful model)."""
+    was 1.6 of the 3.9 s of building its faithful model)."""
     copy = to_ir_model(model, copy=True)
     ir.external_data.load_to_model(copy)
     inline = bool(copy.functions)
     if inline:
         onnx_ir.passes.common.InlinePass()(copy)
     forget_intermediate_shapes(copy)
-    if not inline and _every_node_output_typed(copy):
+    if not inline and not _has_untyped_output(model_graphs(copy)):
         copy.ir_version = model_io.output_ir_version(copy)
         return copy
     # Inference failing (an inconsistent model) leaves types as declared; ORT then reports the problem.
@@ -371,16 +376,6 @@ def prepared_copy(model: ModelLike) -> ir.Model:
         shape_logger.setLevel(level)
     copy.ir_version = model_io.output_ir_version(copy)  # what the installed ORT loads
     return copy
-
-
-def _every_node_output_typed(model: ir.Model) -> bool:
-    return all(
-        value.type is not None
-        for graph in model_graphs(model)
-        for node in graph
-        for value in node.outputs
-        if value.name
-    )
 
 
 def forget_intermediate_shapes(model: ir.Model) -> None:
