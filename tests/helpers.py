@@ -1,10 +1,15 @@
-"""Test helpers: run a model in ONNX Runtime, compare outputs, read back what a conversion stamped.
+"""Test helpers: run a model in ONNX Runtime, compare outputs, read back what a conversion stamped,
+load one of the repository's scripts.
 
 Models are built with ``models.builder``."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+import types
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -64,3 +69,17 @@ def decisions_by_name(model) -> dict[str, tuple[str, str, str]]:
         for node in graph
         if (d := read_decision(node)) is not None and d.reason != "cast"
     }
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative_path: str) -> types.ModuleType:
+    """The script at ``relative_path`` in the repository (``tools/bench/convert_bench.py``) as a
+    module, registered under its file name (its dataclasses and pickling find it there)."""
+    path = REPO_ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module

@@ -4,7 +4,6 @@ arrays, conversions cached, and no whole-model copy or serialisation per candida
 from __future__ import annotations
 
 import math
-import pathlib
 
 import numpy as np
 import onnx_ir as ir
@@ -17,6 +16,7 @@ from mpcompile.auto.flops import audited_flops, flops_from_values
 from mpcompile.auto.graph import name_nodes
 from mpcompile.evaluate.faithful import ReferenceSession
 from mpcompile.evaluate.inputs import generate_inputs
+from tests.helpers import load_script
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is needed to evaluate models")
 
@@ -123,45 +123,36 @@ def test_an_answer_converted_as_a_candidate_is_not_converted_again(name, tmp_pat
     assert ir.to_proto(fresh.model).SerializeToString() == (tmp_path / "out.onnx").read_bytes()
 
 
-def test_a_model_that_stays_fp32_gets_no_switchboard(monkeypatch):
-    """Elementwise ops between FP32 inputs and outputs (``auto_scale.py``'s chain) stay FP32: no
-    candidate can run, so no switchboard is wired; the reference runs in its own session."""
+@pytest.fixture
+def auto_scale_build():
+    """``tools/bench/auto_scale.py``'s ``build(case, size)``."""
+    return load_script("tools/bench/auto_scale.py").build
+
+
+@pytest.mark.parametrize(
+    "case, sessions, share",
+    [("chain", 1, 0.0), ("matmul", 2, 1.0)],
+    ids=["stays-fp32", "first-candidate-passes"],
+)
+def test_no_switchboard_without_a_second_candidate(case, sessions, share, auto_scale_build, monkeypatch):
+    """No switchboard is wired unless a second candidate needs it. ``auto_scale.py``'s chain
+    (elementwise ops between FP32 inputs and outputs) stays FP32: no candidate can run, and the
+    reference runs in its own session. Its MatMul chain's first candidate passes: two sessions
+    (reference and candidate) and no board, which is about five times the graph."""
     from mpcompile.auto import switchboard
     from mpcompile.auto.api import auto_convert
 
-    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1] / "tools" / "bench"))
-    from auto_scale import build
-
     def refused(*args, **kwargs):
-        raise AssertionError("no switchboard for a model that stays FP32")
+        raise AssertionError("no switchboard without a second candidate")
 
     monkeypatch.setattr(switchboard.Switchboard, "build", classmethod(refused))
-    result = auto_convert(build("chain", 40))
-    assert result.passed and result.sessions == 1 and result.evaluations == 1
-    assert result.fp16_flop_share == 0.0
-
-
-def test_a_search_whose_first_candidate_passes_wires_no_switchboard(monkeypatch):
-    """The reference runs in its own FP32 session and the switchboard is wired only for a
-    second candidate: when the first passes (``auto_scale.py``'s MatMul chain), two sessions,
-    and no board, which is about five times the graph."""
-    from mpcompile.auto import switchboard
-    from mpcompile.auto.api import auto_convert
-
-    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1] / "tools" / "bench"))
-    from auto_scale import build
-
-    def refused(*args, **kwargs):
-        raise AssertionError("no switchboard when the first candidate passes")
-
-    monkeypatch.setattr(switchboard.Switchboard, "build", classmethod(refused))
-    result = auto_convert(build("matmul", 60))
-    assert result.passed and result.fp16_flop_share == 1.0
-    assert result.sessions == 2 and result.evaluations == 2
+    result = auto_convert(auto_scale_build(case, 40 if case == "chain" else 60))
+    assert result.passed and result.sessions == sessions and result.evaluations == sessions
+    assert result.fp16_flop_share == share
 
 
 @pytest.mark.parametrize("case", ["chain", "outputs", "sum", "matmul"])
-def test_the_reference_session_gives_the_boards_values(case, monkeypatch):
+def test_the_reference_session_gives_the_boards_values(case, auto_scale_build):
     """The reference runs in a ``ReferenceSession`` built from one serialisation
     (``serialize_reference``), the candidates on the switchboard: its values are those the
     board's reference run gives, bit for bit, so a candidate's error is the same on either."""
@@ -169,10 +160,7 @@ def test_the_reference_session_gives_the_boards_values(case, monkeypatch):
     from mpcompile.evaluate.faithful import serialize_reference
     from mpcompile.passes.infer_types import infer_once
 
-    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1] / "tools" / "bench"))
-    from auto_scale import build
-
-    work = ir.from_proto(build(case, 30))
+    work = ir.from_proto(auto_scale_build(case, 30))
     name_nodes(work)
     infer_once(work)
     feeds = generate_inputs(work, seed=0)[0]

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # runs the benchmark scripts end to end
+from tests.helpers import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "bench" / "convert_bench.py"
+pytestmark = pytest.mark.slow  # runs the benchmark scripts end to end
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("convert_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["convert_bench"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/bench/convert_bench.py")
 
 
 def test_growth_exponent_recovers_the_power(bench) -> None:

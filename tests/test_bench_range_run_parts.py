@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import onnx
 import pytest
 from test_range_run import linear_attention
 
+from tests.helpers import load_script
+
 pytest.importorskip("onnxruntime", reason="the range run needs onnxruntime")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "bench" / "range_run_parts.py"
 PARTS = ("serialize_reference", "reference_from_loaded", "run_bytes", "expose", "session", "run", "findings")
 
 
 @pytest.fixture(scope="module")
 def parts_script():
-    spec = importlib.util.spec_from_file_location("range_run_parts", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["range_run_parts"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/bench/range_run_parts.py")
 
 
 def test_every_part_is_timed_and_the_findings_counted(parts_script, tmp_path, capsys):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.resources
-import importlib.util
 import pathlib
 
 import onnx_ir as ir
@@ -11,21 +10,13 @@ import pytest
 
 from mpcompile.targets import get_target, op_signatures
 from mpcompile.targets.kernel_table import shipped_source, shipped_table
+from tests.helpers import load_script
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 FP16, BF16, FP32 = ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.FLOAT
 
 
-def _load_generator():
-    spec = importlib.util.spec_from_file_location(
-        "gen_kernel_tables", REPO_ROOT / "tools" / "gen_kernel_tables.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gen_kernel_tables = _load_generator()
+gen_kernel_tables = load_script("tools/gen_kernel_tables.py")
 
 
 def _shipped_source_markdown() -> pathlib.Path:
