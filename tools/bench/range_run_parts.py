@@ -41,7 +41,7 @@ ORT_PHASES = (  # (label, the log line that ends the phase)
 
 def time_parts(path: str) -> dict[str, float]:
     from mpcompile.core.precision import low_precision_format
-    from mpcompile.evaluate import faithful, ort_session, run_memory
+    from mpcompile.evaluate import faithful, run_memory
     from mpcompile.evaluate import inputs as inputs_module
     from mpcompile.io import model_io
     from mpcompile.passes import range_run
@@ -69,16 +69,7 @@ def time_parts(path: str) -> dict[str, float]:
     )
     declared = timed("expose", faithful._expose_in_proto, model, serialized.proto, True)
     session_bytes = serialized.proto.SerializeToString()
-    session = timed(
-        "session",
-        ort_session.make_session,
-        session_bytes,
-        ["CPUExecutionProvider"],
-        optimize=False,
-        prepack=False,
-        initializers=serialized.weights,
-        spin=False,
-    )
+    session = timed("session", range_run_session, session_bytes, serialized.weights)
     feeds = inputs_module.cast_feeds(model, inputs_module.generate_from_specs(specs, seed=0))
     outputs = timed("run", faithful._run_session, session, feeds, declared, widen_inputs=False)
     values = {name: [array] for name, array in [*feeds.items(), *outputs.items()]}
@@ -102,7 +93,7 @@ def session_variants(path: str) -> dict[str, float]:
     or one ONNX Runtime option that might spare work."""
     import onnx
 
-    from mpcompile.evaluate import faithful, ort_session
+    from mpcompile.evaluate import faithful
     from mpcompile.io import model_io
 
     model, loaded = model_io.load_model_and_proto(path, infer_types=True)
@@ -117,17 +108,26 @@ def session_variants(path: str) -> dict[str, float]:
             faithful._expose_in_proto(model, serialized.proto, True)
         session_bytes = serialized.proto.SerializeToString()
         start = time.process_time()
-        ort_session.make_session(
-            session_bytes,
-            ["CPUExecutionProvider"],
-            optimize=False,
-            prepack=False,
-            initializers=serialized.weights,
-            spin=False,
-            options=options,
-        )
+        range_run_session(session_bytes, serialized.weights, options)
         seconds[name] = round(time.process_time() - start, 3)
     return seconds
+
+
+def range_run_session(session_bytes: bytes, weights: dict | None, options: dict | None = None):
+    """The session ``ReferenceSession`` builds for the range run (optimizations and prepacking
+    off, no spinning) from a ``faithful.SessionProto``'s serialized proto and weights;
+    ``options``: further ``make_session`` settings."""
+    from mpcompile.evaluate import ort_session
+
+    return ort_session.make_session(
+        session_bytes,
+        ["CPUExecutionProvider"],
+        optimize=False,
+        prepack=False,
+        initializers=weights,
+        spin=False,
+        options=options,
+    )
 
 
 def ort_phases(path: str) -> dict[str, float]:
