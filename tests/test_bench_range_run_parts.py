@@ -12,7 +12,7 @@ from tests.helpers import load_script
 
 pytest.importorskip("onnxruntime", reason="the range run needs onnxruntime")
 
-PARTS = ("serialize_reference", "reference_from_loaded", "run_bytes", "expose", "session", "run", "findings")
+PARTS = ("serialize_reference", "loaded_recipe", "describes", "run_bytes", "session", "run", "findings")
 
 
 @pytest.fixture(scope="module")

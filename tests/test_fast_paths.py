@@ -109,21 +109,21 @@ def test_cyclic_gc_is_paused_during_conversion_and_restored_after(monkeypatch):
     from mpcompile.passes.assign_precision import AssignPrecisionPass
 
     seen: list[bool] = []
-    original = AssignPrecisionPass.call
+    original = AssignPrecisionPass._paint
 
     def spy(self, model):
         seen.append(gc.isenabled())
         return original(self, model)
 
-    monkeypatch.setattr(AssignPrecisionPass, "call", spy)
+    monkeypatch.setattr(AssignPrecisionPass, "_paint", spy)
     assert gc.isenabled()
     mpcompile.convert(models.ZOO["mlp"](), static=True)
     assert seen == [False] and gc.isenabled()
-    # the range run finds nothing here: no trial paint (tests/test_range_run_cost.py)
+    # the range run finds nothing here: one paint (tests/test_range_run_cost.py)
     seen.clear()
     mpcompile.convert(models.ZOO["mlp"]())
     assert seen == [False] and gc.isenabled()
-    # where it finds something it paints once more (what would go low without it), paused too
+    # where it finds something the plan is painted again with its findings, paused too
     from test_range_run import linear_attention
 
     seen.clear()

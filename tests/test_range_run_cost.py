@@ -1,5 +1,5 @@
-"""The range run's cost (docs/performance.md, "Range run cost"): the static trial paint only when
-the rules find something, one serialization shared by the memory estimate and the session, no
+"""The range run's cost (docs/performance.md, "Range run cost"): a second paint only when the
+rules find something, one serialization shared by the memory estimate and the session, no
 private copy of the model and no second shape inference; and the same results as before."""
 
 from __future__ import annotations
@@ -22,23 +22,25 @@ from mpcompile.analysis.range_rules import find_unsafe_nodes
 from mpcompile.core.precision import low_precision_format
 from mpcompile.evaluate import faithful, run_memory
 from mpcompile.evaluate import inputs as inputs_module
+from mpcompile.evaluate.loaded_reference import loaded_recipe
 from mpcompile.io import model_io
 from mpcompile.passes import range_run
+from mpcompile.passes.assign_precision import AssignPrecisionPass
 
 pytest.importorskip("onnxruntime", reason="the range run needs onnxruntime")
 
 ZOO_MODELS = ("bert_encoder", "gpt_block", "control_flow", "resnet", "regression_mask_finfo_min")
 
 
-def _count_trial_paints(monkeypatch) -> list[int]:
+def _count_paints(monkeypatch) -> list[int]:
     calls: list[int] = []
-    paint = range_run.static_low_nodes
+    paint = AssignPrecisionPass._paint
 
-    def counted(model, context):
+    def counted(self, model):
         calls.append(1)
-        return paint(model, context)
+        return paint(self, model)
 
-    monkeypatch.setattr(range_run, "static_low_nodes", counted)
+    monkeypatch.setattr(AssignPrecisionPass, "_paint", counted)
     return calls
 
 
@@ -50,19 +52,21 @@ def _in_range(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def test_no_trial_paint_when_the_rules_find_nothing(monkeypatch):
-    calls = _count_trial_paints(monkeypatch)
+def test_one_paint_when_the_rules_find_nothing(monkeypatch):
+    calls = _count_paints(monkeypatch)
     model = _in_range(linear_attention())
     plain = mpcompile.convert(model)
-    assert calls == []
+    assert calls == [1]
     static = mpcompile.convert(model, static=True)
     assert plain.model.SerializeToString() == static.model.SerializeToString()
 
 
-def test_one_trial_paint_when_they_find_something(monkeypatch):
-    calls = _count_trial_paints(monkeypatch)
+def test_a_second_paint_when_they_find_something(monkeypatch):
+    """The static paint is the one the run's findings are restricted to; the overrides they
+    give paint the plan again."""
+    calls = _count_paints(monkeypatch)
     result = mpcompile.convert(linear_attention())
-    assert calls == [1]
+    assert calls == [1, 1]
     assert {"q_kv", "q_ksum"} <= set(result.summary()["range_measured"])
 
 
@@ -218,13 +222,13 @@ def test_a_session_from_the_loaded_proto_gives_what_the_serialized_ir_gives(tmp_
         want = faithful.ReferenceSession(model, intermediates=True, prepack=False, serialized=serialized).run(
             feeds
         )
-        loaded = faithful.reference_from_loaded(model, proto)
-        assert loaded is not None, name
-        weighed.append(bool(loaded.weights))  # weights read from the file, not the proto
-        assert run_memory.run_bytes(model, shapes, proto=loaded.proto) == want_bytes, name
-        got = faithful.ReferenceSession(model, intermediates=True, prepack=False, serialized=loaded).run(
-            feeds
-        )
+        proto_before = proto.SerializeToString()
+        loaded = loaded_recipe(proto, path.parent)
+        assert loaded is not None and loaded.describes(model), name
+        assert proto.SerializeToString() == proto_before, f"{name}: the loaded proto was modified"
+        weighed.append(bool(loaded.apart))  # weights read from the file, not the proto
+        assert run_memory.run_bytes(model, shapes, proto=proto) == want_bytes, name
+        got = loaded.take_recipe().build().run(feeds)
         _assert_same_values(got, want, name)
         assert ir.to_proto(model).SerializeToString() == before, f"{name}: the model was modified"
     assert weighed[-1] and any(weighed[:-1]) == mapped  # the data file's weights; embedded ones when mapped
@@ -235,11 +239,15 @@ def test_a_loaded_proto_that_no_longer_describes_the_model_is_not_evaluated(tmp_
     path = tmp_path / "linear_attention.onnx"
     onnx.save(linear_attention(), path)
     model, proto = model_io.load_model_and_proto(path, infer_types=True)
+    assert loaded_recipe(proto, tmp_path).describes(model)
     next(iter(model.graph)).name = "renamed"
-    assert faithful.reference_from_loaded(model, proto) is None
+    assert not loaded_recipe(proto, tmp_path).describes(model)
     model, proto = model_io.load_model_and_proto(path, infer_types=True)
     model.graph.remove(list(model.graph)[-1], safe=False)
-    assert faithful.reference_from_loaded(model, proto) is None
+    assert not loaded_recipe(proto, tmp_path).describes(model)
+    model, proto = model_io.load_model_and_proto(path, infer_types=True)
+    next(iter(model.graph)).outputs[0].dtype = ir.DataType.DOUBLE  # a value's type changed
+    assert not loaded_recipe(proto, tmp_path).describes(model)
 
 
 def test_convert_file_evaluates_the_loaded_proto(tmp_path, monkeypatch):
@@ -349,8 +357,8 @@ def test_weights_of_subgraphs_in_a_data_file_are_read_from_the_ir(tmp_path):
         next(node for node in model.graph if node.op_type == "If").attributes["then_branch"].as_graph()
     )
     assert isinstance(then_branch.initializers["w_then"].const_value, ir.ExternalTensor)
-    assert faithful.reference_from_loaded(model, proto) is None
+    assert loaded_recipe(proto, tmp_path) is None
     run = range_run.range_run(
-        model, low_precision_format("fp16"), lambda: (), loaded=range_run.LoadedProto(proto)
+        model, low_precision_format("fp16"), lambda: (), loaded=range_run.LoadedProto(proto, tmp_path)
     )
     assert run.note == "" and run.seconds > 0

@@ -33,6 +33,7 @@ from mpcompile.io.structure import check_ir_structure
 from mpcompile.irtools.graphs import all_graphs, model_graphs, with_shared_walk
 from mpcompile.irtools.names import NameAuthority
 from mpcompile.passes.context import ConversionContext, ConvertStats
+from mpcompile.policy import range_propagation
 from mpcompile.targets import get_target
 
 if TYPE_CHECKING:
@@ -185,17 +186,27 @@ def convert_file(
     already converted model.
     """
     opts = ConvertOptions.build(options, **kwargs).resolved()
-    # The range run evaluates the loaded protobuf (a graph OptimizePass rewrites is serialized).
+    # The range run evaluates the loaded protobuf (a graph OptimizePass rewrites is serialized),
+    # and starts building its session from it while the IR is deserialized.
     keep_proto = not opts.static and not opts.optimize
     opened = open_conversion(
-        input_path, output_path, overwrite=overwrite, external_data=external_data, keep_proto=keep_proto
+        input_path,
+        output_path,
+        overwrite=overwrite,
+        external_data=external_data,
+        keep_proto=keep_proto,
+        start_range_run=keep_proto and range_propagation.needed(low_precision_format(str(opts.precision))),
     )
-    if opened.replaces_inputs:
-        ir.external_data.load_to_model(opened.model)  # files it reads from are about to be replaced
-    # The model was loaded here and is written once, so converted weights may drop their FP32 bytes.
-    result = _convert_ir(
-        opened.model, opts, on_pass_start=on_pass_start, serialized_once=True, loaded=opened.loaded
-    )
+    try:
+        if opened.replaces_inputs:
+            ir.external_data.load_to_model(opened.model)  # files it reads from are about to be replaced
+        # The model was loaded here and is written once, so converted weights may drop their FP32 bytes.
+        result = _convert_ir(
+            opened.model, opts, on_pass_start=on_pass_start, serialized_once=True, loaded=opened.loaded
+        )
+    finally:
+        if opened.loaded is not None:
+            opened.loaded.close()  # what the range run did not take (a conversion refused first)
     if result.already_converted:
         raise errors.AlreadyLowPrecisionError(f"{opened.source}: {result.notes[-1]}; nothing to do")
     if on_pass_start is not None:
@@ -222,28 +233,47 @@ def open_conversion(
     overwrite: bool = False,
     external_data: bool | str | None = None,
     keep_proto: bool = False,
+    start_range_run: bool = False,
 ) -> OpenedConversion:
     """Load ``input_path`` for a conversion saved at ``output_path`` (``convert_file`` and
     ``convert --auto``): the load checks, then the output-is-input guard (refused unless
     ``overwrite`` replaces the input itself) and the refusal of hard-linked data files.
-    ``keep_proto``: the protobuf the model was deserialized from is kept (``loaded``)."""
-    source, target = pathlib.Path(input_path).absolute(), pathlib.Path(output_path).absolute()
-    model, proto = model_io.load_model_and_proto(source, infer_types=True, check_links=False)
-    loaded = None
-    if keep_proto:
-        from mpcompile.passes.range_run import LoadedProto
+    ``keep_proto``: the protobuf the model was deserialized from is kept (``loaded``);
+    ``start_range_run``: and the range run's session is started from it before the IR is
+    deserialized (``range_run.start_early``); ``loaded.close()`` waits for it if no range run
+    takes it."""
+    from mpcompile.passes.range_run import LoadedProto, start_early
 
-        loaded = LoadedProto(proto)
-    del proto
-    read = overwrite_guard.model_files(model_io.input_files(model))
-    written = overwrite_guard.output_files(
-        target, data_name=model_io.external_data_name(target, external_data)
-    )
-    replaces_input = overwrite and overwrite_guard.same_file(source, target)
-    refuses_overwrite = overwrite_guard.refuse_overwriting_inputs(
-        read, written, may_replace=read if replaces_input else ()
-    )
-    model_io.refuse_hard_linked_data(model_io.input_files(model)[1:])
+    source, target = pathlib.Path(input_path).absolute(), pathlib.Path(output_path).absolute()
+    loaded = LoadedProto(None, source.parent) if keep_proto else None
+
+    def start(proto: onnx.ModelProto) -> None:
+        assert loaded is not None
+        loaded.early = start_early(proto, source.parent)
+
+    try:
+        model, proto = model_io.load_model_and_proto(
+            source,
+            infer_types=True,
+            check_links=False,
+            before_ir=start if start_range_run and keep_proto else None,
+        )
+        if loaded is not None:
+            loaded.proto = proto
+        del proto
+        read = overwrite_guard.model_files(model_io.input_files(model))
+        written = overwrite_guard.output_files(
+            target, data_name=model_io.external_data_name(target, external_data)
+        )
+        replaces_input = overwrite and overwrite_guard.same_file(source, target)
+        refuses_overwrite = overwrite_guard.refuse_overwriting_inputs(
+            read, written, may_replace=read if replaces_input else ()
+        )
+        model_io.refuse_hard_linked_data(model_io.input_files(model)[1:])
+    except BaseException:
+        if loaded is not None:
+            loaded.close()
+        raise
     return OpenedConversion(model, source, target, bool(refuses_overwrite), loaded)
 
 
@@ -334,6 +364,7 @@ def _convert_ir(
     try:
         model = pipeline(model)
     finally:
+        pipeline.close()
         plan.close()
     context.stats.casts_after = count_casts(model)
     context.stats.weight_bytes_after = model_io.weight_bytes(model)
@@ -397,17 +428,19 @@ def build_pipeline(
     # Bound by the first pass that names things, to the model as OptimizePass and OrtLoadablePass left it.
     names = NameAuthority()
     verify = VerifyPass(context, expected_io_signature(model, context))
+    # Started here, finished by AssignPrecisionPass's review of its static paint.
+    range_run = (
+        RangeRunPass(context, range_overrides, None if context.optimize else loaded)
+        if range_overrides is not None
+        else None
+    )
     return Pipeline(
         [
             *([OptimizePass(context)] if context.optimize else []),
             OrtLoadablePass(context),
-            *(
-                [RangeRunPass(context, range_overrides, None if context.optimize else loaded)]
-                if range_overrides is not None
-                else []
-            ),
+            *([range_run] if range_run is not None else []),
             InferTypesPass(context),
-            AssignPrecisionPass(context, plan),
+            AssignPrecisionPass(context, plan, review=range_run.review if range_run is not None else None),
             ApplyPrecisionPass(context, plan, names),
             FoldCastsPass(context),
             StampDecisionsPass(context, plan),

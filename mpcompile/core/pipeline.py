@@ -60,6 +60,13 @@ class Pipeline:
                 (self.dump_dir / f"{step:02d}_{name}.txt").write_text(text)
         return model
 
+    def close(self) -> None:
+        """Let every pass release what it still holds (``RangeRunPass``: its worker thread)."""
+        for pass_ in self.passes:
+            close = getattr(pass_, "close", None)
+            if callable(close):
+                close()
+
 
 def _steps(passes: Sequence[ir.passes.PassBase]) -> list[ir.passes.PassBase]:
     """``passes`` with every ``Sequential`` replaced by its own passes, in order."""

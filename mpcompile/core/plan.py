@@ -104,6 +104,11 @@ class PrecisionPlan:
     """
 
     def __init__(self, ranges: ConstantRanges | None = None) -> None:
+        self.ranges = ranges
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget every decision and what applying them needs; the range scans are kept."""
         self._decisions: dict[ir.Node, Decision] = {}
         self._typings: dict[ir.Node, NodeTyping | None] = {}
         self._input_dtypes: dict[ir.Node, tuple[ir.DataType | None, ...]] = {}
@@ -112,7 +117,6 @@ class PrecisionPlan:
         self.input_dtypes: dict[ir.Value, ir.DataType] = {}
         self.clamped_masks: set[ir.Value] = set()
         self.graphs: list[tuple[ir.Graph, int]] = []  # (graph, ai.onnx opset), as all_graphs lists them
-        self.ranges = ranges
 
     # ---- decisions ----------------------------------------------------------------
 

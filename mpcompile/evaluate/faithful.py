@@ -25,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import mmap
+import os
 import pathlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -37,7 +39,6 @@ import onnx_ir as ir
 import onnx_ir.passes.common
 
 from mpcompile.evaluate.ort_session import (
-    APART_LOCATION,
     ModelLike,
     make_session,
     proto_apart,
@@ -109,7 +110,10 @@ class ReferenceSession:
     then built from that proto (which it edits) instead of from a private copy with shapes
     inferred again (``prepared_copy``): the same values, without the copy, the inference and a
     second serialization (the range run on 26k nodes: docs/performance.md, "Range run cost").
-    ``spin``: as ``make_session``'s (False for a session run once)."""
+    ``spin``: as ``make_session``'s (False for a session run once).
+
+    ``reference_recipe`` + ``SessionRecipe.build`` make the same session in two steps: the first
+    reads the IR, the second only bytes (so it may run on a worker thread)."""
 
     def __init__(
         self,
@@ -120,26 +124,74 @@ class ReferenceSession:
         serialized: SessionProto | None = None,
         spin: bool = True,
     ):
-        if serialized is not None and isinstance(model, ir.Model):
-            self.declared = {value.name: value.dtype for value in model.graph.outputs}
-            self.declared.update(_expose_in_proto(model, serialized.proto, intermediates))
-            session_model, weights = serialized.proto.SerializeToString(), serialized.weights
-        else:
-            reference = prepared_copy(model)
-            self.declared = {value.name: value.dtype for value in reference.graph.outputs}
-            self.declared.update(_expose_intermediates(reference, intermediates))
-            session_model, weights = serialize_apart(reference)  # large weights stay arrays
-        self._session = make_session(
-            session_model,
-            ["CPUExecutionProvider"],
-            optimize=False,
-            prepack=prepack,
-            initializers=weights,
-            spin=spin,
+        recipe = reference_recipe(
+            model, intermediates=intermediates, prepack=prepack, serialized=serialized, spin=spin
         )
+        self.declared, self._session = recipe.declared, recipe.session()
+
+    @classmethod
+    def from_recipe(cls, recipe: SessionRecipe) -> ReferenceSession:
+        """The session of ``recipe`` (``SessionRecipe.build``)."""
+        session = cls.__new__(cls)
+        session.declared, session._session = recipe.declared, recipe.session()
+        return session
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return _run_session(self._session, feeds, self.declared, widen_inputs=False)
+
+
+@dataclasses.dataclass
+class SessionRecipe:
+    """What a ``ReferenceSession`` is built from: the serialized model, its large weights apart,
+    the dtype each output is declared with, and the session's options. Holds no IR."""
+
+    model: bytes
+    weights: dict[str, np.ndarray]
+    declared: dict[str, ir.DataType | None]
+    prepack: bool = True
+    spin: bool = True
+    threads: int | None = None  # ORT's intra-op threads (None: its default, one per core)
+
+    def session(self) -> Any:
+        """ONNX Runtime's session for the recipe (CPU, graph optimizations off)."""
+        return make_session(
+            self.model,
+            ["CPUExecutionProvider"],
+            optimize=False,
+            prepack=self.prepack,
+            initializers=self.weights,
+            spin=self.spin,
+            options=None if self.threads is None else {"intra_op_num_threads": self.threads},
+        )
+
+    def build(self) -> ReferenceSession:
+        """The ``ReferenceSession``. It reads no IR, and ONNX Runtime releases the GIL while it
+        builds the session, so a worker thread may build it while the conversion goes on
+        (the range run: ``passes/range_run.py``)."""
+        return ReferenceSession.from_recipe(self)
+
+
+def reference_recipe(
+    model: ModelLike,
+    *,
+    intermediates: Intermediates = False,
+    prepack: bool = True,
+    serialized: SessionProto | None = None,
+    spin: bool = True,
+    threads: int | None = None,
+) -> SessionRecipe:
+    """The ``SessionRecipe`` of ``ReferenceSession(model, ...)`` (same arguments): the part that
+    reads ``model`` (exposing the intermediates, serializing). ``threads``: the recipe's."""
+    if serialized is not None and isinstance(model, ir.Model):
+        declared = {value.name: value.dtype for value in model.graph.outputs}
+        declared.update(_expose_in_proto(model, serialized.proto, intermediates))
+        session_model, weights = serialized.proto.SerializeToString(), serialized.weights
+    else:
+        reference = prepared_copy(model)
+        declared = {value.name: value.dtype for value in reference.graph.outputs}
+        declared.update(_expose_intermediates(reference, intermediates))
+        session_model, weights = serialize_apart(reference)  # large weights stay arrays
+    return SessionRecipe(session_model, weights, declared, prepack, spin, threads)
 
 
 @dataclasses.dataclass
@@ -158,7 +210,7 @@ def serialize_reference(model: ir.Model) -> SessionProto | None:
     are exposed).
 
     External weights are read into memory as ``prepared_copy`` does."""
-    if _only_a_private_copy_evaluates(model):
+    if only_a_private_copy_evaluates(model):
         return None
     with _external_weights_in_memory(model):
         proto, weights = proto_apart(model)
@@ -166,55 +218,7 @@ def serialize_reference(model: ir.Model) -> SessionProto | None:
     return SessionProto(proto, weights)
 
 
-def reference_from_loaded(model: ir.Model, loaded: onnx.ModelProto) -> SessionProto | None:
-    """``serialize_reference``'s result taken from ``loaded``, the protobuf ``model`` was
-    deserialized from (``model_io.load_model_and_proto``'s, types inferred), instead of
-    serializing the IR again: on 26k nodes that serialization is most of the range run's own
-    cost. ``loaded`` is edited (its external and mapped weights become in-memory stand-ins);
-    ``model`` is not.
-
-    None (the caller serializes instead) where ``serialize_reference`` gives None, or where the
-    main graphs' nodes differ by name or op type: only a pass that renames nodes or rewrites the
-    graph makes them differ, and then the IR is what to evaluate."""
-    graph = loaded.graph
-    nodes = list(model.graph)
-    if (
-        _only_a_private_copy_evaluates(model)
-        or len(graph.node) != len(nodes)
-        or len(graph.output) != len(model.graph.outputs)
-        or any(
-            (node.name, node.op_type) != (source.name, source.op_type)
-            for node, source in zip(nodes, graph.node, strict=True)
-        )
-    ):
-        return None
-    if any(  # weights of subgraphs in data files: read as serialize_reference reads them
-        isinstance(value.const_value, ir.ExternalTensor)
-        for subgraph in model_graphs(model)[1:]
-        for value in subgraph.initializers.values()
-    ):
-        return None
-    initializers = model.graph.initializers
-    apart = [tensor for tensor in graph.initializer if tensor.data_location == onnx.TensorProto.EXTERNAL]
-    if any(
-        initializers.get(tensor.name) is None or initializers[tensor.name].const_value is None
-        for tensor in apart
-    ):
-        return None
-    maps: dict[tuple[str, str], mmap.mmap | None] = {}
-    weights: dict[str, np.ndarray] = {}
-    for tensor_proto in apart:
-        tensor = initializers[tensor_proto.name].const_value
-        array = _mapped_view(tensor, maps) if isinstance(tensor, ir.ExternalTensor) else None
-        weights[tensor_proto.name] = array if array is not None else tensor.numpy()
-        del tensor_proto.external_data[:]
-        for key, entry in (("location", APART_LOCATION), ("offset", "0"), ("length", str(tensor.nbytes))):
-            tensor_proto.external_data.add(key=key, value=entry)
-    loaded.ir_version = model_io.output_ir_version(model)
-    return SessionProto(loaded, weights)
-
-
-def _only_a_private_copy_evaluates(model: ir.Model) -> bool:
+def only_a_private_copy_evaluates(model: ir.Model) -> bool:
     """Local functions (``prepared_copy`` inlines them), or a named main-graph value without a
     type (shape inference there may type it, and only typed values are exposed)."""
     return bool(model.functions) or _has_untyped_output([model.graph])
@@ -256,24 +260,46 @@ def _external_weights_in_memory(model: ir.Model) -> Iterator[None]:
 def _mapped_view(
     tensor: ir.ExternalTensor, maps: dict[tuple[str, str], mmap.mmap | None]
 ) -> np.ndarray | None:
-    """``tensor``'s array as a view of its file's one mapping in ``maps`` (by location and
-    folder), or None where onnx-ir's own loading is needed (sub-byte types, empty tensors, a
-    file outside the model's folder)."""
+    """``tensor``'s array as a view of its file's one mapping in ``maps`` (``mapped_array``), or
+    None where onnx-ir's own loading is needed (sub-byte types, empty tensors, a file outside
+    the model's folder)."""
     if tensor.dtype.bitwidth < 8 or tensor.dtype.bitwidth % 8 or tensor.size == 0:
         return None
-    key = (str(tensor.location), str(tensor.base_dir))
+    return mapped_array(
+        pathlib.Path(tensor.path),
+        tensor.base_dir,
+        tensor.offset or 0,
+        tensor.dtype,
+        tensor.shape.numpy(),
+        maps,
+    )
+
+
+def mapped_array(
+    path: pathlib.Path,
+    base_dir: str | os.PathLike,
+    offset: int,
+    dtype: ir.DataType,
+    shape: Sequence[int],
+    maps: dict[tuple[str, str], mmap.mmap | None],
+) -> np.ndarray | None:
+    """The little-endian array of ``dtype`` and ``shape`` at ``offset`` of ``path``, as a view of
+    the file's one mapping in ``maps`` (by file and folder); None for a file outside
+    ``base_dir``. ``dtype`` is a whole number of bytes wide."""
+    key = (str(path), str(base_dir))
     if key not in maps:
         maps[key] = None
-        path = pathlib.Path(tensor.path).resolve()
-        if tensor.base_dir and path.is_relative_to(pathlib.Path(tensor.base_dir).resolve()):
-            with open(path, "rb") as handle:
+        resolved = path.resolve()
+        if base_dir and resolved.is_relative_to(pathlib.Path(base_dir).resolve()):
+            with open(resolved, "rb") as handle:
                 maps[key] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     mapped = maps[key]
     if mapped is None:
         return None
-    dtype = np.dtype(tensor.dtype.numpy()).newbyteorder("<")
-    array = np.frombuffer(mapped, dtype=dtype, count=tensor.size, offset=tensor.offset or 0)
-    return array.reshape(tensor.shape.numpy())
+    array = np.frombuffer(
+        mapped, dtype=np.dtype(dtype.numpy()).newbyteorder("<"), count=math.prod(shape), offset=offset
+    )
+    return array.reshape(tuple(shape))
 
 
 def _expose_in_proto(
@@ -282,8 +308,8 @@ def _expose_in_proto(
     """What ``prepared_copy`` and ``_expose_intermediates`` do, on ``serialize_reference``'s proto
     of ``model``: the shapes of values between nodes dropped (``forget_intermediate_shapes``; ORT
     infers them), the requested main-graph values appended to the outputs with their types."""
-    _forget_proto_shapes(proto.graph)
-    wanted = _wanted_intermediates(model.graph, intermediates)
+    forget_proto_shapes(proto.graph)
+    wanted = wanted_intermediates(model.graph, intermediates)
     graph = proto.graph
     listed = {info.name for info in graph.output}
     exposed: dict[str, ir.DataType | None] = {}
@@ -302,7 +328,7 @@ def _expose_in_proto(
     return exposed
 
 
-def _forget_proto_shapes(graph: onnx.GraphProto) -> None:
+def forget_proto_shapes(graph: onnx.GraphProto) -> None:
     """``forget_intermediate_shapes`` on a graph proto and its subgraphs."""
     outputs = {info.name for info in graph.output}
     forget: set[str] = set()
@@ -311,7 +337,7 @@ def _forget_proto_shapes(graph: onnx.GraphProto) -> None:
             forget.update(name for name in node.output if name not in outputs)
         for attribute in node.attribute:
             for subgraph in (attribute.g,) if attribute.HasField("g") else attribute.graphs:
-                _forget_proto_shapes(subgraph)
+                forget_proto_shapes(subgraph)
     for info in graph.value_info:
         if info.name in forget and info.type.HasField("tensor_type"):
             info.type.tensor_type.ClearField("shape")
@@ -429,7 +455,7 @@ def _guess_unknown_dtype(node: ir.Node, guessed: Mapping[ir.Value, ir.DataType])
 def _expose_intermediates(model: ir.Model, intermediates: Intermediates) -> dict[str, ir.DataType | None]:
     """Add the requested main-graph values to the graph outputs; their declared dtypes."""
     graph = model.graph
-    wanted = _wanted_intermediates(graph, intermediates)
+    wanted = wanted_intermediates(graph, intermediates)
     already = {id(value) for value in graph.outputs}
     exposed: dict[str, ir.DataType | None] = {}
     for value in wanted:
@@ -440,7 +466,7 @@ def _expose_intermediates(model: ir.Model, intermediates: Intermediates) -> dict
     return exposed
 
 
-def _wanted_intermediates(graph: ir.Graph, intermediates: Intermediates) -> list[ir.Value]:
+def wanted_intermediates(graph: ir.Graph, intermediates: Intermediates) -> list[ir.Value]:
     """The main-graph node outputs ``intermediates`` asks for (``True``: every tensor)."""
     if intermediates is False:
         return []

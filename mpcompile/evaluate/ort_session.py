@@ -53,7 +53,7 @@ def serialize_for_session(model: ir.Model) -> bytes:
 # Weights at least this large go to ORT as arrays beside the serialized graph (serialize_apart).
 APART_MIN_BYTES = 1 << 16
 APART_LOCATION = "__mpcompile_in_memory__"  # never read: ORT takes the arrays given instead
-_NUMPY_NATIVE = frozenset(
+NUMPY_NATIVE = frozenset(
     {
         ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.INT8, ir.DataType.INT16,
         ir.DataType.INT32, ir.DataType.INT64, ir.DataType.UINT8, ir.DataType.UINT16, ir.DataType.UINT32,
@@ -78,7 +78,7 @@ def proto_apart(model: ir.Model) -> tuple[onnx.ModelProto, dict[str, Any]]:
         tensor = value.const_value
         if (
             tensor is None
-            or tensor.dtype not in _NUMPY_NATIVE
+            or tensor.dtype not in NUMPY_NATIVE
             or tensor.nbytes < APART_MIN_BYTES
             or value.name is None
         ):

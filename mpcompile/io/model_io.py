@@ -14,7 +14,7 @@ import pathlib
 import re
 import shutil
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import BinaryIO
 
 import onnx
@@ -64,15 +64,26 @@ def load_model(path: str | os.PathLike, *, infer_types: bool = False, check_link
 
 
 def load_model_and_proto(
-    path: str | os.PathLike, *, infer_types: bool = False, check_links: bool = True
+    path: str | os.PathLike,
+    *,
+    infer_types: bool = False,
+    check_links: bool = True,
+    before_ir: Callable[[onnx.ModelProto], None] | None = None,
 ) -> tuple[ir.Model, onnx.ModelProto]:
     """``load_model``, and the protobuf the model was deserialized from (types inferred when
     asked, embedded weights mapped as external data of the model file): what the range run
-    evaluates instead of serializing the IR again (``faithful.reference_from_loaded``)."""
+    evaluates instead of serializing the IR again (``evaluate/loaded_reference.py``).
+    ``before_ir``: called with that protobuf (not to be modified) once the checks passed and
+    types are inferred, before the IR is deserialized from it (the range run starts there)."""
     path = pathlib.Path(path).absolute()  # external data resolves against this (primer P1)
     proto = _parse_model_file(path)
     return _model_and_proto(
-        proto, path.parent, infer_types=infer_types, model_file=path, check_links=check_links
+        proto,
+        path.parent,
+        infer_types=infer_types,
+        model_file=path,
+        check_links=check_links,
+        before_ir=before_ir,
     )
 
 
@@ -163,6 +174,7 @@ def _model_and_proto(
     infer_types: bool,
     model_file: pathlib.Path | None,
     check_links: bool,
+    before_ir: Callable[[onnx.ModelProto], None] | None = None,
 ) -> tuple[ir.Model, onnx.ModelProto]:
     """``model_from_proto``, and the protobuf it deserialized (``proto`` or its inferred copy)."""
     data_files = check_external_data(proto, base_dir)  # first: it guards what may be opened
@@ -173,6 +185,8 @@ def _model_and_proto(
     inferred = False
     if infer_types:
         proto, inferred = _with_inferred_types(proto)
+    if before_ir is not None:
+        before_ir(proto)
     model = ir.serde.deserialize_model(proto)
     if inferred:
         model.meta[TYPES_INFERRED_KEY] = True
@@ -424,10 +438,15 @@ def _first_line(exc: BaseException) -> str:
 def output_ir_version(model: ir.Model) -> int:
     """The IR version to write: the model's own, unless it is newer than ORT releases load;
     then the lowest version the model's opsets allow."""
-    original = model.ir_version or MAX_IR_VERSION
+    return ir_version_for(model.ir_version, model.opset_imports)
+
+
+def ir_version_for(ir_version: int | None, opset_imports: Mapping[str, int]) -> int:
+    """``output_ir_version`` of a model with this IR version and these opset imports."""
+    original = ir_version or MAX_IR_VERSION
     if original <= MAX_IR_VERSION:
         return original
-    opsets = [onnx.helper.make_opsetid(domain, version) for domain, version in model.opset_imports.items()]
+    opsets = [onnx.helper.make_opsetid(domain, version) for domain, version in opset_imports.items()]
     try:
         needed = onnx.helper.find_min_ir_version_for(opsets, ignore_unknown=True)
     except (ValueError, TypeError):

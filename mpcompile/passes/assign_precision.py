@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import onnx_ir as ir
 
@@ -63,10 +63,18 @@ class _NodeInfo:
 class AssignPrecisionPass(PlanPass):
     """Fill the plan (analysis only): a Decision and the typing seen for every node, the dtype
     every node input must have afterwards, the dtype each graph output keeps, and the attention
-    masks to clamp. ``plan``: the plan to fill (a new one when not given)."""
+    masks to clamp. ``plan``: the plan to fill (a new one when not given). ``review``: called
+    with the model and the plan once it is painted; True means it added node overrides
+    (``RangeRunPass.review``), and the plan is painted again."""
 
-    def __init__(self, context: ConversionContext, plan: PrecisionPlan | None = None):
+    def __init__(
+        self,
+        context: ConversionContext,
+        plan: PrecisionPlan | None = None,
+        review: Callable[[ir.Model, PrecisionPlan], bool] | None = None,
+    ):
         super().__init__(context, PrecisionPlan() if plan is None else plan)
+        self.review = review
 
     def requires(self, model: ir.Model) -> None:
         """A plan of low-precision nodes needs Casts to the low type (a minimum ai.onnx opset),
@@ -89,6 +97,31 @@ class AssignPrecisionPass(PlanPass):
             )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self._paint(model)
+        # ``review`` (the range run, finished now) may add node overrides: then paint again.
+        if self.review is not None and self.review(model, self.plan):
+            self.plan.clear()
+            self._paint(model)
+        plan = self.plan
+        unknown = Counter(
+            f"{node.domain or 'ai.onnx'}::{node.op_type}"
+            for node, decision in plan.items()
+            if decision.reason == Reason.UNKNOWN_OP
+        )
+        if unknown:
+            listed = ", ".join(
+                f"{op} ({count} node{'s' * (count > 1)})" for op, count in sorted(unknown.items())
+            )
+            self.context.notes.append(f"kept FP32, no schema or typing rule: {listed}")
+        untyped = [name for (_, name, _), f in model.functions.items() if not f.meta.get(TYPED_FUNCTION_KEY)]
+        if untyped:
+            self.context.notes.append(
+                f"local function(s) {', '.join(sorted(untyped))} kept as they are: their call sites disagree on types"
+            )
+        return ir.passes.PassResult(model, modified=False)
+
+    def _paint(self, model: ir.Model) -> None:
+        """Steps 1-6 of the module docstring, into the (empty) plan."""
         plan = self.plan
         plan.graphs = list(all_graphs(model))  # valid once InferTypesPass typed the functions
         low_inputs, low_outputs = lowered_io(model, self.context.fp32_io)
@@ -109,22 +142,6 @@ class AssignPrecisionPass(PlanPass):
         # A mask is clamped when one of its Softmaxes runs in low precision: its values will.
         plan.clamped_masks = {value for value, softmaxes in masks.items() if any(map(plan.is_low, softmaxes))}
         self._require_dtypes(model, frozenset(low_outputs))
-        unknown = Counter(
-            f"{node.domain or 'ai.onnx'}::{node.op_type}"
-            for node, decision in plan.items()
-            if decision.reason == Reason.UNKNOWN_OP
-        )
-        if unknown:
-            listed = ", ".join(
-                f"{op} ({count} node{'s' * (count > 1)})" for op, count in sorted(unknown.items())
-            )
-            self.context.notes.append(f"kept FP32, no schema or typing rule: {listed}")
-        untyped = [name for (_, name, _), f in model.functions.items() if not f.meta.get(TYPED_FUNCTION_KEY)]
-        if untyped:
-            self.context.notes.append(
-                f"local function(s) {', '.join(sorted(untyped))} kept as they are: their call sites disagree on types"
-            )
-        return ir.passes.PassResult(model, modified=False)
 
     def _require_dtypes(self, model: ir.Model, low_outputs: frozenset[ir.Value]) -> None:
         """Per node input, the dtype it must have once the plan is applied: the low-precision

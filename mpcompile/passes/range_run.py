@@ -29,9 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import pathlib
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import onnx
 import onnx_ir as ir
@@ -42,8 +46,13 @@ from mpcompile.core.plan import Decision, Reason
 from mpcompile.core.precision import LowPrecisionFormat, Precision
 from mpcompile.io import model_io
 from mpcompile.passes.base import ConversionPass
-from mpcompile.passes.context import ConversionContext, ConvertStats
+from mpcompile.passes.context import ConversionContext
 from mpcompile.policy import range_propagation
+
+if TYPE_CHECKING:
+    from mpcompile.core.plan import PrecisionPlan
+    from mpcompile.evaluate.faithful import ReferenceSession, SessionRecipe
+    from mpcompile.evaluate.loaded_reference import LoadedRecipe
 
 # The underflow rule is off (inf); the cancellation rule is off by the infinite budget below.
 RULES = RangeRules(underflow_mass=math.inf)
@@ -69,15 +78,59 @@ class RangeRun:
 
 @dataclasses.dataclass
 class LoadedProto:
-    """The protobuf a model was deserialized from (``model_io.load_model_and_proto``), held for
-    the range run, which takes it (so it is freed after) and evaluates it instead of
-    serializing the IR again when the graph is still the loaded one."""
+    """The protobuf a model was deserialized from (``model_io.load_model_and_proto``), from a
+    file in ``base_dir``, held for the range run, which takes it (so it is freed after) and
+    evaluates it instead of serializing the IR again when the graph is still the loaded one.
+    ``early``: the range run started from it before the IR was deserialized (``start_early``),
+    for the range run to take too. ``close`` frees what nobody took."""
 
     proto: onnx.ModelProto | None
+    base_dir: pathlib.Path | None = None
+    early: PendingRangeRun | None = None
+    dropped: list[PendingRangeRun] = dataclasses.field(default_factory=list)  # stopped, joined at close
 
     def take(self) -> onnx.ModelProto | None:
         proto, self.proto = self.proto, None
         return proto
+
+    def take_early(self) -> PendingRangeRun | None:
+        early, self.early = self.early, None
+        return early
+
+    def close(self) -> None:
+        self.proto = None
+        for pending in [self.take_early(), *self.dropped]:
+            if pending is not None:
+                pending.close()
+        self.dropped.clear()
+
+
+def start_early(proto: onnx.ModelProto, base_dir: pathlib.Path) -> PendingRangeRun | None:
+    """The range run's session, built on a worker thread from ``proto`` (as loaded from a file in
+    ``base_dir``, types inferred; not modified) while the IR is deserialized from it
+    (``evaluate/loaded_reference.py``). None where only the IR can make the session, or where
+    the run will be skipped (no onnxruntime, weights above ``MAX_WEIGHT_BYTES``).
+    ``start_range_run`` takes it where it still describes the model (``LoadedProto.early``)."""
+    from mpcompile.evaluate.loaded_reference import loaded_recipe
+
+    started = time.perf_counter()
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    if _proto_weight_bytes(proto.graph) > MAX_WEIGHT_BYTES:
+        return None
+    try:
+        source = loaded_recipe(proto, base_dir, threads_beside_the_conversion())
+    except Exception:  # the range run serializes the IR instead, and reports what fails then
+        return None
+    if source is None:
+        return None
+    pending = PendingRangeRun()
+    pending.source = source
+    pending.start(source.take_recipe())
+    pending.seconds = time.perf_counter() - started
+    return pending
 
 
 def range_run(
@@ -93,30 +146,191 @@ def range_run(
     find unsafe; see the module docstring for when it is skipped. ``low_nodes`` is called only
     when the rules find something (``measured_findings``): most models have nothing to keep.
     ``loaded``: the protobuf ``model`` was loaded from, taken and evaluated where it still
-    describes the model (``faithful.reference_from_loaded``)."""
-    if not range_propagation.needed(low):
-        return RangeRun()
+    describes the model (``faithful.reference_from_loaded``).
+
+    ``start_range_run`` and ``PendingRangeRun.finish`` do the same in two steps, with the
+    conversion going on between them."""
+    pending = start_range_run(model, low, seed=seed, loaded=loaded)
+    try:
+        return pending.finish(model, low_nodes)
+    finally:
+        pending.close()
+
+
+def start_range_run(
+    model: ir.Model,
+    low: LowPrecisionFormat,
+    *,
+    seed: int = 0,
+    loaded: LoadedProto | None = None,
+    threads: int | None = None,
+) -> PendingRangeRun:
+    """``range_run``'s first step: what reads ``model`` is done here; ONNX Runtime builds the
+    session and runs it on a worker thread (it releases the GIL meanwhile), and the memory
+    estimate is checked here while it builds. ``loaded``'s early session is taken where it
+    still describes ``model``. ``threads``: ORT's for a session built here (None: its default;
+    ``threads_beside_the_conversion()`` where the conversion goes on meanwhile). ``model`` must
+    not change until ``finish``, except by typing its values (``InferTypesPass``). Call
+    ``close`` in every case."""
     started = time.perf_counter()
+    early = loaded.take_early() if loaded is not None else None
+    pending: PendingRangeRun | None = None
+    try:
+        pending = _start(model, low, seed, loaded, early, threads)
+    finally:
+        if early is not None and pending is not early:  # not taken: stopped, joined at the end
+            early.stop()
+            assert loaded is not None
+            loaded.dropped.append(early)
+    pending.seconds += time.perf_counter() - started
+    return pending
+
+
+def _start(
+    model: ir.Model,
+    low: LowPrecisionFormat,
+    seed: int,
+    loaded: LoadedProto | None,
+    early: PendingRangeRun | None,
+    threads: int | None,
+) -> PendingRangeRun:
+    if not range_propagation.needed(low):
+        return PendingRangeRun(done=RangeRun())
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        return RangeRun(note="range run skipped (static rules only): onnxruntime is not installed")
+        return PendingRangeRun.skipped("onnxruntime is not installed")
     if model_io.weight_bytes(model) > MAX_WEIGHT_BYTES:
-        return RangeRun(
-            note=f"range run skipped (static rules only): weights above {MAX_WEIGHT_BYTES >> 20} MiB "
-            "(memory); --auto measures ranges on any size"
+        return PendingRangeRun.skipped(
+            f"weights above {MAX_WEIGHT_BYTES >> 20} MiB (memory); --auto measures ranges on any size"
         )
     try:
-        values, label = _reference_values(model, seed, loaded)
+        pending = _prepare(model, seed, loaded, early, threads)
     except Exception as exc:  # the static rules decide instead: never an error
-        return RangeRun(note=f"range run skipped (static rules only): {_first_line(exc)}")
-    kept = measured_findings(model, values, low)
-    if kept:  # the (costly) static low-precision set is needed only when something was measured
-        low_set = set(low_nodes())
-        kept = {name: finding for name, finding in kept.items() if name in low_set}
-    seconds = time.perf_counter() - started
-    decisions = {name: range_decision(finding) for name, finding in kept.items()}
-    return RangeRun(decisions, kept_note(kept, label, low, seconds), seconds, kept)
+        return PendingRangeRun.skipped(_first_line(exc))
+    pending.low = low
+    return pending
+
+
+class PendingRangeRun:
+    """A range run started by ``start_range_run``: its session is built and run on a worker
+    thread; ``finish`` waits for it and applies the range rules. ``close`` waits for the worker
+    (and stops it before the run when ``finish`` was never called)."""
+
+    def __init__(self, done: RangeRun | None = None):
+        self.done = done  # the result, where nothing is left to run (skipped)
+        self.source: LoadedRecipe | None = None  # start_early's: what its session evaluates
+        self.low: LowPrecisionFormat | None = None
+        self.seconds = 0.0  # this run's own work: preparing, the worker's, finishing
+        self.worker_seconds = 0.0
+        self.seed = 0
+        self.label = ""
+        self.specs: list = []
+        self.feeds: list[dict] = []
+        self._recipe: SessionRecipe | None = None
+        self._fits = threading.Event()  # the memory estimate passed: the worker may run
+        self._cancelled = False
+        self._session: ReferenceSession | None = None
+        self._outputs: list[dict] | None = None
+        self._error: BaseException | None = None  # the build's or the first run's
+        self._worker: threading.Thread | None = None
+
+    @classmethod
+    def skipped(cls, why: str) -> PendingRangeRun:
+        return cls(done=RangeRun(note=f"range run skipped (static rules only): {why}"))
+
+    def start(self, recipe: SessionRecipe) -> None:
+        self._recipe = recipe
+        self._worker = threading.Thread(target=self._work, name="mpcompile-range-run", daemon=True)
+        self._worker.start()
+
+    def _work(self) -> None:
+        started = time.perf_counter()
+        try:
+            recipe, self._recipe = self._recipe, None
+            assert recipe is not None
+            self._session = recipe.build()
+            del recipe  # the session holds what it needs
+            self._fits.wait()
+            if not self._cancelled:
+                self._outputs = [self._session.run(batch) for batch in self.feeds]
+                self._session = None  # kept only for retries on other inputs: its memory freed now
+        except BaseException as exc:  # handed to finish, on the calling thread
+            self._error = exc
+        finally:
+            self.worker_seconds = time.perf_counter() - started
+
+    def allow_run(self) -> None:
+        """The memory estimate passed: the worker runs once its session is built."""
+        self._fits.set()
+
+    def cancel(self, why: str) -> None:
+        """Stop the worker before its run; ``finish`` gives the skip note."""
+        self._cancelled = True
+        self._fits.set()
+        self.done = RangeRun(note=f"range run skipped (static rules only): {why}")
+
+    def finish(self, model: ir.Model, low_nodes: Callable[[], Collection[str]]) -> RangeRun:
+        """Wait for the worker, then keep FP32 the nodes of ``low_nodes()`` that the rules find
+        unsafe (``range_run``)."""
+        self.close()
+        if self.done is not None:
+            return self.done
+        started = time.perf_counter()
+        assert self.low is not None
+        try:
+            values, label = self._values(model)
+        except Exception as exc:  # the static rules decide instead: never an error
+            return RangeRun(note=f"range run skipped (static rules only): {_first_line(exc)}")
+        kept = measured_findings(model, values, self.low)
+        if kept:  # the (costly) static low-precision set is needed only when something was measured
+            low_set = set(low_nodes())
+            kept = {name: finding for name, finding in kept.items() if name in low_set}
+        seconds = self.seconds + self.worker_seconds + time.perf_counter() - started
+        decisions = {name: range_decision(finding) for name, finding in kept.items()}
+        return RangeRun(decisions, kept_note(kept, label, self.low, seconds), seconds, kept)
+
+    def stop(self) -> None:
+        """Let a worker still before its run end without it (``close`` waits for it)."""
+        if not self._fits.is_set():
+            self._cancelled = True
+            self._fits.set()
+
+    def close(self) -> None:
+        """Wait for the worker; one still before its run is stopped first."""
+        if self._worker is None:
+            return
+        self.stop()
+        self._worker.join()
+        self._worker = None
+
+    def _values(self, model: ir.Model) -> tuple[dict[str, list], str]:
+        """Every main-graph value of the run (the worker's first, or a retry here on inputs
+        the model accepts: ``run_accepting_inputs``), and the inputs' label."""
+        from mpcompile.evaluate.accepted_inputs import run_accepting_inputs
+
+        session, first, error, ran = self._session, self.feeds, self._error, self._outputs
+        if session is None and ran is None:
+            raise error or RuntimeError("the range run's session was not built")
+
+        def run(batches: list[dict]) -> list[dict]:
+            if batches is first:  # the worker ran these
+                if error is not None:
+                    raise error
+                assert ran is not None
+                return ran
+            assert session is not None, "a session is kept where its first run failed"
+            return [session.run(batch) for batch in batches]
+
+        outputs, feeds, choice = run_accepting_inputs(
+            model, run, first, self.specs, seed=self.seed, time_limit=RETRY_SECONDS, max_tries=MAX_TRIES
+        )
+        self._session = self._outputs = None
+        label = self.label if choice is None else f"{self.label}; {choice.describe()}"
+        values: dict[str, list] = {}
+        for name, array in [*feeds[0].items(), *outputs[0].items()]:
+            values.setdefault(name, []).append(array)
+        return values, label
 
 
 def measured_findings(
@@ -141,9 +355,13 @@ def measured_findings(
 
 
 class RangeRunPass(ConversionPass):
-    """The range run as the pass after ``OrtLoadablePass`` (the graph as optimised and named):
-    fills ``overrides`` (which the context's ``node_overrides`` reads after the caller's own)
-    with the nodes it keeps FP32, and adds its note."""
+    """The range run as the pass after ``OrtLoadablePass`` (the graph as optimised and named).
+
+    It starts the run (``start_range_run``), and ``AssignPrecisionPass`` finishes it through
+    ``review``: ONNX Runtime builds and runs the session on a worker thread while the types are
+    inferred and the static paint is made (docs/performance.md). The nodes the run keeps FP32
+    go into ``overrides`` (which the context's ``node_overrides`` reads after the caller's own),
+    and its note into the notes, where this pass ran. ``close`` waits for the worker."""
 
     def __init__(
         self,
@@ -154,34 +372,46 @@ class RangeRunPass(ConversionPass):
         super().__init__(context)
         self.overrides = overrides
         self.loaded = loaded
+        self.pending: PendingRangeRun | None = None
+        self._note_at = 0
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        run = range_run(
-            model, self.context.low, lambda: static_low_nodes(model, self.context), loaded=self.loaded
+        self.close()
+        self.pending = start_range_run(
+            model, self.context.low, loaded=self.loaded, threads=threads_beside_the_conversion()
         )
         if self.loaded is not None:
             self.loaded.take()  # a run skipped left it: freed before the passes that follow
-        if run.note:
-            self.context.notes.append(run.note)
-        self.overrides.update(run.decisions)
+        self._note_at = len(self.context.notes)
         return ir.passes.PassResult(model, modified=False)
 
+    def review(self, model: ir.Model, plan: PrecisionPlan) -> bool:
+        """``AssignPrecisionPass``'s review of its static paint ``plan``: the run finished on the
+        main-graph nodes painted low. True when it keeps some FP32 (the paint is made again)."""
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return False
+        try:
+            run = pending.finish(
+                model,
+                lambda: {
+                    node.name
+                    for node, decision in plan.items()
+                    if decision.is_low and node.graph is model.graph
+                },
+            )
+        finally:
+            pending.close()
+        if run.note:
+            self.context.notes.insert(self._note_at, run.note)
+        self.overrides.update(run.decisions)
+        return bool(run.decisions)
 
-def static_low_nodes(model: ir.Model, context: ConversionContext) -> set[str]:
-    """The main-graph nodes the static paint alone puts in low precision (a trial paint whose
-    stats and notes are dropped)."""
-    from mpcompile.core.plan import PrecisionPlan
-    from mpcompile.core.ranges import ConstantRanges
-    from mpcompile.passes.assign_precision import AssignPrecisionPass
-    from mpcompile.passes.infer_types import InferTypesPass
-
-    trial = dataclasses.replace(context, stats=ConvertStats(), notes=[])
-    plan = PrecisionPlan(ranges=ConstantRanges(context.low))
-    try:
-        AssignPrecisionPass(trial, plan)(InferTypesPass(trial)(model).model)
-        return {node.name for node, decision in plan.items() if decision.is_low and node.graph is model.graph}
-    finally:
-        plan.close()
+    def close(self) -> None:
+        """Wait for a run started and not reviewed (the conversion failed in between)."""
+        if self.pending is not None:
+            self.pending.close()
+            self.pending = None
 
 
 def range_decision(finding: RangeFinding) -> Decision:
@@ -231,48 +461,105 @@ def _additive_masks(
     return masks
 
 
-def _reference_values(
-    model: ir.Model, seed: int, loaded: LoadedProto | None = None
-) -> tuple[dict[str, list], str]:
-    """Every main-graph value of one FP32 run on generated inputs (one batch), and the inputs' label."""
+def _prepare(
+    model: ir.Model,
+    seed: int,
+    loaded: LoadedProto | None = None,
+    early: PendingRangeRun | None = None,
+    threads: int | None = None,
+) -> PendingRangeRun:
+    """The range run's inputs and session, read from ``model``: ``early`` where it still
+    describes it, else a new worker started on the loaded protobuf (where it describes it) or
+    on the IR serialized; then the memory estimate, checked while the worker builds."""
     from mpcompile.evaluate import implied_sizes, memory_limit
     from mpcompile.evaluate import inputs as inputs_module
-    from mpcompile.evaluate.accepted_inputs import run_accepting_inputs
-    from mpcompile.evaluate.faithful import ReferenceSession, reference_from_loaded, serialize_reference
-    from mpcompile.evaluate.run_memory import run_bytes
 
     dims, why = implied_sizes.deployment_image_dims(model, inputs_module.model_inputs(model))
     specs = inputs_module.input_specs(model, None, dims=dims)
-    # Serialized once for the estimate and the session: no private copy, no shape inference again.
-    proto = loaded.take() if loaded is not None else None  # the session's now: freed with it
-    serialized = reference_from_loaded(model, proto) if proto is not None else None
-    del proto
-    serialized = serialized or serialize_reference(model)
-    if memory_limit.memory_limit() is not None:  # every intermediate is kept: checked before generating
-        needed = run_bytes(
-            model, {spec.name: spec.shape for spec in specs}, proto=serialized.proto if serialized else None
-        )
-        memory_limit.check_fits(needed, "the FP32 range run (every intermediate kept)")
     feeds = [inputs_module.cast_feeds(model, inputs_module.generate_from_specs(specs, seed=seed))]
-    label = inputs_module.generated_label(seed)
+    proto = loaded.take() if loaded is not None else None  # freed once the estimate is made
+    base_dir = loaded.base_dir if loaded is not None else None
+    if early is not None and early.source is not None and early.source.describes(model):
+        pending, estimate = early, proto
+    else:
+        pending, estimate = _start_worker(model, proto, base_dir, threads)
+    del proto
+    pending.seed, pending.specs, pending.feeds = seed, specs, feeds
+    pending.label = inputs_module.generated_label(seed)
     if dims:
-        label += f"; {', '.join(f'{name}={size}' for name, size in dims.items())} ({why})"
+        pending.label += f"; {', '.join(f'{name}={size}' for name, size in dims.items())} ({why})"
+    if memory_limit.memory_limit() is not None:  # every intermediate is kept: checked before the run
+        from mpcompile.evaluate.run_memory import run_bytes
+
+        try:
+            needed = run_bytes(model, {spec.name: spec.shape for spec in specs}, proto=estimate)
+            memory_limit.check_fits(needed, "the FP32 range run (every intermediate kept)")
+        except Exception as exc:
+            pending.cancel(_first_line(exc))
+            return pending
+    pending.allow_run()
+    return pending
+
+
+def _start_worker(
+    model: ir.Model, proto: onnx.ModelProto | None, base_dir: pathlib.Path | None, threads: int | None
+) -> tuple[PendingRangeRun, onnx.ModelProto | None]:
+    """A worker building the session from ``proto`` (the loaded protobuf, where it describes
+    ``model``) or from ``model`` serialized; and the proto the memory estimate reads (the
+    model as serialized, before its intermediates are exposed)."""
+    from mpcompile.evaluate.faithful import reference_recipe, serialize_reference
+    from mpcompile.evaluate.loaded_reference import loaded_recipe
+
+    source = loaded_recipe(proto, base_dir, threads) if proto is not None and base_dir is not None else None
+    pending = PendingRangeRun()
+    if source is not None and source.describes(model):
+        pending.start(source.take_recipe())
+        return pending, proto
+    serialized = serialize_reference(model)
+    estimate = None
+    if serialized is not None:
+        estimate = onnx.ModelProto()  # the recipe exposes the intermediates in place
+        estimate.CopyFrom(serialized.proto)
     # One run: nothing to repack for, and no worker thread should spin waiting for more.
-    session = ReferenceSession(model, intermediates=True, prepack=False, serialized=serialized, spin=False)
-    del serialized  # the session holds what it needs
-
-    def run(batches: list[dict]) -> list[dict]:
-        return [session.run(batch) for batch in batches]
-
-    outputs, feeds, choice = run_accepting_inputs(
-        model, run, feeds, specs, seed=seed, time_limit=RETRY_SECONDS, max_tries=MAX_TRIES
+    pending.start(
+        reference_recipe(model, intermediates=True, prepack=False, serialized=serialized, spin=False)
     )
-    if choice is not None:
-        label = f"{label}; {choice.describe()}"
-    values: dict[str, list] = {}
-    for name, array in [*feeds[0].items(), *outputs[0].items()]:
-        values.setdefault(name, []).append(array)
-    return values, label
+    return pending, estimate
+
+
+def threads_beside_the_conversion() -> int:
+    """ORT's intra-op threads for a range run that goes on while the conversion does: one core
+    fewer than the process may use, the conversion's own thread keeping one (on 2 cores, one
+    thread each: docs/performance.md measures both ways)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on every platform
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
+def _proto_weight_bytes(graph: onnx.GraphProto) -> int:
+    """``model_io.weight_bytes`` read from a graph proto and its subgraphs, without the bytes."""
+    total = 0
+    for tensor in graph.initializer:
+        total += math.prod(tensor.dims) * ir.DataType(tensor.data_type).bitwidth // 8
+    for node in graph.node:
+        for attribute in node.attribute:
+            for subgraph in (attribute.g,) if attribute.HasField("g") else attribute.graphs:
+                total += _proto_weight_bytes(subgraph)
+    return total
+
+
+def _reference_values(
+    model: ir.Model, seed: int, loaded: LoadedProto | None = None
+) -> tuple[dict[str, list], str]:
+    """Every main-graph value of the range run's FP32 run on generated inputs, and the inputs'
+    label, in one step; raises where the run would be skipped."""
+    pending = _prepare(model, seed, loaded)
+    pending.close()
+    if pending.done is not None:
+        raise errors.MpcompileError(pending.done.note)
+    return pending._values(model)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -5,10 +5,11 @@
 Loads the model as ``convert_file`` does, then times each part of the range run
 (``passes/range_run.py``) alone, in wall seconds, in the order the run does them:
 
-- ``reference_from_loaded``: the session's proto, taken from the loaded protobuf;
-- ``serialize_reference``: the same, serialized from the IR (the fallback; for comparison);
+- ``serialize_reference``: the model serialized from the IR (the fallback; for comparison);
+- ``loaded_recipe``: the session's model made from the loaded protobuf, every intermediate
+  exposed (``evaluate/loaded_reference.py``; ``convert_file`` makes it before the IR exists);
+- ``describes``: the check that the recipe still describes the IR;
 - ``run_bytes``: the memory estimate;
-- ``expose``: every intermediate appended to the proto's outputs (``_expose_in_proto``);
 - ``session``: ONNX Runtime creating the session (optimizations off, no prepacking, no spinning);
 - ``run``: one run on the generated inputs;
 - ``findings``: the range rules over every value (``measured_findings``).
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import pathlib
 import re
 import sys
 import time
@@ -43,6 +45,7 @@ def time_parts(path: str) -> dict[str, float]:
     from mpcompile.core.precision import low_precision_format
     from mpcompile.evaluate import faithful, run_memory
     from mpcompile.evaluate import inputs as inputs_module
+    from mpcompile.evaluate.loaded_reference import loaded_recipe
     from mpcompile.io import model_io
     from mpcompile.passes import range_run
 
@@ -56,20 +59,14 @@ def time_parts(path: str) -> dict[str, float]:
 
     model, proto = model_io.load_model_and_proto(path, infer_types=True)
     timed("serialize_reference", faithful.serialize_reference, model)
-    serialized = timed("reference_from_loaded", faithful.reference_from_loaded, model, proto)
-    if serialized is None:
+    source = timed("loaded_recipe", loaded_recipe, proto, pathlib.Path(path).absolute().parent)
+    if source is None or not timed("describes", source.describes, model):
         sys.exit(f"{path}: the loaded proto does not describe the model; the range run serializes the IR")
     specs = inputs_module.input_specs(model, None)
-    timed(
-        "run_bytes",
-        run_memory.run_bytes,
-        model,
-        {spec.name: spec.shape for spec in specs},
-        proto=serialized.proto,
-    )
-    declared = timed("expose", faithful._expose_in_proto, model, serialized.proto, True)
-    session_bytes = serialized.proto.SerializeToString()
-    session = timed("session", range_run_session, session_bytes, serialized.weights)
+    timed("run_bytes", run_memory.run_bytes, model, {spec.name: spec.shape for spec in specs}, proto=proto)
+    recipe = source.take_recipe()
+    session = timed("session", range_run_session, recipe.model, recipe.weights)
+    declared = recipe.declared
     feeds = inputs_module.cast_feeds(model, inputs_module.generate_from_specs(specs, seed=0))
     outputs = timed("run", faithful._run_session, session, feeds, declared, widen_inputs=False)
     values = {name: [array] for name, array in [*feeds.items(), *outputs.items()]}
@@ -91,24 +88,26 @@ def session_variants(path: str) -> dict[str, float]:
     """CPU seconds of ``make_session`` building the range run's session, as the range run builds
     it and with one thing changed: no intermediate exposed (the floor of any run of this graph),
     or one ONNX Runtime option that might spare work."""
-    import onnx
-
     from mpcompile.evaluate import faithful
+    from mpcompile.evaluate.loaded_reference import loaded_recipe
     from mpcompile.io import model_io
 
     model, loaded = model_io.load_model_and_proto(path, infer_types=True)
     seconds = {}
     for name, (exposed, options) in SESSION_VARIANTS.items():
-        proto = onnx.ModelProto()
-        proto.CopyFrom(loaded)
-        serialized = faithful.reference_from_loaded(model, proto)
-        if serialized is None:
-            sys.exit(f"{path}: the loaded proto does not describe the model")
-        if exposed:
-            faithful._expose_in_proto(model, serialized.proto, True)
-        session_bytes = serialized.proto.SerializeToString()
+        if exposed:  # as the range run builds it
+            source = loaded_recipe(loaded, pathlib.Path(path).absolute().parent)
+            if source is None:
+                sys.exit(f"{path}: the loaded proto does not describe the model")
+            recipe = source.take_recipe()
+            session_bytes, weights = recipe.model, recipe.weights
+        else:  # the same model, nothing exposed
+            serialized = faithful.serialize_reference(model)
+            if serialized is None:
+                sys.exit(f"{path}: only a private copy evaluates the model")
+            session_bytes, weights = serialized.proto.SerializeToString(), serialized.weights
         start = time.process_time()
-        range_run_session(session_bytes, serialized.weights, options)
+        range_run_session(session_bytes, weights, options)
         seconds[name] = round(time.process_time() - start, 3)
     return seconds
 
