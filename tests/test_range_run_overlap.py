@@ -246,3 +246,23 @@ def test_the_overlapped_session_leaves_the_conversion_a_core(tmp_path, monkeypat
     threads.clear()
     range_run.range_run(model_io.load_model(path, infer_types=True), low_precision_format("fp16"), lambda: ())
     assert threads == [None]
+
+
+def test_what_the_early_start_cannot_read_is_left_to_the_range_run(tmp_path, monkeypatch):
+    """A tensor type it cannot size, or a failure making the recipe: no early session and no
+    error; the range run starts from the IR and reports as it always did."""
+    proto = linear_attention()
+    proto.graph.initializer[0].data_type = 1000  # no such type
+    assert range_run.start_early(proto, tmp_path) is None
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the recipe failed")
+
+    monkeypatch.setattr("mpcompile.evaluate.loaded_reference.loaded_recipe", broken)
+    assert range_run.start_early(linear_attention(), tmp_path) is None
+    path = tmp_path / "linear_attention.onnx"
+    onnx.save(linear_attention(), path)
+    monkeypatch.undo()
+    monkeypatch.setattr(range_run, "start_early", lambda proto, base_dir: None)
+    result = mpcompile.convert_file(path, tmp_path / "out.onnx")
+    assert {"q_kv", "q_ksum"} <= set(result.summary()["range_measured"])

@@ -118,17 +118,17 @@ def start_early(proto: onnx.ModelProto, base_dir: pathlib.Path) -> PendingRangeR
         import onnxruntime  # noqa: F401
     except ImportError:
         return None
-    if _proto_weight_bytes(proto.graph) > MAX_WEIGHT_BYTES:
-        return None
     try:
+        if _proto_weight_bytes(proto.graph) > MAX_WEIGHT_BYTES:
+            return None
         source = loaded_recipe(proto, base_dir, threads_beside_the_conversion())
-    except Exception:  # the range run serializes the IR instead, and reports what fails then
+        if source is None:
+            return None
+        pending = PendingRangeRun()
+        pending.source = source
+        pending.start(source.take_recipe())
+    except Exception:  # never an error here: the range run starts from the IR, and says what fails
         return None
-    if source is None:
-        return None
-    pending = PendingRangeRun()
-    pending.source = source
-    pending.start(source.take_recipe())
     pending.seconds = time.perf_counter() - started
     return pending
 
