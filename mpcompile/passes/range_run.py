@@ -237,7 +237,7 @@ class PendingRangeRun:
 
     @classmethod
     def skipped(cls, why: str) -> PendingRangeRun:
-        return cls(done=RangeRun(note=f"range run skipped (static rules only): {why}"))
+        return cls(done=_skipped(why))
 
     def start(self, recipe: SessionRecipe) -> None:
         self._recipe = recipe
@@ -266,9 +266,8 @@ class PendingRangeRun:
 
     def cancel(self, why: str) -> None:
         """Stop the worker before its run; ``finish`` gives the skip note."""
-        self._cancelled = True
-        self._fits.set()
-        self.done = RangeRun(note=f"range run skipped (static rules only): {why}")
+        self.stop()
+        self.done = _skipped(why)
 
     def finish(self, model: ir.Model, low_nodes: Callable[[], Collection[str]]) -> RangeRun:
         """Wait for the worker, then keep FP32 the nodes of ``low_nodes()`` that the rules find
@@ -281,9 +280,9 @@ class PendingRangeRun:
         try:
             values, label = self._values(model)
         except Exception as exc:  # the static rules decide instead: never an error
-            return RangeRun(note=f"range run skipped (static rules only): {_first_line(exc)}")
+            return _skipped(_first_line(exc))
         kept = measured_findings(model, values, self.low)
-        if kept:  # the (costly) static low-precision set is needed only when something was measured
+        if kept:  # the low-precision set is asked for only when something was measured
             low_set = set(low_nodes())
             kept = {name: finding for name, finding in kept.items() if name in low_set}
         seconds = self.seconds + self.worker_seconds + time.perf_counter() - started
@@ -560,6 +559,10 @@ def _reference_values(
     if pending.done is not None:
         raise errors.MpcompileError(pending.done.note)
     return pending._values(model)
+
+
+def _skipped(why: str) -> RangeRun:
+    return RangeRun(note=f"range run skipped (static rules only): {why}")
 
 
 def _first_line(exc: BaseException) -> str:
