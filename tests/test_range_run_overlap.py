@@ -266,3 +266,22 @@ def test_what_the_early_start_cannot_read_is_left_to_the_range_run(tmp_path, mon
     monkeypatch.setattr(range_run, "start_early", lambda proto, base_dir: None)
     result = mpcompile.convert_file(path, tmp_path / "out.onnx")
     assert {"q_kv", "q_ksum"} <= set(result.summary()["range_measured"])
+
+
+@pytest.mark.parametrize("early", [True, False], ids=["early-session", "started-by-the-pass"])
+def test_an_interrupted_conversion_leaves_no_worker(tmp_path, monkeypatch, early):
+    """Ctrl-C while the memory estimate is made (the worker building or waiting): the interrupt
+    goes on up, and the worker is joined on the way."""
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("mpcompile.evaluate.memory_limit.memory_limit", lambda: 1 << 40)
+    monkeypatch.setattr("mpcompile.evaluate.run_memory.run_bytes", interrupted)
+    if not early:
+        monkeypatch.setattr(range_run, "start_early", lambda proto, base_dir: None)
+    path = tmp_path / "linear_attention.onnx"
+    onnx.save(linear_attention(), path)
+    with pytest.raises(KeyboardInterrupt):
+        mpcompile.convert_file(path, tmp_path / "out.onnx")
+    assert not _workers()

@@ -496,6 +496,10 @@ def _prepare(
         except Exception as exc:
             pending.cancel(_first_line(exc))
             return pending
+        except BaseException:  # interrupted: a worker started here is joined (``early``: by the caller)
+            if pending is not early:
+                pending.close()
+            raise
     pending.allow_run()
     return pending
 
