@@ -18,7 +18,7 @@ import mpcompile
 from models.builder import make_model, value_info
 from mpcompile import errors
 from mpcompile.core.precision import low_precision_format
-from mpcompile.evaluate import faithful
+from mpcompile.evaluate import faithful, loaded_reference
 from mpcompile.io import model_io
 from mpcompile.passes import range_run
 
@@ -98,6 +98,13 @@ def test_an_early_session_that_no_longer_describes_the_model_is_dropped(tmp_path
 
     monkeypatch.setattr(range_run.PendingRangeRun, "stop", recorded("stop", stop))
     monkeypatch.setattr(range_run.PendingRangeRun, "close", recorded("close", close))
+    recipes: list[int] = []
+    make_recipe = loaded_reference.loaded_recipe
+    monkeypatch.setattr(
+        loaded_reference,
+        "loaded_recipe",
+        lambda *args, **kwargs: recipes.append(1) or make_recipe(*args, **kwargs),
+    )
     passes: list[str] = []
     path = tmp_path / "duplicates.onnx"
     onnx.save(_duplicate_names(), path)
@@ -105,6 +112,7 @@ def test_an_early_session_that_no_longer_describes_the_model_is_dropped(tmp_path
         path, tmp_path / "out.onnx", on_pass_start=lambda name: passes.append(f"{name}:{len(events)}")
     )
     assert events[:2] == ["stop", "close"]  # stopped by the range run, joined at the end
+    assert recipes == [1]  # not made again from the same protobuf: the IR is serialized instead
     assert "VerifyPass:1" in passes, passes  # not joined while the passes ran
     assert not _workers()
     in_memory = mpcompile.convert(_duplicate_names())

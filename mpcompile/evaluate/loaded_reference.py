@@ -31,8 +31,9 @@ from mpcompile.evaluate.faithful import (
     only_a_private_copy_evaluates,
     wanted_intermediates,
 )
-from mpcompile.evaluate.ort_session import APART_LOCATION, APART_MIN_BYTES, NUMPY_NATIVE
+from mpcompile.evaluate.ort_session import APART_LOCATION, held_apart
 from mpcompile.io import model_io
+from mpcompile.io.proto_tensors import graph_protos
 from mpcompile.irtools.graphs import model_graphs
 
 
@@ -161,8 +162,8 @@ def _weights_apart(graph: onnx.GraphProto, base_dir: pathlib.Path) -> dict[str, 
         if array is None:
             return None
         del tensor.external_data[:]
-        if array.nbytes < APART_MIN_BYTES or dtype not in NUMPY_NATIVE:  # inline, as proto_apart keeps
-            tensor.data_location = onnx.TensorProto.DEFAULT  # them: ORT's inference reads axes and shapes
+        if not held_apart(dtype, array.nbytes):  # inline, as proto_apart keeps them: ORT's
+            tensor.data_location = onnx.TensorProto.DEFAULT  # inference reads axes and shapes
             tensor.raw_data = array.tobytes()
             continue
         weights[tensor.name] = array
@@ -173,15 +174,12 @@ def _weights_apart(graph: onnx.GraphProto, base_dir: pathlib.Path) -> dict[str, 
 
 def _subgraph_external_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     """The initializers in data files of ``graph``'s subgraphs, at any depth."""
-    for node in graph.node:
-        for attribute in node.attribute:
-            for subgraph in (attribute.g,) if attribute.HasField("g") else attribute.graphs:
-                yield from (
-                    tensor
-                    for tensor in subgraph.initializer
-                    if tensor.data_location == onnx.TensorProto.EXTERNAL
-                )
-                yield from _subgraph_external_tensors(subgraph)
+    subgraphs = graph_protos(graph)
+    next(subgraphs)  # ``graph`` itself
+    for subgraph in subgraphs:
+        yield from (
+            tensor for tensor in subgraph.initializer if tensor.data_location == onnx.TensorProto.EXTERNAL
+        )
 
 
 def _dtype(type_proto: onnx.TypeProto) -> ir.DataType | None:

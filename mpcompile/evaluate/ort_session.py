@@ -70,18 +70,19 @@ def serialize_apart(model: ir.Model) -> tuple[bytes, dict[str, Any]]:
     return proto.SerializeToString(), apart
 
 
+def held_apart(dtype: ir.DataType, nbytes: int) -> bool:
+    """Whether a main-graph weight goes to ONNX Runtime as an array rather than in the proto:
+    from ``APART_MIN_BYTES`` up, for the dtypes numpy holds natively."""
+    return dtype in NUMPY_NATIVE and nbytes >= APART_MIN_BYTES
+
+
 def proto_apart(model: ir.Model) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """``serialize_apart`` before the final serialization: the proto, to edit first."""
     apart: dict[str, Any] = {}
     placeholders: dict[ir.Value, ir.TensorProtocol] = {}
     for value in model.graph.initializers.values():
         tensor = value.const_value
-        if (
-            tensor is None
-            or tensor.dtype not in NUMPY_NATIVE
-            or tensor.nbytes < APART_MIN_BYTES
-            or value.name is None
-        ):
+        if tensor is None or value.name is None or not held_apart(tensor.dtype, tensor.nbytes):
             continue
         apart[value.name] = tensor.numpy()
         placeholders[value] = ir.ExternalTensor(

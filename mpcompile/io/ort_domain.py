@@ -15,15 +15,9 @@ from collections.abc import Iterator
 
 import onnx
 
+from mpcompile.io.proto_tensors import graph_protos
+
 STAND_IN_DOMAIN = "mpcompile.ort-default-domain"
-
-
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attribute in node.attribute:
-            for subgraph in (attribute.g,) if attribute.HasField("g") else attribute.graphs:
-                yield from _graphs(subgraph)
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
@@ -40,7 +34,7 @@ def ort_default_domain_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
         return []
     return [
         node
-        for graph in _graphs(model.graph)
+        for graph in graph_protos(model.graph)
         for node in graph.node
         if node.domain in ("", "ai.onnx") and is_ort_default_domain_op(node.op_type, opset)
     ]
@@ -69,7 +63,7 @@ def hidden_ort_ops(model: onnx.ModelProto) -> Iterator[list[str]]:
 def restore_default_domain(model: onnx.ModelProto) -> None:
     """Put nodes of the stand-in domain back into the default domain (in a model onnx returned
     from a hidden one, such as an inferred copy), and drop the stand-in opset import."""
-    for graph in _graphs(model.graph):
+    for graph in graph_protos(model.graph):
         for node in graph.node:
             if node.domain == STAND_IN_DOMAIN:
                 node.domain = ""

@@ -48,6 +48,15 @@ def all_tensor_protos(model: onnx.ModelProto) -> Iterator[tuple[onnx.TensorProto
             pending.extend(attribute.graphs)
 
 
+def graph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph``, then its subgraphs (``If``/``Loop``/``Scan`` bodies) at any depth."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            for subgraph in (attribute.g,) if attribute.HasField("g") else attribute.graphs:
+                yield from graph_protos(subgraph)
+
+
 def tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
     """Bytes of the tensor's data by dtype and dims (2- and 4-bit types packed), or None where
     that is not fixed: strings, 6-bit types, dtypes outside the enum, negative dims."""

@@ -45,6 +45,7 @@ from mpcompile.analysis.range_rules import RangeFinding, RangeRules, find_unsafe
 from mpcompile.core.plan import Decision, Reason
 from mpcompile.core.precision import LowPrecisionFormat, Precision
 from mpcompile.io import model_io
+from mpcompile.io.proto_tensors import graph_protos, tensor_nbytes
 from mpcompile.passes.base import ConversionPass
 from mpcompile.passes.context import ConversionContext
 from mpcompile.policy import range_propagation
@@ -119,7 +120,8 @@ def start_early(proto: onnx.ModelProto, base_dir: pathlib.Path) -> PendingRangeR
     except ImportError:
         return None
     try:
-        if _proto_weight_bytes(proto.graph) > MAX_WEIGHT_BYTES:
+        weight_bytes = _proto_weight_bytes(proto.graph)
+        if weight_bytes is None or weight_bytes > MAX_WEIGHT_BYTES:
             return None
         source = loaded_recipe(proto, base_dir, threads_beside_the_conversion())
         if source is None:
@@ -480,8 +482,8 @@ def _prepare(
     base_dir = loaded.base_dir if loaded is not None else None
     if early is not None and early.source is not None and early.source.describes(model):
         pending, estimate = early, proto
-    else:
-        pending, estimate = _start_worker(model, proto, base_dir, threads)
+    else:  # an early session was made from ``proto``: a recipe made from it again would not fit either
+        pending, estimate = _start_worker(model, proto if early is None else None, base_dir, threads)
     del proto
     pending.seed, pending.specs, pending.feeds = seed, specs, feeds
     pending.label = inputs_module.generated_label(seed)
@@ -541,15 +543,16 @@ def threads_beside_the_conversion() -> int:
     return max(1, cores - 1)
 
 
-def _proto_weight_bytes(graph: onnx.GraphProto) -> int:
-    """``model_io.weight_bytes`` read from a graph proto and its subgraphs, without the bytes."""
+def _proto_weight_bytes(graph: onnx.GraphProto) -> int | None:
+    """``model_io.weight_bytes`` read from a graph proto and its subgraphs, without the bytes;
+    None where a weight's size is not fixed by its dtype and dims (strings, unknown types)."""
     total = 0
-    for tensor in graph.initializer:
-        total += math.prod(tensor.dims) * ir.DataType(tensor.data_type).bitwidth // 8
-    for node in graph.node:
-        for attribute in node.attribute:
-            for subgraph in (attribute.g,) if attribute.HasField("g") else attribute.graphs:
-                total += _proto_weight_bytes(subgraph)
+    for subgraph in graph_protos(graph):
+        for tensor in subgraph.initializer:
+            size = tensor_nbytes(tensor)
+            if size is None:
+                return None
+            total += size
     return total
 
 
