@@ -49,6 +49,7 @@ from mpcompile.evaluate.ort_session import (
     to_ir_model,
 )
 from mpcompile.io import model_io
+from mpcompile.io.proto_tensors import graph_protos
 from mpcompile.irtools.graphs import model_graphs
 from mpcompile.irtools.names import NameAuthority
 
@@ -330,17 +331,18 @@ def _expose_in_proto(
 
 def forget_proto_shapes(graph: onnx.GraphProto) -> None:
     """``forget_intermediate_shapes`` on a graph proto and its subgraphs."""
-    outputs = {info.name for info in graph.output}
-    forget: set[str] = set()
-    for node in graph.node:
-        if (node.domain if node.domain != "ai.onnx" else "", node.op_type) not in SHAPE_KEPT_OPS:
-            forget.update(name for name in node.output if name not in outputs)
-        for attribute in node.attribute:
-            for subgraph in (attribute.g,) if attribute.HasField("g") else attribute.graphs:
-                forget_proto_shapes(subgraph)
-    for info in graph.value_info:
-        if info.name in forget and info.type.HasField("tensor_type"):
-            info.type.tensor_type.ClearField("shape")
+    for each in graph_protos(graph):
+        outputs = {info.name for info in each.output}
+        forget = {
+            name
+            for node in each.node
+            if (node.domain if node.domain != "ai.onnx" else "", node.op_type) not in SHAPE_KEPT_OPS
+            for name in node.output
+            if name not in outputs
+        }
+        for info in each.value_info:
+            if info.name in forget and info.type.HasField("tensor_type"):
+                info.type.tensor_type.ClearField("shape")
 
 
 def build_faithful_model(

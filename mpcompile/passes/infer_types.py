@@ -9,6 +9,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common
 
 from mpcompile.io.model_io import TYPES_INFERRED_KEY, infer_shapes
+from mpcompile.io.proto_tensors import graph_protos
 from mpcompile.irtools.graphs import TYPED_FUNCTION_KEY, ai_onnx_opset, model_graphs
 from mpcompile.irtools.values import set_dtype
 from mpcompile.passes.base import ConversionPass
@@ -132,16 +133,10 @@ def _without_declared_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
     every graph: strict inference that fails only over those shapes then succeeds, with types as
     sure as ever (a declared type that contradicts inference still fails it)."""
 
-    def clear(graph: onnx.GraphProto) -> None:
+    for graph in graph_protos(proto.graph):
         for info in (*graph.output, *graph.value_info):
             if info.type.HasField("tensor_type"):
                 info.type.tensor_type.ClearField("shape")
-        for node in graph.node:
-            for attribute in node.attribute:
-                for subgraph in (attribute.g,) if attribute.HasField("g") else attribute.graphs:
-                    clear(subgraph)
-
-    clear(proto.graph)
     return proto
 
 
